@@ -1,0 +1,37 @@
+# rtgen: `make run` sets up and plays; `make test` sets up and runs the tests.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+NOTTINGHAM ?= ../shared/data/nottingham/MIDI
+
+.PHONY: setup setup-dev run render test lint train bench clean
+
+setup:
+	@bash scripts/setup.sh runtime
+
+setup-dev:
+	@bash scripts/setup.sh dev
+
+run: setup
+	$(VENV)/bin/rtgen render --bars 16 --out out/piece.mid --wav out/piece.wav --png out/piece.png
+
+render: setup
+	$(VENV)/bin/rtgen render --bars 16 --out out/piece.mid --wav out/piece.wav --png out/piece.png
+
+test: setup-dev
+	$(VENV)/bin/ruff check rtgen training tests
+	$(VENV)/bin/ruff format --check rtgen training tests
+	$(PY) -m pytest -q
+
+lint: setup-dev
+	$(VENV)/bin/ruff check rtgen training tests
+	$(VENV)/bin/mypy rtgen
+
+train: setup-dev
+	$(VENV)/bin/rtgen-train all --midi-dir $(NOTTINGHAM) --out exported_models/default --work runs/default
+
+bench: setup
+	$(VENV)/bin/rtgen bench --out out/bench.json
+
+clean:
+	rm -rf out runs .pytest_cache

@@ -1,0 +1,7 @@
+"""``python -m rtgen``."""
+
+import sys
+
+from rtgen.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of the ``rtgen`` CLI, one module each (see :mod:`rtgen.cli`)."""

@@ -1,0 +1,289 @@
+"""Configuration: frozen dataclasses loaded from TOML, validated key by key.
+
+Unknown keys and out-of-range values raise :class:`~rtgen.errors.ConfigError`
+naming the key (``parts.melody.channel``) and what is allowed. Relative paths
+resolve against the directory of the config file. ``config.toml`` at the
+repository root documents every key with its default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rtgen.contract import Key, TimeSignature
+from rtgen.errors import ConfigError
+
+PART_NAMES = ("melody", "chords", "bass")
+BACKENDS = ("auto", "alsa", "jack", "coremidi", "winmm")
+MODES = ("autonomous", "accompany", "improvise", "call-and-response")
+
+
+def _range(lo: float, hi: float) -> dict[str, Any]:
+    return {"range": (lo, hi)}
+
+
+def _choices(*values: str) -> dict[str, Any]:
+    return {"choices": values}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which exported model folder to load."""
+
+    path: Path = Path("exported_models/default")
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """Sampling and musical parameters (all steerable over OSC at run time)."""
+
+    seed: int = field(default=0, metadata=_range(0, 2**31 - 1))
+    temperature: float = field(default=0.9, metadata=_range(0.05, 3.0))
+    top_p: float = field(default=0.95, metadata=_range(0.05, 1.0))
+    tempo: float = field(default=110.0, metadata=_range(20.0, 400.0))
+    time_signature: str = "4/4"
+    key: str = "off"
+    density: float = field(default=1.0, metadata=_range(0.0, 4.0))
+    pitch_low: int = field(default=55, metadata=_range(48, 96))
+    pitch_high: int = field(default=88, metadata=_range(48, 96))
+    swing: float = field(default=0.0, metadata=_range(0.0, 0.75))
+    humanize_ms: float = field(default=0.0, metadata=_range(0.0, 50.0))
+
+    def parsed_key(self) -> Key | None:
+        """The key lock, or ``None`` when ``key = "off"``."""
+        return None if self.key.strip().lower() == "off" else Key.parse(self.key)
+
+    def parsed_time_signature(self) -> TimeSignature:
+        """The time signature as a :class:`TimeSignature`."""
+        return TimeSignature.parse(self.time_signature)
+
+
+@dataclass(frozen=True)
+class PartConfig:
+    """One part (melody, chords or bass): where and how it plays."""
+
+    channel: int = field(default=1, metadata=_range(1, 16))
+    program: int = field(default=0, metadata=_range(0, 127))
+    volume: float = field(default=0.8, metadata=_range(0.0, 1.0))
+    pan: float = field(default=0.0, metadata=_range(-1.0, 1.0))
+    velocity_scale: float = field(default=1.0, metadata=_range(0.0, 2.0))
+    octave: int = field(default=0, metadata=_range(-3, 3))
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class PartsConfig:
+    """The three parts; MIDI channels are 1-based here as on hardware."""
+
+    melody: PartConfig = PartConfig(channel=1, program=73, volume=0.85, pan=0.1)
+    chords: PartConfig = PartConfig(channel=2, program=24, volume=0.6, pan=-0.2)
+    bass: PartConfig = PartConfig(channel=3, program=32, volume=0.75, pan=0.0)
+
+    def get(self, name: str) -> PartConfig:
+        """The part called ``name`` (one of ``PART_NAMES``)."""
+        if name not in PART_NAMES:
+            raise ConfigError(f"unknown part {name!r}; allowed: {', '.join(PART_NAMES)}")
+        return typing.cast(PartConfig, getattr(self, name))
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """The internal FluidSynth synth."""
+
+    enabled: bool = True
+    soundfont: str = ""  # empty: auto-discover
+    audio_driver: str = ""  # empty: FluidSynth's default for the platform
+    sample_rate: int = field(default=44100, metadata=_range(8000, 192000))
+    gain: float = field(default=0.5, metadata=_range(0.0, 5.0))
+    reverb: bool = True
+    chorus: bool = False
+
+
+@dataclass(frozen=True)
+class MidiConfig:
+    """MIDI output (and, later, input and clock)."""
+
+    backend: str = field(default="auto", metadata=_choices(*BACKENDS))
+    out: str = ""  # empty: open a virtual port; else substring of an existing port name
+    client_name: str = "rtgen"
+    virtual_port_name: str = "out"
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class OscConfig:
+    """OSC control server."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = field(default=9000, metadata=_range(0, 65535))
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    """How ``rtgen run`` behaves."""
+
+    mode: str = field(default="autonomous", metadata=_choices(*MODES))
+    record: str = ""  # empty: do not record
+    duration: float = field(default=0.0, metadata=_range(0.0, 1e9))  # 0: until stopped
+    quiet: bool = False
+    log_json: bool = False
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration; ``base_dir`` is where relative paths resolve."""
+
+    model: ModelConfig = ModelConfig()
+    generation: GenerationConfig = GenerationConfig()
+    parts: PartsConfig = PartsConfig()
+    synth: SynthConfig = SynthConfig()
+    midi: MidiConfig = MidiConfig()
+    osc: OscConfig = OscConfig()
+    daemon: DaemonConfig = DaemonConfig()
+    base_dir: Path = Path(".")
+
+    def resolve(self, path: str | Path) -> Path:
+        """Resolve a configured path against the config file's directory."""
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else (self.base_dir / p).resolve()
+
+    @property
+    def model_path(self) -> Path:
+        """Absolute path of the model folder."""
+        return self.resolve(self.model.path)
+
+    def replace(self, section: str, **changes: Any) -> Config:
+        """A copy with ``changes`` applied to ``section`` (validated like the file)."""
+        current = getattr(self, section)
+        merged = {f.name: getattr(current, f.name) for f in dataclasses.fields(current)}
+        merged.update(changes)
+        new = _build(type(current), merged, section)
+        return dataclasses.replace(self, **{section: new})
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        return value
+    if tp is Path:
+        if not isinstance(value, str | Path):
+            raise ConfigError(f"{key} must be a path string, got {value!r}")
+        return Path(value)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key} must be a table, got {value!r}")
+        return _build(typing.cast(type, tp), value, key)
+    raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")  # pragma: no cover
+
+
+def _build(cls: type, table: Mapping[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "base_dir"}
+    unknown = sorted(set(table) - set(fields))
+    if unknown:
+        where = f"[{prefix}]" if prefix else "the top level"
+        raise ConfigError(
+            f"unknown config key {'.'.join(filter(None, [prefix, unknown[0]]))!r} in {where}; "
+            f"allowed: {', '.join(fields)}"
+        )
+    values: dict[str, Any] = {}
+    for name, value in table.items():
+        key = f"{prefix}.{name}" if prefix else name
+        tp = hints[name]
+        if isinstance(tp, types.UnionType):  # pragma: no cover - not used yet
+            tp = typing.get_args(tp)[0]
+        if dataclasses.is_dataclass(tp) and isinstance(value, Mapping):
+            default = fields[name].default
+            base = {f.name: getattr(default, f.name) for f in dataclasses.fields(default)}  # type: ignore[arg-type]
+            base.update(value)
+            value = base
+        v = _convert(value, tp, key)
+        meta = fields[name].metadata
+        if "range" in meta:
+            lo, hi = meta["range"]
+            if not lo <= v <= hi:
+                raise ConfigError(f"{key} must be in range {lo}..{hi}, got {v!r}")
+        if "choices" in meta and v not in meta["choices"]:
+            raise ConfigError(f"{key} must be one of {', '.join(meta['choices'])}, got {v!r}")
+        values[name] = v
+    obj = cls(**values)
+    _check(obj, prefix)
+    return obj
+
+
+def _check(obj: Any, prefix: str) -> None:
+    """Cross-field and parsed-value checks."""
+    if isinstance(obj, GenerationConfig):
+        if obj.pitch_low > obj.pitch_high:
+            raise ConfigError(
+                f"{prefix}.pitch_low ({obj.pitch_low}) must not be above {prefix}.pitch_high ({obj.pitch_high})"
+            )
+        try:
+            obj.parsed_key()
+        except ValueError as err:
+            raise ConfigError(f"{prefix}.key: {err}; or 'off'") from err
+        try:
+            obj.parsed_time_signature()
+        except ValueError as err:
+            raise ConfigError(f"{prefix}.time_signature: {err}") from err
+
+
+def config_from_dict(data: Mapping[str, Any], base_dir: Path = Path(".")) -> Config:
+    """Build a validated :class:`Config` from parsed TOML data."""
+    cfg = _build(Config, data, "")
+    return dataclasses.replace(cfg, base_dir=base_dir.resolve())
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """Load ``path`` (or the defaults when ``None``).
+
+    Raises:
+        ConfigError: the file is missing, not TOML, or has a bad key or value.
+    """
+    if path is None:
+        return config_from_dict({}, Path.cwd())
+    p = Path(path)
+    try:
+        with p.open("rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError as err:
+        raise ConfigError(f"config file not found: {p}") from err
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{p} is not valid TOML: {err}") from err
+    try:
+        return config_from_dict(data, p.parent)
+    except ConfigError as err:
+        raise ConfigError(f"{p}: {err}") from err
+
+
+def default_config_path() -> Path | None:
+    """``./config.toml`` if it exists, else the one next to the package (a source checkout)."""
+    for candidate in (Path.cwd() / "config.toml", Path(__file__).resolve().parent.parent / "config.toml"):
+        if candidate.is_file():
+            return candidate
+    return None

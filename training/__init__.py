@@ -1,0 +1,1 @@
+"""Training pipeline for rtgen models: prepare -> train -> export -> evaluate (PyTorch)."""

@@ -1,0 +1,73 @@
+"""The ``rtgen-train`` command line: prepare, train, export, evaluate, and all four."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from rtgen.errors import RtgenError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Parser with one subcommand per phase, plus ``all``."""
+    from training import evaluate, export, prepare, train
+
+    parser = argparse.ArgumentParser(prog="rtgen-train", description="Train rtgen models from a folder of MIDI files.")
+    parser.add_argument("-v", "--verbose", action="count", default=0)
+    sub = parser.add_subparsers(dest="command", metavar="PHASE", required=True)
+    for module in (prepare, train, export, evaluate):
+        module.register(sub)
+    p = sub.add_parser("all", help="prepare, train, export and evaluate in one go")
+    p.add_argument("--midi-dir", type=Path, required=True, help="folder of MIDI files (searched recursively)")
+    p.add_argument("--out", type=Path, required=True, help="model folder to write (chord.onnx, note.onnx, ...)")
+    p.add_argument("--work", type=Path, default=None, help="folder for prepared data and the run (default: OUT.work)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the trainer's)")
+    p.add_argument("--limit", type=int, default=None, help="use at most N MIDI files")
+    p.add_argument("--split-map", type=Path, default=None, help="CSV mapping files to splits (default: auto)")
+    p.set_defaults(func=run_all)
+    return parser
+
+
+def run_all(args: argparse.Namespace) -> int:
+    """Run the four phases; each phase resumes what an earlier run left."""
+    from training import evaluate, export, prepare, train
+
+    work: Path = args.work or args.out.with_name(args.out.name + ".work")
+    data, run = work / "data", work / "run"
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    for name, fn, kwargs in (
+        ("prepare", prepare.prepare, {"midi_dir": args.midi_dir, "out": data, "limit": args.limit,
+                                      "split_map": args.split_map}),
+        ("train", train.train, {"data": data, "out": run, "epochs": args.epochs}),
+        ("export", export.export, {"run": run, "out": args.out, "data": data}),
+        ("evaluate", evaluate.evaluate, {"model": args.out, "data": data}),
+    ):  # fmt: skip
+        t = time.perf_counter()
+        fn(**kwargs)
+        timings[name] = time.perf_counter() - t
+    export.record_timings(args.out, timings)
+    total = time.perf_counter() - t0
+    parts = ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
+    print(f"all: {args.out} ready in {total:.0f} s ({parts})")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``rtgen-train`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2), format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except RtgenError as err:
+        print(f"rtgen-train {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
