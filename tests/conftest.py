@@ -34,3 +34,26 @@ def nottingham_dir() -> Path:
     """The Nottingham MIDI folder from ../shared/data (RTGEN_SHARED_DATA overrides)."""
     require(NOTTINGHAM_MIDI.is_dir(), f"Nottingham MIDI at {NOTTINGHAM_MIDI} (set RTGEN_SHARED_DATA)")
     return NOTTINGHAM_MIDI
+
+
+SHIPPED_MODEL = REPO / "exported_models" / "default"
+
+
+@pytest.fixture(scope="session")
+def shipped_model_dir() -> Path:
+    """The shipped default model (exported_models/default)."""
+    require((SHIPPED_MODEL / "meta.json").is_file(), f"the shipped model at {SHIPPED_MODEL}")
+    return SHIPPED_MODEL
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(nottingham_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model trained by the real pipeline (`rtgen-train all --limit 20 --epochs 1`), made once per session."""
+    from training.cli import main as train_main
+
+    out = tmp_path_factory.mktemp("tiny") / "model"
+    code = train_main(
+        ["all", "--midi-dir", str(nottingham_dir), "--out", str(out), "--limit", "20", "--epochs", "1", "--tiny"]
+    )
+    assert code == 0
+    return out

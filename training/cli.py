@@ -11,6 +11,11 @@ from pathlib import Path
 
 from rtgen.errors import RtgenError
 
+TINY_TRAIN = {"hidden": 32, "layers": 1}
+"""Overrides for ``all --tiny``: a model small enough to train in seconds."""
+TINY_EVAL = {"renders": 2, "bars": 16}
+"""Overrides for ``all --tiny``: a quick evaluation."""
+
 
 def build_parser() -> argparse.ArgumentParser:
     """Parser with one subcommand per phase, plus ``all``."""
@@ -28,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the trainer's)")
     p.add_argument("--limit", type=int, default=None, help="use at most N MIDI files")
     p.add_argument("--split-map", type=Path, default=None, help="CSV mapping files to splits (default: auto)")
+    p.add_argument("--tiny", action="store_true", help="a tiny model and a quick evaluation (for tests and smoke runs)")
     p.set_defaults(func=run_all)
     return parser
 
@@ -43,9 +49,9 @@ def run_all(args: argparse.Namespace) -> int:
     for name, fn, kwargs in (
         ("prepare", prepare.prepare, {"midi_dir": args.midi_dir, "out": data, "limit": args.limit,
                                       "split_map": args.split_map}),
-        ("train", train.train, {"data": data, "out": run, "epochs": args.epochs}),
+        ("train", train.train, {"data": data, "out": run, "epochs": args.epochs, **(TINY_TRAIN if args.tiny else {})}),
         ("export", export.export, {"run": run, "out": args.out, "data": data}),
-        ("evaluate", evaluate.evaluate, {"model": args.out, "data": data}),
+        ("evaluate", evaluate.evaluate, {"model": args.out, "data": data, **(TINY_EVAL if args.tiny else {})}),
     ):  # fmt: skip
         t = time.perf_counter()
         fn(**kwargs)
