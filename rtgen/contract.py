@@ -75,6 +75,14 @@ MAX_BAR_STEPS: Final = 48
 """Position-in-bar vocabulary size; longer bars clamp to the last position."""
 PHRASE_BARS: Final = 8
 """Bars per phrase for the phrase-position conditioning."""
+LOOKBACK_BARS: Final = (1, 2, 4, 8)
+"""Lookback conditioning: the raw melody and chord tokens at the same position this many bars ago.
+
+Folk and dance tunes repeat bars, phrases and whole parts (AABB); a GRU forgets what
+happened 8 bars ago, so both models see it directly (as in Magenta's Lookback RNN).
+Steps with nothing that far back see REST / N.C.
+"""
+NUM_LOOKBACKS: Final = len(LOOKBACK_BARS)
 
 NOTE_NAMES: Final = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
 _NAME_TO_PC: Final = {
@@ -84,7 +92,8 @@ _NAME_TO_PC: Final = {
 }  # fmt: skip
 
 # --- ONNX graph interface ----------------------------------------------------
-# Every input is int64 of shape (B,), except "state" (float32, (layers, B, hidden)).
+# Every input is int64 of shape (B,), except "lookback_*" (int64, (B, NUM_LOOKBACKS))
+# and "state" (float32, (layers, B, hidden)).
 COMMON_INPUTS: Final = (
     "prev_melody",  # raw melody token at t-1
     "prev_sounding",  # resolved melody token at t-1 (REST or NOTE_ON)
@@ -93,6 +102,8 @@ COMMON_INPUTS: Final = (
     "prev_chord_now",  # resolved chord at t-1 (N.C. or CHORD)
     "position",  # step in bar at t, clamped to MAX_BAR_STEPS-1
     "phrase",  # bar in phrase at t
+    "lookback_melody",  # (B, NUM_LOOKBACKS) raw melody token at t - k bars, k in LOOKBACK_BARS
+    "lookback_chord",  # (B, NUM_LOOKBACKS) raw chord token at t - k bars
 )
 CHORD_MODEL_INPUTS: Final = (*COMMON_INPUTS, "state")
 CHORD_MODEL_OUTPUTS: Final = ("chord_logits", "state_out")
@@ -318,13 +329,61 @@ def previous(tokens: npt.ArrayLike, initial: int) -> npt.NDArray[np.int64]:
     return np.concatenate([np.array([initial], dtype=np.int64), t[:-1]])
 
 
+def lookback_sources(position: npt.ArrayLike) -> npt.NDArray[np.int64]:
+    """For each step, the index of the step at the same position ``k`` bars earlier.
+
+    Args:
+        position: step-in-bar of each step of one sequence (a bar starts where it is 0).
+
+    Returns:
+        ``(T, NUM_LOOKBACKS)`` indices into the sequence, ``-1`` where there is none
+        (before the start, or a shorter bar that lacks the position).
+    """
+    pos = np.asarray(position, dtype=np.int64)
+    starts_mask = pos == 0
+    if pos.size and not starts_mask[0]:
+        starts_mask = starts_mask.copy()
+        starts_mask[0] = True  # a sequence that starts mid-bar: its first partial bar counts as a bar
+    bar = np.cumsum(starts_mask) - 1
+    starts = np.flatnonzero(starts_mask)
+    ends = np.append(starts[1:], pos.size)
+    out = np.full((pos.size, NUM_LOOKBACKS), -1, dtype=np.int64)
+    if pos.size == 0:
+        return out
+    for j, k in enumerate(LOOKBACK_BARS):
+        src_bar = bar - k
+        sb = np.maximum(src_bar, 0)
+        src = starts[sb] + pos - pos[starts[sb]]
+        ok = (src_bar >= 0) & (src >= starts[sb]) & (src < ends[sb])
+        out[:, j] = np.where(ok, src, -1)
+    return out
+
+
+def lookback_tokens(
+    melody: npt.ArrayLike, chord: npt.ArrayLike, position: npt.ArrayLike
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """``(lookback_melody, lookback_chord)``, each ``(T, NUM_LOOKBACKS)``, for one sequence."""
+    mel = np.asarray(melody, dtype=np.int64)
+    ch = np.asarray(chord, dtype=np.int64)
+    src = lookback_sources(position)
+    safe = np.maximum(src, 0)
+    lb_mel = np.where(src >= 0, mel[safe] if mel.size else 0, MEL_REST)
+    lb_ch = np.where(src >= 0, ch[safe] if ch.size else 0, CHORD_NC)
+    return lb_mel.astype(np.int64), lb_ch.astype(np.int64)
+
+
 def step_inputs(
-    melody: npt.ArrayLike, velocity: npt.ArrayLike, chord: npt.ArrayLike
+    melody: npt.ArrayLike,
+    velocity: npt.ArrayLike,
+    chord: npt.ArrayLike,
+    position: npt.ArrayLike | None = None,
 ) -> dict[str, npt.NDArray[np.int64]]:
     """Teacher-forcing inputs for one sequence, keyed by ONNX input name.
 
     Returns ``prev_melody``, ``prev_sounding``, ``prev_velocity``, ``prev_chord``,
-    ``prev_chord_now`` and ``chord_now`` (position and phrase come from the data).
+    ``prev_chord_now`` and ``chord_now``; with ``position`` (the step-in-bar array)
+    also ``lookback_melody`` and ``lookback_chord`` of shape ``(T, NUM_LOOKBACKS)``.
+    ``position`` and ``phrase`` themselves come from the data.
     """
     mel = np.asarray(melody, dtype=np.int64)
     vel = np.asarray(velocity, dtype=np.int64)
@@ -337,7 +396,7 @@ def step_inputs(
     np.maximum.accumulate(idx, out=idx)
     carried = np.where(idx >= 0, vel_onset[np.maximum(idx, 0)], DEFAULT_VELOCITY_BIN)
     chord_now = resolve_holds(ch, CHORD_HOLD, CHORD_NC)
-    return {
+    feeds = {
         "prev_melody": previous(mel, MEL_REST),
         "prev_sounding": previous(sounding, MEL_REST),
         "prev_velocity": previous(carried, DEFAULT_VELOCITY_BIN),
@@ -345,6 +404,9 @@ def step_inputs(
         "prev_chord_now": previous(chord_now, CHORD_NC),
         "chord_now": chord_now,
     }
+    if position is not None:
+        feeds["lookback_melody"], feeds["lookback_chord"] = lookback_tokens(mel, ch, position)
+    return feeds
 
 
 # --- time: bars, positions, phrases ------------------------------------------
@@ -492,6 +554,7 @@ def contract_summary() -> dict[str, object]:
         "qualities": [q[0] for q in QUALITIES],
         "max_bar_steps": MAX_BAR_STEPS,
         "phrase_bars": PHRASE_BARS,
+        "lookback_bars": list(LOOKBACK_BARS),
         "chord_inputs": list(CHORD_MODEL_INPUTS),
         "chord_outputs": list(CHORD_MODEL_OUTPUTS),
         "note_inputs": list(NOTE_MODEL_INPUTS),

@@ -9,7 +9,9 @@ green by skipping.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -57,3 +59,52 @@ def tiny_model_dir(nottingham_dir: Path, tmp_path_factory: pytest.TempPathFactor
     )
     assert code == 0
     return out
+
+
+# --- JACK (the suite's own server; see tests/jack_harness.py) --------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def jack_server() -> Iterator[str]:
+    """A private JACK server (dummy backend, 48 kHz, 256 frames) for the whole session; yields its name.
+
+    Sets ``JACK_DEFAULT_SERVER`` and ``JACK_NO_START_SERVER=1`` in ``os.environ`` so that
+    rtmidi clients in this process and subprocesses (use ``jack_harness.daemon_env``) find it.
+    The server is stopped at the end of the session, also when tests fail.
+    """
+    import jack_harness
+
+    require(jack_harness.jackd_path() is not None, "jackd (apt-get install jackd2)")
+    require(jack_harness.jack_tools_available(), "jack_lsp/jack_connect (apt-get install jackd2)")
+    saved = {k: os.environ.get(k) for k in ("JACK_DEFAULT_SERVER", "JACK_NO_START_SERVER")}
+    server = jack_harness.JackServer.start()
+    os.environ["JACK_DEFAULT_SERVER"] = server.name
+    os.environ["JACK_NO_START_SERVER"] = "1"
+    try:
+        yield server.name
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture
+def jack_recorder(jack_server: str) -> Iterator[Callable[[str], Any]]:
+    """A factory: ``jack_recorder("rtgen:out")`` returns an open MidiRecorder, closed after the test."""
+    from jack_harness import MidiRecorder
+
+    opened: list[MidiRecorder] = []
+
+    def make(source: str, timeout: float = 10.0) -> MidiRecorder:
+        rec = MidiRecorder(source, timeout=timeout).__enter__()
+        opened.append(rec)
+        return rec
+
+    try:
+        yield make
+    finally:
+        for rec in opened:
+            rec.close()

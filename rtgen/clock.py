@@ -1,0 +1,209 @@
+"""A drift-free step clock on ``time.perf_counter_ns()``.
+
+Deadlines are absolute: step ``k`` starts at ``anchor_ns + (k - anchor_step) * step_ns``
+where the anchor moves only when the tempo changes (to the step boundary where the
+new tempo takes effect). Nothing is ever accumulated from sleeps, so the schedule
+cannot drift against the wall clock. Waiting sleeps until shortly before the
+deadline (``spin_ns``) and spins the rest, because ``time.sleep`` overshoots by
+up to a millisecond or more on a loaded machine.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from rtgen.contract import STEPS_PER_BEAT
+
+log = logging.getLogger(__name__)
+
+NS_PER_S = 1_000_000_000
+
+
+class TimeSource(Protocol):
+    """Where time comes from: the real clock or a fake one in tests."""
+
+    def now_ns(self) -> int:
+        """Current time in nanoseconds (monotonic)."""
+        ...
+
+    def wait_until(self, deadline_ns: int) -> int:
+        """Block until ``deadline_ns``; returns the time at wake-up."""
+        ...
+
+
+class RealTime:
+    """``time.perf_counter_ns`` with sleep-then-spin waiting.
+
+    Args:
+        spin_ns: how long before a deadline to stop sleeping and start spinning.
+    """
+
+    def __init__(self, spin_ns: int = 1_000_000) -> None:
+        self.spin_ns = spin_ns
+
+    def now_ns(self) -> int:
+        """Current ``perf_counter_ns``."""
+        return time.perf_counter_ns()
+
+    def wait_until(self, deadline_ns: int, *, max_sleep_ns: int | None = None) -> int:
+        """Sleep, then spin until ``deadline_ns`` (or at most ``max_sleep_ns`` from now).
+
+        Returns:
+            ``perf_counter_ns`` at wake-up.
+        """
+        now = time.perf_counter_ns()
+        if max_sleep_ns is not None:
+            deadline_ns = min(deadline_ns, now + max_sleep_ns)
+        remaining = deadline_ns - now - self.spin_ns
+        if remaining > 0:
+            time.sleep(remaining / NS_PER_S)
+        now = time.perf_counter_ns()
+        while now < deadline_ns:
+            now = time.perf_counter_ns()
+        return now
+
+
+class FakeTime:
+    """A clock for tests: ``wait_until`` jumps straight to the deadline.
+
+    Args:
+        start_ns: the initial time.
+    """
+
+    def __init__(self, start_ns: int = 0) -> None:
+        self.t = start_ns
+        self.waits: list[int] = []
+
+    def now_ns(self) -> int:
+        """The fake current time."""
+        return self.t
+
+    def wait_until(self, deadline_ns: int, *, max_sleep_ns: int | None = None) -> int:
+        """Advance to ``deadline_ns`` (never backwards) and return the new time."""
+        if max_sleep_ns is not None:
+            deadline_ns = min(deadline_ns, self.t + max_sleep_ns)
+        self.waits.append(deadline_ns)
+        self.t = max(self.t, deadline_ns)
+        return self.t
+
+    def advance(self, ns: int) -> None:
+        """Move time forward by ``ns`` (e.g. to simulate a slow step)."""
+        self.t += ns
+
+
+@dataclass
+class LatenessStats:
+    """How late the clock woke up for its step deadlines."""
+
+    late_threshold_ns: int = 1_000_000
+    steps: int = 0
+    late_steps: int = 0
+    max_late_ns: int = 0
+    total_late_ns: int = 0
+    last_late_ns: int = 0
+    history: list[int] = field(default_factory=list)
+    keep_history: bool = False
+
+    def add(self, late_ns: int) -> None:
+        """Record one wake-up ``late_ns`` after its deadline (negative = early)."""
+        self.steps += 1
+        self.last_late_ns = late_ns
+        self.total_late_ns += late_ns
+        if late_ns > self.max_late_ns:
+            self.max_late_ns = late_ns
+        if late_ns > self.late_threshold_ns:
+            self.late_steps += 1
+        if self.keep_history:
+            self.history.append(late_ns)
+
+    def as_dict(self) -> dict[str, float | int]:
+        """JSON-ready summary."""
+        return {
+            "steps": self.steps,
+            "late_steps": self.late_steps,
+            "late_threshold_us": self.late_threshold_ns / 1000,
+            "max_late_us": self.max_late_ns / 1000,
+            "mean_late_us": (self.total_late_ns / self.steps / 1000) if self.steps else 0.0,
+        }
+
+
+class StepClock:
+    """Absolute step deadlines at a tempo, with tempo changes at step boundaries.
+
+    Args:
+        tempo: beats per minute (quarter notes).
+        steps_per_beat: grid steps per beat.
+        time_source: :class:`RealTime` (default) or :class:`FakeTime`.
+        late_threshold_ns: a wake-up later than this counts as a late step.
+    """
+
+    def __init__(
+        self,
+        tempo: float,
+        *,
+        steps_per_beat: int = STEPS_PER_BEAT,
+        time_source: RealTime | FakeTime | None = None,
+        late_threshold_ns: int = 1_000_000,
+    ) -> None:
+        if not tempo > 0:
+            raise ValueError(f"tempo must be positive, got {tempo!r}")
+        self.source: RealTime | FakeTime = time_source if time_source is not None else RealTime()
+        self.steps_per_beat = steps_per_beat
+        self._tempo = float(tempo)
+        self._anchor_step = 0
+        self._anchor_ns = 0
+        self._pending_tempo: float | None = None
+        self._pending_step = 0
+        self.stats = LatenessStats(late_threshold_ns=late_threshold_ns)
+        self.started = False
+
+    @property
+    def tempo(self) -> float:
+        """The tempo in force at the anchor (the latest applied tempo)."""
+        return self._tempo
+
+    @property
+    def step_ns(self) -> float:
+        """Duration of one step at the current tempo, in (fractional) nanoseconds."""
+        return 60 * NS_PER_S / (self._tempo * self.steps_per_beat)
+
+    def start(self, t0_ns: int | None = None) -> int:
+        """Fix step 0 at ``t0_ns`` (default: now). Returns ``t0_ns``."""
+        self._anchor_ns = self.source.now_ns() if t0_ns is None else t0_ns
+        self._anchor_step = 0
+        self.started = True
+        return self._anchor_ns
+
+    def now_ns(self) -> int:
+        """Current time of the clock's time source."""
+        return self.source.now_ns()
+
+    def deadline(self, step: int) -> int:
+        """Absolute start time of ``step`` in ns (from the anchor: no accumulated error)."""
+        return self._anchor_ns + round((step - self._anchor_step) * 60 * NS_PER_S / (self._tempo * self.steps_per_beat))
+
+    def set_tempo(self, tempo: float, at_step: int) -> None:
+        """Change the tempo from the start of ``at_step`` on (that step's deadline does not move).
+
+        Args:
+            tempo: new beats per minute.
+            at_step: the first step played at the new tempo; must not be before the anchor.
+        """
+        if not tempo > 0:
+            raise ValueError(f"tempo must be positive, got {tempo!r}")
+        if at_step < self._anchor_step:
+            raise ValueError(f"cannot change tempo in the past (step {at_step} < {self._anchor_step})")
+        self._anchor_ns = self.deadline(at_step)
+        self._anchor_step = at_step
+        self._tempo = float(tempo)
+
+    def wait_step(self, step: int) -> int:
+        """Wait for the start of ``step``; records lateness. Returns how late we woke, in ns."""
+        deadline = self.deadline(step)
+        woke = self.source.wait_until(deadline)
+        late = woke - deadline
+        self.stats.add(late)
+        return late

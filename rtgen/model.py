@@ -1,0 +1,208 @@
+"""Load an exported model folder and run its two ONNX graphs one step at a time.
+
+A model folder holds ``chord.onnx``, ``note.onnx`` and ``meta.json`` (see
+docs/internals.md §3). :meth:`Model.load` checks the token-contract version, the
+sha256 of each file and the ONNX input/output names before creating the two
+onnxruntime sessions, once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+
+from rtgen import contract
+from rtgen.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+FloatArray = npt.NDArray[np.float32]
+GRAPH_FILES = ("chord.onnx", "note.onnx")
+_NOTE_TOKEN_INPUTS = contract.NOTE_MODEL_INPUTS[:-1]  # all but "state"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _model_folders_near(path: Path) -> list[str]:
+    """Model folders (those with a meta.json) next to ``path`` or inside it, for error messages."""
+    found: list[str] = []
+    for parent in (path, path.parent):
+        if parent.is_dir():
+            found.extend(str(p.parent) for p in sorted(parent.glob("*/meta.json")))
+    return sorted(set(found))
+
+
+def _missing_message(path: Path, what: str) -> str:
+    near = _model_folders_near(path)
+    hint = f"model folders found nearby: {', '.join(near)}" if near else "no model folders found nearby"
+    return (
+        f"{what}; {hint}. Choose one with --model DIR (or [model] path in config.toml), "
+        "or export one with rtgen-train export"
+    )
+
+
+def session_options(threads: int = 1) -> ort.SessionOptions:
+    """onnxruntime options for low-latency single-step inference."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = max(1, int(threads))
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3  # warnings about unused initialisers etc. are noise here
+    return opts
+
+
+class Model:
+    """One pair of ONNX sessions (chord and note model), created once.
+
+    Attributes:
+        path: the model folder.
+        meta: the parsed ``meta.json``.
+        name: the model's name (``meta["name"]`` or the folder name).
+        state_shape: ``(layers, hidden)`` of the recurrent state.
+    """
+
+    def __init__(self, path: Path, meta: dict[str, Any], chord: ort.InferenceSession, note: ort.InferenceSession,
+                 state_shape: tuple[int, int]) -> None:  # fmt: skip
+        self.path = path
+        self.meta = meta
+        self.name = str(meta.get("name") or path.name)
+        self.state_shape = state_shape
+        self._chord = chord
+        self._note = note
+        self._chord_outputs = list(contract.CHORD_MODEL_OUTPUTS)
+        self._note_outputs = list(contract.NOTE_MODEL_OUTPUTS)
+
+    def __repr__(self) -> str:
+        return f"Model({self.name!r}, path={str(self.path)!r}, state_shape={self.state_shape})"
+
+    @classmethod
+    def load(cls, path: str | Path, *, threads: int = 1) -> Model:
+        """Load and check a model folder.
+
+        Args:
+            path: folder with ``chord.onnx``, ``note.onnx`` and ``meta.json``.
+            threads: onnxruntime intra-op threads per session (1 is fastest for one step).
+
+        Raises:
+            ModelError: the folder or a file is missing, the contract version differs,
+                a file's sha256 does not match, or the ONNX I/O names are not the contract's.
+        """
+        path = Path(path).expanduser().resolve()
+        if not path.is_dir():
+            raise ModelError(_missing_message(path, f"model folder {path} does not exist"))
+        meta_path = path / "meta.json"
+        if not meta_path.is_file():
+            raise ModelError(_missing_message(path, f"model folder {path} has no meta.json"))
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ModelError(f"cannot read {meta_path}: {err}; re-export the model with rtgen-train export") from err
+        if not isinstance(meta, dict):
+            raise ModelError(f"{meta_path} is not a JSON object; re-export the model with rtgen-train export")
+        version = (meta.get("contract") or {}).get("version")
+        if version != contract.CONTRACT_VERSION:
+            raise ModelError(
+                f"model {path} speaks token contract v{version}, this rtgen speaks v{contract.CONTRACT_VERSION}; "
+                "re-export it with rtgen-train export"
+            )
+        missing = [f for f in GRAPH_FILES if not (path / f).is_file()]
+        if missing:
+            raise ModelError(_missing_message(path, f"model folder {path} is missing {', '.join(missing)}"))
+        files = meta.get("files") or {}
+        for fname in GRAPH_FILES:
+            want = (files.get(fname) or {}).get("sha256")
+            if not want:
+                raise ModelError(f"{meta_path} has no sha256 for {fname}; re-export the model with rtgen-train export")
+            got = _sha256(path / fname)
+            if got != want:
+                raise ModelError(
+                    f"{path / fname} does not match its sha256 in meta.json (got {got[:12]}…, "
+                    f"expected {want[:12]}…): the file is corrupt or was changed; re-export the model"
+                )
+        opts = session_options(threads)
+        sessions = []
+        for fname in GRAPH_FILES:
+            try:
+                sessions.append(
+                    ort.InferenceSession(str(path / fname), sess_options=opts, providers=["CPUExecutionProvider"])
+                )
+            except Exception as err:  # onnxruntime raises its own exception types
+                raise ModelError(f"onnxruntime cannot load {path / fname}: {err}") from err
+        chord, note = sessions
+        for fname, sess, inputs, outputs in (
+            ("chord.onnx", chord, contract.CHORD_MODEL_INPUTS, contract.CHORD_MODEL_OUTPUTS),
+            ("note.onnx", note, contract.NOTE_MODEL_INPUTS, contract.NOTE_MODEL_OUTPUTS),
+        ):
+            got_in = {i.name for i in sess.get_inputs()}
+            got_out = {o.name for o in sess.get_outputs()}
+            if got_in != set(inputs) or not set(outputs) <= got_out:
+                raise ModelError(
+                    f"{path / fname} has inputs {sorted(got_in)} and outputs {sorted(got_out)}; the token contract "
+                    f"v{contract.CONTRACT_VERSION} needs inputs {list(inputs)} and outputs {list(outputs)}; "
+                    "re-export it with rtgen-train export"
+                )
+        state_shape = cls._state_shape(meta, chord, meta_path)
+        log.info("loaded model %s from %s (state %s, %d thread(s))", meta.get("name"), path, state_shape, threads)
+        return cls(path, meta, chord, note, state_shape)
+
+    @staticmethod
+    def _state_shape(meta: dict[str, Any], chord: ort.InferenceSession, meta_path: Path) -> tuple[int, int]:
+        shape = (meta.get("model") or {}).get("state_shape")
+        if isinstance(shape, list) and len(shape) == 2 and all(isinstance(v, int) and v > 0 for v in shape):
+            return int(shape[0]), int(shape[1])
+        # Fall back to the graph's static dims (layers, batch, hidden).
+        dims = next(i.shape for i in chord.get_inputs() if i.name == "state")
+        if len(dims) == 3 and isinstance(dims[0], int) and isinstance(dims[2], int):
+            return dims[0], dims[2]
+        raise ModelError(f"{meta_path} has no model.state_shape [layers, hidden]; re-export the model")
+
+    def initial_state(self, batch: int = 1) -> FloatArray:
+        """An all-zero recurrent state of shape ``(layers, batch, hidden)``."""
+        layers, hidden = self.state_shape
+        return np.zeros((layers, batch, hidden), dtype=np.float32)
+
+    def chord_step(self, feeds: dict[str, np.ndarray], state: FloatArray) -> tuple[FloatArray, FloatArray]:
+        """Run the chord model one step.
+
+        Args:
+            feeds: at least the ``contract.COMMON_INPUTS`` arrays (int64, shape ``(B,)``); other keys
+                (such as ``chord_now``) are ignored. Not modified.
+            state: ``(layers, B, hidden)`` float32.
+
+        Returns:
+            ``(chord_logits (B, V), state_out)``.
+        """
+        run_feeds = {name: feeds[name] for name in contract.COMMON_INPUTS}
+        run_feeds["state"] = state
+        logits, new_state = self._chord.run(self._chord_outputs, run_feeds)
+        return logits, new_state
+
+    def note_step(self, feeds: dict[str, np.ndarray], state: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:
+        """Run the note model one step.
+
+        Args:
+            feeds: the ``contract.COMMON_INPUTS`` arrays plus ``chord_now`` (int64, shape ``(B,)``).
+                Not modified.
+            state: ``(layers, B, hidden)`` float32.
+
+        Returns:
+            ``(melody_logits (B, Vm), velocity_logits (B, Vv), state_out)``.
+        """
+        run_feeds = {name: feeds[name] for name in _NOTE_TOKEN_INPUTS}
+        run_feeds["state"] = state
+        mel, vel, new_state = self._note.run(self._note_outputs, run_feeds)
+        return mel, vel, new_state

@@ -1,0 +1,262 @@
+"""The chord and note models: small stateful GRUs that run one grid step at a time.
+
+Both models read the inputs of the token contract (``rtgen.contract.COMMON_INPUTS``;
+the note model also ``chord_now``), embed each token, concatenate the embeddings
+(plus fixed musical features: pitch class and octave of melody tokens, chord tones
+and root of chord tokens), run them through a GRU and project to logits:
+
+* :class:`ChordModel`: p(chord_t | melody_<t, chord_<t, position) -> ``chord_logits``;
+* :class:`NoteModel`: p(melody_t, velocity_t | melody_<t, chord_<=t, position)
+  -> ``melody_logits``, ``velocity_logits``.
+
+``forward`` runs whole sequences (training, teacher forcing); ``step`` runs one step
+with inputs of shape (B,) and is what gets exported to ONNX. The recurrent state is
+``(layers, B, hidden)`` and a fresh sequence starts from zeros.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from rtgen import contract as C
+
+BACKBONES = ("gru",)
+
+# Vocabulary size of each token input.
+INPUT_VOCAB: dict[str, int] = {
+    "prev_melody": C.MELODY_VOCAB_SIZE,
+    "prev_sounding": C.MELODY_VOCAB_SIZE,
+    "prev_velocity": C.NUM_VELOCITY_BINS,
+    "prev_chord": C.CHORD_VOCAB_SIZE,
+    "prev_chord_now": C.CHORD_VOCAB_SIZE,
+    "position": C.MAX_BAR_STEPS,
+    "phrase": C.PHRASE_BARS,
+    "chord_now": C.CHORD_VOCAB_SIZE,
+}
+_MELODY_INPUTS = ("prev_melody", "prev_sounding")
+_CHORD_INPUTS = ("prev_chord", "prev_chord_now", "chord_now")
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of one model; saved in checkpoints and meta.json.
+
+    Attributes:
+        backbone: sequence model; only ``"gru"`` for now.
+        hidden: GRU hidden size.
+        layers: GRU layers.
+        token_emb: embedding size of melody and chord tokens.
+        small_emb: embedding size of velocity, position and phrase tokens.
+        dropout: dropout on the GRU input, between layers and before the heads.
+        features: add fixed musical features (pitch class, octave, chord tones, root).
+    """
+
+    backbone: str = "gru"
+    hidden: int = 256
+    layers: int = 2
+    token_emb: int = 48
+    small_emb: int = 16
+    dropout: float = 0.15
+    features: bool = True
+
+    def __post_init__(self) -> None:
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"backbone must be one of {', '.join(BACKBONES)}, got {self.backbone!r}")
+        if self.hidden < 1 or self.layers < 1:
+            raise ValueError(f"hidden and layers must be >= 1, got hidden={self.hidden} layers={self.layers}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready copy."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are ignored (forward compatible)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def _melody_features() -> np.ndarray:
+    """(MELODY_VOCAB_SIZE, 12 + 1 + 2): pitch-class one-hot, scaled octave, is-rest, is-hold."""
+    f = np.zeros((C.MELODY_VOCAB_SIZE, 15), dtype=np.float32)
+    f[C.MEL_REST, 13] = 1.0
+    f[C.MEL_HOLD, 14] = 1.0
+    for tok in range(C.MEL_NOTE_OFFSET, C.MELODY_VOCAB_SIZE):
+        pitch = C.melody_pitch(tok)
+        assert pitch is not None
+        f[tok, pitch % 12] = 1.0
+        f[tok, 12] = (pitch - 72) / 12.0
+    return f
+
+
+def chord_templates() -> np.ndarray:
+    """(CHORD_VOCAB_SIZE, 12): chord-tone pitch classes of each chord token (HOLD, N.C. all zero)."""
+    t = np.zeros((C.CHORD_VOCAB_SIZE, 12), dtype=np.float32)
+    for tok in range(C.CHORD_OFFSET, C.CHORD_VOCAB_SIZE):
+        for pc in C.Chord.from_token(tok).pitch_classes:
+            t[tok, pc] = 1.0
+    return t
+
+
+def _chord_features() -> np.ndarray:
+    """(CHORD_VOCAB_SIZE, 12 + 12 + 2): chord tones, root one-hot, is-hold, is-N.C."""
+    f = np.zeros((C.CHORD_VOCAB_SIZE, 26), dtype=np.float32)
+    f[:, :12] = chord_templates()
+    f[C.CHORD_HOLD, 24] = 1.0
+    f[C.CHORD_NC, 25] = 1.0
+    for tok in range(C.CHORD_OFFSET, C.CHORD_VOCAB_SIZE):
+        f[tok, 12 + C.Chord.from_token(tok).root] = 1.0
+    return f
+
+
+class Embedder(nn.Module):
+    """Embeds a dict of token tensors and concatenates them along the last axis."""
+
+    def __init__(self, names: tuple[str, ...], cfg: ModelConfig) -> None:
+        super().__init__()
+        self.names = names
+        self.features = cfg.features
+        self.emb = nn.ModuleDict()
+        self.out_dim = 0
+        for name in names:
+            dim = cfg.token_emb if name in _MELODY_INPUTS + _CHORD_INPUTS else cfg.small_emb
+            self.emb[name] = nn.Embedding(INPUT_VOCAB[name], dim)
+            self.out_dim += dim
+        if cfg.features:
+            self.register_buffer("mel_feat", torch.from_numpy(_melody_features()), persistent=False)
+            self.register_buffer("chord_feat", torch.from_numpy(_chord_features()), persistent=False)
+            self.out_dim += sum(
+                self.mel_feat.shape[1] if n in _MELODY_INPUTS else self.chord_feat.shape[1]
+                for n in names
+                if n in _MELODY_INPUTS + _CHORD_INPUTS
+            )
+
+    def forward(self, feeds: dict[str, Tensor]) -> Tensor:
+        """feeds: name -> (B, T) or (B,) int64; returns (..., out_dim) float."""
+        parts = [self.emb[n](feeds[n]) for n in self.names]
+        if self.features:
+            for n in self.names:
+                if n in _MELODY_INPUTS:
+                    parts.append(nn.functional.embedding(feeds[n], self.mel_feat))
+                elif n in _CHORD_INPUTS:
+                    parts.append(nn.functional.embedding(feeds[n], self.chord_feat))
+        return torch.cat(parts, dim=-1)
+
+
+class _Recurrent(nn.Module):
+    """Embedder + GRU shared by both models."""
+
+    def __init__(self, names: tuple[str, ...], cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.input_names = names
+        self.embed = Embedder(names, cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.rnn = nn.GRU(
+            self.embed.out_dim,
+            cfg.hidden,
+            num_layers=cfg.layers,
+            batch_first=True,
+            dropout=cfg.dropout if cfg.layers > 1 else 0.0,
+        )
+
+    def initial_state(self, batch: int = 1) -> Tensor:
+        """All-zero state (layers, B, hidden)."""
+        p = next(self.parameters())
+        return torch.zeros(self.cfg.layers, batch, self.cfg.hidden, dtype=p.dtype, device=p.device)
+
+    def _run(self, feeds: dict[str, Tensor], state: Tensor | None) -> tuple[Tensor, Tensor]:
+        x = self.drop(self.embed(feeds))  # (B, T, E)
+        if state is None:
+            state = self.initial_state(x.shape[0])
+        h, state = self.rnn(x, state)  # (B, T, H), (L, B, H)
+        return self.drop(h), state
+
+
+class ChordModel(_Recurrent):
+    """p(chord_t | melody_<t, chord_<t, position, phrase)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__(C.COMMON_INPUTS, cfg)
+        self.head = nn.Linear(cfg.hidden, C.CHORD_VOCAB_SIZE)
+        # Pitch-class scores shared by all chords containing that pitch class: a
+        # transposition-aware bias that lets rare chords borrow strength from common ones.
+        self.pc_head = nn.Linear(cfg.hidden, 12, bias=False)
+        self.register_buffer("templates", torch.from_numpy(chord_templates()), persistent=False)
+
+    def forward(self, feeds: dict[str, Tensor], state: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Sequences: feeds name -> (B, T); returns chord logits (B, T, V) and state (L, B, H)."""
+        h, state = self._run(feeds, state)
+        logits = self.head(h) + self.pc_head(h) @ self.templates.T  # (B, T, V)
+        return logits, state
+
+    def step(self, feeds: dict[str, Tensor], state: Tensor) -> tuple[Tensor, Tensor]:
+        """One step: feeds name -> (B,); returns chord logits (B, V) and the new state."""
+        logits, state = self.forward({k: v.unsqueeze(1) for k, v in feeds.items()}, state)
+        return logits[:, 0], state
+
+
+class NoteModel(_Recurrent):
+    """p(melody_t, velocity_t | melody_<t, chord_<=t, position, phrase)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__((*C.COMMON_INPUTS, "chord_now"), cfg)
+        self.melody_head = nn.Linear(cfg.hidden, C.MELODY_VOCAB_SIZE)
+        self.velocity_head = nn.Linear(cfg.hidden, C.NUM_VELOCITY_BINS)
+
+    def forward(self, feeds: dict[str, Tensor], state: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Sequences: returns melody logits (B, T, Vm), velocity logits (B, T, Vv), state (L, B, H)."""
+        h, state = self._run(feeds, state)
+        return self.melody_head(h), self.velocity_head(h), state
+
+    def step(self, feeds: dict[str, Tensor], state: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """One step: feeds name -> (B,); returns melody logits (B, Vm), velocity logits (B, Vv), state."""
+        mel, vel, state = self.forward({k: v.unsqueeze(1) for k, v in feeds.items()}, state)
+        return mel[:, 0], vel[:, 0], state
+
+
+class Models(nn.Module):
+    """Both models in one module, so one optimizer (and one DDP wrapper) trains them together.
+
+    ``forward`` takes a batch from :mod:`training.dataset` and returns the summed
+    cross-entropies and per-target sums, so that DDP sees a single forward.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.chord = ChordModel(cfg)
+        self.note = NoteModel(cfg)
+
+    def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """batch: inputs (B, T) plus targets ``chord``, ``melody``, ``velocity`` (B, T; -100 = ignore).
+
+        Returns:
+            ``loss`` (mean chord + mean melody + mean velocity NLL, the training objective) and,
+            per target, ``<name>_sum`` and ``<name>_n`` (summed NLL and counted steps) as detached tensors.
+        """
+        chord_logits, _ = self.chord(batch)
+        mel_logits, vel_logits, _ = self.note(batch)
+        out: dict[str, Tensor] = {}
+        loss = torch.zeros((), device=chord_logits.device)
+        for name, logits in (("chord", chord_logits), ("melody", mel_logits), ("velocity", vel_logits)):
+            target = batch[name]
+            nll = nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="sum")
+            n = (target != -100).sum()
+            loss = loss + nll / n.clamp(min=1)
+            out[f"{name}_sum"] = nll.detach()
+            out[f"{name}_n"] = n
+        out["loss"] = loss
+        return out
+
+    def param_counts(self) -> dict[str, int]:
+        """Trainable parameters per model."""
+        return {
+            "chord": sum(p.numel() for p in self.chord.parameters()),
+            "note": sum(p.numel() for p in self.note.parameters()),
+        }
