@@ -1,0 +1,361 @@
+"""MIDI ports through python-rtmidi: backends, port listing, output and input.
+
+A *backend* is an rtmidi API named as in the config (``auto``, ``alsa``, ``jack``,
+``coremidi``, ``winmm``). ``open_output(backend, None)`` creates a virtual port
+(on JACK it appears as ``rtgen:out``); ``open_output(backend, "fluid")`` connects
+to the one existing port whose name contains ``fluid`` (case-insensitive).
+Everything that can go wrong at start-up raises :class:`~rtgen.errors.PortError`
+with a message that lists what there is (ports, compiled backends) and what to try.
+
+Input arrives on rtmidi's own thread; :func:`open_input`'s callback must only
+enqueue (``queue.SimpleQueue.put``), never block.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import rtmidi
+
+from rtgen.errors import PortError
+
+log = logging.getLogger(__name__)
+
+BACKENDS: dict[str, int] = {
+    "auto": rtmidi.API_UNSPECIFIED,
+    "alsa": rtmidi.API_LINUX_ALSA,
+    "jack": rtmidi.API_UNIX_JACK,
+    "coremidi": rtmidi.API_MACOSX_CORE,
+    "winmm": rtmidi.API_WINDOWS_MM,
+}
+"""Config names of the MIDI backends mapped to rtmidi API constants (``auto`` = the platform's default)."""
+
+_API_NAMES = {api: name for name, api in BACKENDS.items()}
+
+InputCallback = Callable[[list[int], int], None]
+"""``callback(message_bytes, perf_counter_ns)``: called on rtmidi's thread; must only enqueue."""
+
+
+def compiled_backends() -> list[str]:
+    """Config names of the backends this python-rtmidi build was compiled with (e.g. ``["alsa", "jack"]``)."""
+    return [_API_NAMES[api] for api in rtmidi.get_compiled_api() if api in _API_NAMES]
+
+
+@contextlib.contextmanager
+def captured_stderr() -> Iterator[list[str]]:
+    """Capture what native libraries (libasound, libjack) write to fd 2 while probing; logged at DEBUG.
+
+    Without this, ``rtgen ports`` on a machine without ALSA sequencer or JACK server prints
+    a page of C-library noise before our one-line explanation.
+    """
+    lines: list[str] = []
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        yield lines
+        return
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), fd)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, fd)
+            os.close(saved)
+            tmp.seek(0)
+            text = tmp.read().decode(errors="replace")
+            lines.extend(line for line in text.splitlines() if line.strip())
+            if lines:
+                log.debug("native MIDI library output: %s", " | ".join(lines))
+
+
+def _why_unavailable(backend: str, err: BaseException | None = None) -> str:
+    """A one-line reason and fix for a backend that cannot open a client."""
+    compiled = ", ".join(compiled_backends()) or "none"
+    if backend == "alsa" and sys.platform.startswith("linux") and not os.path.exists("/dev/snd/seq"):
+        return "ALSA sequencer not available (/dev/snd/seq missing; load snd-seq or use --backend jack)"
+    if backend == "jack":
+        server = os.environ.get("JACK_DEFAULT_SERVER", "default")
+        return (
+            f"JACK server {server!r} not running (start one, e.g. `jackd -d dummy -r 48000 -p 256 &`, "
+            f"or set JACK_DEFAULT_SERVER; compiled backends: {compiled})"
+        )
+    if backend not in compiled_backends() and backend != "auto":
+        return f"backend {backend!r} is not compiled into python-rtmidi (compiled: {compiled})"
+    detail = f": {err}" if err else ""
+    return f"backend {backend!r} cannot open a MIDI client{detail} (compiled: {compiled})"
+
+
+def _check_backend(backend: str) -> int:
+    if backend not in BACKENDS:
+        raise PortError(f"unknown MIDI backend {backend!r}; allowed: {', '.join(BACKENDS)}")
+    if backend != "auto" and BACKENDS[backend] not in rtmidi.get_compiled_api():
+        raise PortError(_why_unavailable(backend))
+    return BACKENDS[backend]
+
+
+def _candidates(backend: str) -> list[str]:
+    """Backends to try for ``backend``: itself, or for ``auto`` every compiled one in rtmidi's order."""
+    _check_backend(backend)
+    return compiled_backends() if backend == "auto" else [backend]
+
+
+def _make_client(kind: type[Any], backend: str, client_name: str) -> tuple[Any, str]:
+    """An rtmidi MidiIn/MidiOut on ``backend`` (``auto``: the first compiled backend that starts)."""
+    reasons: list[str] = []
+    for name in _candidates(backend):
+        with captured_stderr():
+            try:
+                return kind(BACKENDS[name], name=client_name), name
+            except rtmidi.RtMidiError as err:
+                reasons.append(f"{name}: {_why_unavailable(name, err)}")
+                log.debug("MIDI backend %s cannot start: %s", name, err)
+    if backend == "auto":
+        raise PortError("no MIDI backend can start: " + "; ".join(reasons))
+    raise PortError(reasons[0].split(": ", 1)[1])
+
+
+def backend_status(backend: str) -> tuple[bool, str]:
+    """Whether ``backend`` can open a client here, and the reason when it cannot.
+
+    Returns:
+        ``(True, "")`` or ``(False, reason_with_fix)``; never raises.
+    """
+    try:
+        client, _ = _make_client(rtmidi.MidiOut, backend, "rtgen-probe")
+    except PortError as err:
+        return False, str(err)
+    client.delete()
+    return True, ""
+
+
+def list_ports(backend: str) -> dict[str, list[str]]:
+    """MIDI ports visible through ``backend``: ``{"inputs": [...], "outputs": [...]}``.
+
+    *inputs* are ports we can read from (sources), *outputs* ports we can send to.
+
+    Raises:
+        PortError: the backend is unknown, not compiled, or cannot start (the message says why).
+    """
+    midi_in, _ = _make_client(rtmidi.MidiIn, backend, "rtgen-list")
+    try:
+        midi_out, _ = _make_client(rtmidi.MidiOut, backend, "rtgen-list")
+    except PortError:
+        midi_in.delete()
+        raise
+    try:
+        return {"inputs": list(midi_in.get_ports()), "outputs": list(midi_out.get_ports())}
+    finally:
+        midi_in.delete()
+        midi_out.delete()
+
+
+def _match_port(ports: Sequence[str], match: str, kind: str, backend: str) -> int:
+    needle = match.lower()
+    exact = [i for i, p in enumerate(ports) if p.lower() == needle]
+    hits = exact or [i for i, p in enumerate(ports) if needle in p.lower()]
+    listing = ", ".join(repr(p) for p in ports) or "(none)"
+    if not hits:
+        raise PortError(
+            f"no MIDI {kind} port matches {match!r} on backend {backend}; available {kind} ports: {listing} "
+            f"(see `rtgen ports`, or leave midi.out empty for a virtual port)"
+        )
+    if len(hits) > 1:
+        names = ", ".join(repr(ports[i]) for i in hits)
+        raise PortError(f"{match!r} matches several MIDI {kind} ports on backend {backend}: {names}; be more specific")
+    return hits[0]
+
+
+class MidiOutput:
+    """An open MIDI output port (virtual or connected to an existing port).
+
+    Attributes:
+        name: the port's name (``"rtgen:out"`` style for virtual ports, the matched name otherwise).
+        backend: the backend it was opened on (``auto`` resolved).
+        virtual: True for a port we created.
+    """
+
+    def __init__(self, midi_out: Any, name: str, backend: str, virtual: bool) -> None:
+        self._out = midi_out
+        self._send = midi_out.send_message
+        self.name = name
+        self.backend = backend
+        self.virtual = virtual
+
+    def send(self, message: Sequence[int]) -> None:
+        """Send one raw MIDI message (status byte, data bytes) now."""
+        self._send(message)
+
+    def close(self) -> None:
+        """Close the port and the client; sends nothing itself (use the sink's ``panic`` first)."""
+        out = self._out
+        if out is None:
+            return
+        self._out = None
+        self._send = _closed_send
+        try:
+            out.close_port()
+        finally:
+            out.delete()
+
+    @property
+    def closed(self) -> bool:
+        """The port has been closed."""
+        return self._out is None
+
+    def __enter__(self) -> MidiOutput:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"MidiOutput({self.name!r}, backend={self.backend!r}, virtual={self.virtual})"
+
+
+def _closed_send(message: Sequence[int]) -> None:
+    raise PortError("MIDI output port is closed")
+
+
+def open_output(
+    backend: str, match: str | None = None, client_name: str = "rtgen", port_name: str = "out"
+) -> MidiOutput:
+    """Open a MIDI output.
+
+    Args:
+        backend: one of :data:`BACKENDS` (``auto`` tries the compiled backends in rtmidi's order).
+        match: ``None`` or empty for a virtual port ``client_name:port_name``; else a case-insensitive
+            substring of exactly one existing output port (an exact name wins over substrings).
+        client_name: the MIDI client name (JACK client / ALSA client).
+        port_name: the virtual port's name, or our local port name when connecting.
+
+    Raises:
+        PortError: backend unknown, not compiled or not running; no port or several ports match
+            (the message lists the available output ports).
+    """
+    midi_out, resolved = _make_client(rtmidi.MidiOut, backend, client_name)
+    try:
+        with captured_stderr():
+            if not match:
+                try:
+                    midi_out.open_virtual_port(port_name)
+                except (rtmidi.RtMidiError, NotImplementedError) as err:
+                    raise PortError(
+                        f"cannot create a virtual MIDI port on backend {resolved} ({err}); "
+                        f"connect to an existing port with --midi-out NAME instead (see `rtgen ports`)"
+                    ) from err
+                name = f"{client_name}:{port_name}"
+                virtual = True
+            else:
+                ports = list(midi_out.get_ports())
+                index = _match_port(ports, match, "output", resolved)
+                try:
+                    midi_out.open_port(index, port_name)
+                except rtmidi.RtMidiError as err:
+                    raise PortError(f"cannot open MIDI output port {ports[index]!r}: {err}") from err
+                name = ports[index]
+                virtual = False
+    except BaseException:
+        midi_out.delete()
+        raise
+    log.info("MIDI output %s open on %s", name, resolved)
+    return MidiOutput(midi_out, name, resolved, virtual)
+
+
+class MidiInput:
+    """An open MIDI input; messages go to the callback given to :func:`open_input`."""
+
+    def __init__(self, midi_in: Any, name: str, backend: str, virtual: bool) -> None:
+        self._in = midi_in
+        self.name = name
+        self.backend = backend
+        self.virtual = virtual
+
+    def close(self) -> None:
+        """Stop the callback and close the port."""
+        midi_in = self._in
+        if midi_in is None:
+            return
+        self._in = None
+        try:
+            midi_in.cancel_callback()
+            midi_in.close_port()
+        finally:
+            midi_in.delete()
+
+    def __enter__(self) -> MidiInput:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"MidiInput({self.name!r}, backend={self.backend!r}, virtual={self.virtual})"
+
+
+def open_input(
+    backend: str,
+    match: str | None,
+    callback: InputCallback,
+    client_name: str = "rtgen",
+    port_name: str = "in",
+    *,
+    clock: bool = False,
+) -> MidiInput:
+    """Open a MIDI input whose messages are handed to ``callback(message, perf_counter_ns)``.
+
+    The callback runs on rtmidi's thread: it must only enqueue. Sysex and active sensing are
+    ignored; MIDI clock/transport only when ``clock`` is True.
+
+    Args:
+        backend: one of :data:`BACKENDS`.
+        match: ``None`` for a virtual input port ``client_name:port_name``, else a case-insensitive
+            substring of exactly one existing input (source) port.
+        callback: receives the raw bytes and the arrival time on ``time.perf_counter_ns``.
+        client_name: the MIDI client name.
+        port_name: the virtual port's name, or our local port name when connecting.
+        clock: pass MIDI clock and transport messages through.
+
+    Raises:
+        PortError: as :func:`open_output`, listing the input ports.
+    """
+    midi_in, resolved = _make_client(rtmidi.MidiIn, backend, client_name)
+    now = time.perf_counter_ns
+
+    def on_message(event: tuple[list[int], float], data: object = None) -> None:
+        callback(event[0], now())
+
+    try:
+        midi_in.ignore_types(sysex=True, timing=not clock, active_sense=True)
+        midi_in.set_callback(on_message)
+        with captured_stderr():
+            if not match:
+                try:
+                    midi_in.open_virtual_port(port_name)
+                except (rtmidi.RtMidiError, NotImplementedError) as err:
+                    raise PortError(
+                        f"cannot create a virtual MIDI input on backend {resolved} ({err}); "
+                        f"connect to an existing port by name instead (see `rtgen ports`)"
+                    ) from err
+                name, virtual = f"{client_name}:{port_name}", True
+            else:
+                ports = list(midi_in.get_ports())
+                index = _match_port(ports, match, "input", resolved)
+                try:
+                    midi_in.open_port(index, port_name)
+                except rtmidi.RtMidiError as err:
+                    raise PortError(f"cannot open MIDI input port {ports[index]!r}: {err}") from err
+                name, virtual = ports[index], False
+    except BaseException:
+        midi_in.delete()
+        raise
+    log.info("MIDI input %s open on %s", name, resolved)
+    return MidiInput(midi_in, name, resolved, virtual)
