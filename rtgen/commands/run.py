@@ -1,0 +1,112 @@
+"""``rtgen run``: the real-time instrument (MIDI out and/or FluidSynth, steered over OSC)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from rtgen.config import BACKENDS, MODES, Config, default_config_path, load_config
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``run`` subcommand."""
+    p = subparsers.add_parser(
+        "run",
+        help="play live: melody, chords and bass to a MIDI port and/or the internal synth",
+        description="Play in real time into a virtual MIDI port (or --midi-out NAME) and/or FluidSynth, "
+        "steered over OSC. Every option also lives in config.toml; options given here override it. "
+        "Runs until Ctrl-C / SIGTERM or --duration.",
+    )
+    p.add_argument("--config", type=Path, help="config file (default: ./config.toml if present)")
+    p.add_argument("--model", type=Path, help="model folder (config: model.path)")
+    p.add_argument("--mode", choices=MODES, help="playing mode (config: daemon.mode); autonomous for now")
+    p.add_argument("--backend", choices=BACKENDS, help="MIDI API (config: midi.backend); auto = platform default")
+    p.add_argument("--midi-out", metavar="NAME", help="connect to an existing output port by substring (midi.out)")
+    p.add_argument("--no-midi", dest="midi", action="store_false", default=None, help="no MIDI output")
+    p.add_argument("--synth", dest="synth", action="store_true", default=None, help="play through FluidSynth")
+    p.add_argument("--no-synth", dest="synth", action="store_false", help="do not start the internal synth")
+    p.add_argument("--soundfont", metavar="PATH", help="a .sf2 soundfont (config: synth.soundfont)")
+    p.add_argument("--audio-driver", metavar="NAME", help="FluidSynth audio driver (config: synth.audio_driver)")
+    p.add_argument("--osc-host", help="OSC bind address (config: osc.host; default 127.0.0.1)")
+    p.add_argument("--osc-port", type=int, help="OSC UDP port (config: osc.port; default 9000)")
+    p.add_argument("--no-osc", dest="osc", action="store_false", default=None, help="no OSC control")
+    p.add_argument("--tempo", type=float, metavar="BPM", help="tempo (config: generation.tempo)")
+    p.add_argument("--seed", type=int, metavar="N", help="random seed (config: generation.seed)")
+    p.add_argument("--temperature", type=float, metavar="T", help="sampling temperature (generation.temperature)")
+    p.add_argument("--swing", type=float, metavar="0..0.75", help="swing (config: generation.swing)")
+    p.add_argument("--humanize", type=float, metavar="MS", help="timing spread in ms (generation.humanize_ms)")
+    p.add_argument("--record", metavar="FILE.mid", help="record the session (config: daemon.record)")
+    p.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long (daemon.duration)")
+    p.add_argument("--quiet", action="store_true", default=None, help="no status line")
+    p.add_argument("--log-json", action="store_true", default=None, help="JSON lines on stderr (headless)")
+    p.set_defaults(func=run)
+
+
+def _set(cfg: Config, section: str, **values: Any) -> Config:
+    changes = {k: v for k, v in values.items() if v is not None}
+    return cfg.replace(section, **changes) if changes else cfg
+
+
+def build_config(args: argparse.Namespace) -> Config:
+    """The config file with the command-line options applied (validated key by key)."""
+    path = args.config if args.config is not None else default_config_path()
+    cfg = load_config(path)
+    cfg = _set(cfg, "model", path=str(Path(args.model).resolve()) if args.model is not None else None)
+    cfg = _set(
+        cfg,
+        "generation",
+        tempo=args.tempo,
+        seed=args.seed,
+        temperature=args.temperature,
+        swing=args.swing,
+        humanize_ms=args.humanize,
+    )
+    cfg = _set(cfg, "midi", backend=args.backend, out=args.midi_out, enabled=args.midi)
+    soundfont = str(Path(args.soundfont).resolve()) if args.soundfont is not None else None
+    cfg = _set(cfg, "synth", enabled=args.synth, soundfont=soundfont, audio_driver=args.audio_driver)
+    cfg = _set(cfg, "osc", host=args.osc_host, port=args.osc_port, enabled=args.osc)
+    record = str(Path(args.record).resolve()) if args.record is not None else None
+    cfg = _set(
+        cfg, "daemon", mode=args.mode, record=record, duration=args.duration, quiet=args.quiet, log_json=args.log_json
+    )
+    return cfg
+
+
+def run(args: argparse.Namespace) -> int:
+    """Start the daemon and play until stopped; 0 on a clean stop."""
+    from rtgen.daemon import Daemon
+    from rtgen.status import StatusReporter, use_json_logging
+
+    cfg = build_config(args)
+    if cfg.daemon.log_json:
+        use_json_logging()
+    elif not args.verbose:
+        logging.getLogger("rtgen").setLevel(logging.INFO if not cfg.daemon.quiet else logging.WARNING)
+    tty = sys.stderr.isatty() and not cfg.daemon.quiet and not cfg.daemon.log_json
+    reporter = StatusReporter(tty_line=tty, json_lines=cfg.daemon.log_json)
+    daemon = Daemon(cfg, status=reporter)
+    daemon.open()
+    player = daemon.player
+    outputs = ", ".join(s.name for s in daemon.sinks)
+    osc = f"OSC on {cfg.osc.host}:{daemon.osc.port}" if daemon.osc is not None else "OSC off"
+    if not cfg.daemon.quiet and not cfg.daemon.log_json:
+        print(
+            f"rtgen: playing {player.model_name if player else '?'} at {cfg.generation.tempo:g} BPM to {outputs}; "
+            f"{osc}; Ctrl-C stops",
+            file=sys.stderr,
+            flush=True,
+        )
+    code = daemon.run()
+    if not cfg.daemon.quiet and not cfg.daemon.log_json and player is not None:
+        s = player.clock.stats
+        print(
+            f"rtgen: stopped after {s.steps} steps, {s.late_steps} late (max {s.max_late_ns / 1e6:.2f} ms)",
+            file=sys.stderr,
+            flush=True,
+        )
+    return code

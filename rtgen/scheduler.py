@@ -1,0 +1,259 @@
+"""Timed MIDI events, a note-off book per channel, and the sinks they go to.
+
+The real-time thread owns one :class:`Scheduler`. It pushes the voiced events of
+the next step (``step start + step_offset * step + ms_offset``), sends whatever is
+due to every sink, and keeps a book of sounding notes per channel so that stop,
+panic, tempo/instrument changes, model swaps and shutdown can release exactly
+the notes that are sounding (then all-notes-off as a last resort).
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Protocol
+
+from rtgen.clock import LatenessStats
+
+if TYPE_CHECKING:
+    from rtgen.voicing import NoteEvent
+
+log = logging.getLogger(__name__)
+
+NOTE_OFF = 0x80
+NOTE_ON = 0x90
+CONTROL_CHANGE = 0xB0
+PROGRAM_CHANGE = 0xC0
+CC_ALL_SOUND_OFF = 120
+CC_ALL_NOTES_OFF = 123
+
+
+class SinkLike(Protocol):
+    """What the scheduler needs from a sink (see :class:`rtgen.sinks.Sink`)."""
+
+    name: str
+
+    def send(self, message: Sequence[int], time_ns: int) -> None:
+        """Send raw MIDI bytes; ``time_ns`` is ``perf_counter_ns`` at sending."""
+        ...
+
+    def panic(self) -> None:
+        """All notes off, all sound off, on every channel."""
+        ...
+
+    def close(self) -> None:
+        """Release the sink."""
+        ...
+
+
+NoteListener = Callable[[str | None, int, int, int], None]
+"""Called as ``(part, channel, pitch, velocity)`` for every note-on actually sent."""
+
+
+class NoteBook:
+    """Which notes are sounding, per channel (with counts for doubled notes)."""
+
+    def __init__(self) -> None:
+        self.sounding: list[dict[int, int]] = [{} for _ in range(16)]
+
+    def on(self, channel: int, pitch: int) -> None:
+        """Record a note-on."""
+        book = self.sounding[channel]
+        book[pitch] = book.get(pitch, 0) + 1
+
+    def off(self, channel: int, pitch: int) -> bool:
+        """Record a note-off; False when that note was not sounding (the off is redundant)."""
+        book = self.sounding[channel]
+        n = book.get(pitch, 0)
+        if n <= 0:
+            return False
+        if n == 1:
+            del book[pitch]
+        else:
+            book[pitch] = n - 1
+        return True
+
+    def notes(self) -> list[tuple[int, int]]:
+        """All sounding (channel, pitch) pairs, one per pitch."""
+        return [(ch, p) for ch, book in enumerate(self.sounding) for p in sorted(book)]
+
+    def count(self) -> int:
+        """Number of sounding (channel, pitch) pairs."""
+        return sum(len(b) for b in self.sounding)
+
+    def clear(self) -> None:
+        """Forget everything."""
+        for book in self.sounding:
+            book.clear()
+
+
+class Scheduler:
+    """A time-ordered event queue that sends to all sinks at the right time.
+
+    Args:
+        sinks: where messages go (MIDI out, synth, recorder, ...).
+        now_ns: the time source for stamping sends (``perf_counter_ns`` by default).
+        on_note: optional listener for note-ons actually sent (OSC feedback).
+        keep_history: record every send error (actual minus scheduled) for benchmarks.
+    """
+
+    def __init__(
+        self,
+        sinks: Sequence[SinkLike],
+        *,
+        now_ns: Callable[[], int] = time.perf_counter_ns,
+        on_note: NoteListener | None = None,
+        keep_history: bool = False,
+    ) -> None:
+        self.sinks: list[SinkLike] = list(sinks)
+        self.now_ns = now_ns
+        self.on_note = on_note
+        self.book = NoteBook()
+        self._queue: list[tuple[int, int, tuple[int, ...], str | None]] = []
+        self._seq = 0
+        # latest scheduled time per (channel, pitch): keeps on/off order per key even when humanize
+        # would move a note-off before its own note-on
+        self._last_key_time: dict[int, int] = {}
+        self.errors = LatenessStats(late_threshold_ns=1_000_000, keep_history=keep_history)
+        self.sent = 0
+        self.dropped_offs = 0
+        self.sink_errors = 0
+        self.channels_used: set[int] = set()
+
+    # --- scheduling ---------------------------------------------------------
+    def add(self, time_ns: int, message: Sequence[int], part: str | None = None) -> None:
+        """Queue ``message`` (raw MIDI bytes) to be sent at ``time_ns``."""
+        msg = tuple(int(b) for b in message)
+        kind = msg[0] & 0xF0
+        if kind in (NOTE_ON, NOTE_OFF) and len(msg) >= 2:
+            key = ((msg[0] & 0x0F) << 7) | msg[1]
+            last = self._last_key_time.get(key)
+            if last is not None and time_ns < last:
+                time_ns = last
+            self._last_key_time[key] = time_ns
+        self._seq += 1
+        heapq.heappush(self._queue, (time_ns, self._seq, msg, part))
+
+    def add_notes(self, events: Iterable[NoteEvent], step_start_ns: int, step_ns: float) -> None:
+        """Queue voiced note events of one step that starts at ``step_start_ns``."""
+        for ev in events:
+            t = step_start_ns + round(ev.step_offset * step_ns + ev.ms_offset * 1_000_000)
+            if ev.on and ev.velocity > 0:
+                msg: tuple[int, ...] = (NOTE_ON | ev.channel, ev.pitch, min(127, max(1, ev.velocity)))
+            else:
+                msg = (NOTE_OFF | ev.channel, ev.pitch, 0)
+            self.add(t, msg, ev.part)
+
+    def next_time(self) -> int | None:
+        """Time of the earliest queued event, or None."""
+        return self._queue[0][0] if self._queue else None
+
+    def pending(self) -> int:
+        """Number of queued events."""
+        return len(self._queue)
+
+    def send_due(self, now_ns: int | None = None) -> int:
+        """Send every queued event whose time has come. Returns how many were sent."""
+        queue = self._queue
+        if now_ns is None:
+            now_ns = self.now_ns()
+        n = 0
+        while queue and queue[0][0] <= now_ns:
+            t, _, msg, part = heapq.heappop(queue)
+            sent_at = self.now_ns()
+            if self._dispatch(msg, part, sent_at):
+                self.errors.add(sent_at - t)
+                n += 1
+        if not queue:
+            self._last_key_time.clear()
+        return n
+
+    # --- immediate sends ----------------------------------------------------
+    def send_now(self, message: Sequence[int], part: str | None = None) -> bool:
+        """Send ``message`` to every sink right now (through the note-off book)."""
+        return self._dispatch(tuple(int(b) for b in message), part, self.now_ns())
+
+    def _dispatch(self, msg: tuple[int, ...], part: str | None, now: int) -> bool:
+        status = msg[0]
+        kind = status & 0xF0
+        channel = status & 0x0F
+        if kind == NOTE_ON and msg[2] > 0:
+            self.book.on(channel, msg[1])
+            self.channels_used.add(channel)
+            if self.on_note is not None:
+                self.on_note(part, channel, msg[1], msg[2])
+        elif kind in (NOTE_OFF, NOTE_ON) and not self.book.off(channel, msg[1]):
+            self.dropped_offs += 1
+            return False
+        for sink in self.sinks:
+            try:
+                sink.send(msg, now)
+            except Exception as err:  # a failing sink must not stop the music on the others
+                self.sink_errors += 1
+                if self.sink_errors <= 5 or self.sink_errors % 1000 == 0:
+                    log.warning(
+                        "sink %s failed to send %s (%d errors so far): %s", sink.name, msg, self.sink_errors, err
+                    )
+        self.sent += 1
+        return True
+
+    # --- releasing notes ----------------------------------------------------
+    def clear_pending(self) -> int:
+        """Drop every queued event (their note-ons must not sound any more). Returns how many."""
+        n = len(self._queue)
+        self._queue.clear()
+        self._last_key_time.clear()
+        return n
+
+    def release_all(self, channels: Iterable[int] | None = None) -> int:
+        """Drop pending events and send a note-off now for every sounding note.
+
+        Args:
+            channels: only these channels (pending events of other channels stay queued).
+
+        Returns:
+            The number of note-offs sent.
+        """
+        if channels is None:
+            self.clear_pending()
+            wanted = set(range(16))
+        else:
+            wanted = set(channels)
+            kept = [e for e in self._queue if (e[2][0] & 0x0F) not in wanted or (e[2][0] & 0xF0) >= 0xA0]
+            heapq.heapify(kept)
+            self._queue = kept
+        n = 0
+        for channel, pitch in self.book.notes():
+            if channel in wanted:
+                while self.book.sounding[channel].get(pitch, 0) > 0:
+                    self._dispatch((NOTE_OFF | channel, pitch, 0), None, self.now_ns())
+                n += 1
+        return n
+
+    def stop(self) -> int:
+        """Stop: note-offs for every sounding note now, then CC123 (all notes off) on used channels."""
+        n = self.release_all()
+        for channel in sorted(self.channels_used):
+            self._dispatch((CONTROL_CHANGE | channel, CC_ALL_NOTES_OFF, 0), None, self.now_ns())
+        return n
+
+    def panic(self) -> int:
+        """Panic: release everything, then each sink's own panic (CC123 + CC120 on all channels)."""
+        n = self.release_all()
+        for sink in self.sinks:
+            try:
+                sink.panic()
+            except Exception as err:
+                log.warning("sink %s failed to panic: %s", sink.name, err)
+        return n
+
+    def close(self) -> None:
+        """Stop, then close every sink (errors are logged, never raised)."""
+        self.stop()
+        for sink in self.sinks:
+            try:
+                sink.close()
+            except Exception as err:
+                log.warning("sink %s failed to close: %s", sink.name, err)

@@ -1,0 +1,74 @@
+"""The step clock: absolute deadlines, tempo changes at step boundaries, lateness counting."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from rtgen.clock import FakeTime, RealTime, StepClock
+
+
+def test_deadlines_are_exact_sums_from_t0() -> None:
+    clock = StepClock(110.0, time_source=FakeTime())
+    t0 = clock.start(1_000)
+    step = 60e9 / (110.0 * 4)
+    for k in (0, 1, 7, 1000, 1_000_000):
+        assert clock.deadline(k) == t0 + round(k * step)
+
+
+def test_no_drift_over_ten_minutes_of_steps() -> None:
+    ft = FakeTime()
+    clock = StepClock(120.0, time_source=ft)
+    clock.start(0)
+    steps = 10 * 60 * 8  # 10 minutes of sixteenths at 120 BPM
+    for k in range(steps + 1):
+        clock.wait_step(k)
+    assert ft.now_ns() == 600_000_000_000  # exactly 10 minutes: nothing accumulated
+    assert clock.stats.steps == steps + 1
+    assert clock.stats.late_steps == 0
+
+
+def test_tempo_change_takes_effect_at_the_step_boundary_without_a_jump() -> None:
+    clock = StepClock(120.0, time_source=FakeTime())
+    clock.start(0)
+    assert clock.deadline(4) == 500_000_000
+    clock.set_tempo(240.0, at_step=4)
+    assert clock.deadline(4) == 500_000_000  # the boundary itself does not move
+    assert clock.deadline(5) == 500_000_000 + 62_500_000
+    assert clock.deadline(12) == 500_000_000 + 8 * 62_500_000
+    clock.set_tempo(60.0, at_step=8)
+    assert clock.deadline(8) == 750_000_000
+    assert clock.deadline(9) == 750_000_000 + 250_000_000
+
+
+def test_tempo_change_in_the_past_is_refused() -> None:
+    clock = StepClock(120.0, time_source=FakeTime())
+    clock.start(0)
+    clock.set_tempo(100.0, at_step=10)
+    with pytest.raises(ValueError, match="past"):
+        clock.set_tempo(90.0, at_step=9)
+    with pytest.raises(ValueError, match="positive"):
+        clock.set_tempo(0.0, at_step=12)
+
+
+def test_lateness_is_counted() -> None:
+    ft = FakeTime()
+    clock = StepClock(120.0, time_source=ft, late_threshold_ns=1_000_000)
+    clock.start(0)
+    assert clock.wait_step(0) == 0
+    ft.advance(clock.deadline(1) + 3_000_000)  # a slow step: we are 3 ms past step 1's deadline
+    assert clock.wait_step(1) == 3_000_000
+    assert clock.wait_step(2) == 0
+    stats = clock.stats.as_dict()
+    assert stats["late_steps"] == 1
+    assert stats["max_late_us"] == 3000.0
+    assert stats["steps"] == 3
+
+
+def test_real_wait_never_wakes_before_the_deadline() -> None:
+    rt = RealTime(spin_ns=500_000)
+    for _ in range(20):
+        deadline = time.perf_counter_ns() + 2_000_000
+        woke = rt.wait_until(deadline)
+        assert woke >= deadline

@@ -1,0 +1,195 @@
+"""OSC control over real UDP: every handler, validation, garbage, feedback, and the README table."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pythonosc.osc_message import OscMessage
+from pythonosc.osc_message_builder import OscMessageBuilder
+
+from rtgen import osc
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class FakeController:
+    """Records what the handlers asked for (the daemon is tested end to end in test_daemon.py)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[Any, ...]]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        def record(*args: Any, **kwargs: Any) -> None:
+            self.calls.append((name, args + tuple(sorted(kwargs.items()))))
+
+        return record
+
+    def status(self) -> dict[str, Any]:
+        return {"playing": True, "tempo": 123.0}
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[osc.OscServer, FakeController]]:
+    ctl = FakeController()
+    srv = osc.OscServer("127.0.0.1", 0, ctl)  # type: ignore[arg-type]
+    srv.start()
+    try:
+        yield srv, ctl
+    finally:
+        srv.close()
+
+
+class Peer:
+    def __init__(self, port: int) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(5.0)
+        self.target = ("127.0.0.1", port)
+
+    def send(self, address: str, *args: Any) -> None:
+        b = OscMessageBuilder(address=address)
+        for a in args:
+            b.add_arg(a)
+        self.sock.sendto(b.build().dgram, self.target)
+
+    def recv(self) -> tuple[str, list[Any]]:
+        data, _ = self.sock.recvfrom(65536)
+        m = OscMessage(data)
+        return m.address, list(m.params)
+
+
+def wait_calls(ctl: FakeController, n: int) -> list[tuple[str, tuple[Any, ...]]]:
+    deadline = time.monotonic() + 5
+    while len(ctl.calls) < n and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return ctl.calls
+
+
+def test_valid_messages_reach_the_controller(server: tuple[osc.OscServer, FakeController]) -> None:
+    srv, ctl = server
+    peer = Peer(srv.port)
+    peer.send("/rtgen/play")
+    peer.send("/rtgen/tempo", 140)  # an int is accepted for f
+    peer.send("/rtgen/temperature", 1.25)
+    peer.send("/rtgen/instrument", "bass", 33)
+    peer.send("/rtgen/volume", "melody", 0.5)
+    peer.send("/rtgen/pan", "chords", -1.0)
+    peer.send("/rtgen/key", "D major")
+    peer.send("/rtgen/swing", 0.5)
+    peer.send("/rtgen/seed", 7)
+    peer.send("/rtgen/stop")
+    calls = wait_calls(ctl, 10)
+    assert calls == [
+        ("play", ()),
+        ("set_tempo", (140.0,)),
+        ("set_params", (("temperature", 1.25),)),
+        ("set_instrument", ("bass", 33)),
+        ("set_volume", ("melody", 0.5)),
+        ("set_pan", ("chords", -1.0)),
+        ("set_key", ("D major",)),
+        ("set_swing", (0.5,)),
+        ("set_seed", (7,)),
+        ("stop", ()),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("address", "args", "reason"),
+    [
+        ("/rtgen/tempo", ("fast",), "must be a number"),
+        ("/rtgen/tempo", (500.0,), "range 20.0..400.0"),
+        ("/rtgen/tempo", (), "expected 1 argument"),
+        ("/rtgen/instrument", ("drums", 3), "unknown part 'drums'"),
+        ("/rtgen/instrument", ("bass", 128), "range 0..127"),
+        ("/rtgen/key", ("H major",), "cannot parse key"),
+        ("/rtgen/swing", (0.9,), "range 0.0..0.75"),
+        ("/rtgen/mode", ("jazz",), "unknown mode"),
+        ("/rtgen/nope", (), "unknown address"),
+    ],
+)
+def test_bad_messages_get_an_error_reply(
+    server: tuple[osc.OscServer, FakeController], address: str, args: tuple[Any, ...], reason: str
+) -> None:
+    srv, ctl = server
+    peer = Peer(srv.port)
+    peer.send(address, *args)
+    reply, params = peer.recv()
+    assert reply == "/rtgen/error"
+    assert params[0].startswith(address) and reason in params[0]
+    assert ctl.calls == []
+
+
+@pytest.mark.parametrize("data", [b"\x00\x01garbage", b"/rtgen/tempo\x00\x00\x00\x00,f\x00\x00\x01", b"#bundle\x00xx"])
+def test_garbage_datagrams_get_an_error_reply_and_the_server_lives_on(
+    server: tuple[osc.OscServer, FakeController], data: bytes
+) -> None:
+    srv, ctl = server
+    peer = Peer(srv.port)
+    peer.sock.sendto(data, peer.target)
+    reply, _ = peer.recv()
+    assert reply == "/rtgen/error"
+    peer.send("/rtgen/panic")
+    assert wait_calls(ctl, 1) == [("panic", ())]
+    assert srv.control.errors == 1
+
+
+def test_status_replies_with_json(server: tuple[osc.OscServer, FakeController]) -> None:
+    srv, _ = server
+    peer = Peer(srv.port)
+    peer.send("/rtgen/status")
+    address, params = peer.recv()
+    assert address == "/rtgen/status"
+    assert json.loads(params[0]) == {"playing": True, "tempo": 123.0}
+
+
+def test_subscribers_get_feedback(server: tuple[osc.OscServer, FakeController]) -> None:
+    srv, _ = server
+    listener = Peer(srv.port)
+    host, port = listener.sock.getsockname()
+    Peer(srv.port).send("/rtgen/subscribe", host, port)
+    deadline = time.monotonic() + 5
+    while not srv.feedback.subscribers and time.monotonic() < deadline:
+        time.sleep(0.01)
+    srv.feedback.beat(3, 2)
+    srv.feedback.chord("Am7")
+    srv.feedback.note("melody", 72, 96)
+    srv.feedback.error("boom")
+    got = [listener.recv() for _ in range(4)]
+    assert got == [
+        ("/rtgen/beat", [3, 2]),
+        ("/rtgen/chord", ["Am7"]),
+        ("/rtgen/note", ["melody", 72, 96]),
+        ("/rtgen/error", ["boom"]),
+    ]
+
+
+def test_every_handler_is_documented() -> None:
+    rows = osc.address_table()
+    addresses = [a for a, _, _ in rows]
+    for name in ("play", "stop", "panic", "tempo", "temperature", "top_p", "mode", "instrument", "volume", "pan",
+                 "key", "density", "seed", "swing", "model", "soundfont", "status", "subscribe"):  # fmt: skip
+        assert f"/rtgen/{name}" in addresses
+    assert all(desc for _, _, desc in rows)
+
+
+def test_readme_table_is_current() -> None:
+    readme = REPO / "README.md"
+    text = readme.read_text() if readme.is_file() else ""
+    if osc.TABLE_START not in text:
+        pytest.skip("README.md has no osc-table markers yet")
+    assert osc.rewrite_readme(text) == text, "run: python -m rtgen.osc --write-readme README.md"
+
+
+def test_rewrite_replaces_only_between_the_markers() -> None:
+    text = f"intro\n{osc.TABLE_START}\nOLD-TABLE\n{osc.TABLE_END}\noutro\n"
+    out = osc.rewrite_readme(text)
+    assert out.startswith("intro\n") and out.endswith("outro\n")
+    assert "| `/rtgen/tempo` | f |" in out and "OLD-TABLE" not in out
+    with pytest.raises(ValueError, match="markers"):
+        osc.rewrite_readme("no markers")

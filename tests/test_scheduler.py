@@ -1,0 +1,252 @@
+"""Scheduler, note-off book and the real-time loop, with a fake clock and a recording sink."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from rtgen.clock import FakeTime, StepClock
+from rtgen.config import PartsConfig
+from rtgen.daemon import Player
+from rtgen.scheduler import Scheduler
+from rtgen.voicing import NoteEvent
+
+
+class RecordingSink:
+    """Keeps every (time, message) it is sent."""
+
+    name = "recording"
+
+    def __init__(self, hook: object = None) -> None:
+        self.events: list[tuple[int, tuple[int, ...]]] = []
+        self.panics = 0
+        self.closed = False
+        self.hook = hook
+
+    def send(self, message: Sequence[int], time_ns: int) -> None:
+        self.events.append((time_ns, tuple(message)))
+        if callable(self.hook):
+            self.hook(time_ns, tuple(message))
+
+    def panic(self) -> None:
+        self.panics += 1
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def sounding(events: list[tuple[int, tuple[int, ...]]]) -> set[tuple[int, int]]:
+    on: dict[tuple[int, int], int] = {}
+    for _, m in events:
+        kind, ch = m[0] & 0xF0, m[0] & 0x0F
+        if kind == 0x90 and m[2] > 0:
+            on[(ch, m[1])] = on.get((ch, m[1]), 0) + 1
+        elif kind == 0x80 or (kind == 0x90 and m[2] == 0):
+            if on.get((ch, m[1]), 0) > 0:
+                on[(ch, m[1])] -= 1
+        elif kind == 0xB0 and m[1] in (120, 123):
+            for key in [k for k in on if k[0] == ch]:
+                on[key] = 0
+    return {k for k, v in on.items() if v > 0}
+
+
+def ev(step_offset: float, on: bool, pitch: int, ms: float = 0.0, channel: int = 0) -> NoteEvent:
+    return NoteEvent(
+        step_offset=step_offset,
+        ms_offset=ms,
+        on=on,
+        part="melody",
+        channel=channel,
+        pitch=pitch,
+        velocity=90 if on else 0,
+    )
+
+
+def test_events_go_out_in_time_order_at_their_exact_times() -> None:
+    ft = FakeTime()
+    sink = RecordingSink()
+    s = Scheduler([sink], now_ns=ft.now_ns)
+    s.add_notes([ev(0, True, 60), ev(0.5, True, 64, ms=2.0), ev(1.0, False, 60)], step_start_ns=1000, step_ns=100e6)
+    s.add(1000, (0xC0, 5))
+    while s.next_time() is not None:
+        ft.wait_until(s.next_time())
+        s.send_due()
+    assert sink.events == [
+        (1000, (0x90, 60, 90)),
+        (1000, (0xC0, 5)),
+        (1000 + 52_000_000, (0x90, 64, 90)),
+        (1000 + 100_000_000, (0x80, 60, 0)),
+    ]
+    assert s.errors.max_late_ns == 0
+    assert s.book.notes() == [(0, 64)]
+
+
+def test_a_note_off_never_overtakes_its_note_on() -> None:
+    ft = FakeTime()
+    sink = RecordingSink()
+    s = Scheduler([sink], now_ns=ft.now_ns)
+    s.add_notes([ev(0, True, 60, ms=20.0)], 0, 100e6)
+    s.add_notes([ev(0, False, 60, ms=-30.0)], 0, 100e6)  # humanize would put the off 50 ms before the on
+    ft.wait_until(10**9)
+    s.send_due()
+    assert [m for _, m in sink.events] == [(0x90, 60, 90), (0x80, 60, 0)]
+    assert s.book.count() == 0
+
+
+def test_redundant_note_offs_are_dropped() -> None:
+    sink = RecordingSink()
+    s = Scheduler([sink])
+    s.send_now((0x80, 60, 0))
+    assert sink.events == []
+    assert s.dropped_offs == 1
+
+
+def test_stop_releases_every_sounding_note_then_all_notes_off() -> None:
+    ft = FakeTime()
+    sink = RecordingSink()
+    s = Scheduler([sink], now_ns=ft.now_ns)
+    s.add_notes([ev(0, True, 60), ev(0, True, 67, channel=2), ev(4, False, 60)], 0, 100e6)
+    s.add_notes([ev(1, True, 72)], 0, 100e6)  # pending: must never sound
+    s.send_due(0)
+    s.stop()
+    msgs = [m for _, m in sink.events]
+    assert (0x90, 72, 90) not in msgs
+    assert msgs[2:] == [(0x80, 60, 0), (0x82, 67, 0), (0xB0, 123, 0), (0xB2, 123, 0)]
+    assert s.pending() == 0
+    assert sounding(sink.events) == set()
+
+
+def test_release_of_some_channels_keeps_the_others() -> None:
+    sink = RecordingSink()
+    s = Scheduler([sink])
+    s.send_now((0x90, 60, 100))
+    s.send_now((0x91, 62, 100))
+    s.add(10**18, (0x81, 62, 0))
+    s.add(10**18, (0x80, 60, 0))
+    assert s.release_all(channels=[1]) == 1
+    assert s.pending() == 1
+    assert s.book.notes() == [(0, 60)]
+
+
+def test_panic_calls_every_sink() -> None:
+    a, b = RecordingSink(), RecordingSink()
+    s = Scheduler([a, b])
+    s.send_now((0x90, 60, 100))
+    s.panic()
+    assert a.panics == b.panics == 1
+    assert a.events[-1] == (a.events[-1][0], (0x80, 60, 0))
+
+
+def test_a_failing_sink_does_not_stop_the_others() -> None:
+    class Broken(RecordingSink):
+        name = "broken"
+
+        def send(self, message: Sequence[int], time_ns: int) -> None:
+            raise OSError("port gone")
+
+    good = RecordingSink()
+    s = Scheduler([Broken(), good])
+    s.send_now((0x90, 60, 100))
+    assert s.sink_errors == 1
+    assert good.events[0][1] == (0x90, 60, 100)
+
+
+@pytest.fixture(scope="module")
+def random_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from model_factory import make_random_model
+
+    return make_random_model(tmp_path_factory.mktemp("model") / "random")
+
+
+def make_player(model_dir: Path, tempo: float, sink: RecordingSink, ft: FakeTime, seed: int = 3) -> Player:
+    from rtgen.engine import Engine, Params
+    from rtgen.model import Model
+    from rtgen.voicing import Voicer
+
+    params = Params()
+    sched = Scheduler([sink], now_ns=ft.now_ns)
+    clock = StepClock(tempo, time_source=ft)
+    return Player(
+        Engine(Model.load(model_dir), params, seed=seed),
+        Voicer(PartsConfig(), seed=seed),
+        sched,
+        clock,
+        params,
+        PartsConfig(),
+    )
+
+
+def test_loop_plays_three_parts_on_the_grid_and_leaves_nothing_sounding(random_model: Path) -> None:
+    ft = FakeTime()
+    sink = RecordingSink()
+    player = make_player(random_model, 240.0, sink, ft)
+    player.run(4.0, start_ns=0)
+    step = 62_500_000
+    ons = [(t, m) for t, m in sink.events if m[0] & 0xF0 == 0x90 and m[2] > 0]
+    assert {m[0] & 0x0F for _, m in ons} == {0, 1, 2}
+    assert all(t % step == 0 for t, _ in ons)  # no swing, no humanize: exactly on the grid
+    assert player.clock.stats.steps == 64
+    assert sounding(sink.events) == set()
+    assert player.scheduler.errors.max_late_ns == 0
+
+
+def test_loop_is_deterministic_for_a_seed(random_model: Path) -> None:
+    runs = []
+    for _ in range(2):
+        ft = FakeTime()
+        sink = RecordingSink()
+        make_player(random_model, 300.0, sink, ft, seed=11).run(2.0, start_ns=0)
+        runs.append(sink.events)
+    assert runs[0] == runs[1]
+
+
+def test_tempo_command_changes_the_grid_from_the_next_step(random_model: Path) -> None:
+    ft = FakeTime()
+    sink = RecordingSink()
+    player = make_player(random_model, 120.0, sink, ft)
+    sent = []
+
+    def hook(t: int, m: tuple[int, ...]) -> None:
+        if t >= 1_000_000_000 and not sent:
+            sent.append(t)
+            player.command("tempo", 240.0)
+
+    sink.hook = hook
+    player.run(3.0, start_ns=0)
+    # at 120 BPM steps are 125 ms; the command arrives during step 8 (t = 1 s) and applies from step 9
+    assert player.clock.deadline(9) == 9 * 125_000_000
+    assert player.clock.deadline(10) == 9 * 125_000_000 + 62_500_000
+    ons = sorted({t for t, m in sink.events if m[0] & 0xF0 == 0x90 and m[2] > 0})
+    assert all(t % 125_000_000 == 0 for t in ons if t <= 9 * 125_000_000)
+    assert all((t - 9 * 125_000_000) % 62_500_000 == 0 for t in ons if t >= 9 * 125_000_000)
+    assert sounding(sink.events) == set()
+
+
+def test_stop_play_and_instrument_commands(random_model: Path) -> None:
+    done: list[str] = []
+
+    class ScriptedTime(FakeTime):
+        def wait_until(self, deadline_ns: int, *, max_sleep_ns: int | None = None) -> int:
+            t = super().wait_until(deadline_ns, max_sleep_ns=max_sleep_ns)
+            if t >= 500_000_000 and "stop" not in done:
+                done.append("stop")
+                player.command("stop")
+                player.command("instrument", "chords", 40)
+            elif t >= 1_500_000_000 and "play" not in done:
+                done.append("play")
+                player.command("play")
+            return t
+
+    ft = ScriptedTime()
+    sink = RecordingSink()
+    player = make_player(random_model, 240.0, sink, ft)
+    player.run(3.0, start_ns=0)
+    msgs = [m for _, m in sink.events]
+    assert (0xC1, 40) in msgs  # chords are on channel 2 (0-based 1)
+    i_stop = msgs.index((0xC1, 40))
+    assert sounding(sink.events[:i_stop]) == set()  # stop released everything before the program change
+    later_ons = [t for t, m in sink.events[i_stop:] if m[0] & 0xF0 == 0x90 and m[2] > 0]
+    assert later_ons and min(later_ons) >= 1_500_000_000  # silent while stopped, playing again after play
+    assert sounding(sink.events) == set()
