@@ -35,6 +35,12 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return factory.make_random_model(tmp_path_factory.mktemp("doctor") / "model", name="doctor-test")
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """FluidSynth's "file" audio driver writes fluidsynth.wav into the working directory."""
+    monkeypatch.chdir(tmp_path)
+
+
 def _free_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
