@@ -195,6 +195,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key} must be a path string, got {value!r}")
         return Path(value)
     if dataclasses.is_dataclass(tp):
+        if isinstance(value, typing.cast(type, tp)):
+            return value  # an already-validated default (e.g. parts.melody when only [parts.chords] is given)
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key} must be a table, got {value!r}")
         return _build(typing.cast(type, tp), value, key)

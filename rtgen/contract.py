@@ -270,7 +270,7 @@ def recognize_chord(pitches: npt.ArrayLike, weights: npt.ArrayLike | None = None
     unmatched = hist.sum() - matched
     missing = _SIZES - _TEMPLATES @ present
     bass = int(p[np.argmin(p)] % 12)
-    score = matched - 0.6 * unmatched - 0.4 * missing + 0.3 * (_ROOTS == bass) - 0.01 * _SIZES
+    score = matched - 0.6 * unmatched - 0.4 * missing + 0.3 * (bass == _ROOTS) - 0.01 * _SIZES
     best = int(np.argmax(score))
     return Chord(int(_ROOTS[best]), best % NUM_QUALITIES)
 
@@ -298,7 +298,14 @@ CHORD_TRANSPOSE: Final = np.stack([_chord_table(k - 6) for k in range(12)])
 
 def transpose_melody(tokens: npt.ArrayLike, semitones: int) -> npt.NDArray[np.int64]:
     """Transpose melody tokens (vectorised); pitches leaving the range fold by octaves."""
-    return MELODY_TRANSPOSE[_shift_index(semitones)][np.asarray(tokens, dtype=np.int64)]
+    t = np.asarray(tokens, dtype=np.int64)
+    if -6 <= semitones <= 5:
+        return MELODY_TRANSPOSE[semitones + 6][t]
+    # Outside the table's -6..5 the direction matters (+6 is not -6 for a melody): shift, then fold.
+    pitch = t - MEL_NOTE_OFFSET + PITCH_MIN + semitones
+    pitch = np.where(pitch < PITCH_MIN, PITCH_MIN + (pitch - PITCH_MIN) % 12, pitch)
+    pitch = np.where(pitch > PITCH_MAX, PITCH_MAX - (PITCH_MAX - pitch) % 12, pitch)
+    return np.where(t >= MEL_NOTE_OFFSET, pitch - PITCH_MIN + MEL_NOTE_OFFSET, t).astype(np.int64)
 
 
 def transpose_chords(tokens: npt.ArrayLike, semitones: int) -> npt.NDArray[np.int64]:

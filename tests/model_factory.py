@@ -1,7 +1,8 @@
 """Small random-weight ONNX models with exactly the contract's I/O, for tests.
 
 A test helper (it imports torch; ``rtgen`` never does). The models are single-step
-GRUs like the real ones: one embedding per input token, concatenated, a GRU over
+GRUs like the real ones: one embedding per input token (the lookback inputs are
+``(B, NUM_LOOKBACKS)``, flattened), concatenated, a GRU over
 one step, linear heads. Their outputs are random but deterministic for a seed.
 """
 
@@ -15,18 +16,21 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rtgen import contract as C
+from rtgen import contract as ct
 
 _VOCABS = {
-    "prev_melody": C.MELODY_VOCAB_SIZE,
-    "prev_sounding": C.MELODY_VOCAB_SIZE,
-    "prev_velocity": C.NUM_VELOCITY_BINS,
-    "prev_chord": C.CHORD_VOCAB_SIZE,
-    "prev_chord_now": C.CHORD_VOCAB_SIZE,
-    "position": C.MAX_BAR_STEPS,
-    "phrase": C.PHRASE_BARS,
-    "chord_now": C.CHORD_VOCAB_SIZE,
+    "prev_melody": ct.MELODY_VOCAB_SIZE,
+    "prev_sounding": ct.MELODY_VOCAB_SIZE,
+    "prev_velocity": ct.NUM_VELOCITY_BINS,
+    "prev_chord": ct.CHORD_VOCAB_SIZE,
+    "prev_chord_now": ct.CHORD_VOCAB_SIZE,
+    "position": ct.MAX_BAR_STEPS,
+    "phrase": ct.PHRASE_BARS,
+    "chord_now": ct.CHORD_VOCAB_SIZE,
+    "lookback_melody": ct.MELODY_VOCAB_SIZE,
+    "lookback_chord": ct.CHORD_VOCAB_SIZE,
 }
+_WIDTH = {"lookback_melody": ct.NUM_LOOKBACKS, "lookback_chord": ct.NUM_LOOKBACKS}  # (B, W) inputs; others (B,)
 
 
 class _StepGRU(nn.Module):
@@ -37,21 +41,25 @@ class _StepGRU(nn.Module):
         self.inputs = inputs
         emb = 16
         self.emb = nn.ModuleList(nn.Embedding(_VOCABS[name], emb) for name in inputs)
-        self.gru = nn.GRU(emb * len(inputs), hidden, num_layers=layers)
+        self.gru = nn.GRU(emb * sum(_WIDTH.get(name, 1) for name in inputs), hidden, num_layers=layers)
         self.heads = nn.ModuleList(nn.Linear(hidden, v) for v in heads)
 
     def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
         *tokens, state = args
-        x = torch.cat([e(t) for e, t in zip(self.emb, tokens, strict=True)], dim=-1)  # (B, E*n)
+        x = torch.cat([e(t).flatten(1) for e, t in zip(self.emb, tokens, strict=True)], dim=-1)  # (B, E*n)
         out, new_state = self.gru(x.unsqueeze(0), state)  # (1, B, H), (L, B, H)
         h = out[0]
         return (*(head(h) for head in self.heads), new_state)
 
 
-def _export(module: nn.Module, inputs: tuple[str, ...], outputs: tuple[str, ...], hidden: int, layers: int,
-            path: Path) -> None:
+def _export(
+    module: nn.Module, inputs: tuple[str, ...], outputs: tuple[str, ...], hidden: int, layers: int, path: Path
+) -> None:
     batch = 2
-    args = tuple(torch.zeros(batch, dtype=torch.int64) for _ in inputs[:-1]) + (torch.zeros(layers, batch, hidden),)
+    tokens = tuple(
+        torch.zeros((batch, _WIDTH[name]) if name in _WIDTH else (batch,), dtype=torch.int64) for name in inputs[:-1]
+    )
+    args = (*tokens, torch.zeros(layers, batch, hidden))
     dynamic = {name: {0: "batch"} for name in inputs[:-1]}
     dynamic["state"] = {1: "batch"}
     for name in outputs[:-1]:
@@ -70,8 +78,9 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def make_random_model(directory: Path, hidden: int = 32, layers: int = 1, seed: int = 0, *,
-                      name: str = "random") -> Path:
+def make_random_model(
+    directory: Path, hidden: int = 32, layers: int = 1, seed: int = 0, *, name: str = "random"
+) -> Path:
     """Write ``chord.onnx``, ``note.onnx`` and ``meta.json`` of a random model into ``directory``.
 
     Args:
@@ -87,21 +96,21 @@ def make_random_model(directory: Path, hidden: int = 32, layers: int = 1, seed: 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    chord = _StepGRU(C.CHORD_MODEL_INPUTS[:-1], (C.CHORD_VOCAB_SIZE,), hidden, layers)
-    note = _StepGRU(C.NOTE_MODEL_INPUTS[:-1], (C.MELODY_VOCAB_SIZE, C.NUM_VELOCITY_BINS), hidden, layers)
+    chord = _StepGRU(ct.CHORD_MODEL_INPUTS[:-1], (ct.CHORD_VOCAB_SIZE,), hidden, layers)
+    note = _StepGRU(ct.NOTE_MODEL_INPUTS[:-1], (ct.MELODY_VOCAB_SIZE, ct.NUM_VELOCITY_BINS), hidden, layers)
     # Make the random models less uniform so sampling exercises HOLD/REST/NOTE_ON mixes.
     with torch.no_grad():
         for m in (chord, note):
             for head in m.heads:
                 head.weight.mul_(3.0)
-    _export(chord, C.CHORD_MODEL_INPUTS, C.CHORD_MODEL_OUTPUTS, hidden, layers, directory / "chord.onnx")
-    _export(note, C.NOTE_MODEL_INPUTS, C.NOTE_MODEL_OUTPUTS, hidden, layers, directory / "note.onnx")
+    _export(chord, ct.CHORD_MODEL_INPUTS, ct.CHORD_MODEL_OUTPUTS, hidden, layers, directory / "chord.onnx")
+    _export(note, ct.NOTE_MODEL_INPUTS, ct.NOTE_MODEL_OUTPUTS, hidden, layers, directory / "note.onnx")
     n_params = {k: sum(p.numel() for p in m.parameters()) for k, m in (("chord", chord), ("note", note))}
     meta = {
         "format": "rtgen-model",
         "format_version": 1,
         "name": name,
-        "contract": C.contract_summary(),
+        "contract": ct.contract_summary(),
         "model": {"backbone": "gru", "layers": layers, "hidden": hidden, "params": n_params,
                   "state_shape": [layers, hidden]},
         "data": {"source": "random weights (tests/model_factory.py)", "description": "untrained", "license": "n/a"},

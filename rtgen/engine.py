@@ -1,0 +1,399 @@
+"""The generation engine: tokens and parameters in, one :class:`Step` out per grid step.
+
+Pure: no I/O, no threads, no clocks. The same engine drives the real-time daemon,
+``rtgen render`` and the tests. Each :meth:`Engine.step`:
+
+1. builds the step's inputs from the previous step (``contract.COMMON_INPUTS``;
+   position and phrase from the time signature and the step counter; lookback
+   tokens from its own history of raw tokens and bar starts);
+2. runs the chord model, masks its logits (key lock) and samples the chord token,
+   or takes the observed one; resolves the sounding chord;
+3. runs the note model with that chord, masks (key lock, pitch range, density,
+   HOLD only while a note sounds) and samples the melody token and velocity bin,
+   or takes the observed ones;
+4. keeps the new tokens and recurrent states for the next step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from rtgen import contract as ct
+from rtgen.config import GenerationConfig
+from rtgen.contract import Key, TimeSignature
+from rtgen.model import Model
+from rtgen.sampling import mask_bias, sample
+
+FloatArray = npt.NDArray[np.float64]
+
+_HISTORY = 8192
+"""Ring-buffer length for the lookback history: >= (max lookback + 1) bars of the longest bar (9 x 512)."""
+
+
+@dataclass(frozen=True)
+class Params:
+    """Generation parameters; swapped atomically by the daemon, never mutated.
+
+    Attributes:
+        temperature: logits are divided by this (lower = safer).
+        top_p: nucleus sampling mass in (0, 1].
+        density: multiplies the odds of a melody onset (0 = no new notes at all).
+        key: key/scale lock for melody and chords, or ``None``.
+        pitch_low: lowest melody pitch allowed (MIDI).
+        pitch_high: highest melody pitch allowed (MIDI).
+        time_signature: the meter; a change takes effect at the next bar line.
+    """
+
+    temperature: float = 0.9
+    top_p: float = 0.95
+    density: float = 1.0
+    key: Key | None = None
+    pitch_low: int = ct.PITCH_MIN
+    pitch_high: int = ct.PITCH_MAX
+    time_signature: TimeSignature = field(default_factory=TimeSignature)
+
+    @classmethod
+    def from_config(cls, gen: GenerationConfig) -> Params:
+        """Parameters from the ``[generation]`` config section."""
+        return cls(
+            temperature=gen.temperature,
+            top_p=gen.top_p,
+            density=gen.density,
+            key=gen.parsed_key(),
+            pitch_low=gen.pitch_low,
+            pitch_high=gen.pitch_high,
+            time_signature=gen.parsed_time_signature(),
+        )
+
+
+@dataclass(frozen=True)
+class Step:
+    """What the engine produced (or observed) at one grid step.
+
+    Attributes:
+        index: step number since start/reset.
+        bar: bar number (0-based).
+        position: step in bar.
+        chord_token: raw token sampled/observed at this step (HOLD / N.C. / CHORD).
+        chord_now: resolved chord sounding at this step (N.C. or a CHORD token).
+        melody_token: raw melody token (REST / HOLD / NOTE_ON).
+        velocity: MIDI velocity of the onset (meaningful on NOTE_ON).
+        bar_steps: steps in the current bar (from the time signature in force).
+        beat_steps: steps per counted beat in the current bar.
+    """
+
+    index: int
+    bar: int
+    position: int
+    chord_token: int
+    chord_now: int
+    melody_token: int
+    velocity: int
+    bar_steps: int = 16
+    beat_steps: int = ct.STEPS_PER_BEAT
+
+    @property
+    def pitch(self) -> int | None:
+        """MIDI pitch of a NOTE_ON, else ``None``."""
+        return ct.melody_pitch(self.melody_token)
+
+    @property
+    def chord_name(self) -> str:
+        """Name of the sounding chord (``N.C.`` or e.g. ``Am7``)."""
+        return ct.chord_token_name(self.chord_now)
+
+
+@dataclass(frozen=True)
+class _Masks:
+    """Additive logit biases for one set of parameters."""
+
+    chord: FloatArray  # HOLD allowed
+    chord_no_hold: FloatArray  # the sounding chord is outside the key lock: change it
+    chord_allowed: npt.NDArray[np.bool_]
+    melody_sounding: FloatArray  # a note sounds: HOLD allowed
+    melody_silent: FloatArray  # nothing sounds: HOLD is folded into REST
+
+
+def _build_masks(params: Params) -> _Masks:
+    chord_allowed = ct.scale_chord_mask(params.key)
+    chord = mask_bias(chord_allowed)
+    chord_no_hold = chord.copy()
+    chord_no_hold[ct.CHORD_HOLD] = -np.inf
+
+    allowed = ct.scale_melody_mask(params.key)
+    pitches = np.arange(ct.PITCH_MIN, ct.PITCH_MAX + 1)
+    allowed[ct.MEL_NOTE_OFFSET :] &= (pitches >= params.pitch_low) & (pitches <= params.pitch_high)
+    if params.density <= 0:
+        allowed[ct.MEL_NOTE_OFFSET :] = False
+        extra = None
+    else:
+        extra = np.zeros(ct.MELODY_VOCAB_SIZE)
+        extra[ct.MEL_NOTE_OFFSET :] = math.log(params.density)
+    melody_sounding = mask_bias(allowed, extra)
+    melody_silent = melody_sounding.copy()
+    melody_silent[ct.MEL_HOLD] = -np.inf
+    return _Masks(chord, chord_no_hold, chord_allowed, melody_sounding, melody_silent)
+
+
+class Engine:
+    """Step-by-step generation with one :class:`~rtgen.model.Model`.
+
+    Args:
+        model: the loaded model pair.
+        params: the parameters used when :meth:`step` is not given any.
+        seed: seed of the sampling generator (same seed, same inputs ⇒ same tokens).
+    """
+
+    def __init__(self, model: Model, params: Params, seed: int = 0) -> None:
+        self.model = model
+        self.params = params
+        self.seed = seed
+        self._pending_model: Model | None = None
+        self._mask_cache: dict[tuple[object, ...], _Masks] = {}
+        self._last_params: Params | None = None
+        self._last_masks: _Masks | None = None
+        # Preallocated (1,) int64 feeds, updated in place every step.
+        self._feeds: dict[str, npt.NDArray[np.int64]] = {
+            name: np.zeros((1, ct.NUM_LOOKBACKS) if name.startswith("lookback_") else 1, dtype=np.int64)
+            for name in ct.NOTE_MODEL_INPUTS[:-1]
+        }
+        self._hist_melody = np.zeros(_HISTORY, dtype=np.int64)
+        self._hist_chord = np.zeros(_HISTORY, dtype=np.int64)
+        self.reset(seed)
+
+    # --- state -----------------------------------------------------------------
+    def reset(self, seed: int | None = None) -> None:
+        """Start again from step 0 with a fresh state (and re-seed; ``None`` keeps the seed)."""
+        if seed is not None:
+            self.seed = seed
+        self.rng = np.random.default_rng(self.seed)
+        if self._pending_model is not None:
+            self.model, self._pending_model = self._pending_model, None
+        self._chord_state = self.model.initial_state(1)
+        self._note_state = self.model.initial_state(1)
+        self.index = 0
+        self._bar = 0
+        self._bar_start = 0
+        self._ts = self.params.time_signature
+        self._bars: deque[tuple[int, int]] = deque(maxlen=max(ct.LOOKBACK_BARS) + 1)  # (start, length)
+        self._prev_melody = ct.MEL_REST
+        self._prev_sounding = ct.MEL_REST
+        self._prev_vel_bin = ct.DEFAULT_VELOCITY_BIN
+        self._prev_chord = ct.CHORD_NC
+        self._prev_chord_now = ct.CHORD_NC
+
+    def swap_model(self, model: Model) -> None:
+        """Switch to ``model`` at the next step, starting from a fresh recurrent state.
+
+        The token history (previous melody/chord) carries over, so the new model
+        continues from where the music is.
+        """
+        self._pending_model = model
+
+    @property
+    def time_signature(self) -> TimeSignature:
+        """The time signature of the current bar."""
+        return self._ts
+
+    @property
+    def bar(self) -> int:
+        """Bar of the next step."""
+        return self._bar
+
+    # --- masks -----------------------------------------------------------------
+    def _masks(self, params: Params) -> _Masks:
+        if params is self._last_params and self._last_masks is not None:
+            return self._last_masks
+        key = (params.key, params.pitch_low, params.pitch_high, params.density)
+        masks = self._mask_cache.get(key)
+        if masks is None:
+            if len(self._mask_cache) > 64:
+                self._mask_cache.clear()
+            masks = self._mask_cache[key] = _build_masks(params)
+        self._last_params, self._last_masks = params, masks
+        return masks
+
+    # --- one step --------------------------------------------------------------
+    def step(
+        self,
+        params: Params | None = None,
+        *,
+        melody: int | None = None,
+        velocity: int | None = None,
+        chord: int | None = None,
+    ) -> Step:
+        """Produce the next step.
+
+        Args:
+            params: parameters for this step (and the following ones); ``None`` keeps the current.
+            melody: an observed melody token (the player's); ``None`` samples it.
+            velocity: MIDI velocity of an observed onset (default: the model's most likely bin).
+            chord: an observed chord token; ``None`` samples it.
+
+        Returns:
+            The step, with resolved chord and MIDI velocity.
+        """
+        if params is not None:
+            self.params = params
+        p = self.params
+        if self._pending_model is not None:
+            self.model, self._pending_model = self._pending_model, None
+            self._chord_state = self.model.initial_state(1)
+            self._note_state = self.model.initial_state(1)
+
+        # Bar bookkeeping: a new time signature is picked up at the bar line.
+        if self.index == 0:
+            self._ts = p.time_signature
+            self._bars.append((0, self._ts.bar_steps))
+        elif self.index - self._bar_start >= self._ts.bar_steps:
+            self._bar += 1
+            self._bar_start = self.index
+            self._ts = p.time_signature
+            self._bars.append((self.index, self._ts.bar_steps))
+        position = self.index - self._bar_start
+
+        masks = self._masks(p)
+        f = self._feeds
+        f["prev_melody"][0] = self._prev_melody
+        f["prev_sounding"][0] = self._prev_sounding
+        f["prev_velocity"][0] = self._prev_vel_bin
+        f["prev_chord"][0] = self._prev_chord
+        f["prev_chord_now"][0] = self._prev_chord_now
+        f["position"][0] = ct.position_token(position)
+        f["phrase"][0] = ct.phrase_token(self._bar)
+        lb_mel, lb_ch = f["lookback_melody"], f["lookback_chord"]
+        n_bars = len(self._bars)
+        for j, k in enumerate(ct.LOOKBACK_BARS):
+            if n_bars > k:
+                start, length = self._bars[-1 - k]
+                if position < length:
+                    src = (start + position) % _HISTORY
+                    lb_mel[0, j] = self._hist_melody[src]
+                    lb_ch[0, j] = self._hist_chord[src]
+                    continue
+            lb_mel[0, j] = ct.MEL_REST
+            lb_ch[0, j] = ct.CHORD_NC
+
+        # Chord first.
+        chord_logits, self._chord_state = self.model.chord_step(f, self._chord_state)
+        if chord is None:
+            held_ok = self._prev_chord_now == ct.CHORD_NC or bool(masks.chord_allowed[self._prev_chord_now])
+            chord_tok = sample(
+                chord_logits,
+                self.rng,
+                temperature=p.temperature,
+                top_p=p.top_p,
+                bias=masks.chord if held_ok else masks.chord_no_hold,
+                fallback=ct.CHORD_HOLD if held_ok else ct.CHORD_NC,
+            )
+        else:
+            chord_tok = _check_token(chord, ct.CHORD_VOCAB_SIZE, "chord")
+        chord_now = self._prev_chord_now if chord_tok == ct.CHORD_HOLD else chord_tok
+
+        # Then melody, conditioned on the chord sounding now.
+        f["chord_now"][0] = chord_now
+        mel_logits, vel_logits, self._note_state = self.model.note_step(f, self._note_state)
+        sounding = self._prev_sounding != ct.MEL_REST
+        if melody is None:
+            mel_logits = mel_logits[0]
+            if not sounding:
+                # HOLD after REST means REST: give HOLD's probability to REST instead of dropping it.
+                mel_logits = mel_logits.astype(np.float64)
+                mel_logits[ct.MEL_REST] = np.logaddexp(mel_logits[ct.MEL_REST], mel_logits[ct.MEL_HOLD])
+            mel_tok = sample(
+                mel_logits,
+                self.rng,
+                temperature=p.temperature,
+                top_p=p.top_p,
+                bias=masks.melody_sounding if sounding else masks.melody_silent,
+                fallback=ct.MEL_HOLD if sounding else ct.MEL_REST,
+            )
+        else:
+            mel_tok = _check_token(melody, ct.MELODY_VOCAB_SIZE, "melody")
+            if mel_tok == ct.MEL_HOLD and not sounding:
+                mel_tok = ct.MEL_REST
+
+        if mel_tok >= ct.MEL_NOTE_OFFSET:
+            if velocity is not None:
+                vel_bin = int(ct.velocity_bin(int(velocity)))
+                vel = int(np.clip(velocity, 1, 127))
+            else:
+                if melody is None:
+                    vel_bin = sample(vel_logits, self.rng, temperature=p.temperature, top_p=p.top_p)
+                else:
+                    vel_bin = int(np.argmax(vel_logits[0]))
+                vel = ct.bin_velocity(vel_bin)
+            self._prev_vel_bin = vel_bin
+            self._prev_sounding = mel_tok
+        else:
+            vel = ct.bin_velocity(self._prev_vel_bin)
+            if mel_tok == ct.MEL_REST:
+                self._prev_sounding = ct.MEL_REST
+        self._prev_melody = mel_tok
+        self._prev_chord = chord_tok
+        self._prev_chord_now = chord_now
+        self._hist_melody[self.index % _HISTORY] = mel_tok
+        self._hist_chord[self.index % _HISTORY] = chord_tok
+
+        out = Step(
+            index=self.index,
+            bar=self._bar,
+            position=position,
+            chord_token=chord_tok,
+            chord_now=chord_now,
+            melody_token=mel_tok,
+            velocity=vel,
+            bar_steps=self._ts.bar_steps,
+            beat_steps=self._ts.beat_steps,
+        )
+        self.index += 1
+        return out
+
+    def prime(
+        self,
+        melody: Sequence[int] | npt.ArrayLike,
+        velocity: Sequence[int] | npt.ArrayLike | None,
+        chord: Sequence[int] | npt.ArrayLike,
+        params: Params | None = None,
+    ) -> list[Step]:
+        """Feed observed token sequences through the models (e.g. the start of a tune).
+
+        Args:
+            melody: melody tokens, one per step.
+            velocity: velocity *bins* per step (as in prepared data), or ``None`` for the default bin.
+            chord: chord tokens, one per step (same length as ``melody``).
+            params: parameters to use (default: the current ones).
+
+        Returns:
+            The observed steps, in order.
+        """
+        mel = np.asarray(melody, dtype=np.int64).ravel()
+        ch = np.asarray(chord, dtype=np.int64).ravel()
+        if mel.size != ch.size:
+            raise ValueError(f"prime: melody has {mel.size} steps but chord has {ch.size}")
+        vel = (
+            np.full(mel.size, ct.DEFAULT_VELOCITY_BIN, dtype=np.int64)
+            if velocity is None
+            else np.asarray(velocity, dtype=np.int64).ravel()
+        )
+        if vel.size != mel.size:
+            raise ValueError(f"prime: velocity has {vel.size} steps but melody has {mel.size}")
+        steps = []
+        for i in range(mel.size):
+            v = ct.bin_velocity(int(np.clip(vel[i], 0, ct.NUM_VELOCITY_BINS - 1)))
+            steps.append(self.step(params, melody=int(mel[i]), velocity=v, chord=int(ch[i])))
+            params = None
+        return steps
+
+
+def _check_token(token: int, size: int, what: str) -> int:
+    t = int(token)
+    if not 0 <= t < size:
+        raise ValueError(f"observed {what} token must be in range 0..{size - 1}, got {t}")
+    return t

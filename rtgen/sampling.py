@@ -1,0 +1,150 @@
+"""Vectorised sampling from logits: temperature, nucleus (top-p), masks as additive biases.
+
+Masks are boolean arrays over a vocabulary (True = allowed); they are turned once
+into additive float biases (0 or -inf, plus e.g. a density term) with
+:func:`mask_bias`, so sampling a step is a handful of numpy operations with no
+Python loop over the vocabulary. When a mask leaves nothing, sampling never
+crashes or returns NaN: it falls back to a given token or the unmasked argmax.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.floating]
+BoolArray = npt.NDArray[np.bool_]
+
+MIN_TEMPERATURE = 1e-3
+
+
+def mask_bias(mask: npt.ArrayLike, extra: npt.ArrayLike | None = None) -> npt.NDArray[np.float64]:
+    """An additive logit bias: 0 where ``mask`` is True, -inf where False, plus ``extra`` where allowed.
+
+    Args:
+        mask: boolean array over the vocabulary (True = allowed).
+        extra: optional finite bias added to the allowed entries (e.g. ``log(density)``).
+    """
+    m = np.asarray(mask, dtype=bool)
+    bias = np.where(m, 0.0, -np.inf)
+    if extra is not None:
+        bias = bias + np.where(m, np.asarray(extra, dtype=np.float64), 0.0)
+    return bias
+
+
+def sample_batch(
+    logits: npt.ArrayLike,
+    rng: np.random.Generator,
+    *,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    bias: npt.ArrayLike | None = None,
+    fallback: int | None = None,
+) -> npt.NDArray[np.int64]:
+    """Sample one token per row of ``logits``.
+
+    Args:
+        logits: ``(B, V)`` raw logits.
+        rng: the seeded generator (one uniform draw per row).
+        temperature: divides the logits; lower is more conservative.
+        top_p: nucleus mass in (0, 1]; the smallest set of most likely tokens whose
+            probability reaches ``top_p`` is kept (always at least one token).
+        bias: ``(V,)`` or ``(B, V)`` additive bias (see :func:`mask_bias`); -inf forbids a token.
+        fallback: token for rows where nothing is allowed (default: the unbiased argmax).
+
+    Returns:
+        ``(B,)`` int64 tokens.
+    """
+    raw = np.asarray(logits, dtype=np.float64)
+    if raw.ndim != 2:
+        raise ValueError(f"logits must be 2-D (B, V), got shape {raw.shape}")
+    x = np.nan_to_num(raw, nan=-np.inf, posinf=np.finfo(np.float64).max / 4)
+    if bias is not None:
+        x = x + np.asarray(bias, dtype=np.float64)
+    x = x / max(float(temperature), MIN_TEMPERATURE)
+    row_max = x.max(axis=1, keepdims=True)
+    dead = ~np.isfinite(row_max[:, 0])
+    if dead.any():
+        x[dead] = 0.0  # replaced by the fallback below; keeps the arithmetic NaN-free
+        row_max[dead] = 0.0
+    p = np.exp(x - row_max)
+    batch = p.shape[0]
+    u = rng.random(batch)
+    if top_p < 1.0:
+        order = np.argsort(-p, axis=1, kind="stable")
+        sp = np.take_along_axis(p, order, axis=1)
+        csum = np.cumsum(sp, axis=1)
+        total = csum[:, -1:]
+        keep = (csum - sp) < top_p * total  # the token that crosses top_p is kept
+        sp = np.where(keep, sp, 0.0)
+        csum = np.cumsum(sp, axis=1)
+        idx = (csum < u[:, None] * csum[:, -1:]).sum(axis=1)
+        idx = np.minimum(idx, keep.sum(axis=1) - 1)
+        tokens = order[np.arange(batch), idx]
+    else:
+        csum = np.cumsum(p, axis=1)
+        idx = (csum < u[:, None] * csum[:, -1:]).sum(axis=1)
+        # Never land on a zero-probability tail token through rounding.
+        tokens = np.minimum(idx, p.shape[1] - 1)
+        bad = p[np.arange(batch), tokens] <= 0
+        if bad.any():
+            tokens[bad] = np.argmax(p[bad], axis=1)
+    if dead.any():
+        if fallback is None:
+            tokens[dead] = np.argmax(np.nan_to_num(raw[dead], nan=-np.inf), axis=1)
+        else:
+            tokens[dead] = fallback
+    return tokens.astype(np.int64)
+
+
+def sample(
+    logits: npt.ArrayLike,
+    rng: np.random.Generator,
+    *,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    bias: npt.ArrayLike | None = None,
+    fallback: int | None = None,
+) -> int:
+    """Sample one token from 1-D ``logits`` (or the first row of ``(1, V)`` logits).
+
+    See :func:`sample_batch` for the arguments.
+    """
+    raw = np.asarray(logits, dtype=np.float64)
+    if raw.ndim == 2 and raw.shape[0] == 1:
+        raw = raw[0]
+    if raw.ndim != 1:
+        raise ValueError(f"logits must be 1-D (V,) or (1, V), got shape {np.shape(logits)}")
+    # A 1-D fast path (the real-time case): same maths as sample_batch, fewer numpy calls.
+    x = raw if bias is None else raw + np.asarray(bias, dtype=np.float64)
+    m = x.max()
+    if not np.isfinite(m):
+        if np.isnan(m) or np.isnan(x).any():
+            return sample_batch(raw[None, :], rng, temperature=temperature, top_p=top_p, bias=bias, fallback=fallback)[
+                0
+            ].item()
+        if fallback is not None:
+            return fallback
+        return int(np.argmax(np.nan_to_num(raw, nan=-np.inf)))
+    p = np.exp((x - m) / max(float(temperature), MIN_TEMPERATURE))
+    u = rng.random()
+    if top_p < 1.0:
+        order = np.argsort(-p, kind="stable")
+        csum = np.cumsum(p[order])
+        last = min(int(np.searchsorted(csum, top_p * csum[-1])), csum.size - 1)
+        idx = int(np.searchsorted(csum[: last + 1], u * csum[last], side="right"))
+        return int(order[min(idx, last)])
+    csum = np.cumsum(p)
+    idx = min(int(np.searchsorted(csum, u * csum[-1], side="right")), csum.size - 1)
+    if p[idx] <= 0:  # rounding landed on a forbidden tail token
+        idx = int(np.argmax(p))
+    return idx
+
+
+def argmax(logits: npt.ArrayLike, bias: npt.ArrayLike | None = None, fallback: int | None = None) -> int:
+    """Greedy choice with the same masking and fallback rules as :func:`sample`."""
+    raw = np.nan_to_num(np.asarray(logits, dtype=np.float64).ravel(), nan=-np.inf)
+    x = raw if bias is None else raw + np.asarray(bias).ravel()
+    if not np.isfinite(x.max()):
+        return int(np.argmax(raw)) if fallback is None else fallback
+    return int(np.argmax(x))

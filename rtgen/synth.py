@@ -1,0 +1,299 @@
+"""The internal synth: FluidSynth through pyfluidsynth, live (audio driver) or offline (render to samples).
+
+:func:`find_soundfont` finds a General MIDI ``.sf2``: the configured path, then
+``$RTGEN_SOUNDFONT``, ``$SF2_PATH``, then the usual install locations. When there
+is none, :class:`~rtgen.errors.SoundfontError` lists every place looked at and
+how to install one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from rtgen.errors import AudioError, SoundfontError
+
+log = logging.getLogger(__name__)
+
+SOUNDFONT_DIRS: tuple[str, ...] = (
+    "/usr/share/sounds/sf2",
+    "/usr/share/soundfonts",
+    "/usr/local/share/soundfonts",
+    "~/.local/share/soundfonts",
+    "~/Library/Audio/Sounds/Banks",
+    "/opt/homebrew/share/soundfonts",
+)
+"""Folders searched for ``*.sf2``, in order."""
+PREFERRED_SOUNDFONTS: tuple[str, ...] = ("FluidR3_GM.sf2", "FluidR3_GM", "TimGM6mb.sf2", "default-GM.sf2")
+"""File names preferred inside a folder (FluidR3 sounds better than TimGM6mb); substrings match too."""
+
+if sys.platform == "darwin":
+    AUDIO_DRIVERS: tuple[str, ...] = ("coreaudio", "portaudio", "sdl2", "jack")
+elif sys.platform == "win32":
+    AUDIO_DRIVERS = ("wasapi", "dsound", "waveout", "portaudio", "sdl2")
+else:
+    AUDIO_DRIVERS = ("pipewire", "pulseaudio", "alsa", "jack", "sdl2", "portaudio", "oss")
+"""Audio drivers tried, in order, when none is configured."""
+
+ENV_VARS = ("RTGEN_SOUNDFONT", "SF2_PATH")
+
+_INSTALL_HINT = (
+    "Install one: on Debian/Ubuntu `sudo apt-get install timgm6mb-soundfont` (6 MB) or `fluid-soundfont-gm` "
+    "(148 MB, better); on macOS download a General MIDI .sf2 (e.g. FluidR3_GM.sf2) to ~/Library/Audio/Sounds/Banks. "
+    "Or point to one with --soundfont FILE.sf2, synth.soundfont in config.toml, or $RTGEN_SOUNDFONT."
+)
+
+
+def _pick(folder: Path) -> Path | None:
+    """The preferred soundfont in ``folder``, else the first ``*.sf2`` by name."""
+    try:
+        fonts = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".sf2" and p.is_file())
+    except OSError:
+        return None
+    for preferred in PREFERRED_SOUNDFONTS:
+        for p in fonts:
+            if p.name == preferred or preferred.lower() in p.name.lower():
+                return p
+    return fonts[0] if fonts else None
+
+
+def find_soundfont(configured: str | Path | None = None) -> Path:
+    """Find a soundfont.
+
+    Args:
+        configured: an explicit path (``--soundfont`` / ``synth.soundfont``); if given it must exist.
+
+    Returns:
+        The path of a ``.sf2`` file.
+
+    Raises:
+        SoundfontError: the configured file is missing, or none was found anywhere (the message
+            lists each place looked at and how to install one).
+    """
+    if configured is not None and str(configured).strip():
+        p = Path(configured).expanduser()
+        if p.is_file():
+            return p
+        if p.is_dir() and (found := _pick(p)) is not None:
+            return found
+        raise SoundfontError(f"soundfont {p} does not exist (set by --soundfont or synth.soundfont). {_INSTALL_HINT}")
+    looked: list[str] = []
+    for var in ENV_VARS:
+        value = os.environ.get(var, "")
+        if not value:
+            looked.append(f"${var} (not set)")
+            continue
+        for part in value.split(os.pathsep):
+            p = Path(part).expanduser()
+            if p.is_file():
+                return p
+            if p.is_dir() and (found := _pick(p)) is not None:
+                return found
+            looked.append(f"${var}={part} (no .sf2 there)")
+    for folder in SOUNDFONT_DIRS:
+        p = Path(folder).expanduser()
+        if (found := _pick(p)) is not None:
+            return found
+        looked.append(f"{p}/*.sf2")
+    raise SoundfontError("no soundfont found; looked in: " + ", ".join(looked) + ". " + _INSTALL_HINT)
+
+
+@contextlib.contextmanager
+def quiet_stderr() -> Iterator[list[str]]:
+    """Redirect the C-level stderr (libfluidsynth's messages) into a list of lines, logged at debug."""
+    lines: list[str] = []
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        yield lines
+        return
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        os.dup2(tmp.fileno(), fd)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, fd)
+            os.close(saved)
+            tmp.seek(0)
+            lines.extend(tmp.read().decode(errors="replace").splitlines())
+            for line in lines:
+                log.debug("fluidsynth: %s", line)
+
+
+class Synth:
+    """A FluidSynth synthesizer with one soundfont, usable offline (:meth:`render`) and live (:meth:`start_audio`).
+
+    Args:
+        soundfont: the ``.sf2`` file.
+        sample_rate: output sample rate in Hz.
+        gain: master gain (FluidSynth's ``synth.gain``; 0.2..1 is sensible).
+        reverb: turn the reverb on.
+        chorus: turn the chorus on.
+
+    Raises:
+        SoundfontError: FluidSynth cannot load the soundfont.
+        AudioError: libfluidsynth is not installed.
+    """
+
+    def __init__(
+        self, soundfont: Path, *, sample_rate: int = 44100, gain: float = 0.5, reverb: bool = True, chorus: bool = False
+    ) -> None:
+        try:
+            with quiet_stderr():
+                import fluidsynth  # loads libfluidsynth: only when a synth is wanted
+        except (ImportError, OSError) as err:
+            raise AudioError(
+                f"cannot load FluidSynth ({err}); install it: `sudo apt-get install libfluidsynth3` (Debian/Ubuntu) "
+                "or `brew install fluid-synth` (macOS)"
+            ) from err
+        self._fl = fluidsynth
+        self.soundfont = Path(soundfont)
+        self.sample_rate = int(sample_rate)
+        settings = {
+            "synth.reverb.active": int(reverb),
+            "synth.chorus.active": int(chorus),
+            "audio.period-size": 256,
+        }
+        with quiet_stderr():
+            self._synth = fluidsynth.Synth(gain=float(gain), samplerate=float(sample_rate), channels=16, **settings)
+            self._sfid = self._synth.sfload(str(self.soundfont))
+        if self._sfid < 0:
+            self._synth.delete()
+            raise SoundfontError(f"FluidSynth cannot load soundfont {self.soundfont} (not a valid .sf2?)")
+        self._audio_driver: object | None = None
+        self._sounding: set[tuple[int, int]] = set()
+        self._closed = False
+        for ch in range(16):
+            self.program(ch, 0)
+
+    # --- control ---------------------------------------------------------------
+    def program(self, channel: int, program: int) -> None:
+        """Select General MIDI ``program`` (0..127) on ``channel`` (0..15; channel 9 uses the drum bank)."""
+        bank = 128 if channel == 9 else 0
+        if self._synth.program_select(channel, self._sfid, bank, program) != 0:
+            self._synth.program_select(channel, self._sfid, 0, 0)
+            log.warning("soundfont %s has no program %d (bank %d); using 0", self.soundfont.name, program, bank)
+
+    def note_on(self, channel: int, pitch: int, velocity: int) -> None:
+        """Start a note (velocity 0 is a note-off)."""
+        if velocity <= 0:
+            self.note_off(channel, pitch)
+            return
+        self._synth.noteon(channel, pitch, min(127, velocity))
+        self._sounding.add((channel, pitch))
+
+    def note_off(self, channel: int, pitch: int) -> None:
+        """Release a note."""
+        self._synth.noteoff(channel, pitch)
+        self._sounding.discard((channel, pitch))
+
+    def cc(self, channel: int, control: int, value: int) -> None:
+        """Send a control change (7 volume, 10 pan, 64 sustain, 91 reverb, 120/123 all sound/notes off ...)."""
+        self._synth.cc(channel, control, max(0, min(127, value)))
+
+    def all_notes_off(self) -> None:
+        """Release every tracked note, then CC 123 (all notes off) and CC 120 (all sound off) on all channels."""
+        for channel, pitch in sorted(self._sounding):
+            self._synth.noteoff(channel, pitch)
+        self._sounding.clear()
+        for ch in range(16):
+            self._synth.cc(ch, 123, 0)
+            self._synth.cc(ch, 120, 0)
+
+    @property
+    def active_voices(self) -> int:
+        """Voices FluidSynth is currently rendering (including release tails)."""
+        return int(self._synth.get_active_voice_count())
+
+    # --- output ----------------------------------------------------------------
+    def render(self, seconds: float) -> npt.NDArray[np.int16]:
+        """Render ``seconds`` of audio offline.
+
+        Returns:
+            int16 array of shape ``(frames, 2)`` (interleaved stereo).
+        """
+        frames = max(0, round(seconds * self.sample_rate))
+        return self.render_frames(frames)
+
+    def render_frames(self, frames: int) -> npt.NDArray[np.int16]:
+        """Render exactly ``frames`` stereo frames (int16, shape ``(frames, 2)``)."""
+        if frames <= 0:
+            return np.zeros((0, 2), dtype=np.int16)
+        out = np.empty((frames, 2), dtype=np.int16)
+        block = 8192
+        for start in range(0, frames, block):
+            n = min(block, frames - start)
+            out[start : start + n] = np.asarray(self._synth.get_samples(n), dtype=np.int16).reshape(n, 2)
+        return out
+
+    def start_audio(self, driver: str | None = None) -> None:
+        """Play live through an audio driver.
+
+        Args:
+            driver: a FluidSynth audio driver (``alsa``, ``jack``, ``pulseaudio``, ``coreaudio`` ...);
+                ``None`` or ``""`` tries FluidSynth's default, then ``AUDIO_DRIVERS`` in order.
+
+        Raises:
+            AudioError: no driver could start; the message lists the drivers tried.
+        """
+        if self._audio_driver is not None:
+            return
+        fl = self._fl
+        if driver:
+            candidates = [driver]
+        else:
+            default = self._synth.get_setting("audio.driver")
+            candidates = [d for d in (default, *AUDIO_DRIVERS) if d]
+            candidates = list(dict.fromkeys(candidates))
+        tried: list[str] = []
+        # libjack would otherwise try to launch a jackd of its own on the sound card
+        saved = os.environ.get("JACK_NO_START_SERVER")
+        os.environ["JACK_NO_START_SERVER"] = "1"
+        try:
+            for name in candidates:
+                with quiet_stderr() as lines:
+                    self._synth.setting("audio.driver", name)
+                    drv = fl.new_fluid_audio_driver(self._synth.settings, self._synth.synth)
+                if drv:
+                    self._audio_driver = drv
+                    self._synth.audio_driver = drv  # so pyfluidsynth's delete() frees it
+                    log.info("FluidSynth audio driver %s started", name)
+                    return
+                errors = [line.strip() for line in lines if "error" in line.lower()]
+                reason = (errors or [line.strip() for line in lines] or ["failed"])[-1]
+                tried.append(f"{name} ({reason.removeprefix('fluidsynth: ')})")
+        finally:
+            if saved is None:
+                os.environ.pop("JACK_NO_START_SERVER", None)
+            else:
+                os.environ["JACK_NO_START_SERVER"] = saved
+        raise AudioError(
+            "FluidSynth could not start an audio driver; tried: " + "; ".join(tried) + ". "
+            "Set synth.audio_driver in config.toml (or --audio-driver) to one that works here, "
+            "or disable the internal synth (synth.enabled = false) and play through MIDI out."
+        )
+
+    def close(self) -> None:
+        """Stop audio and free the synth; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        with quiet_stderr():
+            self._synth.delete()
+        self._audio_driver = None
+
+    def __enter__(self) -> Synth:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

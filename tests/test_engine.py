@@ -1,0 +1,329 @@
+"""The runtime: model loading, sampling, the pure engine and the voicer (real onnxruntime, random-weight models)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rtgen import contract as ct
+from rtgen.config import GenerationConfig, PartConfig, PartsConfig
+from rtgen.contract import Key, TimeSignature
+from rtgen.engine import Engine, Params, Step
+from rtgen.errors import ModelError
+from rtgen.model import Model
+from rtgen.sampling import mask_bias, sample, sample_batch
+from rtgen.voicing import BASS_HIGH, BASS_LOW, CHORD_HIGH, CHORD_LOW, NoteEvent, Voicer, chord_voicings, voice_lead
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from model_factory import make_random_model
+
+    return make_random_model(tmp_path_factory.mktemp("models") / "random", hidden=32, layers=1, seed=0)
+
+
+@pytest.fixture(scope="module")
+def model(model_dir: Path) -> Model:
+    return Model.load(model_dir)
+
+
+def run(engine: Engine, n: int, params: Params | None = None) -> list[Step]:
+    return [engine.step(params) for _ in range(n)]
+
+
+# --- model loading -------------------------------------------------------------------------------
+def test_model_loads_and_steps(model: Model) -> None:
+    assert model.state_shape == (1, 32)
+    feeds = {
+        n: np.zeros((2, ct.NUM_LOOKBACKS) if n.startswith("lookback") else 2, np.int64)
+        for n in ct.NOTE_MODEL_INPUTS[:-1]
+    }
+    logits, state = model.chord_step(feeds, model.initial_state(2))
+    assert logits.shape == (2, ct.CHORD_VOCAB_SIZE) and state.shape == (1, 2, 32)
+    mel, vel, state2 = model.note_step(feeds, state)
+    assert mel.shape == (2, ct.MELODY_VOCAB_SIZE) and vel.shape == (2, ct.NUM_VELOCITY_BINS)
+    assert np.isfinite(mel).all() and not np.array_equal(state, state2)
+
+
+def test_model_missing_folder_lists_neighbours(model_dir: Path) -> None:
+    with pytest.raises(ModelError) as err:
+        Model.load(model_dir.parent / "nope")
+    assert "nope" in str(err.value) and str(model_dir) in str(err.value)
+
+
+def test_model_refuses_other_contract_version(model_dir: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "old"
+    bad.mkdir()
+    for f in ("chord.onnx", "note.onnx"):
+        (bad / f).write_bytes((model_dir / f).read_bytes())
+    meta = json.loads((model_dir / "meta.json").read_text())
+    meta["contract"]["version"] = ct.CONTRACT_VERSION + 1
+    (bad / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match=rf"speaks token contract v{ct.CONTRACT_VERSION + 1}.*re-export"):
+        Model.load(bad)
+
+
+def test_model_refuses_changed_file(model_dir: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "changed"
+    bad.mkdir()
+    (bad / "meta.json").write_text((model_dir / "meta.json").read_text())
+    (bad / "chord.onnx").write_bytes((model_dir / "chord.onnx").read_bytes() + b"\0")
+    (bad / "note.onnx").write_bytes((model_dir / "note.onnx").read_bytes())
+    with pytest.raises(ModelError, match=r"chord\.onnx does not match its sha256"):
+        Model.load(bad)
+    (bad / "note.onnx").unlink()
+    with pytest.raises(ModelError, match=r"missing note\.onnx"):
+        Model.load(bad)
+
+
+# --- sampling ------------------------------------------------------------------------------------
+def test_sampling_follows_probabilities_and_top_p() -> None:
+    rng = np.random.default_rng(0)
+    logits = np.log(np.array([0.5, 0.3, 0.2]))
+    counts = np.bincount([sample(logits, rng) for _ in range(4000)], minlength=3) / 4000
+    assert np.allclose(counts, [0.5, 0.3, 0.2], atol=0.04)
+    nucleus = {sample(logits, rng, top_p=0.6) for _ in range(500)}
+    assert nucleus == {0, 1}
+    cold = np.bincount([sample(logits, rng, temperature=0.05) for _ in range(200)], minlength=3)
+    assert cold[0] == 200
+    batch = sample_batch(np.tile(logits, (1000, 1)), rng, top_p=0.6)
+    assert set(batch.tolist()) == {0, 1}
+
+
+def test_sampling_masks_and_fallbacks() -> None:
+    rng = np.random.default_rng(1)
+    logits = np.array([3.0, 2.0, 1.0, 0.0])
+    bias = mask_bias([False, True, False, True])
+    assert {sample(logits, rng, bias=bias) for _ in range(200)} == {1, 3}
+    nothing = mask_bias([False] * 4)
+    assert sample(logits, rng, bias=nothing) == 0  # unmasked argmax
+    assert sample(logits, rng, bias=nothing, fallback=2) == 2
+    nan = np.array([np.nan, 1.0, np.nan, 0.5])
+    assert sample(nan, rng) in (1, 3)
+    assert sample_batch(np.stack([logits, logits]), rng, bias=nothing, fallback=3).tolist() == [3, 3]
+
+
+# --- engine --------------------------------------------------------------------------------------
+def test_params_from_config() -> None:
+    p = Params.from_config(GenerationConfig(key="D major", time_signature="3/4", pitch_low=60))
+    assert p.key == Key.parse("D major") and p.time_signature == TimeSignature(3, 4) and p.pitch_low == 60
+
+
+def test_same_seed_same_music_other_seed_other_music(model: Model) -> None:
+    params = Params(temperature=1.0, top_p=1.0)
+    a = run(Engine(model, params, seed=7), 128)
+    b = run(Engine(model, params, seed=7), 128)
+    c = run(Engine(model, params, seed=8), 128)
+    assert a == b
+    assert a != c
+    e = Engine(model, params, seed=7)
+    run(e, 10)
+    e.reset()
+    assert run(e, 128) == a
+
+
+def test_key_lock_keeps_melody_and_chords_in_scale(model: Model) -> None:
+    key = Key.parse("Eb major")
+    steps = run(Engine(model, Params(temperature=1.5, top_p=1.0, key=key), seed=3), 600)
+    pitches = [s.pitch for s in steps if s.pitch is not None]
+    chords = {s.chord_token for s in steps if s.chord_token >= ct.CHORD_OFFSET}
+    assert len(pitches) > 50 and len(chords) > 5  # the random model plays plenty
+    assert all(p % 12 in key.pitch_classes for p in pitches)
+    assert all(key.contains_chord(ct.Chord.from_token(t)) for t in chords)
+    free = run(Engine(model, Params(temperature=1.5, top_p=1.0), seed=3), 600)
+    assert any(s.pitch is not None and s.pitch % 12 not in key.pitch_classes for s in free)
+
+
+def test_pitch_range_and_density(model: Model) -> None:
+    steps = run(Engine(model, Params(temperature=1.5, pitch_low=60, pitch_high=67), seed=4), 400)
+    pitches = [s.pitch for s in steps if s.pitch is not None]
+    assert pitches and all(60 <= p <= 67 for p in pitches)
+    silent = run(Engine(model, Params(density=0.0), seed=4), 300)
+    assert all(s.melody_token == ct.MEL_REST for s in silent)
+    sparse = run(Engine(model, Params(density=0.05), seed=4), 400)
+    dense = run(Engine(model, Params(density=4.0), seed=4), 400)
+    onsets = [sum(s.pitch is not None for s in x) for x in (sparse, dense)]
+    assert onsets[0] < onsets[1]
+
+
+def test_hold_only_while_sounding(model: Model) -> None:
+    steps = run(Engine(model, Params(temperature=2.0, top_p=1.0), seed=5), 800)
+    sounding = False
+    for s in steps:
+        if s.melody_token == ct.MEL_HOLD:
+            assert sounding, f"HOLD after REST at step {s.index}"
+        elif s.melody_token == ct.MEL_REST:
+            sounding = False
+        else:
+            sounding = True
+    assert any(s.melody_token == ct.MEL_HOLD for s in steps)
+    # chord HOLD resolves to the previous chord; at step 0 it means N.C.
+    first = Engine(model, Params(), seed=0).step(chord=ct.CHORD_HOLD)
+    assert first.chord_now == ct.CHORD_NC
+    prev = ct.CHORD_NC
+    for s in steps:
+        assert s.chord_now == (prev if s.chord_token == ct.CHORD_HOLD else s.chord_token)
+        prev = s.chord_now
+
+
+def test_observed_tokens_pass_through(model: Model) -> None:
+    e = Engine(model, Params(), seed=0)
+    g7 = ct.Chord.parse("G7").token
+    s = e.step(chord=g7, melody=ct.melody_note_on(67), velocity=100)
+    assert (s.chord_token, s.chord_now, s.pitch, s.velocity) == (g7, g7, 67, 100)
+    s = e.step(chord=ct.CHORD_HOLD, melody=ct.MEL_HOLD)
+    assert (s.chord_now, s.melody_token) == (g7, ct.MEL_HOLD)
+    s = e.step(melody=ct.MEL_REST)  # chord sampled, melody observed
+    assert s.melody_token == ct.MEL_REST
+    assert e.step(melody=ct.MEL_HOLD).melody_token == ct.MEL_REST  # HOLD after REST is REST
+    with pytest.raises(ValueError, match="chord token"):
+        e.step(chord=ct.CHORD_VOCAB_SIZE)
+
+
+def test_prime_then_continue_and_lookback(model: Model) -> None:
+    e = Engine(model, Params(), seed=0)
+    mel = [ct.melody_note_on(60 + (i % 8)) if i % 2 == 0 else ct.MEL_HOLD for i in range(32)]
+    chords = [ct.Chord.parse("C").token if i % 16 == 0 else ct.CHORD_HOLD for i in range(32)]
+    primed = e.prime(mel, None, chords)
+    assert [s.melody_token for s in primed] == mel and [s.chord_token for s in primed] == chords
+    assert [s.bar for s in primed[::16]] == [0, 1]
+    s = e.step()
+    assert (s.index, s.bar, s.position) == (32, 2, 0)
+    # the lookback inputs of step 32 are the tokens at position 0 of bars 1 and 0
+    lb_mel, lb_ch = e._feeds["lookback_melody"][0], e._feeds["lookback_chord"][0]
+    assert lb_mel.tolist() == [mel[16], mel[0], ct.MEL_REST, ct.MEL_REST]
+    assert lb_ch.tolist() == [chords[16], chords[0], ct.CHORD_NC, ct.CHORD_NC]
+
+
+def test_time_signature_change_waits_for_bar_line(model: Model) -> None:
+    e = Engine(model, Params(), seed=0)
+    run(e, 5)
+    three = Params(time_signature=TimeSignature(3, 4))
+    rest = run(e, 11 + 12 + 1, three)
+    assert [s.position for s in rest[:11]] == list(range(5, 16))  # the 4/4 bar finishes
+    assert rest[11].position == 0 and rest[11].bar == 1 and rest[11].bar_steps == 12
+    assert rest[23].position == 0 and rest[23].bar == 2
+
+
+def test_swap_model_at_next_step(model: Model, model_dir: Path, tmp_path: Path) -> None:
+    from model_factory import make_random_model
+
+    other = Model.load(make_random_model(tmp_path / "other", hidden=16, layers=2, seed=1))
+    e = Engine(model, Params(), seed=0)
+    run(e, 8)
+    e.swap_model(other)
+    assert e.model is model
+    s = e.step()
+    assert e.model is other and s.index == 8 and e._note_state.shape == (2, 1, 16)
+
+
+# --- voicing -------------------------------------------------------------------------------------
+def voice_all(model: Model, n: int, voicer: Voicer, params: Params, seed: int = 0) -> list[tuple[Step, NoteEvent]]:
+    e = Engine(model, params, seed=seed)
+    out = []
+    for _ in range(n):
+        s = e.step()
+        out += [(s, ev) for ev in voicer.voice(s, params)]
+    return out
+
+
+def test_voicing_invariants(model: Model) -> None:
+    params = Params(temperature=1.0)
+    voicer = Voicer(PartsConfig(), swing=0.3, humanize_ms=8.0, seed=1)
+    events = voice_all(model, 400, voicer, params)
+    tail = voicer.release_all()
+    assert voicer.release_all() == []
+    on: set[tuple[int, int]] = set()
+    for ev in [e for _, e in events] + tail:
+        key = (ev.channel, ev.pitch)
+        if ev.on:
+            assert key not in on, f"overlapping note {key}"
+            on.add(key)
+        else:
+            assert key in on, f"note-off without note-on {key}"
+            on.discard(key)
+    assert not on, "every note-on gets its note-off"
+    by_part = {p: [e for _, e in events if e.on and e.part == p] for p in ("melody", "chords", "bass")}
+    assert all(by_part.values())
+    assert {e.channel for e in by_part["melody"]} == {0}
+    assert {e.channel for e in by_part["chords"]} == {1}
+    assert {e.channel for e in by_part["bass"]} == {2}
+    assert all(BASS_LOW <= e.pitch < BASS_HIGH for e in by_part["bass"])
+    assert all(CHORD_LOW <= e.pitch <= CHORD_HIGH for e in by_part["chords"])
+    for s, ev in events:  # swing moves odd sixteenths only; humanize stays within 2 sd
+        assert ev.step_offset == (0.3 if s.position % 2 else 0.0)
+        assert abs(ev.ms_offset) <= 16.0
+    assert any(ev.ms_offset != 0 for _, ev in events)
+
+
+def test_swing_and_humanize_are_deterministic(model: Model) -> None:
+    params = Params()
+    a = voice_all(model, 200, Voicer(PartsConfig(), swing=0.5, humanize_ms=10, seed=3), params)
+    b = voice_all(model, 200, Voicer(PartsConfig(), swing=0.5, humanize_ms=10, seed=3), params)
+    c = voice_all(model, 200, Voicer(PartsConfig(), swing=0.5, humanize_ms=10, seed=4), params)
+    assert a == b and a != c
+
+
+def test_melody_voicing_retrigger_hold_rest() -> None:
+    parts = PartsConfig(melody=PartConfig(channel=5, octave=1, velocity_scale=0.5))
+    v = Voicer(parts)
+    p = Params()
+
+    def step(i: int, mel: int, vel: int = 100) -> Step:
+        return Step(i, 0, i, ct.CHORD_HOLD, ct.CHORD_NC, mel, vel)
+
+    on = v.voice(step(0, ct.melody_note_on(60)), p)
+    assert on == [NoteEvent(0.0, 0.0, True, "melody", 4, 72, 50)]
+    assert v.voice(step(1, ct.MEL_HOLD), p) == []
+    again = v.voice(step(2, ct.melody_note_on(60)), p)  # retrigger: off, then on
+    assert [(e.on, e.pitch) for e in again] == [(False, 72), (True, 72)]
+    assert [(e.on, e.pitch) for e in v.voice(step(3, ct.MEL_REST), p)] == [(False, 72)]
+    assert v.voice(step(4, ct.MEL_REST), p) == []
+
+
+def test_chords_are_voice_led_and_bass_plays_roots() -> None:
+    v = Voicer(PartsConfig())
+    p = Params()
+    prog = ["C", "Am", "F", "G7", "C"]
+    voicings = []
+    bass = []
+    for i, name in enumerate(prog):
+        tok = ct.Chord.parse(name).token
+        evs = v.voice(Step(i * 16, i, 0, tok, tok, ct.MEL_REST, 80), p)
+        voicings.append(tuple(sorted(e.pitch for e in evs if e.on and e.part == "chords")))
+        bass += [e.pitch for e in evs if e.on and e.part == "bass"]
+    for chord, voicing in zip(prog, voicings, strict=True):
+        assert {x % 12 for x in voicing} == ct.Chord.parse(chord).pitch_classes
+    for prev, cur in itertools.pairwise(voicings):
+        moved = sum(min(abs(a - b) for b in prev) for a in cur)
+        worst = max(sum(min(abs(a - b) for b in prev) for a in cand) for cand in chord_voicings(_chord_of(cur)))
+        assert moved < worst  # voice leading beats the worst placement
+        assert voice_lead(_chord_of(cur), prev) == cur
+    assert [b % 12 for b in bass] == [0, 9, 5, 7, 0]
+    # beat 3 of a 4/4 bar with the chord held: the fifth
+    c = ct.Chord.parse("C").token
+    evs = v.voice(Step(72, 4, 8, ct.CHORD_HOLD, c, ct.MEL_REST, 80), p)
+    assert [e.pitch % 12 for e in evs if e.on and e.part == "bass"] == [7]
+    nc = v.voice(Step(73, 4, 9, ct.CHORD_NC, ct.CHORD_NC, ct.MEL_REST, 80), p)
+    assert {e.part for e in nc if not e.on} == {"chords", "bass"} and not any(e.on for e in nc)
+
+
+def _chord_of(voicing: tuple[int, ...]) -> ct.Chord:
+    chord = ct.recognize_chord(list(voicing))
+    assert chord is not None
+    return chord
+
+
+def test_disabled_parts_and_set_parts(model: Model) -> None:
+    parts = PartsConfig(bass=PartConfig(channel=3, enabled=False))
+    v = Voicer(parts)
+    events = voice_all(model, 100, v, Params())
+    assert events and not any(e.part == "bass" for _, e in events)
+    sounding = v.sounding
+    offs = v.set_parts(PartsConfig(bass=PartConfig(channel=3, enabled=False), chords=PartConfig(channel=9)))
+    assert {(e.channel, e.pitch) for e in offs} == set(sounding["chords"])
+    assert all(not e.on for e in offs)

@@ -1,0 +1,153 @@
+"""``rtgen render`` end to end through the CLI: real ONNX models, real FluidSynth, real files."""
+
+from __future__ import annotations
+
+import wave
+from pathlib import Path
+
+import mido
+import numpy as np
+import pytest
+from conftest import require
+
+from rtgen import contract as ct
+from rtgen import synth as synth_mod
+from rtgen.cli import main
+from rtgen.errors import SoundfontError
+from rtgen.render import GENERATED_MARKER, PRIME_MARKER, TICKS_PER_STEP, load_prime
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from model_factory import make_random_model
+
+    return make_random_model(tmp_path_factory.mktemp("models") / "random", hidden=32, layers=1, seed=0)
+
+
+def render(model_dir: Path, out: Path, *extra: str) -> int:
+    return main(["render", "--model", str(model_dir), "--out", str(out), *extra])
+
+
+def notes_by_channel(mid: mido.MidiFile) -> dict[int, int]:
+    counts: dict[int, int] = {}
+    for track in mid.tracks:
+        for msg in track:
+            if msg.type == "note_on" and msg.velocity > 0:
+                counts[msg.channel] = counts.get(msg.channel, 0) + 1
+    return counts
+
+
+def test_render_writes_three_parts_deterministically(model_dir: Path, tmp_path: Path, capsys) -> None:
+    a, b, c = tmp_path / "a.mid", tmp_path / "sub" / "b.mid", tmp_path / "c.mid"
+    assert render(model_dir, a, "--bars", "8", "--seed", "5", "--key", "G major", "--swing", "0.3") == 0
+    summary = capsys.readouterr().out
+    assert "rendered 8 bars" in summary and str(a) in summary and "melody" in summary
+    assert render(model_dir, b, "--bars", "8", "--seed", "5", "--key", "G major", "--swing", "0.3") == 0
+    assert render(model_dir, c, "--bars", "8", "--seed", "6", "--key", "G major", "--swing", "0.3") == 0
+    assert a.read_bytes() == b.read_bytes()
+    assert a.read_bytes() != c.read_bytes()
+    mid = mido.MidiFile(str(a))
+    assert mid.type == 1 and mid.ticks_per_beat == 480
+    names = [next(m.name for m in t if m.type == "track_name") for t in mid.tracks]
+    assert names == ["rtgen", "melody", "chords", "bass"]
+    meta = {m.type: m for m in mid.tracks[0]}
+    assert meta["key_signature"].key == "G" and meta["set_tempo"].tempo == mido.bpm2tempo(110)
+    counts = notes_by_channel(mid)
+    assert set(counts) == {0, 1, 2} and all(n > 0 for n in counts.values())
+    bar_ticks = 16 * TICKS_PER_STEP
+    end = max(sum(m.time for m in t) for t in mid.tracks)
+    assert 8 * bar_ticks <= end <= 8 * bar_ticks + TICKS_PER_STEP
+    # every note-on has its note-off, and key-locked pitches stay in G major
+    g_major = ct.Key.parse("G major").pitch_classes
+    for track in mid.tracks[1:]:
+        on: set[int] = set()
+        for msg in track:
+            if msg.type == "note_on" and msg.velocity > 0:
+                assert msg.note not in on
+                on.add(msg.note)
+                if track.name == "melody":
+                    assert msg.note % 12 in g_major
+            elif msg.type in ("note_on", "note_off"):
+                on.remove(msg.note)
+        assert not on
+
+
+def test_render_wav_and_png(model_dir: Path, tmp_path: Path) -> None:
+    try:
+        synth_mod.find_soundfont()
+    except SoundfontError as err:
+        require(False, f"a soundfont ({err})")
+    out, wav, png = tmp_path / "x.mid", tmp_path / "audio" / "x.wav", tmp_path / "x.png"
+    assert render(model_dir, out, "--bars", "4", "--tempo", "120", "--wav", str(wav), "--png", str(png)) == 0
+    with wave.open(str(wav)) as w:
+        assert (w.getnchannels(), w.getsampwidth(), w.getframerate()) == (2, 2, 44100)
+        frames = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").reshape(-1, 2)
+    seconds = len(frames) / 44100
+    assert seconds == pytest.approx(4 * 2.0 + 1.5, abs=0.3)  # 4 bars of 4/4 at 120 BPM + release tail
+    level = float(np.sqrt(np.mean(frames.astype(np.float64) ** 2)))
+    assert level > 200 and np.abs(frames).max() < 32767
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_prime_continues_a_nottingham_tune(model_dir: Path, tmp_path: Path, nottingham_dir: Path) -> None:
+    tune = sorted(nottingham_dir.glob("*.mid"))[0]
+    tokens, ts = load_prime(tune)
+    out = tmp_path / "primed.mid"
+    assert render(model_dir, out, "--bars", "4", "--prime", str(tune)) == 0
+    mid = mido.MidiFile(str(out))
+    markers = {}
+    now = 0
+    for msg in mid.tracks[0]:
+        now += msg.time
+        if msg.type == "marker":
+            markers[msg.text] = now
+        if msg.type == "time_signature" and ts is not None:
+            assert (msg.numerator, msg.denominator) == (ts.numerator, ts.denominator)
+    prime_end = len(tokens["melody"]) * TICKS_PER_STEP
+    assert markers == {PRIME_MARKER: 0, GENERATED_MARKER: prime_end}
+    melody = next(t for t in mid.tracks if t.name == "melody")
+    onsets, now = [], 0
+    for msg in melody:
+        now += msg.time
+        if msg.type == "note_on" and msg.velocity > 0:
+            onsets.append((now, msg.note))
+    primed = [(i * TICKS_PER_STEP, ct.melody_pitch(int(t))) for i, t in enumerate(tokens["melody"]) if t >= 2]
+    assert [o for o in onsets if o[0] < prime_end] == primed  # the prime is played as written
+    assert any(t >= prime_end for t, _ in onsets)  # and the model continues it
+
+
+def test_bad_option_names_the_key(model_dir: Path, tmp_path: Path, capsys) -> None:
+    assert render(model_dir, tmp_path / "x.mid", "--temperature", "9") == 2
+    err = capsys.readouterr().err
+    assert "generation.temperature" in err and "0.05..3.0" in err
+    assert render(model_dir, tmp_path / "x.mid", "--key", "H major") == 2
+    assert "generation.key" in capsys.readouterr().err
+    assert render(model_dir, tmp_path / "x.mid", "--time-signature", "4/5") == 2
+    assert "generation.time_signature" in capsys.readouterr().err
+    assert render(tmp_path / "no-model", tmp_path / "x.mid") == 2
+    assert "no-model does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "x.mid").exists()
+
+
+def test_missing_soundfont_lists_where_it_looked(
+    model_dir: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("RTGEN_SOUNDFONT", raising=False)
+    monkeypatch.delenv("SF2_PATH", raising=False)
+    monkeypatch.setattr(synth_mod, "SOUNDFONT_DIRS", (str(tmp_path / "fonts"),))
+    assert render(model_dir, tmp_path / "x.mid", "--bars", "1", "--wav", str(tmp_path / "x.wav")) == 2
+    err = capsys.readouterr().err
+    assert "no soundfont found" in err and str(tmp_path / "fonts") in err and "--soundfont" in err
+    assert render(model_dir, tmp_path / "y.mid", "--wav", str(tmp_path / "y.wav"), "--soundfont", "/no/such.sf2") == 2
+    assert "/no/such.sf2 does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_render_with_a_pipeline_trained_model(tiny_model_dir: Path, nottingham_dir: Path, tmp_path: Path) -> None:
+    tune = sorted(nottingham_dir.glob("*.mid"))[1]
+    a, b = tmp_path / "a.mid", tmp_path / "b.mid"
+    for out in (a, b):
+        assert render(tiny_model_dir, out, "--bars", "4", "--prime", str(tune), "--key", "G major") == 0
+    assert a.read_bytes() == b.read_bytes()
+    counts = notes_by_channel(mido.MidiFile(str(a)))
+    assert set(counts) == {0, 1, 2}
