@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from rtgen import contract as C
+from rtgen import contract as C  # noqa: N812 (short alias, used on every line)
 
 BACKBONES = ("gru",)
 
@@ -37,9 +37,12 @@ INPUT_VOCAB: dict[str, int] = {
     "position": C.MAX_BAR_STEPS,
     "phrase": C.PHRASE_BARS,
     "chord_now": C.CHORD_VOCAB_SIZE,
+    "lookback_melody": C.MELODY_VOCAB_SIZE,  # (B, NUM_LOOKBACKS) per step
+    "lookback_chord": C.CHORD_VOCAB_SIZE,
 }
 _MELODY_INPUTS = ("prev_melody", "prev_sounding")
 _CHORD_INPUTS = ("prev_chord", "prev_chord_now", "chord_now")
+LOOKBACK_INPUTS = ("lookback_melody", "lookback_chord")
 
 
 @dataclass
@@ -51,7 +54,7 @@ class ModelConfig:
         hidden: GRU hidden size.
         layers: GRU layers.
         token_emb: embedding size of melody and chord tokens.
-        small_emb: embedding size of velocity, position and phrase tokens.
+        small_emb: embedding size of velocity, position and phrase tokens, and of each lookback token.
         dropout: dropout on the GRU input, between layers and before the heads.
         features: add fixed musical features (pitch class, octave, chord tones, root).
     """
@@ -117,6 +120,9 @@ def _chord_features() -> np.ndarray:
 class Embedder(nn.Module):
     """Embeds a dict of token tensors and concatenates them along the last axis."""
 
+    mel_feat: Tensor
+    chord_feat: Tensor
+
     def __init__(self, names: tuple[str, ...], cfg: ModelConfig) -> None:
         super().__init__()
         self.names = names
@@ -126,7 +132,7 @@ class Embedder(nn.Module):
         for name in names:
             dim = cfg.token_emb if name in _MELODY_INPUTS + _CHORD_INPUTS else cfg.small_emb
             self.emb[name] = nn.Embedding(INPUT_VOCAB[name], dim)
-            self.out_dim += dim
+            self.out_dim += dim * (C.NUM_LOOKBACKS if name in LOOKBACK_INPUTS else 1)
         if cfg.features:
             self.register_buffer("mel_feat", torch.from_numpy(_melody_features()), persistent=False)
             self.register_buffer("chord_feat", torch.from_numpy(_chord_features()), persistent=False)
@@ -137,8 +143,11 @@ class Embedder(nn.Module):
             )
 
     def forward(self, feeds: dict[str, Tensor]) -> Tensor:
-        """feeds: name -> (B, T) or (B,) int64; returns (..., out_dim) float."""
-        parts = [self.emb[n](feeds[n]) for n in self.names]
+        """feeds: name -> (B, T) or (B,) int64 (lookbacks: (B, T, K) or (B, K)); returns (B, [T,] out_dim)."""
+        parts = [self.emb[n](feeds[n]) for n in self.names if n not in LOOKBACK_INPUTS]
+        for n in self.names:
+            if n in LOOKBACK_INPUTS:
+                parts.append(self.emb[n](feeds[n]).flatten(-2))  # (..., K, E) -> (..., K*E)
         if self.features:
             for n in self.names:
                 if n in _MELODY_INPUTS:
@@ -181,6 +190,8 @@ class _Recurrent(nn.Module):
 class ChordModel(_Recurrent):
     """p(chord_t | melody_<t, chord_<t, position, phrase)."""
 
+    templates: Tensor
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__(C.COMMON_INPUTS, cfg)
         self.head = nn.Linear(cfg.hidden, C.CHORD_VOCAB_SIZE)
@@ -196,7 +207,7 @@ class ChordModel(_Recurrent):
         return logits, state
 
     def step(self, feeds: dict[str, Tensor], state: Tensor) -> tuple[Tensor, Tensor]:
-        """One step: feeds name -> (B,); returns chord logits (B, V) and the new state."""
+        """One step: feeds name -> (B,) (lookbacks (B, K)); returns chord logits (B, V) and the new state."""
         logits, state = self.forward({k: v.unsqueeze(1) for k, v in feeds.items()}, state)
         return logits[:, 0], state
 
@@ -215,7 +226,7 @@ class NoteModel(_Recurrent):
         return self.melody_head(h), self.velocity_head(h), state
 
     def step(self, feeds: dict[str, Tensor], state: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """One step: feeds name -> (B,); returns melody logits (B, Vm), velocity logits (B, Vv), state."""
+        """One step: feeds name -> (B,) (lookbacks (B, K)); returns melody (B, Vm), velocity (B, Vv) logits, state."""
         mel, vel, state = self.forward({k: v.unsqueeze(1) for k, v in feeds.items()}, state)
         return mel[:, 0], vel[:, 0], state
 

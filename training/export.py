@@ -1,0 +1,425 @@
+"""Export a training run to a model folder (``rtgen-train export``): two single-step ONNX graphs.
+
+Writes ``chord.onnx`` and ``note.onnx`` (inputs and outputs named exactly as in
+``rtgen.contract``, dynamic batch axis), checks them against PyTorch step by step
+(export fails if any logit differs by more than :data:`PARITY_TOLERANCE`), and writes
+``meta.json`` and ``MODEL_CARD.md`` (docs/internals.md §3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from rtgen import contract as C  # noqa: N812 (short alias, used on every line)
+from rtgen.errors import ModelError, RtgenError
+from training.dataset import INPUT_KEYS, LOOKBACK_KEYS, Split, read_manifest
+from training.model import ChordModel, ModelConfig, Models, NoteModel
+
+log = logging.getLogger(__name__)
+
+PARITY_STEPS = 1000
+PARITY_TOLERANCE = 1e-4
+ONNX_FILES = ("chord.onnx", "note.onnx")
+OPSET = 17
+
+
+class _ChordStep(nn.Module):
+    """ONNX signature of the chord model: contract.CHORD_MODEL_INPUTS -> CHORD_MODEL_OUTPUTS."""
+
+    def __init__(self, model: ChordModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *args: Tensor) -> tuple[Tensor, Tensor]:
+        *tokens, state = args
+        feeds = dict(zip(C.CHORD_MODEL_INPUTS[:-1], tokens, strict=True))
+        return self.model.step(feeds, state)
+
+
+class _NoteStep(nn.Module):
+    """ONNX signature of the note model: contract.NOTE_MODEL_INPUTS -> NOTE_MODEL_OUTPUTS."""
+
+    def __init__(self, model: NoteModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *args: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        *tokens, state = args
+        feeds = dict(zip(C.NOTE_MODEL_INPUTS[:-1], tokens, strict=True))
+        return self.model.step(feeds, state)
+
+
+def _dummy_inputs(names: tuple[str, ...], cfg: ModelConfig, batch: int = 2) -> tuple[Tensor, ...]:
+    args: list[Tensor] = []
+    for name in names[:-1]:
+        shape = (batch, C.NUM_LOOKBACKS) if name in LOOKBACK_KEYS else (batch,)
+        args.append(torch.zeros(shape, dtype=torch.int64))
+    args.append(torch.zeros(cfg.layers, batch, cfg.hidden))
+    return tuple(args)
+
+
+def _export_graph(module: nn.Module, inputs: tuple[str, ...], outputs: tuple[str, ...], cfg: ModelConfig,
+                  path: Path) -> None:  # fmt: skip
+    dynamic: dict[str, dict[int, str]] = {name: {0: "batch"} for name in inputs[:-1]}
+    dynamic["state"] = {1: "batch"}
+    dynamic |= {name: {0: "batch"} for name in outputs[:-1]}
+    dynamic["state_out"] = {1: "batch"}
+    module.eval()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the GRU batch-size warning does not apply: the state is an input
+        torch.onnx.export(
+            module, _dummy_inputs(inputs, cfg), str(path), input_names=list(inputs), output_names=list(outputs),
+            dynamic_axes=dynamic, opset_version=OPSET, dynamo=False,
+        )  # fmt: skip
+
+
+def load_run(run: Path) -> tuple[Models, dict[str, Any]]:
+    """The best (else latest) weights of a run, in eval mode, and the checkpoint dict."""
+    run = Path(run)
+    for name in ("best.pt", "checkpoint.pt"):
+        path = run / name
+        if path.is_file():
+            try:
+                ckpt = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as err:
+                raise RtgenError(f"cannot read {path} ({err}); train again (`rtgen-train train`)") from err
+            cfg_dict = ckpt.get("model_config") or ckpt["config"]["model"]
+            models = Models(ModelConfig.from_dict(cfg_dict))
+            models.load_state_dict(ckpt["models"])
+            models.eval()
+            return models, ckpt
+    raise RtgenError(f"no trained weights in {run} (best.pt or checkpoint.pt); run `rtgen-train train --out {run}`")
+
+
+def _parity_streams(data: Path | None, steps: int, batch: int = 2) -> tuple[dict[str, np.ndarray], str]:
+    """Token streams (steps, batch[, K]) per input: held-out data if there is enough, else random tokens."""
+    if data is not None:
+        for split_name in ("valid", "test", "train"):
+            try:
+                split = Split(data, split_name)
+            except RtgenError:
+                continue
+            if split.steps >= steps * batch:
+                streams = {
+                    k: np.stack([split.arrays[k][i * steps : (i + 1) * steps] for i in range(batch)], axis=1)
+                    for k in INPUT_KEYS
+                }
+                return streams, f"{split_name} data"
+    from training.model import INPUT_VOCAB
+
+    rng = np.random.default_rng(0)
+    out = {}
+    for k in INPUT_KEYS:
+        shape = (steps, batch, C.NUM_LOOKBACKS) if k in LOOKBACK_KEYS else (steps, batch)
+        out[k] = rng.integers(0, INPUT_VOCAB[k], size=shape, dtype=np.int64)
+    return out, "random tokens"
+
+
+def check_parity(
+    models: Models, model_dir: Path, data: Path | None = None, steps: int = PARITY_STEPS
+) -> dict[str, Any]:
+    """Run ``steps`` steps through PyTorch and onnxruntime side by side, each feeding back its own state.
+
+    Returns:
+        ``{"steps": n, "batch": b, "source": "valid data" | "random tokens",
+        "max_abs_diff": {"chord": x, "note": y}}`` (the largest difference over every logit and state output).
+
+    Raises:
+        ModelError: if a difference exceeds :data:`PARITY_TOLERANCE`.
+    """
+    import onnxruntime as ort
+
+    streams, source = _parity_streams(data, steps)
+    batch = streams["position"].shape[1]
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    sess = {
+        m: ort.InferenceSession(str(model_dir / f"{m}.onnx"), opts, providers=["CPUExecutionProvider"])
+        for m in ("chord", "note")
+    }
+    cfg = models.cfg
+    zeros = np.zeros((cfg.layers, batch, cfg.hidden), dtype=np.float32)
+    st_t = {"chord": torch.from_numpy(zeros.copy()), "note": torch.from_numpy(zeros.copy())}
+    st_o = {"chord": zeros.copy(), "note": zeros.copy()}
+    diff = {"chord": 0.0, "note": 0.0}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one-step batches are tiny: more threads only spin (badly, on a busy machine)
+    try:
+        _parity_loop(models, sess, streams, st_t, st_o, diff)
+    finally:
+        torch.set_num_threads(threads)
+    worst = max(diff, key=lambda k: diff[k])
+    if diff[worst] >= PARITY_TOLERANCE:
+        raise ModelError(
+            f"ONNX parity check failed for {model_dir / (worst + '.onnx')}: max |difference| to PyTorch "
+            f"{diff[worst]:.2e} over {steps} steps (tolerance {PARITY_TOLERANCE:.0e}); "
+            "the exported graph does not compute what the trained model does"
+        )
+    return {"steps": steps, "batch": batch, "source": source, "max_abs_diff": diff}
+
+
+def _parity_loop(
+    models: Models,
+    sess: dict[str, Any],
+    streams: dict[str, np.ndarray],
+    st_t: dict[str, Tensor],
+    st_o: dict[str, np.ndarray],
+    diff: dict[str, float],
+) -> None:
+    """Step both runtimes through ``streams``; updates ``diff`` with the largest |difference| per model."""
+    steps = streams["position"].shape[0]
+    with torch.no_grad():
+        for t in range(steps):
+            feeds = {k: v[t] for k, v in streams.items()}
+            tf = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in feeds.items()}
+            for m, names, fn in (
+                ("chord", C.CHORD_MODEL_INPUTS, models.chord.step),
+                ("note", C.NOTE_MODEL_INPUTS, models.note.step),
+            ):
+                *logits_t, st_t[m] = fn({k: tf[k] for k in names[:-1]}, st_t[m])
+                *logits_o, st_o[m] = sess[m].run(None, {**{k: feeds[k] for k in names[:-1]}, "state": st_o[m]})
+                for a, b in zip([*logits_t, st_t[m]], [*logits_o, st_o[m]], strict=True):
+                    diff[m] = max(diff[m], float(np.abs(a.numpy() - b).max()))
+
+
+def sha256(path: Path) -> str:
+    """Hex sha256 of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _data_meta(data: Path | None) -> dict[str, Any]:
+    if data is None:
+        return {"source": "unknown", "description": "not recorded (export without --data)", "license": "unknown"}
+    m = read_manifest(data)
+    splits: dict[str, Any] = m.get("splits", {})  # type: ignore[assignment]
+    source = str(m.get("source", "unknown"))
+    nottingham = "nottingham" in source.lower()
+    files = {k: len(v.get("files", [])) for k, v in splits.items()}
+    desc = (
+        "Nottingham folk tunes (ABC transcriptions rendered to MIDI: melody and chord tracks)"
+        if nottingham
+        else f"MIDI files from {source}"
+    )
+    return {
+        "source": source,
+        "description": desc,
+        "license": "GPL-3.0-or-later" if nottingham else "see the license of the source files",
+        "files": files,
+        "steps": {k: v.get("steps") for k, v in splits.items()},
+        "split_method": m.get("split_method"),
+        "skipped": m.get("skipped", {}),
+        "prepared": m.get("created"),
+    }
+
+
+def _training_meta(run: Path, ckpt: dict[str, Any]) -> dict[str, Any]:
+    hist_path = run / "history.json"
+    history: list[dict[str, Any]] = json.loads(hist_path.read_text()) if hist_path.is_file() else []
+    cfg_path = run / "config.json"
+    cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
+    best_epoch = ckpt.get("epoch", history[-1]["epoch"] if history else 0)
+    best = next((h for h in history if h["epoch"] == best_epoch), None)
+    tok = [h["tokens_per_s"] for h in history if h.get("tokens_per_s")]
+    return {
+        "epochs": len(history),
+        "seconds": round(sum(h.get("seconds", 0.0) for h in history), 1),
+        "best_epoch": best_epoch,
+        "valid_nll": best["valid"] if best else ckpt.get("valid"),
+        "train_nll": best["train"] if best else None,
+        "tokens_per_s": round(float(np.mean(tok)), 1) if tok else None,
+        "config": {k: v for k, v in cfg.items() if k not in ("data", "model")},
+    }
+
+
+def export(run: Path, out: Path, data: Path | None = None, name: str | None = None) -> dict[str, Any]:
+    """Export a run's best weights to a model folder and verify ONNX-vs-PyTorch parity.
+
+    Args:
+        run: training run folder (``best.pt`` or ``checkpoint.pt``).
+        out: model folder to write (created).
+        data: prepared data folder, for meta.json's data description and real parity streams.
+        name: model name in meta.json (default: the folder name).
+
+    Returns:
+        The meta.json content.
+
+    Raises:
+        RtgenError: no trained weights; ModelError: the parity check failed.
+    """
+    run, out = Path(run), Path(out)
+    t0 = time.perf_counter()
+    models, ckpt = load_run(run)
+    cfg = models.cfg
+    out.mkdir(parents=True, exist_ok=True)
+    _export_graph(_ChordStep(models.chord), C.CHORD_MODEL_INPUTS, C.CHORD_MODEL_OUTPUTS, cfg, out / "chord.onnx")
+    _export_graph(_NoteStep(models.note), C.NOTE_MODEL_INPUTS, C.NOTE_MODEL_OUTPUTS, cfg, out / "note.onnx")
+    parity = check_parity(models, out, data)
+    meta = {
+        "format": "rtgen-model",
+        "format_version": 1,
+        "name": name or out.name,
+        "contract": C.contract_summary(),
+        "model": {
+            "backbone": cfg.backbone, "layers": cfg.layers, "hidden": cfg.hidden, "params": models.param_counts(),
+            "state_shape": [cfg.layers, cfg.hidden], "config": cfg.to_dict(), "opset": OPSET,
+        },
+        "data": _data_meta(data),
+        "training": _training_meta(run, ckpt),
+        "parity": parity,
+        "exported": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "files": {f: {"sha256": sha256(out / f), "bytes": (out / f).stat().st_size} for f in ONNX_FILES},
+    }  # fmt: skip
+    _write_meta(out, meta)
+    write_model_card(out)
+    log.info(
+        "exported %s in %.1f s: parity max diff chord %.1e note %.1e",
+        out, time.perf_counter() - t0, parity["max_abs_diff"]["chord"], parity["max_abs_diff"]["note"],
+    )  # fmt: skip
+    return meta
+
+
+def _write_meta(model_dir: Path, meta: dict[str, Any]) -> None:
+    tmp = model_dir / "meta.json.tmp"
+    tmp.write_text(json.dumps(meta, indent=2) + "\n")
+    tmp.replace(model_dir / "meta.json")
+
+
+def read_meta(model_dir: Path) -> dict[str, Any]:
+    """meta.json of a model folder; raises ModelError if missing or broken."""
+    path = Path(model_dir) / "meta.json"
+    try:
+        return json.loads(path.read_text())  # type: ignore[no-any-return]
+    except FileNotFoundError as err:
+        raise ModelError(f"no meta.json in {model_dir}; export a model there first (`rtgen-train export`)") from err
+    except json.JSONDecodeError as err:
+        raise ModelError(f"{path} is not valid JSON ({err}); export the model again") from err
+
+
+def record_timings(model_dir: Path, timings: dict[str, float]) -> None:
+    """Merge phase timings (seconds) into meta.json ``timings`` and re-render the model card.
+
+    The sha256 entries cover the .onnx files only, so they stay valid.
+    """
+    meta = read_meta(model_dir)
+    meta["timings"] = {**meta.get("timings", {}), **{k: round(float(v), 2) for k, v in timings.items()}}
+    _write_meta(Path(model_dir), meta)
+    write_model_card(model_dir)
+
+
+def _fmt(x: Any, digits: int = 3) -> str:
+    if isinstance(x, bool) or not isinstance(x, int | float):
+        return "—"
+    return str(x) if isinstance(x, int) else f"{x:.{digits}f}"
+
+
+def write_model_card(model_dir: Path) -> Path:
+    """Render ``MODEL_CARD.md`` from meta.json (call again after adding metrics or timings)."""
+    model_dir = Path(model_dir)
+    meta = read_meta(model_dir)
+    m, d, tr = meta.get("model", {}), meta.get("data", {}), meta.get("training", {})
+    files = d.get("files", {})
+    valid = tr.get("valid_nll") or {}
+    lines = [
+        f"# rtgen model `{meta.get('name')}`",
+        "",
+        "Two small recurrent models that generate music one sixteenth-note step at a time, for the rtgen",
+        "real-time instrument: a **chord model** p(chord_t | melody_<t, chord_<t, position) and a **note model**",
+        "p(melody_t, velocity_t | melody_<t, chord_<=t, position). Both are single-step ONNX graphs "
+        f"(`chord.onnx`, `note.onnx`, opset {m.get('opset', OPSET)}) with a recurrent state of shape "
+        f"(layers={m.get('layers')}, batch, hidden={m.get('hidden')}), token contract version "
+        f"{meta.get('contract', {}).get('version')}.",
+        "",
+        "## Model",
+        "",
+        f"- backbone: {m.get('backbone')} {m.get('layers')} x {m.get('hidden')}; parameters: chord "
+        f"{m.get('params', {}).get('chord', '?'):,}, note {m.get('params', {}).get('note', '?'):,}",
+        "- inputs: previous melody and chord tokens (raw and resolved), velocity bin, position in bar, bar in",
+        "  phrase, the tokens at the same position 1/2/4/8 bars earlier; the note model also sees the current chord",
+        f"- ONNX-vs-PyTorch parity over {meta.get('parity', {}).get('steps', '?')} steps: max |diff| chord "
+        f"{meta.get('parity', {}).get('max_abs_diff', {}).get('chord', float('nan')):.1e}, note "
+        f"{meta.get('parity', {}).get('max_abs_diff', {}).get('note', float('nan')):.1e}",
+        "",
+        "## Data",
+        "",
+        f"- {d.get('description', 'unknown')}",
+        f"- source: `{d.get('source', 'unknown')}`; license of the data: {d.get('license', 'unknown')}",
+        "- files per split: " + (", ".join(f"{k} {v}" for k, v in files.items()) or "unknown"),
+        f"- split: {d.get('split_method') or 'unknown'} (by file, so no tune is in two splits)",
+        "- training windows are transposed at random to all 12 keys",
+        "",
+        "## Training",
+        "",
+        f"- {tr.get('epochs', '?')} epochs in {_fmt(tr.get('seconds'), 0)} s, best epoch {tr.get('best_epoch', '?')},"
+        f" {_fmt(tr.get('tokens_per_s'), 0)} tokens/s",
+        f"- valid NLL per step (nats): chord {_fmt(valid.get('chord'))} (at chord changes "
+        f"{_fmt(valid.get('chord_change'))}), melody {_fmt(valid.get('melody'))} (at note-ons "
+        f"{_fmt(valid.get('melody_note_on'))})",
+        "",
+        "## Evaluation (test split)",
+        "",
+    ]
+    metrics = meta.get("metrics", {}).get("test")
+    if metrics:
+        lines += ["Per-step NLL in nats on the held-out test tunes, against the best n-gram on the same data:", ""]
+        lines += ["| metric | value |", "|---|---|"]
+        scalar = {k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+        lines += [f"| {k} | {_fmt(v)} |" for k, v in scalar.items()]
+        if (model_dir / "EVALUATION.md").is_file():
+            lines += ["", "Full report: [EVALUATION.md](EVALUATION.md)."]
+    else:
+        lines.append("Not evaluated yet: run `rtgen-train evaluate --model MODEL_DIR --data DATA`.")
+    timings = meta.get("timings")
+    if timings:
+        lines += ["", "## Build times", "", ", ".join(f"{k} {_fmt(v, 0)} s" for k, v in timings.items())]
+    lines += [
+        "",
+        "## Retraining",
+        "",
+        "```",
+        "make train",
+        "# or",
+        "rtgen-train all --midi-dir ../shared/data/nottingham/MIDI --out exported_models/default",
+        "```",
+        "",
+        "## Limits",
+        "",
+        "Trained on one folk-tune corpus: expect reels, jigs and waltzes in major and minor keys with simple",
+        "triadic harmony; other styles are out of its experience.",
+        "",
+    ]
+    path = model_dir / "MODEL_CARD.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the ``export`` phase to the ``rtgen-train`` parser."""
+    p = subparsers.add_parser("export", help="export a run to ONNX (with a parity check), meta.json and MODEL_CARD.md")
+    p.add_argument("--run", type=Path, required=True, help="training run folder")
+    p.add_argument("--out", type=Path, required=True, help="model folder to write")
+    p.add_argument("--data", type=Path, default=None, help="prepared data (describes the data in meta.json)")
+    p.add_argument("--name", default=None, help="model name (default: the folder name)")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    meta = export(run=args.run, out=args.out, data=args.data, name=args.name)
+    sizes = ", ".join(f"{f} {v['bytes'] / 1e6:.2f} MB" for f, v in meta["files"].items())
+    diff = meta["parity"]["max_abs_diff"]
+    print(f"export: {args.out} ({sizes}); parity max |diff| chord {diff['chord']:.1e}, note {diff['note']:.1e}")
+    return 0
