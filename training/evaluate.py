@@ -34,7 +34,8 @@ SPLITS = ("train", "valid", "test")
 ARRAYS = ("melody", "velocity", "chord", "position", "phrase")
 TARGETS = {"note_ratio": 0.75, "chord_ratio": 0.90, "copy_rate": 0.02}
 """Pass when the value is at most the target."""
-MAX_NGRAM_ORDER = 10
+MAX_NGRAM_ORDER = 32
+"""Highest n-gram order tried; valid picks the order. Capping it low would flatter our models."""
 BATCH = 512
 """Sequences run together through onnxruntime (the dynamic batch axis)."""
 
