@@ -14,6 +14,7 @@ setup-dev:
 
 run: setup
 	$(VENV)/bin/rtgen render --bars 16 --out out/piece.mid --wav out/piece.wav --png out/piece.png
+	$(VENV)/bin/rtgen run --config config.toml
 
 render: setup
 	$(VENV)/bin/rtgen render --bars 16 --out out/piece.mid --wav out/piece.wav --png out/piece.png

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from rtgen.clock import FakeTime, RealTime, StepClock
 from rtgen.config import MODES, PART_NAMES, Config, PartsConfig
 from rtgen.contract import STEPS_PER_BEAT
-from rtgen.errors import AudioError, RtgenError, SoundfontError
+from rtgen.errors import AudioError, PortError, RtgenError, SoundfontError
 from rtgen.scheduler import CONTROL_CHANGE, PROGRAM_CHANGE, Scheduler, SinkLike
 
 if TYPE_CHECKING:
@@ -399,14 +399,27 @@ class Daemon:
         from rtgen.sinks import MidiOutSink, RecorderSink
 
         cfg = self.config
+        midi_error: PortError | None = None
         if cfg.midi.enabled:
             from rtgen.midi_io import open_output
 
-            out = open_output(cfg.midi.backend, cfg.midi.out or None, cfg.midi.client_name, cfg.midi.virtual_port_name)
-            self.midi_name = out.name
-            self.sinks.append(MidiOutSink(out))
+            try:
+                out = open_output(
+                    cfg.midi.backend, cfg.midi.out or None, cfg.midi.client_name, cfg.midi.virtual_port_name
+                )
+            except PortError as err:
+                if cfg.midi.out or not cfg.synth.enabled:
+                    raise  # a port the user named must exist; and without the synth there is nothing left
+                midi_error = err  # no MIDI system for a virtual port: the synth may still play
+            else:
+                self.midi_name = out.name
+                self.sinks.append(MidiOutSink(out))
         if cfg.synth.enabled:
             self._open_synth()
+        if midi_error is not None:
+            if self.synth is None:
+                raise RtgenError(f"no output left to play to: MIDI: {midi_error}; synth: no audio device (see above)")
+            log.warning("no MIDI output (%s); playing through the synth only", midi_error)
         if cfg.daemon.record:
             ts = cfg.generation.parsed_time_signature()
             names = {cfg.parts.get(n).channel - 1: n for n in PART_NAMES}
@@ -436,9 +449,10 @@ class Daemon:
             synth.start_audio(cfg.audio_driver or None)
         except AudioError as err:
             synth.close()
-            log.warning("no audio device for the synth (%s); playing to MIDI only", err)
+            rest = "playing to MIDI only" if self.midi_name else "no synth"
+            log.warning("no audio device for the synth (%s); %s", err, rest)
             if self.status_reporter is not None:
-                self.status_reporter.event("warning", message=f"no audio device: {err}; playing to MIDI only")
+                self.status_reporter.event("warning", message=f"no audio device: {err}; {rest}")
             return
         self.synth = synth
         self.synth_sink = SynthSink(synth)

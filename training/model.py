@@ -60,7 +60,7 @@ class ModelConfig:
     """
 
     backbone: str = "gru"
-    hidden: int = 256
+    hidden: int = 192
     layers: int = 2
     token_emb: int = 48
     small_emb: int = 16
