@@ -612,10 +612,6 @@ class Daemon:
         if synth is None:
             fail("/rtgen/soundfont: the internal synth is not running (start with --synth and an audio device)")
             return
-        load = getattr(synth, "load_soundfont", None)
-        if load is None:
-            fail("/rtgen/soundfont: this synth cannot swap soundfonts")
-            return
         target = self.config.resolve(path)
 
         def work() -> None:
@@ -623,11 +619,12 @@ class Daemon:
 
             try:
                 sf = find_soundfont(target)
+                sfid = synth.load_soundfont(sf)  # the slow part, off the real-time thread
             except (SoundfontError, OSError) as err:
                 fail(f"/rtgen/soundfont: {err}")
                 return
-            # the synth is driven by the RT thread: switch there, between two sends
-            player.command("call", lambda: _switch_soundfont(player, load, sf, fail))
+            # the synth's programs are driven by the RT thread: switch there, between two sends
+            player.command("call", lambda: _switch_soundfont(player, synth, sfid, sf))
 
         threading.Thread(target=work, name="rtgen-soundfont-loader", daemon=True).start()
 
@@ -671,13 +668,9 @@ class Daemon:
         }
 
 
-def _switch_soundfont(player: Player, load: Callable[[Path], Any], sf: Path, fail: Callable[[str], None]) -> None:
+def _switch_soundfont(player: Player, synth: Any, sfid: int, sf: Path) -> None:
     player.scheduler.release_all()
     player._release_voicer()
-    try:
-        load(sf)
-    except Exception as err:
-        fail(f"/rtgen/soundfont: cannot load {sf}: {err}")
-        return
+    synth.use_soundfont(sfid, sf)
     player.send_parts_setup()
     log.info("soundfont switched to %s", sf)

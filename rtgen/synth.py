@@ -173,12 +173,37 @@ class Synth:
         self._audio_driver: object | None = None
         self._sounding: set[tuple[int, int]] = set()
         self._closed = False
+        self._programs = [0] * 16
         for ch in range(16):
             self.program(ch, 0)
 
     # --- control ---------------------------------------------------------------
+    def load_soundfont(self, path: Path) -> int:
+        """Load another soundfont next to the current one (slow: call it off the real-time thread).
+
+        Returns:
+            Its FluidSynth id, for :meth:`use_soundfont`.
+
+        Raises:
+            SoundfontError: FluidSynth cannot load it.
+        """
+        with quiet_stderr():
+            sfid = int(self._synth.sfload(str(path)))
+        if sfid < 0:
+            raise SoundfontError(f"FluidSynth cannot load soundfont {path} (not a valid .sf2?)")
+        return sfid
+
+    def use_soundfont(self, sfid: int, path: Path) -> None:
+        """Switch every channel to a soundfont from :meth:`load_soundfont` (keeping programs) and drop the old one."""
+        old, self._sfid, self.soundfont = self._sfid, sfid, Path(path)
+        for ch, prog in enumerate(self._programs):
+            self.program(ch, prog)
+        if old != sfid:
+            self._synth.sfunload(old, 0)
+
     def program(self, channel: int, program: int) -> None:
         """Select General MIDI ``program`` (0..127) on ``channel`` (0..15; channel 9 uses the drum bank)."""
+        self._programs[channel] = program
         bank = 128 if channel == 9 else 0
         if self._synth.program_select(channel, self._sfid, bank, program) != 0:
             self._synth.program_select(channel, self._sfid, 0, 0)

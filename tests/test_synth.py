@@ -61,6 +61,23 @@ def test_all_notes_off_releases_every_channel(soundfont: Path) -> None:
         assert rms(s.render(0.5)) < 5
 
 
+def test_soundfont_swap_keeps_programs_and_sounds(soundfont: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy.sf2"
+    copy.write_bytes(soundfont.read_bytes())
+    with Synth(soundfont, reverb=False) as s:
+        s.program(0, 73)
+        sfid = s.load_soundfont(copy)
+        s.use_soundfont(sfid, copy)
+        assert s.soundfont == copy
+        s.note_on(0, 76, 110)
+        assert rms(s.render(0.5)) > 100
+        bad = tmp_path / "bad.sf2"
+        bad.write_bytes(b"not a soundfont")
+        with pytest.raises(SoundfontError, match=r"bad\.sf2"):
+            s.load_soundfont(bad)
+        assert rms(s.render(0.3)) > 100  # the failed load changed nothing
+
+
 def test_configured_soundfont_must_exist(tmp_path: Path) -> None:
     with pytest.raises(SoundfontError, match=r"nope\.sf2 does not exist.*--soundfont"):
         find_soundfont(tmp_path / "nope.sf2")
