@@ -110,12 +110,21 @@ def bench_schedule(model_dir: Path, seconds: float = 60.0, tempo: float = 300.0,
         PartsConfig(),
     )
     cpu0, wall0 = time.process_time(), time.perf_counter()
+    real0, mono0 = time.time_ns(), time.perf_counter_ns()
     ru0 = resource.getrusage(resource.RUSAGE_SELF)
     player.run(seconds)
     cpu = time.process_time() - cpu0
     wall = time.perf_counter() - wall0
+    real1, mono1 = time.time_ns(), time.perf_counter_ns()
     ru1 = resource.getrusage(resource.RUSAGE_SELF)
+    errors = np.asarray(sched.errors.history, dtype=np.float64)
+    edge = max(1, min(200, errors.size // 10))
+    # Drift: how far the send-time error moved from the start to the end of the run (deadlines are
+    # absolute, so a drifting schedule shows up here); and the performance counter against the wall clock.
+    drift_us = float(np.median(errors[-edge:]) - np.median(errors[:edge])) / 1000 if errors.size else 0.0
     return {
+        "schedule_drift_us": round(drift_us, 1),
+        "perf_counter_vs_wall_clock_us": round(((mono1 - mono0) - (real1 - real0)) / 1000, 1),
         "tempo": tempo,
         "seconds": round(wall, 2),
         "schedule_error_us": percentiles_us(sched.errors.history),
