@@ -27,13 +27,16 @@ import numpy.typing as npt
 from rtgen import contract as ct
 from rtgen.config import GenerationConfig
 from rtgen.contract import Key, TimeSignature
-from rtgen.model import Model
+from rtgen.model import Model, StepBinding
 from rtgen.sampling import mask_bias, sample
 
 FloatArray = npt.NDArray[np.float64]
 
 _HISTORY = 8192
 """Ring-buffer length for the lookback history: >= (max lookback + 1) bars of the longest bar (9 x 512)."""
+
+_BIN_VELOCITY = tuple(ct.bin_velocity(b) for b in range(ct.NUM_VELOCITY_BINS))
+"""MIDI velocity of each velocity bin (a table: ``ct.bin_velocity`` costs a few numpy calls per step)."""
 
 
 @dataclass(frozen=True)
@@ -155,6 +158,7 @@ class Engine:
         self.params = params
         self.seed = seed
         self._pending_model: Model | None = None
+        self._pending_steps: StepBinding | None = None
         self._mask_cache: dict[tuple[object, ...], _Masks] = {}
         self._last_params: Params | None = None
         self._last_masks: _Masks | None = None
@@ -165,6 +169,8 @@ class Engine:
         }
         self._hist_melody = np.zeros(_HISTORY, dtype=np.int64)
         self._hist_chord = np.zeros(_HISTORY, dtype=np.int64)
+        # The feeds above are bound once to both graphs; the states live in the binding.
+        self._steps = StepBinding(model, self._feeds)
         self.reset(seed)
 
     # --- state -----------------------------------------------------------------
@@ -174,13 +180,12 @@ class Engine:
             self.seed = seed
         self.rng = np.random.default_rng(self.seed)
         if self._pending_model is not None:
-            self.model, self._pending_model = self._pending_model, None
-        self._chord_state = self.model.initial_state(1)
-        self._note_state = self.model.initial_state(1)
+            self._use_pending_model()
+        self._steps.reset()
         self.index = 0
         self._bar = 0
         self._bar_start = 0
-        self._ts = self.params.time_signature
+        self._set_time_signature(self.params.time_signature)
         self._bars: deque[tuple[int, int]] = deque(maxlen=max(ct.LOOKBACK_BARS) + 1)  # (start, length)
         self._prev_melody = ct.MEL_REST
         self._prev_sounding = ct.MEL_REST
@@ -188,12 +193,34 @@ class Engine:
         self._prev_chord = ct.CHORD_NC
         self._prev_chord_now = ct.CHORD_NC
 
+    def _set_time_signature(self, ts: TimeSignature) -> None:
+        # bar_steps goes through Fraction: compute it once per meter change, not several times per step.
+        self._ts = ts
+        self._bar_len = ts.bar_steps
+        self._beat_len = ts.beat_steps
+
+    def _use_pending_model(self) -> None:
+        pending, steps = self._pending_model, self._pending_steps
+        assert pending is not None
+        self.model, self._pending_model, self._pending_steps = pending, None, None
+        # Normally bound in swap_model already (binding costs a few hundred µs: not in a step).
+        self._steps = steps if steps is not None and steps.model is pending else StepBinding(pending, self._feeds)
+
+    @property
+    def _chord_state(self) -> npt.NDArray[np.float32]:
+        return self._steps.chord_state
+
+    @property
+    def _note_state(self) -> npt.NDArray[np.float32]:
+        return self._steps.note_state
+
     def swap_model(self, model: Model) -> None:
         """Switch to ``model`` at the next step, starting from a fresh recurrent state.
 
         The token history (previous melody/chord) carries over, so the new model
         continues from where the music is.
         """
+        self._pending_steps = StepBinding(model, self._feeds)  # fresh zero states
         self._pending_model = model
 
     @property
@@ -243,20 +270,21 @@ class Engine:
             self.params = params
         p = self.params
         if self._pending_model is not None:
-            self.model, self._pending_model = self._pending_model, None
-            self._chord_state = self.model.initial_state(1)
-            self._note_state = self.model.initial_state(1)
+            self._use_pending_model()
 
         # Bar bookkeeping: a new time signature is picked up at the bar line.
-        if self.index == 0:
-            self._ts = p.time_signature
-            self._bars.append((0, self._ts.bar_steps))
-        elif self.index - self._bar_start >= self._ts.bar_steps:
+        index = self.index
+        if index == 0:
+            if p.time_signature is not self._ts:
+                self._set_time_signature(p.time_signature)
+            self._bars.append((0, self._bar_len))
+        elif index - self._bar_start >= self._bar_len:
             self._bar += 1
-            self._bar_start = self.index
-            self._ts = p.time_signature
-            self._bars.append((self.index, self._ts.bar_steps))
-        position = self.index - self._bar_start
+            self._bar_start = index
+            if p.time_signature is not self._ts:
+                self._set_time_signature(p.time_signature)
+            self._bars.append((index, self._bar_len))
+        position = index - self._bar_start
 
         masks = self._masks(p)
         f = self._feeds
@@ -267,21 +295,22 @@ class Engine:
         f["prev_chord_now"][0] = self._prev_chord_now
         f["position"][0] = ct.position_token(position)
         f["phrase"][0] = ct.phrase_token(self._bar)
-        lb_mel, lb_ch = f["lookback_melody"], f["lookback_chord"]
-        n_bars = len(self._bars)
+        lb_mel, lb_ch = f["lookback_melody"][0], f["lookback_chord"][0]
+        bars, hist_mel, hist_ch = self._bars, self._hist_melody, self._hist_chord
+        n_bars = len(bars)
         for j, k in enumerate(ct.LOOKBACK_BARS):
             if n_bars > k:
-                start, length = self._bars[-1 - k]
+                start, length = bars[-1 - k]
                 if position < length:
                     src = (start + position) % _HISTORY
-                    lb_mel[0, j] = self._hist_melody[src]
-                    lb_ch[0, j] = self._hist_chord[src]
+                    lb_mel[j] = hist_mel[src]
+                    lb_ch[j] = hist_ch[src]
                     continue
-            lb_mel[0, j] = ct.MEL_REST
-            lb_ch[0, j] = ct.CHORD_NC
+            lb_mel[j] = ct.MEL_REST
+            lb_ch[j] = ct.CHORD_NC
 
         # Chord first.
-        chord_logits, self._chord_state = self.model.chord_step(f, self._chord_state)
+        chord_logits = self._steps.run_chord()
         if chord is None:
             held_ok = self._prev_chord_now == ct.CHORD_NC or bool(masks.chord_allowed[self._prev_chord_now])
             chord_tok = sample(
@@ -298,7 +327,7 @@ class Engine:
 
         # Then melody, conditioned on the chord sounding now.
         f["chord_now"][0] = chord_now
-        mel_logits, vel_logits, self._note_state = self.model.note_step(f, self._note_state)
+        mel_logits, vel_logits = self._steps.run_note()
         sounding = self._prev_sounding != ct.MEL_REST
         if melody is None:
             mel_logits = mel_logits[0]
@@ -328,31 +357,31 @@ class Engine:
                     vel_bin = sample(vel_logits, self.rng, temperature=p.temperature, top_p=p.top_p)
                 else:
                     vel_bin = int(np.argmax(vel_logits[0]))
-                vel = ct.bin_velocity(vel_bin)
+                vel = _BIN_VELOCITY[vel_bin]
             self._prev_vel_bin = vel_bin
             self._prev_sounding = mel_tok
         else:
-            vel = ct.bin_velocity(self._prev_vel_bin)
+            vel = _BIN_VELOCITY[self._prev_vel_bin]
             if mel_tok == ct.MEL_REST:
                 self._prev_sounding = ct.MEL_REST
         self._prev_melody = mel_tok
         self._prev_chord = chord_tok
         self._prev_chord_now = chord_now
-        self._hist_melody[self.index % _HISTORY] = mel_tok
-        self._hist_chord[self.index % _HISTORY] = chord_tok
+        hist_mel[index % _HISTORY] = mel_tok
+        hist_ch[index % _HISTORY] = chord_tok
 
         out = Step(
-            index=self.index,
+            index=index,
             bar=self._bar,
             position=position,
             chord_token=chord_tok,
             chord_now=chord_now,
             melody_token=mel_tok,
             velocity=vel,
-            bar_steps=self._ts.bar_steps,
-            beat_steps=self._ts.beat_steps,
+            bar_steps=self._bar_len,
+            beat_steps=self._beat_len,
         )
-        self.index += 1
+        self.index = index + 1
         return out
 
     def prime(

@@ -206,3 +206,99 @@ class Model:
         run_feeds["state"] = state
         mel, vel, new_state = self._note.run(self._note_outputs, run_feeds)
         return mel, vel, new_state
+
+
+class StepBinding:
+    """Batch-1 runs of a model's two graphs on caller-owned input arrays bound once (the engine's hot path).
+
+    ``run()`` through a feeds dict converts every input and allocates every output on each call;
+    here the inputs, outputs and states are onnxruntime values bound once, so a step is just the
+    graph. The caller updates the arrays of ``feeds`` in place between runs (they must stay the
+    same C-contiguous int64 arrays of batch 1). Logits land in preallocated buffers that the next
+    run overwrites (copy them to keep them); each model's state is double-buffered, one IOBinding
+    per buffer order, so nothing is re-bound per step.
+
+    Args:
+        model: the loaded model pair.
+        feeds: ``contract.NOTE_MODEL_INPUTS`` token arrays (all but ``state``), batch 1.
+    """
+
+    def __init__(self, model: Model, feeds: dict[str, np.ndarray]) -> None:
+        self.model = model
+        layers, hidden = model.state_shape
+        missing = [n for n in _NOTE_TOKEN_INPUTS if n not in feeds]
+        if missing:
+            raise ModelError(f"StepBinding needs the inputs {list(_NOTE_TOKEN_INPUTS)}; missing {missing}")
+        for name in _NOTE_TOKEN_INPUTS:
+            arr = feeds[name]
+            if arr.dtype != np.int64 or not arr.flags.c_contiguous or arr.shape[0] != 1:
+                raise ModelError(f"StepBinding input {name!r} must be a C-contiguous int64 array of batch 1")
+        self.chord_logits: FloatArray = np.zeros((1, contract.CHORD_VOCAB_SIZE), dtype=np.float32)
+        self.melody_logits: FloatArray = np.zeros((1, contract.MELODY_VOCAB_SIZE), dtype=np.float32)
+        self.velocity_logits: FloatArray = np.zeros((1, contract.NUM_VELOCITY_BINS), dtype=np.float32)
+        self._chord_states = [np.zeros((layers, 1, hidden), dtype=np.float32) for _ in range(2)]
+        self._note_states = [np.zeros((layers, 1, hidden), dtype=np.float32) for _ in range(2)]
+        self._values: list[ort.OrtValue] = []  # keeps every bound value (and its array) alive
+        chord_out = {"chord_logits": self.chord_logits}
+        note_out = {"melody_logits": self.melody_logits, "velocity_logits": self.velocity_logits}
+        self._chord_io = [
+            self._bind(model._chord, feeds, contract.COMMON_INPUTS, self._chord_states, i, chord_out) for i in range(2)
+        ]
+        self._note_io = [
+            self._bind(model._note, feeds, _NOTE_TOKEN_INPUTS, self._note_states, i, note_out) for i in range(2)
+        ]
+        self._chord_sess = model._chord
+        self._note_sess = model._note
+        self._chord_cur = 0
+        self._note_cur = 0
+
+    def _bind(
+        self,
+        sess: ort.InferenceSession,
+        feeds: dict[str, np.ndarray],
+        names: tuple[str, ...],
+        states: list[FloatArray],
+        cur: int,
+        outputs: dict[str, FloatArray],
+    ) -> ort.IOBinding:
+        io = sess.io_binding()
+        arrays = [(name, feeds[name]) for name in names] + [("state", states[cur])]
+        for name, arr in arrays:
+            value = ort.OrtValue.ortvalue_from_numpy(arr)
+            self._values.append(value)
+            io.bind_ortvalue_input(name, value)
+        for name, arr in [*outputs.items(), ("state_out", states[1 - cur])]:
+            value = ort.OrtValue.ortvalue_from_numpy(arr)
+            self._values.append(value)
+            io.bind_ortvalue_output(name, value)
+        return io
+
+    @property
+    def chord_state(self) -> FloatArray:
+        """The chord model's current state ``(layers, 1, hidden)`` (a live buffer: copy to keep)."""
+        return self._chord_states[self._chord_cur]
+
+    @property
+    def note_state(self) -> FloatArray:
+        """The note model's current state ``(layers, 1, hidden)`` (a live buffer: copy to keep)."""
+        return self._note_states[self._note_cur]
+
+    def reset(self) -> None:
+        """Zero both recurrent states (a fresh sequence)."""
+        for buf in (*self._chord_states, *self._note_states):
+            buf.fill(0.0)
+        self._chord_cur = self._note_cur = 0
+
+    def run_chord(self) -> FloatArray:
+        """One chord step on the bound inputs; returns :attr:`chord_logits` ``(1, V)``."""
+        cur = self._chord_cur
+        self._chord_sess.run_with_iobinding(self._chord_io[cur])
+        self._chord_cur = 1 - cur
+        return self.chord_logits
+
+    def run_note(self) -> tuple[FloatArray, FloatArray]:
+        """One note step on the bound inputs (``chord_now`` included); returns melody and velocity logits."""
+        cur = self._note_cur
+        self._note_sess.run_with_iobinding(self._note_io[cur])
+        self._note_cur = 1 - cur
+        return self.melody_logits, self.velocity_logits

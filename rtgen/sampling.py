@@ -9,6 +9,8 @@ crashes or returns NaN: it falls back to a given token or the unmasked argmax.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import numpy.typing as npt
 
@@ -110,34 +112,44 @@ def sample(
 
     See :func:`sample_batch` for the arguments.
     """
-    raw = np.asarray(logits, dtype=np.float64)
-    if raw.ndim == 2 and raw.shape[0] == 1:
-        raw = raw[0]
+    raw = logits if type(logits) is np.ndarray else np.asarray(logits, dtype=np.float64)
     if raw.ndim != 1:
-        raise ValueError(f"logits must be 1-D (V,) or (1, V), got shape {np.shape(logits)}")
-    # A 1-D fast path (the real-time case): same maths as sample_batch, fewer numpy calls.
-    x = raw if bias is None else raw + np.asarray(bias, dtype=np.float64)
+        if raw.ndim == 2 and raw.shape[0] == 1:
+            raw = raw[0]
+        else:
+            raise ValueError(f"logits must be 1-D (V,) or (1, V), got shape {np.shape(logits)}")
+    # The real-time path: the same float64 maths as sample_batch in as few numpy calls as possible
+    # (x is always a fresh array, so the rest works in place).
+    if bias is None:
+        x = raw.astype(np.float64)
+    elif type(bias) is np.ndarray and bias.dtype == np.float64:
+        x = raw + bias  # float64 whatever raw's float type: the same values as converting first
+    else:
+        x = np.add(raw, bias if type(bias) is np.ndarray else np.asarray(bias, dtype=np.float64), dtype=np.float64)
     m = x.max()
-    if not np.isfinite(m):
-        if np.isnan(m) or np.isnan(x).any():
-            return sample_batch(raw[None, :], rng, temperature=temperature, top_p=top_p, bias=bias, fallback=fallback)[
-                0
-            ].item()
+    if not math.isfinite(m):
+        if m != m or np.isnan(x).any():
+            raw64 = np.asarray(raw, dtype=np.float64)[None, :]
+            return int(sample_batch(raw64, rng, temperature=temperature, top_p=top_p, bias=bias, fallback=fallback)[0])
         if fallback is not None:
             return fallback
-        return int(np.argmax(np.nan_to_num(raw, nan=-np.inf)))
-    p = np.exp((x - m) / max(float(temperature), MIN_TEMPERATURE))
+        return int(np.argmax(np.nan_to_num(np.asarray(raw, dtype=np.float64), nan=-np.inf)))
+    np.subtract(x, m, out=x)
+    np.divide(x, max(float(temperature), MIN_TEMPERATURE), out=x)
+    p = np.exp(x, out=x)
     u = rng.random()
+    n = p.shape[0]
     if top_p < 1.0:
-        order = np.argsort(-p, kind="stable")
-        csum = np.cumsum(p[order])
-        last = min(int(np.searchsorted(csum, top_p * csum[-1])), csum.size - 1)
-        idx = int(np.searchsorted(csum[: last + 1], u * csum[last], side="right"))
+        order = (-p).argsort(kind="stable")
+        csum = p.take(order).cumsum()
+        last = min(int(csum.searchsorted(top_p * csum[-1])), n - 1)
+        # csum is non-decreasing, so searching the whole of it and clamping to `last` equals searching csum[:last+1]
+        idx = int(csum.searchsorted(u * csum[last], side="right"))
         return int(order[min(idx, last)])
-    csum = np.cumsum(p)
-    idx = min(int(np.searchsorted(csum, u * csum[-1], side="right")), csum.size - 1)
+    csum = p.cumsum()
+    idx = min(int(csum.searchsorted(u * csum[-1], side="right")), n - 1)
     if p[idx] <= 0:  # rounding landed on a forbidden tail token
-        idx = int(np.argmax(p))
+        idx = int(p.argmax())
     return idx
 
 

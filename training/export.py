@@ -24,7 +24,18 @@ from torch import Tensor, nn
 from rtgen import contract as C  # noqa: N812 (short alias, used on every line)
 from rtgen.errors import ModelError, RtgenError
 from training.dataset import INPUT_KEYS, LOOKBACK_KEYS, Split, read_manifest
-from training.model import ChordModel, ModelConfig, Models, NoteModel
+from training.model import (
+    _CHORD_INPUTS,
+    _MELODY_INPUTS,
+    INPUT_VOCAB,
+    LOOKBACK_INPUTS,
+    ChordModel,
+    Embedder,
+    ModelConfig,
+    Models,
+    NoteModel,
+    _Recurrent,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +69,198 @@ class _NoteStep(nn.Module):
         *tokens, state = args
         feeds = dict(zip(C.NOTE_MODEL_INPUTS[:-1], tokens, strict=True))
         return self.model.step(feeds, state)
+
+
+def _embedding(embed: Embedder, name: str) -> nn.Embedding:
+    emb = embed.emb[name]
+    assert isinstance(emb, nn.Embedding)
+    return emb
+
+
+def _gru_param(gru: nn.GRU, name: str, layer: int) -> Tensor:
+    param: Tensor = getattr(gru, f"{name}_l{layer}")
+    return param
+
+
+def _embedder_columns(embed: Embedder) -> list[tuple[str, int | None, str, int, int]]:
+    """Where each input's contribution sits in the Embedder output, in its concatenation order.
+
+    Returns:
+        ``(name, slot, kind, start, width)`` per block: ``slot`` is the lookback slot (``None`` for plain
+        inputs), ``kind`` is ``"emb"`` or ``"feat"``; columns ``start:start + width`` of the first GRU layer's
+        input weights read that block.
+    """
+    blocks: list[tuple[str, int | None, str, int, int]] = []
+    col = 0
+    for n in embed.names:
+        if n not in LOOKBACK_INPUTS:
+            dim = _embedding(embed, n).embedding_dim
+            blocks.append((n, None, "emb", col, dim))
+            col += dim
+    for n in embed.names:
+        if n in LOOKBACK_INPUTS:
+            dim = _embedding(embed, n).embedding_dim
+            for k in range(C.NUM_LOOKBACKS):
+                blocks.append((n, k, "emb", col, dim))
+                col += dim
+    if embed.features:
+        for n in embed.names:
+            if n in _MELODY_INPUTS + _CHORD_INPUTS:
+                dim = int((embed.mel_feat if n in _MELODY_INPUTS else embed.chord_feat).shape[1])
+                blocks.append((n, None, "feat", col, dim))
+                col += dim
+    if col != embed.out_dim:
+        raise ModelError(f"fused export: embedder columns add up to {col}, expected {embed.out_dim}")
+    return blocks
+
+
+class _FusedRecurrent(nn.Module):
+    """The embedder + GRU of a trained model, rewritten to be cheap at batch 1 (and exact in eval mode).
+
+    Each input's embedding (and its fixed feature table) is folded through the first GRU layer's input
+    weights into one ``(vocab, 3H)`` table per input slot (one slot per lookback position); all tables
+    are stacked into one, so the first layer's input gates are one Gather of the offset token indices
+    and a sum over the slots. Both GRU biases of the r and z gates (and the first layer's input bias) are folded
+    into the tables / input biases. The GRU cells are written out (r, z, n exactly as ``torch.nn.GRU``),
+    so ONNX gets a few Gemm/Add/Sigmoid/Tanh/Mul nodes instead of the GRU op and its reshapes.
+    Dropout is the identity in eval mode, so it is left out.
+    """
+
+    offsets: Tensor
+    table: Tensor
+    ones: Tensor
+    w_ih: nn.ParameterList
+    b_ih: nn.ParameterList
+    w_hh: nn.ParameterList
+    b_hh: nn.ParameterList
+
+    def __init__(self, rec: _Recurrent) -> None:
+        super().__init__()
+        embed, gru, cfg = rec.embed, rec.rnn, rec.cfg
+        hidden = cfg.hidden
+        self.hidden = hidden
+        self.layers = cfg.layers
+        self.input_names = rec.input_names
+        with torch.no_grad():
+            w_ih0 = _gru_param(gru, "weight_ih", 0).detach().double()  # (3H, E)
+            # Table order = index column order in forward: the (B,) inputs, then each lookback slot.
+            slots: list[tuple[str, int | None]] = [(n, None) for n in rec.input_names if n not in LOOKBACK_INPUTS]
+            for n in rec.input_names:
+                if n in LOOKBACK_INPUTS:
+                    slots += [(n, k) for k in range(C.NUM_LOOKBACKS)]
+            tables: dict[tuple[str, int | None], Tensor] = {
+                s: torch.zeros(INPUT_VOCAB[s[0]], 3 * hidden, dtype=torch.float64) for s in slots
+            }
+            for n, k, kind, start, width in _embedder_columns(embed):
+                if kind == "emb":
+                    src = _embedding(embed, n).weight.detach().double()
+                else:
+                    src = (embed.mel_feat if n in _MELODY_INPUTS else embed.chord_feat).double()
+                tables[(n, k)] += src @ w_ih0[:, start : start + width].T
+            # The r and z gates add both biases: fold the hidden-side ones into the input side too.
+            b_hh0 = _gru_param(gru, "bias_hh", 0).detach().double()
+            bias0 = _gru_param(gru, "bias_ih", 0).detach().double().clone()
+            bias0[: 2 * hidden] += b_hh0[: 2 * hidden]
+            tables[slots[0]] += bias0  # every step reads exactly one row of slot 0's table
+            offsets, start_row = [], 0
+            for s in slots:
+                offsets.append(start_row)
+                start_row += tables[s].shape[0]
+            self.register_buffer("table", torch.cat([tables[s] for s in slots]).float())
+            self.register_buffer("offsets", torch.tensor(offsets, dtype=torch.int64))
+            self.register_buffer("ones", torch.ones(1, len(slots)))
+            self.w_ih = nn.ParameterList()
+            self.b_ih = nn.ParameterList()
+            self.w_hh = nn.ParameterList()
+            self.b_hh = nn.ParameterList()
+            for layer in range(cfg.layers):
+                b_ih = _gru_param(gru, "bias_ih", layer).detach().double().clone()
+                b_hh = _gru_param(gru, "bias_hh", layer).detach().double().clone()
+                b_ih[: 2 * hidden] += b_hh[: 2 * hidden]
+                b_hh[: 2 * hidden] = 0.0  # only b_hn stays inside r * (W_hn h + b_hn)
+                if layer > 0:
+                    self.w_ih.append(nn.Parameter(_gru_param(gru, "weight_ih", layer).detach().clone()))
+                    self.b_ih.append(nn.Parameter(b_ih.float()))
+                self.w_hh.append(nn.Parameter(_gru_param(gru, "weight_hh", layer).detach().clone()))
+                self.b_hh.append(nn.Parameter(b_hh.float()))
+
+    def _cell(self, gi: Tensor, h: Tensor, layer: int) -> Tensor:
+        """One GRU cell from the input gates ``gi`` (B, 3H) (biases included) and the state ``h`` (B, H)."""
+        hidden = self.hidden
+        gh = nn.functional.linear(h, self.w_hh[layer], self.b_hh[layer])  # (B, 3H)
+        i_rz, i_n = gi.split([2 * hidden, hidden], dim=1)
+        h_rz, h_n = gh.split([2 * hidden, hidden], dim=1)
+        r, z = torch.sigmoid(i_rz + h_rz).split([hidden, hidden], dim=1)
+        n = torch.tanh(i_n + r * h_n)
+        return n + z * (h - n)  # == (1 - z) * n + z * h
+
+    def forward(self, tokens: list[Tensor], state: Tensor) -> tuple[Tensor, Tensor]:
+        """tokens: one (B,) or (B, K) int64 tensor per input name; state (L, B, H) -> top output (B, H), state."""
+        plain = [t for n, t in zip(self.input_names, tokens, strict=True) if n not in LOOKBACK_INPUTS]
+        lookbacks = [t for n, t in zip(self.input_names, tokens, strict=True) if n in LOOKBACK_INPUTS]
+        # One Concat + Reshape + Transpose instead of an Unsqueeze per (B,) input.
+        idx = torch.cat([torch.cat(plain).reshape(len(plain), -1).t(), *lookbacks], dim=1) + self.offsets  # (B, S)
+        rows = nn.functional.embedding(idx, self.table)  # (B, S, 3H)
+        # Sum over the slots as a MatMul with ones: onnxruntime's ReduceSum over a middle axis is several
+        # times slower at batch 1. (1, S) @ (B, S, 3H) -> (B, 1, 3H)
+        x = torch.matmul(self.ones, rows).squeeze(1)  # (B, 3H): layer 0's input gates, biases included
+        outs = []
+        for layer in range(self.layers):
+            if layer > 0:
+                x = nn.functional.linear(x, self.w_ih[layer - 1], self.b_ih[layer - 1])
+            x = self._cell(x, state[layer], layer)
+            outs.append(x)
+        return x, torch.stack(outs, dim=0)
+
+
+class _FusedChordStep(nn.Module):
+    """Fused ONNX graph of the chord model (same signature as :class:`_ChordStep`)."""
+
+    def __init__(self, model: ChordModel) -> None:
+        super().__init__()
+        self.rec = _FusedRecurrent(model)
+        with torch.no_grad():
+            # head(h) + pc_head(h) @ templates.T == h @ (W_head + templates @ W_pc).T + b_head
+            w = model.head.weight.detach().double() + model.templates.double() @ model.pc_head.weight.detach().double()
+            self.w_head = nn.Parameter(w.float())
+            self.b_head = nn.Parameter(model.head.bias.detach().clone())
+
+    def forward(self, *args: Tensor) -> tuple[Tensor, Tensor]:
+        *tokens, state = args
+        h, state_out = self.rec(list(tokens), state)
+        return nn.functional.linear(h, self.w_head, self.b_head), state_out
+
+
+class _FusedNoteStep(nn.Module):
+    """Fused ONNX graph of the note model (same signature as :class:`_NoteStep`)."""
+
+    def __init__(self, model: NoteModel) -> None:
+        super().__init__()
+        self.rec = _FusedRecurrent(model)
+        self.melody_head = model.melody_head
+        self.velocity_head = model.velocity_head
+
+    def forward(self, *args: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        *tokens, state = args
+        h, state_out = self.rec(list(tokens), state)
+        return self.melody_head(h), self.velocity_head(h), state_out
+
+
+def step_modules(models: Models, *, fused: bool = True) -> tuple[nn.Module, nn.Module]:
+    """The chord and note step modules that get exported to ONNX (contract signatures, eval mode).
+
+    Args:
+        models: the trained models.
+        fused: fold the embeddings into the first GRU layer and write the GRU cells out (fast at batch 1,
+            the default); ``False`` exports the training modules as they are (the GRU op).
+    """
+    chord: nn.Module
+    note: nn.Module
+    if fused:
+        chord, note = _FusedChordStep(models.chord), _FusedNoteStep(models.note)
+    else:
+        chord, note = _ChordStep(models.chord), _NoteStep(models.note)
+    return chord.eval(), note.eval()
 
 
 def _dummy_inputs(names: tuple[str, ...], cfg: ModelConfig, batch: int = 2) -> tuple[Tensor, ...]:
@@ -116,8 +319,6 @@ def _parity_streams(data: Path | None, steps: int, batch: int = 2) -> tuple[dict
                     for k in INPUT_KEYS
                 }
                 return streams, f"{split_name} data"
-    from training.model import INPUT_VOCAB
-
     rng = np.random.default_rng(0)
     out = {}
     for k in INPUT_KEYS:
@@ -246,7 +447,9 @@ def _training_meta(run: Path, ckpt: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def export(run: Path, out: Path, data: Path | None = None, name: str | None = None) -> dict[str, Any]:
+def export(
+    run: Path, out: Path, data: Path | None = None, name: str | None = None, *, fused: bool = True
+) -> dict[str, Any]:
     """Export a run's best weights to a model folder and verify ONNX-vs-PyTorch parity.
 
     Args:
@@ -254,6 +457,8 @@ def export(run: Path, out: Path, data: Path | None = None, name: str | None = No
         out: model folder to write (created).
         data: prepared data folder, for meta.json's data description and real parity streams.
         name: model name in meta.json (default: the folder name).
+        fused: export the fused single-step graphs (see :func:`step_modules`); the parity check always
+            compares against the original training model.
 
     Returns:
         The meta.json content.
@@ -266,8 +471,9 @@ def export(run: Path, out: Path, data: Path | None = None, name: str | None = No
     models, ckpt = load_run(run)
     cfg = models.cfg
     out.mkdir(parents=True, exist_ok=True)
-    _export_graph(_ChordStep(models.chord), C.CHORD_MODEL_INPUTS, C.CHORD_MODEL_OUTPUTS, cfg, out / "chord.onnx")
-    _export_graph(_NoteStep(models.note), C.NOTE_MODEL_INPUTS, C.NOTE_MODEL_OUTPUTS, cfg, out / "note.onnx")
+    chord_step, note_step = step_modules(models, fused=fused)
+    _export_graph(chord_step, C.CHORD_MODEL_INPUTS, C.CHORD_MODEL_OUTPUTS, cfg, out / "chord.onnx")
+    _export_graph(note_step, C.NOTE_MODEL_INPUTS, C.NOTE_MODEL_OUTPUTS, cfg, out / "note.onnx")
     parity = check_parity(models, out, data)
     meta = {
         "format": "rtgen-model",
@@ -277,6 +483,7 @@ def export(run: Path, out: Path, data: Path | None = None, name: str | None = No
         "model": {
             "backbone": cfg.backbone, "layers": cfg.layers, "hidden": cfg.hidden, "params": models.param_counts(),
             "state_shape": [cfg.layers, cfg.hidden], "config": cfg.to_dict(), "opset": OPSET,
+            "graph": "fused" if fused else "gru",
         },
         "data": _data_meta(data),
         "training": _training_meta(run, ckpt),
@@ -414,11 +621,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--out", type=Path, required=True, help="model folder to write")
     p.add_argument("--data", type=Path, default=None, help="prepared data (describes the data in meta.json)")
     p.add_argument("--name", default=None, help="model name (default: the folder name)")
+    p.add_argument(
+        "--unfused", action="store_true", help="export the training graphs as they are (ONNX GRU op; slower)"
+    )
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
-    meta = export(run=args.run, out=args.out, data=args.data, name=args.name)
+    meta = export(run=args.run, out=args.out, data=args.data, name=args.name, fused=not args.unfused)
     sizes = ", ".join(f"{f} {v['bytes'] / 1e6:.2f} MB" for f, v in meta["files"].items())
     diff = meta["parity"]["max_abs_diff"]
     print(f"export: {args.out} ({sizes}); parity max |diff| chord {diff['chord']:.1e}, note {diff['note']:.1e}")
