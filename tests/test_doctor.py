@@ -31,7 +31,8 @@ def _parse(*argv: str) -> argparse.Namespace:
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real ONNX model folder with the contract's I/O (random weights)."""
-    factory = pytest.importorskip("model_factory", reason="tests/model_factory.py (needs torch)")
+    import model_factory as factory  # tests/model_factory.py (torch comes with the [train] extra)
+
     return factory.make_random_model(tmp_path_factory.mktemp("doctor") / "model", name="doctor-test")
 
 
