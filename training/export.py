@@ -12,6 +12,7 @@ import argparse
 import hashlib
 import json
 import logging
+import os
 import time
 import warnings
 from pathlib import Path
@@ -403,16 +404,26 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _portable(source: str) -> str:
+    """A source folder relative to the working directory when that is shorter (no machine paths in cards)."""
+    try:
+        rel = os.path.relpath(source)
+    except ValueError:  # another drive on Windows
+        return source
+    return rel if len(rel) < len(source) else source
+
+
 def _data_meta(data: Path | None) -> dict[str, Any]:
     if data is None:
         return {"source": "unknown", "description": "not recorded (export without --data)", "license": "unknown"}
     m = read_manifest(data)
     splits: dict[str, Any] = m.get("splits", {})  # type: ignore[assignment]
-    source = str(m.get("source", "unknown"))
+    source = _portable(str(m.get("source", "unknown")))
     nottingham = "nottingham" in source.lower()
     files = {k: len(v.get("files", [])) for k, v in splits.items()}
     desc = (
-        "Nottingham folk tunes (ABC transcriptions rendered to MIDI: melody and chord tracks)"
+        "Nottingham Music Database folk tunes as cleaned by Jukedeck (jukedeck/nottingham-dataset, GNU GPLv3): "
+        "ABC transcriptions rendered to MIDI, melody and chord tracks"
         if nottingham
         else f"MIDI files from {source}"
     )
@@ -568,6 +579,7 @@ def write_model_card(model_dir: Path) -> Path:
         "- files per split: " + (", ".join(f"{k} {v}" for k, v in files.items()) or "unknown"),
         f"- split: {d.get('split_method') or 'unknown'} (by file, so no tune is in two splits)",
         "- training windows are transposed at random to all 12 keys",
+        "- this model is derived from GPLv3 data and is distributed under GPL-3.0-or-later, like rtgen",
         "",
         "## Training",
         "",

@@ -60,7 +60,7 @@ class ModelConfig:
     """
 
     backbone: str = "gru"
-    hidden: int = 192
+    hidden: int = 128
     layers: int = 2
     token_emb: int = 48
     small_emb: int = 16
