@@ -167,7 +167,9 @@ def check_synth(cfg: Config) -> Iterator[Check]:
     """pyfluidsynth + libfluidsynth, the soundfont, and whether an audio driver starts."""
     level = FAIL if cfg.synth.enabled else WARN
     try:
-        import fluidsynth
+        from rtgen.synth import import_fluidsynth
+
+        fluidsynth = import_fluidsynth()
     except (ImportError, OSError) as err:
         yield Check(
             "fluidsynth",

@@ -9,10 +9,12 @@ how to install one.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import sys
 import tempfile
+import types
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -130,6 +132,19 @@ def quiet_stderr() -> Iterator[list[str]]:
                 log.debug("fluidsynth: %s", line)
 
 
+def import_fluidsynth() -> types.ModuleType:
+    """Import pyfluidsynth quietly (it prints where it found libfluidsynth to stdout, which breaks ``--json``).
+
+    Raises:
+        ImportError, OSError: pyfluidsynth or libfluidsynth is missing.
+    """
+    with quiet_stderr(), contextlib.redirect_stdout(io.StringIO()) as out:
+        import fluidsynth
+    for line in out.getvalue().splitlines():
+        log.debug("pyfluidsynth: %s", line)
+    return fluidsynth
+
+
 class Synth:
     """A FluidSynth synthesizer with one soundfont, usable offline (:meth:`render`) and live (:meth:`start_audio`).
 
@@ -149,8 +164,7 @@ class Synth:
         self, soundfont: Path, *, sample_rate: int = 44100, gain: float = 0.5, reverb: bool = True, chorus: bool = False
     ) -> None:
         try:
-            with quiet_stderr():
-                import fluidsynth  # loads libfluidsynth: only when a synth is wanted
+            fluidsynth = import_fluidsynth()  # loads libfluidsynth: only when a synth is wanted
         except (ImportError, OSError) as err:
             raise AudioError(
                 f"cannot load FluidSynth ({err}); install it: `sudo apt-get install libfluidsynth3` (Debian/Ubuntu) "
