@@ -27,7 +27,8 @@ from rtgen.clock import FakeTime, RealTime, StepClock
 from rtgen.config import MODES, PART_NAMES, Config, PartsConfig
 from rtgen.contract import STEPS_PER_BEAT
 from rtgen.errors import AudioError, PortError, RtgenError, SoundfontError
-from rtgen.scheduler import CONTROL_CHANGE, PROGRAM_CHANGE, Scheduler, SinkLike
+from rtgen.scheduler import Scheduler, SinkLike
+from rtgen.sinks import CONTROL_CHANGE, PROGRAM_CHANGE
 
 if TYPE_CHECKING:
     from rtgen.engine import Engine, Params, Step

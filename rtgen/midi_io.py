@@ -13,18 +13,17 @@ enqueue (``queue.SimpleQueue.put``), never block.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import rtmidi
 
 from rtgen.errors import PortError
+from rtgen.native import captured_stderr
 
 log = logging.getLogger(__name__)
 
@@ -46,35 +45,6 @@ InputCallback = Callable[[list[int], int], None]
 def compiled_backends() -> list[str]:
     """Config names of the backends this python-rtmidi build was compiled with (e.g. ``["alsa", "jack"]``)."""
     return [_API_NAMES[api] for api in rtmidi.get_compiled_api() if api in _API_NAMES]
-
-
-@contextlib.contextmanager
-def captured_stderr() -> Iterator[list[str]]:
-    """Capture what native libraries (libasound, libjack) write to fd 2 while probing; logged at DEBUG.
-
-    Without this, ``rtgen ports`` on a machine without ALSA sequencer or JACK server prints
-    a page of C-library noise before our one-line explanation.
-    """
-    lines: list[str] = []
-    try:
-        fd = sys.stderr.fileno()
-    except (AttributeError, OSError, ValueError):
-        yield lines
-        return
-    sys.stderr.flush()
-    saved = os.dup(fd)
-    with tempfile.TemporaryFile() as tmp:
-        os.dup2(tmp.fileno(), fd)
-        try:
-            yield lines
-        finally:
-            os.dup2(saved, fd)
-            os.close(saved)
-            tmp.seek(0)
-            text = tmp.read().decode(errors="replace")
-            lines.extend(line for line in text.splitlines() if line.strip())
-            if lines:
-                log.debug("native MIDI library output: %s", " | ".join(lines))
 
 
 def _why_unavailable(backend: str, err: BaseException | None = None) -> str:

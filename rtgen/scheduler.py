@@ -16,18 +16,12 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from rtgen.clock import LatenessStats
+from rtgen.sinks import CC_ALL_NOTES_OFF, CONTROL_CHANGE, NOTE_OFF, NOTE_ON
 
 if TYPE_CHECKING:
     from rtgen.voicing import NoteEvent
 
 log = logging.getLogger(__name__)
-
-NOTE_OFF = 0x80
-NOTE_ON = 0x90
-CONTROL_CHANGE = 0xB0
-PROGRAM_CHANGE = 0xC0
-CC_ALL_SOUND_OFF = 120
-CC_ALL_NOTES_OFF = 123
 
 
 class SinkLike(Protocol):

@@ -13,15 +13,14 @@ import io
 import logging
 import os
 import sys
-import tempfile
 import types
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
 from rtgen.errors import AudioError, SoundfontError
+from rtgen.native import captured_stderr
 
 log = logging.getLogger(__name__)
 
@@ -108,28 +107,9 @@ def find_soundfont(configured: str | Path | None = None) -> Path:
     raise SoundfontError("no soundfont found; looked in: " + ", ".join(looked) + ". " + _INSTALL_HINT)
 
 
-@contextlib.contextmanager
-def quiet_stderr() -> Iterator[list[str]]:
+def quiet_stderr() -> contextlib.AbstractContextManager[list[str]]:
     """Redirect the C-level stderr (libfluidsynth's messages) into a list of lines, logged at debug."""
-    lines: list[str] = []
-    try:
-        fd = sys.stderr.fileno()
-    except (AttributeError, OSError, ValueError):
-        yield lines
-        return
-    sys.stderr.flush()
-    saved = os.dup(fd)
-    with tempfile.TemporaryFile(mode="w+b") as tmp:
-        os.dup2(tmp.fileno(), fd)
-        try:
-            yield lines
-        finally:
-            os.dup2(saved, fd)
-            os.close(saved)
-            tmp.seek(0)
-            lines.extend(tmp.read().decode(errors="replace").splitlines())
-            for line in lines:
-                log.debug("fluidsynth: %s", line)
+    return captured_stderr("fluidsynth")
 
 
 def import_fluidsynth() -> types.ModuleType:
