@@ -27,10 +27,9 @@ _names = itertools.count(1)
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from model_factory import make_random_model
-
-    return make_random_model(tmp_path_factory.mktemp("daemon-model") / "random", seed=5)
+def model_dir(shipped_model_dir: Path) -> Path:
+    """The daemon plays the shipped model, as `make run` does."""
+    return shipped_model_dir
 
 
 def free_udp_port() -> int:
@@ -254,6 +253,41 @@ def test_osc_control_status_subscribe_instrument_tempo_and_errors(start_daemon: 
         d.proc.send_signal(signal.SIGINT)
         assert d.wait() == 0
         assert "Traceback" not in d.output()
+    finally:
+        rec.close()
+        peer.close()
+
+
+def test_model_hot_swap_keeps_playing_and_leaves_no_note_hanging(
+    start_daemon: Any, model_dir: Path, tmp_path: Path
+) -> None:
+    swapped = tmp_path / "swapped-model"
+    shutil.copytree(model_dir, swapped)
+    meta = json.loads((swapped / "meta.json").read_text())
+    meta["name"] = "swapped"  # only the .onnx files are hashed
+    (swapped / "meta.json").write_text(json.dumps(meta))
+    d = start_daemon()
+    rec = d.record()
+    peer = Peer(d.osc_port)
+    try:
+        assert rec.wait_until(lambda ev: len(note_ons([m for _, m in ev])) >= 3, timeout=15), d.output()
+        peer.send("/rtgen/model", str(swapped))
+        deadline = time.monotonic() + 15
+        state: dict[str, Any] = {}
+        while time.monotonic() < deadline and state.get("model") != "swapped":
+            peer.received.clear()
+            peer.send("/rtgen/status")
+            replies = peer.wait_for("/rtgen/status", timeout=2)
+            state = json.loads(replies[0][0]) if replies else state
+            time.sleep(0.2)
+        assert state.get("model") == "swapped", f"model not swapped: {state}; output:\n{d.output()}"
+        assert not peer.wait_for("/rtgen/error", timeout=0.2), peer.received
+        rec.clear()
+        assert rec.wait_until(lambda ev: len(note_ons([m for _, m in ev])) >= 3, timeout=5), "silent after the swap"
+        d.proc.send_signal(signal.SIGTERM)
+        assert d.wait() == 0
+        rec.settle(0.3)
+        assert sounding_notes(rec.messages()) == set()
     finally:
         rec.close()
         peer.close()
