@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from rtgen.clock import LatenessStats, StepClock
+from rtgen.clock import LatenessStats, StepClock, release_realtime, request_realtime
 from rtgen.config import PartsConfig
 from rtgen.scheduler import Scheduler
 
@@ -90,8 +90,14 @@ def bench_inference(model_dir: Path, steps: int = 2000, warmup: int = 200, seed:
     return percentiles_us(times)
 
 
-def bench_schedule(model_dir: Path, seconds: float = 60.0, tempo: float = 300.0, seed: int = 0) -> dict[str, Any]:
-    """Run the real-time loop for ``seconds`` at ``tempo`` (sixteenths) into a null sink."""
+def bench_schedule(
+    model_dir: Path, seconds: float = 60.0, tempo: float = 300.0, seed: int = 0, realtime_priority: int = 10
+) -> dict[str, Any]:
+    """Run the real-time loop for ``seconds`` at ``tempo`` (sixteenths) into a null sink.
+
+    The loop asks for SCHED_FIFO ``realtime_priority`` as the daemon does (``realtime`` in the result says
+    whether it was granted).
+    """
     from rtgen.daemon import NullSink, Player
     from rtgen.engine import Engine, Params
     from rtgen.model import Model
@@ -109,10 +115,15 @@ def bench_schedule(model_dir: Path, seconds: float = 60.0, tempo: float = 300.0,
         params,
         PartsConfig(),
     )
+    realtime = request_realtime(realtime_priority)
     cpu0, wall0 = time.process_time(), time.perf_counter()
     real0, mono0 = time.time_ns(), time.perf_counter_ns()
     ru0 = resource.getrusage(resource.RUSAGE_SELF)
-    player.run(seconds)
+    try:
+        player.run(seconds)
+    finally:
+        if realtime:
+            release_realtime()
     cpu = time.process_time() - cpu0
     wall = time.perf_counter() - wall0
     real1, mono1 = time.time_ns(), time.perf_counter_ns()
@@ -123,6 +134,7 @@ def bench_schedule(model_dir: Path, seconds: float = 60.0, tempo: float = 300.0,
     # absolute, so a drifting schedule shows up here); and the performance counter against the wall clock.
     drift_us = float(np.median(errors[-edge:]) - np.median(errors[:edge])) / 1000 if errors.size else 0.0
     return {
+        "realtime": realtime,
         "schedule_drift_us": round(drift_us, 1),
         "perf_counter_vs_wall_clock_us": round(((mono1 - mono0) - (real1 - real0)) / 1000, 1),
         "tempo": tempo,

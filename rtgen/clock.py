@@ -11,6 +11,7 @@ up to a millisecond or more on a loaded machine.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -207,3 +208,34 @@ class StepClock:
         late = woke - deadline
         self.stats.add(late)
         return late
+
+
+def request_realtime(priority: int) -> bool:
+    """Ask the OS to run the calling thread with real-time (SCHED_FIFO) priority, as JACK does.
+
+    Args:
+        priority: 1..99; 0 leaves the thread as it is.
+
+    Returns:
+        True when granted. Without the privilege (no root, no ``rtprio`` limit in
+        /etc/security/limits.conf, or not Linux) the thread keeps normal priority and
+        the instrument still plays; it is only less protected against a busy machine.
+    """
+    if priority <= 0 or not hasattr(os, "sched_setscheduler"):
+        return False
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(min(priority, 99)))
+    except (OSError, ValueError) as err:
+        log.info("real-time priority %d not granted (%s); timing may suffer on a busy machine", priority, err)
+        return False
+    log.info("real-time thread priority SCHED_FIFO %d", priority)
+    return True
+
+
+def release_realtime() -> None:
+    """Return the calling thread to normal (SCHED_OTHER) scheduling."""
+    if hasattr(os, "sched_setscheduler"):
+        try:
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+        except (OSError, ValueError) as err:  # pragma: no cover - lowering priority is always allowed
+            log.debug("could not leave real-time scheduling: %s", err)

@@ -135,6 +135,7 @@ class DaemonConfig:
     duration: float = field(default=0.0, metadata=_range(0.0, 1e9))  # 0: until stopped
     quiet: bool = False
     log_json: bool = False
+    realtime_priority: int = field(default=10, metadata=_range(0, 99))  # SCHED_FIFO where allowed; 0 = off
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rtgen.clock import FakeTime, RealTime, StepClock
+from rtgen.clock import FakeTime, RealTime, StepClock, request_realtime
 from rtgen.config import MODES, PART_NAMES, Config, PartsConfig
 from rtgen.contract import STEPS_PER_BEAT
 from rtgen.errors import AudioError, PortError, RtgenError, SoundfontError
@@ -361,6 +361,7 @@ class Daemon:
         self.osc: OscServer | None = None
         self.player: Player | None = None
         self.synth: Any | None = None
+        self.realtime = False
         self.synth_sink: Any | None = None
         self.model: Model | None = None
         self.midi_name: str | None = None
@@ -489,6 +490,7 @@ class Daemon:
                 ", ".join(s.name for s in self.sinks),
                 f"{self.config.osc.host}:{self.osc.port}" if self.osc is not None else "off",
             )
+            self.realtime = request_realtime(self.config.daemon.realtime_priority)
             player.run(self.config.daemon.duration)
         finally:
             for sig, handler in previous.items():
@@ -657,6 +659,7 @@ class Daemon:
             "swing": p.swing,
             "seed": getattr(p.engine, "seed", None),
             "model": p.model_name,
+            "realtime": self.realtime,
             "parts": parts,
             "steps": stats.steps,
             "late_steps": stats.late_steps,

@@ -72,3 +72,29 @@ def test_real_wait_never_wakes_before_the_deadline() -> None:
         deadline = time.perf_counter_ns() + 2_000_000
         woke = rt.wait_until(deadline)
         assert woke >= deadline
+
+
+def test_realtime_priority_is_per_thread_and_released() -> None:
+    import os
+    import threading
+
+    from rtgen.clock import release_realtime, request_realtime
+
+    seen: dict[str, object] = {}
+
+    def worker() -> None:
+        seen["off"] = request_realtime(0)
+        seen["policy_off"] = os.sched_getscheduler(0)
+        seen["granted"] = request_realtime(5)
+        seen["policy_on"] = os.sched_getscheduler(0)
+        release_realtime()
+        seen["policy_after"] = os.sched_getscheduler(0)
+
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join()
+    assert seen["off"] is False and seen["policy_off"] == os.SCHED_OTHER
+    # granted where privileged (root, rtprio limit); refused otherwise, and then nothing changes
+    assert seen["policy_on"] == (os.SCHED_FIFO if seen["granted"] else os.SCHED_OTHER)
+    assert seen["policy_after"] == os.SCHED_OTHER
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the test's own thread was never touched

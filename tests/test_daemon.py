@@ -205,6 +205,7 @@ def test_osc_control_status_subscribe_instrument_tempo_and_errors(start_daemon: 
         assert replies, f"no /rtgen/status reply; got {peer.received}"
         state = json.loads(replies[0][0])
         assert state["playing"] is True and state["tempo"] == 240.0
+        assert isinstance(state["realtime"], bool)
         assert set(state["parts"]) == {"melody", "chords", "bass"}
 
         peer.send("/rtgen/subscribe", "127.0.0.1", peer.port)
