@@ -118,6 +118,54 @@ class MidiConfig:
 
 
 @dataclass(frozen=True)
+class InputConfig:
+    """MIDI input: the player's keyboard (same backend as the output)."""
+
+    enabled: bool = True
+    port: str = ""  # empty: open a virtual input port; else substring of an existing input port name
+    virtual_port_name: str = "in"
+    channel: int = field(default=0, metadata=_range(0, 16))  # 1..16; 0 = omni (every channel)
+    thru: bool = False  # echo the player to MIDI out and the synth, untouched
+    settle_ms: float = field(default=40.0, metadata=_range(0.0, 500.0))  # a rolled chord counts as one chord
+
+
+@dataclass(frozen=True)
+class ClockConfig:
+    """Where time comes from, and whether rtgen leads a DAW with MIDI clock."""
+
+    source: str = field(default="internal", metadata=_choices("internal", "midi"))
+    send: bool = False  # send 24-ppqn clock, Start, Stop and Song Position Pointer to the MIDI output
+
+
+@dataclass(frozen=True)
+class AccompanyConfig:
+    """``accompany`` mode: the player's melody in, chords and bass out."""
+
+    reactive_window_ms: float = field(default=12.0, metadata=_range(0.0, 50.0))
+    fit: float = field(default=2.0, metadata=_range(0.0, 10.0))  # log-odds bonus for chords holding the note
+
+
+@dataclass(frozen=True)
+class CallResponseConfig:
+    """``call-and-response`` mode: the player calls, the model answers after a silence."""
+
+    silence_beats: float = field(default=1.0, metadata=_range(0.25, 16.0))
+    answer_bars: int = field(default=0, metadata=_range(0, 64))  # 0: as long as the call
+
+
+@dataclass(frozen=True)
+class CcConfig:
+    """Control Change numbers of the player's controller (0 = not mapped). Values clamp to each range."""
+
+    temperature: int = field(default=1, metadata=_range(0, 119))  # mod wheel
+    top_p: int = field(default=71, metadata=_range(0, 119))
+    density: int = field(default=74, metadata=_range(0, 119))
+    swing: int = field(default=0, metadata=_range(0, 119))
+    mode: int = field(default=85, metadata=_range(0, 119))  # 0..127 in four ranges, one per mode
+    panic: int = field(default=102, metadata=_range(0, 119))  # any value >= 64
+
+
+@dataclass(frozen=True)
 class OscConfig:
     """OSC control server."""
 
@@ -149,6 +197,11 @@ class Config:
     midi: MidiConfig = MidiConfig()
     osc: OscConfig = OscConfig()
     daemon: DaemonConfig = DaemonConfig()
+    input: InputConfig = InputConfig()
+    clock: ClockConfig = ClockConfig()
+    accompany: AccompanyConfig = AccompanyConfig()
+    call_response: CallResponseConfig = CallResponseConfig()
+    cc: CcConfig = CcConfig()
     base_dir: Path = Path(".")
 
     def resolve(self, path: str | Path) -> Path:
