@@ -24,11 +24,28 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--config", type=Path, help="config file (default: ./config.toml if present)")
     p.add_argument("--model", type=Path, help="model folder (config: model.path)")
-    p.add_argument("--mode", choices=MODES, help="playing mode (config: daemon.mode); autonomous for now")
+    p.add_argument(
+        "--mode",
+        choices=MODES,
+        help="playing mode (config: daemon.mode): autonomous plays alone; accompany follows your melody with "
+        "chords and bass; improvise plays a melody over your chords; call-and-response answers your phrases",
+    )
     p.add_argument("--backend", choices=BACKENDS, help="MIDI API (config: midi.backend); auto = platform default")
     p.add_argument("--midi-out", metavar="NAME", help="connect to an existing output port by substring (midi.out)")
     p.add_argument("--no-midi", dest="midi", action="store_false", default=None, help="no MIDI output")
     p.add_argument("--synth", dest="synth", action="store_true", default=None, help="play through FluidSynth")
+    p.add_argument("--midi-in", metavar="NAME", help="read the player from an existing input port (input.port)")
+    p.add_argument("--no-input", dest="input", action="store_false", default=None, help="do not listen to a player")
+    p.add_argument("--in-channel", type=int, metavar="N", help="player's MIDI channel 1..16, 0 = omni (input.channel)")
+    p.add_argument("--thru", action="store_true", default=None, help="echo the player to the outputs (input.thru)")
+    p.add_argument("--clock", choices=("internal", "midi"), help="follow our own clock or a DAW's (clock.source)")
+    p.add_argument("--clock-out", action="store_true", default=None, help="send MIDI clock to the output (clock.send)")
+    p.add_argument(
+        "--reactive-window",
+        type=float,
+        metavar="MS",
+        help="accompany: wait this long for the player's note at a step (accompany.reactive_window_ms)",
+    )
     p.add_argument("--no-synth", dest="synth", action="store_false", help="do not start the internal synth")
     p.add_argument("--soundfont", metavar="PATH", help="a .sf2 soundfont (config: synth.soundfont)")
     p.add_argument("--audio-driver", metavar="NAME", help="FluidSynth audio driver (config: synth.audio_driver)")
@@ -67,6 +84,9 @@ def build_config(args: argparse.Namespace) -> Config:
         humanize_ms=args.humanize,
     )
     cfg = _set(cfg, "midi", backend=args.backend, out=args.midi_out, enabled=args.midi)
+    cfg = _set(cfg, "input", port=args.midi_in, enabled=args.input, channel=args.in_channel, thru=args.thru)
+    cfg = _set(cfg, "clock", source=args.clock, send=args.clock_out)
+    cfg = _set(cfg, "accompany", reactive_window_ms=args.reactive_window)
     soundfont = str(Path(args.soundfont).resolve()) if args.soundfont is not None else None
     cfg = _set(cfg, "synth", enabled=args.synth, soundfont=soundfont, audio_driver=args.audio_driver)
     cfg = _set(cfg, "osc", host=args.osc_host, port=args.osc_port, enabled=args.osc)
