@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from rtgen.clock import LatenessStats
+from rtgen.notes import NoteTracker
 from rtgen.sinks import CC_ALL_NOTES_OFF, CONTROL_CHANGE, NOTE_OFF, NOTE_ON
 
 if TYPE_CHECKING:
@@ -46,45 +47,12 @@ NoteListener = Callable[[str | None, int, int, int], None]
 """Called as ``(part, channel, pitch, velocity)`` for every note-on actually sent."""
 
 
-class NoteBook:
-    """Which notes are sounding, per channel (with counts for doubled notes)."""
-
-    def __init__(self) -> None:
-        self.sounding: list[dict[int, int]] = [{} for _ in range(16)]
-
-    def on(self, channel: int, pitch: int) -> None:
-        """Record a note-on."""
-        book = self.sounding[channel]
-        book[pitch] = book.get(pitch, 0) + 1
-
-    def off(self, channel: int, pitch: int) -> bool:
-        """Record a note-off; False when that note was not sounding (the off is redundant)."""
-        book = self.sounding[channel]
-        n = book.get(pitch, 0)
-        if n <= 0:
-            return False
-        if n == 1:
-            del book[pitch]
-        else:
-            book[pitch] = n - 1
-        return True
-
-    def notes(self) -> list[tuple[int, int]]:
-        """All sounding (channel, pitch) pairs, one per pitch."""
-        return [(ch, p) for ch, book in enumerate(self.sounding) for p in sorted(book)]
-
-    def count(self) -> int:
-        """Number of sounding (channel, pitch) pairs."""
-        return sum(len(b) for b in self.sounding)
-
-    def clear(self) -> None:
-        """Forget everything."""
-        for book in self.sounding:
-            book.clear()
-
-
 class Scheduler:
     """A time-ordered event queue that sends to all sinks at the right time.
+
+    Attributes:
+        book: the notes sent and not yet released (:class:`~rtgen.notes.NoteTracker`, counted:
+            a note doubled on one channel needs two note-offs before the book lets it go).
 
     Args:
         sinks: where messages go (MIDI out, synth, recorder, ...).
@@ -104,7 +72,7 @@ class Scheduler:
         self.sinks: list[SinkLike] = list(sinks)
         self.now_ns = now_ns
         self.on_note = on_note
-        self.book = NoteBook()
+        self.book = NoteTracker()
         self._queue: list[tuple[int, int, tuple[int, ...], str | None]] = []
         self._seq = 0
         # latest scheduled time per (channel, pitch): keeps on/off order per key even when humanize
@@ -221,7 +189,7 @@ class Scheduler:
         n = 0
         for channel, pitch in self.book.notes():
             if channel in wanted:
-                while self.book.sounding[channel].get(pitch, 0) > 0:
+                while self.book.get(channel, pitch) > 0:
                     self._dispatch((NOTE_OFF | channel, pitch, 0), None, self.now_ns())
                 n += 1
         return n

@@ -21,6 +21,7 @@ import numpy.typing as npt
 
 from rtgen.errors import AudioError, SoundfontError
 from rtgen.native import captured_stderr
+from rtgen.notes import NoteTracker
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +166,7 @@ class Synth:
             self._synth.delete()
             raise SoundfontError(f"FluidSynth cannot load soundfont {self.soundfont} (not a valid .sf2?)")
         self._audio_driver: object | None = None
-        self._sounding: set[tuple[int, int]] = set()
+        self._sounding = NoteTracker()
         self._closed = False
         self._programs = [0] * 16
         for ch in range(16):
@@ -209,12 +210,12 @@ class Synth:
             self.note_off(channel, pitch)
             return
         self._synth.noteon(channel, pitch, min(127, velocity))
-        self._sounding.add((channel, pitch))
+        self._sounding.on(channel, pitch)
 
     def note_off(self, channel: int, pitch: int) -> None:
         """Release a note."""
         self._synth.noteoff(channel, pitch)
-        self._sounding.discard((channel, pitch))
+        self._sounding.release(channel, pitch)  # FluidSynth ends every voice of the key
 
     def cc(self, channel: int, control: int, value: int) -> None:
         """Send a control change (7 volume, 10 pan, 64 sustain, 91 reverb, 120/123 all sound/notes off ...)."""
@@ -222,7 +223,7 @@ class Synth:
 
     def all_notes_off(self) -> None:
         """Release every tracked note, then CC 123 (all notes off) and CC 120 (all sound off) on all channels."""
-        for channel, pitch in sorted(self._sounding):
+        for channel, pitch in self._sounding.sounding():
             self._synth.noteoff(channel, pitch)
         self._sounding.clear()
         for ch in range(16):

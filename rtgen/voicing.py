@@ -28,6 +28,7 @@ import numpy as np
 from rtgen import contract as ct
 from rtgen.config import PART_NAMES, PartConfig, PartsConfig
 from rtgen.engine import Params, Step
+from rtgen.notes import NoteTracker
 
 CHORD_LOW = 52  # E3
 CHORD_HIGH = 72  # C5
@@ -143,8 +144,8 @@ class Voicer:
         self.humanize_ms = humanize_ms
         self.seed = seed
         self.rng = np.random.default_rng(seed)
-        # sounding notes per part: (channel, pitch)
-        self._sounding: dict[str, list[tuple[int, int]]] = {name: [] for name in PART_NAMES}
+        # one tracker per part: the voicer releases a part's own notes, even on a shared channel
+        self._sounding: dict[str, NoteTracker] = {name: NoteTracker() for name in PART_NAMES}
         self._voicing: tuple[int, ...] | None = None  # last chord voicing (for voice leading)
         self._chord_struck: int = ct.CHORD_NC  # chord the chords part is sounding
         self._bass_chord: int = ct.CHORD_NC  # chord whose root/fifth the bass is sounding
@@ -161,7 +162,7 @@ class Voicer:
     @property
     def sounding(self) -> dict[str, list[tuple[int, int]]]:
         """Copy of the notes sounding per part, as ``(channel, pitch)``."""
-        return {k: list(v) for k, v in self._sounding.items()}
+        return {k: v.sounding() for k, v in self._sounding.items()}
 
     def _jitter(self) -> float:
         if self.humanize_ms <= 0:
@@ -171,7 +172,7 @@ class Voicer:
 
     def _offs(self, part: str, step_offset: float, ms: float) -> list[NoteEvent]:
         notes = self._sounding[part]
-        events = [NoteEvent(step_offset, ms, False, part, ch, p, 0) for ch, p in notes]
+        events = [NoteEvent(step_offset, ms, False, part, ch, p, 0) for ch, p in notes.sounding()]
         notes.clear()
         return events
 
@@ -179,10 +180,11 @@ class Voicer:
              ms: float) -> list[NoteEvent]:  # fmt: skip
         ch = cfg.channel - 1
         events = []
+        notes = self._sounding[part]
         for p in pitches:
-            if (ch, p) in self._sounding[part]:
+            if (ch, p) in notes:
                 continue  # a voicing never doubles a key on one channel
-            self._sounding[part].append((ch, p))
+            notes.on(ch, p)
             events.append(NoteEvent(step_offset, ms, True, part, ch, p, velocity))
         return events
 
