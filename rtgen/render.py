@@ -23,13 +23,13 @@ from rtgen.config import PART_NAMES, Config
 from rtgen.contract import Key
 from rtgen.engine import Engine, Params, Step
 from rtgen.errors import RtgenError
+from rtgen.midifile import TICKS_PER_BEAT, build_midi, pan_cc, volume_cc
 from rtgen.model import Model
 from rtgen.synth import Synth
 from rtgen.voicing import NoteEvent, Voicer
 
 log = logging.getLogger(__name__)
 
-TICKS_PER_BEAT = 480
 TICKS_PER_STEP = TICKS_PER_BEAT // ct.STEPS_PER_BEAT
 RELEASE_TAIL_S = 1.5
 PRIME_MARKER = "prime"
@@ -134,72 +134,50 @@ def render_steps(model: Model, config: Config, bars: int, seed: int, prime: Toke
     return Rendered(steps, events, prime_steps, gen.tempo, params, notes)
 
 
-def _part_track(name: str, channel: int, program: int, volume: float, pan: float) -> mido.MidiTrack:
-    track = mido.MidiTrack()
-    track.append(mido.MetaMessage("track_name", name=name, time=0))
-    track.append(mido.Message("program_change", channel=channel, program=program, time=0))
-    track.append(mido.Message("control_change", channel=channel, control=7, value=round(volume * 127), time=0))
-    pan_value = int(np.clip(round(64 + pan * 63.5), 0, 127))
-    track.append(mido.Message("control_change", channel=channel, control=10, value=pan_value, time=0))
-    return track
-
-
-def _delta(abs_events: list[tuple[int, int, object]]) -> list[object]:
-    out = []
-    now = 0
-    for tick, _, msg in sorted(abs_events, key=lambda e: (e[0], e[1])):
-        out.append(msg.copy(time=tick - now))  # type: ignore[attr-defined]
-        now = tick
-    return out
-
-
 def to_midi(rendered: Rendered, config: Config) -> mido.MidiFile:
     """A type-1 MIDI file: a tempo track (tempo, meter, key, chord and prime markers) and one track per part."""
-    mid = mido.MidiFile(type=1, ticks_per_beat=TICKS_PER_BEAT)
     params = rendered.params
     ts = params.time_signature
-    meta: list[tuple[int, int, object]] = [
-        (0, 0, mido.MetaMessage("track_name", name="rtgen", time=0)),
-        (0, 1, mido.MetaMessage("set_tempo", tempo=mido.bpm2tempo(rendered.tempo), time=0)),
-        (0, 2, mido.MetaMessage("time_signature", numerator=ts.numerator, denominator=ts.denominator, time=0)),
-    ]
-    if params.key is not None:
-        meta.append((0, 3, mido.MetaMessage("key_signature", key=key_signature_name(params.key), time=0)))
-    seq = 10
+    markers: list[tuple[int, str]] = []
     if rendered.prime_steps:
-        meta.append((0, seq, mido.MetaMessage("marker", text=PRIME_MARKER, time=0)))
-        meta.append(
-            (rendered.prime_steps * TICKS_PER_STEP, seq + 1, mido.MetaMessage("marker", text=GENERATED_MARKER, time=0))
-        )
-        seq += 2
-    for step in rendered.steps:
-        tick = step.index * TICKS_PER_STEP
-        if step.chord_token != ct.CHORD_HOLD and step.chord_token != ct.CHORD_NC:
-            meta.append((tick, seq, mido.MetaMessage("cue_marker", text=ct.chord_token_name(step.chord_token))))
-            seq += 1
+        markers = [(0, PRIME_MARKER), (rendered.prime_steps * TICKS_PER_STEP, GENERATED_MARKER)]
+    cues = [
+        (step.index * TICKS_PER_STEP, ct.chord_token_name(step.chord_token))
+        for step in rendered.steps
+        if step.chord_token != ct.CHORD_HOLD and step.chord_token != ct.CHORD_NC
+    ]
     end_tick = max([t for t, _, _ in rendered.events] + [len(rendered.steps) * TICKS_PER_STEP])
-    tempo_track = mido.MidiTrack(_delta(meta))  # type: ignore[arg-type]
-    tempo_track.append(mido.MetaMessage("end_of_track", time=end_tick - sum(m.time for m in tempo_track)))
-    mid.tracks.append(tempo_track)
+    ordered = sorted(rendered.events, key=lambda e: (e[0], e[1]))
+    tracks: list[tuple[str, list[tuple[int, mido.Message]]]] = []
     for part in PART_NAMES:
         cfg = config.parts.get(part)
         if not cfg.enabled:
             continue
         ch = cfg.channel - 1
-        track = _part_track(part, ch, cfg.program, cfg.volume, cfg.pan)
-        notes: list[tuple[int, int, object]] = []
-        for tick, s, ev in rendered.events:
+        events = [
+            (0, mido.Message("program_change", channel=ch, program=cfg.program)),
+            (0, mido.Message("control_change", channel=ch, control=7, value=volume_cc(cfg.volume))),
+            (0, mido.Message("control_change", channel=ch, control=10, value=pan_cc(cfg.pan))),
+        ]
+        for tick, _, ev in ordered:
             if ev.part != part:
                 continue
             if ev.on:
                 msg = mido.Message("note_on", channel=ev.channel, note=ev.pitch, velocity=ev.velocity)
             else:
                 msg = mido.Message("note_off", channel=ev.channel, note=ev.pitch, velocity=0)
-            notes.append((tick, s, msg))
-        track.extend(_delta(notes))  # type: ignore[arg-type]
-        track.append(mido.MetaMessage("end_of_track", time=max(0, end_tick - sum(m.time for m in track))))
-        mid.tracks.append(track)
-    return mid
+            events.append((tick, msg))
+        tracks.append((part, events))
+    return build_midi(
+        tracks,
+        tempo_map=[(0, rendered.tempo)],
+        time_signature=(ts.numerator, ts.denominator),
+        key_signature=key_signature_name(params.key) if params.key is not None else None,
+        markers=markers,
+        cue_markers=cues,
+        end_tick=end_tick,
+        ticks_per_beat=TICKS_PER_BEAT,
+    )
 
 
 def render_midi(model: Model, config: Config, bars: int, seed: int, prime: TokenArrays | None = None) -> mido.MidiFile:
