@@ -152,6 +152,65 @@ def check_midi(cfg: Config) -> Iterator[Check]:
         )
 
 
+def check_input(cfg: Config) -> Iterator[Check]:
+    """The player's input: the configured ``input.port`` exists, or a virtual input opens on the backend."""
+    from rtgen import midi_io
+    from rtgen.errors import PortError
+
+    name = "midi input port"
+    if not cfg.input.enabled:
+        yield Check(name, OK, "input disabled (input.enabled = false)")
+        return
+    backend = cfg.midi.backend
+    off_hint = "or run with --no-input"
+    if cfg.input.port:
+        try:
+            inputs = midi_io.list_ports(backend)["inputs"]
+        except PortError as err:
+            yield Check(name, FAIL, f"input.port = {cfg.input.port!r}: cannot list input ports: {err}", off_hint)
+            return
+        needle = cfg.input.port.lower()
+        hits = [p for p in inputs if p.lower() == needle] or [p for p in inputs if needle in p.lower()]
+        listing = ", ".join(repr(p) for p in inputs) or "(none)"
+        if len(hits) == 1:
+            yield Check(name, OK, f"input.port = {cfg.input.port!r} matches {hits[0]!r}")
+            return
+        if hits:
+            detail = f"input.port = {cfg.input.port!r} matches several input ports: {', '.join(map(repr, hits))}"
+            fix = "be more specific (--midi-in NAME)"
+        else:
+            detail = f"no MIDI input port matches {cfg.input.port!r}; available input ports: {listing}"
+            fix = (
+                "plug in the keyboard or start the program that plays into rtgen, pick a port from `rtgen ports` "
+                "(--midi-in NAME), or leave input.port empty for a virtual input"
+            )
+        yield Check(name, FAIL, f"{detail} (backend {backend})", f"{fix}, {off_hint}")
+        return
+    try:
+        probe = midi_io.open_input(
+            backend, None, _ignore_message, client_name=f"{cfg.midi.client_name}-doctor", port_name="in"
+        )
+    except PortError as err:
+        yield Check(
+            name,
+            FAIL,
+            f"cannot open a virtual MIDI input on backend {backend}: {err}",
+            f"connect to an existing input with --midi-in NAME (input.port; see `rtgen ports`), {off_hint}",
+        )
+        return
+    probe.close()
+    yield Check(
+        name,
+        OK,
+        f"virtual input {cfg.midi.client_name}:{cfg.input.virtual_port_name} can be opened on {probe.backend} "
+        f"(created at run; connect your keyboard to it)",
+    )
+
+
+def _ignore_message(message: list[int], t_ns: int) -> None:
+    """The doctor's probe input drops whatever arrives."""
+
+
 def check_jack() -> Iterator[Check]:
     """Is a JACK server running (needed for --backend jack and the jack audio driver)."""
     running, detail = jack_server_running()
@@ -276,6 +335,7 @@ def run_checks(cfg: Config) -> list[Check]:
     """Every check, in the order ``rtgen doctor`` prints them."""
     checks: list[Check] = []
     checks += _guard("midi", lambda: check_midi(cfg))
+    checks += _guard("midi input port", lambda: check_input(cfg))
     checks += _guard("jack server", check_jack)
     checks += _guard("synth", lambda: check_synth(cfg))
     checks += _guard("model", lambda: check_model(cfg))

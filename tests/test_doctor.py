@@ -16,6 +16,7 @@ from jack_harness import daemon_command, daemon_env, wait_for_port
 from rtgen import midi_io
 from rtgen.commands import doctor as doctor_cmd
 from rtgen.commands import ports as ports_cmd
+from rtgen.contract import CONTRACT_VERSION
 
 pytestmark = pytest.mark.jack
 
@@ -48,11 +49,13 @@ def _free_udp_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _config(tmp_path: Path, model: Path, osc_port: int, midi_out: str = "", backend: str = "jack") -> Path:
+def _config(
+    tmp_path: Path, model: Path, osc_port: int, midi_out: str = "", backend: str = "jack", extra: str = ""
+) -> Path:
     path = tmp_path / "config.toml"
     path.write_text(
         f'[model]\npath = "{model}"\n[midi]\nbackend = "{backend}"\nout = "{midi_out}"\n'
-        f'[osc]\nport = {osc_port}\n[synth]\naudio_driver = "file"\n'
+        f'[osc]\nport = {osc_port}\n[synth]\naudio_driver = "file"\n{extra}'
     )
     return path
 
@@ -113,8 +116,10 @@ def test_doctor_all_good(jack_server: str, model_dir: Path, tmp_path: Path, caps
     assert checks["jack server"]["status"] == "OK"
     assert checks["soundfont"]["status"] == "OK" and ".sf2" in checks["soundfont"]["detail"].lower()
     assert checks["model"]["status"] == "OK"
-    assert "doctor-test" in checks["model"]["detail"] and "contract v1" in checks["model"]["detail"]
+    assert "doctor-test" in checks["model"]["detail"] and f"contract v{CONTRACT_VERSION}" in checks["model"]["detail"]
     assert checks["osc port"]["status"] == "OK"
+    assert checks["midi input port"]["status"] == "OK"
+    assert "virtual input rtgen:in" in checks["midi input port"]["detail"]
     assert checks["audio driver"]["status"] in ("OK", "WARN")
     if checks["audio driver"]["status"] == "WARN":
         assert "MIDI only" in checks["audio driver"]["detail"] and checks["audio driver"]["fix"]
@@ -179,3 +184,48 @@ def test_doctor_configured_alsa_points_to_jack(
     assert code == 1
     check = checks["midi backend (configured)"]
     assert check["status"] == "FAIL" and "/dev/snd/seq" in check["detail"] and "--backend jack" in check["fix"]
+
+
+def test_doctor_missing_input_port_lists_the_inputs(
+    jack_server: str, model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with midi_io.open_output("jack", None, client_name="doctorkeys"):
+        wait_for_port("doctorkeys:out")
+        config = _config(tmp_path, model_dir, _free_udp_port(), extra='[input]\nport = "no-such-keyboard"\n')
+        code, checks = _doctor_json(capsys, "--config", str(config))
+    assert code == 1
+    check = checks["midi input port"]
+    assert check["status"] == "FAIL"
+    assert "no MIDI input port matches 'no-such-keyboard'; available input ports:" in check["detail"]
+    assert "doctorkeys:out" in check["detail"]  # a virtual output is a source we could read from
+    assert "rtgen ports" in check["fix"] and "--midi-in" in check["fix"] and "--no-input" in check["fix"]
+
+
+def test_doctor_input_port_found_or_disabled(
+    jack_server: str, model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with midi_io.open_output("jack", None, client_name="DoctorPiano"):
+        wait_for_port("DoctorPiano:out")
+        config = _config(tmp_path, model_dir, _free_udp_port(), extra='[input]\nport = "doctorpiano"\n')
+        _, checks = _doctor_json(capsys, "--config", str(config))
+    assert checks["midi input port"]["status"] == "OK"
+    assert "DoctorPiano:out" in checks["midi input port"]["detail"]
+    config = _config(tmp_path, model_dir, _free_udp_port(), extra='[input]\nenabled = false\nport = "nothing"\n')
+    _, checks = _doctor_json(capsys, "--config", str(config))
+    assert checks["midi input port"]["status"] == "OK" and "disabled" in checks["midi input port"]["detail"]
+
+
+def test_doctor_input_on_a_backend_that_cannot_start_fails_with_the_fix(
+    jack_server: str,
+    model_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("JACK_DEFAULT_SERVER", f"{jack_server}-not-running")  # JACK_NO_START_SERVER is set
+    config = _config(tmp_path, model_dir, _free_udp_port())
+    code, checks = _doctor_json(capsys, "--config", str(config))
+    assert code == 1
+    check = checks["midi input port"]
+    assert check["status"] == "FAIL" and "virtual MIDI input" in check["detail"]
+    assert "not running" in check["detail"] and "--no-input" in check["fix"]
