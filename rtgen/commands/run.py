@@ -33,7 +33,6 @@ def register(subparsers: Any) -> None:
     p.add_argument("--backend", choices=BACKENDS, help="MIDI API (config: midi.backend); auto = platform default")
     p.add_argument("--midi-out", metavar="NAME", help="connect to an existing output port by substring (midi.out)")
     p.add_argument("--no-midi", dest="midi", action="store_false", default=None, help="no MIDI output")
-    p.add_argument("--synth", dest="synth", action="store_true", default=None, help="play through FluidSynth")
     p.add_argument("--midi-in", metavar="NAME", help="read the player from an existing input port (input.port)")
     p.add_argument("--no-input", dest="input", action="store_false", default=None, help="do not listen to a player")
     p.add_argument("--in-channel", type=int, metavar="N", help="player's MIDI channel 1..16, 0 = omni (input.channel)")
@@ -46,6 +45,7 @@ def register(subparsers: Any) -> None:
         metavar="MS",
         help="accompany: wait this long for the player's note at a step (accompany.reactive_window_ms)",
     )
+    p.add_argument("--synth", dest="synth", action="store_true", default=None, help="play through FluidSynth")
     p.add_argument("--no-synth", dest="synth", action="store_false", help="do not start the internal synth")
     p.add_argument("--soundfont", metavar="PATH", help="a .sf2 soundfont (config: synth.soundfont)")
     p.add_argument("--audio-driver", metavar="NAME", help="FluidSynth audio driver (config: synth.audio_driver)")
