@@ -26,7 +26,10 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-CONTRACT_VERSION: Final = 1
+CONTRACT_VERSION: Final = 2
+"""v2 adds the harmoniser graph (``harmony.onnx``): p(chord_t | melody_<=t, chord_<t), for accompaniment.
+v1 model folders still load and play autonomously and over observed chords; they cannot accompany."""
+COMPATIBLE_VERSIONS: Final = (1, 2)
 
 STEPS_PER_BEAT: Final = 4
 """Grid steps per quarter note (4 = sixteenth notes)."""
@@ -109,6 +112,14 @@ CHORD_MODEL_INPUTS: Final = (*COMMON_INPUTS, "state")
 CHORD_MODEL_OUTPUTS: Final = ("chord_logits", "state_out")
 NOTE_MODEL_INPUTS: Final = (*COMMON_INPUTS, "chord_now", "state")
 NOTE_MODEL_OUTPUTS: Final = ("melody_logits", "velocity_logits", "state_out")
+HARMONY_MODEL_INPUTS: Final = (
+    "hidden",  # float32 (B, hidden): the chord model's top-layer state after step t (state_out[-1])
+    "melody_now",  # raw melody token at t: the player's note (NOTE_ON), HOLD or REST
+    "sounding_now",  # resolved melody token at t (REST or the NOTE_ON sounding)
+)
+HARMONY_MODEL_OUTPUTS: Final = ("harmony_logits",)
+"""The harmoniser reads the chord model's summary of the past and the melody at step t: chord first
+would make an accompanist guess the note on the beat when it can hear it."""
 
 
 # --- melody ------------------------------------------------------------------
@@ -388,7 +399,7 @@ def step_inputs(
     """Teacher-forcing inputs for one sequence, keyed by ONNX input name.
 
     Returns ``prev_melody``, ``prev_sounding``, ``prev_velocity``, ``prev_chord``,
-    ``prev_chord_now`` and ``chord_now``; with ``position`` (the step-in-bar array)
+    ``prev_chord_now``, ``chord_now``, ``melody_now`` and ``sounding_now``; with ``position`` (the step-in-bar array)
     also ``lookback_melody`` and ``lookback_chord`` of shape ``(T, NUM_LOOKBACKS)``.
     ``position`` and ``phrase`` themselves come from the data.
     """
@@ -410,6 +421,8 @@ def step_inputs(
         "prev_chord": previous(ch, CHORD_NC),
         "prev_chord_now": previous(chord_now, CHORD_NC),
         "chord_now": chord_now,
+        "melody_now": mel.copy(),
+        "sounding_now": sounding,
     }
     if position is not None:
         feeds["lookback_melody"], feeds["lookback_chord"] = lookback_tokens(mel, ch, position)
@@ -458,6 +471,16 @@ class TimeSignature:
 
     def __str__(self) -> str:
         return f"{self.numerator}/{self.denominator}"
+
+
+def strong_positions(bar_steps: int, beat_steps: int) -> tuple[int, ...]:
+    """Steps in a bar that carry a strong beat: the downbeat, and the middle of the bar when it is a counted
+    beat of a bar of at least 12 steps (beats 1 and 3 of 4/4, 1 and 4 of 6/8, 1 and 3 of 12/8; 1 of 2/4,
+    3/4 and 9/8)."""
+    half = bar_steps // 2
+    if bar_steps >= 12 and bar_steps % 2 == 0 and beat_steps > 0 and half % beat_steps == 0:
+        return (0, half)
+    return (0,)
 
 
 def position_token(step_in_bar: int) -> int:
@@ -566,4 +589,6 @@ def contract_summary() -> dict[str, object]:
         "chord_outputs": list(CHORD_MODEL_OUTPUTS),
         "note_inputs": list(NOTE_MODEL_INPUTS),
         "note_outputs": list(NOTE_MODEL_OUTPUTS),
+        "harmony_inputs": list(HARMONY_MODEL_INPUTS),
+        "harmony_outputs": list(HARMONY_MODEL_OUTPUTS),
     }

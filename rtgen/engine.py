@@ -16,6 +16,7 @@ Pure: no I/O, no threads, no clocks. The same engine drives the real-time daemon
 
 from __future__ import annotations
 
+import copy
 import math
 from collections import deque
 from collections.abc import Sequence
@@ -29,6 +30,7 @@ from rtgen.config import GenerationConfig
 from rtgen.contract import Key, TimeSignature
 from rtgen.model import Model, StepBinding
 from rtgen.sampling import mask_bias, sample
+from rtgen.transport import Position, Transport
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -37,6 +39,18 @@ _HISTORY = 8192
 
 _BIN_VELOCITY = tuple(ct.bin_velocity(b) for b in range(ct.NUM_VELOCITY_BINS))
 """MIDI velocity of each velocity bin (a table: ``ct.bin_velocity`` costs a few numpy calls per step)."""
+
+
+def _contains_table() -> npt.NDArray[np.bool_]:
+    """(12, CHORD_VOCAB_SIZE): chord token holds pitch class (HOLD and N.C. hold nothing)."""
+    table = np.zeros((12, ct.CHORD_VOCAB_SIZE), dtype=bool)
+    for tok in range(ct.CHORD_OFFSET, ct.CHORD_VOCAB_SIZE):
+        for pc in ct.Chord.from_token(tok).pitch_classes:
+            table[pc, tok] = True
+    return table
+
+
+_CONTAINS = _contains_table()
 
 
 @dataclass(frozen=True)
@@ -165,8 +179,9 @@ class Engine:
         # Preallocated (1,) int64 feeds, updated in place every step.
         self._feeds: dict[str, npt.NDArray[np.int64]] = {
             name: np.zeros((1, ct.NUM_LOOKBACKS) if name.startswith("lookback_") else 1, dtype=np.int64)
-            for name in ct.NOTE_MODEL_INPUTS[:-1]
+            for name in (*ct.NOTE_MODEL_INPUTS[:-1], "melody_now", "sounding_now")
         }
+        self._fit_cache: dict[float, FloatArray] = {}
         self._hist_melody = np.zeros(_HISTORY, dtype=np.int64)
         self._hist_chord = np.zeros(_HISTORY, dtype=np.int64)
         # The feeds above are bound once to both graphs; the states live in the binding.
@@ -185,7 +200,9 @@ class Engine:
         self.index = 0
         self._bar = 0
         self._bar_start = 0
+        self._last_bar = -1
         self._set_time_signature(self.params.time_signature)
+        self._transport = Transport(self.params.time_signature)  # used when the caller gives no position
         self._bars: deque[tuple[int, int]] = deque(maxlen=max(ct.LOOKBACK_BARS) + 1)  # (start, length)
         self._prev_melody = ct.MEL_REST
         self._prev_sounding = ct.MEL_REST
@@ -230,8 +247,50 @@ class Engine:
 
     @property
     def bar(self) -> int:
-        """Bar of the next step."""
+        """Bar of the last step."""
         return self._bar
+
+    @property
+    def can_harmonise(self) -> bool:
+        """The model has a harmoniser (it can choose a chord for a melody it hears)."""
+        return self.model.can_harmonise
+
+    # --- what-if queries -------------------------------------------------------
+    def snapshot(self) -> EngineState:
+        """A cheap copy of everything a step changes (states, previous tokens, sampler, bar book)."""
+        st = self._steps
+        return EngineState(
+            chord_state=st.chord_state.copy(),
+            note_state=st.note_state.copy(),
+            scalars=(self.index, self._bar, self._bar_start, self._last_bar, self._prev_melody,
+                     self._prev_sounding, self._prev_vel_bin, self._prev_chord, self._prev_chord_now),
+            bars=tuple(self._bars),
+            rng=self.rng.bit_generator.state,
+            model=self.model,
+            transport=copy.copy(self._transport),
+        )  # fmt: skip
+
+    def restore(self, snap: EngineState) -> None:
+        """Go back to a :meth:`snapshot` (the history ring is rewritten by the steps that follow)."""
+        if snap.model is not self.model:
+            raise ValueError("cannot restore a snapshot taken with another model")
+        st = self._steps
+        st.chord_state[...] = snap.chord_state
+        st.note_state[...] = snap.note_state
+        (self.index, self._bar, self._bar_start, self._last_bar, self._prev_melody, self._prev_sounding,
+         self._prev_vel_bin, self._prev_chord, self._prev_chord_now) = snap.scalars  # fmt: skip
+        self._bars.clear()
+        self._bars.extend(snap.bars)
+        self.rng.bit_generator.state = snap.rng
+        self._transport = copy.copy(snap.transport)
+
+    def _fit_bias(self, fit: float) -> FloatArray:
+        table = self._fit_cache.get(fit)
+        if table is None:
+            if len(self._fit_cache) > 16:
+                self._fit_cache.clear()
+            table = self._fit_cache[fit] = np.where(_CONTAINS, fit, 0.0)
+        return table
 
     # --- masks -----------------------------------------------------------------
     def _masks(self, params: Params) -> _Masks:
@@ -251,17 +310,27 @@ class Engine:
         self,
         params: Params | None = None,
         *,
+        at: Position | None = None,
         melody: int | None = None,
         velocity: int | None = None,
         chord: int | None = None,
+        harmonise: bool = False,
+        fit: float = 0.0,
     ) -> Step:
-        """Produce the next step.
+        """Produce the next step: observe what is given, sample the rest (chord first, then melody).
 
         Args:
             params: parameters for this step (and the following ones); ``None`` keeps the current.
+            at: the step's position, from the transport; ``None`` counts steps under ``params.time_signature``
+                (offline use).
             melody: an observed melody token (the player's); ``None`` samples it.
             velocity: MIDI velocity of an observed onset (default: the model's most likely bin).
             chord: an observed chord token; ``None`` samples it.
+            harmonise: with an observed ``melody`` and no ``chord``, choose the chord with the harmoniser,
+                which hears the melody of this step (needs a contract-v2 model); otherwise the chord model
+                guesses it from the past.
+            fit: with ``harmonise``, a log-odds bonus for the chords (and for holding the sounding chord)
+                that contain the pitch class of an onset at this step.
 
         Returns:
             The step, with resolved chord and MIDI velocity.
@@ -272,19 +341,22 @@ class Engine:
         if self._pending_model is not None:
             self._use_pending_model()
 
-        # Bar bookkeeping: a new time signature is picked up at the bar line.
         index = self.index
-        if index == 0:
-            if p.time_signature is not self._ts:
-                self._set_time_signature(p.time_signature)
-            self._bars.append((0, self._bar_len))
-        elif index - self._bar_start >= self._bar_len:
-            self._bar += 1
-            self._bar_start = index
-            if p.time_signature is not self._ts:
-                self._set_time_signature(p.time_signature)
-            self._bars.append((index, self._bar_len))
-        position = index - self._bar_start
+        if at is None:
+            if p.time_signature != self._transport.time_signature:
+                self._transport.set_time_signature(p.time_signature)
+            at = self._transport.advance()
+            self._ts = self._transport.time_signature
+        else:
+            self._ts = p.time_signature
+        position = at.position
+        if at.bar != self._last_bar or index == 0:
+            # a new bar (the transport's): its start and length feed the lookback inputs
+            self._last_bar = at.bar
+            self._bar_start = index - position
+            self._bars.append((self._bar_start, at.bar_steps))
+        self._bar = at.bar
+        self._bar_len, self._beat_len = at.bar_steps, at.beat_steps
 
         masks = self._masks(p)
         f = self._feeds
@@ -294,7 +366,7 @@ class Engine:
         f["prev_chord"][0] = self._prev_chord
         f["prev_chord_now"][0] = self._prev_chord_now
         f["position"][0] = ct.position_token(position)
-        f["phrase"][0] = ct.phrase_token(self._bar)
+        f["phrase"][0] = ct.phrase_token(at.bar)
         lb_mel, lb_ch = f["lookback_melody"][0], f["lookback_chord"][0]
         bars, hist_mel, hist_ch = self._bars, self._hist_melody, self._hist_chord
         n_bars = len(bars)
@@ -309,16 +381,35 @@ class Engine:
             lb_mel[j] = ct.MEL_REST
             lb_ch[j] = ct.CHORD_NC
 
-        # Chord first.
+        sounding = self._prev_sounding != ct.MEL_REST
+        if melody is not None:
+            melody = _check_token(melody, ct.MELODY_VOCAB_SIZE, "melody")
+            if melody == ct.MEL_HOLD and not sounding:
+                melody = ct.MEL_REST
+
+        # Chord first (or, accompanying, chord for the melody heard at this step).
         chord_logits = self._steps.run_chord()
         if chord is None:
             held_ok = self._prev_chord_now == ct.CHORD_NC or bool(masks.chord_allowed[self._prev_chord_now])
+            bias = masks.chord if held_ok else masks.chord_no_hold
+            if harmonise and melody is not None:
+                f["melody_now"][0] = melody
+                f["sounding_now"][0] = (
+                    melody if melody >= ct.MEL_NOTE_OFFSET else (self._prev_sounding if melody == ct.MEL_HOLD else 0)
+                )
+                chord_logits = self._steps.run_harmony()
+                onset = ct.melody_pitch(melody)
+                if fit > 0 and onset is not None:
+                    pc = onset % 12
+                    bias = bias + self._fit_bias(fit)[pc]
+                    if _CONTAINS[pc, self._prev_chord_now]:
+                        bias[ct.CHORD_HOLD] += fit
             chord_tok = sample(
                 chord_logits,
                 self.rng,
                 temperature=p.temperature,
                 top_p=p.top_p,
-                bias=masks.chord if held_ok else masks.chord_no_hold,
+                bias=bias,
                 fallback=ct.CHORD_HOLD if held_ok else ct.CHORD_NC,
             )
         else:
@@ -328,7 +419,6 @@ class Engine:
         # Then melody, conditioned on the chord sounding now.
         f["chord_now"][0] = chord_now
         mel_logits, vel_logits = self._steps.run_note()
-        sounding = self._prev_sounding != ct.MEL_REST
         if melody is None:
             mel_logits = mel_logits[0]
             if not sounding:
@@ -344,9 +434,7 @@ class Engine:
                 fallback=ct.MEL_HOLD if sounding else ct.MEL_REST,
             )
         else:
-            mel_tok = _check_token(melody, ct.MELODY_VOCAB_SIZE, "melody")
-            if mel_tok == ct.MEL_HOLD and not sounding:
-                mel_tok = ct.MEL_REST
+            mel_tok = melody
 
         if mel_tok >= ct.MEL_NOTE_OFFSET:
             if velocity is not None:
@@ -372,14 +460,14 @@ class Engine:
 
         out = Step(
             index=index,
-            bar=self._bar,
+            bar=at.bar,
             position=position,
             chord_token=chord_tok,
             chord_now=chord_now,
             melody_token=mel_tok,
             velocity=vel,
-            bar_steps=self._bar_len,
-            beat_steps=self._beat_len,
+            bar_steps=at.bar_steps,
+            beat_steps=at.beat_steps,
         )
         self.index = index + 1
         return out
@@ -419,6 +507,19 @@ class Engine:
             steps.append(self.step(params, melody=int(mel[i]), velocity=v, chord=int(ch[i])))
             params = None
         return steps
+
+
+@dataclass(frozen=True)
+class EngineState:
+    """A snapshot of an :class:`Engine` (see :meth:`Engine.snapshot`)."""
+
+    chord_state: npt.NDArray[np.float32]
+    note_state: npt.NDArray[np.float32]
+    scalars: tuple[int, ...]
+    bars: tuple[tuple[int, int], ...]
+    rng: dict[str, object]
+    model: Model
+    transport: Transport
 
 
 def _check_token(token: int, size: int, what: str) -> int:

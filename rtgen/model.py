@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 FloatArray = npt.NDArray[np.float32]
 GRAPH_FILES = ("chord.onnx", "note.onnx")
+HARMONY_FILE = "harmony.onnx"  # contract v2; v1 folders have none and cannot accompany
 _NOTE_TOKEN_INPUTS = contract.NOTE_MODEL_INPUTS[:-1]  # all but "state"
 
 
@@ -76,8 +77,9 @@ class Model:
     """
 
     def __init__(self, path: Path, meta: dict[str, Any], chord: ort.InferenceSession, note: ort.InferenceSession,
-                 state_shape: tuple[int, int]) -> None:  # fmt: skip
+                 state_shape: tuple[int, int], harmony: ort.InferenceSession | None = None) -> None:  # fmt: skip
         self.path = path
+        self._harmony = harmony
         self.meta = meta
         self.name = str(meta.get("name") or path.name)
         self.state_shape = state_shape
@@ -88,6 +90,31 @@ class Model:
 
     def __repr__(self) -> str:
         return f"Model({self.name!r}, path={str(self.path)!r}, state_shape={self.state_shape})"
+
+    @property
+    def can_harmonise(self) -> bool:
+        """True when the folder has the harmoniser (contract v2): needed to accompany a player."""
+        return self._harmony is not None
+
+    def require_harmony(self, what: str = "accompany") -> None:
+        """Raise :class:`ModelError` with the fix when this model has no harmoniser."""
+        if self._harmony is None:
+            raise ModelError(
+                f"model {self.name} ({self.path}) has no harmony.onnx (token contract v1), so it cannot {what}: "
+                "it can only play autonomously or over observed chords; re-train and export it with this rtgen "
+                "(rtgen-train all), or use the shipped model"
+            )
+
+    def harmony_step(self, hidden: FloatArray, melody_now: np.ndarray, sounding_now: np.ndarray) -> FloatArray:
+        """Harmoniser logits ``(B, V)`` from the chord model's top-layer state after the step ``(B, hidden)``."""
+        self.require_harmony()
+        assert self._harmony is not None
+        (logits,) = self._harmony.run(
+            ["harmony_logits"],
+            {"hidden": np.ascontiguousarray(hidden, dtype=np.float32), "melody_now": melody_now,
+             "sounding_now": sounding_now},
+        )  # fmt: skip
+        return logits
 
     @classmethod
     def load(cls, path: str | Path, *, threads: int = 1) -> Model:
@@ -114,16 +141,17 @@ class Model:
         if not isinstance(meta, dict):
             raise ModelError(f"{meta_path} is not a JSON object; re-export the model with rtgen-train export")
         version = (meta.get("contract") or {}).get("version")
-        if version != contract.CONTRACT_VERSION:
+        if version not in contract.COMPATIBLE_VERSIONS:
             raise ModelError(
-                f"model {path} speaks token contract v{version}, this rtgen speaks v{contract.CONTRACT_VERSION}; "
-                "re-export it with rtgen-train export"
+                f"model {path} speaks token contract v{version}, this rtgen speaks "
+                f"v{', v'.join(map(str, contract.COMPATIBLE_VERSIONS))}; re-export it with rtgen-train export"
             )
-        missing = [f for f in GRAPH_FILES if not (path / f).is_file()]
+        graph_files = GRAPH_FILES + ((HARMONY_FILE,) if version >= 2 else ())
+        missing = [f for f in graph_files if not (path / f).is_file()]
         if missing:
             raise ModelError(_missing_message(path, f"model folder {path} is missing {', '.join(missing)}"))
         files = meta.get("files") or {}
-        for fname in GRAPH_FILES:
+        for fname in graph_files:
             want = (files.get(fname) or {}).get("sha256")
             if not want:
                 raise ModelError(f"{meta_path} has no sha256 for {fname}; re-export the model with rtgen-train export")
@@ -135,18 +163,22 @@ class Model:
                 )
         opts = session_options(threads)
         sessions = []
-        for fname in GRAPH_FILES:
+        for fname in graph_files:
             try:
                 sessions.append(
                     ort.InferenceSession(str(path / fname), sess_options=opts, providers=["CPUExecutionProvider"])
                 )
             except Exception as err:  # onnxruntime raises its own exception types
                 raise ModelError(f"onnxruntime cannot load {path / fname}: {err}") from err
-        chord, note = sessions
-        for fname, sess, inputs, outputs in (
+        chord, note, *rest = sessions
+        harmony = rest[0] if rest else None
+        checks = [
             ("chord.onnx", chord, contract.CHORD_MODEL_INPUTS, contract.CHORD_MODEL_OUTPUTS),
             ("note.onnx", note, contract.NOTE_MODEL_INPUTS, contract.NOTE_MODEL_OUTPUTS),
-        ):
+        ]
+        if harmony is not None:
+            checks.append((HARMONY_FILE, harmony, contract.HARMONY_MODEL_INPUTS, contract.HARMONY_MODEL_OUTPUTS))
+        for fname, sess, inputs, outputs in checks:
             got_in = {i.name for i in sess.get_inputs()}
             got_out = {o.name for o in sess.get_outputs()}
             if got_in != set(inputs) or not set(outputs) <= got_out:
@@ -157,7 +189,9 @@ class Model:
                 )
         state_shape = cls._state_shape(meta, chord, meta_path)
         log.info("loaded model %s from %s (state %s, %d thread(s))", meta.get("name"), path, state_shape, threads)
-        return cls(path, meta, chord, note, state_shape)
+        if harmony is None:
+            log.info("model %s is contract v%s: no harmoniser, it cannot accompany a player", meta.get("name"), version)
+        return cls(path, meta, chord, note, state_shape, harmony)
 
     @staticmethod
     def _state_shape(meta: dict[str, Any], chord: ort.InferenceSession, meta_path: Path) -> tuple[int, int]:
@@ -251,6 +285,24 @@ class StepBinding:
         self._note_sess = model._note
         self._chord_cur = 0
         self._note_cur = 0
+        self.harmony_logits: FloatArray = np.zeros((1, contract.CHORD_VOCAB_SIZE), dtype=np.float32)
+        self._harmony_sess = model._harmony
+        self._harmony_io: list[ort.IOBinding] = []
+        if model._harmony is not None and all(n in feeds for n in ("melody_now", "sounding_now")):
+            for i in range(2):
+                io = model._harmony.io_binding()
+                for name, arr in (
+                    ("hidden", self._chord_states[i][-1]),  # (1, hidden): a view of the top layer, contiguous
+                    ("melody_now", feeds["melody_now"]),
+                    ("sounding_now", feeds["sounding_now"]),
+                ):
+                    value = ort.OrtValue.ortvalue_from_numpy(arr)
+                    self._values.append(value)
+                    io.bind_ortvalue_input(name, value)
+                value = ort.OrtValue.ortvalue_from_numpy(self.harmony_logits)
+                self._values.append(value)
+                io.bind_ortvalue_output("harmony_logits", value)
+                self._harmony_io.append(io)
 
     def _bind(
         self,
@@ -295,6 +347,16 @@ class StepBinding:
         self._chord_sess.run_with_iobinding(self._chord_io[cur])
         self._chord_cur = 1 - cur
         return self.chord_logits
+
+    def run_harmony(self) -> FloatArray:
+        """The harmoniser on the chord model's state after the last :meth:`run_chord` and the bound
+        ``melody_now`` / ``sounding_now``; returns :attr:`harmony_logits` ``(1, V)``."""
+        if not self._harmony_io:
+            self.model.require_harmony()
+            raise ModelError("StepBinding was made without melody_now / sounding_now feeds")
+        assert self._harmony_sess is not None
+        self._harmony_sess.run_with_iobinding(self._harmony_io[self._chord_cur])
+        return self.harmony_logits
 
     def run_note(self) -> tuple[FloatArray, FloatArray]:
         """One note step on the bound inputs (``chord_now`` included); returns melody and velocity logits."""

@@ -52,6 +52,31 @@ class _StepGRU(nn.Module):
         return (*(head(h) for head in self.heads), new_state)
 
 
+class _Harmony(nn.Module):
+    """hidden (B, H) + melody_now, sounding_now (B,) -> harmony logits (B, V)."""
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.now = nn.Embedding(ct.MELODY_VOCAB_SIZE, 16)
+        self.sounding = nn.Embedding(ct.MELODY_VOCAB_SIZE, 16)
+        self.head = nn.Linear(hidden + 32, ct.CHORD_VOCAB_SIZE)
+
+    def forward(self, hidden: torch.Tensor, melody_now: torch.Tensor, sounding_now: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.cat([hidden, self.now(melody_now), self.sounding(sounding_now)], dim=-1))
+
+
+def _export_harmony(module: nn.Module, hidden: int, path: Path) -> None:
+    args = (torch.zeros(2, hidden), torch.zeros(2, dtype=torch.int64), torch.zeros(2, dtype=torch.int64))
+    names = [*ct.HARMONY_MODEL_INPUTS, *ct.HARMONY_MODEL_OUTPUTS]
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module.eval(), args, str(path), input_names=list(ct.HARMONY_MODEL_INPUTS),
+            output_names=list(ct.HARMONY_MODEL_OUTPUTS), dynamic_axes={n: {0: "batch"} for n in names},
+            opset_version=17, dynamo=False,
+        )  # fmt: skip
+
+
 def _export(
     module: nn.Module, inputs: tuple[str, ...], outputs: tuple[str, ...], hidden: int, layers: int, path: Path
 ) -> None:
@@ -79,9 +104,9 @@ def _sha256(path: Path) -> str:
 
 
 def make_random_model(
-    directory: Path, hidden: int = 32, layers: int = 1, seed: int = 0, *, name: str = "random"
+    directory: Path, hidden: int = 32, layers: int = 1, seed: int = 0, *, name: str = "random", contract: int = 2
 ) -> Path:
-    """Write ``chord.onnx``, ``note.onnx`` and ``meta.json`` of a random model into ``directory``.
+    """Write ``chord.onnx``, ``note.onnx``, ``harmony.onnx`` and ``meta.json`` of a random model into ``directory``.
 
     Args:
         directory: the model folder to create (parents included).
@@ -89,6 +114,7 @@ def make_random_model(
         layers: GRU layers.
         seed: torch seed for the weights.
         name: the model name in meta.json.
+        contract: token contract version; 1 writes no harmoniser (an old model folder).
 
     Returns:
         ``directory``.
@@ -105,16 +131,20 @@ def make_random_model(
                 head.weight.mul_(3.0)
     _export(chord, ct.CHORD_MODEL_INPUTS, ct.CHORD_MODEL_OUTPUTS, hidden, layers, directory / "chord.onnx")
     _export(note, ct.NOTE_MODEL_INPUTS, ct.NOTE_MODEL_OUTPUTS, hidden, layers, directory / "note.onnx")
+    files = ["chord.onnx", "note.onnx"]
+    if contract >= 2:
+        _export_harmony(_Harmony(hidden), hidden, directory / "harmony.onnx")
+        files.append("harmony.onnx")
     n_params = {k: sum(p.numel() for p in m.parameters()) for k, m in (("chord", chord), ("note", note))}
     meta = {
         "format": "rtgen-model",
         "format_version": 1,
         "name": name,
-        "contract": ct.contract_summary(),
+        "contract": {**ct.contract_summary(), "version": contract},
         "model": {"backbone": "gru", "layers": layers, "hidden": hidden, "params": n_params,
                   "state_shape": [layers, hidden]},
         "data": {"source": "random weights (tests/model_factory.py)", "description": "untrained", "license": "n/a"},
-        "files": {f: {"sha256": _sha256(directory / f)} for f in ("chord.onnx", "note.onnx")},
+        "files": {f: {"sha256": _sha256(directory / f)} for f in files},
     }  # fmt: skip
     (directory / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return directory

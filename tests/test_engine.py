@@ -73,6 +73,7 @@ def test_model_refuses_changed_file(model_dir: Path, tmp_path: Path) -> None:
     (bad / "meta.json").write_text((model_dir / "meta.json").read_text())
     (bad / "chord.onnx").write_bytes((model_dir / "chord.onnx").read_bytes() + b"\0")
     (bad / "note.onnx").write_bytes((model_dir / "note.onnx").read_bytes())
+    (bad / "harmony.onnx").write_bytes((model_dir / "harmony.onnx").read_bytes())
     with pytest.raises(ModelError, match=r"chord\.onnx does not match its sha256"):
         Model.load(bad)
     (bad / "note.onnx").unlink()
@@ -327,3 +328,55 @@ def test_disabled_parts_and_set_parts(model: Model) -> None:
     offs = v.set_parts(PartsConfig(bass=PartConfig(channel=3, enabled=False), chords=PartConfig(channel=9)))
     assert {(e.channel, e.pitch) for e in offs} == set(sounding["chords"])
     assert all(not e.on for e in offs)
+
+
+def test_v1_model_plays_but_cannot_accompany(tmp_path: Path) -> None:
+    """An old (contract v1) folder has no harmoniser: it still plays, and asking it to accompany says why not."""
+    from tests.model_factory import make_random_model
+
+    old = Model.load(make_random_model(tmp_path / "v1", contract=1))
+    assert not old.can_harmonise
+    engine = Engine(old, Params(), seed=1)
+    engine.step()
+    with pytest.raises(ModelError, match=r"no harmony\.onnx.*cannot accompany"):
+        engine.step(melody=ct.melody_note_on(60), harmonise=True)
+
+
+def test_harmonise_hears_the_melody_and_fit_favours_chord_tones(model_dir: Path) -> None:
+    """With harmonise the chord comes from the harmoniser; a large fit makes every onset a chord tone."""
+    model = Model.load(model_dir)
+    assert model.can_harmonise
+    engine = Engine(model, Params(temperature=1.0, top_p=1.0), seed=3)
+    hits = 0
+    rng = np.random.default_rng(0)
+    for _ in range(64):
+        pitch = int(rng.integers(60, 72))
+        step = engine.step(melody=ct.melody_note_on(pitch), harmonise=True, fit=50.0)
+        assert step.chord_now != ct.CHORD_NC
+        hits += (pitch % 12) in ct.Chord.from_token(step.chord_now).pitch_classes
+    assert hits == 64
+
+
+def test_snapshot_restore_replays_the_same_step(model_dir: Path) -> None:
+    """A what-if query (snapshot, step, restore) leaves the engine exactly where it was."""
+    engine = Engine(Model.load(model_dir), Params(temperature=1.0), seed=5)
+    for _ in range(10):
+        engine.step()
+    snap = engine.snapshot()
+    first = engine.step()
+    engine.step(melody=ct.melody_note_on(64), harmonise=True)
+    engine.restore(snap)
+    again = engine.step()
+    assert again == first
+
+
+def test_transport_position_drives_bars(model_dir: Path) -> None:
+    """The engine takes bar and position from the transport: a relocation moves the bar line."""
+    from rtgen.transport import Transport
+
+    engine = Engine(Model.load(model_dir), Params(), seed=0)
+    tr = Transport(ct.TimeSignature(3, 4))
+    tr.locate(10)  # bar 0, position 10 of 12
+    steps = [engine.step(at=tr.advance()) for _ in range(4)]
+    assert [(s.bar, s.position) for s in steps] == [(0, 10), (0, 11), (1, 0), (1, 1)]
+    assert all(s.bar_steps == 12 and s.beat_steps == 4 for s in steps)

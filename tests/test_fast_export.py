@@ -20,7 +20,16 @@ import torch
 from rtgen import contract as C  # noqa: N812
 from rtgen.model import Model
 from training.dataset import INPUT_KEYS, LOOKBACK_KEYS, Split
-from training.export import PARITY_STEPS, PARITY_TOLERANCE, _export_graph, check_parity, export, load_run, step_modules
+from training.export import (
+    PARITY_STEPS,
+    PARITY_TOLERANCE,
+    _export_graph,
+    _export_harmony,
+    check_parity,
+    export,
+    load_run,
+    step_modules,
+)
 from training.model import ModelConfig, Models
 from training.prepare import prepare
 from training.train import train
@@ -138,6 +147,7 @@ def test_fused_step_modules_are_exact_for_other_architectures(cfg: ModelConfig, 
     chord, note = step_modules(models, fused=True)
     _export_graph(chord, C.CHORD_MODEL_INPUTS, C.CHORD_MODEL_OUTPUTS, cfg, tmp_path / "chord.onnx")
     _export_graph(note, C.NOTE_MODEL_INPUTS, C.NOTE_MODEL_OUTPUTS, cfg, tmp_path / "note.onnx")
+    _export_harmony(models.harmony, cfg, tmp_path / "harmony.onnx")
     assert "GRU" not in _nodes(tmp_path / "chord.onnx")
     parity = check_parity(models, tmp_path, None, steps=300)
     assert parity["source"] == "random tokens"

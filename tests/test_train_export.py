@@ -204,7 +204,7 @@ def test_meta_hashes_and_record_timings(model_dir: Path) -> None:
 
     def check_hashes(m: dict[str, object]) -> None:
         files = m["files"]
-        assert isinstance(files, dict) and set(files) == {"chord.onnx", "note.onnx"}
+        assert isinstance(files, dict) and set(files) == {"chord.onnx", "note.onnx", "harmony.onnx"}
         for f, info in files.items():
             assert hashlib.sha256((model_dir / f).read_bytes()).hexdigest() == info["sha256"]
 

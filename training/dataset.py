@@ -31,10 +31,10 @@ log = logging.getLogger(__name__)
 IGNORE = -100
 """Target value ignored by the losses (padding; velocity where melody is not NOTE_ON)."""
 ARRAYS = ("melody", "velocity", "chord", "position", "phrase")
-MELODY_KEYS = ("prev_melody", "prev_sounding", "lookback_melody")
+MELODY_KEYS = ("prev_melody", "prev_sounding", "lookback_melody", "melody_now", "sounding_now")
 CHORD_KEYS = ("prev_chord", "prev_chord_now", "chord_now", "lookback_chord")
 LOOKBACK_KEYS = ("lookback_melody", "lookback_chord")
-INPUT_KEYS = (*C.COMMON_INPUTS, "chord_now")
+INPUT_KEYS = (*C.COMMON_INPUTS, "chord_now", "melody_now", "sounding_now")
 TARGET_KEYS = ("chord", "melody", "velocity")
 
 

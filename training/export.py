@@ -32,6 +32,7 @@ from training.model import (
     LOOKBACK_INPUTS,
     ChordModel,
     Embedder,
+    HarmonyHead,
     ModelConfig,
     Models,
     NoteModel,
@@ -42,7 +43,7 @@ log = logging.getLogger(__name__)
 
 PARITY_STEPS = 1000
 PARITY_TOLERANCE = 1e-4
-ONNX_FILES = ("chord.onnx", "note.onnx")
+ONNX_FILES = ("chord.onnx", "note.onnx", "harmony.onnx")
 OPSET = 17
 
 
@@ -70,6 +71,30 @@ class _NoteStep(nn.Module):
         *tokens, state = args
         feeds = dict(zip(C.NOTE_MODEL_INPUTS[:-1], tokens, strict=True))
         return self.model.step(feeds, state)
+
+
+class _HarmonyStep(nn.Module):
+    """ONNX signature of the harmoniser: contract.HARMONY_MODEL_INPUTS -> HARMONY_MODEL_OUTPUTS."""
+
+    def __init__(self, head: HarmonyHead) -> None:
+        super().__init__()
+        self.head = head
+
+    def forward(self, hidden: Tensor, melody_now: Tensor, sounding_now: Tensor) -> Tensor:
+        return self.head(hidden, melody_now, sounding_now)
+
+
+def _export_harmony(head: HarmonyHead, cfg: ModelConfig, path: Path) -> None:
+    module = _HarmonyStep(head).eval()
+    args = (torch.zeros(2, cfg.hidden), torch.zeros(2, dtype=torch.int64), torch.zeros(2, dtype=torch.int64))
+    names = list(C.HARMONY_MODEL_INPUTS)
+    dynamic = {n: {0: "batch"} for n in [*names, *C.HARMONY_MODEL_OUTPUTS]}
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module, args, str(path), input_names=names, output_names=list(C.HARMONY_MODEL_OUTPUTS),
+            dynamic_axes=dynamic, opset_version=OPSET, dynamo=False,
+        )  # fmt: skip
 
 
 def _embedding(embed: Embedder, name: str) -> nn.Embedding:
@@ -335,7 +360,8 @@ def check_parity(
 
     Returns:
         ``{"steps": n, "batch": b, "source": "valid data" | "random tokens",
-        "max_abs_diff": {"chord": x, "note": y}}`` (the largest difference over every logit and state output).
+        "max_abs_diff": {"chord": x, "note": y, "harmony": z}}`` (the largest difference over every logit
+        and state output).
 
     Raises:
         ModelError: if a difference exceeds :data:`PARITY_TOLERANCE`.
@@ -348,13 +374,13 @@ def check_parity(
     opts.intra_op_num_threads = 1
     sess = {
         m: ort.InferenceSession(str(model_dir / f"{m}.onnx"), opts, providers=["CPUExecutionProvider"])
-        for m in ("chord", "note")
+        for m in ("chord", "note", "harmony")
     }
     cfg = models.cfg
     zeros = np.zeros((cfg.layers, batch, cfg.hidden), dtype=np.float32)
     st_t = {"chord": torch.from_numpy(zeros.copy()), "note": torch.from_numpy(zeros.copy())}
     st_o = {"chord": zeros.copy(), "note": zeros.copy()}
-    diff = {"chord": 0.0, "note": 0.0}
+    diff = {"chord": 0.0, "note": 0.0, "harmony": 0.0}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one-step batches are tiny: more threads only spin (badly, on a busy machine)
     try:
@@ -393,6 +419,17 @@ def _parity_loop(
                 *logits_o, st_o[m] = sess[m].run(None, {**{k: feeds[k] for k in names[:-1]}, "state": st_o[m]})
                 for a, b in zip([*logits_t, st_t[m]], [*logits_o, st_o[m]], strict=True):
                     diff[m] = max(diff[m], float(np.abs(a.numpy() - b).max()))
+                if m == "chord":  # the harmoniser reads the chord model's top layer after this step
+                    h_t = models.harmony(st_t[m][-1], tf["melody_now"], tf["sounding_now"])
+                    (h_o,) = sess["harmony"].run(
+                        None,
+                        {
+                            "hidden": st_o[m][-1],
+                            "melody_now": feeds["melody_now"],
+                            "sounding_now": feeds["sounding_now"],
+                        },
+                    )
+                    diff["harmony"] = max(diff["harmony"], float(np.abs(h_t.numpy() - h_o).max()))
 
 
 def sha256(path: Path) -> str:
@@ -485,6 +522,7 @@ def export(
     chord_step, note_step = step_modules(models, fused=fused)
     _export_graph(chord_step, C.CHORD_MODEL_INPUTS, C.CHORD_MODEL_OUTPUTS, cfg, out / "chord.onnx")
     _export_graph(note_step, C.NOTE_MODEL_INPUTS, C.NOTE_MODEL_OUTPUTS, cfg, out / "note.onnx")
+    _export_harmony(models.harmony, cfg, out / "harmony.onnx")
     parity = check_parity(models, out, data)
     meta = {
         "format": "rtgen-model",

@@ -7,7 +7,9 @@ and root of chord tokens), run them through a GRU and project to logits:
 
 * :class:`ChordModel`: p(chord_t | melody_<t, chord_<t, position) -> ``chord_logits``;
 * :class:`NoteModel`: p(melody_t, velocity_t | melody_<t, chord_<=t, position)
-  -> ``melody_logits``, ``velocity_logits``.
+  -> ``melody_logits``, ``velocity_logits``;
+* :class:`HarmonyHead`: p(chord_t | melody_<=t, chord_<t, position) from the chord model's
+  hidden state and the melody at t -> ``harmony_logits`` (the accompanist).
 
 ``forward`` runs whole sequences (training, teacher forcing); ``step`` runs one step
 with inputs of shape (B,) and is what gets exported to ONNX. The recurrent state is
@@ -39,6 +41,8 @@ INPUT_VOCAB: dict[str, int] = {
     "chord_now": C.CHORD_VOCAB_SIZE,
     "lookback_melody": C.MELODY_VOCAB_SIZE,  # (B, NUM_LOOKBACKS) per step
     "lookback_chord": C.CHORD_VOCAB_SIZE,
+    "melody_now": C.MELODY_VOCAB_SIZE,
+    "sounding_now": C.MELODY_VOCAB_SIZE,
 }
 _MELODY_INPUTS = ("prev_melody", "prev_sounding")
 _CHORD_INPUTS = ("prev_chord", "prev_chord_now", "chord_now")
@@ -202,14 +206,63 @@ class ChordModel(_Recurrent):
 
     def forward(self, feeds: dict[str, Tensor], state: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Sequences: feeds name -> (B, T); returns chord logits (B, T, V) and state (L, B, H)."""
-        h, state = self._run(feeds, state)
-        logits = self.head(h) + self.pc_head(h) @ self.templates.T  # (B, T, V)
+        logits, _, state = self.forward_hidden(feeds, state)
         return logits, state
+
+    def forward_hidden(self, feeds: dict[str, Tensor], state: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """As :meth:`forward`, also returning the top-layer GRU output (B, T, H) (before dropout)."""
+        x = self.drop(self.embed(feeds))
+        if state is None:
+            state = self.initial_state(x.shape[0])
+        h, state = self.rnn(x, state)  # (B, T, H), (L, B, H)
+        hd = self.drop(h)
+        logits = self.head(hd) + self.pc_head(hd) @ self.templates.T  # (B, T, V)
+        return logits, h, state
 
     def step(self, feeds: dict[str, Tensor], state: Tensor) -> tuple[Tensor, Tensor]:
         """One step: feeds name -> (B,) (lookbacks (B, K)); returns chord logits (B, V) and the new state."""
         logits, state = self.forward({k: v.unsqueeze(1) for k, v in feeds.items()}, state)
         return logits[:, 0], state
+
+
+class HarmonyHead(nn.Module):
+    """p(chord_t | melody_<=t, chord_<t): the chord model's summary of the past plus the melody at t.
+
+    Reads the chord model's top-layer GRU output for step t (its ``state_out[-1]``, which saw only
+    the past) and the melody token at t, raw and resolved; a small MLP scores every chord token,
+    plus pitch-class scores shared through the chord templates (so "the note is a chord tone" is
+    one weight per pitch class, not one per chord).
+    """
+
+    templates: Tensor
+    mel_feat: Tensor
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.emb_now = nn.Embedding(C.MELODY_VOCAB_SIZE, cfg.token_emb)
+        self.emb_sounding = nn.Embedding(C.MELODY_VOCAB_SIZE, cfg.token_emb)
+        self.register_buffer("mel_feat", torch.from_numpy(_melody_features()), persistent=False)
+        width = cfg.hidden + 2 * cfg.token_emb + 2 * self.mel_feat.shape[1]
+        self.mlp = nn.Sequential(nn.Linear(width, cfg.hidden), nn.GELU(), nn.Dropout(cfg.dropout))
+        self.head = nn.Linear(cfg.hidden, C.CHORD_VOCAB_SIZE)
+        self.pc_head = nn.Linear(cfg.hidden, 12, bias=False)
+        self.register_buffer("templates", torch.from_numpy(chord_templates()), persistent=False)
+
+    def forward(self, hidden: Tensor, melody_now: Tensor, sounding_now: Tensor) -> Tensor:
+        """hidden (..., H) float, melody_now / sounding_now (...) int64 -> harmony logits (..., V)."""
+        x = torch.cat(
+            [
+                hidden,
+                self.emb_now(melody_now),
+                self.emb_sounding(sounding_now),
+                nn.functional.embedding(melody_now, self.mel_feat),
+                nn.functional.embedding(sounding_now, self.mel_feat),
+            ],
+            dim=-1,
+        )
+        z = self.mlp(x)
+        return self.head(z) + self.pc_head(z) @ self.templates.T
 
 
 class NoteModel(_Recurrent):
@@ -243,6 +296,7 @@ class Models(nn.Module):
         self.cfg = cfg
         self.chord = ChordModel(cfg)
         self.note = NoteModel(cfg)
+        self.harmony = HarmonyHead(cfg)
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """batch: inputs (B, T) plus targets ``chord``, ``melody``, ``velocity`` (B, T; -100 = ignore).
@@ -251,12 +305,18 @@ class Models(nn.Module):
             ``loss`` (mean chord + mean melody + mean velocity NLL, the training objective) and,
             per target, ``<name>_sum`` and ``<name>_n`` (summed NLL and counted steps) as detached tensors.
         """
-        chord_logits, _ = self.chord(batch)
+        chord_logits, hidden, _ = self.chord.forward_hidden(batch)
+        harmony_logits = self.harmony(self.chord.drop(hidden), batch["melody_now"], batch["sounding_now"])
         mel_logits, vel_logits, _ = self.note(batch)
         out: dict[str, Tensor] = {}
         loss = torch.zeros((), device=chord_logits.device)
-        for name, logits in (("chord", chord_logits), ("melody", mel_logits), ("velocity", vel_logits)):
-            target = batch[name]
+        for name, target_name, logits in (
+            ("chord", "chord", chord_logits),
+            ("harmony", "chord", harmony_logits),
+            ("melody", "melody", mel_logits),
+            ("velocity", "velocity", vel_logits),
+        ):
+            target = batch[target_name]
             nll = nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="sum")
             n = (target != -100).sum()
             loss = loss + nll / n.clamp(min=1)
@@ -270,4 +330,5 @@ class Models(nn.Module):
         return {
             "chord": sum(p.numel() for p in self.chord.parameters()),
             "note": sum(p.numel() for p in self.note.parameters()),
+            "harmony": sum(p.numel() for p in self.harmony.parameters()),
         }

@@ -173,23 +173,28 @@ def evaluate_nll(models: Models, split: Split, batch_size: int, d: Dist | None =
     """Per-step NLL (nats) of both models over whole sequences of ``split``.
 
     Returns:
-        ``chord`` (all steps), ``chord_change`` (steps whose chord token is not HOLD),
+        ``chord`` (all steps), ``chord_change`` (steps whose chord token is not HOLD), ``harmony`` and
+        ``harmony_change`` (the same for the harmoniser, which also sees the melody at the step),
         ``melody`` (all steps), ``melody_note_on`` (NOTE_ON steps), ``velocity`` (NOTE_ON
-        steps) and ``loss`` (chord + melody, the early-stopping criterion).
+        steps) and ``loss`` (chord + harmony + melody, the early-stopping criterion).
     """
     d = d or Dist()
     was_training = models.training
     models.eval()
-    keys = ("chord", "chord_change", "melody", "melody_note_on", "velocity")
+    keys = ("chord", "chord_change", "harmony", "harmony_change", "melody", "melody_note_on", "velocity")
     sums = dict.fromkeys(keys, 0.0)
     counts = dict.fromkeys(keys, 0.0)
     for wins in eval_plan(split, batch_size, d.rank, d.world):
         b = {k: v.to(d.device) for k, v in split.collate(wins).items()}
-        chord_logits, _ = models.chord(b)
+        chord_logits, hidden, _ = models.chord.forward_hidden(b)
+        harmony_logits = models.harmony(hidden, b["melody_now"], b["sounding_now"])
         mel_logits, vel_logits, _ = models.note(b)
+        change = (b["chord"] != IGNORE) & (b["chord"] != C.CHORD_HOLD)
         for name, logits, target, mask in (
             ("chord", chord_logits, b["chord"], b["chord"] != IGNORE),
-            ("chord_change", chord_logits, b["chord"], (b["chord"] != IGNORE) & (b["chord"] != C.CHORD_HOLD)),
+            ("chord_change", chord_logits, b["chord"], change),
+            ("harmony", harmony_logits, b["chord"], b["chord"] != IGNORE),
+            ("harmony_change", harmony_logits, b["chord"], change),
             ("melody", mel_logits, b["melody"], b["melody"] != IGNORE),
             ("melody_note_on", mel_logits, b["melody"], b["melody"] >= C.MEL_NOTE_OFFSET),
             ("velocity", vel_logits, b["velocity"], b["velocity"] != IGNORE),
@@ -201,7 +206,7 @@ def evaluate_nll(models: Models, split: Split, batch_size: int, d: Dist | None =
     total = d.all_sum([*sums.values(), *counts.values()])
     n = len(keys)
     out = {k: total[i] / max(total[n + i], 1.0) for i, k in enumerate(keys)}
-    out["loss"] = out["chord"] + out["melody"]
+    out["loss"] = out["chord"] + out["harmony"] + out["melody"]
     models.train(was_training)
     return out
 
@@ -441,7 +446,8 @@ def _train(cfg: TrainConfig, data: Path, out: Path, d: Dist, progress: bool) -> 
         if d.main:
             msg = (
                 f"epoch {epoch}: train chord {tr['chord']:.3f} melody {tr['melody']:.3f} | valid chord "
-                f"{valid['chord']:.3f} (changes {valid['chord_change']:.2f}) melody {valid['melody']:.3f} "
+                f"{valid['chord']:.3f} (changes {valid['chord_change']:.2f}) harmony {valid['harmony']:.3f} "
+                f"(changes {valid['harmony_change']:.2f}) melody {valid['melody']:.3f} "
                 f"(note-on {valid['melody_note_on']:.2f}) | {rec['tokens_per_s']:.0f} tok/s, {rec['seconds']:.0f} s"
             )
             log.info(msg)
