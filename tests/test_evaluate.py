@@ -97,6 +97,7 @@ def test_report_marks_targets() -> None:
     assert "| note_ratio | 0.700 | <= 0.75 | pass |" in text
     assert "| chord_ratio | 0.950 | <= 0.90 | FAIL |" in text
     assert "| copy_rate | 1.0 % | <= 2.0 % | pass |" in text
+    assert "## Accompaniment" not in text  # metrics written before the accompaniment section still render
 
 
 # --- ONNX evaluation -----------------------------------------------------------------------------------
@@ -119,7 +120,7 @@ def _write_data(folder: Path, seed: int = 0) -> Path:
         for k, dtype in zip(ev.ARRAYS, (np.int16, np.uint8, np.int16, np.uint8, np.uint8), strict=True):
             np.save(d / f"{k}.npy", np.concatenate(parts[k]).astype(dtype))
         np.save(d / "offsets.npy", np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
-    (folder / "manifest.json").write_text(json.dumps({"format": "rtgen-data", "contract_version": 1}))
+    (folder / "manifest.json").write_text(json.dumps({"format": "rtgen-data", "contract_version": C.CONTRACT_VERSION}))
     return folder
 
 
@@ -183,6 +184,17 @@ def test_evaluate_writes_metrics_and_keeps_hashes(random_model: Path, tmp_path: 
     assert after["files"] == before["files"]
     stored = _check_model_folder(model_dir)
     assert stored["renders"] == {"count": 2, "bars": 4, "seed": 0, "temperature": 1.0, "top_p": 1.0}
+    acc = stored["accompaniment"]
+    assert acc["tunes"] == 4 and acc["steps"] == 30 + 5 + 19 + 12
+    assert acc["meters"] == {"midi": 0, "guessed": 4}  # no MIDI source in this manifest: 12-step bars as 3/4
+    assert acc["human"]["f1"] == 1.0
+    for name in ("best_triad", "rule", "rule_online", "chord_model", "bayes"):
+        assert set(acc[name]) == {"hit", "f1", "changes_per_bar", "entropy_bits"}, name
+        assert 0 <= acc[name]["hit"] <= 1, name
+    assert acc["data"]["changes_per_bar"] == acc["human"]["changes_per_bar"]
+    assert stored["seconds"]["accompaniment"] >= 0
+    report = (model_dir / "EVALUATION.md").read_text()
+    assert "## Accompaniment" in report and "| the human chords | " in report
 
 
 def test_missing_data_is_a_clear_error(random_model: Path, tmp_path: Path) -> None:

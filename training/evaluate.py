@@ -1,4 +1,4 @@
-"""``rtgen-train evaluate``: held-out NLL against an n-gram baseline, and musical statistics of renders.
+"""``rtgen-train evaluate``: held-out NLL against an n-gram baseline, musical statistics of renders, accompaniment.
 
 Works from a model folder alone: the exported ONNX graphs run in onnxruntime (no torch), all test
 sequences batched together along the dynamic batch axis with teacher forcing. Results go into
@@ -25,6 +25,8 @@ from rtgen import contract
 from rtgen.errors import ModelError
 from rtgen.model import Model
 from training import stats
+from training.accompaniment import evaluate_accompaniment
+from training.accompaniment import report_markdown as accompaniment_markdown
 from training.ngram import OrderSelection, Stream, select_order
 from training.prepare import DataError
 
@@ -333,7 +335,11 @@ def evaluate(
     metrics["copy_rate_64_data"] = stats.pooled(long_index.copy_rate(test.seq("melody", i)) for i in idx).value
     metrics["renders"] = {"count": renders, "bars": bars, "seed": seed, "temperature": 1.0, "top_p": 1.0}
     t_render = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    metrics["accompaniment"] = evaluate_accompaniment(m, data, "test", seed=seed)
+    t_accompany = time.perf_counter() - t0
     metrics["seconds"] = {"model_nll": round(t_model, 2), "ngram": round(t_ngram, 2), "renders": round(t_render, 2),
+                          "accompaniment": round(t_accompany, 2),
                           "total": round(time.perf_counter() - t_start, 2)}  # fmt: skip
     metrics["ngram_valid_nll"] = {
         "melody": {str(k): round(v, 4) for k, v in mel_sel.valid_nll.items()},
@@ -432,6 +438,16 @@ def report_markdown(name: str, m: dict[str, Any]) -> str:
         lim = _pct(limit) if key == "copy_rate" else f"{limit:.2f}"
         verdict = "n/a" if v is None else ("pass" if v <= limit else "FAIL")
         lines.append(f"| {key} | {shown} | <= {lim} | {verdict} |")
+    if m.get("accompaniment"):
+        lines += [
+            "",
+            "## Accompaniment: the human melody as the player, chords chosen online",
+            "",
+            "*hit*: strong beats where the melody starts a note that are tones of the chord sounding then; "
+            "*F1*: pitch-class F1 against the human chord there (`rtgen-train accompany`, training/accompaniment.py).",
+            "",
+            accompaniment_markdown(m["accompaniment"]).rstrip("\n"),
+        ]
     return "\n".join(lines) + "\n"
 
 
