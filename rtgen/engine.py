@@ -373,7 +373,7 @@ class Engine:
         for j, k in enumerate(ct.LOOKBACK_BARS):
             if n_bars > k:
                 start, length = bars[-1 - k]
-                if position < length:
+                if position < length and start + position >= 0:  # a pickup bar lacks its first steps
                     src = (start + position) % _HISTORY
                     lb_mel[j] = hist_mel[src]
                     lb_ch[j] = hist_ch[src]

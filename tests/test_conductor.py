@@ -1,0 +1,135 @@
+"""Conductors and the performer: who plays which part, and the offline accompany path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rtgen import contract as ct
+from rtgen.conductor import (
+    Accompany,
+    Autonomous,
+    CallAndResponse,
+    Heard,
+    Improvise,
+    estimate_key,
+    make_conductor,
+)
+from rtgen.config import CallResponseConfig, Config
+from rtgen.engine import Engine, Params
+from rtgen.model import Model
+from rtgen.performer import Performer, accompany_offline, positions_from_bars
+from rtgen.transport import Position, Transport
+from rtgen.voicing import Voicer
+from tests.model_factory import make_random_model
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Model:
+    return Model.load(make_random_model(tmp_path_factory.mktemp("models") / "random", seed=2))
+
+
+def _performer(model: Model, mode: str, cfg: Config | None = None) -> Performer:
+    cfg = cfg or Config()
+    return Performer(
+        Engine(model, Params(), seed=1), Voicer(cfg.parts), make_conductor(mode, cfg.accompany, cfg.call_response),
+        cfg.parts,
+    )  # fmt: skip
+
+
+def test_plans_by_mode() -> None:
+    pos = Position(0, 0, 0)
+    assert Autonomous().plan(pos).voiced == {"melody", "chords", "bass"}
+    acc = Accompany().plan(pos)
+    assert acc.observe_melody and acc.harmonise and acc.reactive and acc.voiced == {"chords", "bass"}
+    imp = Improvise().plan(pos)
+    assert imp.observe_chords and not imp.observe_melody and imp.voiced == {"melody"}
+
+
+def test_accompany_never_echoes_the_players_melody(model: Model) -> None:
+    perf = _performer(model, "accompany")
+    tr = Transport()
+    parts_heard = set()
+    for i in range(64):
+        tok = ct.melody_note_on(60 + (i % 8)) if i % 4 == 0 else ct.MEL_HOLD
+        _, events = perf.perform(tr.advance(), Params(), Heard(melody=tok, velocity=90))
+        parts_heard |= {e.part for e in events}
+    assert "melody" not in parts_heard
+    assert {"chords", "bass"} <= parts_heard
+
+
+def test_mode_switch_releases_parts_the_new_mode_does_not_play(model: Model) -> None:
+    perf = _performer(model, "autonomous")
+    tr = Transport()
+    sounding: set[tuple[int, int]] = set()
+    for _ in range(32):
+        _, events = perf.perform(tr.advance(), Params(temperature=1.0))
+        for e in events:
+            (sounding.add if e.on else sounding.discard)((e.channel, e.pitch))
+    melody_ch = Config().parts.melody.channel - 1
+    offs = perf.set_conductor(make_conductor("accompany"))
+    for e in offs:
+        assert not e.on
+        sounding.discard((e.channel, e.pitch))
+    assert not any(ch == melody_ch for ch, _ in sounding)
+
+
+def test_call_and_response_answers_after_the_silence_for_the_calls_length() -> None:
+    cr = CallAndResponse(CallResponseConfig(silence_beats=1.0, answer_bars=0))
+    tr = Transport()
+    phrase = [
+        ct.melody_note_on(p) if i % 2 == 0 else ct.MEL_HOLD for i, p in enumerate([60, 60, 62, 62, 64, 64, 65, 65])
+    ]
+    for tok in phrase * 4:  # a 2-bar call in C
+        cr.heard(tr.advance(), Heard(melody=tok))
+    assert not cr.answering
+    for _ in range(4):  # one beat of silence
+        assert not cr.plan(tr.peek()).voiced
+        cr.heard(tr.advance(), Heard())
+    assert cr.answering and cr.answer_left == 32
+    assert cr.call_key is not None and cr.call_key.name in ("C major", "A minor", "F major")
+    plan = cr.plan(tr.peek())
+    assert plan.voiced == {"melody", "chords", "bass"} and not plan.observe_melody and plan.key == cr.call_key
+    assert cr.interrupt() and not cr.answering and not cr.interrupt()
+
+
+def test_estimate_key() -> None:
+    w = [0.0] * 12
+    for pc, n in ((0, 4), (2, 2), (4, 3), (5, 1), (7, 4), (9, 1), (11, 1)):
+        w[pc] = n
+    key = estimate_key(w)
+    assert key is not None and key.name == "C major"
+    w = [0.0] * 12
+    for pc, n in ((9, 4), (11, 1), (0, 3), (2, 1), (4, 3), (5, 1), (8, 2)):  # A harmonic minor
+        w[pc] = n
+    key = estimate_key(w)
+    assert key is not None and key.name == "A minor"
+    assert estimate_key([0.0] * 12) is None
+
+
+def test_positions_from_bars_with_pickup() -> None:
+    position = [12, 13, 14, 15] + list(range(16)) * 2
+    pos = positions_from_bars(position)
+    assert [(p.bar, p.position, p.bar_steps) for p in pos[:5]] == [(-1, 12, 16), (-1, 13, 16), (-1, 14, 16),
+                                                                    (-1, 15, 16), (0, 0, 16)]  # fmt: skip
+    assert pos[-1].bar == 1 and pos[-1].position == 15
+
+
+def test_accompany_offline_is_deterministic_and_follows_the_melody(model: Model) -> None:
+    rng = np.random.default_rng(0)
+    melody = np.where(np.arange(64) % 4 == 0, rng.integers(ct.MEL_NOTE_OFFSET, ct.MELODY_VOCAB_SIZE, 64), ct.MEL_HOLD)
+    position = np.arange(64) % 16
+    a = accompany_offline(model, Config(), melody, None, position, seed=3)
+    b = accompany_offline(model, Config(), melody, None, position, seed=3)
+    assert a.shape == (64,) and np.array_equal(a, b)
+    assert all(t == ct.CHORD_NC or ct.CHORD_OFFSET <= t < ct.CHORD_VOCAB_SIZE for t in a)
+
+
+def test_accompany_offline_refuses_a_model_without_harmoniser(tmp_path: Path) -> None:
+    from rtgen.errors import ModelError
+
+    old = Model.load(make_random_model(tmp_path / "v1", contract=1))
+    with pytest.raises(ModelError, match="cannot accompany"):
+        accompany_offline(old, Config(), [2] * 16, None, list(range(16)))
