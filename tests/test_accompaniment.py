@@ -248,8 +248,8 @@ def test_evaluate_accompaniment_on_real_tunes(real_data: Path, shipped_model_dir
     for name in ("best_triad", "rule", "rule_online", "chord_model", "bayes"):
         assert 0 <= r[name]["hit"] <= 1 and 0 <= r[name]["f1"] <= 1, name
     assert r["data"] == {k: r["human"][k] for k in ("changes_per_bar", "entropy_bits")}
-    if "model" not in r:
-        assert "model" in r["skipped"]
+    assert ("model" in r) == Model.load(shipped_model_dir).can_harmonise
+    assert ("model" in r["skipped"]) != ("model" in r)
     table = acc.report_markdown(r)
     assert "| the human chords | " in table and "top-4 chords" in table
 
@@ -263,3 +263,35 @@ def test_cli_accompany_on_valid(real_data: Path, shipped_model_dir: Path) -> Non
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("| accompanist | hit | F1 vs human |")
     assert "valid split, 2 tunes" in proc.stdout
+
+
+@pytest.fixture(scope="module")
+def harmonising_model(tmp_path_factory: pytest.TempPathFactory) -> Model:
+    """A random-weight contract-v2 model with a harmoniser (tests/model_factory.py)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from model_factory import make_random_model
+
+    return Model.load(make_random_model(tmp_path_factory.mktemp("harmony") / "model", hidden=16, layers=2, seed=5))
+
+
+def test_the_daemons_accompanist_plays_online(harmonising_model: Model) -> None:
+    tune = scale_tune()
+    chords = acc.performer_chords(harmonising_model, [tune], seed=1)
+    assert not isinstance(chords, str), chords
+    (a,) = chords
+    assert a.shape == (tune.steps,)
+    assert ((a == C.CHORD_NC) | (a >= C.CHORD_OFFSET)).all()  # resolved: never HOLD
+    changed = tune.melody.copy()
+    changed[33:] = np.where(changed[33:] >= C.MEL_NOTE_OFFSET, n(61), changed[33:])
+    other = acc.performer_chords(harmonising_model, [acc.Tune(**{**tune.__dict__, "melody": changed})], seed=1)
+    assert not isinstance(other, str)
+    assert a[:33].tolist() == other[0][:33].tolist()
+
+
+def test_a_model_without_harmoniser_has_no_model_row(tmp_path: Path) -> None:
+    sys.path.insert(0, str(Path(__file__).parent))
+    from model_factory import make_random_model
+
+    old = Model.load(make_random_model(tmp_path / "v1", hidden=8, layers=1, seed=2, contract=1))
+    why = acc.performer_chords(old, [scale_tune()])
+    assert isinstance(why, str) and "harmoniser" in why

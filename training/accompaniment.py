@@ -551,23 +551,25 @@ def performer_chords(model: Model, tunes: Sequence[Tune], *, seed: int = 0) -> l
     """The daemon's own accompanist (``rtgen.performer.accompany_offline``), or why it cannot run.
 
     Daemon defaults (``rtgen.config.Config()``) except key lock off and the full pitch range, so the
-    player's melody is never masked.
+    player's melody is never masked. Tune ``i`` is played with seed ``seed + i``.
     """
     try:
-        from rtgen.performer import accompany_offline  # type: ignore[import-not-found,unused-ignore]
+        from rtgen.performer import accompany_offline
     except ImportError as err:
         return f"rtgen.performer.accompany_offline is not available ({err})"
-    if not (model.path / "harmony.onnx").is_file():
-        return f"{model.path} has no harmony.onnx (contract v1 model)"
+    if not getattr(model, "can_harmonise", False):
+        return f"model {model.name} has no harmoniser (harmony.onnx, token contract v2)"
     from rtgen.config import Config
 
     config = Config()
     config = replace(config, generation=replace(config.generation, key="off", pitch_low=ct.PITCH_MIN,
                                                 pitch_high=ct.PITCH_MAX))  # fmt: skip
-    return [
-        np.asarray(accompany_offline(model, config, t.melody, t.velocity, t.position, seed=seed + i), dtype=np.int64)
-        for i, t in enumerate(tunes)
-    ]
+    out: list[IntArray] = []
+    for i, t in enumerate(tunes):
+        beat = int(t.beat_steps[0]) if t.steps else ct.STEPS_PER_BEAT
+        chords = accompany_offline(model, config, t.melody, t.velocity, t.position, seed=seed + i, beat_steps=beat)
+        out.append(np.asarray(chords, dtype=np.int64))
+    return out
 
 
 # --- the evaluation --------------------------------------------------------------------------------------
