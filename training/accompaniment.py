@@ -23,8 +23,10 @@ from the bar length (N/4, or N/8 for odd eighths): simple meters only, reported 
 
 The rule in minor keys: the diatonic triads of natural minor in the order i, V, iv, VI, III, VII --
 V major (the raised leading tone of harmonic minor, as folk minor tunes cadence) instead of v, ii°
-skipped (diminished triads are rare in the data: 61 of ~50,000 chord onsets), VII added so both modes
-try six chords.
+skipped (diminished triads are rare in the data: 61 of ~50,000 chord onsets), VII last (never reached:
+the first five already hold every natural-minor degree and the leading tone). Chosen before looking at
+results; on the 25 valid tunes estimated minor, v instead of V gave F1 0.697 (vs 0.684) and VII before V
+0.708, hit 0.96-0.97 for all: the choice barely matters.
 """
 
 from __future__ import annotations
@@ -50,7 +52,11 @@ IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
 
 BAYES_TOP_K = 16
-"""Chord candidates scored by the note model in the Bayes accompanist (the chord model's most likely)."""
+"""Chord candidates scored by the note model in the Bayes accompanist (the chord model's most likely).
+
+On 60 valid tunes with the shipped model, top-4/8/16/32/all-170 gave hit 0.65/0.65/0.62/0.64/0.65 and F1
+0.57/0.57/0.54/0.54/0.55 (one seed: differences within sampling noise) at 2/3/6/13/65 s: 16 keeps the
+tail without the cost of scoring all 170."""
 
 KS_MAJOR = (6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88)
 KS_MINOR = (6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17)
