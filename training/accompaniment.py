@@ -197,7 +197,7 @@ def file_meters(path: Path) -> list[TimeSignature] | None:
     except Exception:  # symusic raises its own exception types for unreadable files
         return None
     out: list[TimeSignature] = []
-    for sig in sorted(score.time_signatures, key=lambda s: s.time):
+    for sig in sorted(score.time_signatures, key=lambda s: s.time):  # type: ignore[attr-defined]
         try:
             ts = TimeSignature(int(sig.numerator), int(sig.denominator))
         except ValueError:
