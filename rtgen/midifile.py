@@ -55,7 +55,11 @@ def _delta_track(name: str, events: Iterable[TimedMessage], end_tick: int | None
     # stable sort: events at one tick keep their given order (note-offs before note-ons, headers first)
     for tick, msg in sorted(events, key=lambda e: e[0]):
         tick = max(0, tick)
-        track.append(msg.copy(time=tick - now))
+        # copy() without overrides skips mido's re-validation of every field (the bulk of the
+        # time on a long recording); setting .time still checks the one value that changes
+        placed = msg.copy()
+        placed.time = tick - now
+        track.append(placed)
         now = tick
     if end_tick is not None:
         track.append(mido.MetaMessage("end_of_track", time=max(0, end_tick - now)))

@@ -11,11 +11,11 @@ from conftest import require
 from jack_harness import is_note_off, sounding_notes
 
 from rtgen import midi_io
+from rtgen.notes import NoteTracker
 from rtgen.sinks import (
     CC_ALL_NOTES_OFF,
     CC_ALL_SOUND_OFF,
     MidiOutSink,
-    NoteTable,
     RecorderSink,
     Sink,
     SynthSink,
@@ -23,20 +23,48 @@ from rtgen.sinks import (
 )
 
 
-def test_note_table_tracks_ons_offs_and_all_notes_off() -> None:
-    table = NoteTable()
-    table.update([0x90, 60, 100])
-    table.update([0x91, 64, 90])
-    table.update([0x92, 67, 80])
-    table.update([0x90, 60, 0])  # velocity-0 note-on is a note-off
-    table.update([0x81, 64, 0])
-    table.update([0x93, 50, 1])
-    table.update([0xB3, CC_ALL_NOTES_OFF, 0])
-    table.update([0xC0, 5])  # program change: ignored
-    assert table.sounding() == [(2, 67)]
-    assert len(table) == 1
+def test_note_tracker_follows_messages_as_a_receiver_does() -> None:
+    table = NoteTracker()
+    table.track([0x90, 60, 100])
+    table.track([0x91, 64, 90])
+    table.track([0x92, 67, 80])
+    table.track([0x92, 67, 80])  # struck twice: one note-off still ends it on a receiver
+    table.track([0x90, 60, 0])  # velocity-0 note-on is a note-off
+    table.track([0x81, 64, 0])
+    table.track([0x93, 50, 1])
+    table.track([0x94, 51, 1])
+    table.track([0xB3, CC_ALL_NOTES_OFF, 0])
+    table.track([0xC0, 5])  # program change: ignored
+    assert table.sounding() == [(2, 67), (4, 51)]
+    assert table.get(2, 67) == 2 and len(table) == 2
+    table.track([0x82, 67, 0])
+    assert table.sounding() == [(4, 51)]
+    table.track([0xB4, CC_ALL_NOTES_OFF, 0], all_notes_off=False)
+    assert table.sounding() == [(4, 51)]
     table.clear()
-    assert table.sounding() == []
+    assert table.sounding() == [] and not table
+
+
+def test_note_tracker_counts_doubled_notes() -> None:
+    book = NoteTracker()
+    book.on(1, 60)
+    book.on(1, 60)
+    book.on(3, 40)
+    assert book.count() == 2 and book.notes() == [(1, 60), (3, 40)]
+    assert book.off(1, 60) and (1, 60) in book
+    assert book.off(1, 60) and (1, 60) not in book
+    assert not book.off(1, 60)  # redundant
+    book.on(3, 41)
+    book.on(5, 41)
+    assert book.clear_channel(3) == 2
+    assert book.sounding() == [(5, 41)] and book.sounding(channel=5) == [(5, 41)] and book.sounding(channel=3) == []
+    assert book.release(5, 41) == 1 and book.count() == 0
+
+
+def test_the_stuck_note_check_counts_real_note_offs_only() -> None:
+    msgs = [(0x91, 60, 100), (0x91, 60, 100), (0x81, 60, 0), (0xB1, 123, 0), (0xB1, 120, 0)]
+    assert sounding_notes(msgs) == {(1, 60)}  # CC123/CC120 release nothing
+    assert sounding_notes([*msgs, (0x91, 60, 0)]) == set()
 
 
 def test_panic_messages_release_then_cc_on_every_channel() -> None:
@@ -154,9 +182,11 @@ def test_recorder_panic_records_note_offs(tmp_path: Path) -> None:
     rec.send([0x90, 60, 100], 5)
     rec.send([0x92, 36, 100], 5)
     rec.panic()
-    assert sorted(m for _, m in rec.events if is_note_off(m)) == [(0x80, 60, 0), (0x82, 36, 0)]
+    assert rec.notes.sounding() == []
     rec.close()
-    assert sounding_notes([tuple(m.bytes()) for m in mido.MidiFile(tmp_path / "p.mid") if not m.is_meta]) == set()
+    msgs = [tuple(m.bytes()) for m in mido.MidiFile(tmp_path / "p.mid") if not m.is_meta]
+    assert sorted(m for m in msgs if is_note_off(m)) == [(0x80, 60, 0), (0x82, 36, 0)]
+    assert sounding_notes(msgs) == set()
 
 
 def test_recorder_close_reports_unwritable_path(tmp_path: Path) -> None:
@@ -166,8 +196,10 @@ def test_recorder_close_reports_unwritable_path(tmp_path: Path) -> None:
     blocker.write_text("x")
     rec = RecorderSink(blocker / "sub" / "x.mid", 120.0)
     rec.send([0x90, 60, 100], 0)
-    with pytest.raises(RtgenError, match="cannot write the session recording"):
+    with pytest.raises(RtgenError, match=r"cannot write the session recording .*x\.mid"):
         rec.close()
+    assert blocker.read_text() == "x"
+    rec.close()  # idempotent: the error is not raised twice
 
 
 def _synth_or_skip():  # type: ignore[no-untyped-def]

@@ -1,0 +1,169 @@
+"""The session recorder: both sides in one file, bounded memory, a spool on disk, atomic close."""
+
+from __future__ import annotations
+
+import threading
+import time
+import tracemalloc
+from pathlib import Path
+
+import mido
+import pytest
+from jack_harness import sounding_notes
+
+from rtgen.sinks import PLAYER_TRACK, RecorderSink
+
+BEAT = 500_000_000  # ns per beat at 120 BPM
+
+
+def notes(track: mido.MidiTrack) -> list[tuple[int, str, int, int]]:
+    """(tick, type, channel, note) of the note messages of ``track`` (velocity-0 note-ons as note_off)."""
+    out, now = [], 0
+    for m in track:
+        now += m.time
+        if m.type in ("note_on", "note_off"):
+            kind = "note_on" if m.type == "note_on" and m.velocity > 0 else "note_off"
+            out.append((now, kind, m.channel, m.note))
+    return out
+
+
+def track(mid: mido.MidiFile, name: str) -> mido.MidiTrack:
+    return next(t for t in mid.tracks if t.name == name)
+
+
+def test_both_sides_go_to_their_own_tracks_with_tempo_map_and_meter(tmp_path: Path) -> None:
+    path = tmp_path / "both.mid"
+    t0 = 10 * BEAT
+    rec = RecorderSink(path, 120.0, start_ns=t0, time_signature=(3, 4), track_names={0: "melody", 2: "bass"})
+    rec.send([0x90, 72, 100], t0)  # generated melody, channel 1
+    rec.record_input([0x90, 60, 80], t0 + 10_000_000)  # the player, also on channel 1
+    rec.send([0x92, 36, 90], t0)
+    rec.send([0x80, 72, 0], t0 + BEAT)
+    rec.record_input([0x80, 60, 0], t0 + BEAT)
+    rec.record_input([0xB0, 64, 127], t0 + BEAT)  # sustain pedal: kept, on the player's track
+    rec.record_input([0xF8], t0 + BEAT)  # MIDI clock: not a part of the file
+    rec.set_tempo(60.0, t0 + 2 * BEAT)
+    rec.send([0x82, 36, 0], t0 + 4 * BEAT)  # one beat at 60 BPM after two at 120
+    rec.close()
+    mid = mido.MidiFile(path)
+    assert [t.name for t in mid.tracks] == ["rtgen", "melody", "bass", PLAYER_TRACK]
+    meta = {m.type: m for m in mid.tracks[0]}
+    assert (meta["time_signature"].numerator, meta["time_signature"].denominator) == (3, 4)
+    tempi, now = [], 0
+    for m in mid.tracks[0]:
+        now += m.time
+        if m.type == "set_tempo":
+            tempi.append((now, round(mido.tempo2bpm(m.tempo))))
+    assert tempi == [(0, 120), (960, 60)]
+    assert notes(track(mid, "melody")) == [(0, "note_on", 0, 72), (480, "note_off", 0, 72)]
+    assert notes(track(mid, "bass")) == [(0, "note_on", 2, 36), (1440, "note_off", 2, 36)]
+    player = track(mid, PLAYER_TRACK)
+    assert notes(player) == [(10, "note_on", 0, 60), (480, "note_off", 0, 60)]  # 10 ms = 9.6 ticks at 120 BPM
+    assert [(m.control, m.value) for m in player if m.type == "control_change"] == [(64, 127)]
+    assert not any(m.type == "clock" for m in mid)
+    assert mid.length == pytest.approx(2.0, abs=1e-3)
+
+
+def test_notes_sounding_at_close_get_real_note_offs_at_the_last_time(tmp_path: Path) -> None:
+    path = tmp_path / "held.mid"
+    rec = RecorderSink(path, 120.0, start_ns=0, track_names={1: "chords"})
+    rec.send([0x91, 60, 90], 0)
+    rec.send([0x91, 64, 90], 0)
+    rec.record_input([0x90, 67, 90], BEAT // 2)
+    rec.send([0xB1, 123, 0], BEAT)  # all-notes-off releases nothing in the file
+    rec.send([0xB1, 120, 0], BEAT)
+    rec.send([0xC1, 5], 2 * BEAT)  # the last recorded time
+    rec.close()
+    mid = mido.MidiFile(path)
+    chords = track(mid, "chords")
+    assert notes(chords) == [
+        (0, "note_on", 1, 60),
+        (0, "note_on", 1, 64),
+        (960, "note_off", 1, 60),
+        (960, "note_off", 1, 64),
+    ]
+    assert not any(m.type == "control_change" for m in chords)
+    assert notes(track(mid, PLAYER_TRACK)) == [(240, "note_on", 0, 67), (960, "note_off", 0, 67)]
+    assert sounding_notes([tuple(m.bytes()) for m in mid if not m.is_meta]) == set()
+
+
+def test_recording_started_mid_session_lines_up_with_the_bar(tmp_path: Path) -> None:
+    # the daemon is in bar 7 (0-based) at 120 BPM in 4/4: beat 0 of that bar is the recording's tick 0
+    bar_start = 7 * 4 * BEAT
+    rec = RecorderSink(tmp_path / "mid.mid", 120.0, start_ns=bar_start, track_names={0: "melody"})
+    rec.send([0x80, 50, 0], bar_start + 10)  # a note that began before the recording: its off is left out
+    rec.send([0x90, 62, 100], bar_start + BEAT)
+    rec.send([0x80, 62, 0], bar_start + 2 * BEAT)
+    rec.close()
+    mid = mido.MidiFile(tmp_path / "mid.mid")
+    assert notes(track(mid, "melody")) == [(480, "note_on", 0, 62), (960, "note_off", 0, 62)]
+
+
+def test_memory_stays_bounded_on_a_long_session(tmp_path: Path) -> None:
+    path = tmp_path / "long.mid"
+    pairs = 250_000  # 500k events
+    traced = 25_000  # the last 50k events run under tracemalloc (it makes every allocation slow)
+    rec = RecorderSink(path, 120.0, start_ns=0, buffer_events=1024, buffers=4, track_names={0: "melody"})
+    step = BEAT // 4
+    send = rec.send
+    peak = base = 0
+    for i in range(pairs):
+        if i == pairs - traced:
+            tracemalloc.start()
+            base = tracemalloc.get_traced_memory()[0]
+        t = i * step
+        send((0x90, 60 + i % 12, 100), t)
+        send((0x80, 60 + i % 12, 0), t + step // 2)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    # 50k events kept in memory would be 800 kB packed (~7 MB as Python tuples); the recorder
+    # fills its few 16 KiB buffers and the writer thread spools them
+    assert peak - base < 400_000, f"recorder memory grew by {peak - base} bytes over the last 50k events"
+    spool = list(tmp_path.glob("*.spool"))
+    assert len(spool) == 1 and spool[0].parent == path.parent
+    deadline = time.monotonic() + 10
+    while rec.spooled_events < 2 * pairs - 1024 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert rec.spooled_events >= 2 * pairs - 1024  # everything but the buffer being filled is on disk
+    assert spool[0].stat().st_size == 16 * rec.spooled_events
+    rec.close()
+    assert not list(tmp_path.glob("*.spool"))  # the spool is removed
+    mid = mido.MidiFile(path)
+    got = notes(track(mid, "melody"))
+    assert len(got) == 2 * pairs
+    assert got[:2] == [(0, "note_on", 0, 60), (60, "note_off", 0, 60)]
+    assert got[-1] == ((pairs - 1) * 120 + 60, "note_off", 0, 60 + (pairs - 1) % 12)
+
+
+def test_close_from_another_thread_is_idempotent_and_the_rt_side_is_detached(tmp_path: Path) -> None:
+    path = tmp_path / "t.mid"
+    rec = RecorderSink(path, 100.0, buffer_events=8)
+    for i in range(50):  # several buffers through the writer thread
+        rec.send((0x90, 60, 100), i * 1_000_000)
+        rec.send((0x80, 60, 0), i * 1_000_000 + 500_000)
+    closers = [threading.Thread(target=rec.close) for _ in range(3)]
+    for c in closers:
+        c.start()
+    for c in closers:
+        c.join()
+    rec.close()
+    rec.send((0x90, 61, 100), 10**9)  # after close: ignored, nothing raised
+    mid = mido.MidiFile(path)
+    assert len(notes(mid.tracks[1])) == 100
+    assert not rec._writer.is_alive()
+    assert not list(tmp_path.glob("*.spool"))
+
+
+def test_a_failed_write_leaves_no_partial_file_and_no_spool(tmp_path: Path) -> None:
+    from rtgen.errors import RtgenError
+
+    target = tmp_path / "taken.mid"
+    target.mkdir()  # a directory in the way
+    rec = RecorderSink(target, 120.0, buffer_events=4)
+    for i in range(20):
+        rec.send((0x90, 60, 100), i)
+        rec.send((0x80, 60, 0), i + 1)
+    with pytest.raises(RtgenError, match=r"cannot write the session recording .*taken\.mid"):
+        rec.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken.mid"]
+    assert target.is_dir() and not list(target.iterdir())
