@@ -396,21 +396,19 @@ def is_note_off(m: Message) -> bool:
 
 
 def sounding_notes(messages: Sequence[Message]) -> set[tuple[int, int]]:
-    """(channel, pitch) pairs still sounding after ``messages`` (CC123/CC120 clear a channel)."""
+    """(channel, pitch) pairs still sounding after ``messages``, counting real note-offs only.
+
+    Each note-on needs its own note-off (a doubled note needs two). CC123/CC120 release
+    nothing here: rtgen promises a note-off for every note-on, and a check that let
+    all-notes-off stand in for them could never fail, since stop always sends one.
+    """
     sounding: dict[tuple[int, int], int] = {}
     for m in messages:
         if len(m) != 3:
             continue
-        kind, ch = m[0] & 0xF0, m[0] & 0x0F
-        if kind == 0x90 and m[2] > 0:
-            sounding[(ch, m[1])] = sounding.get((ch, m[1]), 0) + 1
-        elif is_note_off(m):
-            key = (ch, m[1])
-            if sounding.get(key, 0) > 1:
-                sounding[key] -= 1
-            else:
-                sounding.pop(key, None)
-        elif kind == 0xB0 and m[1] in (120, 123):
-            for key in [k for k in sounding if k[0] == ch]:
-                del sounding[key]
-    return set(sounding)
+        key = (m[0] & 0x0F, m[1])
+        if m[0] & 0xF0 == 0x90 and m[2] > 0:
+            sounding[key] = sounding.get(key, 0) + 1
+        elif is_note_off(m) and sounding.get(key, 0) > 0:
+            sounding[key] -= 1
+    return {k for k, v in sounding.items() if v > 0}

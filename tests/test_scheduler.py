@@ -38,17 +38,14 @@ class RecordingSink:
 
 
 def sounding(events: list[tuple[int, tuple[int, ...]]]) -> set[tuple[int, int]]:
+    """Notes still sounding after ``events``: real note-offs only (CC123/CC120 release nothing)."""
     on: dict[tuple[int, int], int] = {}
     for _, m in events:
-        kind, ch = m[0] & 0xF0, m[0] & 0x0F
+        kind, key = m[0] & 0xF0, (m[0] & 0x0F, m[1])
         if kind == 0x90 and m[2] > 0:
-            on[(ch, m[1])] = on.get((ch, m[1]), 0) + 1
-        elif kind == 0x80 or (kind == 0x90 and m[2] == 0):
-            if on.get((ch, m[1]), 0) > 0:
-                on[(ch, m[1])] -= 1
-        elif kind == 0xB0 and m[1] in (120, 123):
-            for key in [k for k in on if k[0] == ch]:
-                on[key] = 0
+            on[key] = on.get(key, 0) + 1
+        elif (kind == 0x80 or (kind == 0x90 and m[2] == 0)) and on.get(key, 0) > 0:
+            on[key] -= 1
     return {k for k, v in on.items() if v > 0}
 
 
@@ -116,6 +113,24 @@ def test_stop_releases_every_sounding_note_then_all_notes_off() -> None:
     assert msgs[2:] == [(0x80, 60, 0), (0x82, 67, 0), (0xB0, 123, 0), (0xB2, 123, 0)]
     assert s.pending() == 0
     assert sounding(sink.events) == set()
+
+
+def test_the_stuck_note_check_counts_real_note_offs_only() -> None:
+    struck_twice = [(0, (0x90, 60, 100)), (0, (0x90, 60, 100)), (1, (0x80, 60, 0))]
+    all_off = [(2, (0xB0, 123, 0)), (2, (0xB0, 120, 0))]
+    assert sounding(struck_twice + all_off) == {(0, 60)}  # CC123/CC120 release nothing
+    assert sounding([*struck_twice, (3, (0x90, 60, 0)), *all_off]) == set()
+
+
+def test_stop_sends_a_note_off_for_each_strike_of_a_doubled_note() -> None:
+    sink = RecordingSink()
+    s = Scheduler([sink])
+    s.send_now((0x90, 60, 100), "melody")
+    s.send_now((0x90, 60, 90), "chords")  # the same key from two parts on one channel
+    assert s.book.get(0, 60) == 2 and s.book.count() == 1
+    assert s.stop() == 1
+    assert [m for _, m in sink.events][2:] == [(0x80, 60, 0), (0x80, 60, 0), (0xB0, 123, 0)]
+    assert sounding(sink.events) == set() and s.book.count() == 0
 
 
 def test_release_of_some_channels_keeps_the_others() -> None:
