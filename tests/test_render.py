@@ -14,7 +14,8 @@ from rtgen import contract as ct
 from rtgen import synth as synth_mod
 from rtgen.cli import main
 from rtgen.errors import SoundfontError
-from rtgen.render import GENERATED_MARKER, PRIME_MARKER, TICKS_PER_STEP, load_prime
+from rtgen.midifile import pan_cc, volume_cc
+from rtgen.render import GENERATED_MARKER, PRIME_MARKER, TICKS_PER_STEP, load_prime, render_steps, to_midi
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +71,27 @@ def test_render_writes_three_parts_deterministically(model_dir: Path, tmp_path: 
             elif msg.type in ("note_on", "note_off"):
                 on.remove(msg.note)
         assert not on
+
+
+def test_part_tracks_use_the_shared_pan_and_volume_mapping(model_dir: Path) -> None:
+    from dataclasses import replace
+
+    from rtgen.config import Config
+    from rtgen.model import Model
+
+    cfg = Config()
+    p = cfg.parts
+    parts = replace(
+        p,
+        melody=replace(p.melody, pan=-0.9, volume=0.5),
+        chords=replace(p.chords, pan=1.0, volume=1.0),
+        bass=replace(p.bass, pan=-1.0, volume=0.0),
+    )
+    cfg = replace(cfg, parts=parts)
+    mid = to_midi(render_steps(Model.load(model_dir), cfg, 1, 0), cfg)
+    cc = {t.name: {m.control: m.value for m in t if m.type == "control_change"} for t in mid.tracks[1:]}
+    assert cc == {"melody": {7: 64, 10: 6}, "chords": {7: 127, 10: 127}, "bass": {7: 0, 10: 0}}
+    assert cc["melody"] == {7: volume_cc(0.5), 10: pan_cc(-0.9)}  # the value the live path sends too
 
 
 def test_render_wav_and_png(model_dir: Path, tmp_path: Path) -> None:

@@ -113,3 +113,17 @@ def test_bad_soundfont_file(tmp_path: Path) -> None:
     bad.write_bytes(b"not a soundfont")
     with pytest.raises(SoundfontError, match="cannot load soundfont"):
         Synth(bad)
+
+
+def test_one_note_off_ends_a_key_struck_twice(soundfont: Path) -> None:
+    with Synth(soundfont, reverb=False) as s:
+        s.note_on(0, 64, 100)
+        s.note_on(0, 64, 100)
+        assert rms(s.render(0.3)) > 100
+        s.note_off(0, 64)  # FluidSynth releases every voice of the key
+        s.render(1.5)
+        assert rms(s.render(0.3)) < 5 and s.active_voices == 0
+        s.note_on(1, 60, 100)
+        s.all_notes_off()  # still releases what is tracked as sounding
+        s.render(1.5)
+        assert s.active_voices == 0
