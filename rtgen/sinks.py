@@ -391,19 +391,22 @@ class RecorderSink:
         raise err
 
     def _write_loop(self) -> None:
-        warned = False
+        failed = False
         while True:
             buf = self._full.get()
             if buf is None:
                 return
-            try:
-                if self._spool is None:
-                    self._spool = self._open_spool()
-                self._spool.write(memoryview(buf))
-            except OSError as err:
-                if not warned:
-                    warned = True
+            if not failed:
+                try:
+                    if self._spool is None:
+                        self._spool = self._open_spool()
+                    self._spool.write(memoryview(buf))
+                except OSError as err:
+                    # a failed write may have left part of the buffer: the spool is trusted up to
+                    # spooled_events, and everything from here on stays in memory, in order
+                    failed = True
                     log.warning("recorder %s: cannot spool to disk (%s); keeping the session in memory", self.name, err)
+            if failed:
                 self._unspooled.append(buf)
                 continue
             self.spooled_events += len(buf) // 2
@@ -417,7 +420,7 @@ class RecorderSink:
         if self._spool is not None:
             self._spool.flush()
             self._spool.seek(0)
-            parts.append(np.fromfile(self._spool, dtype=np.int64))
+            parts.append(np.fromfile(self._spool, dtype=np.int64, count=2 * self.spooled_events))
         parts += [np.frombuffer(b, dtype=np.int64) for b in self._unspooled]
         parts.append(np.frombuffer(self._buf, dtype=np.int64)[: self._n].copy())
         return np.concatenate(parts).reshape(-1, 2)

@@ -167,3 +167,17 @@ def test_a_failed_write_leaves_no_partial_file_and_no_spool(tmp_path: Path) -> N
         rec.close()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken.mid"]
     assert target.is_dir() and not list(target.iterdir())
+
+
+def test_a_spool_that_cannot_be_written_keeps_the_session_in_memory(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    path = tmp_path / "kept.mid"
+    rec = RecorderSink(path, 120.0, start_ns=0, buffer_events=4, spool_dir=blocker / "spool")
+    for i in range(50):
+        rec.send((0x90, 60 + i % 5, 100), i * BEAT)
+        rec.send((0x80, 60 + i % 5, 0), i * BEAT + BEAT // 2)
+    rec.close()
+    assert rec.spooled_events == 0
+    got = notes(mido.MidiFile(path).tracks[1])
+    assert len(got) == 100 and got[-1] == (49 * 480 + 240, "note_off", 0, 64)
