@@ -1,17 +1,35 @@
-"""The real-time daemon: clock + engine + voicer + scheduler + sinks, steered over OSC.
+"""The real-time daemon: wiring of the stages, and the one real-time loop that runs them.
+
+Data path (docs/internals.md §6)::
+
+    MIDI in ─► InputQueue ─► PlayerTracker ─┐        clock source: StepClock | ClockFollower
+                                            ▼                       │
+    OSC / CC ─► params, typed commands ─► Player loop ◄─────────────┘
+                                            │  Transport (position) ─► Performer
+                                            │     (conductor ─► engine ─► voicer)
+                                            ▼
+                                        Scheduler ─► MIDI out, synth, recorder, OSC feedback
 
 One real-time thread (the main thread, so signals reach it directly) runs
-:meth:`Player.run`: it waits for the next due event or step deadline (sleep, then
-spin), sends what is due to every sink, and right after step ``t``'s on-grid events
-computes step ``t+1`` (engine step + voicing) and queues its events at their exact
-times. Other threads never touch the engine, the voicer or the sinks: OSC handlers
-swap the immutable :class:`~rtgen.engine.Params` (a plain attribute assignment) or
-put a command on a :class:`queue.SimpleQueue` that the real-time thread drains
-without blocking.
+:meth:`Player.run`: it sleeps until the next due event, step start or reactive
+deadline (then spins the last millisecond), drains the player's input and the
+command queue, sends what is due, and decides steps:
+
+* a step the conductor does not make *reactive* is decided one step ahead and its
+  events are queued at their exact times;
+* a *reactive* step (accompany, improvise, listening in call-and-response) is
+  decided when the player's notes for it are known: at its grid time plus the
+  reactive window, or at once when the player's onset arrives inside it; its
+  on-grid events go out right away (within the inference time of the decision).
+
+Other threads never touch the engine, the voicer or the sinks: OSC handlers swap
+the immutable :class:`~rtgen.engine.Params` (a plain attribute assignment) or put a
+typed command on a :class:`queue.SimpleQueue`; rtmidi's thread only enqueues input.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import logging
@@ -19,27 +37,37 @@ import queue
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rtgen import contract as ct
 from rtgen.clock import FakeTime, RealTime, StepClock, request_realtime
+from rtgen.conductor import NOBODY, Heard, Plan, make_conductor
 from rtgen.config import MODES, PART_NAMES, Config, PartsConfig
-from rtgen.contract import STEPS_PER_BEAT
 from rtgen.errors import AudioError, PortError, RtgenError, SoundfontError
+from rtgen.midifile import pan_cc, volume_cc
 from rtgen.scheduler import Scheduler, SinkLike
 from rtgen.sinks import CONTROL_CHANGE, PROGRAM_CHANGE
+from rtgen.transport import Position, Transport
 
 if TYPE_CHECKING:
-    from rtgen.engine import Engine, Params, Step
+    from rtgen.engine import Engine, EngineState, Params, Step
+    from rtgen.input import InputQueue, PlayerTracker
+    from rtgen.midiclock import ClockFollower
     from rtgen.model import Model
     from rtgen.osc import Feedback, OscServer
-    from rtgen.voicing import Voicer
+    from rtgen.performer import Performer
+    from rtgen.sinks import RecorderSink
+    from rtgen.voicing import NoteEvent, Voicer
 
 log = logging.getLogger(__name__)
 
 START_LEAD_NS = 100_000_000  # the first step starts this long after start-up: room for the first inference
 MAX_WAIT_NS = 250_000_000  # wake at least this often, even with nothing due
+MIDI_CLOCK = 0xF8
 
 
 class NullSink:
@@ -57,7 +85,106 @@ class NullSink:
         """Nothing to close."""
 
 
-Command = tuple[str, tuple[Any, ...]]
+# --- typed commands (any thread -> the real-time thread) -----------------------------------------
+@dataclass(frozen=True)
+class Play:
+    """Start playing from the top of a fresh piece (internal clock)."""
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Stop: every sounding note released now."""
+
+
+@dataclass(frozen=True)
+class Panic:
+    """Release everything, then all-notes-off and all-sound-off on every channel; keep playing."""
+
+
+@dataclass(frozen=True)
+class SetTempo:
+    """Tempo in BPM from the next undecided step on."""
+
+    bpm: float
+
+
+@dataclass(frozen=True)
+class SetPart:
+    """Change one part's program, volume or pan (None = unchanged)."""
+
+    part: str
+    program: int | None = None
+    volume: float | None = None
+    pan: float | None = None
+
+
+@dataclass(frozen=True)
+class SetSeed:
+    """Re-seed: a fresh piece from the next step (bar lines stay where the transport has them)."""
+
+    seed: int
+
+
+@dataclass(frozen=True)
+class SetSwing:
+    """Swing amount 0..0.75."""
+
+    swing: float
+
+
+@dataclass(frozen=True)
+class SetMode:
+    """Switch to another conductor (mode); nothing is left sounding from parts the new mode does not play."""
+
+    mode: str
+
+
+@dataclass(frozen=True)
+class SwapModel:
+    """A loaded model to switch to at the next bar line."""
+
+    model: Model
+
+
+@dataclass(frozen=True)
+class UseSoundfont:
+    """Switch the synth to a soundfont already loaded (off the real-time thread)."""
+
+    synth: Any
+    sfid: int
+    path: Path
+
+
+@dataclass(frozen=True)
+class RecordStart:
+    """Start recording into a new recorder sink."""
+
+    sink: RecorderSink
+
+
+@dataclass(frozen=True)
+class RecordStop:
+    """Stop recording; ``done`` gets the detached recorder (to be closed off the real-time thread)."""
+
+    done: Callable[[RecorderSink | None], None] | None = None
+
+
+Command = (
+    Play | Stop | Panic | SetTempo | SetPart | SetSeed | SetSwing | SetMode | SwapModel | UseSoundfont | RecordStart
+    | RecordStop
+)  # fmt: skip
+
+
+@dataclass
+class _Pending:
+    """A step decided ahead: its position, engine result, events, and the engine state before it."""
+
+    k: int
+    pos: Position
+    step: Step
+    events: list[NoteEvent]
+    queued: bool  # events already in the scheduler (internal clock)
+    before: EngineState | None
 
 
 class Player:
@@ -67,10 +194,17 @@ class Player:
         engine: the generation engine (owned by this loop from now on).
         voicer: turns steps into note events.
         scheduler: timed events, note-off book, sinks.
-        clock: step deadlines at the tempo.
+        clock: step deadlines at the tempo (the internal clock source; with ``follower`` only its tempo is used).
         params: the initial generation parameters.
         parts: the initial parts (channels, programs, volumes, pans).
         feedback: OSC feedback (beat, chord, note), or None.
+        mode: the initial mode (see :mod:`rtgen.conductor`).
+        config: the whole configuration (accompany / call-and-response / input settings), or None for defaults.
+        tracker: the player's input tracker (None: nobody to listen to).
+        input_queue: where rtmidi's thread puts the player's messages.
+        follower: follow an external MIDI clock (steps start on its ticks; nothing plays before Start).
+        clock_out: sinks that get 24-ppqn clock, Start, Stop and SPP (lead a DAW).
+        thru: echo the player's channel messages to the live sinks.
     """
 
     def __init__(
@@ -83,7 +217,17 @@ class Player:
         parts: PartsConfig,
         *,
         feedback: Feedback | None = None,
+        mode: str = "autonomous",
+        config: Config | None = None,
+        tracker: PlayerTracker | None = None,
+        input_queue: InputQueue | None = None,
+        follower: ClockFollower | None = None,
+        clock_out: Sequence[SinkLike] = (),
+        thru: bool = False,
     ) -> None:
+        from rtgen.performer import Performer
+
+        self.config = config or Config()
         self.engine = engine
         self.voicer = voicer
         self.scheduler = scheduler
@@ -91,15 +235,20 @@ class Player:
         self.params = params  # swapped by other threads, read once per step here
         self.parts = parts
         self.feedback = feedback
+        self.tracker = tracker
+        self.input_queue = input_queue
+        self.follower = follower
+        self.clock_out = list(clock_out)
+        self.thru = thru
+        self.transport = Transport(params.time_signature)
+        self.performer: Performer = Performer(engine, voicer, self._conductor(mode), parts)
         self.commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
         self.wake = threading.Event()
         self.stop_requested = threading.Event()
-        self.playing = True
-        self.mode = "autonomous"
+        self.playing = follower is None  # following a MIDI clock, nothing plays before Start
         self.swing = float(getattr(voicer, "swing", 0.0))
-        self.steps: dict[int, Step] = {}  # computed steps not yet started (at most two)
-        self.next_step = 0  # the step whose deadline comes next
-        self.computed = -1  # the last step whose events are queued
+        self.next_k = 0  # the clock step whose start comes next
+        self.pending: _Pending | None = None
         self.current: Step | None = None
         self.bar = 0
         self.beat = 0
@@ -108,13 +257,32 @@ class Player:
         self.pending_model: Model | None = None
         self.model_name = getattr(getattr(engine, "model", None), "name", "?")
         self.on_model_swapped: Callable[[Model], None] | None = None
+        self.recorder: RecorderSink | None = None
+        self.reactive_decisions = 0
+        self.early_decisions = 0  # reactive steps decided by the player's onset before the window ran out
+        self._onsets: list[Any] = []  # the player's onsets not yet given to a step
+        self._last_player_chord = ct.CHORD_NC
         self._restart = False
-        self._last_step: Step | None = None
+        self._step_start: int | None = None  # start of step next_k once known (MIDI clock: its tick)
+        self._waiting: Plan | None = None  # a reactive step waiting for the player
+        self._decide_by = 0
+        self._ticks: deque[int] = deque()  # clock-out tick times
+        self._clock_running = False
+        self._midi_step_ns = clock.step_ns
+
+    @property
+    def mode(self) -> str:
+        """The current mode."""
+        return self.performer.mode
+
+    def _conductor(self, mode: str) -> Any:
+        cfg = self.config
+        return make_conductor(mode, cfg.accompany, cfg.call_response)
 
     # --- thread-safe control (any thread) ------------------------------------------------------
-    def command(self, name: str, *args: Any, urgent: bool = False) -> None:
-        """Queue a command for the real-time thread (``urgent`` wakes it now instead of at the next step)."""
-        self.commands.put((name, args))
+    def command(self, cmd: Command, *, urgent: bool = False) -> None:
+        """Queue a command for the real-time thread (``urgent`` wakes it now instead of at the next event)."""
+        self.commands.put(cmd)
         if urgent:
             self.wake.set()
 
@@ -137,19 +305,15 @@ class Player:
         t0 = clock.start(start_ns if start_ns is not None else source.now_ns() + START_LEAD_NS)
         end_ns = t0 + int(duration_s * 1e9) if duration_s > 0 else None
         sched = self.scheduler
-        self._prepare(0)
-        # objects made so far live for the whole run: keep the collector from walking them during the loop
+        if self.playing and self.follower is None:
+            self._step_start = t0
+            self._start_clock_out(t0)
+            self._plan_next(t0)
         gc.collect()
-        gc.freeze()
+        gc.freeze()  # objects made so far live for the whole run: keep the collector from walking them
         try:
             while not self.stop_requested.is_set():
-                step_t = clock.deadline(self.next_step)
-                target = step_t
-                nt = sched.next_time()
-                if nt is not None and nt < target:
-                    target = nt
-                if end_ns is not None and end_ns < target:
-                    target = end_ns
+                target = self._next_target(end_ns)
                 if fake:
                     now = source.wait_until(target)
                 else:
@@ -164,29 +328,175 @@ class Player:
                             now = source.now_ns()
                 if end_ns is not None and now >= end_ns:
                     break
-                if now < target and not self.stop_requested.is_set():
-                    self._drain()  # woken early by a command
-                    continue
+                self._poll(now)
                 sched.send_due(now)
-                if now >= step_t:
-                    clock.stats.add(now - step_t)
-                    self._tick(self.next_step)
-                    self._drain()
-                    self.next_step += 1
-                    self._prepare(self.next_step)
+                self._send_ticks(now)
+                self._advance(now)
         finally:
             self._drain_final()
+            self._stop_clock_out()
             sched.stop()
             gc.unfreeze()
 
-    def _tick(self, k: int) -> None:
-        """Step ``k`` starts now: feedback (beat, chord)."""
-        step = self.steps.pop(k, None)
+    def _next_target(self, end_ns: int | None) -> int:
+        target = self.clock.source.now_ns() + MAX_WAIT_NS
+        nt = self.scheduler.next_time()
+        if nt is not None and nt < target:
+            target = nt
+        if self._waiting is not None:
+            target = min(target, self._decide_by)
+        elif self.playing and self._step_start is not None:
+            target = min(target, self._step_start)
+        if self._ticks:
+            target = min(target, self._ticks[0])
+        if end_ns is not None and end_ns < target:
+            target = end_ns
+        return target
+
+    def _advance(self, now: int) -> None:
+        """Start the next step when its time has come; decide a waiting reactive step when it may."""
+        if self._waiting is not None:
+            if now >= self._decide_by or self._onset_for_step():
+                self._decide_waiting(now)
+            return
+        start = self._step_start
+        if not self.playing or start is None or now < start:
+            return
+        self.clock.stats.add(now - start)
+        pending = self.pending
+        if pending is not None and pending.k == self.next_k:
+            if not pending.queued:  # MIDI clock: the step's tick has come, queue on it
+                self.scheduler.add_notes(pending.events, start, self._step_ns())
+                self.scheduler.send_due(now)
+            self.pending = None
+            self._started(pending.step, start)
+            return
+        plan = self.performer.plan(self.transport.peek())
+        if plan.reactive:
+            self._waiting = plan
+            self._decide_by = start + int(plan.window_ms * 1_000_000)
+            if now >= self._decide_by or self._onset_for_step():
+                self._decide_waiting(now)
+            return
+        step = self._decide(self.next_k, plan, NOBODY)  # a prepared step failed or was discarded
+        if step is not None:
+            self.scheduler.add_notes(self._last_events, start, self._step_ns())
+            self.scheduler.send_due(now)
+            self._started(step, start)
+        else:
+            self._started(None, start)
+
+    def _onset_for_step(self) -> bool:
+        """An onset of the player belongs to the waiting step (arrived at most half a step before its start)."""
+        if not self._onsets or self._step_start is None:
+            return False
+        return self._onsets[-1].t_ns >= self._step_start - self._step_ns() / 2
+
+    def _decide_waiting(self, now: int) -> None:
+        plan = self._waiting
+        start = self._step_start
+        assert plan is not None and start is not None
+        self._waiting = None
+        self.reactive_decisions += 1
+        if now < self._decide_by:
+            self.early_decisions += 1
+        step = self._decide(self.next_k, plan, self._heard(now))
+        if step is not None:
+            self.scheduler.add_notes(self._last_events, start, self._step_ns())
+            self.scheduler.send_due(self.clock.source.now_ns())
+        self._started(step, start)
+
+    def _heard(self, now: int) -> Heard:
+        """What the player did for the step being decided (quantised: every onset not yet given to a step)."""
+        tracker = self.tracker
+        if tracker is None:
+            return NOBODY
+        chord = tracker.chord_token(now)
+        chord_tok = ct.CHORD_HOLD if chord == self._last_player_chord else chord
+        self._last_player_chord = chord
+        if self._onsets:
+            last = self._onsets[-1]
+            self._onsets.clear()
+            return Heard(ct.melody_note_on(last.pitch), last.velocity, chord_tok)
+        melody = ct.MEL_HOLD if tracker.melody_note() is not None else ct.MEL_REST
+        return Heard(melody, None, chord_tok)
+
+    def _step_ns(self) -> float:
+        if self.follower is not None:
+            return self.follower.step_ns
+        return self.clock.step_ns
+
+    def _decide(self, k: int, plan: Plan, heard: Heard) -> Step | None:
+        """Engine + voicer for clock step ``k`` at the transport's next position; events in ``_last_events``."""
+        pos = self.transport.advance()
+        if self.pending_model is not None and pos.position == 0:
+            self._swap_model_now()
+        if self._restart:
+            self._restart = False
+            self.engine.reset()
+        try:
+            step, events = self.performer.perform(pos, self.params, heard, plan)
+        except Exception as err:
+            self.engine_errors += 1
+            if self.engine_errors <= 3:
+                log.exception("engine step %d failed (%d so far); skipping it", k, self.engine_errors)
+            if self.feedback is not None:
+                self.feedback.error(f"engine step failed: {err}")
+            self._last_events = []
+            return None
+        self._last_events = events
+        return step
+
+    def _started(self, step: Step | None, start: int) -> None:
+        """Step ``next_k`` has started at ``start``: feedback, then plan the one after."""
+        if step is not None:
+            self._tick(step)
+        self.next_k += 1
+        self._drain()  # commands that came in during this step apply to the next one
+        if self.follower is None:
+            nxt = self.clock.deadline(self.next_k)
+            self._step_start = nxt
+            self._queue_ticks(nxt)
+            self._plan_next(nxt)
+        else:
+            self._step_start = None  # the next tick says when
+            self._plan_next(None)
+
+    def _plan_next(self, start: int | None) -> None:
+        """Decide the next step now, unless the conductor wants to hear the player first."""
+        self.pending = None
+        if not self.playing:
+            return
+        pos = self.transport.peek()
+        plan = self.performer.plan(pos)
+        if plan.reactive:
+            return
+        before = self.engine.snapshot()
+        step = self._decide(self.next_k, plan, NOBODY)
         if step is None:
             return
+        queued = start is not None
+        if queued:
+            self.scheduler.add_notes(self._last_events, start, self._step_ns())
+        self.pending = _Pending(self.next_k, pos, step, self._last_events, queued, before)
+
+    def _discard_pending(self) -> None:
+        """Forget a step decided ahead (its events must not sound): engine and transport go back before it."""
+        pending = self.pending
+        self.pending = None
+        self._waiting = None
+        if pending is None:
+            return
+        if pending.before is not None:
+            with contextlib.suppress(ValueError):  # the model changed in between: nothing to go back to
+                self.engine.restore(pending.before)
+        self.transport.locate(pending.pos.step)
+
+    def _tick(self, step: Step) -> None:
+        """A step has started: state for status and OSC feedback (beat, chord)."""
         self.current = step
         self.bar = step.bar
-        beat_steps = max(1, getattr(step, "beat_steps", STEPS_PER_BEAT))
+        beat_steps = max(1, step.beat_steps)
         self.beat = step.position // beat_steps
         fb = self.feedback
         name = step.chord_name
@@ -197,39 +507,135 @@ class Player:
                 fb.chord(name)
         self.chord_name = name
 
-    def _prepare(self, k: int) -> None:
-        """Compute step ``k`` (engine + voicer) and queue its events at their exact times."""
-        self.computed = k
-        if not self.playing:
-            return
-        clock = self.clock
-        params = self.params
-        last = self._last_step
-        if self.pending_model is not None and (last is None or last.position + 1 >= last.bar_steps):
-            self._swap_model_now(clock.deadline(k))  # on a bar line: the last step ended its bar
-        if self._restart:
-            self._restart = False
-            self.engine.reset()
-        try:
-            step = self.engine.step(params)
-            events = self.voicer.voice(step, params)
-        except Exception as err:
-            self.engine_errors += 1
-            if self.engine_errors <= 3:
-                log.exception("engine step %d failed (%d so far); skipping it", k, self.engine_errors)
-            if self.feedback is not None:
-                self.feedback.error(f"engine step failed: {err}")
-            return
-        self.steps[k] = step
-        self._last_step = step
-        self.scheduler.add_notes(events, clock.deadline(k), clock.step_ns)
+    # --- the player's input ----------------------------------------------------------------------
+    def _poll(self, now: int) -> None:
+        """Drain the player's input (notes, controls, clock) and the command queue."""
+        q = self.input_queue
+        if q is not None:
+            for t_ns, msg in q.drain():
+                self._input(t_ns, msg)
+        self._drain()
 
-    def _swap_model_now(self, at_ns: int) -> None:
+    def _input(self, t_ns: int, msg: tuple[int, ...]) -> None:
+        status = msg[0] if msg else 0
+        if status >= 0xF0:
+            if self.follower is not None and status in (0xF8, 0xFA, 0xFB, 0xFC, 0xF2):
+                for ev in self.follower.feed(msg, t_ns):
+                    self._clock_event(ev.kind, ev.step, ev.t_ns)
+            return
+        tracker = self.tracker
+        if tracker is None:
+            return
+        if self.recorder is not None:
+            self.recorder.record_input(msg, t_ns)
+        if self.thru:
+            self.scheduler.send_now(msg, part="player", exclude=self.recorder)
+        for control in tracker.feed(t_ns, msg):
+            self._control(control.name, control.value)
+        onsets = tracker.take_onsets()
+        if onsets:
+            self._onsets.extend(onsets)
+            if self.performer.conductor.interrupt():
+                self._interrupt_answer()
+
+    def _interrupt_answer(self) -> None:
+        """The player plays over rtgen's answer: every note rtgen has sounding is released at once."""
+        self._discard_pending()
+        channels = [self.parts.get(p).channel - 1 for p in PART_NAMES]
+        self.scheduler.release_all(channels)
+        self.performer.release_all()
+        self._plan_next(self._step_start)
+
+    def _control(self, name: str, value: float | str) -> None:
+        """A mapped CC from the player's controller."""
+        if name == "panic":
+            self._apply(Panic())
+        elif name == "mode":
+            self._apply(SetMode(str(value)))
+        elif name == "swing":
+            self._apply(SetSwing(float(value)))
+        elif name in ("temperature", "top_p", "density"):
+            self.set_params(**{name: float(value)})
+
+    def _clock_event(self, kind: str, step: int, t_ns: int) -> None:
+        """An event of the followed MIDI clock."""
+        if kind in ("start", "continue"):
+            self._discard_pending()
+            self.scheduler.release_all()
+            self.performer.release_all()
+            if kind == "start":
+                self._restart = True
+            self.transport.locate(step)
+            self.playing = True
+            self._step_start = None
+            self._plan_next(None)
+        elif kind == "stop":
+            self._discard_pending()
+            self.playing = False
+            self.scheduler.stop()
+            self.performer.release_all()
+            self._step_start = None
+        elif kind == "locate":
+            self._discard_pending()
+            self.transport.locate(step)
+            if self.playing:
+                self._plan_next(None)
+        elif kind == "step" and self.playing:
+            if step != self.transport.next_step and (self.pending is None or self.pending.pos.step != step):
+                self._discard_pending()
+                self.transport.locate(step)
+                self._plan_next(None)
+            self._step_start = t_ns
+
+    # --- clock out -------------------------------------------------------------------------------
+    def _start_clock_out(self, t0: int) -> None:
+        if not self.clock_out:
+            return
+        from rtgen.midiclock import start_messages
+
+        for msg in start_messages(self.transport.next_step):
+            self._send_clock(msg, self.clock.source.now_ns())
+        self._clock_running = True
+        self._queue_ticks(t0)  # the first clock after Start is the first step's downbeat
+
+    def _stop_clock_out(self) -> None:
+        if not self.clock_out or not self._clock_running:
+            return
+        from rtgen.midiclock import stop_message
+
+        self._ticks.clear()
+        self._send_clock(stop_message(), self.clock.source.now_ns())
+        self._clock_running = False
+
+    def _queue_ticks(self, start: int) -> None:
+        """Clock-out ticks of the step that starts at ``start`` (queued one step ahead)."""
+        if not self._clock_running:
+            return
+        from rtgen.midiclock import ticks_for_step
+
+        self._ticks.extend(ticks_for_step(start, self.clock.step_ns))
+
+    def _send_ticks(self, now: int) -> None:
+        ticks = self._ticks
+        while ticks and ticks[0] <= now:
+            ticks.popleft()
+            self._send_clock((MIDI_CLOCK,), now)
+
+    def _send_clock(self, msg: Sequence[int], now: int) -> None:
+        for sink in self.clock_out:
+            try:
+                sink.send(msg, now)
+            except Exception as err:  # a failing port must not stop the music
+                log.debug("clock out to %s failed: %s", sink.name, err)
+
+    # --- commands --------------------------------------------------------------------------------
+    def _swap_model_now(self) -> None:
         model = self.pending_model
         self.pending_model = None
         if model is None:
             return
-        self.scheduler.add_notes(self.voicer.release_all(), at_ns, self.clock.step_ns)
+        now = self.clock.source.now_ns()
+        self.scheduler.add_notes(self.performer.release_all(), now, self._step_ns())
         self.engine.swap_model(model)
         self.model_name = model.name
         log.info("switched to model %s (%s)", model.name, model.path)
@@ -239,22 +645,22 @@ class Player:
     def _release_voicer(self) -> None:
         # the scheduler's book has already sent the offs; this only resets the voicer's own state
         try:
-            self.voicer.release_all()
+            self.performer.release_all()
         except Exception as err:  # pragma: no cover - defensive
             log.warning("voicer release failed: %s", err)
 
     def _drain(self) -> None:
         while True:
             try:
-                name, args = self.commands.get_nowait()
+                cmd = self.commands.get_nowait()
             except queue.Empty:
                 return
             try:
-                self._apply(name, args)
+                self._apply(cmd)
             except Exception as err:
-                log.exception("command %s%r failed", name, args)
+                log.exception("command %r failed", cmd)
                 if self.feedback is not None:
-                    self.feedback.error(f"{name}: {err}")
+                    self.feedback.error(f"{type(cmd).__name__}: {err}")
 
     def _drain_final(self) -> None:
         try:
@@ -262,68 +668,108 @@ class Player:
         except Exception:  # pragma: no cover - shutdown must go on
             log.exception("draining commands at shutdown failed")
 
-    def _apply(self, name: str, args: tuple[Any, ...]) -> None:
+    def _apply(self, cmd: Command) -> None:
         sched = self.scheduler
-        if name == "play":
-            if not self.playing:
-                self.playing = True
-                self._restart = True
-        elif name == "stop":
-            if self.playing:
-                self.playing = False
-                sched.stop()
+        match cmd:
+            case Play():
+                if not self.playing and self.follower is None:
+                    self.playing = True
+                    self._restart = True
+                    self.transport.locate(0)
+                    start = self.clock.deadline(self.next_k)
+                    self._step_start = start
+                    self._start_clock_out(start)
+                    self._plan_next(start)
+            case Stop():
+                if self.playing:
+                    self._discard_pending()
+                    self.playing = False
+                    sched.stop()
+                    self._release_voicer()
+                    self._stop_clock_out()
+            case Panic():
+                self._discard_pending()
+                sched.panic()
                 self._release_voicer()
-                self.steps.clear()
-        elif name == "panic":
-            sched.panic()
-            self._release_voicer()
-        elif name == "tempo":
-            self.clock.set_tempo(float(args[0]), self.computed + 1)
-            for sink in sched.sinks:
-                set_tempo = getattr(sink, "set_tempo", None)
-                if set_tempo is not None:
-                    set_tempo(float(args[0]), self.clock.deadline(self.computed + 1))
-        elif name == "instrument":
-            part, program = args
-            self._set_parts(_replace_part(self.parts, part, program=program))
-            ch = self.parts.get(part).channel - 1
-            sched.send_now((PROGRAM_CHANGE | ch, program))
-        elif name == "volume":
-            part, volume = args
-            self._set_parts(_replace_part(self.parts, part, volume=volume))
-            ch = self.parts.get(part).channel - 1
-            sched.send_now((CONTROL_CHANGE | ch, 7, round(volume * 127)))
-        elif name == "pan":
-            part, pan = args
-            self._set_parts(_replace_part(self.parts, part, pan=pan))
-            ch = self.parts.get(part).channel - 1
-            sched.send_now((CONTROL_CHANGE | ch, 10, min(127, round((pan + 1) * 64))))
-        elif name == "seed":
-            sched.release_all()
-            self._release_voicer()
-            self.steps.clear()
-            self._last_step = None
-            self.engine.reset(int(args[0]))
-        elif name == "swing":
-            self.swing = float(args[0])
-            if hasattr(self.voicer, "swing"):
-                self.voicer.swing = self.swing
-        elif name == "mode":
-            self.mode = str(args[0])
-            if self.mode != "autonomous":
-                log.warning("mode %s comes with the play-along issue; still playing autonomous", self.mode)
-        elif name == "model":
-            self.pending_model = args[0]
-        elif name == "call":
-            args[0]()  # a closure that must run on the real-time thread (e.g. a soundfont switch)
-        else:
-            raise ValueError(f"unknown command {name!r}")
+                self._replan()
+            case SetTempo(bpm=bpm):
+                at = self.next_k + (1 if self.pending is not None and self.pending.queued else 0)
+                self.clock.set_tempo(float(bpm), at)
+                if self.follower is None and self.playing:
+                    self._step_start = self.clock.deadline(self.next_k)
+                for sink in sched.sinks:
+                    set_tempo = getattr(sink, "set_tempo", None)
+                    if set_tempo is not None:
+                        set_tempo(float(bpm), self.clock.deadline(at))
+            case SetPart(part=part, program=program, volume=volume, pan=pan):
+                changes = {k: v for k, v in (("program", program), ("volume", volume), ("pan", pan)) if v is not None}
+                self._set_parts(_replace_part(self.parts, part, **changes))
+                ch = self.parts.get(part).channel - 1
+                if program is not None:
+                    sched.send_now((PROGRAM_CHANGE | ch, program))
+                if volume is not None:
+                    sched.send_now((CONTROL_CHANGE | ch, 7, volume_cc(volume)))
+                if pan is not None:
+                    sched.send_now((CONTROL_CHANGE | ch, 10, pan_cc(pan)))
+            case SetSeed(seed=seed):
+                self._discard_pending()
+                sched.release_all()
+                self._release_voicer()
+                self.engine.reset(int(seed))
+                self._replan()
+            case SetSwing(swing=swing):
+                self.swing = float(swing)
+                if hasattr(self.voicer, "swing"):
+                    self.voicer.swing = self.swing
+            case SetMode(mode=mode):
+                if mode not in MODES:
+                    raise ValueError(f"unknown mode {mode!r}; allowed: {', '.join(MODES)}")
+                if mode == self.mode:
+                    return
+                if mode in ("accompany", "call-and-response") and not self.engine.can_harmonise:
+                    self.engine.model.require_harmony(mode)
+                self._discard_pending()
+                sched.release_all()
+                self._release_voicer()
+                self.performer.set_conductor(self._conductor(mode))
+                self._onsets.clear()
+                log.info("mode %s", mode)
+                self._replan()
+            case SwapModel(model=model):
+                self.pending_model = model
+            case UseSoundfont(synth=synth, sfid=sfid, path=path):
+                self._discard_pending()
+                sched.release_all()
+                self._release_voicer()
+                synth.use_soundfont(sfid, path)
+                self.send_parts_setup()
+                log.info("soundfont switched to %s", path)
+                self._replan()
+            case RecordStart(sink=sink):
+                if self.recorder is not None:
+                    raise RtgenError(f"already recording to {self.recorder.path}; /rtgen/record/stop first")
+                self.recorder = sink
+                sched.sinks.append(sink)
+            case RecordStop(done=done):
+                rec = self.recorder
+                self.recorder = None
+                if rec is not None and rec in sched.sinks:
+                    sched.sinks.remove(rec)
+                if done is not None:
+                    done(rec)
+            case _:
+                raise ValueError(f"unknown command {cmd!r}")
+
+    def _replan(self) -> None:
+        """Decide the next step again after a change that discarded the one decided ahead."""
+        if self.playing and self.pending is None and self._waiting is None:
+            self._plan_next(self._step_start if self.follower is None else None)
 
     def _set_parts(self, parts: PartsConfig) -> None:
         self.parts = parts
-        offs = self.voicer.set_parts(parts)  # note-offs for notes on channels that changed
+        offs = self.performer.set_parts(parts)  # note-offs for notes on channels that changed
         if offs:
-            self.scheduler.add_notes(offs, self.clock.now_ns(), self.clock.step_ns)
+            self.scheduler.add_notes(offs, self.clock.source.now_ns(), self._step_ns())
 
     def send_parts_setup(self) -> None:
         """Program change, volume (CC7) and pan (CC10) for every part: at start-up, on the RT thread."""
@@ -333,8 +779,15 @@ class Player:
                 continue
             ch = part.channel - 1
             self.scheduler.send_now((PROGRAM_CHANGE | ch, part.program))
-            self.scheduler.send_now((CONTROL_CHANGE | ch, 7, round(part.volume * 127)))
-            self.scheduler.send_now((CONTROL_CHANGE | ch, 10, min(127, round((part.pan + 1) * 64))))
+            self.scheduler.send_now((CONTROL_CHANGE | ch, 7, volume_cc(part.volume)))
+            self.scheduler.send_now((CONTROL_CHANGE | ch, 10, pan_cc(part.pan)))
+
+    @property
+    def tempo(self) -> float:
+        """The tempo being played (the followed clock's estimate when following one)."""
+        if self.follower is not None and self.follower.tempo_bpm is not None:
+            return float(self.follower.tempo_bpm)
+        return self.clock.tempo
 
 
 def _replace_part(parts: PartsConfig, name: str, **changes: Any) -> PartsConfig:
@@ -343,7 +796,7 @@ def _replace_part(parts: PartsConfig, name: str, **changes: Any) -> PartsConfig:
 
 
 class Daemon:
-    """``rtgen run``: opens the model, outputs, OSC server and status line, then plays.
+    """``rtgen run``: opens the model, inputs, outputs, OSC server and status line, then plays.
 
     Start-up fails fast with :class:`~rtgen.errors.RtgenError` subclasses whose
     messages say what to do (unknown port -> the ports there are; missing soundfont
@@ -365,12 +818,16 @@ class Daemon:
         self.synth_sink: Any | None = None
         self.model: Model | None = None
         self.midi_name: str | None = None
+        self.midi_sinks: list[SinkLike] = []
+        self.input: Any | None = None
+        self.input_name: str | None = None
         self.started_ns = 0
         self._swap_lock = threading.Lock()  # only serialises background loaders, never taken by the RT thread
+        self._closers: list[threading.Thread] = []
 
     # --- start-up ----------------------------------------------------------------------------
     def open(self) -> None:
-        """Load the model and open every output; raises RtgenError with a fix on failure."""
+        """Load the model and open every input and output; raises RtgenError with a fix on failure."""
         from rtgen.engine import Engine, Params
         from rtgen.model import Model
         from rtgen.voicing import Voicer
@@ -378,6 +835,9 @@ class Daemon:
         cfg = self.config
         try:
             self.model = Model.load(cfg.model_path)
+            mode = cfg.daemon.mode
+            if mode in ("accompany", "call-and-response"):
+                self.model.require_harmony(mode)
             self._open_outputs()
             gen = cfg.generation
             params = Params.from_config(gen)
@@ -391,14 +851,72 @@ class Daemon:
                 self.osc = OscServer(cfg.osc.host, cfg.osc.port, self)
                 feedback = self.osc.feedback
             sched = Scheduler(self.sinks, on_note=self._on_note if feedback is not None else None)
-            self.player = Player(engine, voicer, sched, clock, params, cfg.parts, feedback=feedback)
-            self.player.mode = cfg.daemon.mode
+            tracker, in_queue, follower = self._open_input()
+            clock_out: list[SinkLike] = []
+            if cfg.clock.send:
+                if follower is not None:
+                    log.warning("clock.send ignored: rtgen follows a MIDI clock (it cannot lead and follow)")
+                else:
+                    clock_out = list(self.midi_sinks)
+                    if not clock_out:
+                        log.warning("clock.send: there is no MIDI output to send the clock to")
+            self.player = Player(
+                engine, voicer, sched, clock, params, cfg.parts, feedback=feedback, mode=mode, config=cfg,
+                tracker=tracker, input_queue=in_queue, follower=follower, clock_out=clock_out,
+                thru=cfg.input.thru and tracker is not None,
+            )  # fmt: skip
+            self.player.recorder = self._initial_recorder
         except BaseException:
             self.close()
             raise
 
+    def _open_input(self) -> tuple[PlayerTracker | None, InputQueue | None, ClockFollower | None]:
+        """The player's MIDI input (virtual ``rtgen:in`` or a named port), its tracker and clock follower."""
+        cfg = self.config
+        need = cfg.input.enabled or cfg.clock.source == "midi" or cfg.daemon.mode != "autonomous"
+        if not need:
+            return None, None, None
+        if not cfg.input.enabled:
+            raise RtgenError(
+                f"mode {cfg.daemon.mode} / clock {cfg.clock.source} needs the MIDI input, but [input] enabled = false"
+            )
+        from rtgen.input import InputQueue, PlayerTracker
+        from rtgen.midi_io import open_input
+        from rtgen.midiclock import ClockFollower
+
+        in_queue = InputQueue()
+        try:
+            self.input = open_input(
+                cfg.midi.backend, cfg.input.port or None, in_queue, cfg.midi.client_name,
+                cfg.input.virtual_port_name, clock=cfg.clock.source == "midi",
+            )  # fmt: skip
+        except PortError:
+            if cfg.input.port or cfg.daemon.mode != "autonomous" or cfg.clock.source == "midi":
+                raise  # a port the user named must exist, and a play-along mode needs one
+            log.warning("no MIDI input (no virtual port on this backend); playing without listening")
+            return None, None, None
+        self.input_name = self.input.name
+        tracker = PlayerTracker.from_config(cfg)
+        follower = ClockFollower() if cfg.clock.source == "midi" else None
+        return tracker, in_queue, follower
+
+    @property
+    def _initial_recorder(self) -> RecorderSink | None:
+        from rtgen.sinks import RecorderSink
+
+        return next((s for s in self.sinks if isinstance(s, RecorderSink)), None)
+
+    def _recorder(self, path: Path) -> RecorderSink:
+        from rtgen.sinks import RecorderSink
+
+        cfg = self.config
+        ts = cfg.generation.parsed_time_signature()
+        names = {cfg.parts.get(n).channel - 1: n for n in PART_NAMES}
+        tempo = self.player.tempo if self.player is not None else cfg.generation.tempo
+        return RecorderSink(path, tempo, time_signature=(ts.numerator, ts.denominator), track_names=names)
+
     def _open_outputs(self) -> None:
-        from rtgen.sinks import MidiOutSink, RecorderSink
+        from rtgen.sinks import MidiOutSink
 
         cfg = self.config
         midi_error: PortError | None = None
@@ -415,7 +933,9 @@ class Daemon:
                 midi_error = err  # no MIDI system for a virtual port: the synth may still play
             else:
                 self.midi_name = out.name
-                self.sinks.append(MidiOutSink(out))
+                sink = MidiOutSink(out)
+                self.sinks.append(sink)
+                self.midi_sinks.append(sink)
         if cfg.synth.enabled:
             self._open_synth()
         if midi_error is not None:
@@ -423,16 +943,7 @@ class Daemon:
                 raise RtgenError(f"no output left to play to: MIDI: {midi_error}; synth: no audio device (see above)")
             log.warning("no MIDI output (%s); playing through the synth only", midi_error)
         if cfg.daemon.record:
-            ts = cfg.generation.parsed_time_signature()
-            names = {cfg.parts.get(n).channel - 1: n for n in PART_NAMES}
-            self.sinks.append(
-                RecorderSink(
-                    cfg.resolve(cfg.daemon.record),
-                    cfg.generation.tempo,
-                    time_signature=(ts.numerator, ts.denominator),
-                    track_names=names,
-                )
-            )
+            self.sinks.append(self._recorder(cfg.resolve(cfg.daemon.record)))
         live = [s for s in self.sinks if not s.name.startswith("record:")]
         if not live:
             raise RtgenError(
@@ -462,12 +973,12 @@ class Daemon:
 
     def _on_note(self, part: str | None, channel: int, pitch: int, velocity: int) -> None:
         fb = self.osc.feedback if self.osc is not None else None
-        if fb is not None and fb.subscribers:
+        if fb is not None and fb.subscribers and part != "player":
             fb.note(part or f"channel{channel + 1}", pitch, velocity)
 
     # --- running -----------------------------------------------------------------------------
     def run(self) -> int:
-        """Play until SIGINT/SIGTERM, ``/rtgen/...`` never stops it, or ``daemon.duration``. Returns 0."""
+        """Play until SIGINT/SIGTERM or ``daemon.duration``; returns 0. The recording is written on the way out."""
         if self.player is None:
             self.open()
         player = self.player
@@ -484,9 +995,12 @@ class Daemon:
             player.send_parts_setup()
             self.started_ns = time.perf_counter_ns()
             log.info(
-                "playing: model %s, tempo %.1f, outputs %s, OSC %s",
+                "playing: model %s, mode %s, tempo %.1f, clock %s, input %s, outputs %s, OSC %s",
                 player.model_name,
+                player.mode,
                 player.clock.tempo,
+                self.config.clock.source,
+                self.input_name or "off",
                 ", ".join(s.name for s in self.sinks),
                 f"{self.config.osc.host}:{self.osc.port}" if self.osc is not None else "off",
             )
@@ -499,14 +1013,20 @@ class Daemon:
         return 0
 
     def close(self) -> None:
-        """Release every note, close sinks, stop the OSC server and status line (idempotent)."""
+        """Release every note, close inputs and sinks (the recording is written), stop OSC (idempotent)."""
         if self.status_reporter is not None:
             try:
                 self.status_reporter.stop(self)
             except Exception:  # pragma: no cover
                 log.exception("status reporter failed to stop")
+        if self.input is not None:
+            try:
+                self.input.close()
+            except Exception as err:
+                log.warning("closing the MIDI input failed: %s", err)
+            self.input = None
         if self.player is not None:
-            self.player.scheduler.close()
+            self.player.scheduler.close()  # closes every sink, the recorder (written safely) included
             self.player = None
         else:
             for sink in self.sinks:
@@ -514,7 +1034,11 @@ class Daemon:
                     sink.close()
                 except Exception as err:
                     log.warning("closing %s failed: %s", sink.name, err)
+        for t in self._closers:
+            t.join(timeout=30)
+        self._closers = []
         self.sinks = []
+        self.midi_sinks = []
         if self.osc is not None:
             self.osc.close()
             self.osc = None
@@ -527,41 +1051,48 @@ class Daemon:
 
     def play(self) -> None:
         """Start playing."""
-        self._p().command("play", urgent=True)
+        self._p().command(Play(), urgent=True)
 
     def stop(self) -> None:
         """Stop playing (notes released now)."""
-        self._p().command("stop", urgent=True)
+        self._p().command(Stop(), urgent=True)
 
     def panic(self) -> None:
         """Release everything."""
-        self._p().command("panic", urgent=True)
+        self._p().command(Panic(), urgent=True)
 
     def set_tempo(self, bpm: float) -> None:
         """Tempo from the next step on."""
-        self._p().command("tempo", bpm)
+        if self.config.clock.source == "midi":
+            raise ValueError("the tempo follows the MIDI clock (clock.source = midi); change it in the DAW")
+        self._p().command(SetTempo(bpm))
 
     def set_params(self, **changes: Any) -> None:
         """Swap generation parameters."""
         self._p().set_params(**changes)
 
     def set_mode(self, mode: str) -> None:
-        """Switch mode."""
+        """Switch mode (the model must have a harmoniser for accompany and call-and-response)."""
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; allowed: {', '.join(MODES)}")
-        self._p().command("mode", mode)
+        player = self._p()
+        if mode in ("accompany", "call-and-response") and not player.engine.can_harmonise:
+            player.engine.model.require_harmony(mode)
+        if mode != "autonomous" and player.tracker is None:
+            raise ValueError(f"mode {mode} listens to a player, but the MIDI input is off ([input] enabled)")
+        player.command(SetMode(mode), urgent=True)
 
     def set_instrument(self, part: str, program: int) -> None:
         """Program change for a part."""
-        self._p().command("instrument", part, program, urgent=True)
+        self._p().command(SetPart(part, program=program), urgent=True)
 
     def set_volume(self, part: str, volume: float) -> None:
         """CC7 for a part."""
-        self._p().command("volume", part, volume, urgent=True)
+        self._p().command(SetPart(part, volume=volume), urgent=True)
 
     def set_pan(self, part: str, pan: float) -> None:
         """CC10 for a part."""
-        self._p().command("pan", part, pan, urgent=True)
+        self._p().command(SetPart(part, pan=pan), urgent=True)
 
     def set_key(self, key: str) -> None:
         """Key lock (or "off")."""
@@ -571,11 +1102,37 @@ class Daemon:
 
     def set_seed(self, seed: int) -> None:
         """Re-seed (restarts the piece at the next step)."""
-        self._p().command("seed", seed)
+        self._p().command(SetSeed(seed))
 
     def set_swing(self, swing: float) -> None:
         """Swing amount."""
-        self._p().command("swing", swing)
+        self._p().command(SetSwing(swing))
+
+    def record_start(self, path: str) -> None:
+        """Start recording both sides to ``path`` (a .mid file, written safely when recording stops)."""
+        player = self._p()
+        if player.recorder is not None:
+            raise ValueError(f"already recording to {player.recorder.path}; send /rtgen/record/stop first")
+        target = self.config.resolve(path)
+        if target.suffix.lower() not in (".mid", ".midi"):
+            raise ValueError(f"the recording must be a .mid file, got {target.name!r}")
+        if target.parent.exists() and not target.parent.is_dir():
+            raise ValueError(f"cannot record into {target.parent}: not a folder")
+        player.command(RecordStart(self._recorder(target)), urgent=True)
+
+    def record_stop(self, reply: Callable[[str], None] | None = None) -> None:
+        """Stop recording; the file is written in the background (temporary file, then rename)."""
+
+        def done(rec: RecorderSink | None) -> None:  # on the real-time thread: hand the writing to a thread
+            if rec is None:
+                if reply is not None:
+                    reply("/rtgen/record/stop: not recording")
+                return
+            t = threading.Thread(target=_close_recorder, args=(rec, reply), name="rtgen-recorder", daemon=True)
+            self._closers.append(t)
+            t.start()
+
+        self._p().command(RecordStop(done), urgent=True)
 
     def swap_model(self, path: str, reply: Callable[[str], None] | None = None) -> None:
         """Load ``path`` in the background; the RT thread switches at the next bar line."""
@@ -588,6 +1145,8 @@ class Daemon:
             with self._swap_lock:
                 try:
                     model = Model.load(target)
+                    if player.mode in ("accompany", "call-and-response"):
+                        model.require_harmony(player.mode)
                 except Exception as err:
                     text = f"/rtgen/model: cannot load {target}: {err}; keeping {player.model_name}"
                     log.error("%s", text)
@@ -596,7 +1155,7 @@ class Daemon:
                     if reply is not None:
                         reply(text)
                     return
-                player.command("model", model)
+                player.command(SwapModel(model))
 
         threading.Thread(target=load, name="rtgen-model-loader", daemon=True).start()
 
@@ -626,8 +1185,7 @@ class Daemon:
             except (SoundfontError, OSError) as err:
                 fail(f"/rtgen/soundfont: {err}")
                 return
-            # the synth's programs are driven by the RT thread: switch there, between two sends
-            player.command("call", lambda: _switch_soundfont(player, synth, sfid, sf))
+            player.command(UseSoundfont(synth, sfid, sf))  # switched on the RT thread, between two sends
 
         threading.Thread(target=work, name="rtgen-soundfont-loader", daemon=True).start()
 
@@ -645,10 +1203,15 @@ class Daemon:
             }
             for n in PART_NAMES
         }
+        tracker = p.tracker
+        conductor = p.performer.conductor
         return {
             "playing": p.playing,
             "mode": p.mode,
-            "tempo": p.clock.tempo,
+            "answering": bool(getattr(conductor, "answering", False)),
+            "tempo": p.tempo,
+            "clock": self.config.clock.source,
+            "clock_out": bool(p.clock_out),
             "bar": p.bar + 1,
             "beat": p.beat + 1,
             "chord": p.chord_name,
@@ -659,11 +1222,16 @@ class Daemon:
             "swing": p.swing,
             "seed": getattr(p.engine, "seed", None),
             "model": p.model_name,
+            "can_accompany": bool(p.engine.can_harmonise),
             "realtime": self.realtime,
             "parts": parts,
+            "input": self.input_name,
+            "player_sounding": list(tracker.sounding()) if tracker is not None else [],
+            "recording": str(p.recorder.path) if p.recorder is not None else None,
             "steps": stats.steps,
             "late_steps": stats.late_steps,
             "max_late_us": stats.max_late_ns / 1000,
+            "reactive_steps": p.reactive_decisions,
             "sent": p.scheduler.sent,
             "sounding": p.scheduler.book.count(),
             "outputs": [s.name for s in p.scheduler.sinks],
@@ -672,9 +1240,13 @@ class Daemon:
         }
 
 
-def _switch_soundfont(player: Player, synth: Any, sfid: int, sf: Path) -> None:
-    player.scheduler.release_all()
-    player._release_voicer()
-    synth.use_soundfont(sfid, sf)
-    player.send_parts_setup()
-    log.info("soundfont switched to %s", sf)
+def _close_recorder(rec: RecorderSink, reply: Callable[[str], None] | None = None) -> None:
+    """Write a detached recording (off the real-time thread); errors are logged and replied, never raised."""
+    try:
+        rec.close()
+    except Exception as err:
+        log.error("cannot write the recording %s: %s", rec.path, err)
+        if reply is not None:
+            reply(f"/rtgen/record/stop: {err}")
+        return
+    log.info("recording written to %s", rec.path)

@@ -37,6 +37,7 @@ from pythonosc.osc_message_builder import OscMessageBuilder
 from pythonosc.osc_server import BlockingOSCUDPServer
 
 from rtgen.config import PART_NAMES
+from rtgen.errors import RtgenError
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,8 @@ class Controller(Protocol):
     def set_swing(self, swing: float) -> None: ...
     def swap_model(self, path: str, reply: Callable[[str], None] | None = None) -> None: ...
     def swap_soundfont(self, path: str, reply: Callable[[str], None] | None = None) -> None: ...
+    def record_start(self, path: str) -> None: ...
+    def record_stop(self, reply: Callable[[str], None] | None = None) -> None: ...
     def status(self) -> dict[str, Any]: ...
 
 
@@ -212,7 +215,10 @@ class OscControl:
     @osc_handler("tempo", "f")
     def tempo(self, sender: tuple[str, int] | None, bpm: float) -> None:
         """Tempo in BPM, 20..400; takes effect at the next step boundary."""
-        self.controller.set_tempo(_check_range("tempo", bpm, 20.0, 400.0))
+        try:
+            self.controller.set_tempo(_check_range("tempo", bpm, 20.0, 400.0))
+        except ValueError as err:  # following a MIDI clock: the DAW sets the tempo
+            raise OscArgError(str(err)) from err
 
     @osc_handler("temperature", "f")
     def temperature(self, sender: tuple[str, int] | None, value: float) -> None:
@@ -226,12 +232,16 @@ class OscControl:
 
     @osc_handler("mode", "s")
     def mode(self, sender: tuple[str, int] | None, mode: str) -> None:
-        """Mode: autonomous (the play-along modes accompany, improvise, call-and-response come later)."""
+        """Mode: autonomous, accompany (your melody, rtgen's chords and bass), improvise (your chords,
+        rtgen's melody) or call-and-response; switches with every note released."""
         from rtgen.config import MODES
 
         if mode not in MODES:
             raise OscArgError(f"unknown mode {mode!r}; allowed: {', '.join(MODES)}")
-        self.controller.set_mode(mode)
+        try:
+            self.controller.set_mode(mode)
+        except (ValueError, RtgenError) as err:  # e.g. a model without a harmoniser cannot accompany
+            raise OscArgError(str(err)) from err
 
     @osc_handler("instrument", "si")
     def instrument(self, sender: tuple[str, int] | None, part: str, program: int) -> None:
@@ -293,6 +303,21 @@ class OscControl:
         if not path.strip():
             raise OscArgError("soundfont path is empty")
         self.controller.swap_soundfont(path, self._replier(sender))
+
+    @osc_handler("record/start", "s")
+    def record_start(self, sender: tuple[str, int] | None, path: str) -> None:
+        """Record the session (the player's input and every part) to a .mid file, written when recording stops."""
+        if not path.strip():
+            raise OscArgError("recording path is empty")
+        try:
+            self.controller.record_start(path)
+        except ValueError as err:
+            raise OscArgError(str(err)) from err
+
+    @osc_handler("record/stop")
+    def record_stop(self, sender: tuple[str, int] | None) -> None:
+        """Stop recording: the file is written in the background (temporary file, then rename)."""
+        self.controller.record_stop(self._replier(sender))
 
     @osc_handler("status")
     def status(self, sender: tuple[str, int] | None) -> None:

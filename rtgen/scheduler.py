@@ -133,11 +133,11 @@ class Scheduler:
         return n
 
     # --- immediate sends ----------------------------------------------------
-    def send_now(self, message: Sequence[int], part: str | None = None) -> bool:
-        """Send ``message`` to every sink right now (through the note-off book)."""
-        return self._dispatch(tuple(int(b) for b in message), part, self.now_ns())
+    def send_now(self, message: Sequence[int], part: str | None = None, *, exclude: SinkLike | None = None) -> bool:
+        """Send ``message`` to every sink (but ``exclude``) right now, through the note-off book."""
+        return self._dispatch(tuple(int(b) for b in message), part, self.now_ns(), exclude)
 
-    def _dispatch(self, msg: tuple[int, ...], part: str | None, now: int) -> bool:
+    def _dispatch(self, msg: tuple[int, ...], part: str | None, now: int, exclude: SinkLike | None = None) -> bool:
         status = msg[0]
         kind = status & 0xF0
         channel = status & 0x0F
@@ -150,6 +150,8 @@ class Scheduler:
             self.dropped_offs += 1
             return False
         for sink in self.sinks:
+            if sink is exclude:
+                continue
             try:
                 sink.send(msg, now)
             except Exception as err:  # a failing sink must not stop the music on the others

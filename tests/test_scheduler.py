@@ -9,7 +9,7 @@ import pytest
 
 from rtgen.clock import FakeTime, StepClock
 from rtgen.config import PartsConfig
-from rtgen.daemon import Player
+from rtgen.daemon import Play, Player, SetPart, SetTempo, Stop
 from rtgen.scheduler import Scheduler
 from rtgen.voicing import NoteEvent
 
@@ -226,7 +226,7 @@ def test_tempo_command_changes_the_grid_from_the_next_step(random_model: Path) -
     def hook(t: int, m: tuple[int, ...]) -> None:
         if t >= 1_000_000_000 and not sent:
             sent.append(t)
-            player.command("tempo", 240.0)
+            player.command(SetTempo(240.0))
 
     sink.hook = hook
     player.run(3.0, start_ns=0)
@@ -247,11 +247,11 @@ def test_stop_play_and_instrument_commands(random_model: Path) -> None:
             t = super().wait_until(deadline_ns, max_sleep_ns=max_sleep_ns)
             if t >= 500_000_000 and "stop" not in done:
                 done.append("stop")
-                player.command("stop")
-                player.command("instrument", "chords", 40)
+                player.command(Stop())
+                player.command(SetPart("chords", program=40))
             elif t >= 1_500_000_000 and "play" not in done:
                 done.append("play")
-                player.command("play")
+                player.command(Play())
             return t
 
     ft = ScriptedTime()
