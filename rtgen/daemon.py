@@ -476,7 +476,7 @@ class Player:
         if step is None:
             return
         queued = start is not None
-        if queued:
+        if start is not None:
             self.scheduler.add_notes(self._last_events, start, self._step_ns())
         self.pending = _Pending(self.next_k, pos, step, self._last_events, queued, before)
 

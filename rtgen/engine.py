@@ -19,8 +19,9 @@ from __future__ import annotations
 import copy
 import math
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -517,7 +518,7 @@ class EngineState:
     note_state: npt.NDArray[np.float32]
     scalars: tuple[int, ...]
     bars: tuple[tuple[int, int], ...]
-    rng: dict[str, object]
+    rng: Mapping[str, Any]
     model: Model
     transport: Transport
 
