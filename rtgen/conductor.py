@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from rtgen import contract as ct
-from rtgen.config import MODES, AccompanyConfig, CallResponseConfig
+from rtgen.config import MODES, AccompanyConfig, CallResponseConfig, ImproviseConfig
 from rtgen.transport import Position
 
 
@@ -72,6 +72,7 @@ class Plan:
         reactive: decide this step when the player's notes for it are known, not one step ahead.
         window_ms: how long past the grid time a reactive step waits for the player.
         key: a key lock for this step that overrides the parameters' (the answer in the call's key).
+        tone_fit: log-odds bonus for sampled melody onsets on chord tones on strong beats (improvise).
     """
 
     observe_melody: bool = False
@@ -81,6 +82,7 @@ class Plan:
     reactive: bool = False
     window_ms: float = 0.0
     key: ct.Key | None = None
+    tone_fit: float = 0.0
 
 
 class Conductor(Protocol):
@@ -152,10 +154,17 @@ class Accompany:
 
 
 class Improvise:
-    """The player holds chords; rtgen plays a melody over them."""
+    """The player holds chords; rtgen plays a melody over them, landing on chord tones on strong beats.
+
+    Args:
+        tone_fit: the log-odds bonus for chord tones on strong beats.
+    """
 
     mode = "improvise"
-    _PLAN = Plan(observe_chords=True, voiced=frozenset(("melody",)), reactive=True, window_ms=0.0)
+
+    def __init__(self, tone_fit: float = 1.0) -> None:
+        self._PLAN = Plan(observe_chords=True, voiced=frozenset(("melody",)), reactive=True, window_ms=0.0,
+                          tone_fit=tone_fit)  # fmt: skip
 
     def plan(self, pos: Position) -> Plan:
         """Chords observed (recognised live), melody sampled, decided at the grid time."""
@@ -254,14 +263,15 @@ class CallAndResponse:
 
 
 def make_conductor(mode: str, accompany: AccompanyConfig | None = None,
-                   call_response: CallResponseConfig | None = None) -> Conductor:  # fmt: skip
+                   call_response: CallResponseConfig | None = None,
+                   improvise: ImproviseConfig | None = None) -> Conductor:  # fmt: skip
     """The conductor for ``mode`` (one of :data:`rtgen.config.MODES`)."""
     if mode == "autonomous":
         return Autonomous()
     if mode == "accompany":
         return Accompany(accompany)
     if mode == "improvise":
-        return Improvise()
+        return Improvise((improvise or ImproviseConfig()).tone_fit)
     if mode == "call-and-response":
         return CallAndResponse(call_response, fit=(accompany or AccompanyConfig()).fit)
     raise ValueError(f"unknown mode {mode!r}; allowed: {', '.join(MODES)}")

@@ -146,6 +146,13 @@ class AccompanyConfig:
 
 
 @dataclass(frozen=True)
+class ImproviseConfig:
+    """``improvise`` mode: the player's chords in, a melody out."""
+
+    tone_fit: float = field(default=1.0, metadata=_range(0.0, 10.0))  # log-odds bonus, chord tones on strong beats
+
+
+@dataclass(frozen=True)
 class CallResponseConfig:
     """``call-and-response`` mode: the player calls, the model answers after a silence."""
 
@@ -200,6 +207,7 @@ class Config:
     input: InputConfig = InputConfig()
     clock: ClockConfig = ClockConfig()
     accompany: AccompanyConfig = AccompanyConfig()
+    improvise: ImproviseConfig = ImproviseConfig()
     call_response: CallResponseConfig = CallResponseConfig()
     cc: CcConfig = CcConfig()
     base_dir: Path = Path(".")

@@ -277,7 +277,7 @@ class Player:
 
     def _conductor(self, mode: str) -> Any:
         cfg = self.config
-        return make_conductor(mode, cfg.accompany, cfg.call_response)
+        return make_conductor(mode, cfg.accompany, cfg.call_response, cfg.improvise)
 
     # --- thread-safe control (any thread) ------------------------------------------------------
     def command(self, cmd: Command, *, urgent: bool = False) -> None:
@@ -884,7 +884,8 @@ class Daemon:
         from rtgen.midi_io import open_input
         from rtgen.midiclock import ClockFollower
 
-        in_queue = InputQueue()
+        # rtmidi's thread wakes the loop: without it a tick or a note waits for the next due event (up to 250 ms)
+        in_queue = InputQueue(on_arrival=self._wake_player)
         try:
             self.input = open_input(
                 cfg.midi.backend, cfg.input.port or None, in_queue, cfg.midi.client_name,
@@ -899,6 +900,12 @@ class Daemon:
         tracker = PlayerTracker.from_config(cfg)
         follower = ClockFollower() if cfg.clock.source == "midi" else None
         return tracker, in_queue, follower
+
+    def _wake_player(self) -> None:
+        """Wake the real-time loop (rtmidi's thread, on every input message)."""
+        player = self.player
+        if player is not None:
+            player.wake.set()
 
     @property
     def _initial_recorder(self) -> RecorderSink | None:

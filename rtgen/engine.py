@@ -183,6 +183,7 @@ class Engine:
             for name in (*ct.NOTE_MODEL_INPUTS[:-1], "melody_now", "sounding_now")
         }
         self._fit_cache: dict[float, FloatArray] = {}
+        self._tone_cache: dict[tuple[int, float], FloatArray] = {}
         self._hist_melody = np.zeros(_HISTORY, dtype=np.int64)
         self._hist_chord = np.zeros(_HISTORY, dtype=np.int64)
         # The feeds above are bound once to both graphs; the states live in the binding.
@@ -285,6 +286,18 @@ class Engine:
         self.rng.bit_generator.state = snap.rng
         self._transport = copy.copy(snap.transport)
 
+    def _tone_bias(self, chord: int, fit: float) -> FloatArray:
+        key = (chord, fit)
+        bias = self._tone_cache.get(key)
+        if bias is None:
+            if len(self._tone_cache) > 512:
+                self._tone_cache.clear()
+            pcs = (np.arange(ct.PITCH_MIN, ct.PITCH_MAX + 1)) % 12
+            bias = np.zeros(ct.MELODY_VOCAB_SIZE)
+            bias[ct.MEL_NOTE_OFFSET :] = np.where(_CONTAINS[pcs, chord], fit, 0.0)
+            self._tone_cache[key] = bias
+        return bias
+
     def _fit_bias(self, fit: float) -> FloatArray:
         table = self._fit_cache.get(fit)
         if table is None:
@@ -317,6 +330,7 @@ class Engine:
         chord: int | None = None,
         harmonise: bool = False,
         fit: float = 0.0,
+        tone_fit: float = 0.0,
     ) -> Step:
         """Produce the next step: observe what is given, sample the rest (chord first, then melody).
 
@@ -332,6 +346,8 @@ class Engine:
                 guesses it from the past.
             fit: with ``harmonise``, a log-odds bonus for the chords (and for holding the sounding chord)
                 that contain the pitch class of an onset at this step.
+            tone_fit: on a strong beat, a log-odds bonus for sampled melody onsets on tones of the sounding
+                chord (improvising over a player's chords lands on them as a musician would).
 
         Returns:
             The step, with resolved chord and MIDI velocity.
@@ -426,12 +442,15 @@ class Engine:
                 # HOLD after REST means REST: give HOLD's probability to REST instead of dropping it.
                 mel_logits = mel_logits.astype(np.float64)
                 mel_logits[ct.MEL_REST] = np.logaddexp(mel_logits[ct.MEL_REST], mel_logits[ct.MEL_HOLD])
+            mel_bias = masks.melody_sounding if sounding else masks.melody_silent
+            if tone_fit > 0 and chord_now >= ct.CHORD_OFFSET and at.strong:
+                mel_bias = mel_bias + self._tone_bias(chord_now, tone_fit)
             mel_tok = sample(
                 mel_logits,
                 self.rng,
                 temperature=p.temperature,
                 top_p=p.top_p,
-                bias=masks.melody_sounding if sounding else masks.melody_silent,
+                bias=mel_bias,
                 fallback=ct.MEL_HOLD if sounding else ct.MEL_REST,
             )
         else:

@@ -110,6 +110,7 @@ class Performer:
             chord=chord,
             harmonise=plan.harmonise and melody is not None,
             fit=self.fit if plan.harmonise else 0.0,
+            tone_fit=plan.tone_fit,
         )
         self.conductor.heard(pos, heard)
         offs = self._voice_only(plan.voiced)
@@ -171,7 +172,7 @@ def accompany_offline(
     performer = Performer(
         Engine(model, params, seed=seed),
         Voicer(config.parts, seed=seed),
-        make_conductor(mode, config.accompany, config.call_response),
+        make_conductor(mode, config.accompany, config.call_response, config.improvise),
         config.parts,
     )
     out = np.empty(mel.size, dtype=np.int64)
@@ -180,4 +181,41 @@ def accompany_offline(
         v = ct.bin_velocity(int(vel[i])) if vel is not None and tok >= ct.MEL_NOTE_OFFSET else None
         step, _ = performer.perform(pos, params, Heard(melody=tok, velocity=v))
         out[i] = step.chord_now
+    return out
+
+
+def improvise_offline(
+    model: Model,
+    config: Config,
+    chord: Sequence[int] | npt.ArrayLike,
+    position: Sequence[int] | npt.ArrayLike,
+    *,
+    seed: int = 0,
+    beat_steps: int = ct.STEPS_PER_BEAT,
+) -> npt.NDArray[np.int64]:
+    """The daemon's improvise path on a whole tune: its chords are the player's, the model plays the melody.
+
+    Args:
+        model: the model.
+        config: the daemon's configuration (``[generation]``, ``[improvise]``).
+        chord: the player's chord tokens per step (HOLD / N.C. / CHORD), as recognised live.
+        position: step in bar of every step.
+        seed: the sampler's seed.
+        beat_steps: steps per counted beat.
+
+    Returns:
+        The melody token the model played at each step.
+    """
+    ch = np.asarray(chord, dtype=np.int64).ravel()
+    params = Params.from_config(config.generation)
+    performer = Performer(
+        Engine(model, params, seed=seed),
+        Voicer(config.parts, seed=seed),
+        make_conductor("improvise", config.accompany, config.call_response, config.improvise),
+        config.parts,
+    )
+    out = np.empty(ch.size, dtype=np.int64)
+    for i, pos in enumerate(positions_from_bars(position, beat_steps)):
+        step, _ = performer.perform(pos, params, Heard(chord=int(ch[i])))
+        out[i] = step.melody_token
     return out
