@@ -94,10 +94,16 @@ def render_steps(model: Model, config: Config, bars: int, seed: int, prime: Toke
     Returns:
         The steps and the timed note events.
     """
+    from rtgen.conductor import Autonomous, Heard, Plan
+    from rtgen.performer import Performer
+    from rtgen.transport import Transport
+
     gen = config.generation
     params = Params.from_config(gen)
     engine = Engine(model, params, seed=seed)
     voicer = Voicer(config.parts, swing=gen.swing, humanize_ms=gen.humanize_ms, seed=seed)
+    performer = Performer(engine, voicer, Autonomous(), config.parts)  # the daemon's wiring
+    transport = Transport(params.time_signature)
     ticks_per_ms = TICKS_PER_BEAT * gen.tempo / 60_000.0
     events: list[tuple[int, int, NoteEvent]] = []
     last_tick: dict[tuple[int, int], int] = {}
@@ -114,18 +120,27 @@ def render_steps(model: Model, config: Config, bars: int, seed: int, prime: Toke
 
     prime_steps = 0
     if prime is not None:
+        observe = Plan(observe_melody=True, observe_chords=True)  # the prime plays as written, every part voiced
+        mel = np.asarray(prime["melody"], dtype=np.int64).ravel()
+        ch = np.asarray(prime["chord"], dtype=np.int64).ravel()
+        if mel.size != ch.size:
+            raise ValueError(f"prime: melody has {mel.size} steps but chord has {ch.size}")
         vel = prime.get("velocity")
-        for step in engine.prime(prime["melody"], vel, prime["chord"]):
+        bins = np.full(mel.size, ct.DEFAULT_VELOCITY_BIN) if vel is None else np.asarray(vel, dtype=np.int64).ravel()
+        for i in range(mel.size):
+            v = ct.bin_velocity(int(np.clip(bins[i], 0, ct.NUM_VELOCITY_BINS - 1)))
+            step, evs = performer.perform(transport.advance(), params, Heard(int(mel[i]), v, int(ch[i])), observe)
             steps.append(step)
-            place(step, voicer.voice(step, params))
+            place(step, evs)
         prime_steps = len(steps)
-    start_bar = engine.bar + (1 if steps else 0)
+    start_bar = steps[-1].bar + 1 if steps else 0
     while True:
-        step = engine.step()
-        if step.bar >= start_bar + bars:
+        pos = transport.advance()
+        if pos.bar >= start_bar + bars:
             break
+        step, evs = performer.perform(pos, params)
         steps.append(step)
-        place(step, voicer.voice(step, params))
+        place(step, evs)
     end = steps[-1] if steps else None
     end_index = end.index + 1 if end else 0
     final = Step(end_index, 0, 0, ct.CHORD_NC, ct.CHORD_NC, ct.MEL_REST, 0)

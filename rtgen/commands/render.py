@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import io
 import time
 from pathlib import Path
 from typing import Any
@@ -66,6 +65,7 @@ def build_config(args: argparse.Namespace) -> Config:
 def run(args: argparse.Namespace) -> int:
     """Render and print one summary line."""
     from rtgen.errors import ConfigError
+    from rtgen.midifile import save_atomic
     from rtgen.model import Model
     from rtgen.render import load_prime, render_steps, to_midi
 
@@ -82,9 +82,7 @@ def run(args: argparse.Namespace) -> int:
     rendered = render_steps(model, cfg, args.bars, cfg.generation.seed, prime)
     mid = to_midi(rendered, cfg)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    mid.save(file=buf)
-    args.out.write_bytes(buf.getvalue())
+    save_atomic(mid, args.out)
     written = [str(args.out)]
     if args.wav is not None:
         from rtgen.render import midi_to_audio, write_wav
