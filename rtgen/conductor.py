@@ -73,6 +73,7 @@ class Plan:
         window_ms: how long past the grid time a reactive step waits for the player.
         key: a key lock for this step that overrides the parameters' (the answer in the call's key).
         tone_fit: log-odds bonus for sampled melody onsets on chord tones on strong beats (improvise).
+        temperature_scale: the step samples at the parameters' temperature times this.
     """
 
     observe_melody: bool = False
@@ -83,6 +84,7 @@ class Plan:
     window_ms: float = 0.0
     key: ct.Key | None = None
     tone_fit: float = 0.0
+    temperature_scale: float = 1.0
 
 
 class Conductor(Protocol):
@@ -139,7 +141,7 @@ class Accompany:
         cfg = config or AccompanyConfig()
         self.fit = cfg.fit
         self._plan = Plan(observe_melody=True, harmonise=True, voiced=_BACKING, reactive=True,
-                          window_ms=cfg.reactive_window_ms)  # fmt: skip
+                          window_ms=cfg.reactive_window_ms, temperature_scale=cfg.temperature_scale)  # fmt: skip
 
     def plan(self, pos: Position) -> Plan:
         """Melody observed, chords from the harmoniser, decided reactively."""

@@ -45,6 +45,7 @@ class Performer:
         self.parts = parts
         self._voiced: frozenset[str] = frozenset(PART_NAMES)
         self.fit = float(getattr(conductor, "fit", 0.0))
+        self._scaled_cache: tuple[Params, float, Params] | None = None
 
     @property
     def mode(self) -> str:
@@ -65,6 +66,14 @@ class Performer:
     def plan(self, pos: Position) -> Plan:
         """The conductor's plan for ``pos``."""
         return self.conductor.plan(pos)
+
+    def _scaled(self, params: Params, scale: float) -> Params:
+        cached = self._scaled_cache
+        if cached is not None and cached[0] is params and cached[1] == scale:
+            return cached[2]
+        out = dataclasses.replace(params, temperature=max(0.05, params.temperature * scale))
+        self._scaled_cache = (params, scale, out)
+        return out
 
     def _effective(self, voiced: frozenset[str]) -> PartsConfig:
         changes = {
@@ -100,6 +109,8 @@ class Performer:
         plan = plan if plan is not None else self.conductor.plan(pos)
         if plan.key is not None and params.key is None:
             params = dataclasses.replace(params, key=plan.key)
+        if plan.temperature_scale != 1.0:
+            params = self._scaled(params, plan.temperature_scale)
         melody = heard.melody if plan.observe_melody else None
         chord = heard.chord if plan.observe_chords else None
         step = self.engine.step(
