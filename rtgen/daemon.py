@@ -533,8 +533,9 @@ class Player:
         for control in tracker.feed(t_ns, msg):
             self._control(control.name, control.value)
         onsets = tracker.take_onsets()
-        if onsets:
+        if onsets and self.performer.mode != "autonomous":
             self._onsets.extend(onsets)
+            del self._onsets[:-8]  # bounded: only the latest onsets matter to the next step
             if self.performer.conductor.interrupt():
                 self._interrupt_answer()
 
