@@ -9,12 +9,16 @@ below is a ``perf_counter_ns`` of this process (send times, and the recorder's a
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import itertools
 import json
 import os
+import random
+import signal
 import socket
 import statistics
+import subprocess
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -72,6 +76,11 @@ def start_daemon(jack_server: str, model_dir: Path, tmp_path: Path) -> Iterator[
         yield start
     finally:
         for d in started:
+            # a killed client stalls the synchronous JACK server for its client timeout: end it politely
+            if d.proc.poll() is None:
+                d.proc.send_signal(signal.SIGTERM)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    d.proc.wait(10)
             d.close()
 
 
@@ -216,6 +225,12 @@ def wait_status(peer: Peer, key: str, value: Any, timeout: float = 3.0) -> dict[
     return state
 
 
+def finish(d: Daemon, sig: int = signal.SIGTERM) -> None:
+    """End the daemon and wait for a clean exit (before the test's own clients close: see ``start_daemon``)."""
+    d.proc.send_signal(sig)
+    assert d.wait() == 0, d.output()
+
+
 def start_recording(d: Daemon, timeout: float = 20.0) -> MidiRecorder:
     """Record the daemon's output; fails with the daemon's log as soon as it exits or if its port never appears."""
     deadline = time.monotonic() + timeout
@@ -333,6 +348,8 @@ def test_accompany_follows_the_midi_clock_on_the_players_grid(start_daemon: Any,
         kb.join(steps * 0.1 + 10)
         rec.settle(0.4)
         events = rec.snapshot()
+        assert d.proc.poll() is None, d.output()
+        finish(d)
     finally:
         rec.close()
         kb.close()
@@ -378,4 +395,323 @@ def test_accompany_follows_the_midi_clock_on_the_players_grid(start_daemon: Any,
     after_stop = [(t, m) for t, m in events if t > stop_sent + 2 * PERIOD_NS + 20_000_000]
     assert not note_ons([m for _, m in after_stop]), "notes after Stop"
     assert sounding_notes([m for _, m in events]) == set(), "a note is left sounding after Stop"
-    assert d.proc.poll() is None, d.output()
+
+
+# --- 2. following a jittery MIDI clock ---------------------------------------------------------------------------
+def test_clock_follow_tempo_and_continue_after_song_position(start_daemon: Any) -> None:
+    d = start_daemon("--clock", "midi")
+    rec = start_recording(d)
+    kb = Keyboard(d)
+    peer = Peer(d.osc_port)
+    try:
+        bpm = 100.0
+        rng = random.Random(5)
+        t0 = time.perf_counter_ns() + 400_000_000
+        n = 8 * 24 * 100 // 60  # ~8 s of ticks
+        ticks = [t + round(rng.uniform(-2e6, 2e6)) for t in clock_schedule(t0 + 20_000_000, bpm, n)]
+        kb.play([(t0, (START,)), *((t, (CLOCK,)) for t in ticks)])
+        kb.join(15)
+        state = status(peer)
+        kb.send(STOP)
+        rec.settle(0.3)
+        played = rec.snapshot()
+        # SPP to step 32 (bar 3) while stopped, Continue, then ~1.2 s more clock
+        kb.send(SPP, 32 & 0x7F, 32 >> 7)
+        t1 = time.perf_counter_ns() + 50_000_000
+        more = [t + round(rng.uniform(-2e6, 2e6)) for t in clock_schedule(t1 + 20_000_000, bpm, 48)]
+        kb.play([(t1, (CONTINUE,)), *((t, (CLOCK,)) for t in more)])
+        kb.join(5)
+        resumed = status(peer)
+        kb.send(STOP)
+        rec.settle(0.3)
+        finish(d)
+        events = rec.snapshot()
+    finally:
+        rec.close()
+        kb.close()
+        peer.close()
+    print(f"followed tempo {state['tempo']:.2f} BPM")
+    assert abs(state["tempo"] - bpm) <= 0.01 * bpm, state["tempo"]
+    sent_ticks = [t for t, m in kb.sent if m == (CLOCK,)]
+    step_ticks = sent_ticks[:n:6]
+    onsets = onset_groups(played)
+    assert len(onsets) >= 20, f"too few notes while following: {len(onsets)}\n{d.output()}"
+    k = np.array([nearest(step_ticks, t) for t in onsets], dtype=float)
+    slope = np.polyfit(k, np.array(onsets, dtype=float), 1)[0]
+    fitted = 60e9 / (slope * 4)
+    print(f"note-on fit: {fitted:.2f} BPM over {len(onsets)} onsets")
+    assert abs(fitted - bpm) <= 0.01 * bpm, fitted
+    continue_sent = next(t for t, m in kb.sent if m == (CONTINUE,))
+    assert note_ons([m for t, m in events if t > continue_sent]), "nothing played after Continue"
+    assert resumed["bar"] == 3, f"SPP to step 32 is bar 3; status says {resumed['bar']}.{resumed['beat']}"
+    assert sounding_notes([m for _, m in events]) == set()
+
+
+# --- 3. leading a DAW: clock out ----------------------------------------------------------------------------------
+def test_clock_out_ticks_at_24_ppqn_and_stop_on_exit(start_daemon: Any) -> None:
+    d = start_daemon("--clock-out", tempo=120.0)
+    rec = start_recording(d)
+    peer = Peer(d.osc_port)
+    try:
+        # the recorder may connect after the first Start went out: stop, then start again while recorded
+        assert rec.wait_until(lambda ev: any(m == (CLOCK,) for _, m in ev), timeout=15), d.output()
+        peer.send("/rtgen/stop")
+        assert rec.wait_until(lambda ev: any(m == (STOP,) for _, m in ev), timeout=5), "no Stop on /rtgen/stop"
+        rec.settle(0.2)
+        mark = time.perf_counter_ns()
+        peer.send("/rtgen/play")
+        assert rec.wait_until(lambda ev: sum(t > mark and m == (CLOCK,) for t, m in ev) >= 48 * 5, timeout=15)
+        d.proc.send_signal(signal.SIGINT)
+        assert d.wait() == 0, d.output()
+        rec.settle(0.3)
+        events = [(t, m) for t, m in rec.snapshot() if t > mark]
+    finally:
+        rec.close()
+        peer.close()
+    realtime = [(t, m) for t, m in events if m and (m[0] >= 0xF8 or m[0] == SPP)]
+    assert realtime[0][1] == (START,), f"the clock did not begin with Start: {realtime[:3]}"
+    ticks = [t for t, m in realtime if m == (CLOCK,)]
+    first = ticks[0] + 500_000_000
+    window = [t for t in ticks if first <= t < first + 4_000_000_000]
+    rate = (len(window) - 1) / ((window[-1] - window[0]) / 1e9)
+    median = statistics.median(b - a for a, b in itertools.pairwise(ticks))
+    print(f"clock out: {rate:.2f} ticks/s, median interval {median / 1e6:.2f} ms")
+    assert abs(rate - 48.0) <= 0.02 * 48.0, rate
+    assert abs(median - 60e9 / (120 * 24)) <= PERIOD_NS, median
+    assert realtime[-1][1] == (STOP,), f"no Stop at the end: {realtime[-3:]}"
+
+
+# --- 4. call and response ------------------------------------------------------------------------------------------
+def phrase(t0: int, pitches: Sequence[int], beat_ns: int, velocity: int = 90) -> list[tuple[int, Message]]:
+    """Quarter notes from ``t0``, each released a little before the next."""
+    out: list[tuple[int, Message]] = []
+    for i, p in enumerate(pitches):
+        out.append((t0 + i * beat_ns, (0x90, p, velocity)))
+        out.append((t0 + (i + 1) * beat_ns - 40_000_000, (0x80, p, 0)))
+    return out
+
+
+def test_call_and_response_answers_in_key_and_falls_silent_when_interrupted(start_daemon: Any) -> None:
+    d = start_daemon("--mode", "call-and-response", tempo=120.0)
+    rec = start_recording(d)
+    kb = Keyboard(d)
+    beat_ns = 500_000_000
+    bar_ns = 4 * beat_ns
+    try:
+        call = [60, 62, 64, 65, 67, 69, 71, 72]  # two bars of quarter notes up C major
+        t0 = time.perf_counter_ns() + 300_000_000
+        kb.play(phrase(t0, call, beat_ns))
+        kb.join(10)
+        call_end = kb.sent[-1][0]
+        call_len = call_end - kb.sent[0][0]
+        # the answer: wait until rtgen has played and fallen silent again
+        assert rec.wait_until(lambda ev: bool(note_ons([m for t, m in ev if t > call_end])), timeout=5), d.output()
+        rec.wait_until(
+            lambda ev: (
+                sounding_notes([m for _, m in ev]) == set() and max(t for t, _ in ev) < time.perf_counter_ns() - beat_ns
+            ),
+            timeout=12,
+        )
+        answer = [(t, m) for t, m in rec.snapshot() if t > call_end]
+        # a second, shorter call; interrupt its answer once rtgen is sounding notes
+        t1 = time.perf_counter_ns() + 100_000_000
+        kb.play(phrase(t1, [67, 65, 64, 62], beat_ns))
+        kb.join(5)
+        call2_end = kb.sent[-1][0]
+
+        def answering(ev: Events) -> bool:
+            return bool(sounding_notes([m for t, m in ev if t > call2_end]))
+
+        assert rec.wait_until(answering, timeout=5), "no second answer"
+        time.sleep(0.15)
+        t_int = kb.send(0x90, 64, 90)
+        time.sleep(0.3)
+        kb.send(0x80, 64, 0)
+        rec.settle(0.3)
+        events = rec.snapshot()
+        finish(d)
+    finally:
+        rec.close()
+        kb.close()
+    melody_on = [t for t, m in answer if note_ons([m], MELODY)]
+    assert melody_on, "the answer has no melody"
+    delay = melody_on[0] - call_end
+    pcs = [m[1] % 12 for _, m in answer if note_ons([m], MELODY)]
+    diatonic = sum(pc in C_MAJOR for pc in pcs) / len(pcs)
+    ends = [t for t, m in answer if m[0] & 0xF0 in (0x80, 0x90)]
+    span = max(ends) - min(t for t, m in answer if note_ons([m]))
+    print(f"answer starts {delay / 1e6:.0f} ms after the call, {len(pcs)} melody notes, {diatonic:.0%} diatonic, "
+          f"lasts {span / 1e9:.2f} s (call {call_len / 1e9:.2f} s)")  # fmt: skip
+    assert 0 < delay <= bar_ns, delay
+    assert diatonic >= 0.8, pcs
+    assert abs(span - call_len) <= bar_ns // 2, (span, call_len)
+    bound = t_int + 2 * PERIOD_NS + 5_000_000
+    assert sounding_notes([m for t, m in events if t <= bound]) == set(), "still sounding after the interruption"
+    released = [t for t, m in events if t_int <= t and m[0] & 0xF0 in (0x80, 0x90) and not note_ons([m])]
+    print(f"interruption released everything {(max(released) - t_int) / 1e6:.2f} ms after the player's note")
+    assert not note_ons([m for t, m in events if t_int < t <= t_int + 250_000_000]), "rtgen went on answering"
+
+
+# --- 5. improvise over held chords ---------------------------------------------------------------------------------
+def test_improvise_plays_chord_tones_on_strong_beats_and_never_the_chords(start_daemon: Any) -> None:
+    d = start_daemon("--mode", "improvise", tempo=120.0)
+    rec = start_recording(d)
+    kb = Keyboard(d)
+    peer = Peer(d.osc_port)
+    fb = Feedback()
+    bar_ns, lead_ns = 2_000_000_000, 100_000_000  # change chords a little early: the tracker lets them settle
+    chords = [(60, 64, 67), (60, 64, 67), (53, 57, 60), (53, 57, 60), (55, 59, 62)]  # C C F F G, one a bar
+    try:
+        peer.send("/rtgen/subscribe", "127.0.0.1", fb.port)
+        deadline = time.monotonic() + 10
+        while not [b for b in fb.beats() if b[2] == 1] and time.monotonic() < deadline:
+            time.sleep(0.02)
+        downbeats = [t for t, _, beat in fb.beats() if beat == 1]
+        assert downbeats, f"no /rtgen/beat feedback\n{d.output()}"
+        now = time.perf_counter_ns()
+        first = downbeats[-1] + bar_ns * (1 + (now + 500_000_000 - downbeats[-1]) // bar_ns)
+        schedule: list[tuple[int, Message]] = [(now + 10_000_000, (0x90, p, 80)) for p in chords[0]]
+        held = chords[0]
+        for b, chord in enumerate(chords[1:], start=1):
+            if chord == held:
+                continue
+            at = first + b * bar_ns - lead_ns
+            schedule += [(at, (0x80, p, 0)) for p in held] + [(at + 1_000_000, (0x90, p, 80)) for p in chord]
+            held = chord
+        end = first + len(chords) * bar_ns
+        schedule += [(end, (0x80, p, 0)) for p in held]
+        kb.play(schedule)
+        kb.join(20)
+        time.sleep(0.3)  # the melody goes on over the last chord: nothing to settle
+        events = rec.snapshot()
+        finish(d)
+    finally:
+        fb.close()
+        peer.close()
+        rec.close()
+        kb.close()
+    strong = [first + j * bar_ns // 2 for j in range(2 * len(chords))]  # beats 1 and 3
+    on_strong: list[tuple[int, int]] = []
+    for t, m in events:
+        if note_ons([m], MELODY) and first - 30_000_000 <= t < end:
+            j = nearest(strong, t)
+            if abs(t - strong[j]) <= 30_000_000:
+                on_strong.append((m[1] % 12, j // 2))
+    assert len(on_strong) >= 4, f"too few melody notes on strong beats: {on_strong}\n{d.output()}"
+    tones = [pc in {p % 12 for p in chords[bar]} for pc, bar in on_strong]
+    share = sum(tones) / len(tones)
+    print(f"improvise: {share:.0%} of {len(tones)} strong-beat melody notes are tones of the held chord")
+    assert share >= 0.6, on_strong
+    assert not note_ons([m for _, m in events], CHORDS), "rtgen played the chords the player holds"
+    assert not note_ons([m for _, m in events], BASS), "improvise voices the melody only"
+
+
+# --- 6. switching modes --------------------------------------------------------------------------------------------
+def test_mode_switches_over_osc_and_cc_leave_no_note_sounding(start_daemon: Any) -> None:
+    d = start_daemon()
+    rec = start_recording(d)
+    kb = Keyboard(d)
+    peer = Peer(d.osc_port)
+    seen: list[str] = []
+    try:
+        assert rec.wait_until(lambda ev: len(note_ons([m for _, m in ev])) >= 5, timeout=15), d.output()
+        for i, mode in enumerate(["accompany", "improvise", "call-and-response", "autonomous"]):
+            peer.send("/rtgen/mode", mode)
+            seen.append(wait_status(peer, "mode", mode)["mode"])
+            for p in (60, 64, 67) if mode == "improvise" else (67 + i,):
+                kb.send(0x90, p, 90)
+            time.sleep(0.4)
+            for p in (60, 64, 67) if mode == "improvise" else (67 + i,):
+                kb.send(0x80, p, 0)
+            time.sleep(0.2)
+        kb.send(0xB0, 85, 70)  # 64..95: improvise
+        seen.append(wait_status(peer, "mode", "improvise")["mode"])
+        kb.send(0x90, 62, 90)
+        time.sleep(0.4)
+        kb.send(0x80, 62, 0)
+        finish(d, signal.SIGINT)
+        rec.settle(0.3)
+        events = rec.snapshot()
+    finally:
+        peer.close()
+        rec.close()
+        kb.close()
+    assert seen == ["accompany", "improvise", "call-and-response", "autonomous", "improvise"], seen
+    assert len(note_ons([m for _, m in events])) >= 10
+    assert sounding_notes([m for _, m in events]) == set(), "a mode switch left a note sounding"
+    assert "Traceback" not in d.output()
+
+
+# --- 7. recording both sides ---------------------------------------------------------------------------------------
+def check_recording(path: Path, player_pitches: list[int]) -> None:
+    """A type-1 file with the player's notes (in order), chords and bass, a tempo and a time signature."""
+    import mido
+
+    assert path.is_file(), f"no recording at {path}"
+    mid = mido.MidiFile(path)
+    tracks = {tr.name: tr for tr in mid.tracks}
+    assert {"player", "chords", "bass"} <= set(tracks), list(tracks)
+
+    def pitches(name: str) -> list[int]:
+        return [m.note for m in tracks[name] if m.type == "note_on" and m.velocity > 0]
+
+    assert pitches("player") == player_pitches
+    assert pitches("chords") and pitches("bass"), "no accompaniment recorded"
+    metas = {m.type for tr in mid.tracks for m in tr if m.is_meta}
+    assert {"set_tempo", "time_signature"} <= metas, metas
+
+
+def test_recording_both_sides_on_signal_and_over_osc(start_daemon: Any, tmp_path: Path) -> None:
+    first, second = tmp_path / "takes" / "first.mid", tmp_path / "takes" / "second.mid"
+    first.parent.mkdir()
+    d = start_daemon("--mode", "accompany", "--record", str(first))
+    rec = start_recording(d)
+    kb = Keyboard(d)
+    peer = Peer(d.osc_port)
+    beat_ns = 300_000_000
+    notes1, notes2 = [60, 64, 67, 72, 67, 64], [62, 65, 69]
+    try:
+        kb.play(phrase(time.perf_counter_ns() + 200_000_000, notes1, beat_ns))
+        kb.join(10)
+        time.sleep(0.3)
+        peer.send("/rtgen/record/stop")
+        deadline = time.monotonic() + 10
+        while not first.is_file() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert first.is_file(), f"/rtgen/record/stop wrote nothing; {peer.received}\n{d.output()}"
+        assert d.proc.poll() is None, "the daemon stopped"
+        peer.send("/rtgen/record/start", str(second))
+        assert wait_status(peer, "recording", str(second))["recording"] == str(second)
+        kb.play(phrase(time.perf_counter_ns() + 100_000_000, notes2, beat_ns))
+        kb.join(10)
+        time.sleep(0.3)
+        assert not second.exists(), "written before recording stopped"
+        d.proc.send_signal(signal.SIGTERM)
+        assert d.wait() == 0, d.output()
+    finally:
+        peer.close()
+        rec.close()
+        kb.close()
+    check_recording(first, notes1)
+    check_recording(second, notes2)
+    assert sorted(p.name for p in first.parent.iterdir()) == ["first.mid", "second.mid"], "a temporary file was left"
+
+
+# --- 8. input errors -----------------------------------------------------------------------------------------------
+def test_unknown_midi_in_lists_the_input_ports(start_daemon: Any) -> None:
+    import rtmidi
+
+    name = f"rtgen-keys-{os.getpid()}"
+    keys = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, name=name)
+    keys.open_virtual_port("out")
+    try:
+        wait_for_port(f"{name}:out")
+        d = start_daemon("--midi-in", "nosuchport")
+        code = d.wait(20)
+    finally:
+        keys.close_port()
+        keys.delete()
+    out = d.output()
+    assert code != 0
+    assert "nosuchport" in out and "Traceback" not in out
+    assert "input port" in out and f"{name}:out" in out, out
