@@ -74,6 +74,7 @@ class Plan:
         key: a key lock for this step that overrides the parameters' (the answer in the call's key).
         tone_fit: log-odds bonus for sampled melody onsets on chord tones on strong beats (improvise).
         temperature_scale: the step samples at the parameters' temperature times this.
+        hold: with ``harmonise``, log-odds bonus for keeping the sounding chord.
     """
 
     observe_melody: bool = False
@@ -85,6 +86,7 @@ class Plan:
     key: ct.Key | None = None
     tone_fit: float = 0.0
     temperature_scale: float = 1.0
+    hold: float = 0.0
 
 
 class Conductor(Protocol):
@@ -141,7 +143,8 @@ class Accompany:
         cfg = config or AccompanyConfig()
         self.fit = cfg.fit
         self._plan = Plan(observe_melody=True, harmonise=True, voiced=_BACKING, reactive=True,
-                          window_ms=cfg.reactive_window_ms, temperature_scale=cfg.temperature_scale)  # fmt: skip
+                          window_ms=cfg.reactive_window_ms, temperature_scale=cfg.temperature_scale,
+                          hold=cfg.hold)  # fmt: skip
 
     def plan(self, pos: Position) -> Plan:
         """Melody observed, chords from the harmoniser, decided reactively."""

@@ -113,13 +113,23 @@ CHORD_MODEL_OUTPUTS: Final = ("chord_logits", "state_out")
 NOTE_MODEL_INPUTS: Final = (*COMMON_INPUTS, "chord_now", "state")
 NOTE_MODEL_OUTPUTS: Final = ("melody_logits", "velocity_logits", "state_out")
 HARMONY_MODEL_INPUTS: Final = (
-    "hidden",  # float32 (B, hidden): the chord model's top-layer state after step t (state_out[-1])
+    "prev_melody",
+    "prev_sounding",
+    "prev_velocity",
+    "position",
+    "phrase",
+    "lookback_melody",
     "melody_now",  # raw melody token at t: the player's note (NOTE_ON), HOLD or REST
     "sounding_now",  # resolved melody token at t (REST or the NOTE_ON sounding)
+    "state",
 )
-HARMONY_MODEL_OUTPUTS: Final = ("harmony_logits",)
-"""The harmoniser reads the chord model's summary of the past and the melody at step t: chord first
-would make an accompanist guess the note on the beat when it can hear it."""
+HARMONY_MODEL_OUTPUTS: Final = ("harmony_logits", "state_out")
+"""The harmoniser: p(chord sounding at t | melody_<=t, position), over resolved chord tokens (never HOLD).
+
+It hears the melody up to and including step t -- an accompanist must not guess the note on the beat when it
+can hear it -- and, unlike the chord model, never its own chord history: trained on human melodies, it sees live
+exactly what it saw in training (a chord model fed its own past drifts away from the human harmony it learnt).
+"""
 
 
 # --- melody ------------------------------------------------------------------

@@ -52,6 +52,8 @@ def _contains_table() -> npt.NDArray[np.bool_]:
 
 
 _CONTAINS = _contains_table()
+_HOLD_ONLY = np.full(ct.CHORD_VOCAB_SIZE, -np.inf)
+_HOLD_ONLY[ct.CHORD_HOLD] = 0.0
 
 
 @dataclass(frozen=True)
@@ -183,6 +185,7 @@ class Engine:
             for name in (*ct.NOTE_MODEL_INPUTS[:-1], "melody_now", "sounding_now")
         }
         self._fit_cache: dict[float, FloatArray] = {}
+        self.follow_harmony = False  # run the harmoniser on every step, also when it does not choose
         self._tone_cache: dict[tuple[int, float], FloatArray] = {}
         self._hist_melody = np.zeros(_HISTORY, dtype=np.int64)
         self._hist_chord = np.zeros(_HISTORY, dtype=np.int64)
@@ -264,6 +267,7 @@ class Engine:
         return EngineState(
             chord_state=st.chord_state.copy(),
             note_state=st.note_state.copy(),
+            harmony_state=st.harmony_state.copy(),
             scalars=(self.index, self._bar, self._bar_start, self._last_bar, self._prev_melody,
                      self._prev_sounding, self._prev_vel_bin, self._prev_chord, self._prev_chord_now),
             bars=tuple(self._bars),
@@ -279,6 +283,7 @@ class Engine:
         st = self._steps
         st.chord_state[...] = snap.chord_state
         st.note_state[...] = snap.note_state
+        st.harmony_state[...] = snap.harmony_state
         (self.index, self._bar, self._bar_start, self._last_bar, self._prev_melody, self._prev_sounding,
          self._prev_vel_bin, self._prev_chord, self._prev_chord_now) = snap.scalars  # fmt: skip
         self._bars.clear()
@@ -297,6 +302,16 @@ class Engine:
             bias[ct.MEL_NOTE_OFFSET :] = np.where(_CONTAINS[pcs, chord], fit, 0.0)
             self._tone_cache[key] = bias
         return bias
+
+    def _feed_harmony(self, melody: int) -> int | None:
+        """Run the harmoniser on this step's melody token (its state follows every step); the onset's pitch."""
+        f = self._feeds
+        f["melody_now"][0] = melody
+        f["sounding_now"][0] = (
+            melody if melody >= ct.MEL_NOTE_OFFSET else (self._prev_sounding if melody == ct.MEL_HOLD else ct.MEL_REST)
+        )
+        self._steps.run_harmony()
+        return ct.melody_pitch(melody)
 
     def _fit_bias(self, fit: float) -> FloatArray:
         table = self._fit_cache.get(fit)
@@ -331,6 +346,7 @@ class Engine:
         harmonise: bool = False,
         fit: float = 0.0,
         tone_fit: float = 0.0,
+        hold: float = 0.0,
     ) -> Step:
         """Produce the next step: observe what is given, sample the rest (chord first, then melody).
 
@@ -342,10 +358,11 @@ class Engine:
             velocity: MIDI velocity of an observed onset (default: the model's most likely bin).
             chord: an observed chord token; ``None`` samples it.
             harmonise: with an observed ``melody`` and no ``chord``, choose the chord with the harmoniser,
-                which hears the melody of this step (needs a contract-v2 model); otherwise the chord model
-                guesses it from the past.
-            fit: with ``harmonise``, a log-odds bonus for the chords (and for holding the sounding chord)
-                that contain the pitch class of an onset at this step.
+                which hears the melody up to this step (needs a contract-v2 model); otherwise the chord model
+                guesses it from the past. The chord changes only on a melody onset or a strong beat.
+            fit: with ``harmonise``, a log-odds bonus for the chords that contain the pitch class of an
+                onset at this step.
+            hold: with ``harmonise``, a log-odds bonus for keeping the sounding chord (harmonic rhythm).
             tone_fit: on a strong beat, a log-odds bonus for sampled melody onsets on tones of the sounding
                 chord (improvising over a player's chords lands on them as a musician would).
 
@@ -408,29 +425,39 @@ class Engine:
         chord_logits = self._steps.run_chord()
         if chord is None:
             held_ok = self._prev_chord_now == ct.CHORD_NC or bool(masks.chord_allowed[self._prev_chord_now])
-            bias = masks.chord if held_ok else masks.chord_no_hold
-            if harmonise and melody is not None:
-                f["melody_now"][0] = melody
-                f["sounding_now"][0] = (
-                    melody if melody >= ct.MEL_NOTE_OFFSET else (self._prev_sounding if melody == ct.MEL_HOLD else 0)
-                )
-                chord_logits = self._steps.run_harmony()
-                onset = ct.melody_pitch(melody)
-                if fit > 0 and onset is not None:
-                    pc = onset % 12
-                    bias = bias + self._fit_bias(fit)[pc]
-                    if _CONTAINS[pc, self._prev_chord_now]:
-                        bias[ct.CHORD_HOLD] += fit
+            bias: FloatArray | None = masks.chord if held_ok else masks.chord_no_hold
+            temperature = p.temperature
+            harmonised = harmonise and melody is not None
+            if harmonised:
+                assert melody is not None
+                held = self._prev_chord_now
+                onset = self._feed_harmony(melody)
+                decide = onset is not None or at.strong or not held_ok
+                if not decide:
+                    chord_logits = _HOLD_ONLY
+                    bias = None
+                else:
+                    z = self._steps.harmony_logits[0].astype(np.float64) + masks.chord
+                    z[ct.CHORD_HOLD] = -np.inf  # the harmoniser names the chord that sounds; HOLD is decided here
+                    if fit > 0 and onset is not None:
+                        z += self._fit_bias(fit)[onset % 12]
+                    if hold > 0 and np.isfinite(z[held]):
+                        z[held] += hold
+                    chord_logits = z
+                    bias = None
             chord_tok = sample(
                 chord_logits,
                 self.rng,
-                temperature=p.temperature,
+                temperature=temperature,
                 top_p=p.top_p,
                 bias=bias,
                 fallback=ct.CHORD_HOLD if held_ok else ct.CHORD_NC,
             )
+            if harmonised and chord_tok == self._prev_chord_now:
+                chord_tok = ct.CHORD_HOLD
         else:
             chord_tok = _check_token(chord, ct.CHORD_VOCAB_SIZE, "chord")
+            harmonised = False
         chord_now = self._prev_chord_now if chord_tok == ct.CHORD_HOLD else chord_tok
 
         # Then melody, conditioned on the chord sounding now.
@@ -472,6 +499,8 @@ class Engine:
             vel = _BIN_VELOCITY[self._prev_vel_bin]
             if mel_tok == ct.MEL_REST:
                 self._prev_sounding = ct.MEL_REST
+        if not harmonised and self.follow_harmony and self._steps.can_harmonise:
+            self._feed_harmony(mel_tok)  # keep the harmoniser's state current for a later accompaniment
         self._prev_melody = mel_tok
         self._prev_chord = chord_tok
         self._prev_chord_now = chord_now
@@ -535,6 +564,7 @@ class EngineState:
 
     chord_state: npt.NDArray[np.float32]
     note_state: npt.NDArray[np.float32]
+    harmony_state: npt.NDArray[np.float32]
     scalars: tuple[int, ...]
     bars: tuple[tuple[int, int], ...]
     rng: Mapping[str, Any]

@@ -105,16 +105,18 @@ class Model:
                 "(rtgen-train all), or use the shipped model"
             )
 
-    def harmony_step(self, hidden: FloatArray, melody_now: np.ndarray, sounding_now: np.ndarray) -> FloatArray:
-        """Harmoniser logits ``(B, V)`` from the chord model's top-layer state after the step ``(B, hidden)``."""
+    def harmony_step(self, feeds: dict[str, np.ndarray], state: FloatArray) -> tuple[FloatArray, FloatArray]:
+        """Run the harmoniser one step on ``contract.HARMONY_MODEL_INPUTS`` arrays (batch B).
+
+        Returns:
+            ``(harmony_logits (B, V), state_out)``: logits of the chord sounding at the step.
+        """
         self.require_harmony()
         assert self._harmony is not None
-        (logits,) = self._harmony.run(
-            ["harmony_logits"],
-            {"hidden": np.ascontiguousarray(hidden, dtype=np.float32), "melody_now": melody_now,
-             "sounding_now": sounding_now},
-        )  # fmt: skip
-        return logits
+        run_feeds = {name: feeds[name] for name in contract.HARMONY_MODEL_INPUTS[:-1]}
+        run_feeds["state"] = state
+        logits, new_state = self._harmony.run(["harmony_logits", "state_out"], run_feeds)
+        return logits, new_state
 
     @classmethod
     def load(cls, path: str | Path, *, threads: int = 1) -> Model:
@@ -286,23 +288,16 @@ class StepBinding:
         self._chord_cur = 0
         self._note_cur = 0
         self.harmony_logits: FloatArray = np.zeros((1, contract.CHORD_VOCAB_SIZE), dtype=np.float32)
+        self._harmony_states = [np.zeros((layers, 1, hidden), dtype=np.float32) for _ in range(2)]
         self._harmony_sess = model._harmony
+        self._harmony_cur = 0
         self._harmony_io: list[ort.IOBinding] = []
-        if model._harmony is not None and all(n in feeds for n in ("melody_now", "sounding_now")):
-            for i in range(2):
-                io = model._harmony.io_binding()
-                for name, arr in (
-                    ("hidden", self._chord_states[i][-1]),  # (1, hidden): a view of the top layer, contiguous
-                    ("melody_now", feeds["melody_now"]),
-                    ("sounding_now", feeds["sounding_now"]),
-                ):
-                    value = ort.OrtValue.ortvalue_from_numpy(arr)
-                    self._values.append(value)
-                    io.bind_ortvalue_input(name, value)
-                value = ort.OrtValue.ortvalue_from_numpy(self.harmony_logits)
-                self._values.append(value)
-                io.bind_ortvalue_output("harmony_logits", value)
-                self._harmony_io.append(io)
+        names = contract.HARMONY_MODEL_INPUTS[:-1]
+        if model._harmony is not None and all(n in feeds for n in names):
+            out = {"harmony_logits": self.harmony_logits}
+            self._harmony_io = [
+                self._bind(model._harmony, feeds, names, self._harmony_states, i, out) for i in range(2)
+            ]
 
     def _bind(
         self,
@@ -335,11 +330,21 @@ class StepBinding:
         """The note model's current state ``(layers, 1, hidden)`` (a live buffer: copy to keep)."""
         return self._note_states[self._note_cur]
 
+    @property
+    def can_harmonise(self) -> bool:
+        """The harmoniser is bound (a contract-v2 model)."""
+        return bool(self._harmony_io)
+
+    @property
+    def harmony_state(self) -> FloatArray:
+        """The harmoniser's current state ``(layers, 1, hidden)`` (a live buffer: copy to keep)."""
+        return self._harmony_states[self._harmony_cur]
+
     def reset(self) -> None:
-        """Zero both recurrent states (a fresh sequence)."""
-        for buf in (*self._chord_states, *self._note_states):
+        """Zero every recurrent state (a fresh sequence)."""
+        for buf in (*self._chord_states, *self._note_states, *self._harmony_states):
             buf.fill(0.0)
-        self._chord_cur = self._note_cur = 0
+        self._chord_cur = self._note_cur = self._harmony_cur = 0
 
     def run_chord(self) -> FloatArray:
         """One chord step on the bound inputs; returns :attr:`chord_logits` ``(1, V)``."""
@@ -349,13 +354,15 @@ class StepBinding:
         return self.chord_logits
 
     def run_harmony(self) -> FloatArray:
-        """The harmoniser on the chord model's state after the last :meth:`run_chord` and the bound
-        ``melody_now`` / ``sounding_now``; returns :attr:`harmony_logits` ``(1, V)``."""
+        """One harmoniser step on the bound inputs (``melody_now`` / ``sounding_now`` included); returns
+        :attr:`harmony_logits` ``(1, V)``."""
         if not self._harmony_io:
             self.model.require_harmony()
             raise ModelError("StepBinding was made without melody_now / sounding_now feeds")
         assert self._harmony_sess is not None
-        self._harmony_sess.run_with_iobinding(self._harmony_io[self._chord_cur])
+        cur = self._harmony_cur
+        self._harmony_sess.run_with_iobinding(self._harmony_io[cur])
+        self._harmony_cur = 1 - cur
         return self.harmony_logits
 
     def run_note(self) -> tuple[FloatArray, FloatArray]:

@@ -45,6 +45,7 @@ class Performer:
         self.parts = parts
         self._voiced: frozenset[str] = frozenset(PART_NAMES)
         self.fit = float(getattr(conductor, "fit", 0.0))
+        engine.follow_harmony = conductor.mode == "call-and-response"  # it answers, then harmonises again
         self._scaled_cache: tuple[Params, float, Params] | None = None
 
     @property
@@ -56,6 +57,7 @@ class Performer:
         """Switch mode; returns note-offs for parts the new mode does not voice (apply them now)."""
         self.conductor = conductor
         self.fit = float(getattr(conductor, "fit", 0.0))
+        self.engine.follow_harmony = conductor.mode == "call-and-response"
         return self._voice_only(conductor.plan(Position(0, 0, 0)).voiced)
 
     def set_parts(self, parts: PartsConfig) -> list[NoteEvent]:
@@ -122,6 +124,7 @@ class Performer:
             harmonise=plan.harmonise and melody is not None,
             fit=self.fit if plan.harmonise else 0.0,
             tone_fit=plan.tone_fit,
+            hold=plan.hold,
         )
         self.conductor.heard(pos, heard)
         offs = self._voice_only(plan.voiced)
@@ -129,24 +132,40 @@ class Performer:
         return step, offs + events if offs else events
 
 
-def positions_from_bars(position: Sequence[int] | npt.ArrayLike, beat_steps: int = ct.STEPS_PER_BEAT) -> list[Position]:
-    """Transport positions for a tune given its step-in-bar array (a bar starts where it is 0; a pickup is partial).
+def positions_from_bars(
+    position: Sequence[int] | npt.ArrayLike, beat_steps: int = ct.STEPS_PER_BEAT, *, first_bar: int | None = None
+) -> list[Position]:
+    """Transport positions for a tune given its step-in-bar array (a bar starts where it is 0).
 
     Args:
         position: step in bar of every step (as in prepared data).
         beat_steps: steps per counted beat.
+        first_bar: the number of the first bar (prepared data numbers a pickup bar -1, its phrase token 7);
+            default: -1 when the tune starts mid-bar, else 0.
     """
     pos = np.asarray(position, dtype=np.int64)
     starts = [i for i in range(pos.size) if pos[i] == 0 or i == 0]
     ends = [*starts[1:], pos.size]
     out: list[Position] = []
-    bar = -1 if pos.size and pos[0] != 0 else 0  # a pickup bar is bar -1, as in prepared data
+    if first_bar is None:
+        first_bar = -1 if pos.size and pos[0] != 0 else 0
+    bar = first_bar
     for s, e in zip(starts, ends, strict=True):
         bar_steps = max(e - s, int(pos[e - 1]) + 1) if pos[s] != 0 else e - s
         for i in range(s, e):
             out.append(Position(i, bar, int(pos[i]), bar_steps, beat_steps))
         bar += 1
     return out
+
+
+def _first_bar(phrase: Sequence[int] | npt.ArrayLike | None) -> int | None:
+    """The first bar's number from prepared data's phrase tokens (7 = a pickup bar, numbered -1)."""
+    if phrase is None:
+        return None
+    ph = np.asarray(phrase, dtype=np.int64).ravel()
+    if ph.size == 0:
+        return None
+    return -1 if int(ph[0]) == ct.PHRASE_BARS - 1 else int(ph[0])
 
 
 def accompany_offline(
@@ -159,6 +178,7 @@ def accompany_offline(
     seed: int = 0,
     beat_steps: int = ct.STEPS_PER_BEAT,
     mode: str = "accompany",
+    phrase: Sequence[int] | npt.ArrayLike | None = None,
 ) -> npt.NDArray[np.int64]:
     """The daemon's accompany path on a whole tune: the melody is the player, the model accompanies.
 
@@ -171,6 +191,8 @@ def accompany_offline(
         seed: the sampler's seed.
         beat_steps: steps per counted beat (the voicer's bass pattern; not needed for the chords).
         mode: the conductor (``accompany``; others for comparisons).
+        phrase: prepared data's bar-in-phrase tokens, to number the bars as the data does (a pickup bar
+            is bar -1); default: bars counted from the first full bar.
 
     Returns:
         The resolved chord token (N.C. or a chord) sounding at each step.
@@ -187,7 +209,7 @@ def accompany_offline(
         config.parts,
     )
     out = np.empty(mel.size, dtype=np.int64)
-    for i, pos in enumerate(positions_from_bars(position, beat_steps)):
+    for i, pos in enumerate(positions_from_bars(position, beat_steps, first_bar=_first_bar(phrase))):
         tok = int(mel[i])
         v = ct.bin_velocity(int(vel[i])) if vel is not None and tok >= ct.MEL_NOTE_OFFSET else None
         step, _ = performer.perform(pos, params, Heard(melody=tok, velocity=v))
@@ -203,6 +225,7 @@ def improvise_offline(
     *,
     seed: int = 0,
     beat_steps: int = ct.STEPS_PER_BEAT,
+    phrase: Sequence[int] | npt.ArrayLike | None = None,
 ) -> npt.NDArray[np.int64]:
     """The daemon's improvise path on a whole tune: its chords are the player's, the model plays the melody.
 
@@ -213,6 +236,7 @@ def improvise_offline(
         position: step in bar of every step.
         seed: the sampler's seed.
         beat_steps: steps per counted beat.
+        phrase: prepared data's bar-in-phrase tokens (see :func:`accompany_offline`).
 
     Returns:
         The melody token the model played at each step.
@@ -226,7 +250,7 @@ def improvise_offline(
         config.parts,
     )
     out = np.empty(ch.size, dtype=np.int64)
-    for i, pos in enumerate(positions_from_bars(position, beat_steps)):
+    for i, pos in enumerate(positions_from_bars(position, beat_steps, first_bar=_first_bar(phrase))):
         step, _ = performer.perform(pos, params, Heard(chord=int(ch[i])))
         out[i] = step.melody_token
     return out

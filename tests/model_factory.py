@@ -29,6 +29,8 @@ _VOCABS = {
     "chord_now": ct.CHORD_VOCAB_SIZE,
     "lookback_melody": ct.MELODY_VOCAB_SIZE,
     "lookback_chord": ct.CHORD_VOCAB_SIZE,
+    "melody_now": ct.MELODY_VOCAB_SIZE,
+    "sounding_now": ct.MELODY_VOCAB_SIZE,
 }
 _WIDTH = {"lookback_melody": ct.NUM_LOOKBACKS, "lookback_chord": ct.NUM_LOOKBACKS}  # (B, W) inputs; others (B,)
 
@@ -50,31 +52,6 @@ class _StepGRU(nn.Module):
         out, new_state = self.gru(x.unsqueeze(0), state)  # (1, B, H), (L, B, H)
         h = out[0]
         return (*(head(h) for head in self.heads), new_state)
-
-
-class _Harmony(nn.Module):
-    """hidden (B, H) + melody_now, sounding_now (B,) -> harmony logits (B, V)."""
-
-    def __init__(self, hidden: int) -> None:
-        super().__init__()
-        self.now = nn.Embedding(ct.MELODY_VOCAB_SIZE, 16)
-        self.sounding = nn.Embedding(ct.MELODY_VOCAB_SIZE, 16)
-        self.head = nn.Linear(hidden + 32, ct.CHORD_VOCAB_SIZE)
-
-    def forward(self, hidden: torch.Tensor, melody_now: torch.Tensor, sounding_now: torch.Tensor) -> torch.Tensor:
-        return self.head(torch.cat([hidden, self.now(melody_now), self.sounding(sounding_now)], dim=-1))
-
-
-def _export_harmony(module: nn.Module, hidden: int, path: Path) -> None:
-    args = (torch.zeros(2, hidden), torch.zeros(2, dtype=torch.int64), torch.zeros(2, dtype=torch.int64))
-    names = [*ct.HARMONY_MODEL_INPUTS, *ct.HARMONY_MODEL_OUTPUTS]
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module.eval(), args, str(path), input_names=list(ct.HARMONY_MODEL_INPUTS),
-            output_names=list(ct.HARMONY_MODEL_OUTPUTS), dynamic_axes={n: {0: "batch"} for n in names},
-            opset_version=17, dynamo=False,
-        )  # fmt: skip
 
 
 def _export(
@@ -133,7 +110,10 @@ def make_random_model(
     _export(note, ct.NOTE_MODEL_INPUTS, ct.NOTE_MODEL_OUTPUTS, hidden, layers, directory / "note.onnx")
     files = ["chord.onnx", "note.onnx"]
     if contract >= 2:
-        _export_harmony(_Harmony(hidden), hidden, directory / "harmony.onnx")
+        harmony = _StepGRU(ct.HARMONY_MODEL_INPUTS[:-1], (ct.CHORD_VOCAB_SIZE,), hidden, layers)
+        with torch.no_grad():
+            harmony.heads[0].weight.mul_(3.0)
+        _export(harmony, ct.HARMONY_MODEL_INPUTS, ct.HARMONY_MODEL_OUTPUTS, hidden, layers, directory / "harmony.onnx")
         files.append("harmony.onnx")
     n_params = {k: sum(p.numel() for p in m.parameters()) for k, m in (("chord", chord), ("note", note))}
     meta = {

@@ -24,9 +24,9 @@ from training.export import (
     PARITY_STEPS,
     PARITY_TOLERANCE,
     _export_graph,
-    _export_harmony,
     check_parity,
     export,
+    harmony_module,
     load_run,
     step_modules,
 )
@@ -147,7 +147,9 @@ def test_fused_step_modules_are_exact_for_other_architectures(cfg: ModelConfig, 
     chord, note = step_modules(models, fused=True)
     _export_graph(chord, C.CHORD_MODEL_INPUTS, C.CHORD_MODEL_OUTPUTS, cfg, tmp_path / "chord.onnx")
     _export_graph(note, C.NOTE_MODEL_INPUTS, C.NOTE_MODEL_OUTPUTS, cfg, tmp_path / "note.onnx")
-    _export_harmony(models.harmony, cfg, tmp_path / "harmony.onnx")
+    _export_graph(
+        harmony_module(models), C.HARMONY_MODEL_INPUTS, C.HARMONY_MODEL_OUTPUTS, cfg, tmp_path / "harmony.onnx"
+    )
     assert "GRU" not in _nodes(tmp_path / "chord.onnx")
     parity = check_parity(models, tmp_path, None, steps=300)
     assert parity["source"] == "random tokens"

@@ -32,7 +32,7 @@ from training.model import (
     LOOKBACK_INPUTS,
     ChordModel,
     Embedder,
-    HarmonyHead,
+    HarmonyModel,
     ModelConfig,
     Models,
     NoteModel,
@@ -76,25 +76,14 @@ class _NoteStep(nn.Module):
 class _HarmonyStep(nn.Module):
     """ONNX signature of the harmoniser: contract.HARMONY_MODEL_INPUTS -> HARMONY_MODEL_OUTPUTS."""
 
-    def __init__(self, head: HarmonyHead) -> None:
+    def __init__(self, model: HarmonyModel) -> None:
         super().__init__()
-        self.head = head
+        self.model = model
 
-    def forward(self, hidden: Tensor, melody_now: Tensor, sounding_now: Tensor) -> Tensor:
-        return self.head(hidden, melody_now, sounding_now)
-
-
-def _export_harmony(head: HarmonyHead, cfg: ModelConfig, path: Path) -> None:
-    module = _HarmonyStep(head).eval()
-    args = (torch.zeros(2, cfg.hidden), torch.zeros(2, dtype=torch.int64), torch.zeros(2, dtype=torch.int64))
-    names = list(C.HARMONY_MODEL_INPUTS)
-    dynamic = {n: {0: "batch"} for n in [*names, *C.HARMONY_MODEL_OUTPUTS]}
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module, args, str(path), input_names=names, output_names=list(C.HARMONY_MODEL_OUTPUTS),
-            dynamic_axes=dynamic, opset_version=OPSET, dynamo=False,
-        )  # fmt: skip
+    def forward(self, *args: Tensor) -> tuple[Tensor, Tensor]:
+        *tokens, state = args
+        feeds = dict(zip(C.HARMONY_MODEL_INPUTS[:-1], tokens, strict=True))
+        return self.model.step(feeds, state)
 
 
 def _embedding(embed: Embedder, name: str) -> nn.Embedding:
@@ -240,9 +229,9 @@ class _FusedRecurrent(nn.Module):
 
 
 class _FusedChordStep(nn.Module):
-    """Fused ONNX graph of the chord model (same signature as :class:`_ChordStep`)."""
+    """Fused ONNX graph of the chord model or the harmoniser (same signature as :class:`_ChordStep`)."""
 
-    def __init__(self, model: ChordModel) -> None:
+    def __init__(self, model: ChordModel | HarmonyModel) -> None:
         super().__init__()
         self.rec = _FusedRecurrent(model)
         with torch.no_grad():
@@ -287,6 +276,12 @@ def step_modules(models: Models, *, fused: bool = True) -> tuple[nn.Module, nn.M
     else:
         chord, note = _ChordStep(models.chord), _NoteStep(models.note)
     return chord.eval(), note.eval()
+
+
+def harmony_module(models: Models, *, fused: bool = True) -> nn.Module:
+    """The harmoniser's step module for ONNX (fused like the chord model's: same head structure)."""
+    module = _FusedChordStep(models.harmony) if fused else _HarmonyStep(models.harmony)
+    return module.eval()
 
 
 def _dummy_inputs(names: tuple[str, ...], cfg: ModelConfig, batch: int = 2) -> tuple[Tensor, ...]:
@@ -378,8 +373,8 @@ def check_parity(
     }
     cfg = models.cfg
     zeros = np.zeros((cfg.layers, batch, cfg.hidden), dtype=np.float32)
-    st_t = {"chord": torch.from_numpy(zeros.copy()), "note": torch.from_numpy(zeros.copy())}
-    st_o = {"chord": zeros.copy(), "note": zeros.copy()}
+    st_t = {m: torch.from_numpy(zeros.copy()) for m in ("chord", "note", "harmony")}
+    st_o = {m: zeros.copy() for m in ("chord", "note", "harmony")}
     diff = {"chord": 0.0, "note": 0.0, "harmony": 0.0}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one-step batches are tiny: more threads only spin (badly, on a busy machine)
@@ -414,22 +409,12 @@ def _parity_loop(
             for m, names, fn in (
                 ("chord", C.CHORD_MODEL_INPUTS, models.chord.step),
                 ("note", C.NOTE_MODEL_INPUTS, models.note.step),
+                ("harmony", C.HARMONY_MODEL_INPUTS, models.harmony.step),
             ):
                 *logits_t, st_t[m] = fn({k: tf[k] for k in names[:-1]}, st_t[m])
                 *logits_o, st_o[m] = sess[m].run(None, {**{k: feeds[k] for k in names[:-1]}, "state": st_o[m]})
                 for a, b in zip([*logits_t, st_t[m]], [*logits_o, st_o[m]], strict=True):
                     diff[m] = max(diff[m], float(np.abs(a.numpy() - b).max()))
-                if m == "chord":  # the harmoniser reads the chord model's top layer after this step
-                    h_t = models.harmony(st_t[m][-1], tf["melody_now"], tf["sounding_now"])
-                    (h_o,) = sess["harmony"].run(
-                        None,
-                        {
-                            "hidden": st_o[m][-1],
-                            "melody_now": feeds["melody_now"],
-                            "sounding_now": feeds["sounding_now"],
-                        },
-                    )
-                    diff["harmony"] = max(diff["harmony"], float(np.abs(h_t.numpy() - h_o).max()))
 
 
 def sha256(path: Path) -> str:
@@ -522,7 +507,8 @@ def export(
     chord_step, note_step = step_modules(models, fused=fused)
     _export_graph(chord_step, C.CHORD_MODEL_INPUTS, C.CHORD_MODEL_OUTPUTS, cfg, out / "chord.onnx")
     _export_graph(note_step, C.NOTE_MODEL_INPUTS, C.NOTE_MODEL_OUTPUTS, cfg, out / "note.onnx")
-    _export_harmony(models.harmony, cfg, out / "harmony.onnx")
+    _export_graph(harmony_module(models, fused=fused), C.HARMONY_MODEL_INPUTS, C.HARMONY_MODEL_OUTPUTS, cfg,
+                  out / "harmony.onnx")  # fmt: skip
     parity = check_parity(models, out, data)
     meta = {
         "format": "rtgen-model",

@@ -8,8 +8,8 @@ and root of chord tokens), run them through a GRU and project to logits:
 * :class:`ChordModel`: p(chord_t | melody_<t, chord_<t, position) -> ``chord_logits``;
 * :class:`NoteModel`: p(melody_t, velocity_t | melody_<t, chord_<=t, position)
   -> ``melody_logits``, ``velocity_logits``;
-* :class:`HarmonyHead`: p(chord_t | melody_<=t, chord_<t, position) from the chord model's
-  hidden state and the melody at t -> ``harmony_logits`` (the accompanist).
+* :class:`HarmonyModel`: p(chord sounding at t | melody_<=t, position) -> ``harmony_logits``
+  (the accompanist; it never sees chords, so live it hears what it heard in training).
 
 ``forward`` runs whole sequences (training, teacher forcing); ``step`` runs one step
 with inputs of shape (B,) and is what gets exported to ONNX. The recurrent state is
@@ -44,7 +44,7 @@ INPUT_VOCAB: dict[str, int] = {
     "melody_now": C.MELODY_VOCAB_SIZE,
     "sounding_now": C.MELODY_VOCAB_SIZE,
 }
-_MELODY_INPUTS = ("prev_melody", "prev_sounding")
+_MELODY_INPUTS = ("prev_melody", "prev_sounding", "melody_now", "sounding_now")
 _CHORD_INPUTS = ("prev_chord", "prev_chord_now", "chord_now")
 LOOKBACK_INPUTS = ("lookback_melody", "lookback_chord")
 
@@ -206,18 +206,9 @@ class ChordModel(_Recurrent):
 
     def forward(self, feeds: dict[str, Tensor], state: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Sequences: feeds name -> (B, T); returns chord logits (B, T, V) and state (L, B, H)."""
-        logits, _, state = self.forward_hidden(feeds, state)
+        h, state = self._run(feeds, state)
+        logits = self.head(h) + self.pc_head(h) @ self.templates.T  # (B, T, V)
         return logits, state
-
-    def forward_hidden(self, feeds: dict[str, Tensor], state: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        """As :meth:`forward`, also returning the top-layer GRU output (B, T, H) (before dropout)."""
-        x = self.drop(self.embed(feeds))
-        if state is None:
-            state = self.initial_state(x.shape[0])
-        h, state = self.rnn(x, state)  # (B, T, H), (L, B, H)
-        hd = self.drop(h)
-        logits = self.head(hd) + self.pc_head(hd) @ self.templates.T  # (B, T, V)
-        return logits, h, state
 
     def step(self, feeds: dict[str, Tensor], state: Tensor) -> tuple[Tensor, Tensor]:
         """One step: feeds name -> (B,) (lookbacks (B, K)); returns chord logits (B, V) and the new state."""
@@ -225,44 +216,31 @@ class ChordModel(_Recurrent):
         return logits[:, 0], state
 
 
-class HarmonyHead(nn.Module):
-    """p(chord_t | melody_<=t, chord_<t): the chord model's summary of the past plus the melody at t.
+class HarmonyModel(_Recurrent):
+    """p(chord sounding at t | melody_<=t, position, phrase): the accompanist's harmoniser.
 
-    Reads the chord model's top-layer GRU output for step t (its ``state_out[-1]``, which saw only
-    the past) and the melody token at t, raw and resolved; a small MLP scores every chord token,
-    plus pitch-class scores shared through the chord templates (so "the note is a chord tone" is
-    one weight per pitch class, not one per chord).
+    Reads only the melody (up to and including step t) and the position, never the chords: live it
+    hears the player exactly as it heard the human melodies in training. Predicts the resolved chord
+    (N.C. or a chord, never HOLD); the engine turns it into a HOLD or a change.
     """
 
     templates: Tensor
-    mel_feat: Tensor
 
     def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.emb_now = nn.Embedding(C.MELODY_VOCAB_SIZE, cfg.token_emb)
-        self.emb_sounding = nn.Embedding(C.MELODY_VOCAB_SIZE, cfg.token_emb)
-        self.register_buffer("mel_feat", torch.from_numpy(_melody_features()), persistent=False)
-        width = cfg.hidden + 2 * cfg.token_emb + 2 * self.mel_feat.shape[1]
-        self.mlp = nn.Sequential(nn.Linear(width, cfg.hidden), nn.GELU(), nn.Dropout(cfg.dropout))
+        super().__init__(C.HARMONY_MODEL_INPUTS[:-1], cfg)
         self.head = nn.Linear(cfg.hidden, C.CHORD_VOCAB_SIZE)
         self.pc_head = nn.Linear(cfg.hidden, 12, bias=False)
         self.register_buffer("templates", torch.from_numpy(chord_templates()), persistent=False)
 
-    def forward(self, hidden: Tensor, melody_now: Tensor, sounding_now: Tensor) -> Tensor:
-        """hidden (..., H) float, melody_now / sounding_now (...) int64 -> harmony logits (..., V)."""
-        x = torch.cat(
-            [
-                hidden,
-                self.emb_now(melody_now),
-                self.emb_sounding(sounding_now),
-                nn.functional.embedding(melody_now, self.mel_feat),
-                nn.functional.embedding(sounding_now, self.mel_feat),
-            ],
-            dim=-1,
-        )
-        z = self.mlp(x)
-        return self.head(z) + self.pc_head(z) @ self.templates.T
+    def forward(self, feeds: dict[str, Tensor], state: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Sequences: feeds name -> (B, T); returns harmony logits (B, T, V) and state (L, B, H)."""
+        h, state = self._run(feeds, state)
+        return self.head(h) + self.pc_head(h) @ self.templates.T, state
+
+    def step(self, feeds: dict[str, Tensor], state: Tensor) -> tuple[Tensor, Tensor]:
+        """One step: feeds name -> (B,) (lookbacks (B, K)); returns harmony logits (B, V) and the new state."""
+        logits, state = self.forward({k: v.unsqueeze(1) for k, v in feeds.items()}, state)
+        return logits[:, 0], state
 
 
 class NoteModel(_Recurrent):
@@ -284,6 +262,11 @@ class NoteModel(_Recurrent):
         return mel[:, 0], vel[:, 0], state
 
 
+def harmony_target(batch: dict[str, Tensor]) -> Tensor:
+    """The harmoniser's target: the chord sounding at each step (``chord_now``), ignored where ``chord`` is."""
+    return torch.where(batch["chord"] == -100, -100, batch["chord_now"])
+
+
 class Models(nn.Module):
     """Both models in one module, so one optimizer (and one DDP wrapper) trains them together.
 
@@ -296,7 +279,7 @@ class Models(nn.Module):
         self.cfg = cfg
         self.chord = ChordModel(cfg)
         self.note = NoteModel(cfg)
-        self.harmony = HarmonyHead(cfg)
+        self.harmony = HarmonyModel(cfg)
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """batch: inputs (B, T) plus targets ``chord``, ``melody``, ``velocity`` (B, T; -100 = ignore).
@@ -305,18 +288,18 @@ class Models(nn.Module):
             ``loss`` (mean chord + mean melody + mean velocity NLL, the training objective) and,
             per target, ``<name>_sum`` and ``<name>_n`` (summed NLL and counted steps) as detached tensors.
         """
-        chord_logits, hidden, _ = self.chord.forward_hidden(batch)
-        harmony_logits = self.harmony(self.chord.drop(hidden), batch["melody_now"], batch["sounding_now"])
+        chord_logits, _ = self.chord(batch)
+        harmony_logits, _ = self.harmony(batch)
         mel_logits, vel_logits, _ = self.note(batch)
         out: dict[str, Tensor] = {}
         loss = torch.zeros((), device=chord_logits.device)
         for name, target_name, logits in (
             ("chord", "chord", chord_logits),
-            ("harmony", "chord", harmony_logits),
+            ("harmony", "harmony", harmony_logits),
             ("melody", "melody", mel_logits),
             ("velocity", "velocity", vel_logits),
         ):
-            target = batch[target_name]
+            target = harmony_target(batch) if target_name == "harmony" else batch[target_name]
             nll = nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="sum")
             n = (target != -100).sum()
             loss = loss + nll / n.clamp(min=1)

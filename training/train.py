@@ -36,7 +36,7 @@ from tqdm import tqdm
 from rtgen import contract as C  # noqa: N812 (short alias, used on every line)
 from rtgen.errors import RtgenError
 from training.dataset import IGNORE, Split, eval_plan, read_manifest
-from training.model import ModelConfig, Models
+from training.model import ModelConfig, Models, harmony_target
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ def evaluate_nll(models: Models, split: Split, batch_size: int, d: Dist | None =
 
     Returns:
         ``chord`` (all steps), ``chord_change`` (steps whose chord token is not HOLD), ``harmony`` and
-        ``harmony_change`` (the same for the harmoniser, which also sees the melody at the step),
+        ``harmony_change`` (the harmoniser's NLL of the sounding chord, all steps and at changes),
         ``melody`` (all steps), ``melody_note_on`` (NOTE_ON steps), ``velocity`` (NOTE_ON
         steps) and ``loss`` (chord + harmony + melody, the early-stopping criterion).
     """
@@ -186,15 +186,16 @@ def evaluate_nll(models: Models, split: Split, batch_size: int, d: Dist | None =
     counts = dict.fromkeys(keys, 0.0)
     for wins in eval_plan(split, batch_size, d.rank, d.world):
         b = {k: v.to(d.device) for k, v in split.collate(wins).items()}
-        chord_logits, hidden, _ = models.chord.forward_hidden(b)
-        harmony_logits = models.harmony(hidden, b["melody_now"], b["sounding_now"])
+        chord_logits, _ = models.chord(b)
+        harmony_logits, _ = models.harmony(b)
         mel_logits, vel_logits, _ = models.note(b)
         change = (b["chord"] != IGNORE) & (b["chord"] != C.CHORD_HOLD)
+        h_target = harmony_target(b)
         for name, logits, target, mask in (
             ("chord", chord_logits, b["chord"], b["chord"] != IGNORE),
             ("chord_change", chord_logits, b["chord"], change),
-            ("harmony", harmony_logits, b["chord"], b["chord"] != IGNORE),
-            ("harmony_change", harmony_logits, b["chord"], change),
+            ("harmony", harmony_logits, h_target, b["chord"] != IGNORE),
+            ("harmony_change", harmony_logits, h_target, change),
             ("melody", mel_logits, b["melody"], b["melody"] != IGNORE),
             ("melody_note_on", mel_logits, b["melody"], b["melody"] >= C.MEL_NOTE_OFFSET),
             ("velocity", vel_logits, b["velocity"], b["velocity"] != IGNORE),
