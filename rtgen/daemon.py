@@ -35,6 +35,7 @@ import gc
 import logging
 import queue
 import signal
+import sys
 import threading
 import time
 from collections import deque
@@ -68,6 +69,7 @@ log = logging.getLogger(__name__)
 START_LEAD_NS = 100_000_000  # the first step starts this long after start-up: room for the first inference
 MAX_WAIT_NS = 250_000_000  # wake at least this often, even with nothing due
 MIDI_CLOCK = 0xF8
+SWITCH_INTERVAL_S = 0.0002  # how long the loop may hold the GIL while another thread (rtmidi, OSC) waits
 
 
 class NullSink:
@@ -1013,7 +1015,14 @@ class Daemon:
                 f"{self.config.osc.host}:{self.osc.port}" if self.osc is not None else "off",
             )
             self.realtime = request_realtime(self.config.daemon.realtime_priority)
-            player.run(self.config.daemon.duration)
+            # rtmidi calls back on JACK's own real-time thread, which needs the GIL: with Python's default 5 ms
+            # switch interval a spinning loop makes it miss JACK cycles (a synchronous server then stalls)
+            switch = sys.getswitchinterval()
+            sys.setswitchinterval(SWITCH_INTERVAL_S)
+            try:
+                player.run(self.config.daemon.duration)
+            finally:
+                sys.setswitchinterval(switch)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)

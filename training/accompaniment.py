@@ -573,9 +573,40 @@ def performer_chords(model: Model, tunes: Sequence[Tune], *, seed: int = 0) -> l
     out: list[IntArray] = []
     for i, t in enumerate(tunes):
         beat = int(t.beat_steps[0]) if t.steps else ct.STEPS_PER_BEAT
-        chords = accompany_offline(model, config, t.melody, t.velocity, t.position, seed=seed + i, beat_steps=beat)
+        chords = accompany_offline(model, config, t.melody, t.velocity, t.position, seed=seed + i, beat_steps=beat,
+                                   phrase=t.phrase)  # fmt: skip
         out.append(np.asarray(chords, dtype=np.int64))
     return out
+
+
+def chord_tone_share(tunes: Sequence[Tune], melodies: Sequence[npt.ArrayLike]) -> tuple[float, int]:
+    """Share of melody onsets on strong beats that are tones of the human chord sounding there (N.C. excluded)."""
+    n = hits = 0
+    for t, m in zip(tunes, melodies, strict=True):
+        mel = np.asarray(m, dtype=np.int64)
+        human = t.human
+        mask = t.strong & (mel >= ct.MEL_NOTE_OFFSET) & (human >= ct.CHORD_OFFSET)
+        pcs = (mel[mask] - ct.MEL_NOTE_OFFSET + ct.PITCH_MIN) % 12
+        n += int(mask.sum())
+        hits += int(_PCS[human[mask], pcs].sum())
+    return (hits / n if n else float("nan")), n
+
+
+def improvise_tones(model: Model, tunes: Sequence[Tune], *, seed: int = 0) -> dict[str, Any]:
+    """The daemon's improvise path over each tune's human chords: chord-tone share on strong beats, model vs data."""
+    from rtgen.config import Config
+    from rtgen.performer import improvise_offline
+
+    config = Config()
+    melodies = []
+    for i, t in enumerate(tunes):
+        beat = int(t.beat_steps[0]) if t.steps else ct.STEPS_PER_BEAT
+        melodies.append(improvise_offline(model, config, t.chord, t.position, seed=seed + i, beat_steps=beat,
+                                          phrase=t.phrase))  # fmt: skip
+    share, n = chord_tone_share(tunes, melodies)
+    data_share, data_n = chord_tone_share(tunes, [t.melody for t in tunes])
+    return {"chord_tone_strong": share, "onsets": n, "chord_tone_strong_data": data_share, "onsets_data": data_n,
+            "tone_fit": config.improvise.tone_fit}  # fmt: skip
 
 
 # --- the evaluation --------------------------------------------------------------------------------------
@@ -634,6 +665,9 @@ def evaluate_accompaniment(
     else:
         result["model"] = score(tunes, performed)
         timings["model"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    result["improvise"] = improvise_tones(model, tunes, seed=seed)
+    timings["improvise"] = time.perf_counter() - t0
     data_row = result["human"]
     result["data"] = {"changes_per_bar": data_row["changes_per_bar"], "entropy_bits": data_row["entropy_bits"]}
     result.update(
@@ -691,6 +725,13 @@ def report_markdown(result: dict[str, Any]) -> str:
         f"{result.get('steps')}. Model accompanists sample at temperature {s.get('temperature')}, top-p "
         f"{s.get('top_p')} (the daemon's defaults), seed {result.get('seed')}; {result.get('seconds')} s.",
     ]
+    imp = result.get("improvise")
+    if imp:
+        lines.append(
+            f"Improvise (the model's melody over the human chords, the daemon's path, tone_fit {imp.get('tone_fit')}): "
+            f"{_fmt(imp.get('chord_tone_strong'))} of its {imp.get('onsets')} onsets on strong beats are chord tones; "
+            f"the human melodies: {_fmt(imp.get('chord_tone_strong_data'))}."
+        )
     for name, why in (result.get("skipped") or {}).items():
         lines.append(f"Not run: {ACCOMPANISTS.get(name, name)}: {why}.")
     return "\n".join(lines) + "\n"
