@@ -359,7 +359,8 @@ class Engine:
             chord: an observed chord token; ``None`` samples it.
             harmonise: with an observed ``melody`` and no ``chord``, choose the chord with the harmoniser,
                 which hears the melody up to this step (needs a contract-v2 model); otherwise the chord model
-                guesses it from the past. The chord changes only on a melody onset or a strong beat.
+                guesses it from the past. The chord changes only on a strong beat or on a counted beat with a
+                melody onset (harmonic rhythm as in the data, about one change per bar).
             fit: with ``harmonise``, a log-odds bonus for the chords that contain the pitch class of an
                 onset at this step.
             hold: with ``harmonise``, a log-odds bonus for keeping the sounding chord (harmonic rhythm).
@@ -432,7 +433,8 @@ class Engine:
                 assert melody is not None
                 held = self._prev_chord_now
                 onset = self._feed_harmony(melody)
-                decide = onset is not None or at.strong or not held_ok
+                # the chord may change on a strong beat, or on a beat where the player strikes a note
+                decide = at.strong or (onset is not None and at.on_beat) or not held_ok
                 if not decide:
                     chord_logits = _HOLD_ONLY
                     bias = None
