@@ -78,7 +78,7 @@ class TrainConfig:
     weight_decay: float = 0.05
     grad_clip: float = 1.0
     patience: int = 4
-    max_minutes: float = 6.0
+    max_minutes: float = 15.0
     augment: bool = True
     seed: int = 0
     threads: int = 0
