@@ -2,7 +2,7 @@
 
 Data path (docs/internals.md §6)::
 
-    MIDI in ─► InputQueue ─► PlayerTracker ─┐        clock source: StepClock | ClockFollower
+    MIDI in ─► polled port ─► PlayerTracker ─┐       clock source: StepClock | ClockFollower
                                             ▼                       │
     OSC / CC ─► params, typed commands ─► Player loop ◄─────────────┘
                                             │  Transport (position) ─► Performer
@@ -57,6 +57,7 @@ from rtgen.transport import Position, Transport
 if TYPE_CHECKING:
     from rtgen.engine import Engine, EngineState, Params, Step
     from rtgen.input import InputQueue, PlayerTracker
+    from rtgen.midi_io import MidiInput
     from rtgen.midiclock import ClockFollower
     from rtgen.model import Model
     from rtgen.osc import Feedback, OscServer
@@ -69,6 +70,7 @@ log = logging.getLogger(__name__)
 START_LEAD_NS = 100_000_000  # the first step starts this long after start-up: room for the first inference
 MAX_WAIT_NS = 250_000_000  # wake at least this often, even with nothing due
 MIDI_CLOCK = 0xF8
+POLL_NS = 1_000_000  # the player's input is polled this often (at most this much added to its latency)
 SWITCH_INTERVAL_S = 0.0002  # how long the loop may hold the GIL while another thread (rtmidi, OSC) waits
 
 
@@ -203,7 +205,8 @@ class Player:
         mode: the initial mode (see :mod:`rtgen.conductor`).
         config: the whole configuration (accompany / call-and-response / input settings), or None for defaults.
         tracker: the player's input tracker (None: nobody to listen to).
-        input_queue: where rtmidi's thread puts the player's messages.
+        input_queue: the player's messages: a polled :class:`~rtgen.midi_io.MidiInput` (the daemon's), or an
+            :class:`~rtgen.input.InputQueue` fed by a callback; drained on every loop iteration.
         follower: follow an external MIDI clock (steps start on its ticks; nothing plays before Start).
         clock_out: sinks that get 24-ppqn clock, Start, Stop and SPP (lead a DAW).
         thru: echo the player's channel messages to the live sinks.
@@ -222,7 +225,7 @@ class Player:
         mode: str = "autonomous",
         config: Config | None = None,
         tracker: PlayerTracker | None = None,
-        input_queue: InputQueue | None = None,
+        input_queue: InputQueue | MidiInput | None = None,
         follower: ClockFollower | None = None,
         clock_out: Sequence[SinkLike] = (),
         thru: bool = False,
@@ -271,6 +274,7 @@ class Player:
         self._ticks: deque[int] = deque()  # clock-out tick times
         self._clock_running = False
         self._midi_step_ns = clock.step_ns
+        self.poll_ns = POLL_NS if input_queue is not None else 0
 
     @property
     def mode(self) -> str:
@@ -318,6 +322,10 @@ class Player:
                 target = self._next_target(end_ns)
                 if fake:
                     now = source.wait_until(target)
+                elif self.poll_ns and target - source.now_ns() > self.poll_ns + spin_ns:
+                    self.wake.wait(self.poll_ns / 1e9)  # nothing due yet: only look at the input
+                    self.wake.clear()
+                    now = source.now_ns()
                 else:
                     now = source.now_ns()
                     sleep_ns = min(target - now - spin_ns, MAX_WAIT_NS)
@@ -873,7 +881,7 @@ class Daemon:
             self.close()
             raise
 
-    def _open_input(self) -> tuple[PlayerTracker | None, InputQueue | None, ClockFollower | None]:
+    def _open_input(self) -> tuple[PlayerTracker | None, MidiInput | None, ClockFollower | None]:
         """The player's MIDI input (virtual ``rtgen:in`` or a named port), its tracker and clock follower."""
         cfg = self.config
         need = cfg.input.enabled or cfg.clock.source == "midi" or cfg.daemon.mode != "autonomous"
@@ -883,15 +891,16 @@ class Daemon:
             raise RtgenError(
                 f"mode {cfg.daemon.mode} / clock {cfg.clock.source} needs the MIDI input, but [input] enabled = false"
             )
-        from rtgen.input import InputQueue, PlayerTracker
+        from rtgen.input import PlayerTracker
         from rtgen.midi_io import open_input
         from rtgen.midiclock import ClockFollower
 
         # rtmidi's thread wakes the loop: without it a tick or a note waits for the next due event (up to 250 ms)
-        in_queue = InputQueue(on_arrival=self._wake_player)
         try:
+            # polled, not called back: rtmidi's thread is JACK's real-time thread, which must never wait for
+            # the GIL (a synchronous server stalls every client then); the loop polls every millisecond
             self.input = open_input(
-                cfg.midi.backend, cfg.input.port or None, in_queue, cfg.midi.client_name,
+                cfg.midi.backend, cfg.input.port or None, None, cfg.midi.client_name,
                 cfg.input.virtual_port_name, clock=cfg.clock.source == "midi",
             )  # fmt: skip
         except PortError:
@@ -902,13 +911,7 @@ class Daemon:
         self.input_name = self.input.name
         tracker = PlayerTracker.from_config(cfg)
         follower = ClockFollower() if cfg.clock.source == "midi" else None
-        return tracker, in_queue, follower
-
-    def _wake_player(self) -> None:
-        """Wake the real-time loop (rtmidi's thread, on every input message)."""
-        player = self.player
-        if player is not None:
-            player.wake.set()
+        return tracker, self.input, follower
 
     @property
     def _initial_recorder(self) -> RecorderSink | None:

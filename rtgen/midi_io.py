@@ -241,13 +241,36 @@ def open_output(
 
 
 class MidiInput:
-    """An open MIDI input; messages go to the callback given to :func:`open_input`."""
+    """An open MIDI input: messages go to the callback given to :func:`open_input`, or, opened without
+    one, wait in rtmidi's own queue for :meth:`drain` (the real-time loop polls it)."""
 
     def __init__(self, midi_in: Any, name: str, backend: str, virtual: bool) -> None:
         self._in = midi_in
+        self._get = midi_in.get_message
         self.name = name
         self.backend = backend
         self.virtual = virtual
+        self.received = 0
+
+    def drain(self, limit: int = 256) -> list[tuple[int, tuple[int, ...]]]:
+        """Take up to ``limit`` waiting ``(perf_counter_ns, message)`` pairs (polled mode); never blocks.
+
+        The time is when the poll found them: with a 1 ms poll, at most 1 ms after their arrival.
+        """
+        if self._in is None:
+            return []
+        get = self._get
+        out: list[tuple[int, tuple[int, ...]]] = []
+        now = 0
+        for _ in range(limit):
+            event = get()
+            if event is None:
+                break
+            if not now:
+                now = time.perf_counter_ns()
+            out.append((now, tuple(event[0])))
+        self.received += len(out)
+        return out
 
     def close(self) -> None:
         """Stop the callback and close the port."""
@@ -274,7 +297,7 @@ class MidiInput:
 def open_input(
     backend: str,
     match: str | None,
-    callback: InputCallback,
+    callback: InputCallback | None,
     client_name: str = "rtgen",
     port_name: str = "in",
     *,
@@ -289,7 +312,9 @@ def open_input(
         backend: one of :data:`BACKENDS`.
         match: ``None`` for a virtual input port ``client_name:port_name``, else a case-insensitive
             substring of exactly one existing input (source) port.
-        callback: receives the raw bytes and the arrival time on ``time.perf_counter_ns``.
+        callback: receives the raw bytes and the arrival time on ``time.perf_counter_ns``; None opens the port in
+            polled mode (see :meth:`MidiInput.drain`): nothing runs on rtmidi's thread, which on JACK is the
+            server's real-time thread and must never wait for Python's GIL.
         client_name: the MIDI client name.
         port_name: the virtual port's name, or our local port name when connecting.
         clock: pass MIDI clock and transport messages through.
@@ -301,11 +326,13 @@ def open_input(
     now = time.perf_counter_ns
 
     def on_message(event: tuple[list[int], float], data: object = None) -> None:
+        assert callback is not None
         callback(event[0], now())
 
     try:
         midi_in.ignore_types(sysex=True, timing=not clock, active_sense=True)
-        midi_in.set_callback(on_message)
+        if callback is not None:
+            midi_in.set_callback(on_message)
         with captured_stderr():
             if not match:
                 try:

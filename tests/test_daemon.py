@@ -54,6 +54,7 @@ class Peer:
         self.port = int(self.sock.getsockname()[1])
         self.target = ("127.0.0.1", daemon_port)
         self.received: list[tuple[str, list[Any]]] = []
+        self.times: list[float] = []  # arrival time (perf_counter) of each received message
 
     def send(self, address: str, *args: Any) -> None:
         self.sock.sendto(osc_dgram(address, *args), self.target)
@@ -77,6 +78,11 @@ class Peer:
                 continue
             msg = OscMessage(data)
             self.received.append((msg.address, list(msg.params)))
+            self.times.append(time.perf_counter())
+
+    def arrivals(self, address: str, since: float = 0.0) -> list[float]:
+        """Arrival times of the messages to ``address`` received after ``since`` (perf_counter seconds)."""
+        return [t for (addr, _), t in zip(self.received, self.times, strict=True) if addr == address and t >= since]
 
     def close(self) -> None:
         self.sock.close()
@@ -218,18 +224,19 @@ def test_osc_control_status_subscribe_instrument_tempo_and_errors(start_daemon: 
         peer.send("/rtgen/instrument", "chords", 40)
         assert rec.wait_until(lambda ev: any(m == (0xC1, 40) for _, m in ev), timeout=5), "no Program Change"
 
-        # tempo: compare median inter-onset intervals of the chord+bass grid before and after
-        rec.clear()
-        time.sleep(2.0)
-        before = [m for m in rec.snapshot()]
+        # tempo: the beat feedback's interval doubles (240 -> 120 BPM)
+        t0 = time.perf_counter()
+        peer.wait_for("/rtgen/beat", timeout=2.0, count=10**6)
+        before = peer.arrivals("/rtgen/beat", t0)
         peer.send("/rtgen/tempo", 120.0)
-        time.sleep(0.3)
-        rec.clear()
-        time.sleep(3.0)
-        after = rec.snapshot()
-        ioi_before = statistics.median(b - a for a, b in itertools.pairwise(onset_times(before)))
-        ioi_after = statistics.median(b - a for a, b in itertools.pairwise(onset_times(after)))
-        assert 1.6 <= ioi_after / ioi_before <= 2.5, (ioi_before, ioi_after)
+        time.sleep(0.6)
+        t1 = time.perf_counter()
+        peer.wait_for("/rtgen/beat", timeout=3.0, count=10**6)
+        after = peer.arrivals("/rtgen/beat", t1)
+        beat_before = statistics.median(b - a for a, b in itertools.pairwise(before))
+        beat_after = statistics.median(b - a for a, b in itertools.pairwise(after))
+        assert abs(beat_before - 0.25) < 0.02 and abs(beat_after - 0.5) < 0.02, (beat_before, beat_after)
+        assert rec.wait_until(lambda ev: len(note_ons([m for _, m in ev])) >= 3, timeout=5), "stopped playing"
 
         # bad input of every kind: an error reply each, and the music goes on
         n_err = len(peer.wait_for("/rtgen/error", timeout=0.1, count=0))

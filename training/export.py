@@ -579,22 +579,26 @@ def write_model_card(model_dir: Path) -> Path:
     lines = [
         f"# rtgen model `{meta.get('name')}`",
         "",
-        "Two small recurrent models that generate music one sixteenth-note step at a time, for the rtgen",
-        "real-time instrument: a **chord model** p(chord_t | melody_<t, chord_<t, position) and a **note model**",
-        "p(melody_t, velocity_t | melody_<t, chord_<=t, position). Both are single-step ONNX graphs "
-        f"(`chord.onnx`, `note.onnx`, opset {m.get('opset', OPSET)}) with a recurrent state of shape "
+        "Small recurrent models that generate and accompany music one sixteenth-note step at a time, for the",
+        "rtgen real-time instrument: a **chord model** p(chord_t | melody_<t, chord_<t, position), a **note model**",
+        "p(melody_t, velocity_t | melody_<t, chord_<=t, position) and a **harmoniser** p(chord sounding at t |",
+        "melody_<=t, position), which accompanies a player (it hears the note of the step, never its own chords).",
+        "All are single-step ONNX graphs "
+        f"(`chord.onnx`, `note.onnx`, `harmony.onnx`, opset {m.get('opset', OPSET)}) with a recurrent state of shape "
         f"(layers={m.get('layers')}, batch, hidden={m.get('hidden')}), token contract version "
         f"{meta.get('contract', {}).get('version')}.",
         "",
         "## Model",
         "",
         f"- backbone: {m.get('backbone')} {m.get('layers')} x {m.get('hidden')}; parameters: chord "
-        f"{m.get('params', {}).get('chord', '?'):,}, note {m.get('params', {}).get('note', '?'):,}",
+        f"{m.get('params', {}).get('chord', '?'):,}, note {m.get('params', {}).get('note', '?'):,}, harmoniser "
+        f"{m.get('params', {}).get('harmony', 0):,}",
         "- inputs: previous melody and chord tokens (raw and resolved), velocity bin, position in bar, bar in",
         "  phrase, the tokens at the same position 1/2/4/8 bars earlier; the note model also sees the current chord",
         f"- ONNX-vs-PyTorch parity over {meta.get('parity', {}).get('steps', '?')} steps: max |diff| chord "
         f"{meta.get('parity', {}).get('max_abs_diff', {}).get('chord', float('nan')):.1e}, note "
-        f"{meta.get('parity', {}).get('max_abs_diff', {}).get('note', float('nan')):.1e}",
+        f"{meta.get('parity', {}).get('max_abs_diff', {}).get('note', float('nan')):.1e}, harmoniser "
+        f"{meta.get('parity', {}).get('max_abs_diff', {}).get('harmony', float('nan')):.1e}",
         "",
         "## Data",
         "",
@@ -611,7 +615,7 @@ def write_model_card(model_dir: Path) -> Path:
         f" {_fmt(tr.get('tokens_per_s'), 0)} tokens/s",
         f"- valid NLL per step (nats): chord {_fmt(valid.get('chord'))} (at chord changes "
         f"{_fmt(valid.get('chord_change'))}), melody {_fmt(valid.get('melody'))} (at note-ons "
-        f"{_fmt(valid.get('melody_note_on'))})",
+        f"{_fmt(valid.get('melody_note_on'))}), harmoniser {_fmt(valid.get('harmony'))} (the sounding chord)",
         "",
         "## Evaluation (test split)",
         "",
@@ -622,6 +626,11 @@ def write_model_card(model_dir: Path) -> Path:
         lines += ["| metric | value |", "|---|---|"]
         scalar = {k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
         lines += [f"| {k} | {_fmt(v)} |" for k, v in scalar.items()]
+        acc = (metrics.get("accompaniment") or {}).get("model")
+        if isinstance(acc, dict):
+            lines += ["", f"Accompanying the human melodies (the daemon's accompany path): hit {_fmt(acc.get('hit'))}, "
+                      f"F1 vs the human chords {_fmt(acc.get('f1'))}, {_fmt(acc.get('changes_per_bar'), 2)} chord "
+                      "changes per bar (see EVALUATION.md for the baselines)."]  # fmt: skip
         if (model_dir / "EVALUATION.md").is_file():
             lines += ["", "Full report: [EVALUATION.md](EVALUATION.md)."]
     else:
