@@ -219,6 +219,9 @@ class JackServer:
         exe = jackd_path()
         if exe is None:
             raise RuntimeError("jackd not found; install it: sudo apt-get install -y --no-install-recommends jackd2")
+        from rtgen.bench import clear_stale_jack_registry
+
+        clear_stale_jack_registry()  # servers killed by an earlier, interrupted run would fill jackd's registry
         name = name or f"rtgen-test-{os.getpid()}"
         log_dir = log_dir or Path(os.environ.get("TMPDIR", "/tmp"))
         log_path = log_dir / f"{name}.jackd.log"

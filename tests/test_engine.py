@@ -343,18 +343,23 @@ def test_v1_model_plays_but_cannot_accompany(tmp_path: Path) -> None:
 
 
 def test_harmonise_hears_the_melody_and_fit_favours_chord_tones(model_dir: Path) -> None:
-    """With harmonise the chord comes from the harmoniser; a large fit makes every onset a chord tone."""
+    """With harmonise the chord comes from the harmoniser; it changes only on beats, where a large fit makes
+    every onset a chord tone; between beats it holds."""
     model = Model.load(model_dir)
     assert model.can_harmonise
     engine = Engine(model, Params(temperature=1.0, top_p=1.0), seed=3)
-    hits = 0
+    hits = on_beats = 0
     rng = np.random.default_rng(0)
-    for _ in range(64):
+    for i in range(128):
         pitch = int(rng.integers(60, 72))
         step = engine.step(melody=ct.melody_note_on(pitch), harmonise=True, fit=50.0)
         assert step.chord_now != ct.CHORD_NC
-        hits += (pitch % 12) in ct.Chord.from_token(step.chord_now).pitch_classes
-    assert hits == 64
+        if step.position % step.beat_steps == 0:
+            on_beats += 1
+            hits += (pitch % 12) in ct.Chord.from_token(step.chord_now).pitch_classes
+        else:
+            assert step.chord_token == ct.CHORD_HOLD, i
+    assert on_beats == 32 and hits == 32
 
 
 def test_snapshot_restore_replays_the_same_step(model_dir: Path) -> None:
