@@ -210,38 +210,6 @@ def jack_env(server: str) -> dict[str, str]:
     return env
 
 
-def clear_stale_jack_registry(shm: Path = Path("/dev/shm"), prefix: str = "rtgen-") -> int:
-    """Forget JACK servers that died without unregistering, when no jackd runs at all; returns files removed.
-
-    jackd2 keeps at most 8 servers in ``/dev/shm/jack-shm-registry`` and reclaims an entry only for a server
-    of the same name: servers that were killed (a test run cut short) fill it until "Too many servers already
-    active". With no jackd process alive nothing in the registry is in use, so it and this project's stale
-    sockets and semaphores (names starting with ``jack_`` + ``prefix`` / ``jack_sem.*`` + ``prefix``) go;
-    anything else is left alone, and nothing is touched while any jackd runs.
-    """
-    proc = Path("/proc")
-    if not shm.is_dir() or not proc.is_dir():
-        return 0
-    for pid_dir in proc.iterdir():
-        if pid_dir.name.isdigit():
-            try:
-                if (pid_dir / "comm").read_text().strip() == "jackd":
-                    return 0
-            except OSError:
-                continue
-    removed = 0
-    for path in shm.iterdir():
-        name = path.name
-        ours = name.startswith(f"jack_{prefix}") or (name.startswith("jack_sem.") and f"_{prefix}" in name)
-        if name == "jack-shm-registry" or ours:
-            try:
-                path.unlink()
-                removed += 1
-            except OSError:
-                pass
-    return removed
-
-
 class BenchJackServer:
     """The bench's own ``jackd`` (dummy backend): real-time (``-R -P 70``) if allowed, else synchronous ``-S``.
 
@@ -266,7 +234,6 @@ class BenchJackServer:
         exe = shutil.which("jackd")
         if exe is None:
             raise RtgenError("jackd not found (apt-get install -y --no-install-recommends jackd2)")
-        clear_stale_jack_registry()
         driver = ["-d", "dummy", "-r", str(self.rate), "-p", str(self.period)]
         try:
             self._launch([exe, "-n", self.name, "-R", "-P", "70", *driver], timeout)

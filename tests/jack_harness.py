@@ -36,6 +36,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 SAMPLE_RATE = 48000
 PERIOD_FRAMES = 256
@@ -219,9 +220,6 @@ class JackServer:
         exe = jackd_path()
         if exe is None:
             raise RuntimeError("jackd not found; install it: sudo apt-get install -y --no-install-recommends jackd2")
-        from rtgen.bench import clear_stale_jack_registry
-
-        clear_stale_jack_registry()  # servers killed by an earlier, interrupted run would fill jackd's registry
         name = name or f"rtgen-test-{os.getpid()}"
         log_dir = log_dir or Path(os.environ.get("TMPDIR", "/tmp"))
         log_path = log_dir / f"{name}.jackd.log"
@@ -290,8 +288,11 @@ Message = tuple[int, ...]
 class MidiRecorder:
     """An rtmidi JACK input client connected to ``source`` that records ``(perf_counter_ns, message)``.
 
-    The callback runs on JACK's thread: it only stamps the time and appends under a lock.
-    Use as a context manager; ``source`` is a full JACK port name such as ``"rtgen:out"``.
+    A thread of ours polls rtmidi's queue every 0.2 ms and stamps what it finds. No Python callback runs
+    on JACK's thread: that callback needs the GIL, and when this process opens or closes another JACK
+    client (which holds the GIL while it waits for the server) a synchronous server waits for the
+    callback, the callback for the GIL: a deadlock until the server's client timeout, seen here as a
+    JACK server that stops answering. Use as a context manager; ``source`` is a full JACK port name.
     """
 
     def __init__(self, source: str, *, client_name: str | None = None, timeout: float = 10.0) -> None:
@@ -302,6 +303,8 @@ class MidiRecorder:
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._midi_in: object | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def __enter__(self) -> MidiRecorder:
         import rtmidi
@@ -309,9 +312,10 @@ class MidiRecorder:
         wait_for_port(self.source, self.timeout)
         midi_in = rtmidi.MidiIn(rtmidi.API_UNIX_JACK, name=self.client_name)
         midi_in.ignore_types(sysex=False, timing=False, active_sense=True)
-        midi_in.set_callback(self._on_message)
         midi_in.open_virtual_port("in")
         self._midi_in = midi_in
+        self._thread = threading.Thread(target=self._poll, args=(midi_in,), name="midi-recorder", daemon=True)
+        self._thread.start()
         try:
             # Our client name may have been uniquified by JACK; find our port by listing.
             own = wait_for_port(f"{self.client_name}:in", self.timeout)
@@ -330,16 +334,27 @@ class MidiRecorder:
         """Disconnect and close the JACK client."""
         midi_in = self._midi_in
         self._midi_in = None
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
         if midi_in is not None:
-            midi_in.cancel_callback()  # type: ignore[attr-defined]
             midi_in.close_port()  # type: ignore[attr-defined]
             midi_in.delete()  # type: ignore[attr-defined]
 
-    def _on_message(self, event: tuple[list[int], float], data: object = None) -> None:
-        now = time.perf_counter_ns()
-        with self._cond:
-            self.events.append((now, tuple(event[0])))
-            self._cond.notify_all()
+    def _poll(self, midi_in: Any) -> None:
+        get = midi_in.get_message
+        while not self._stop.is_set():
+            event = get()
+            if event is None:
+                time.sleep(0.0002)
+                continue
+            now = time.perf_counter_ns()
+            with self._cond:
+                self.events.append((now, tuple(event[0])))
+                while (event := get()) is not None:  # a burst that arrived together
+                    self.events.append((now, tuple(event[0])))
+                self._cond.notify_all()
 
     # -- reading ------------------------------------------------------------------------------------------------
 

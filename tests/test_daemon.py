@@ -91,11 +91,12 @@ class Peer:
 class Daemon:
     """``python -m rtgen run`` in a subprocess with its own JACK client name and OSC port."""
 
-    def __init__(self, server: str, model: Path, tmp: Path, *extra: str, tempo: float = 300.0) -> None:
+    def __init__(self, server: str, model: Path, tmp: Path, *extra: str, tempo: float = 300.0,
+                 listen: bool = True) -> None:  # fmt: skip
         self.client = f"rtgen-e2e-{os.getpid()}-{next(_names)}"
         self.osc_port = free_udp_port()
         config = tmp / f"{self.client}.toml"
-        config.write_text(f'[midi]\nclient_name = "{self.client}"\n')
+        config.write_text(f'[midi]\nclient_name = "{self.client}"\n[input]\nenabled = {str(listen).lower()}\n')
         self.log = tmp / f"{self.client}.log"
         args = [
             "run", "--config", str(config), "--model", str(model), "--backend", "jack", "--no-synth",
@@ -137,7 +138,8 @@ def start_daemon(jack_server: str, model_dir: Path, tmp_path: Path) -> Iterator[
     started: list[Daemon] = []
 
     def start(*extra: str, tempo: float = 300.0) -> Daemon:
-        d = Daemon(jack_server, model_dir, tmp_path, *extra, tempo=tempo)
+        # these tests need no player: without the MIDI input the daemon is one JACK client, as before play-along
+        d = Daemon(jack_server, model_dir, tmp_path, *extra, tempo=tempo, listen=False)
         started.append(d)
         return d
 
