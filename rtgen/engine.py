@@ -523,6 +523,24 @@ class Engine:
         self.index = index + 1
         return out
 
+    def feed(self, at: Position | None, melody: int, chord: int, velocity: int | None = None,
+             params: Params | None = None) -> Step:  # fmt: skip
+        """The models hear a step that was played (every token observed, nothing sampled)."""
+        return self.step(params, at=at, melody=melody, velocity=velocity, chord=chord)
+
+    def query(self, at: Position | None = None, params: Params | None = None, **observed: Any) -> Step:
+        """Decide the next step: sample what ``observed`` (``melody``, ``chord``, ``velocity``, ``harmonise``,
+        ``fit``, ``hold``, ``tone_fit``) does not give; see :meth:`step`."""
+        return self.step(params, at=at, **observed)
+
+    def peek(self, at: Position | None = None, params: Params | None = None, **observed: Any) -> Step:
+        """What :meth:`query` would decide, leaving the engine as it was (a what-if on a snapshot)."""
+        snap = self.snapshot()
+        try:
+            return self.step(params, at=at, **observed)
+        finally:
+            self.restore(snap)
+
     def prime(
         self,
         melody: Sequence[int] | npt.ArrayLike,

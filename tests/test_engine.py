@@ -385,3 +385,14 @@ def test_transport_position_drives_bars(model_dir: Path) -> None:
     steps = [engine.step(at=tr.advance()) for _ in range(4)]
     assert [(s.bar, s.position) for s in steps] == [(0, 10), (0, 11), (1, 0), (1, 1)]
     assert all(s.bar_steps == 12 and s.beat_steps == 4 for s in steps)
+
+
+def test_feed_query_peek(model_dir: Path) -> None:
+    """feed observes everything; peek answers a what-if and leaves the engine where it was; query commits."""
+    engine = Engine(Model.load(model_dir), Params(temperature=1.0), seed=9)
+    fed = engine.feed(None, ct.melody_note_on(62), ct.Chord.parse("D").token, velocity=90)
+    assert fed.melody_token == ct.melody_note_on(62) and fed.chord_name == "D" and fed.velocity == 90
+    a = engine.peek(melody=ct.melody_note_on(66), harmonise=True)
+    b = engine.peek(melody=ct.melody_note_on(66), harmonise=True)
+    assert a == b and engine.index == 1
+    assert engine.query(melody=ct.melody_note_on(66), harmonise=True) == a and engine.index == 2
