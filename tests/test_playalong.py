@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import NOTTINGHAM_MIDI, SPLIT_MAP, require
+from conftest import NOTTINGHAM_MIDI, SPLIT_MAP, require, serve_jack
 from jack_harness import (
     PERIOD_NS,
     MidiRecorder,
@@ -59,23 +59,7 @@ _names = itertools.count(1)
 @pytest.fixture(scope="module")
 def jack_server() -> Iterator[str]:
     """This module's own JACK server (as conftest's): a client stuck on close here cannot stall other modules."""
-    import jack_harness
-
-    require(jack_harness.jackd_path() is not None, "jackd (apt-get install jackd2)")
-    require(jack_harness.jack_tools_available(), "jack_lsp/jack_connect (apt-get install jackd2)")
-    saved = {k: os.environ.get(k) for k in ("JACK_DEFAULT_SERVER", "JACK_NO_START_SERVER")}
-    server = jack_harness.JackServer.start(f"rtgen-playalong-{os.getpid()}")
-    os.environ["JACK_DEFAULT_SERVER"] = server.name
-    os.environ["JACK_NO_START_SERVER"] = "1"
-    try:
-        yield server.name
-    finally:
-        server.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    yield from serve_jack(f"rtgen-playalong-{os.getpid()}")
 
 
 @pytest.fixture(scope="module")
