@@ -75,14 +75,14 @@ def jack_server() -> Iterator[str]:
     yield from serve_jack()
 
 
-def serve_jack(name: str | None = None) -> Iterator[str]:
+def serve_jack(name: str | None = None, *, sync: bool = True) -> Iterator[str]:
     """Start a private JACK server, point this process's clients at it, yield its name, stop it (a fixture body)."""
     import jack_harness
 
     require(jack_harness.jackd_path() is not None, "jackd (apt-get install jackd2)")
     require(jack_harness.jack_tools_available(), "jack_lsp/jack_connect (apt-get install jackd2)")
     saved = {k: os.environ.get(k) for k in ("JACK_DEFAULT_SERVER", "JACK_NO_START_SERVER")}
-    server = jack_harness.JackServer.start(name)
+    server = jack_harness.JackServer.start(name, sync=sync)
     os.environ["JACK_DEFAULT_SERVER"] = server.name
     os.environ["JACK_NO_START_SERVER"] = "1"
     try:

@@ -56,10 +56,16 @@ TUNE = "ashover35.mid"  # Nottingham test split, 4/4 from step 0, the melody and
 _names = itertools.count(1)
 
 
-@pytest.fixture(scope="module")
+_servers = itertools.count(1)
+
+
+@pytest.fixture
 def jack_server() -> Iterator[str]:
-    """This module's own JACK server (as conftest's): a client stuck on close here cannot stall other modules."""
-    yield from serve_jack(f"rtgen-playalong-{os.getpid()}")
+    """A JACK server of each test's own, asynchronous: with a daemon that has two JACK clients (input and output)
+    the synchronous server of the other modules stalled here in about one run of three (a client missing its
+    cycle stops every client until the timeout, then the driver); asynchronous, a late client only misses a
+    cycle. Every test gets a fresh server so that nothing one test leaves behind reaches the next."""
+    yield from serve_jack(f"rtgen-playalong-{os.getpid()}-{next(_servers)}", sync=False)
 
 
 @pytest.fixture(scope="module")
