@@ -193,6 +193,7 @@ class DaemonConfig:
     quiet: bool = False
     log_json: bool = False
     realtime_priority: int = field(default=10, metadata=_range(0, 99))  # SCHED_FIFO where allowed; 0 = off
+    late_drop_ms: float = field(default=20.0, metadata=_range(0.0, 1000.0))  # a later note-on is not played; 0 = never
 
 
 @dataclass(frozen=True)

@@ -71,6 +71,7 @@ START_LEAD_NS = 100_000_000  # the first step starts this long after start-up: r
 MAX_WAIT_NS = 250_000_000  # wake at least this often, even with nothing due
 MIDI_CLOCK = 0xF8
 POLL_NS = 1_000_000  # the player's input is polled this often (at most this much added to its latency)
+SKIP_AHEAD_NS = 1_000_000_000  # a stall longer than this is not caught up step by step: the loop jumps to now
 SWITCH_INTERVAL_S = 0.0002  # how long the loop may hold the GIL while another thread (rtmidi, OSC) waits
 
 
@@ -264,6 +265,7 @@ class Player:
         self.on_model_swapped: Callable[[Model], None] | None = None
         self.recorder: RecorderSink | None = None
         self.reactive_decisions = 0
+        self.skipped_steps = 0  # steps jumped over after a long stall (the bar lines stay on the grid)
         self.early_decisions = 0  # reactive steps decided by the player's onset before the window ran out
         self._onsets: list[Any] = []  # the player's onsets not yet given to a step
         self._last_player_chord = ct.CHORD_NC
@@ -372,6 +374,8 @@ class Player:
         start = self._step_start
         if not self.playing or start is None or now < start:
             return
+        if self.follower is None and now - start > SKIP_AHEAD_NS:
+            start = self._skip_ahead(now, start)
         self.clock.stats.add(now - start)
         pending = self.pending
         if pending is not None and pending.k == self.next_k:
@@ -395,6 +399,26 @@ class Player:
             self._started(step, start)
         else:
             self._started(None, start)
+
+    def _skip_ahead(self, now: int, start: int) -> int:
+        """After a long stall (a suspended laptop, a frozen machine) resume at the step due now.
+
+        Whatever sounded before the stall is released; the steps in between are not computed (that would
+        be a burst of silent work); the transport moves past them, so bar lines and the clock grid stay
+        where they were. Returns the new step start.
+        """
+        missed = int((now - start) // self._step_ns())
+        self._discard_pending()
+        self.scheduler.release_all()
+        self._release_voicer()
+        for _ in range(missed):
+            self.transport.advance()
+        self.next_k += missed
+        self.skipped_steps += missed
+        self._ticks.clear()
+        log.warning("stalled for %.0f ms: skipped %d steps, resuming on the grid", (now - start) / 1e6, missed)
+        self._step_start = self.clock.deadline(self.next_k)
+        return self._step_start
 
     def _onset_for_step(self) -> bool:
         """An onset of the player belongs to the waiting step (arrived at most half a step before its start)."""
@@ -861,7 +885,12 @@ class Daemon:
 
                 self.osc = OscServer(cfg.osc.host, cfg.osc.port, self)
                 feedback = self.osc.feedback
-            sched = Scheduler(self.sinks, on_note=self._on_note if feedback is not None else None)
+            drop_ms = self.config.daemon.late_drop_ms
+            sched = Scheduler(
+                self.sinks,
+                on_note=self._on_note if feedback is not None else None,
+                drop_late_ns=int(drop_ms * 1_000_000) if drop_ms > 0 else None,
+            )
             tracker, in_queue, follower = self._open_input()
             clock_out: list[SinkLike] = []
             if cfg.clock.send:
@@ -1251,6 +1280,8 @@ class Daemon:
             "steps": stats.steps,
             "late_steps": stats.late_steps,
             "max_late_us": stats.max_late_ns / 1000,
+            "dropped_late_notes": p.scheduler.dropped_late,
+            "skipped_steps": p.skipped_steps,
             "reactive_steps": p.reactive_decisions,
             "sent": p.scheduler.sent,
             "sounding": p.scheduler.book.count(),

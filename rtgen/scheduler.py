@@ -59,6 +59,9 @@ class Scheduler:
         now_ns: the time source for stamping sends (``perf_counter_ns`` by default).
         on_note: optional listener for note-ons actually sent (OSC feedback).
         keep_history: record every send error (actual minus scheduled) for benchmarks.
+        drop_late_ns: a note-on this late (after a stall) is not played, and its own note-off goes with it:
+            a note that comes in tens of milliseconds late sounds like a mistake, a missing one is hardly
+            heard. Note-offs and controls are always sent, however late. ``None``: never drop.
     """
 
     def __init__(
@@ -68,6 +71,7 @@ class Scheduler:
         now_ns: Callable[[], int] = time.perf_counter_ns,
         on_note: NoteListener | None = None,
         keep_history: bool = False,
+        drop_late_ns: int | None = None,
     ) -> None:
         self.sinks: list[SinkLike] = list(sinks)
         self.now_ns = now_ns
@@ -79,7 +83,10 @@ class Scheduler:
         # would move a note-off before its own note-on
         self._last_key_time: dict[int, int] = {}
         self.errors = LatenessStats(late_threshold_ns=1_000_000, keep_history=keep_history)
+        self.drop_late_ns = drop_late_ns
         self.sent = 0
+        self.dropped_late = 0  # note-ons not played because they came too late
+        self._dropped_keys: dict[int, int] = {}  # (channel, pitch) -> note-offs still owed to dropped note-ons
         self.dropped_offs = 0
         self.sink_errors = 0
         self.channels_used: set[int] = set()
@@ -122,15 +129,37 @@ class Scheduler:
         if now_ns is None:
             now_ns = self.now_ns()
         n = 0
+        drop = self.drop_late_ns
         while queue and queue[0][0] <= now_ns:
             t, _, msg, part = heapq.heappop(queue)
             sent_at = self.now_ns()
+            kind = msg[0] & 0xF0
+            if kind == NOTE_ON and msg[2] > 0:
+                if drop is not None and sent_at - t > drop:
+                    self.dropped_late += 1
+                    key = ((msg[0] & 0x0F) << 7) | msg[1]
+                    self._dropped_keys[key] = self._dropped_keys.get(key, 0) + 1
+                    continue
+            elif kind in (NOTE_OFF, NOTE_ON) and self._dropped_keys and self._owed_off(msg):
+                continue
             if self._dispatch(msg, part, sent_at):
                 self.errors.add(sent_at - t)
                 n += 1
         if not queue:
             self._last_key_time.clear()
         return n
+
+    def _owed_off(self, msg: tuple[int, ...]) -> bool:
+        """This note-off belongs to a dropped note-on (swallow it)."""
+        key = ((msg[0] & 0x0F) << 7) | msg[1]
+        owed = self._dropped_keys.get(key, 0)
+        if owed <= 0:
+            return False
+        if owed == 1:
+            del self._dropped_keys[key]
+        else:
+            self._dropped_keys[key] = owed - 1
+        return True
 
     # --- immediate sends ----------------------------------------------------
     def send_now(self, message: Sequence[int], part: str | None = None, *, exclude: SinkLike | None = None) -> bool:
@@ -169,6 +198,7 @@ class Scheduler:
         n = len(self._queue)
         self._queue.clear()
         self._last_key_time.clear()
+        self._dropped_keys.clear()
         return n
 
     def release_all(self, channels: Iterable[int] | None = None) -> int:
@@ -188,6 +218,8 @@ class Scheduler:
             kept = [e for e in self._queue if (e[2][0] & 0x0F) not in wanted or (e[2][0] & 0xF0) >= 0xA0]
             heapq.heapify(kept)
             self._queue = kept
+            for key in [k for k in self._dropped_keys if (k >> 7) in wanted]:
+                del self._dropped_keys[key]
         n = 0
         for channel, pitch in self.book.notes():
             if channel in wanted:

@@ -265,3 +265,70 @@ def test_stop_play_and_instrument_commands(random_model: Path) -> None:
     later_ons = [t for t, m in sink.events[i_stop:] if m[0] & 0xF0 == 0x90 and m[2] > 0]
     assert later_ons and min(later_ons) >= 1_500_000_000  # silent while stopped, playing again after play
     assert sounding(sink.events) == set()
+
+
+def test_after_a_stall_late_note_ons_are_dropped_with_their_own_note_offs() -> None:
+    ft = FakeTime()
+    sink = RecordingSink()
+    s = Scheduler([sink], now_ns=ft.now_ns, drop_late_ns=20_000_000)
+    s.add_notes([ev(0, True, 60), ev(2, False, 60)], 0, 100e6)  # on time: sounds, released at 200 ms
+    s.send_due(0)
+    s.add_notes(
+        [ev(1, True, 64), ev(3, False, 64), ev(1, True, 60, channel=1), ev(1.5, False, 60, channel=1)], 0, 100e6
+    )
+    ft.advance(150_000_000)  # a 150 ms stall: the notes due at 100 ms are 50 ms late
+    s.send_due()
+    ft.wait_until(10**9)
+    s.send_due()
+    msgs = [m for _, m in sink.events]
+    assert msgs == [(0x90, 60, 90), (0x80, 60, 0)]  # the late ones never sounded, and no stray note-off went out
+    assert s.dropped_late == 2 and s.dropped_offs == 0
+    assert s.book.count() == 0 and sounding(sink.events) == set()
+
+
+def test_a_dropped_note_does_not_cut_the_same_key_already_sounding() -> None:
+    ft = FakeTime()
+    sink = RecordingSink()
+    s = Scheduler([sink], now_ns=ft.now_ns, drop_late_ns=20_000_000)
+    s.add_notes([ev(0, True, 60), ev(9, False, 60)], 0, 100e6)
+    s.send_due(0)
+    s.add_notes([ev(3, True, 60), ev(5, False, 60)], 0, 100e6)  # the same key again, dropped after a stall
+    ft.advance(400_000_000)
+    s.send_due()
+    assert s.book.get(0, 60) == 1  # still held: the dropped note's own note-off (at 500 ms) is swallowed
+    ft.wait_until(600_000_000)
+    s.send_due()
+    assert s.book.get(0, 60) == 1
+    ft.wait_until(10**9)
+    s.send_due()
+    assert [m for _, m in sink.events] == [(0x90, 60, 90), (0x80, 60, 0)] and s.book.count() == 0
+
+
+def test_a_long_stall_resumes_on_the_grid_without_a_burst(random_model: Path) -> None:
+    """A 3 s freeze at 240 BPM: the loop jumps to the step due now (bar lines kept), nothing is left sounding."""
+
+    class StallOnce(FakeTime):
+        stalled = False
+
+        def wait_until(self, deadline_ns: int, *, max_sleep_ns: int | None = None) -> int:
+            t = super().wait_until(deadline_ns, max_sleep_ns=max_sleep_ns)
+            if t >= 1_000_000_000 and not self.stalled:
+                self.stalled = True
+                self.advance(3_030_000_000)
+            return self.t
+
+    ft = StallOnce()
+    sink = RecordingSink()
+    player = make_player(random_model, 240.0, sink, ft)
+    player.scheduler.drop_late_ns = 20_000_000
+    player.run(6.0, start_ns=0)
+    step = 62_500_000
+    ons = sorted(t for t, m in sink.events if m[0] & 0xF0 == 0x90 and m[2] > 0)
+    assert player.skipped_steps == 48  # 3.03 s at 62.5 ms per step
+    assert not [t for t in ons if 1_000_000_000 < t < 4_000_000_000]  # nothing played in the freeze
+    late = [t for t in ons if t > 4_000_000_000]
+    assert late and all(t % step == 0 for t in late)  # back on the original grid
+    assert player.clock.stats.steps == 96 - 48
+    assert player.next_k == 96  # every step of the 6 s counted: the bar lines did not move
+    assert player.transport.next_step == 96 + (player.pending is not None)  # (the next one decided ahead)
+    assert sounding(sink.events) == set()
