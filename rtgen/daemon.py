@@ -239,6 +239,9 @@ class Player:
         self.scheduler = scheduler
         self.clock = clock
         self.params = params  # swapped by other threads, read once per step here
+        self._params_lock = threading.Lock()  # serialises the threads that set params (never the real-time one)
+        self._param_changes: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
+        self._param_worker: threading.Thread | None = None
         self.parts = parts
         self.feedback = feedback
         self.tracker = tracker
@@ -300,8 +303,36 @@ class Player:
         self.wake.set()
 
     def set_params(self, **changes: Any) -> None:
-        """Swap in a new immutable Params with ``changes`` (read at the next step)."""
-        self.params = dataclasses.replace(self.params, **changes)
+        """Swap in a new immutable Params with ``changes`` (read at the next step); not on the real-time thread.
+
+        The masks of the new parameters are built here, on the caller's thread, before they are published.
+        """
+        with self._params_lock:
+            params = dataclasses.replace(self.params, **changes)
+            prepare = getattr(self.engine, "prepare", None)
+            if prepare is not None:
+                prepare(params)
+            self.params = params
+
+    def _set_params_later(self, **changes: Any) -> None:
+        """:meth:`set_params` from the real-time thread: the work is handed to a helper thread."""
+        self._param_changes.put(changes)
+        if self._param_worker is None or not self._param_worker.is_alive():
+            self._param_worker = threading.Thread(target=self._apply_param_changes, name="rtgen-params", daemon=True)
+            self._param_worker.start()
+
+    def _apply_param_changes(self) -> None:
+        while True:
+            changes = self._param_changes.get()
+            while True:  # a fader sweep: only the latest value of each control matters
+                try:
+                    changes.update(self._param_changes.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                self.set_params(**changes)
+            except Exception:  # a bad value must not kill the worker
+                log.exception("could not apply %s", changes)
 
     # --- the loop ------------------------------------------------------------------------------
     def run(self, duration_s: float = 0.0, *, start_ns: int | None = None) -> None:
@@ -590,7 +621,7 @@ class Player:
         elif name == "swing":
             self._apply(SetSwing(float(value)))
         elif name in ("temperature", "top_p", "density"):
-            self.set_params(**{name: float(value)})
+            self._set_params_later(**{name: float(value)})
 
     def _clock_event(self, kind: str, step: int, t_ns: int) -> None:
         """An event of the followed MIDI clock."""

@@ -16,6 +16,7 @@ Pure: no I/O, no threads, no clocks. The same engine drives the real-time daemon
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from collections import deque
@@ -138,6 +139,13 @@ class _Masks:
     chord_allowed: npt.NDArray[np.bool_]
     melody_sounding: FloatArray  # a note sounds: HOLD allowed
     melody_silent: FloatArray  # nothing sounds: HOLD is folded into REST
+
+
+MASK_CACHE_SIZE = 256  # mask sets kept (a fader sweep of density makes one per value)
+
+
+def _mask_key(params: Params) -> tuple[object, ...]:
+    return (params.key, params.pitch_low, params.pitch_high, params.density)
 
 
 def _build_masks(params: Params) -> _Masks:
@@ -322,15 +330,29 @@ class Engine:
         return table
 
     # --- masks -----------------------------------------------------------------
+    def prepare(self, params: Params) -> None:
+        """Build the masks for ``params`` now, on the calling thread, so that the step using them need not.
+
+        For the thread that sets new parameters while another one steps the engine: the cache is
+        only written here (one writer at a time: callers serialise), the stepping thread only reads it.
+        """
+        key = _mask_key(params)
+        if key in self._mask_cache:
+            return
+        masks = _build_masks(params)
+        if len(self._mask_cache) >= MASK_CACHE_SIZE:
+            with contextlib.suppress(RuntimeError, StopIteration):  # the stepping thread added one meanwhile
+                self._mask_cache.pop(next(iter(self._mask_cache)), None)  # the oldest
+        self._mask_cache[key] = masks
+
     def _masks(self, params: Params) -> _Masks:
         if params is self._last_params and self._last_masks is not None:
             return self._last_masks
-        key = (params.key, params.pitch_low, params.pitch_high, params.density)
-        masks = self._mask_cache.get(key)
-        if masks is None:
-            if len(self._mask_cache) > 64:
-                self._mask_cache.clear()
-            masks = self._mask_cache[key] = _build_masks(params)
+        masks = self._mask_cache.get(_mask_key(params))
+        if masks is None:  # not prepared (offline use, or a caller that did not): build it here
+            masks = _build_masks(params)
+            if len(self._mask_cache) < MASK_CACHE_SIZE:  # never evicts here: that is prepare()'s job
+                self._mask_cache[_mask_key(params)] = masks
         self._last_params, self._last_masks = params, masks
         return masks
 

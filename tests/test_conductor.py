@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from model_factory import make_random_model
 
 from rtgen import contract as ct
 from rtgen.conductor import (
@@ -23,7 +24,6 @@ from rtgen.model import Model
 from rtgen.performer import Performer, accompany_offline, positions_from_bars
 from rtgen.transport import Position, Transport
 from rtgen.voicing import Voicer
-from tests.model_factory import make_random_model
 
 
 @pytest.fixture(scope="module")

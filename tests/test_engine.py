@@ -332,7 +332,7 @@ def test_disabled_parts_and_set_parts(model: Model) -> None:
 
 def test_v1_model_plays_but_cannot_accompany(tmp_path: Path) -> None:
     """An old (contract v1) folder has no harmoniser: it still plays, and asking it to accompany says why not."""
-    from tests.model_factory import make_random_model
+    from model_factory import make_random_model
 
     old = Model.load(make_random_model(tmp_path / "v1", contract=1))
     assert not old.can_harmonise
@@ -396,3 +396,36 @@ def test_feed_query_peek(model_dir: Path) -> None:
     b = engine.peek(melody=ct.melody_note_on(66), harmonise=True)
     assert a == b and engine.index == 1
     assert engine.query(melody=ct.melody_note_on(66), harmonise=True) == a and engine.index == 2
+
+
+def test_prepared_params_need_no_mask_building_at_the_step(model: Model, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A density sweep prepared by the control thread: the stepping thread only looks the masks up."""
+    import rtgen.engine as engine_module
+
+    built: list[float] = []
+    real_build = engine_module._build_masks
+
+    def counting(params: Params) -> object:
+        built.append(params.density)
+        return real_build(params)
+
+    monkeypatch.setattr(engine_module, "_build_masks", counting)
+    engine = Engine(model, Params(), seed=1)
+    sweep = [Params(density=0.5 + i / 100) for i in range(50)]
+    for p in sweep:
+        engine.prepare(p)
+    assert len(built) == 50
+    for p in sweep:
+        engine.step(p)
+    assert len(built) == 50  # none built while stepping
+    engine.step(Params(density=3.0))  # an unprepared one still works (built at the step)
+    assert built[-1] == 3.0
+
+
+def test_the_mask_cache_is_bounded(model: Model) -> None:
+    engine = Engine(model, Params(), seed=1)
+    for i in range(engine_size := 300):
+        engine.prepare(Params(density=0.1 + i / engine_size))
+    from rtgen.engine import MASK_CACHE_SIZE
+
+    assert len(engine._mask_cache) == MASK_CACHE_SIZE

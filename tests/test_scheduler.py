@@ -332,3 +332,19 @@ def test_a_long_stall_resumes_on_the_grid_without_a_burst(random_model: Path) ->
     assert player.next_k == 96  # every step of the 6 s counted: the bar lines did not move
     assert player.transport.next_step == 96 + (player.pending is not None)  # (the next one decided ahead)
     assert sounding(sink.events) == set()
+
+
+def test_a_controller_sweep_from_the_loop_is_applied_off_it_and_coalesced(random_model: Path) -> None:
+    """CC74 sweeps arrive on the real-time thread: the params (and their masks) are made on a helper thread."""
+    import time
+
+    player = make_player(random_model, 120.0, RecordingSink(), FakeTime())
+    for i in range(100):
+        player._control("density", 0.2 + i / 100)
+    deadline = time.monotonic() + 10
+    while player.params.density != pytest.approx(1.19) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert player.params.density == pytest.approx(1.19)
+    from rtgen.engine import _mask_key
+
+    assert _mask_key(player.params) in player.engine._mask_cache  # built before it was published
