@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rtgen import contract as ct
+from rtgen import logs
 from rtgen.clock import FakeTime, RealTime, StepClock, request_realtime
 from rtgen.conductor import NOBODY, Heard, Plan, make_conductor
 from rtgen.config import MODES, PART_NAMES, Config, PartsConfig
@@ -268,6 +269,7 @@ class Player:
         self.on_model_swapped: Callable[[Model], None] | None = None
         self.recorder: RecorderSink | None = None
         self.reactive_decisions = 0
+        self.command_errors = 0
         self.skipped_steps = 0  # steps jumped over after a long stall (the bar lines stay on the grid)
         self.early_decisions = 0  # reactive steps decided by the player's onset before the window ran out
         self._onsets: list[Any] = []  # the player's onsets not yet given to a step
@@ -724,7 +726,9 @@ class Player:
             try:
                 self._apply(cmd)
             except Exception as err:
-                log.exception("command %r failed", cmd)
+                self.command_errors += 1
+                if self.command_errors <= 5 or self.command_errors % 1000 == 0:
+                    log.exception("command %r failed (%d so far)", cmd, self.command_errors)
                 if self.feedback is not None:
                     self.feedback.error(f"{type(cmd).__name__}: {err}")
 
@@ -1083,7 +1087,8 @@ class Daemon:
             switch = sys.getswitchinterval()
             sys.setswitchinterval(SWITCH_INTERVAL_S)
             try:
-                player.run(self.config.daemon.duration)
+                with logs.off_thread():
+                    player.run(self.config.daemon.duration)
             finally:
                 sys.setswitchinterval(switch)
         finally:
@@ -1319,6 +1324,7 @@ class Daemon:
             "outputs": [s.name for s in p.scheduler.sinks],
             "osc_errors": self.osc.control.errors if self.osc is not None else 0,
             "engine_errors": p.engine_errors,
+            "command_errors": p.command_errors,
         }
 
 
