@@ -25,6 +25,7 @@ test: setup-dev
 	@pgrep -x jackd >/dev/null || rm -f /dev/shm/jack-shm-registry /dev/shm/jack_rtgen-* /dev/shm/jack_sem.*_rtgen-*
 	$(VENV)/bin/ruff check rtgen training tests
 	$(VENV)/bin/ruff format --check rtgen training tests
+	$(VENV)/bin/mypy rtgen
 	$(PY) -m pytest -q
 
 lint: setup-dev
