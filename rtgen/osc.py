@@ -25,6 +25,7 @@ import queue
 import re
 import socket
 import socketserver
+import struct
 import sys
 import threading
 import time
@@ -32,7 +33,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from pythonosc import osc_packet
+from pythonosc.osc_message import OscMessage
 from pythonosc.osc_message_builder import OscMessageBuilder
 from pythonosc.osc_server import BlockingOSCUDPServer
 
@@ -45,6 +46,11 @@ PREFIX = "/rtgen"
 TABLE_START = "<!-- osc-table:start -->"
 TABLE_END = "<!-- osc-table:end -->"
 MAX_SUBSCRIBERS = 16
+MAX_DATAGRAM = 65535  # socketserver's UDP default (8192) would cut longer messages into garbage
+MAX_BUNDLE_DEPTH = 8
+MAX_REPLY_CHARS = 1000  # an error reply quoting a 60 kB argument would not fit in a datagram
+_BUNDLE_PREFIX = b"#bundle\x00"
+_PARSED_TAGS = frozenset("ifdsbrmhtTFN[]")  # what python-osc reads; it skips others with a root-logger warning
 
 
 class OscArgError(ValueError):
@@ -84,15 +90,82 @@ def osc_handler(address: str, types: str = "") -> Callable[[Callable[..., Any]],
     return mark
 
 
+def _brief(value: Any, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters (a fuzzer's 60 kB string must not come back whole)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} chars)"
+
+
 def _check_range(name: str, value: float, lo: float, hi: float) -> float:
     if not lo <= value <= hi:
-        raise OscArgError(f"{name} must be in range {lo}..{hi}, got {value!r}")
+        raise OscArgError(f"{name} must be in range {lo}..{hi}, got {_brief(value)}")
     return value
+
+
+def split_datagram(data: bytes) -> list[bytes]:
+    """The OSC messages in one datagram: itself, or the elements of a bundle (nested bundles unpacked).
+
+    Bundle time tags are ignored (everything runs on arrival). The walk is bounded: element sizes must be
+    positive multiples of 4 inside the datagram and bundles nest at most :data:`MAX_BUNDLE_DEPTH` deep
+    (python-osc's own bundle parser loops forever on a negative element size).
+
+    Raises:
+        ValueError: the datagram is neither a message nor a well-formed bundle (the message says where).
+    """
+    out: list[bytes] = []
+    _unpack(data, 0, out)
+    return out
+
+
+def _unpack(data: bytes, depth: int, out: list[bytes]) -> None:
+    if data.startswith(b"/"):
+        out.append(data)
+        return
+    if not data.startswith(_BUNDLE_PREFIX):
+        raise ValueError(f"{len(data)} bytes starting {_brief(data[:8])} are neither an OSC message nor a bundle")
+    if depth >= MAX_BUNDLE_DEPTH:
+        raise ValueError(f"bundles nested more than {MAX_BUNDLE_DEPTH} deep")
+    index = len(_BUNDLE_PREFIX) + 8  # the time tag
+    if len(data) < index:
+        raise ValueError(f"a {len(data)}-byte bundle is shorter than its header")
+    while index < len(data):
+        if index + 4 > len(data):
+            raise ValueError(f"bundle element size cut off at byte {index}")
+        (size,) = struct.unpack_from(">i", data, index)
+        index += 4
+        if size <= 0 or size % 4 or index + size > len(data):
+            raise ValueError(
+                f"bundle element size {size} at byte {index - 4} is not a positive multiple of 4 "
+                f"within the {len(data)}-byte bundle"
+            )
+        _unpack(data[index : index + size], depth + 1, out)
+        index += size
+
+
+def parse_message(dgram: bytes) -> tuple[str, list[Any]]:
+    """(address, arguments) of one OSC message.
+
+    Raises:
+        ValueError: the message cannot be parsed or uses a type tag python-osc cannot read.
+    """
+    end = dgram.find(b"\x00")
+    tags_at = (end // 4 + 1) * 4 if end >= 0 else len(dgram)
+    tags_end = dgram.find(b"\x00", tags_at)
+    tags = dgram[tags_at : tags_end if tags_end >= 0 else len(dgram)]
+    if tags.startswith(b","):
+        unknown = sorted(set(tags[1:].decode("latin-1")) - _PARSED_TAGS)
+        if unknown:
+            raise ValueError(f"unsupported OSC type tag(s) {''.join(unknown)!r}; use i, f, s (or h, d, T, F, N)")
+    try:
+        msg = OscMessage(dgram)
+        return msg.address, list(msg.params)
+    except Exception as err:  # python-osc raises ParseError, UnicodeDecodeError, struct.error, ...
+        raise ValueError(str(err)) from err
 
 
 def _check_part(part: str) -> str:
     if part not in PART_NAMES:
-        raise OscArgError(f"unknown part {part!r}; allowed: {', '.join(PART_NAMES)}")
+        raise OscArgError(f"unknown part {_brief(part)}; allowed: {', '.join(PART_NAMES)}")
     return part
 
 
@@ -121,17 +194,15 @@ class OscControl:
     def handle_datagram(self, data: bytes, sender: tuple[str, int] | None) -> None:
         """Parse one UDP datagram (message or bundle) and handle every message in it; never raises."""
         try:
-            packet = osc_packet.OscPacket(data)
-        except Exception as err:
+            messages = split_datagram(data)
+        except ValueError as err:
             self._error(sender, "?", f"cannot parse OSC datagram ({len(data)} bytes): {err}")
             return
-        for timed in packet.messages:
-            msg = timed.message
+        for dgram in messages:
             try:
-                params = list(msg.params)
-                address = msg.address
-            except Exception as err:
-                self._error(sender, "?", f"cannot parse OSC message: {err}")
+                address, params = parse_message(dgram)
+            except ValueError as err:
+                self._error(sender, "?", f"cannot parse OSC message ({len(dgram)} bytes): {err}")
                 continue
             self.handle(address, params, sender)
 
@@ -157,22 +228,22 @@ class OscControl:
     def _convert(types: str, args: Sequence[Any]) -> list[Any]:
         if len(args) != len(types):
             want = " ".join(types) or "no arguments"
-            raise OscArgError(f"expected {len(types)} argument(s) ({want}), got {len(args)}: {list(args)!r}")
+            raise OscArgError(f"expected {len(types)} argument(s) ({want}), got {len(args)}: {_brief(list(args))}")
         out: list[Any] = []
         for i, (t, a) in enumerate(zip(types, args, strict=True)):
             if t == "f":
                 if isinstance(a, bool) or not isinstance(a, int | float) or a != a:
-                    raise OscArgError(f"argument {i + 1} must be a number (f), got {a!r}")
+                    raise OscArgError(f"argument {i + 1} must be a number (f), got {_brief(a)}")
                 out.append(float(a))
             elif t == "i":
                 if isinstance(a, float) and a.is_integer():
                     a = int(a)
                 if isinstance(a, bool) or not isinstance(a, int):
-                    raise OscArgError(f"argument {i + 1} must be an integer (i), got {a!r}")
+                    raise OscArgError(f"argument {i + 1} must be an integer (i), got {_brief(a)}")
                 out.append(a)
             elif t == "s":
                 if not isinstance(a, str):
-                    raise OscArgError(f"argument {i + 1} must be a string (s), got {a!r}")
+                    raise OscArgError(f"argument {i + 1} must be a string (s), got {_brief(a)}")
                 out.append(a)
         return out
 
@@ -184,7 +255,9 @@ class OscControl:
 
     def _error(self, sender: tuple[str, int] | None, address: str, reason: str) -> None:
         self.errors += 1
-        text = f"{address}: {reason}"
+        text = f"{address if len(address) <= 100 else _brief(address)}: {reason}"
+        if len(text) > MAX_REPLY_CHARS:
+            text = f"{text[: MAX_REPLY_CHARS - 30]}... ({len(text)} chars)"
         now = time.monotonic()
         if now - self._last_warn >= 1.0:  # rate-limit: a flood of garbage must not flood the log
             extra = f" ({self._suppressed} more suppressed)" if self._suppressed else ""
@@ -237,7 +310,7 @@ class OscControl:
         from rtgen.config import MODES
 
         if mode not in MODES:
-            raise OscArgError(f"unknown mode {mode!r}; allowed: {', '.join(MODES)}")
+            raise OscArgError(f"unknown mode {_brief(mode)}; allowed: {', '.join(MODES)}")
         try:
             self.controller.set_mode(mode)
         except (ValueError, RtgenError) as err:  # e.g. a model without a harmoniser cannot accompany
@@ -332,10 +405,10 @@ class OscControl:
         """Send feedback to host:port from now on: /rtgen/beat i i (bar, beat), /rtgen/chord s,
         /rtgen/note s i i (part, pitch, velocity), /rtgen/error s."""
         _check_range("port", port, 1, 65535)
-        try:
-            socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-        except OSError as err:
-            raise OscArgError(f"cannot resolve host {host!r}: {err}") from err
+        try:  # IPv4 only: feedback goes out of the server's AF_INET socket
+            socket.getaddrinfo(host, port, family=socket.AF_INET, type=socket.SOCK_DGRAM)
+        except (OSError, UnicodeError, ValueError) as err:  # a name IDNA cannot encode raises UnicodeError
+            raise OscArgError(f"cannot resolve host {_brief(host)} as IPv4: {err}") from err
         if not self.feedback.subscribe(host, port):
             raise OscArgError(f"too many subscribers (max {MAX_SUBSCRIBERS})")
 
@@ -469,6 +542,8 @@ class OscServer(BlockingOSCUDPServer):
     Raises:
         OSError: the port cannot be bound (the message names host and port).
     """
+
+    max_packet_size = MAX_DATAGRAM
 
     def __init__(self, host: str, port: int, controller: Controller) -> None:
         from pythonosc.dispatcher import Dispatcher

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import struct
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -192,3 +193,66 @@ def test_rewrite_replaces_only_between_the_markers() -> None:
     assert "| `/rtgen/tempo` | f |" in out and "OLD-TABLE" not in out
     with pytest.raises(ValueError, match="markers"):
         osc.rewrite_readme("no markers")
+
+
+# --- what the fuzz (tests/test_fuzz_osc.py) found -------------------------------------------------------
+def test_a_bundle_with_a_negative_element_size_is_refused(
+    server: tuple[osc.OscServer, FakeController], caplog: pytest.LogCaptureFixture
+) -> None:
+    srv, ctl = server
+    peer = Peer(srv.port)
+    # python-osc's bundle parser stepped back 4 bytes per element here and looped forever (a warning each turn)
+    peer.sock.sendto(b"#bundle\x00" + bytes(8) + struct.pack(">i", -4), peer.target)
+    reply, params = peer.recv()
+    assert reply == "/rtgen/error" and "bundle element size -4" in params[0]
+    inner = OscMessageBuilder(address="/rtgen/panic").build().dgram
+    nested = inner
+    for _ in range(osc.MAX_BUNDLE_DEPTH + 1):
+        nested = b"#bundle\x00" + bytes(8) + struct.pack(">i", len(nested)) + nested
+    peer.sock.sendto(nested, peer.target)
+    assert "nested more than" in peer.recv()[1][0]
+    peer.sock.sendto(b"#bundle\x00" + bytes(8) + struct.pack(">i", len(inner)) + inner, peer.target)
+    assert wait_calls(ctl, 1) == [("panic", ())]
+    assert not [r for r in caplog.records if r.name == "root"], "python-osc warned on the root logger"
+
+
+def test_an_unsupported_type_tag_is_an_error_not_a_skipped_argument(
+    server: tuple[osc.OscServer, FakeController], caplog: pytest.LogCaptureFixture
+) -> None:
+    srv, ctl = server
+    peer = Peer(srv.port)
+    # ",cf": python-osc skipped the char argument (warning on the root logger) and read the float as the first
+    peer.sock.sendto(b"/rtgen/tempo\x00\x00\x00\x00,cf\x00" + struct.pack(">i", 65) + struct.pack(">f", 99.0),
+                     peer.target)  # fmt: skip
+    reply, params = peer.recv()
+    assert reply == "/rtgen/error" and "unsupported OSC type tag(s) 'c'" in params[0]
+    assert ctl.calls == []
+    assert not [r for r in caplog.records if r.name == "root"]
+
+
+def test_long_messages_arrive_whole_and_errors_about_them_stay_short(
+    server: tuple[osc.OscServer, FakeController],
+) -> None:
+    srv, ctl = server
+    peer = Peer(srv.port)
+    path = "/tmp/" + "m" * 20_000  # over socketserver's 8192-byte default, which cut it into garbage
+    peer.send("/rtgen/model", path)
+    calls = wait_calls(ctl, 1)
+    assert calls and calls[0][0] == "swap_model" and calls[0][1][0] == path
+    peer.send("/rtgen/tempo", "x" * 60_000)  # the reply used to quote it whole: too big for a datagram, never sent
+    reply, params = peer.recv()
+    assert reply == "/rtgen/error" and "must be a number" in params[0]
+    assert len(params[0]) <= osc.MAX_REPLY_CHARS and "60002 chars" in params[0]
+
+
+@pytest.mark.parametrize(("host", "reason"), [("a" * 64 + ".example", "cannot resolve host"), ("::1", "IPv4")])
+def test_subscribe_to_a_host_that_cannot_be_used_is_an_argument_error(
+    server: tuple[osc.OscServer, FakeController], caplog: pytest.LogCaptureFixture, host: str, reason: str
+) -> None:
+    srv, _ = server
+    peer = Peer(srv.port)
+    peer.send("/rtgen/subscribe", host, 9000)  # a 64-character label raised UnicodeError: an "internal error"
+    reply, params = peer.recv()
+    assert reply == "/rtgen/error" and reason in params[0] and "internal error" not in params[0]
+    assert srv.feedback.subscribers == ()
+    assert not any(r.exc_info for r in caplog.records), "a traceback was logged"
