@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +163,8 @@ def bench_schedule(
         "late_events": sched.errors.late_steps,
         "late_threshold_us": clock.stats.late_threshold_ns / 1000,
         "cpu_percent": round(100.0 * cpu / wall, 1) if wall > 0 else 0.0,
+        "spin_us": player.spin_tuner.spin_ns / 1000 if player.spin_tuner is not None else None,
+        "worst_wakeup_us": player.spin_tuner.worst_ns / 1000 if player.spin_tuner is not None else None,
         "involuntary_context_switches": ru1.ru_nivcsw - ru0.ru_nivcsw,
     }
 
@@ -341,15 +343,21 @@ def _sleep_until(t_ns: int, spin_ns: int = 300_000) -> None:
         pass
 
 
-class _Daemon:
-    """``python -m rtgen run --backend jack ... --mode accompany --clock midi`` as a subprocess of the bench."""
+REACTIVE_ARGS = ("--no-synth", "--no-osc", "--mode", "accompany", "--clock", "midi", "--quiet")
 
-    def __init__(self, server: str, model_dir: Path, client: str, work: Path, duration: float) -> None:
+
+class _Daemon:
+    """``python -m rtgen run --backend jack ...`` (by default ``--mode accompany --clock midi``) as a subprocess."""
+
+    def __init__(
+        self, server: str, model_dir: Path, client: str, work: Path, duration: float,
+        args: Sequence[str] = REACTIVE_ARGS, config_text: str = "",
+    ) -> None:  # fmt: skip
         import rtgen
 
         self.client = client
         config = work / "daemon.toml"
-        config.write_text(f'[midi]\nclient_name = "{client}"\n')
+        config.write_text(f'[midi]\nclient_name = "{client}"\n' + config_text)
         self.log_path = work / "daemon.log"
         self.env = env = jack_env(server)
         root = str(Path(rtgen.__file__).resolve().parent.parent)
@@ -357,9 +365,9 @@ class _Daemon:
         env["PYTHONUNBUFFERED"] = "1"
         cmd = [
             sys.executable, "-m", "rtgen", "run", "--config", str(config), "--model", str(model_dir),
-            "--backend", "jack", "--no-synth", "--no-osc", "--mode", "accompany", "--clock", "midi", "--quiet",
-            "--duration", str(duration),
+            "--backend", "jack", *args, "--duration", str(duration),
         ]  # fmt: skip
+        self.spawned_ns = time.perf_counter_ns()
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
         # JACK renames a second client of the same name (CLIENT-01), and the daemon's input is its second client

@@ -95,6 +95,48 @@ class FakeTime:
         self.t += ns
 
 
+class SpinTuner:
+    """How long before a deadline to stop sleeping and spin, learnt from how late this machine wakes up.
+
+    A sleep ends late by the scheduler's wake-up latency (tens of microseconds on a quiet machine
+    with real-time priority, milliseconds on a loaded VM); spinning for longer than that only burns
+    CPU. The tuner keeps ``spin_ns`` at twice the latest window's worst overshoot plus a margin,
+    within ``[low_ns, high_ns]``, and jumps back to ``high_ns`` at the first wake-up that overshoots it.
+
+    Args:
+        low_ns: the shortest spin.
+        high_ns: the longest spin (and the start).
+        window: wake-ups per re-estimate.
+    """
+
+    def __init__(self, low_ns: int = 200_000, high_ns: int = 1_000_000, window: int = 256) -> None:
+        self.low_ns = low_ns
+        self.high_ns = high_ns
+        self.window = window
+        self.spin_ns = high_ns
+        self.worst_ns = 0  # worst overshoot seen in all
+        self._window_max = 0
+        self._count = 0
+
+    def observe(self, overshoot_ns: int) -> None:
+        """One sleep ended ``overshoot_ns`` after the time asked (negative: woken early; ignored)."""
+        if overshoot_ns < 0:
+            return
+        if overshoot_ns > self.worst_ns:
+            self.worst_ns = overshoot_ns
+        if overshoot_ns >= self.spin_ns:
+            self.spin_ns = self.high_ns
+            self._window_max = self._count = 0
+            return
+        if overshoot_ns > self._window_max:
+            self._window_max = overshoot_ns
+        self._count += 1
+        if self._count >= self.window:
+            wanted = 2 * self._window_max + 100_000
+            self.spin_ns = max(self.low_ns, min(self.high_ns, wanted))
+            self._window_max = self._count = 0
+
+
 @dataclass
 class LatenessStats:
     """How late the clock woke up for its step deadlines."""

@@ -33,6 +33,7 @@ import contextlib
 import dataclasses
 import gc
 import logging
+import os
 import queue
 import signal
 import sys
@@ -46,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 from rtgen import contract as ct
 from rtgen import logs
-from rtgen.clock import FakeTime, RealTime, StepClock, request_realtime
+from rtgen.clock import FakeTime, RealTime, SpinTuner, StepClock, request_realtime
 from rtgen.conductor import NOBODY, Heard, Plan, make_conductor
 from rtgen.config import MODES, PART_NAMES, Config, PartsConfig
 from rtgen.errors import AudioError, PortError, RtgenError, SoundfontError
@@ -58,7 +59,7 @@ from rtgen.transport import Position, Transport
 if TYPE_CHECKING:
     from rtgen.engine import Engine, EngineState, Params, Step
     from rtgen.input import InputQueue, PlayerTracker
-    from rtgen.midi_io import MidiInput
+    from rtgen.midi_io import JackWatch, MidiInput
     from rtgen.midiclock import ClockFollower
     from rtgen.model import Model
     from rtgen.osc import Feedback, OscServer
@@ -72,8 +73,12 @@ START_LEAD_NS = 100_000_000  # the first step starts this long after start-up: r
 MAX_WAIT_NS = 250_000_000  # wake at least this often, even with nothing due
 MIDI_CLOCK = 0xF8
 POLL_NS = 1_000_000  # the player's input is polled this often (at most this much added to its latency)
+IDLE_POLL_NS = 20_000_000  # ... and this often while nobody plays in autonomous mode (each poll is a wake-up)
+PLAYER_ACTIVE_NS = 4_000_000_000  # the player counts as playing this long after their last channel message
 SKIP_AHEAD_NS = 1_000_000_000  # a stall longer than this is not caught up step by step: the loop jumps to now
 SWITCH_INTERVAL_S = 0.0002  # how long the loop may hold the GIL while another thread (rtmidi, OSC) waits
+JACK_RETRY_S = 0.5  # while the JACK server is gone, look for it again this often
+JACK_REOPEN_S = 10.0  # the server is back: keep trying to reopen the ports this long, then give up and exit
 
 
 class NullSink:
@@ -270,6 +275,7 @@ class Player:
         self.recorder: RecorderSink | None = None
         self.reactive_decisions = 0
         self.command_errors = 0
+        self.spin_tuner: SpinTuner | None = None  # the loop's, while it runs
         self.skipped_steps = 0  # steps jumped over after a long stall (the bar lines stay on the grid)
         self.early_decisions = 0  # reactive steps decided by the player's onset before the window ran out
         self._onsets: list[Any] = []  # the player's onsets not yet given to a step
@@ -282,6 +288,7 @@ class Player:
         self._clock_running = False
         self._midi_step_ns = clock.step_ns
         self.poll_ns = POLL_NS if input_queue is not None else 0
+        self._last_input_ns = -PLAYER_ACTIVE_NS  # the player's latest channel message (fast polling after it)
 
     @property
     def mode(self) -> str:
@@ -343,6 +350,8 @@ class Player:
         source = clock.source
         spin_ns = getattr(source, "spin_ns", 0)
         fake = isinstance(source, FakeTime)
+        tuner = SpinTuner(high_ns=max(spin_ns, 200_000)) if spin_ns and not fake else None
+        self.spin_tuner = tuner
         t0 = clock.start(start_ns if start_ns is not None else source.now_ns() + START_LEAD_NS)
         end_ns = t0 + int(duration_s * 1e9) if duration_s > 0 else None
         sched = self.scheduler
@@ -353,29 +362,38 @@ class Player:
         gc.collect()
         gc.freeze()  # objects made so far live for the whole run: keep the collector from walking them
         try:
+            now = source.now_ns()
             while not self.stop_requested.is_set():
                 target = self._next_target(end_ns)
                 if fake:
                     now = source.wait_until(target)
-                elif self.poll_ns and target - source.now_ns() > self.poll_ns + spin_ns:
-                    self.wake.wait(self.poll_ns / 1e9)  # nothing due yet: only look at the input
+                elif (poll := self._poll_interval(now)) and target - (now := source.now_ns()) > poll + spin_ns:
+                    self.wake.wait(poll / 1e9)  # nothing due yet: only look at the input
                     self.wake.clear()
-                    now = source.now_ns()
+                    woke = source.now_ns()
+                    if tuner is not None:
+                        tuner.observe(woke - now - poll)
+                        spin_ns = tuner.spin_ns
+                    now = woke
                 else:
                     now = source.now_ns()
                     sleep_ns = min(target - now - spin_ns, MAX_WAIT_NS)
                     if sleep_ns > 0:
                         self.wake.wait(sleep_ns / 1e9)
                         self.wake.clear()
+                        woke = source.now_ns()
+                        if tuner is not None:
+                            tuner.observe(woke - now - sleep_ns)
+                            spin_ns = tuner.spin_ns
                     now = source.now_ns()
                     if target - now <= spin_ns:
                         while now < target:
                             now = source.now_ns()
                 if end_ns is not None and now >= end_ns:
                     break
-                self._poll(now)
-                sched.send_due(now)
+                sched.send_due(now)  # first: what is due goes out before anything else is looked at
                 self._send_ticks(now)
+                self._poll(now)
                 self._advance(now)
         finally:
             self._drain_final()
@@ -583,8 +601,18 @@ class Player:
                 self._input(t_ns, msg)
         self._drain()
 
+    def _poll_interval(self, now: int) -> int:
+        """How often to look at the input now: fast while it matters, slower while nobody plays (CPU)."""
+        if not self.poll_ns:
+            return 0
+        if self.follower is not None or self.thru or self.mode != "autonomous":
+            return self.poll_ns
+        return self.poll_ns if now - self._last_input_ns < PLAYER_ACTIVE_NS else max(self.poll_ns, IDLE_POLL_NS)
+
     def _input(self, t_ns: int, msg: tuple[int, ...]) -> None:
         status = msg[0] if msg else 0
+        if status < 0xF0:
+            self._last_input_ns = t_ns
         if status >= 0xF0:
             if self.follower is not None and status in (0xF8, 0xFA, 0xFB, 0xFC, 0xF2):
                 for ev in self.follower.feed(msg, t_ns):
@@ -894,6 +922,14 @@ class Daemon:
         self.started_ns = 0
         self._swap_lock = threading.Lock()  # only serialises background loaders, never taken by the RT thread
         self._closers: list[threading.Thread] = []
+        self.jack: str | None = None  # "ok" / "gone" while the JACK server is watched, None otherwise
+        self.jack_losses = 0
+        self._closing = threading.Event()
+        self._supervisor: threading.Thread | None = None
+        self._fatal: RtgenError | None = None  # why the supervisor ended the run (raised by run())
+        self._signal_fds: tuple[int, int] | None = None
+        self._signal_thread: threading.Thread | None = None
+        self._previous_handlers: dict[int, Any] = {}
 
     # --- start-up ----------------------------------------------------------------------------
     def open(self) -> None:
@@ -941,6 +977,7 @@ class Daemon:
                 thru=cfg.input.thru and tracker is not None,
             )  # fmt: skip
             self.player.recorder = self._initial_recorder
+            self._catch_signals()
         except BaseException:
             self.close()
             raise
@@ -1055,18 +1092,20 @@ class Daemon:
 
     # --- running -----------------------------------------------------------------------------
     def run(self) -> int:
-        """Play until SIGINT/SIGTERM or ``daemon.duration``; returns 0. The recording is written on the way out."""
+        """Play until SIGINT/SIGTERM or ``daemon.duration``; returns 0. The recording is written on the way out.
+
+        Raises:
+            PortError: the JACK server died and came back, but the MIDI ports could not be reopened
+                (everything is released and closed first).
+        """
         if self.player is None:
             self.open()
         player = self.player
         assert player is not None
-        previous = {}
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                previous[sig] = signal.signal(sig, lambda signum, frame: player.request_stop())
         try:
             if self.osc is not None:
                 self.osc.start()
+            self._start_supervisor()
             if self.status_reporter is not None:
                 self.status_reporter.start(self)
             player.send_parts_setup()
@@ -1092,13 +1131,211 @@ class Daemon:
             finally:
                 sys.setswitchinterval(switch)
         finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
             self.close()
+        if self._fatal is not None:
+            raise self._fatal
         return 0
+
+    # --- signals: SIGINT/SIGTERM stop the loop, however often and whenever they come ---------------
+    def _catch_signals(self) -> None:
+        """From now until :meth:`close`, SIGINT and SIGTERM ask the loop to stop (main thread only).
+
+        The handler runs on the main thread, which is the real-time loop's, between any two bytecodes,
+        possibly while the loop holds the lock of its wake-up event: it only writes the signal number to a
+        pipe. A helper thread reads it and calls :meth:`Player.request_stop`.
+        """
+        if threading.current_thread() is not threading.main_thread() or self._signal_fds is not None:
+            return
+        r, w = os.pipe()
+        os.set_blocking(w, False)
+        self._signal_fds = (r, w)
+        self._signal_thread = threading.Thread(target=self._stop_on_signals, args=(r,), name="rtgen-signals")
+        self._signal_thread.daemon = True
+        self._signal_thread.start()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous_handlers[sig] = signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        fds = self._signal_fds
+        if fds is not None:
+            with contextlib.suppress(OSError):  # a full pipe: a stop is on its way already
+                os.write(fds[1], bytes((signum,)))
+
+    def _stop_on_signals(self, fd: int) -> None:
+        stopping = False
+        while True:
+            try:
+                data = os.read(fd, 64)
+            except OSError:
+                return
+            for signum in data:
+                if signum == 0:  # close() is done with us
+                    return
+                name = signal.Signals(signum).name
+                if stopping:
+                    log.info("%s again: already stopping", name)
+                    continue
+                stopping = True
+                log.info("%s: stopping (every note released, the recording written)", name)
+                player = self.player
+                if player is not None:
+                    player.request_stop()
+
+    def _release_signals(self) -> None:
+        for sig, handler in self._previous_handlers.items():
+            signal.signal(sig, handler)
+        self._previous_handlers = {}
+        fds = self._signal_fds
+        if fds is None:
+            return
+        with contextlib.suppress(OSError):
+            os.write(fds[1], b"\0")
+        if self._signal_thread is not None:
+            self._signal_thread.join(timeout=2)
+            self._signal_thread = None
+        self._signal_fds = None
+        for fd in fds:
+            os.close(fd)
+
+    # --- JACK supervision: a server that dies and comes back ----------------------------------------
+    def _jack_ports(self) -> list[Any]:
+        """The MidiOutput/MidiInput objects of ours that live on JACK (output first, as opened)."""
+        ports: list[Any] = [getattr(s, "output", None) for s in self.midi_sinks]
+        ports.append(self.input)
+        return [p for p in ports if p is not None and getattr(p, "backend", None) == "jack"]
+
+    def _start_supervisor(self) -> None:
+        """Watch the JACK server from a thread of its own when a MIDI port is on JACK."""
+        if not self._jack_ports():
+            return
+        from rtgen.midi_io import JackWatch
+
+        try:
+            watch = JackWatch.open(f"{self.config.midi.client_name}-watch")
+        except PortError as err:
+            log.warning("cannot watch the JACK server (%s): if it dies, rtgen will not notice", err)
+            return
+        if watch is None:
+            log.warning("cannot watch the JACK server (no client could open): if it dies, rtgen will not notice")
+            return
+        self.jack = "ok"
+        self._supervisor = threading.Thread(target=self._supervise, args=(watch,), name="rtgen-jack", daemon=True)
+        self._supervisor.start()
+
+    def _supervise(self, watch: JackWatch) -> None:
+        """The supervisor thread: notice the server's loss, wait for it, reopen the ports; never the RT thread."""
+        current: JackWatch | None = watch
+        try:
+            while current is not None:
+                while not current.lost.wait(0.1):
+                    if self._closing.is_set():
+                        current.close()
+                        return
+                current = self._jack_lost(current)
+        except Exception:  # pragma: no cover - the music goes on without supervision
+            log.exception("the JACK supervisor failed; a server that dies again will not be noticed")
+
+    def _jack_tell(self, state: str, text: str, *, error: bool = False) -> None:
+        """Log ``text``; OSC ``/rtgen/jack s`` (and ``/rtgen/error s``) to subscribers; a JSON status event."""
+        self.jack = state
+        if error:
+            log.error("%s", text)
+        else:
+            log.warning("%s", text)
+        if self.osc is not None:
+            self.osc.feedback.broadcast("/rtgen/jack", [state])
+            if error or state == "gone":
+                self.osc.feedback.error(text)
+        if self.status_reporter is not None:
+            self.status_reporter.event("jack", state=state, message=text)
+
+    def _jack_lost(self, watch: JackWatch) -> JackWatch | None:
+        """The server is gone: release the notes, free the dead clients, wait, reopen. The new watch, or None."""
+        from rtgen.midi_io import JackWatch
+
+        server = os.environ.get("JACK_DEFAULT_SERVER", "default")
+        player = self.player
+        self.jack_losses += 1
+        playing_on = "; the synth plays on" if self.synth is not None else ""
+        self._jack_tell(
+            "gone", f"jack: server {server!r} gone, retrying (tempo, mode, parts and position kept{playing_on})"
+        )
+        closers = [port.detach() for port in self._jack_ports()]  # from now on sends drop, reads are empty
+        if player is not None:
+            player.command(Panic(), urgent=True)  # the note-offs reach the synth and the recording
+        watch.close()
+        for close in closers:  # every client of ours must be gone before libjack may open a new one
+            close()
+        waited = time.monotonic()
+        new: JackWatch | None = None
+        while new is None:
+            if self._closing.wait(JACK_RETRY_S):
+                return None
+            new = JackWatch.open(watch.name)
+            if new is None and time.monotonic() - waited >= 30:
+                waited = time.monotonic()
+                log.warning("jack: still waiting for server %r", server)
+        try:
+            names = self._reopen_ports()
+        except PortError as err:
+            new.close()
+            self._fatal = PortError(
+                f"the JACK server {server!r} came back, but rtgen cannot reopen its MIDI ports: {err}"
+            )
+            self._jack_tell("failed", str(self._fatal), error=True)
+            if player is not None:
+                player.request_stop()
+            return None
+        if player is not None:
+            for name in PART_NAMES:  # the peers on the new server have heard no program or volume
+                part = player.parts.get(name)
+                if part.enabled:
+                    player.command(SetPart(name, program=part.program, volume=part.volume, pan=part.pan))
+        self._jack_tell("ok", f"jack: server {server!r} back, ports reopened ({', '.join(names)})")
+        return new
+
+    def _reopen_ports(self) -> list[str]:
+        """Open our JACK ports again as at start-up and put them in place of the dead ones; their names.
+
+        Retries for :data:`JACK_REOPEN_S` (a port named with ``--midi-out``/``--midi-in`` may come later).
+
+        Raises:
+            PortError: a port still cannot be opened (the last reason).
+        """
+        from rtgen.midi_io import MidiInput, MidiOutput, open_input, open_output
+
+        cfg = self.config
+        deadline = time.monotonic() + JACK_REOPEN_S
+        while True:
+            fresh: list[tuple[Any, Any]] = []
+            try:
+                for port in self._jack_ports():
+                    if isinstance(port, MidiOutput):
+                        new_out = open_output("jack", cfg.midi.out or None, cfg.midi.client_name,
+                                              cfg.midi.virtual_port_name)  # fmt: skip
+                        fresh.append((port, new_out))
+                    elif isinstance(port, MidiInput):
+                        new_in = open_input("jack", cfg.input.port or None, None, cfg.midi.client_name,
+                                            cfg.input.virtual_port_name, clock=cfg.clock.source == "midi")  # fmt: skip
+                        fresh.append((port, new_in))
+            except PortError as err:
+                for _, new in fresh:
+                    new.close()
+                if time.monotonic() >= deadline or self._closing.is_set():
+                    raise
+                log.info("jack: cannot reopen the ports yet (%s); retrying", err)
+                self._closing.wait(JACK_RETRY_S)
+                continue
+            for port, new in fresh:
+                port.attach(new)
+            return [new.name for _, new in fresh]
 
     def close(self) -> None:
         """Release every note, close inputs and sinks (the recording is written), stop OSC (idempotent)."""
+        self._closing.set()
+        if self._supervisor is not None:
+            self._supervisor.join(timeout=10)  # it may be closing dead JACK clients (about a second each)
+            self._supervisor = None
         if self.status_reporter is not None:
             try:
                 self.status_reporter.stop(self)
@@ -1127,6 +1364,7 @@ class Daemon:
         if self.osc is not None:
             self.osc.close()
             self.osc = None
+        self._release_signals()
 
     # --- Controller (called from the OSC thread) ---------------------------------------------
     def _p(self) -> Player:
@@ -1318,6 +1556,8 @@ class Daemon:
             "max_late_us": stats.max_late_ns / 1000,
             "dropped_late_notes": p.scheduler.dropped_late,
             "skipped_steps": p.skipped_steps,
+            "spin_us": p.spin_tuner.spin_ns / 1000 if p.spin_tuner is not None else None,
+            "worst_wakeup_us": p.spin_tuner.worst_ns / 1000 if p.spin_tuner is not None else None,
             "reactive_steps": p.reactive_decisions,
             "sent": p.scheduler.sent,
             "sounding": p.scheduler.book.count(),
@@ -1325,6 +1565,8 @@ class Daemon:
             "osc_errors": self.osc.control.errors if self.osc is not None else 0,
             "engine_errors": p.engine_errors,
             "command_errors": p.command_errors,
+            "jack": self.jack,
+            "jack_losses": self.jack_losses,
         }
 
 

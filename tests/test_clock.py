@@ -98,3 +98,20 @@ def test_realtime_priority_is_per_thread_and_released() -> None:
     assert seen["policy_on"] == (os.SCHED_FIFO if seen["granted"] else os.SCHED_OTHER)
     assert seen["policy_after"] == os.SCHED_OTHER
     assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the test's own thread was never touched
+
+
+def test_the_spin_tuner_learns_the_wakeup_latency_and_backs_off_at_once() -> None:
+    from rtgen.clock import SpinTuner
+
+    tuner = SpinTuner(low_ns=200_000, high_ns=1_000_000, window=100)
+    assert tuner.spin_ns == 1_000_000  # starts safe
+    for i in range(100):
+        tuner.observe(50_000 + i * 500)  # a quiet machine: wake-ups at most ~100 us late
+    assert tuner.spin_ns == 2 * 99_500 + 100_000
+    for _ in range(100):
+        tuner.observe(10_000)
+    assert tuner.spin_ns == 200_000  # never below the floor
+    tuner.observe(-5_000)  # woken early by a command: says nothing about latency
+    assert tuner.spin_ns == 200_000
+    tuner.observe(250_000)  # one wake-up later than the spin: back to the safe value at once
+    assert tuner.spin_ns == 1_000_000 and tuner.worst_ns == 250_000

@@ -348,3 +348,20 @@ def test_a_controller_sweep_from_the_loop_is_applied_off_it_and_coalesced(random
     from rtgen.engine import _mask_key
 
     assert _mask_key(player.params) in player.engine._mask_cache  # built before it was published
+
+
+def test_the_input_is_polled_fast_while_it_matters_and_slowly_while_nobody_plays(random_model: Path) -> None:
+    from rtgen.daemon import IDLE_POLL_NS, PLAYER_ACTIVE_NS, POLL_NS, SetMode
+
+    player = make_player(random_model, 120.0, RecordingSink(), FakeTime())
+    assert player._poll_interval(0) == 0  # no input at all: nothing to poll
+    player.poll_ns = POLL_NS
+    t = 10 * PLAYER_ACTIVE_NS
+    assert player._poll_interval(t) == IDLE_POLL_NS  # autonomous, nobody playing
+    player._input(t, (0xB0, 1, 64))  # a knob turns
+    assert player._poll_interval(t + 1) == POLL_NS
+    assert player._poll_interval(t + PLAYER_ACTIVE_NS + 1) == IDLE_POLL_NS
+    player._input(t, (0xFE,))  # active sensing is not a player
+    assert player._poll_interval(t + PLAYER_ACTIVE_NS + 1) == IDLE_POLL_NS
+    player._apply(SetMode("accompany"))
+    assert player._poll_interval(t + PLAYER_ACTIVE_NS + 1) == POLL_NS  # listening modes always poll fast
