@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -272,6 +273,31 @@ def request_realtime(priority: int) -> bool:
         return False
     log.info("real-time thread priority SCHED_FIFO %d", priority)
     return True
+
+
+def promote_threads(priority: int = 1) -> int:
+    """Run this process's other Python threads SCHED_FIFO ``priority`` (below the real-time loop's).
+
+    Every Python thread needs the GIL, so one that holds it is on the real-time loop's critical path:
+    preempted by some other process while it holds it, it makes the loop wait a whole time slice
+    (milliseconds) for the GIL. At the lowest real-time priority such a thread is never preempted by
+    normal processes, while the loop (and JACK) still preempt it. Threads started later inherit the
+    policy of the thread that starts them. Returns how many threads were promoted.
+    """
+    if priority <= 0 or not hasattr(os, "sched_setscheduler"):
+        return 0
+    me = threading.get_native_id()
+    n = 0
+    for t in threading.enumerate():
+        tid = t.native_id
+        if tid is None or tid == me:
+            continue
+        try:
+            os.sched_setscheduler(tid, os.SCHED_FIFO, os.sched_param(priority))
+        except (OSError, ValueError):
+            continue
+        n += 1
+    return n
 
 
 def release_realtime() -> None:

@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 from rtgen import contract as ct
 from rtgen import logs
-from rtgen.clock import FakeTime, RealTime, SpinTuner, StepClock, request_realtime
+from rtgen.clock import FakeTime, RealTime, SpinTuner, StepClock, promote_threads, request_realtime
 from rtgen.conductor import NOBODY, Heard, Plan, make_conductor
 from rtgen.config import MODES, PART_NAMES, Config, PartsConfig
 from rtgen.errors import AudioError, PortError, RtgenError, SoundfontError
@@ -152,9 +152,10 @@ class SetMode:
 
 @dataclass(frozen=True)
 class SwapModel:
-    """A loaded model to switch to at the next bar line."""
+    """A loaded model to switch to at the next bar line, with its binding to the engine made ahead."""
 
     model: Model
+    steps: StepBinding | None = None
 
 
 @dataclass(frozen=True)
@@ -270,6 +271,7 @@ class Player:
         self.chord_name = "N.C."
         self.engine_errors = 0
         self.pending_model: Model | None = None
+        self.pending_steps: StepBinding | None = None
         self.model_name = getattr(getattr(engine, "model", None), "name", "?")
         self.on_model_swapped: Callable[[Model], None] | None = None
         self.recorder: RecorderSink | None = None
@@ -726,13 +728,16 @@ class Player:
 
     # --- commands --------------------------------------------------------------------------------
     def _swap_model_now(self) -> None:
-        model = self.pending_model
-        self.pending_model = None
+        model, steps = self.pending_model, self.pending_steps
+        self.pending_model = self.pending_steps = None
         if model is None:
             return
         now = self.clock.source.now_ns()
         self.scheduler.add_notes(self.performer.release_all(), now, self._step_ns())
-        self.engine.swap_model(model)
+        # only references change here: the binding was made by the loader, and the old model's
+        # sessions are torn down by the reaper once the engine lets go of it
+        loaders.retire(self.engine.model)
+        self.engine.swap_model(model, steps)
         self.model_name = model.name
         log.info("switched to model %s (%s)", model.name, model.path)
         if self.on_model_swapped is not None:
@@ -833,8 +838,9 @@ class Player:
                 self._onsets.clear()
                 log.info("mode %s", mode)
                 self._replan()
-            case SwapModel(model=model):
-                self.pending_model = model
+            case SwapModel(model=model, steps=steps):
+                loaders.retire(self.pending_model, self.pending_steps)  # replaced before its bar line
+                self.pending_model, self.pending_steps = model, steps
             case UseSoundfont(synth=synth, sfid=sfid, path=path):
                 self._discard_pending()
                 sched.release_all()
@@ -920,7 +926,7 @@ class Daemon:
         self.input: Any | None = None
         self.input_name: str | None = None
         self.started_ns = 0
-        self._swap_lock = threading.Lock()  # only serialises background loaders, never taken by the RT thread
+        self._loader = loaders.BackgroundLoader()  # model and soundfont loads, one at a time, newest wins
         self._closers: list[threading.Thread] = []
         self.jack: str | None = None  # "ok" / "gone" while the JACK server is watched, None otherwise
         self.jack_losses = 0
@@ -1121,6 +1127,8 @@ class Daemon:
                 f"{self.config.osc.host}:{self.osc.port}" if self.osc is not None else "off",
             )
             self.realtime = request_realtime(self.config.daemon.realtime_priority)
+            if self.realtime:
+                promote_threads(1)  # the OSC and helper threads hold the GIL too: see promote_threads
             # rtmidi calls back on JACK's own real-time thread, which needs the GIL: with Python's default 5 ms
             # switch interval a spinning loop makes it miss JACK cycles (a synchronous server then stalls)
             switch = sys.getswitchinterval()
@@ -1347,6 +1355,7 @@ class Daemon:
             except Exception as err:
                 log.warning("closing the MIDI input failed: %s", err)
             self.input = None
+        self._loader.close()  # a running load ends first: the synth is not deleted under it
         if self.player is not None:
             self.player.scheduler.close()  # closes every sink, the recorder (written safely) included
             self.player = None
@@ -1458,32 +1467,47 @@ class Daemon:
         self._p().command(RecordStop(done), urgent=True)
 
     def swap_model(self, path: str, reply: Callable[[str], None] | None = None) -> None:
-        """Load ``path`` in the background; the RT thread switches at the next bar line."""
+        """Load and check ``path`` on the loader thread; the RT thread switches at the next bar line.
+
+        Loads run one at a time; a request still waiting is replaced by a newer one (its ``reply`` is told).
+        A folder that fails to load is refused with the reason (``reply``, the log, ``/rtgen/error``) and
+        the current model keeps playing.
+        """
         player = self._p()
         target = self.config.resolve(path)
+
+        def fail(text: str) -> None:
+            log.error("%s", text)
+            if self.osc is not None:
+                self.osc.feedback.error(text)
+            if reply is not None:
+                reply(text)
 
         def load() -> None:
             from rtgen.model import Model
 
-            with self._swap_lock:
-                try:
-                    model = Model.load(target)
-                    if player.mode in ("accompany", "call-and-response"):
-                        model.require_harmony(player.mode)
-                except Exception as err:
-                    text = f"/rtgen/model: cannot load {target}: {err}; keeping {player.model_name}"
-                    log.error("%s", text)
-                    if self.osc is not None:
-                        self.osc.feedback.error(text)
-                    if reply is not None:
-                        reply(text)
-                    return
-                player.command(SwapModel(model))
+            try:
+                model = Model.load(target)
+                if player.mode in ("accompany", "call-and-response"):
+                    model.require_harmony(player.mode)
+                steps = player.engine.bind(model)  # here, not at the bar line on the RT thread
+            except Exception as err:
+                fail(f"/rtgen/model: cannot load {target}: {err}; keeping {player.model_name}")
+                return
+            player.command(SwapModel(model, steps))
 
-        threading.Thread(target=load, name="rtgen-model-loader", daemon=True).start()
+        def superseded() -> None:
+            if reply is not None:
+                reply(f"/rtgen/model: {target} not loaded: a newer /rtgen/model request replaced it")
+
+        self._loader.submit("model", load, superseded)
 
     def swap_soundfont(self, path: str, reply: Callable[[str], None] | None = None) -> None:
-        """Load another soundfont into the synth (in the background)."""
+        """Load another soundfont on the loader thread; the RT thread switches to it between two sends.
+
+        Loads run one at a time (a newer request replaces one still waiting) and never hold the playing
+        synth's lock; the old font is freed off the RT thread.
+        """
         player = self._p()
         synth = self.synth
 
@@ -1510,7 +1534,11 @@ class Daemon:
                 return
             player.command(UseSoundfont(synth, sfid, sf))  # switched on the RT thread, between two sends
 
-        threading.Thread(target=work, name="rtgen-soundfont-loader", daemon=True).start()
+        def superseded() -> None:
+            if reply is not None:
+                reply(f"/rtgen/soundfont: {target} not loaded: a newer /rtgen/soundfont request replaced it")
+
+        self._loader.submit("soundfont", work, superseded)
 
     def status(self) -> dict[str, Any]:
         """The full state as JSON-ready data (read without locks: a snapshot may be a step stale)."""

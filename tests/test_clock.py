@@ -115,3 +115,30 @@ def test_the_spin_tuner_learns_the_wakeup_latency_and_backs_off_at_once() -> Non
     assert tuner.spin_ns == 200_000
     tuner.observe(250_000)  # one wake-up later than the spin: back to the safe value at once
     assert tuner.spin_ns == 1_000_000 and tuner.worst_ns == 250_000
+
+
+def test_helper_threads_are_promoted_below_the_loop() -> None:
+    """GIL holders run SCHED_FIFO 1, so no normal process preempts them while the loop waits for the GIL."""
+    import os
+    import threading
+
+    from conftest import require
+
+    from rtgen.clock import promote_threads
+
+    require(os.geteuid() == 0, "root (real-time scheduling; CI runs as root)")
+    stop = threading.Event()
+    helper = threading.Thread(target=stop.wait, daemon=True)
+    helper.start()
+    try:
+        assert promote_threads(1) >= 1
+        assert helper.native_id is not None
+        assert os.sched_getscheduler(helper.native_id) == os.SCHED_FIFO
+        assert os.sched_getparam(helper.native_id).sched_priority == 1
+        assert os.sched_getscheduler(0) != os.SCHED_FIFO  # the calling thread is left alone
+    finally:
+        stop.set()
+        helper.join()
+        for t in threading.enumerate():  # the rest of the session runs as before
+            if t.native_id is not None:
+                os.sched_setscheduler(t.native_id, os.SCHED_OTHER, os.sched_param(0))

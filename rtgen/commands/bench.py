@@ -12,14 +12,15 @@ def register(subparsers: Any) -> None:
     """Add the ``bench`` subcommand."""
     p = subparsers.add_parser(
         "bench",
-        help="measure inference latency, schedule error and reactive latency (JSON)",
-        description="Time one engine step (chord + note + sampling + masks, one thread) over >= 2,000 steps, "
-        "then run the real clock + scheduler loop at 300 BPM sixteenths into a null sink and measure "
-        "send time minus deadline (targets: p99 <= 300 us for both). Then start a private real-time JACK "
-        "server, run the daemon in accompany mode on a MIDI clock from a probe client and time each probe "
-        "note to the first chord or bass note-on it answers with (target: p99 <= 2 JACK periods + 1 ms).",
+        help="measure inference, schedule error, JACK grid, CPU, memory, first note, reactive latency (JSON)",
+        description="Time one engine step (one thread) over >= 2,000 steps; run the real clock + scheduler "
+        "loop at 300 BPM sixteenths into a null sink while a second process keeps one core busy; then, on "
+        "the bench's own real-time JACK server, run the daemon at 120 BPM into a JACK recorder (grid "
+        "deviation in JACK frame time, first note, CPU, private memory), at 400 BPM under 600 OSC "
+        "messages/s, and in accompany mode on a MIDI clock from a probe (reactive latency); finally swap "
+        "soundfonts while playing. Prints a table and writes JSON; targets are in the JSON's `targets`.",
     )
-    p.add_argument("--out", type=Path, help="write the JSON here (default: print it)")
+    p.add_argument("--json", "--out", dest="out", type=Path, metavar="PATH", help="write the JSON here")
     p.add_argument("--seconds", type=float, default=60.0, help="length of the schedule run (default 60)")
     p.add_argument("--steps", type=int, default=2000, help="inference steps after warm-up (default 2000)")
     p.add_argument(
@@ -28,6 +29,13 @@ def register(subparsers: Any) -> None:
         default=32.0,
         help="length of the reactive latency run through JACK (default 32: 64 probes at 240 BPM; 0 skips it)",
     )
+    p.add_argument("--jack-seconds", type=float, default=20.0, help="daemon run at 120 BPM through JACK (0 skips)")
+    p.add_argument("--load-seconds", type=float, default=30.0, help="daemon run under OSC load (0 skips)")
+    p.add_argument("--swap-seconds", type=float, default=20.0, help="soundfont swaps while playing (0 skips)")
+    p.add_argument(
+        "--soundfont", type=Path, action="append", default=[], help="soundfonts to swap between (default: system)"
+    )
+    p.add_argument("--no-busy", dest="busy", action="store_false", help="no second busy process in the schedule run")
     p.add_argument("--model", type=Path, help="model folder (default: model.path from config.toml)")
     p.add_argument(
         "--reactive-model", type=Path, help="model for the reactive run; it must have a harmoniser (default: --model)"
@@ -36,14 +44,48 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
+def _fmt(value: Any) -> str:
+    if isinstance(value, dict):
+        return f"{value['p50']:g} / {value['p99']:g} / {value['max']:g}"
+    return "-" if value is None else f"{value:g}"
+
+
+def table(result: dict[str, Any]) -> str:
+    """The figures against their targets, one line each."""
+    t = result["targets"]
+    load = result.get("osc_load") or {}
+    rows = [
+        ("inference (us, p50/p99/max)", result["inference_us"], f"p99 <= {t['inference_p99_us']:g}", t["inference_ok"]),
+        ("schedule error, 300 BPM, busy core (us)", result["schedule_error_us"],
+         f"p99 <= {t['schedule_error_p99_us']:g}", t["schedule_error_ok"]),
+        ("JACK grid deviation (us)", result.get("jack_grid_dev_us"), f"p99 <= {t['jack_grid_dev_p99_us']:g}",
+         t["jack_grid_dev_ok"]),
+        ("reactive latency (us)", result.get("reactive_latency_us"), f"p99 <= {t['reactive_latency_p99_us']:g}",
+         t["reactive_latency_ok"]),
+        ("CPU at 120 BPM (% of a core)", result.get("cpu_percent_120bpm"), "<= 3", t["cpu_ok"]),
+        ("private memory (MB)", result.get("uss_mb"), "<= 120", t["uss_ok"]),
+        ("first note (ms)", result.get("first_note_ms"), "<= 1000", t["first_note_ok"]),
+        ("schedule error, soundfont swaps (us)", result.get("soundfont_swap_schedule_error_us"), "p99 <= 300",
+         t["soundfont_swap_ok"]),
+        ("late steps, 400 BPM + 600 OSC msg/s", load.get("late_steps"), "0", t["osc_load_late_steps_ok"]),
+    ]  # fmt: skip
+    width = max(len(r[0]) for r in rows)
+    lines = [f"{'':{width}}  {'value':>28}  {'target':>14}  met"]
+    for name, value, target, met in rows:
+        mark = {True: "yes", False: "NO", None: "-"}[met]
+        lines.append(f"{name:{width}}  {_fmt(value):>28}  {target:>14}  {mark}")
+    return "\n".join(lines)
+
+
 def run(args: argparse.Namespace) -> int:
-    """Run the benchmark and print a one-line summary."""
+    """Run the benchmark, print the table and write (or print) the JSON."""
     from rtgen.bench import run_bench
     from rtgen.config import default_config_path, load_config
     from rtgen.errors import ConfigError
 
-    if args.seconds <= 0 or args.steps < 1 or args.reactive_seconds < 0:
-        raise ConfigError("--seconds must be > 0, --steps >= 1 and --reactive-seconds >= 0")
+    lengths = (args.seconds, args.reactive_seconds, args.jack_seconds, args.load_seconds, args.swap_seconds)
+    if args.seconds <= 0 or args.steps < 1 or min(lengths) < 0:
+        raise ConfigError("--seconds must be > 0, --steps >= 1, and the other lengths >= 0 (0 skips a phase)")
     model = args.model
     if model is None:
         model = load_config(args.config if args.config is not None else default_config_path()).model_path
@@ -53,6 +95,11 @@ def run(args: argparse.Namespace) -> int:
         inference_steps=args.steps,
         reactive_seconds=args.reactive_seconds,
         reactive_model=args.reactive_model,
+        jack_seconds=args.jack_seconds,
+        load_seconds=args.load_seconds,
+        swap_seconds=args.swap_seconds,
+        soundfonts=args.soundfont,
+        busy=args.busy,
     )
     text = json.dumps(result, indent=2)
     if args.out is not None:
@@ -60,18 +107,7 @@ def run(args: argparse.Namespace) -> int:
         args.out.write_text(text + "\n")
     else:
         print(text)
-    inf, sch, rea = result["inference_us"], result["schedule_error_us"], result["reactive_latency_us"]
-    if rea is not None:
-        reactive = (
-            f"reactive latency p50 {rea['p50']} / p99 {rea['p99']} / max {rea['max']} us (n {rea['n']}, "
-            f"JACK {result['reactive']['jack_mode']}, period {result['jack_period_us']} us)"
-        )
-    else:
-        reactive = f"reactive latency skipped: {result['reactive_latency_skipped']}"
-    print(
-        f"rtgen bench: inference p50 {inf['p50']} / p99 {inf['p99']} / max {inf['max']} us; "
-        f"schedule error p50 {sch['p50']} / p99 {sch['p99']} / max {sch['max']} us; "
-        f"{reactive}; late steps {result['late_steps']}; CPU {result['cpu_percent']} %; "
-        f"private memory {result['private_memory_mb']} MB" + (f"; wrote {args.out}" if args.out else "")
-    )
+    print(table(result))
+    if args.out is not None:
+        print(f"rtgen bench: wrote {args.out}")
     return 0
