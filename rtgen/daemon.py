@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rtgen import contract as ct
-from rtgen import logs
+from rtgen import loaders, logs
 from rtgen.clock import FakeTime, RealTime, SpinTuner, StepClock, promote_threads, request_realtime
 from rtgen.conductor import NOBODY, Heard, Plan, make_conductor
 from rtgen.config import MODES, PART_NAMES, Config, PartsConfig
@@ -61,7 +61,7 @@ if TYPE_CHECKING:
     from rtgen.input import InputQueue, PlayerTracker
     from rtgen.midi_io import JackWatch, MidiInput
     from rtgen.midiclock import ClockFollower
-    from rtgen.model import Model
+    from rtgen.model import Model, StepBinding
     from rtgen.osc import Feedback, OscServer
     from rtgen.performer import Performer
     from rtgen.sinks import RecorderSink

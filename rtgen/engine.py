@@ -244,13 +244,18 @@ class Engine:
     def _note_state(self) -> npt.NDArray[np.float32]:
         return self._steps.note_state
 
-    def swap_model(self, model: Model) -> None:
+    def bind(self, model: Model) -> StepBinding:
+        """Bind ``model`` to this engine's input arrays, for :meth:`swap_model` (safe on another thread)."""
+        return StepBinding(model, self._feeds)  # fresh zero states
+
+    def swap_model(self, model: Model, steps: StepBinding | None = None) -> None:
         """Switch to ``model`` at the next step, starting from a fresh recurrent state.
 
         The token history (previous melody/chord) carries over, so the new model
-        continues from where the music is.
+        continues from where the music is. ``steps`` is its :meth:`bind` made ahead
+        (off the real-time thread); without it the binding is made here.
         """
-        self._pending_steps = StepBinding(model, self._feeds)  # fresh zero states
+        self._pending_steps = steps if steps is not None and steps.model is model else self.bind(model)
         self._pending_model = model
 
     @property

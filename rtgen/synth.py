@@ -9,12 +9,17 @@ how to install one.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import io
 import logging
 import os
+import queue
 import sys
+import threading
 import types
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -126,6 +131,19 @@ def import_fluidsynth() -> types.ModuleType:
     return fluidsynth
 
 
+@functools.cache
+def _lib(fluidsynth: types.ModuleType) -> Any:
+    """libfluidsynth with the soundfont-stack functions pyfluidsynth does not wrap (pointers as ``c_void_p``)."""
+    lib = ctypes.CDLL(fluidsynth.lib)  # the same library pyfluidsynth loaded: ctypes releases the GIL in calls
+    lib.fluid_synth_get_sfont_by_id.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    lib.fluid_synth_get_sfont_by_id.restype = ctypes.c_void_p
+    lib.fluid_synth_add_sfont.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+    lib.fluid_synth_add_sfont.restype = ctypes.c_int
+    lib.fluid_synth_remove_sfont.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+    lib.fluid_synth_remove_sfont.restype = ctypes.c_int
+    return lib
+
+
 class Synth:
     """A FluidSynth synthesizer with one soundfont, usable offline (:meth:`render`) and live (:meth:`start_audio`).
 
@@ -168,33 +186,95 @@ class Synth:
         self._audio_driver: object | None = None
         self._sounding = NoteTracker()
         self._closed = False
+        # Soundfont swaps: loads (and their stderr capture) one at a time, each into the loader synth;
+        # fonts loaded and not yet used by handle; fonts replaced, waiting for the reaper thread to free them.
+        self._load_lock = threading.Lock()
+        self._loader: Any | None = None
+        self._staged: dict[int, int] = {}
+        self._handles = 0
+        self._retired: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+        self._reaper: threading.Thread | None = None
+        self.fonts_freed = 0
         self._programs = [0] * 16
         for ch in range(16):
             self.program(ch, 0)
 
     # --- control ---------------------------------------------------------------
     def load_soundfont(self, path: Path) -> int:
-        """Load another soundfont next to the current one (slow: call it off the real-time thread).
+        """Load another soundfont for :meth:`use_soundfont` (slow: call it off the real-time thread).
+
+        The file is read by a private loader synth, so the playing synth's API lock is not held while it
+        loads (``fluid_synth_sfload`` holds it for the whole load: 150-500 ms for FluidR3, during which
+        every note-on waits). Loads are serialised (with their stderr capture); :meth:`close` waits for
+        a running one.
 
         Returns:
-            Its FluidSynth id, for :meth:`use_soundfont`.
+            A handle for :meth:`use_soundfont` (the font waits, unused, until then).
 
         Raises:
-            SoundfontError: FluidSynth cannot load it.
+            SoundfontError: FluidSynth cannot load it, or the synth is closed.
         """
-        with quiet_stderr():
-            sfid = int(self._synth.sfload(str(path)))
-        if sfid < 0:
-            raise SoundfontError(f"FluidSynth cannot load soundfont {path} (not a valid .sf2?)")
-        return sfid
+        with self._load_lock:
+            if self._closed:
+                raise SoundfontError(f"cannot load soundfont {path}: the synth is closed")
+            loader = self._loader_synth()
+            with quiet_stderr():
+                lid = int(loader.sfload(str(path)))
+                sfont = _lib(self._fl).fluid_synth_get_sfont_by_id(loader.synth, lid) if lid >= 0 else None
+                if sfont:
+                    _lib(self._fl).fluid_synth_remove_sfont(loader.synth, sfont)  # ours now, in no synth
+            if not sfont:
+                raise SoundfontError(f"FluidSynth cannot load soundfont {path} (not a valid .sf2?)")
+            self._handles += 1
+            self._staged[self._handles] = int(sfont)
+            return self._handles
 
     def use_soundfont(self, sfid: int, path: Path) -> None:
-        """Switch every channel to a soundfont from :meth:`load_soundfont` (keeping programs) and drop the old one."""
-        old, self._sfid, self.soundfont = self._sfid, sfid, Path(path)
+        """Switch every channel to a soundfont from :meth:`load_soundfont`, keeping programs (real-time safe).
+
+        Only pointers change here (about 50 µs): the old font is freed on the synth's reaper thread.
+        """
+        sfont = self._staged.pop(sfid, None)
+        if sfont is None or self._closed:
+            raise SoundfontError(f"soundfont {path} is not loaded (or the synth is closed)")
+        lib = _lib(self._fl)
+        live = self._synth.synth
+        old = lib.fluid_synth_get_sfont_by_id(live, self._sfid)
+        self._sfid, self.soundfont = int(lib.fluid_synth_add_sfont(live, sfont)), Path(path)
         for ch, prog in enumerate(self._programs):
             self.program(ch, prog)
-        if old != sfid:
-            self._synth.sfunload(old, 0)
+        if old:
+            lib.fluid_synth_remove_sfont(live, old)
+            self._retire_font(int(old))
+
+    def _loader_synth(self) -> Any:
+        """The private synth that reads soundfont files (made on first use; no audio, never played)."""
+        if self._loader is None:
+            with quiet_stderr():
+                self._loader = self._fl.Synth(gain=0.0, samplerate=float(self.sample_rate), channels=16)
+        return self._loader
+
+    def _retire_font(self, sfont: int) -> None:
+        self._retired.put(sfont)
+        if self._reaper is None:
+            self._reaper = threading.Thread(target=self._reap, name="rtgen-soundfont-reaper", daemon=True)
+            self._reaper.start()
+
+    def _reap(self) -> None:
+        """Free retired fonts: each goes back into the loader synth, which unloads it (FluidSynth waits for
+        voices still playing its samples: a voice in its release tail keeps them alive until it ends)."""
+        while (sfont := self._retired.get()) is not None:
+            with self._load_lock:
+                self._free_font(sfont)
+
+    def _free_font(self, sfont: int) -> None:
+        lib = _lib(self._fl)
+        loader = self._loader_synth()
+        with quiet_stderr():  # the loader synth's channels lose their presets: FluidSynth warns
+            fid = int(lib.fluid_synth_add_sfont(loader.synth, sfont))
+            if fid >= 0:
+                loader.sfunload(fid, 0)
+        self.fonts_freed += 1
 
     def program(self, channel: int, program: int) -> None:
         """Select General MIDI ``program`` (0..127) on ``channel`` (0..15; channel 9 uses the drum bank)."""
@@ -304,13 +384,24 @@ class Synth:
         )
 
     def close(self) -> None:
-        """Stop audio and free the synth; idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        with quiet_stderr():
-            self._synth.delete()
-        self._audio_driver = None
+        """Stop audio and free the synth; idempotent. Waits for a soundfont load that is running."""
+        with self._load_lock:
+            if self._closed:
+                return
+            self._closed = True
+        if self._reaper is not None:
+            self._retired.put(None)
+            self._reaper.join(timeout=30)
+        with self._load_lock, quiet_stderr():
+            self._synth.delete()  # frees the font in use
+            self._audio_driver = None
+            if self._loader is not None:
+                lib = _lib(self._fl)
+                for sfont in self._staged.values():  # loaded, never used: freed with the loader synth
+                    lib.fluid_synth_add_sfont(self._loader.synth, sfont)
+                self._staged.clear()
+                self._loader.delete()
+                self._loader = None
 
     def __enter__(self) -> Synth:
         return self
