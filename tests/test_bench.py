@@ -24,7 +24,8 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_bench_writes_the_figures(model_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     args = ["bench", "--model", str(model_dir), "--seconds", "2", "--steps", "2000", "--reactive-seconds", "0"]
-    code = main([*args, "--out", str(out)])
+    args += ["--jack-seconds", "0", "--load-seconds", "0", "--swap-seconds", "0"]
+    code = main([*args, "--json", str(out)])
     assert code == 0
     data = json.loads(out.read_text())
     for key in ("inference_us", "schedule_error_us"):
@@ -42,7 +43,8 @@ def test_bench_writes_the_figures(model_dir: Path, tmp_path: Path) -> None:
 def _own_bench_server() -> list[str]:
     """Command lines of jackd servers this process's bench started (named after its pid)."""
     out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=False).stdout
-    return [line for line in out.splitlines() if "jackd" in line and f"-n rtgen-bench-{os.getpid()} " in line]
+    names = [f"-n rtgen-{kind}-{os.getpid()} " for kind in ("bench", "grid", "load")]
+    return [line for line in out.splitlines() if "jackd" in line and any(n in line for n in names)]
 
 
 def test_bench_measures_the_reactive_latency_through_jack(model_dir: Path, tmp_path: Path) -> None:
@@ -53,6 +55,7 @@ def test_bench_measures_the_reactive_latency_through_jack(model_dir: Path, tmp_p
     require(shutil.which("jackd") is not None, "jackd (apt-get install jackd2)")
     out = tmp_path / "bench.json"
     args = ["bench", "--model", str(model_dir), "--seconds", "1", "--steps", "200", "--reactive-seconds", "5"]
+    args += ["--jack-seconds", "0", "--load-seconds", "0", "--swap-seconds", "0"]
     assert main([*args, "--out", str(out)]) == 0
     data = json.loads(out.read_text())
     lat = data["reactive_latency_us"]
@@ -70,3 +73,44 @@ def test_bench_measures_the_reactive_latency_through_jack(model_dir: Path, tmp_p
     assert targets["reactive_latency_p99_us"] == pytest.approx(2 * 256 / 48000 * 1e6 + 1000, abs=0.1)
     assert targets["reactive_latency_ok"] in (True, False)
     assert not _own_bench_server()  # the bench stopped its JACK server
+
+
+def test_grid_deviation_is_the_jitter_around_the_best_fitting_grid() -> None:
+    import numpy as np
+
+    from rtgen.benchjack import grid_deviation_us
+
+    rate, step_us = 48_000, 125_000.0
+    k = np.array([0, 1, 2, 4, 8, 9, 13, 20])
+    jitter_us = np.array([0, 300, -300, 0, 300, -300, 0, 0])
+    # a phase of 7 ms and a clock 0.01 % fast are fitted away; what is left is the jitter
+    frames = np.round((7000 + k * step_us * 1.0001 + jitter_us) * rate / 1e6).astype(np.int64)
+    dev = grid_deviation_us(frames, rate, step_us)
+    assert dev.max() == pytest.approx(np.abs(jitter_us - jitter_us.mean()).max(), abs=60)
+    assert dev.max() < 400
+    on_grid = np.round((k * step_us) * rate / 1e6).astype(np.int64)
+    assert grid_deviation_us(on_grid, rate, step_us).max() < 21  # frame rounding only (1 frame = 20.8 us)
+
+
+def test_bench_runs_the_daemon_through_jack_and_under_osc_load(model_dir: Path, tmp_path: Path) -> None:
+    """Short JACK-grid and OSC-load phases: every figure present and sane (no timing thresholds here)."""
+    require(shutil.which("jackd") is not None, "jackd (apt-get install jackd2)")
+    out = tmp_path / "bench.json"
+    args = ["bench", "--model", str(model_dir), "--seconds", "1", "--steps", "200", "--reactive-seconds", "0"]
+    args += ["--jack-seconds", "3", "--load-seconds", "3", "--swap-seconds", "0", "--no-busy"]
+    assert main([*args, "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    grid = data["jack_grid_dev_us"]
+    assert grid is not None, data.get("jack_grid_skipped")
+    assert grid["count"] >= 3 and 0 <= grid["p50"] <= grid["p99"] <= grid["max"]
+    assert data["jack_grid"]["daemon_exit_code"] == 0
+    assert 0 < data["first_note_ms"] < 60_000
+    assert 0 < data["cpu_percent_120bpm"] < 100
+    assert data["uss_mb"] > 10
+    load = data["osc_load"]
+    assert load is not None, data.get("osc_load_skipped")
+    assert load["osc_sent"] >= 1000 and load["status_replies"] > 0 and load["feedback_messages"] > 0
+    assert load["osc_errors"] == 0  # every message of the load is well-formed
+    assert load["steps"] > 0 and load["daemon_exit_code"] == 0
+    assert set(data["targets"]) >= {"cpu_ok", "uss_ok", "first_note_ok", "jack_grid_dev_ok", "osc_load_late_steps_ok"}
+    assert not _own_bench_server()
