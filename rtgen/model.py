@@ -130,34 +130,51 @@ class Model:
             ModelError: the folder or a file is missing, the contract version differs,
                 a file's sha256 does not match, or the ONNX I/O names are not the contract's.
         """
-        path = Path(path).expanduser().resolve()
+        try:
+            path = Path(path).expanduser().resolve()
+        except (OSError, RuntimeError, ValueError) as err:  # "~nobody/x", a NUL byte
+            raise ModelError(f"cannot use {str(path)!r} as a model folder: {err}") from err
         if not path.is_dir():
             raise ModelError(_missing_message(path, f"model folder {path} does not exist"))
         meta_path = path / "meta.json"
         if not meta_path.is_file():
             raise ModelError(_missing_message(path, f"model folder {path} has no meta.json"))
+        reexport = "re-export the model with rtgen-train export"
         try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise ModelError(f"cannot read {meta_path}: {err}; re-export the model with rtgen-train export") from err
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:  # ValueError: bad JSON or not UTF-8
+            raise ModelError(f"cannot read {meta_path}: {err}; {reexport}") from err
         if not isinstance(meta, dict):
-            raise ModelError(f"{meta_path} is not a JSON object; re-export the model with rtgen-train export")
-        version = (meta.get("contract") or {}).get("version")
+            raise ModelError(f"{meta_path} is not a JSON object; {reexport}")
+        block = meta.get("contract")
+        version = block.get("version") if isinstance(block, dict) else None
+        speaks = f"v{', v'.join(map(str, contract.COMPATIBLE_VERSIONS))}"
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise ModelError(
+                f"{meta_path} has no integer contract.version (got {version!r}; this rtgen speaks token contract "
+                f"{speaks}); {reexport}"
+            )
         if version not in contract.COMPATIBLE_VERSIONS:
             raise ModelError(
-                f"model {path} speaks token contract v{version}, this rtgen speaks "
-                f"v{', v'.join(map(str, contract.COMPATIBLE_VERSIONS))}; re-export it with rtgen-train export"
+                f"model {path} speaks token contract v{version} ({meta_path}), this rtgen speaks {speaks}; "
+                "re-export it with rtgen-train export from this rtgen, or use a model made for it"
             )
         graph_files = GRAPH_FILES + ((HARMONY_FILE,) if version >= 2 else ())
         missing = [f for f in graph_files if not (path / f).is_file()]
         if missing:
             raise ModelError(_missing_message(path, f"model folder {path} is missing {', '.join(missing)}"))
-        files = meta.get("files") or {}
+        files = meta.get("files")
+        if not isinstance(files, dict):
+            raise ModelError(f'{meta_path} has no "files" table of sha256 hashes; {reexport}')
         for fname in graph_files:
-            want = (files.get(fname) or {}).get("sha256")
-            if not want:
-                raise ModelError(f"{meta_path} has no sha256 for {fname}; re-export the model with rtgen-train export")
-            got = _sha256(path / fname)
+            entry = files.get(fname)
+            want = entry.get("sha256") if isinstance(entry, dict) else None
+            if not isinstance(want, str) or not want:
+                raise ModelError(f"{meta_path} has no sha256 for {fname}; {reexport}")
+            try:
+                got = _sha256(path / fname)
+            except OSError as err:
+                raise ModelError(f"cannot read {path / fname}: {err}") from err
             if got != want:
                 raise ModelError(
                     f"{path / fname} does not match its sha256 in meta.json (got {got[:12]}…, "
@@ -197,7 +214,8 @@ class Model:
 
     @staticmethod
     def _state_shape(meta: dict[str, Any], chord: ort.InferenceSession, meta_path: Path) -> tuple[int, int]:
-        shape = (meta.get("model") or {}).get("state_shape")
+        block = meta.get("model")
+        shape = block.get("state_shape") if isinstance(block, dict) else None
         if isinstance(shape, list) and len(shape) == 2 and all(isinstance(v, int) and v > 0 for v in shape):
             return int(shape[0]), int(shape[1])
         # Fall back to the graph's static dims (layers, batch, hidden).

@@ -190,7 +190,8 @@ def _bad_folder(root: Path, nottingham_dir: Path) -> dict[str, int]:
     (root / "melody").mkdir()
     shutil.copy(nottingham_dir / "jigs1.mid", root / "melody" / "jigs1.mid")  # a stem of jigs1
     (root / "notes.txt").write_text("not midi")
-    return {"corrupt": 3, "empty": 1, "no_melody": 1, "too_short": 1, "duplicate": 1, "stem": 1}
+    return {"zero_length": 1, "not_midi": 1, "truncated": 1, "empty": 1, "no_melody": 1, "too_short": 1,
+            "duplicate": 1, "stem": 1}  # fmt: skip
 
 
 def test_bad_files_are_skipped_and_counted(tmp_path: Path, nottingham_dir: Path) -> None:
@@ -200,7 +201,8 @@ def test_bad_files_are_skipped_and_counted(tmp_path: Path, nottingham_dir: Path)
     manifest = json.loads((out / "manifest.json").read_text())
     assert {k: v for k, v in manifest["skipped"].items() if v} == expected
     assert summary.skipped == manifest["skipped"]
-    assert manifest["skipped_files"]["corrupt"] == ["empty.midi", "random.mid", "truncated.MID"]
+    assert [manifest["skipped_files"][r] for r in ("zero_length", "not_midi", "truncated")] == [
+        ["empty.midi"], ["random.mid"], ["truncated.MID"]]  # fmt: skip
     assert manifest["skipped_files"]["duplicate"] == ["zz_copy_of_jigs2.mid"]
     assert manifest["files_seen"] == 11
     used = sorted(f for s in P.SPLITS for f in manifest["splits"][s]["files"])

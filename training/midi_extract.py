@@ -39,7 +39,11 @@ Heuristics, in the order they are applied:
   the Nottingham files pad the pickup bar with silence so the pickup ends on the barline.
 * Fewer than 2 bars -> ``too_short``; more than ``MAX_STEPS`` steps -> ``too_long``.
 
-Skip reasons are strings: ``corrupt`` (the parser raised), ``empty``, ``no_melody``,
+Before parsing, :func:`sniff` looks at the file's size and chunk headers only: ``zero_length`` (0 bytes),
+``too_large`` (over :data:`MAX_FILE_BYTES`, never read), ``not_midi`` (no ``MThd`` header: text, images...),
+``truncated`` (a chunk claims more bytes than the file has: a cut download, or a giant length field).
+
+Skip reasons are strings: those four, ``corrupt`` (unreadable, or the parser raised), ``empty``, ``no_melody``,
 ``too_short``, ``too_long``, or ``error: <ExceptionType>`` for anything unexpected.
 """
 
@@ -49,6 +53,7 @@ import functools
 import itertools
 import logging
 import math
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,6 +74,8 @@ MIN_ACCOMPANIMENT_SHARE = 0.25
 MAX_STEPS = 1 << 18
 """Longer sequences (over 4.5 h at 120 bpm on the 16th grid) are skipped as ``too_long``."""
 CHORDAL_SHARE = 0.5
+MAX_FILE_BYTES = 64 << 20
+"""Larger files are skipped as ``too_large`` without being read (the largest MIDI files in big corpora are a few MB)."""
 
 IntArray = npt.NDArray[np.int64]
 
@@ -378,11 +385,41 @@ def _below_skyline(notes: Notes, accepted: list[tuple[int, int, int]]) -> Notes:
     return Notes(notes.on[mask], notes.off[mask], notes.pitch[mask], notes.velocity[mask])
 
 
+def sniff(path: str | Path, max_bytes: int = MAX_FILE_BYTES) -> str | None:
+    """The skip reason visible without parsing (size, header, chunk lengths), or ``None`` when the file may be MIDI.
+
+    Reads at most 8 bytes per chunk header, so a huge or sparse file costs nothing.
+
+    Returns:
+        ``zero_length``, ``too_large``, ``not_midi``, ``truncated``, ``corrupt`` (cannot be read), or ``None``.
+    """
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, 2)
+            if size == 0:
+                return "zero_length"
+            if size > max_bytes:
+                return "too_large"
+            f.seek(0)
+            header = f.read(8)
+            if len(header) < 8 or header[:4] != b"MThd":
+                return "not_midi"
+            pos = 0
+            while pos + 8 <= size:
+                f.seek(pos)
+                _, length = struct.unpack(">4sI", f.read(8))
+                pos += 8 + length
+            return "truncated" if pos > size else None
+    except OSError as err:
+        log.debug("cannot read %s: %s", path, err)
+        return "corrupt"
+
+
 def extract_file(path: str | Path) -> dict[str, npt.NDArray[np.int64]] | str:
     """Token arrays of one MIDI file, or the reason it is skipped.
 
-    Never raises for a bad file: any parser exception gives ``"corrupt"``, any other
-    exception ``"error: <ExceptionType>"``.
+    Never raises for a bad file: what :func:`sniff` sees comes first, then any parser exception gives
+    ``"corrupt"``, any other exception ``"error: <ExceptionType>"``.
 
     Args:
         path: a MIDI file.
@@ -390,6 +427,9 @@ def extract_file(path: str | Path) -> dict[str, npt.NDArray[np.int64]] | str:
     Returns:
         The arrays of :func:`tokens_from_score`, or a skip reason string.
     """
+    reason = sniff(path)
+    if reason is not None:
+        return reason
     try:
         import symusic
 

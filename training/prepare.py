@@ -17,10 +17,11 @@ File selection, in order:
    train, valid and test sequences.
 
 Files are parsed in parallel (one process per core); a file that cannot be read or yields nothing useful is
-skipped and counted by reason, never fatal. The output is written to a temporary folder and renamed into
-place, so an interrupted run leaves no half dataset. A run whose inputs (file list, sizes, times, limit,
-split map, contract and extractor versions and source code) match an existing manifest returns at once
-(``--force`` redoes it). This module never imports torch.
+skipped and counted by reason, never fatal: zero-length, too large (never read), not MIDI and truncated files are
+told apart before anything reads them whole (:func:`training.midi_extract.sniff`), so they are not hashed either.
+The output is written to a temporary folder and renamed into place, so an interrupted run leaves no half
+dataset. A run whose inputs (file list, sizes, times, limit, split map, contract and extractor versions and
+source code) match an existing manifest returns at once (``--force`` redoes it). This module never imports torch.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ ARRAYS: dict[str, type[np.integer[Any]]] = {
     "phrase": np.uint8,
 }
 """Per-step arrays written for each split, with their on-disk dtype (docs/internals.md §1)."""
-BASE_REASONS = ("corrupt", "empty", "no_melody", "too_short")
+BASE_REASONS = ("zero_length", "not_midi", "truncated", "too_large", "corrupt", "empty", "no_melody", "too_short")
 SPLIT_MAP_NAME = "boulanger_split_map.csv"
 SPLIT_MAP_CONFIDENCE = ("high", "medium")
 MIDI_SUFFIXES = (".mid", ".midi")
@@ -340,6 +341,11 @@ def prepare(
     unique = []
     for rel in files:
         if rel in stems:
+            continue
+        reason = midi_extract.sniff(midi_dir / rel)
+        if reason is not None:
+            skipped_files.setdefault(reason, []).append(rel)
+            log.info("skipped %s: %s", rel, reason)
             continue
         digest = hashlib.sha1((midi_dir / rel).read_bytes()).hexdigest()
         if digest in seen_hashes:
