@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 NOTTINGHAM ?= ../shared/data/nottingham/MIDI
 
-.PHONY: setup setup-dev run render test lint train bench clean
+.PHONY: setup setup-dev run render test lint train bench soak clean
 
 setup:
 	@bash scripts/setup.sh runtime
@@ -36,7 +36,10 @@ train: setup-dev
 	$(VENV)/bin/rtgen-train all --midi-dir $(NOTTINGHAM) --out exported_models/default --work runs/default
 
 bench: setup
-	$(VENV)/bin/rtgen bench --out out/bench.json
+	$(VENV)/bin/rtgen bench --json benchmarks/results.json
+
+soak: setup
+	$(PY) -m rtgen.soak --minutes 30 --json benchmarks/soak.json
 
 clean:
 	rm -rf out runs .pytest_cache

@@ -52,6 +52,7 @@ class JackRecorder:
         self.rate = self.client.samplerate
         self.period = self.client.blocksize
         self.events: list[tuple[int, bytes]] = []
+        self.arrivals_ns: list[int] = []  # perf_counter_ns of the process cycle that got each event
         self.first_note_on_ns: int | None = None
         self._lock = threading.Lock()
         self.client.set_process_callback(self._process)
@@ -64,11 +65,13 @@ class JackRecorder:
 
     def _process(self, frames: int) -> None:
         base = self.client.last_frame_time
+        now = time.perf_counter_ns()
         for offset, data in self.port.incoming_midi_events():
             msg = bytes(data)
             if self.first_note_on_ns is None and len(msg) == 3 and msg[0] & 0xF0 == 0x90 and msg[2] > 0:
-                self.first_note_on_ns = time.perf_counter_ns()
+                self.first_note_on_ns = now
             self.events.append((base + offset, msg))
+            self.arrivals_ns.append(now)
 
     def midi_output_ports(self) -> list[str]:
         """Names of the MIDI output ports on the server."""
