@@ -842,13 +842,10 @@ class Player:
                 loaders.retire(self.pending_model, self.pending_steps)  # replaced before its bar line
                 self.pending_model, self.pending_steps = model, steps
             case UseSoundfont(synth=synth, sfid=sfid, path=path):
-                self._discard_pending()
-                sched.release_all()
-                self._release_voicer()
+                # pointers only (~150 us), keeping each channel's program; nothing is released or re-decided:
+                # sounding voices end on the old font's samples (FluidSynth frees it after them)
                 synth.use_soundfont(sfid, path)
-                self.send_parts_setup()
                 log.info("soundfont switched to %s", path)
-                self._replan()
             case RecordStart(sink=sink):
                 if self.recorder is not None:
                     raise RtgenError(f"already recording to {self.recorder.path}; /rtgen/record/stop first")

@@ -336,18 +336,22 @@ class Synth:
             out[start : start + n] = np.asarray(self._synth.get_samples(n), dtype=np.int16).reshape(n, 2)
         return out
 
-    def start_audio(self, driver: str | None = None) -> None:
+    def start_audio(self, driver: str | None = None, *, settings: dict[str, str | int | float] | None = None) -> None:
         """Play live through an audio driver.
 
         Args:
             driver: a FluidSynth audio driver (``alsa``, ``jack``, ``pulseaudio``, ``coreaudio`` ...);
                 ``None`` or ``""`` tries FluidSynth's default, then ``AUDIO_DRIVERS`` in order.
+            settings: FluidSynth settings for the driver (e.g. ``{"audio.file.name": "/dev/null"}`` for
+                the ``file`` driver, which renders in real time into a file).
 
         Raises:
             AudioError: no driver could start; the message lists the drivers tried.
         """
         if self._audio_driver is not None:
             return
+        for name, value in (settings or {}).items():
+            self._synth.setting(name, value)
         fl = self._fl
         if driver:
             candidates = [driver]
