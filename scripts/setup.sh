@@ -7,12 +7,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 WHAT=${1:-runtime}
 PY=${PYTHON:-python3}
-APT_PKGS=(fluidsynth libfluidsynth3 timgm6mb-soundfont jackd2 jack-tools liblo-tools)
+APT_PKGS=(fluidsynth libfluidsynth3 timgm6mb-soundfont fluid-soundfont-gm jackd2 jack-tools liblo-tools)
 
 need_apt=()
 command -v fluidsynth >/dev/null 2>&1 || need_apt+=(fluidsynth)
 ldconfig -p 2>/dev/null | grep -q libfluidsynth || need_apt+=(libfluidsynth3)
 [ -f /usr/share/sounds/sf2/TimGM6mb.sf2 ] || ls /usr/share/sounds/sf2/*.sf2 >/dev/null 2>&1 || need_apt+=(timgm6mb-soundfont)
+[ -f /usr/share/sounds/sf2/FluidR3_GM.sf2 ] || need_apt+=(fluid-soundfont-gm)  # a second font: the swap tests
 command -v jackd >/dev/null 2>&1 || need_apt+=(jackd2)
 command -v jack_midi_dump >/dev/null 2>&1 || need_apt+=(jack-tools)
 command -v oscsend >/dev/null 2>&1 || need_apt+=(liblo-tools)
