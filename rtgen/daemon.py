@@ -733,7 +733,9 @@ class Player:
         if model is None:
             return
         now = self.clock.source.now_ns()
-        self.scheduler.add_notes(self.performer.release_all(), now, self._step_ns())
+        # the old model's notes end on the bar line its successor starts on (this step is decided ahead)
+        bar = self._step_start if self._step_start is not None and self._step_start > now else now
+        self.scheduler.add_notes(self.performer.release_all(), bar, self._step_ns())
         # only references change here: the binding was made by the loader, and the old model's
         # sessions are torn down by the reaper once the engine lets go of it
         loaders.retire(self.engine.model)
@@ -1488,6 +1490,7 @@ class Daemon:
                 if player.mode in ("accompany", "call-and-response"):
                     model.require_harmony(player.mode)
                 steps = player.engine.bind(model)  # here, not at the bar line on the RT thread
+                steps.warm_up()
             except Exception as err:
                 fail(f"/rtgen/model: cannot load {target}: {err}; keeping {player.model_name}")
                 return

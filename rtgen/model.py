@@ -358,6 +358,18 @@ class StepBinding:
         """The harmoniser's current state ``(layers, 1, hidden)`` (a live buffer: copy to keep)."""
         return self._harmony_states[self._harmony_cur]
 
+    def warm_up(self) -> None:
+        """Run each bound graph once and zero the states again: onnxruntime's first run of a session
+        allocates and is several times slower, so a loader thread does it before the real-time thread steps.
+
+        The inputs are read as they are (the engine may be changing them meanwhile: the results are discarded).
+        """
+        self.run_chord()
+        self.run_note()
+        if self._harmony_io:
+            self.run_harmony()
+        self.reset()
+
     def reset(self) -> None:
         """Zero every recurrent state (a fresh sequence)."""
         for buf in (*self._chord_states, *self._note_states, *self._harmony_states):

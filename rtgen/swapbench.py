@@ -188,7 +188,8 @@ def measure_soundfont_swaps(
     """Play ``seconds`` at ``bpm`` through the real synth while it swaps soundfonts ``swaps`` times.
 
     The swaps go round ``soundfont_paths`` (starting from the second; the first is loaded at start),
-    evenly spread, each one waited for before the next. The first second plays without a swap.
+    evenly spread over the first 70 % after the first second (which plays without a swap), each one
+    waited for before the next.
 
     Args:
         soundfont_paths: two or more ``.sf2`` files (TimGM6mb and FluidR3 on Debian).
@@ -222,7 +223,7 @@ def measure_soundfont_swaps(
         load_ms: list[float] = []
         switch_ms: list[float] = []
         replies: list[str] = []
-        gap = max(0.05, (seconds - 1.5) / max(1, swaps))
+        gap = max(0.05, 0.7 * (seconds - 1.0) / max(1, swaps))  # the rest: room for a slow load or two
 
         def driver() -> None:
             time.sleep(1.0)

@@ -127,3 +127,30 @@ def test_one_note_off_ends_a_key_struck_twice(soundfont: Path) -> None:
         s.all_notes_off()  # still releases what is tracked as sounding
         s.render(1.5)
         assert s.active_voices == 0
+
+
+def test_soundfont_swaps_between_two_fonts_free_the_old_one_after_its_voices() -> None:
+    fonts = [Path("/usr/share/sounds/sf2/TimGM6mb.sf2"), Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")]
+    for font in fonts:
+        require(font.is_file(), f"soundfont {font} (scripts/setup.sh installs timgm6mb-soundfont, fluid-soundfont-gm)")
+    with Synth(fonts[0], reverb=False) as s:
+        s.program(0, 73)
+        s.program(9, 0)
+        for i in range(4):
+            font = fonts[(i + 1) % 2]
+            s.note_on(0, 76, 110)  # sounding across the swap: its voice keeps the old font's samples alive
+            assert rms(s.render(0.1)) > 100
+            handle = s.load_soundfont(font)
+            s.use_soundfont(handle, font)
+            assert s.soundfont == font
+            assert rms(s.render(0.1)) > 100  # the old voice still plays after its font was replaced
+            s.note_off(0, 76)
+            s.note_on(9, 38, 110)  # the drum bank of the new font
+            assert rms(s.render(0.3)) > 100
+            s.note_off(9, 38)
+            s.render(1.5)
+            assert s.active_voices == 0
+        unused = s.load_soundfont(fonts[1])  # loaded, never used: freed when the synth closes
+        with pytest.raises(SoundfontError, match="not loaded"):
+            s.use_soundfont(unused + 1, fonts[1])
+    assert s.fonts_freed == 4  # close() waited for the reaper
