@@ -10,8 +10,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Sequence
+from types import FrameType
 
 from rtgen.errors import RtgenError
 
@@ -28,19 +31,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM before a command took over signals: unwinds like Ctrl-C, so what was opened is closed."""
+
+    signum = signal.SIGTERM
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``rtgen`` console script."""
+    """Entry point of the ``rtgen`` console script.
+
+    Returns:
+        The command's exit code; 2 on an :class:`~rtgen.errors.RtgenError` (its message printed);
+        130 after Ctrl-C and 143 after SIGTERM that came before the command handled them itself
+        (``rtgen run`` does from the moment its ports are open: it stops, releases and exits 0).
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main_thread else None
+    if previous is signal.SIG_DFL:  # otherwise SIGTERM during start-up kills the process with its ports open
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         return int(args.func(args) or 0)
     except RtgenError as err:
         print(f"rtgen {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except Terminated:
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         return 130
+    finally:
+        if previous is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -9,13 +9,21 @@ with a message that lists what there is (ports, compiled backends) and what to t
 
 Input arrives on rtmidi's own thread; :func:`open_input`'s callback must only
 enqueue (``queue.SimpleQueue.put``), never block.
+
+When a JACK server dies its clients cannot be reused: :meth:`MidiOutput.detach` and
+:meth:`MidiInput.detach` take the dead client out from under the real-time thread (sends
+are dropped, reads return nothing), :meth:`~MidiOutput.attach` puts a freshly opened one
+in its place, and :class:`JackWatch` notices the loss and the server's return.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -151,34 +159,66 @@ class MidiOutput:
         name: the port's name (``"rtgen:out"`` style for virtual ports, the matched name otherwise).
         backend: the backend it was opened on (``auto`` resolved).
         virtual: True for a port we created.
+        dropped: messages dropped while detached (the MIDI server was gone).
     """
 
     def __init__(self, midi_out: Any, name: str, backend: str, virtual: bool) -> None:
         self._out = midi_out
-        self._send = midi_out.send_message
+        self._send: Callable[[Sequence[int]], None] = midi_out.send_message
+        # held for one send, and by detach/attach while they swap the client: the client is never
+        # closed while the real-time thread is inside it
+        self._lock = threading.Lock()
         self.name = name
         self.backend = backend
         self.virtual = virtual
+        self.dropped = 0
 
     def send(self, message: Sequence[int]) -> None:
         """Send one raw MIDI message (status byte, data bytes) now."""
-        self._send(message)
+        with self._lock:
+            self._send(message)
+
+    def _drop(self, message: Sequence[int]) -> None:
+        self.dropped += 1
+
+    def detach(self) -> Callable[[], None]:
+        """Take the client away (its server died): from now on messages are dropped, not sent.
+
+        Returns:
+            A function that lets go of the detached client; call it before any new client is opened.
+        """
+        with self._lock:
+            out = self._out
+            self._out = None
+            if out is not None:
+                self._send = self._drop
+        return lambda: _abandon_client(out)
+
+    def attach(self, other: MidiOutput) -> None:
+        """Send through ``other``'s client from now on (a port reopened after :meth:`detach`); ``other`` is emptied."""
+        with other._lock:
+            out, send = other._out, other._send
+            other._out = None
+            other._send = _closed_send
+        with self._lock:
+            self._out = out
+            self._send = send
 
     def close(self) -> None:
         """Close the port and the client; sends nothing itself (use the sink's ``panic`` first)."""
-        out = self._out
-        if out is None:
-            return
-        self._out = None
-        self._send = _closed_send
-        try:
-            out.close_port()
-        finally:
-            out.delete()
+        with self._lock:
+            out = self._out
+            self._out = None
+            self._send = _closed_send
+        if out is not None:
+            try:
+                out.close_port()
+            finally:
+                out.delete()
 
     @property
     def closed(self) -> bool:
-        """The port has been closed."""
+        """The port has been closed (or detached)."""
         return self._out is None
 
     def __enter__(self) -> MidiOutput:
@@ -193,6 +233,32 @@ class MidiOutput:
 
 def _closed_send(message: Sequence[int]) -> None:
     raise PortError("MIDI output port is closed")
+
+
+def _abandon_client(client: Any) -> None:
+    """Let go of an rtmidi MidiOut whose JACK server died, without ever closing it.
+
+    Closing it would wait a full second for the dead server's process callback (RtMidi's
+    ``closePort``), holding the GIL: the real-time loop would stop for that second. libjack frees
+    the client itself when the next client of this process opens; the Python object is kept
+    alive for ever (a few kB per lost server) so that its destructor never runs on a freed client.
+    """
+    if client is not None:
+        ctypes.pythonapi.Py_IncRef(ctypes.py_object(client))
+
+
+def _close_client(client: Any) -> None:
+    """Close an rtmidi MidiIn/MidiOut and free it (errors of a dead server are logged, not raised)."""
+    if client is None:
+        return
+    try:
+        if hasattr(client, "cancel_callback"):
+            client.cancel_callback()
+        client.close_port()
+    except Exception as err:
+        log.debug("closing a MIDI client failed: %s", err)
+    finally:
+        client.delete()
 
 
 def open_output(
@@ -247,6 +313,8 @@ class MidiInput:
     def __init__(self, midi_in: Any, name: str, backend: str, virtual: bool) -> None:
         self._in = midi_in
         self._get = midi_in.get_message
+        self._lock = threading.Lock()  # as MidiOutput's: held by one drain, and while detach/attach swap
+        self._injected: list[tuple[int, ...]] = []
         self.name = name
         self.backend = backend
         self.virtual = virtual
@@ -256,33 +324,65 @@ class MidiInput:
         """Take up to ``limit`` waiting ``(perf_counter_ns, message)`` pairs (polled mode); never blocks.
 
         The time is when the poll found them: with a 1 ms poll, at most 1 ms after their arrival.
+        ``limit`` bounds the work of one call, so a flood of input is spread over several loop iterations.
         """
-        if self._in is None:
-            return []
-        get = self._get
         out: list[tuple[int, tuple[int, ...]]] = []
-        now = 0
-        for _ in range(limit):
-            event = get()
-            if event is None:
-                break
-            if not now:
+        with self._lock:
+            if self._injected:
                 now = time.perf_counter_ns()
-            out.append((now, tuple(event[0])))
+                out.extend((now, m) for m in self._injected)
+                self._injected = []
+            if self._in is None:
+                return out
+            get = self._get
+            now = 0
+            for _ in range(limit - len(out)):
+                event = get()
+                if event is None:
+                    break
+                if not now:
+                    now = time.perf_counter_ns()
+                out.append((now, tuple(event[0])))
         self.received += len(out)
         return out
 
+    def detach(self) -> Callable[[], None]:
+        """Take the client away (its server died): :meth:`drain` returns nothing from now on.
+
+        The next drain returns all-notes-off (CC123) on every channel once: the player's note-offs
+        cannot arrive any more, and the listener must not hear their notes held for ever.
+
+        Returns:
+            A function that closes the detached client (off the real-time thread; see :meth:`MidiOutput.detach`).
+        """
+        with self._lock:
+            midi_in = self._in
+            self._in = None
+            if midi_in is not None:
+                self._injected = [(0xB0 | ch, 123, 0) for ch in range(16)]
+        return lambda: _close_client(midi_in)
+
+    def attach(self, other: MidiInput) -> None:
+        """Read from ``other``'s client from now on (a port reopened after :meth:`detach`); ``other`` is emptied."""
+        with other._lock:
+            midi_in = other._in
+            other._in = None
+        with self._lock:
+            self._in = midi_in
+            if midi_in is not None:
+                self._get = midi_in.get_message
+
     def close(self) -> None:
         """Stop the callback and close the port."""
-        midi_in = self._in
-        if midi_in is None:
-            return
-        self._in = None
-        try:
-            midi_in.cancel_callback()
-            midi_in.close_port()
-        finally:
-            midi_in.delete()
+        with self._lock:
+            midi_in = self._in
+            self._in = None
+        if midi_in is not None:
+            try:
+                midi_in.cancel_callback()
+                midi_in.close_port()
+            finally:
+                midi_in.delete()
 
     def __enter__(self) -> MidiInput:
         return self
@@ -356,3 +456,94 @@ def open_input(
         raise
     log.info("MIDI input %s open on %s", name, resolved)
     return MidiInput(midi_in, name, resolved, virtual)
+
+
+_JACK_NO_START_SERVER = 0x01  # JackOptions.JackNoStartServer
+_ShutdownCallback = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+_libjack: ctypes.CDLL | None = None
+
+
+def _loaded_libjack() -> str | None:
+    """Path of the libjack this process has loaded already (python-rtmidi's wheel bundles its own copy)."""
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
+            for line in maps:
+                path = line.rsplit(None, 1)[-1] if "/" in line else ""
+                if os.path.basename(path).startswith("libjack"):
+                    return path
+    except OSError:
+        pass
+    return None
+
+
+def _load_libjack() -> ctypes.CDLL:
+    global _libjack
+    if _libjack is None:
+        # the same copy as rtmidi's clients, or libjack's per-process state would exist twice
+        path = _loaded_libjack() or ctypes.util.find_library("jack") or "libjack.so.0"
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError as err:
+            raise PortError(f"cannot load libjack ({path}): {err}") from err
+        lib.jack_client_open.restype = ctypes.c_void_p
+        lib.jack_client_open.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.POINTER(ctypes.c_int)]
+        lib.jack_client_close.restype = ctypes.c_int
+        lib.jack_client_close.argtypes = [ctypes.c_void_p]
+        lib.jack_on_shutdown.restype = None
+        lib.jack_on_shutdown.argtypes = [ctypes.c_void_p, _ShutdownCallback, ctypes.c_void_p]
+        _libjack = lib
+    return _libjack
+
+
+class JackWatch:
+    """A JACK client without ports whose only job is to notice that the server went away.
+
+    rtmidi's JACK backend does not report a dead server: its clients keep a stale copy of the
+    port graph and its sends go into a ring buffer nobody reads. libjack does tell a client that
+    asked (``jack_on_shutdown``), within milliseconds of a killed or stopped server; :attr:`lost`
+    is then set (on libjack's notification thread).
+
+    libjack keeps one set of per-process globals for all clients: once the server has died, every
+    client of this process (this one and rtmidi's) must be closed before a new one is opened,
+    or libjack frees them under their owners. :meth:`open` is also the cheap "is the server back?" test.
+
+    Attributes:
+        lost: set when the server has shut down (or died).
+        name: the client name asked for.
+    """
+
+    def __init__(self, lib: ctypes.CDLL, client: int, name: str) -> None:
+        self._lib = lib
+        self._client: int | None = client
+        self.name = name
+        self.lost = threading.Event()
+        self._callback = _ShutdownCallback(self._on_shutdown)  # referenced here: libjack keeps only the pointer
+        lib.jack_on_shutdown(client, self._callback, None)
+
+    def _on_shutdown(self, arg: object) -> None:
+        self.lost.set()
+
+    @classmethod
+    def open(cls, name: str = "rtgen-watch") -> JackWatch | None:
+        """A watch on the JACK server (``$JACK_DEFAULT_SERVER``), or None when no server is running.
+
+        Never starts a server. libjack's complaints about a missing server are logged at DEBUG.
+
+        Raises:
+            PortError: libjack cannot be loaded.
+        """
+        lib = _load_libjack()
+        status = ctypes.c_int(0)
+        with captured_stderr("libjack"):
+            client = lib.jack_client_open(name.encode(), _JACK_NO_START_SERVER, ctypes.byref(status))
+        if not client:
+            log.debug("no JACK server (status 0x%x)", status.value)
+            return None
+        return cls(lib, client, name)
+
+    def close(self) -> None:
+        """Close the client (idempotent; quick even when the server is gone)."""
+        client = self._client
+        self._client = None
+        if client is not None:
+            self._lib.jack_client_close(client)
