@@ -20,7 +20,7 @@ from typing import Any
 from rtgen.contract import Key, TimeSignature
 from rtgen.errors import ConfigError
 
-PART_NAMES = ("melody", "chords", "bass")
+PART_NAMES = ("melody", "chords", "bass", "drums")
 BACKENDS = ("auto", "alsa", "jack", "coremidi", "winmm")
 MODES = ("autonomous", "accompany", "improvise", "call-and-response")
 
@@ -67,7 +67,11 @@ class GenerationConfig:
 
 @dataclass(frozen=True)
 class PartConfig:
-    """One part (melody, chords or bass): where and how it plays."""
+    """One part (melody, chords, bass or drums): where and how it plays.
+
+    ``style`` is the accompaniment style (chords, bass; see :mod:`rtgen.styles`) or the drum style
+    (see :mod:`rtgen.drums`); ``auto`` plays the meter's default. For drums, ``program`` is the kit.
+    """
 
     channel: int = field(default=1, metadata=_range(1, 16))
     program: int = field(default=0, metadata=_range(0, 127))
@@ -76,15 +80,17 @@ class PartConfig:
     velocity_scale: float = field(default=1.0, metadata=_range(0.0, 2.0))
     octave: int = field(default=0, metadata=_range(-3, 3))
     enabled: bool = True
+    style: str = "auto"
 
 
 @dataclass(frozen=True)
 class PartsConfig:
-    """The three parts; MIDI channels are 1-based here as on hardware."""
+    """The parts; MIDI channels are 1-based here as on hardware (drums on 10, the General MIDI drum channel)."""
 
     melody: PartConfig = PartConfig(channel=1, program=73, volume=0.85, pan=0.1)
     chords: PartConfig = PartConfig(channel=2, program=24, volume=0.6, pan=-0.2)
     bass: PartConfig = PartConfig(channel=3, program=32, volume=0.75, pan=0.0)
+    drums: PartConfig = PartConfig(channel=10, program=0, volume=0.7, pan=0.0)
 
     def get(self, name: str) -> PartConfig:
         """The part called ``name`` (one of ``PART_NAMES``)."""
@@ -305,6 +311,12 @@ def _build(cls: type, table: Mapping[str, Any], prefix: str) -> Any:
 
 def _check(obj: Any, prefix: str) -> None:
     """Cross-field and parsed-value checks."""
+    if isinstance(obj, PartConfig):
+        from rtgen.styles import style_names
+
+        allowed = style_names(prefix.rpartition(".")[2])
+        if obj.style not in allowed:
+            raise ConfigError(f"{prefix}.style must be one of {', '.join(allowed)}, got {obj.style!r}")
     if isinstance(obj, GenerationConfig):
         if obj.pitch_low > obj.pitch_high:
             raise ConfigError(

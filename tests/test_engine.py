@@ -222,7 +222,10 @@ def test_swap_model_at_next_step(model: Model, model_dir: Path, tmp_path: Path) 
     assert e.model is other and s.index == 8 and e._note_state.shape == (2, 1, 16)
 
 
-# --- voicing -------------------------------------------------------------------------------------
+# --- voicing (styles and drums: tests/test_styles.py, tests/test_drums.py) -------------------------
+NO_DRUMS = PartConfig(channel=10, enabled=False)
+
+
 def voice_all(model: Model, n: int, voicer: Voicer, params: Params, seed: int = 0) -> list[tuple[Step, NoteEvent]]:
     e = Engine(model, params, seed=seed)
     out = []
@@ -270,7 +273,7 @@ def test_swing_and_humanize_are_deterministic(model: Model) -> None:
 
 
 def test_melody_voicing_retrigger_hold_rest() -> None:
-    parts = PartsConfig(melody=PartConfig(channel=5, octave=1, velocity_scale=0.5))
+    parts = PartsConfig(melody=PartConfig(channel=5, octave=1, velocity_scale=0.5), drums=NO_DRUMS)
     v = Voicer(parts)
     p = Params()
 
@@ -287,7 +290,7 @@ def test_melody_voicing_retrigger_hold_rest() -> None:
 
 
 def test_chords_are_voice_led_and_bass_plays_roots() -> None:
-    v = Voicer(PartsConfig())
+    v = Voicer(PartsConfig(drums=NO_DRUMS))
     p = Params()
     prog = ["C", "Am", "F", "G7", "C"]
     voicings = []
