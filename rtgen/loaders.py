@@ -54,8 +54,8 @@ class BackgroundLoader:
         Args:
             kind: requests of one kind replace each other while waiting (``"model"``, ``"soundfont"``).
             job: the load; it reports its own result (exceptions are logged, never raised here).
-            superseded: called (on the calling thread) if a newer request of ``kind`` replaces this one,
-                or on the loader thread when :meth:`close` drops it.
+            superseded: called (on the calling thread) if a newer request of ``kind`` replaces this one
+                before it starts (not when :meth:`close` drops it).
 
         Raises:
             RuntimeError: the loader is closed.
@@ -78,6 +78,12 @@ class BackgroundLoader:
         """A load runs or waits."""
         with self._cond:
             return self._running is not None or bool(self._waiting)
+
+    @property
+    def running(self) -> str | None:
+        """The kind of the load running now, or None."""
+        with self._cond:
+            return self._running
 
     @property
     def thread(self) -> threading.Thread | None:
@@ -103,11 +109,8 @@ class BackgroundLoader:
         """
         with self._cond:
             self._closed = True
-            dropped = list(self._waiting.values())
             self._waiting.clear()
             self._cond.notify_all()
-        for req in dropped:
-            _call(req.superseded)
         t = self._thread
         if t is None or t is threading.current_thread():
             return True

@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 
 log = logging.getLogger(__name__)
@@ -25,12 +26,30 @@ def captured_stderr(label: str = "native MIDI library") -> Iterator[list[str]]:
     except (AttributeError, OSError, ValueError):
         yield lines
         return
+    # fd 2 is the whole process's: two threads redirecting it at once would leave it on a temporary file.
+    # One capture at a time; a thread that finds another capturing goes uncaptured rather than wait for it
+    # (a soundfont load can take half a second, and this may be the real-time thread)
+    if not _capture_lock.acquire(blocking=False):
+        yield lines
+        return
+    try:
+        with _redirected(fd, lines, label):
+            yield lines
+    finally:
+        _capture_lock.release()
+
+
+_capture_lock = threading.RLock()
+
+
+@contextlib.contextmanager
+def _redirected(fd: int, lines: list[str], label: str) -> Iterator[None]:
     sys.stderr.flush()
     saved = os.dup(fd)
     with tempfile.TemporaryFile() as tmp:
         os.dup2(tmp.fileno(), fd)
         try:
-            yield lines
+            yield
         finally:
             os.dup2(saved, fd)
             os.close(saved)

@@ -175,18 +175,18 @@ def test_overlapping_soundfont_requests_the_last_wins(synth_rig: tuple[Any, Any,
 
 
 def test_close_during_a_soundfont_load(synth_rig: tuple[Any, Any, Any, NoteLedger]) -> None:
-    daemon, player, synth, _ledger = synth_rig
-    t = _play_in_background(player, 30.0)
-    daemon.swap_soundfont(str(FLUIDR3))  # 150-500 ms to load
+    daemon, _player, synth, _ledger = synth_rig  # the player is not running: nothing applies the font
+    daemon.swap_soundfont(str(FLUIDR3))  # 20-500 ms to load 148 MB
     deadline = time.monotonic() + 5
-    while not daemon._loader.busy and time.monotonic() < deadline:
-        time.sleep(0.001)
-    player.request_stop()
-    t.join(30)
+    while daemon._loader.running is None and time.monotonic() < deadline:
+        time.sleep(0.0005)
+    running = daemon._loader.running
     daemon.close()  # waits for the running load, then closes the sinks
+    assert running == "soundfont"
     loader_thread = daemon._loader.thread
     assert loader_thread is not None and not loader_thread.is_alive()
-    synth.close()
+    assert not daemon._loader.busy
+    synth.close()  # frees the font that was loaded and never used
     with pytest.raises(SoundfontError, match="closed"):
         synth.load_soundfont(TIMGM)
 
