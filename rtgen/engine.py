@@ -211,6 +211,7 @@ class Engine:
             self._use_pending_model()
         self._steps.reset()
         self.index = 0
+        self.lookback_floor = 0  # lookback inputs see nothing before this step (a new song-form section)
         self._bar = 0
         self._bar_start = 0
         self._last_bar = -1
@@ -432,10 +433,11 @@ class Engine:
         lb_mel, lb_ch = f["lookback_melody"][0], f["lookback_chord"][0]
         bars, hist_mel, hist_ch = self._bars, self._hist_melody, self._hist_chord
         n_bars = len(bars)
+        floor = max(0, self.lookback_floor)
         for j, k in enumerate(ct.LOOKBACK_BARS):
             if n_bars > k:
                 start, length = bars[-1 - k]
-                if position < length and start + position >= 0:  # a pickup bar lacks its first steps
+                if position < length and start + position >= floor:  # a pickup bar lacks its first steps
                     src = (start + position) % _HISTORY
                     lb_mel[j] = hist_mel[src]
                     lb_ch[j] = hist_ch[src]

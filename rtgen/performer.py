@@ -14,7 +14,9 @@ on a tune (the human melody as the player) for ``rtgen-train evaluate``.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -47,6 +49,8 @@ class Performer:
         self.fit = float(getattr(conductor, "fit", 0.0))
         engine.follow_harmony = conductor.mode == "call-and-response"  # it answers, then harmonises again
         self._scaled_cache: tuple[Params, float, Params] | None = None
+        # a voicer that reads section boundaries (a drummer's fills) takes them as keywords
+        self._voice_sections = "section_end" in inspect.signature(voicer.voice).parameters
 
     @property
     def mode(self) -> str:
@@ -95,8 +99,8 @@ class Performer:
         """Note-offs for everything the voicer has sounding."""
         return self.voicer.release_all()
 
-    def perform(self, pos: Position, params: Params, heard: Heard = NOBODY,
-                plan: Plan | None = None) -> tuple[Step, list[NoteEvent]]:  # fmt: skip
+    def perform(self, pos: Position, params: Params, heard: Heard = NOBODY, plan: Plan | None = None, *,
+                section_start: bool = False, section_end: bool = False) -> tuple[Step, list[NoteEvent]]:  # fmt: skip
         """Decide and voice one step.
 
         Args:
@@ -104,6 +108,9 @@ class Performer:
             params: the parameters in force.
             heard: what the player did at this step (quantised).
             plan: the plan, if the caller already asked the conductor for it.
+            section_start: the step lies in the first bar of a song-form section (see :mod:`rtgen.form`).
+            section_end: the step lies in the last bar before another section or the end; both go to
+                ``Voicer.voice`` as keywords when it takes them.
 
         Returns:
             The engine's step and the note events of the voiced parts (offs first), relative to the step's start.
@@ -128,7 +135,11 @@ class Performer:
         )
         self.conductor.heard(pos, heard)
         offs = self._voice_only(plan.voiced)
-        events = self.voicer.voice(step, params)
+        if self._voice_sections:
+            voice: Any = self.voicer.voice  # the keywords exist only on a section-aware voicer
+            events = voice(step, params, section_start=section_start, section_end=section_end)
+        else:
+            events = self.voicer.voice(step, params)
         return step, offs + events if offs else events
 
 

@@ -8,25 +8,34 @@ file through :class:`~rtgen.synth.Synth` offline; :func:`write_wav` writes it.
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import logging
 import wave
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import mido
 import numpy as np
 import numpy.typing as npt
 
 from rtgen import contract as ct
+from rtgen.conductor import NOBODY
 from rtgen.config import PART_NAMES, Config
 from rtgen.contract import Key
 from rtgen.engine import Engine, Params, Step
 from rtgen.errors import RtgenError
+from rtgen.form import INTRO, Arranger, FormSection, estimate_piece_key
 from rtgen.midifile import TICKS_PER_BEAT, build_midi, pan_cc, volume_cc
 from rtgen.model import Model
 from rtgen.synth import Synth
+from rtgen.transport import Transport
 from rtgen.voicing import NoteEvent, Voicer
+
+if TYPE_CHECKING:
+    from rtgen.performer import Performer
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +75,9 @@ class Rendered:
         prime_steps: how many of ``steps`` are the prime.
         tempo: BPM.
         time_signature: the meter at the start.
+        params: the parameters the piece was played with (its key lock included).
+        notes: note-ons per part.
+        sections: ``(step index, name)`` where each section of a form starts.
     """
 
     steps: list[Step]
@@ -74,6 +86,7 @@ class Rendered:
     tempo: float
     params: Params
     notes: dict[str, int] = field(default_factory=dict)
+    sections: list[tuple[int, str]] = field(default_factory=list)
 
     @property
     def bars(self) -> int:
@@ -81,22 +94,32 @@ class Rendered:
         return self.steps[-1].bar + 1 if self.steps else 0
 
 
-def render_steps(model: Model, config: Config, bars: int, seed: int, prime: TokenArrays | None = None) -> Rendered:
+def render_steps(
+    model: Model,
+    config: Config,
+    bars: int,
+    seed: int,
+    prime: TokenArrays | None = None,
+    *,
+    form: Sequence[FormSection] | None = None,
+) -> Rendered:
     """Run the engine and the voicer for ``bars`` bars (after the prime, if any).
 
     Args:
         model: the loaded model.
         config: the configuration (generation parameters and parts).
-        bars: bars to generate after the prime.
+        bars: bars to generate after the prime (ignored with a ``form``: its sections say how many).
         seed: seeds the engine's sampling and the voicer's humanize.
         prime: token arrays ``melody``, ``chord`` and optionally ``velocity`` (bins) to feed first.
+        form: song-form sections in order (see :mod:`rtgen.form`): returns replay their first hearing with
+            variation, an ``intro`` first sets up the key, the last bars cadence into the tonic. The key is
+            the configured lock, else the key of the first section as the model would play it.
 
     Returns:
         The steps and the timed note events.
     """
     from rtgen.conductor import Autonomous, Heard, Plan
     from rtgen.performer import Performer
-    from rtgen.transport import Transport
 
     gen = config.generation
     params = Params.from_config(gen)
@@ -134,19 +157,69 @@ def render_steps(model: Model, config: Config, bars: int, seed: int, prime: Toke
             place(step, evs)
         prime_steps = len(steps)
     start_bar = steps[-1].bar + 1 if steps else 0
-    while True:
-        pos = transport.advance()
-        if pos.bar >= start_bar + bars:
-            break
-        step, evs = performer.perform(pos, params)
-        steps.append(step)
-        place(step, evs)
+    sections: list[tuple[int, str]] = []
+    if form:
+        params = _play_form(performer, transport, params, form, seed, start_bar, steps, place, sections)
+    else:
+        while True:
+            pos = transport.advance()
+            if pos.bar >= start_bar + bars:
+                break
+            step, evs = performer.perform(pos, params)
+            steps.append(step)
+            place(step, evs)
     end = steps[-1] if steps else None
     end_index = end.index + 1 if end else 0
     final = Step(end_index, 0, 0, ct.CHORD_NC, ct.CHORD_NC, ct.MEL_REST, 0)
     place(final, voicer.release_all())
     notes = {p: sum(1 for _, _, ev in events if ev.on and ev.part == p) for p in PART_NAMES}
-    return Rendered(steps, events, prime_steps, gen.tempo, params, notes)
+    return Rendered(steps, events, prime_steps, gen.tempo, params, notes, sections)
+
+
+def _play_form(
+    performer: Performer,
+    transport: Transport,
+    params: Params,
+    form: Sequence[FormSection],
+    seed: int,
+    start_bar: int,
+    steps: list[Step],
+    place: Callable[[Step, list[NoteEvent]], None],
+    sections: list[tuple[int, str]],
+) -> Params:
+    """Play ``form`` from ``start_bar`` through ``performer``; returns the parameters used (key lock set)."""
+    arranger = Arranger(seed=seed)
+    if params.key is None:
+        body = next((s for s in form if s.name.lower() != INTRO), form[0])
+        key = estimate_piece_key(performer.engine, params, body.bars)
+        if key is not None:
+            params = dataclasses.replace(params, key=key)
+    arranger.key = params.key
+    arranger.prepare_ending(params)
+    total = sum(s.bars for s in form)
+    arranger.end_at(start_bar + total - 1)
+    bounds = list(itertools.accumulate((s.bars for s in form), initial=start_bar))
+    index = 0
+    while True:
+        pos = transport.advance()
+        if pos.bar >= start_bar + total:
+            break
+        while index < len(form) and pos.bar >= bounds[index]:
+            sec = form[index]
+            role = INTRO if index == 0 and sec.name.lower() == INTRO and len(form) > 1 else ""
+            arranger.begin(sec.name, pos.bar, bars=sec.bars, role=role)
+            sections.append((len(steps), sec.name))
+            index += 1
+        plan, heard, step_params = arranger.steer(pos, performer.plan(pos), NOBODY, params)
+        cue = arranger.cue_for(pos)
+        start, end = (cue.start, cue.end) if cue is not None else (False, False)
+        if start and pos.position == 0:
+            performer.engine.lookback_floor = performer.engine.index  # a new section does not copy the last one
+        step, evs = performer.perform(pos, step_params, heard, plan, section_start=start, section_end=end)
+        arranger.played(pos, step)
+        steps.append(step)
+        place(step, evs)
+    return params
 
 
 def to_midi(rendered: Rendered, config: Config) -> mido.MidiFile:
@@ -156,6 +229,7 @@ def to_midi(rendered: Rendered, config: Config) -> mido.MidiFile:
     markers: list[tuple[int, str]] = []
     if rendered.prime_steps:
         markers = [(0, PRIME_MARKER), (rendered.prime_steps * TICKS_PER_STEP, GENERATED_MARKER)]
+    markers += [(index * TICKS_PER_STEP, name) for index, name in rendered.sections]
     cues = [
         (step.index * TICKS_PER_STEP, ct.chord_token_name(step.chord_token))
         for step in rendered.steps

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rtgen.config import Config, default_config_path, load_config
+from rtgen.config import Config, default_config_path, load_config, with_style
 
 
 def register(subparsers: Any) -> None:
@@ -32,9 +32,33 @@ def register(subparsers: Any) -> None:
     p.add_argument("--time-signature", metavar="N/D", help="meter such as 3/4 (generation.time_signature)")
     p.add_argument("--density", type=float, metavar="D", help="note density 0..4 (generation.density)")
     p.add_argument("--swing", type=float, metavar="S", help="swing 0..0.75 (generation.swing)")
+    p.add_argument(
+        "--style", metavar="NAME", help="accompaniment style of the chords part, e.g. strum, waltz (parts.chords.style)"
+    )
     p.add_argument("--humanize", type=float, metavar="MS", help="timing spread in ms (generation.humanize_ms)")
     p.add_argument("--soundfont", metavar="PATH", help="a .sf2 soundfont for --wav (config: synth.soundfont)")
     p.add_argument("--prime", type=Path, metavar="FILE.mid", help="continue this MIDI file (it is included)")
+    p.add_argument(
+        "--form",
+        metavar="FORM",
+        help='song form, name:bars in order, e.g. "intro:4 A:8 A:8 B:8 A:8 outro:4" (replaces --bars): a returning '
+        "section replays its melody and chords with variation, an intro sets up the key, the end cadences to the "
+        "tonic; a marker at each section start",
+    )
+    p.add_argument(
+        "--layer",
+        action="append",
+        default=[],
+        metavar="SRC[:GAIN]",
+        help="with --wav: loop SRC under the mix at linear GAIN (default 1): a .wav file or a built-in texture "
+        "(vinyl, rain); repeatable",
+    )
+    p.add_argument(
+        "--master",
+        action="store_true",
+        help="with --wav: master the mix (gentle compression, loudness to -16 LUFS, limiter at -1 dBFS)",
+    )
+    p.add_argument("--lofi", action="store_true", help="with --wav: master with a lofi colour (low-pass, light crush)")
     p.set_defaults(func=run)
 
 
@@ -59,6 +83,8 @@ def build_config(args: argparse.Namespace) -> Config:
         cfg = cfg.replace("generation", **changes)
     if args.soundfont is not None:
         cfg = cfg.replace("synth", soundfont=str(Path(args.soundfont).expanduser().resolve()))
+    if args.style is not None:
+        cfg = with_style(cfg, "chords", args.style)
     return cfg
 
 
@@ -71,6 +97,26 @@ def run(args: argparse.Namespace) -> int:
 
     if args.bars < 1:
         raise ConfigError(f"--bars must be at least 1, got {args.bars}")
+    form = None
+    if args.form is not None:
+        from rtgen.form import parse_form
+
+        try:
+            form = parse_form(args.form)
+        except ValueError as err:
+            raise ConfigError(f"--form: {err}") from err
+        if args.prime is not None:
+            raise ConfigError("--form and --prime cannot be combined: a form starts from its intro")
+    layers = []
+    if (args.layer or args.master or args.lofi) and args.wav is None:
+        raise ConfigError("--layer, --master and --lofi work on the audio: add --wav FILE.wav")
+    if args.layer:
+        from rtgen.master import parse_layer
+
+        try:
+            layers = [parse_layer(text) for text in args.layer]
+        except ValueError as err:
+            raise ConfigError(f"--layer: {err}") from err
     cfg = build_config(args)
     t0 = time.perf_counter()
     prime = None
@@ -79,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
         if ts is not None and args.time_signature is None:
             cfg = cfg.replace("generation", time_signature=str(ts))
     model = Model.load(cfg.model_path)
-    rendered = render_steps(model, cfg, args.bars, cfg.generation.seed, prime)
+    rendered = render_steps(model, cfg, args.bars, cfg.generation.seed, prime, form=form)
     mid = to_midi(rendered, cfg)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_atomic(mid, args.out)
@@ -90,21 +136,33 @@ def run(args: argparse.Namespace) -> int:
 
         s = cfg.synth
         soundfont = find_soundfont(cfg.resolve(s.soundfont) if s.soundfont else None)
+        from rtgen.master import finish
+
         with Synth(soundfont, sample_rate=s.sample_rate, gain=s.gain, reverb=s.reverb, chorus=s.chorus) as synth:
             frames = midi_to_audio(mid, synth)
+        frames, report = finish(
+            frames, s.sample_rate, layers=layers, do_master=args.master, lofi=args.lofi, seed=cfg.generation.seed
+        )
         write_wav(args.wav, frames, s.sample_rate)
-        written.append(str(args.wav))
+        written.append(f"{args.wav} ({report.summary()})")
     if args.png is not None:
         from rtgen.pianoroll import plot_pianoroll
 
         g = cfg.generation
-        title = f"{model.name}: seed {g.seed}, T={g.temperature}, top-p={g.top_p}, {g.time_signature}, key {g.key}"
+        key = rendered.params.key.name if rendered.params.key is not None else "off"
+        title = f"{model.name}: seed {g.seed}, T={g.temperature}, top-p={g.top_p}, {g.time_signature}, key {key}"
+        if args.form is not None:
+            title += f", form {' '.join(args.form.split())}"
         plot_pianoroll(mid, args.png, title)
         written.append(str(args.png))
     notes = ", ".join(f"{part} {n}" for part, n in rendered.notes.items())
     prime_note = f" after {rendered.prime_steps} prime steps" if rendered.prime_steps else ""
+    if form is not None:
+        key = rendered.params.key.name if rendered.params.key is not None else "off"
+        prime_note = f" in {len(form)} sections ({', '.join(f'{x.name}:{x.bars}' for x in form)}; {key})"
+    bars = sum(x.bars for x in form) if form is not None else args.bars
     print(
-        f"rendered {args.bars} bars{prime_note} ({cfg.generation.time_signature}, {cfg.generation.tempo:g} BPM, "
+        f"rendered {bars} bars{prime_note} ({cfg.generation.time_signature}, {cfg.generation.tempo:g} BPM, "
         f"seed {cfg.generation.seed}) in {time.perf_counter() - t0:.2f} s: notes {notes} -> {', '.join(written)}"
     )
     return 0
