@@ -181,6 +181,14 @@ class CcConfig:
 
 
 @dataclass(frozen=True)
+class FormConfig:
+    """Song form: sections with memory (``rtgen render --form``, ``/rtgen/section`` live)."""
+
+    cue: str = field(default="phrase", metadata=_choices("phrase", "bar"))  # where a cued section starts
+    vary: float = field(default=0.25, metadata=_range(0.0, 1.0))  # share of a return's bars played anew
+
+
+@dataclass(frozen=True)
 class OscConfig:
     """OSC control server."""
 
@@ -219,6 +227,7 @@ class Config:
     improvise: ImproviseConfig = ImproviseConfig()
     call_response: CallResponseConfig = CallResponseConfig()
     cc: CcConfig = CcConfig()
+    form: FormConfig = FormConfig()
     base_dir: Path = Path(".")
 
     def resolve(self, path: str | Path) -> Path:

@@ -168,6 +168,13 @@ class UseSoundfont:
 
 
 @dataclass(frozen=True)
+class SetSection:
+    """Cue the song-form section ``name``: it starts at the next phrase boundary (or bar line, ``[form] cue``)."""
+
+    name: str
+
+
+@dataclass(frozen=True)
 class RecordStart:
     """Start recording into a new recorder sink."""
 
@@ -183,7 +190,7 @@ class RecordStop:
 
 Command = (
     Play | Stop | Panic | SetTempo | SetPart | SetSeed | SetSwing | SetMode | SwapModel | UseSoundfont | RecordStart
-    | RecordStop
+    | RecordStop | SetSection
 )  # fmt: skip
 
 
@@ -238,6 +245,7 @@ class Player:
         clock_out: Sequence[SinkLike] = (),
         thru: bool = False,
     ) -> None:
+        from rtgen.form import Arranger
         from rtgen.performer import Performer
 
         self.config = config or Config()
@@ -291,6 +299,10 @@ class Player:
         self._midi_step_ns = clock.step_ns
         self.poll_ns = POLL_NS if input_queue is not None else 0
         self._last_input_ns = -PLAYER_ACTIVE_NS  # the player's latest channel message (fast polling after it)
+        form = self.config.form
+        self.arranger = Arranger(seed=int(getattr(engine, "seed", 0)), vary=form.vary, cue=form.cue)
+        self.section: str | None = None  # the song-form section playing (None until one is cued)
+        self.section_bar = 0  # the bar it started on (0-based)
 
     @property
     def mode(self) -> str:
@@ -521,8 +533,24 @@ class Player:
         if self._restart:
             self._restart = False
             self.engine.reset()
+        params = self.params
+        arranger = self.arranger
+        section_start = section_end = False
+        if arranger.section is not None or arranger.cued is not None:
+            steered = arranger.steer(pos, plan, heard, params)
+            if self.mode == "autonomous":  # a player's part is never replaced by the section's memory
+                plan, heard, params = steered
+            cue = arranger.cue_for(pos)
+            if cue is not None:
+                section_start, section_end = cue.start, cue.end
+                if cue.start and pos.position == 0:
+                    self.engine.lookback_floor = self.engine.index  # a new section does not copy the last one
         try:
-            step, events = self.performer.perform(pos, self.params, heard, plan)
+            step, events = self.performer.perform(
+                pos, params, heard, plan, section_start=section_start, section_end=section_end
+            )
+            if arranger.section is not None:
+                arranger.played(pos, step)
         except Exception as err:
             self.engine_errors += 1
             if self.engine_errors <= 3:
@@ -586,6 +614,12 @@ class Player:
         beat_steps = max(1, step.beat_steps)
         self.beat = step.position // beat_steps
         fb = self.feedback
+        section = self.arranger.section
+        if section is not None and (section != self.section or self.arranger.occurrence_bar != self.section_bar):
+            self.section, self.section_bar = section, self.arranger.occurrence_bar
+            log.info("section %s from bar %d", section, self.section_bar + 1)
+            if fb is not None and fb.subscribers:
+                fb.section(section, self.section_bar + 1)
         name = step.chord_name
         if fb is not None and fb.subscribers:
             if step.position % beat_steps == 0:
@@ -848,6 +882,9 @@ class Player:
                 # sounding voices end on the old font's samples (FluidSynth frees it after them)
                 synth.use_soundfont(sfid, path)
                 log.info("soundfont switched to %s", path)
+            case SetSection(name=name):
+                bar = self.arranger.cue(name, self.transport.peek())
+                log.info("section %s cued for bar %d", name, bar + 1)
             case RecordStart(sink=sink):
                 if self.recorder is not None:
                     raise RtgenError(f"already recording to {self.recorder.path}; /rtgen/record/stop first")
@@ -1439,6 +1476,12 @@ class Daemon:
         """Swing amount."""
         self._p().command(SetSwing(swing))
 
+    def set_section(self, name: str) -> None:
+        """Cue a song-form section (raises ValueError for a name that is not allowed)."""
+        from rtgen.form import check_section_name
+
+        self._p().command(SetSection(check_section_name(name)))
+
     def record_start(self, path: str) -> None:
         """Start recording both sides to ``path`` (a .mid file, written safely when recording stops)."""
         player = self._p()
@@ -1566,6 +1609,10 @@ class Daemon:
             "bar": p.bar + 1,
             "beat": p.beat + 1,
             "chord": p.chord_name,
+            "section": p.section,
+            "section_bar": p.section_bar + 1 if p.section is not None else None,
+            "section_cued": p.arranger.cued[0] if p.arranger.cued is not None else None,
+            "section_cued_bar": p.arranger.cued[1] + 1 if p.arranger.cued is not None else None,
             "temperature": params.temperature,
             "top_p": params.top_p,
             "density": params.density,

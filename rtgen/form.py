@@ -169,6 +169,11 @@ class Arranger:
         return self._next
 
     @property
+    def occurrence_bar(self) -> int:
+        """The bar the current section started on (0-based)."""
+        return self._start_bar
+
+    @property
     def returning(self) -> bool:
         """The current section has been heard before (it replays its memory)."""
         return not self._recording and self.section in self.memory

@@ -75,6 +75,7 @@ class Controller(Protocol):
     def swap_model(self, path: str, reply: Callable[[str], None] | None = None) -> None: ...
     def swap_soundfont(self, path: str, reply: Callable[[str], None] | None = None) -> None: ...
     def record_start(self, path: str) -> None: ...
+    def set_section(self, name: str) -> None: ...
     def record_stop(self, reply: Callable[[str], None] | None = None) -> None: ...
     def status(self) -> dict[str, Any]: ...
 
@@ -377,6 +378,15 @@ class OscControl:
             raise OscArgError("soundfont path is empty")
         self.controller.swap_soundfont(path, self._replier(sender))
 
+    @osc_handler("section", "s")
+    def section(self, sender: tuple[str, int] | None, name: str) -> None:
+        """Cue the song-form section NAME (letters, digits, _ . -): it starts at the next phrase boundary (or bar
+        line, [form] cue); a section heard before replays its melody and chords with variation."""
+        try:
+            self.controller.set_section(name)
+        except ValueError as err:
+            raise OscArgError(str(err)) from err
+
     @osc_handler("record/start", "s")
     def record_start(self, sender: tuple[str, int] | None, path: str) -> None:
         """Record the session (the player's input and every part) to a .mid file, written when recording stops."""
@@ -403,7 +413,7 @@ class OscControl:
     @osc_handler("subscribe", "si")
     def subscribe(self, sender: tuple[str, int] | None, host: str, port: int) -> None:
         """Send feedback to host:port from now on: /rtgen/beat i i (bar, beat), /rtgen/chord s,
-        /rtgen/note s i i (part, pitch, velocity), /rtgen/error s."""
+        /rtgen/note s i i (part, pitch, velocity), /rtgen/section s i (name, first bar), /rtgen/error s."""
         _check_range("port", port, 1, 65535)
         try:  # IPv4 only: feedback goes out of the server's AF_INET socket
             socket.getaddrinfo(host, port, family=socket.AF_INET, type=socket.SOCK_DGRAM)
@@ -496,6 +506,10 @@ class Feedback:
     def note(self, part: str, pitch: int, velocity: int) -> None:
         """``/rtgen/note s i i`` (part, pitch, velocity)."""
         self.broadcast(f"{PREFIX}/note", [part, pitch, velocity])
+
+    def section(self, name: str, bar: int) -> None:
+        """``/rtgen/section s i`` (the section that starts, its first bar, 1-based)."""
+        self.broadcast(f"{PREFIX}/section", [name, bar])
 
     def error(self, text: str) -> None:
         """``/rtgen/error s`` to every subscriber."""
@@ -618,7 +632,8 @@ def markdown_table() -> str:
         "Arguments: `f` float (an integer is accepted), `i` integer, `s` string. Every error -- unknown address, "
         "wrong type or count, out-of-range value, unparsable datagram -- is answered with `/rtgen/error s` "
         '(`"<address>: <reason>"`) to the sender. Feedback to subscribers: `/rtgen/beat i i` (bar, beat, 1-based), '
-        "`/rtgen/chord s`, `/rtgen/note s i i` (part, pitch, velocity), `/rtgen/error s`."
+        "`/rtgen/chord s`, `/rtgen/note s i i` (part, pitch, velocity), `/rtgen/section s i` (section, first bar), "
+        "`/rtgen/error s`."
     )
     return "\n".join(lines)
 

@@ -159,7 +159,9 @@ def render_steps(
     start_bar = steps[-1].bar + 1 if steps else 0
     sections: list[tuple[int, str]] = []
     if form:
-        params = _play_form(performer, transport, params, form, seed, start_bar, steps, place, sections)
+        params = _play_form(
+            performer, transport, params, form, seed, start_bar, steps, place, sections, config.form.vary
+        )
     else:
         while True:
             pos = transport.advance()
@@ -186,9 +188,10 @@ def _play_form(
     steps: list[Step],
     place: Callable[[Step, list[NoteEvent]], None],
     sections: list[tuple[int, str]],
+    vary: float,
 ) -> Params:
     """Play ``form`` from ``start_bar`` through ``performer``; returns the parameters used (key lock set)."""
-    arranger = Arranger(seed=seed)
+    arranger = Arranger(seed=seed, vary=vary)
     if params.key is None:
         body = next((s for s in form if s.name.lower() != INTRO), form[0])
         key = estimate_piece_key(performer.engine, params, body.bars)
