@@ -185,14 +185,15 @@ class MidiOutput:
         """Take the client away (its server died): from now on messages are dropped, not sent.
 
         Returns:
-            A function that lets go of the detached client; call it before any new client is opened.
+            A function that closes the detached client; call it off the real-time thread (on a dead
+            JACK server it takes about a second) and before any new client is opened.
         """
         with self._lock:
             out = self._out
             self._out = None
             if out is not None:
                 self._send = self._drop
-        return lambda: _abandon_client(out)
+        return lambda: _close_dead_output(out)
 
     def attach(self, other: MidiOutput) -> None:
         """Send through ``other``'s client from now on (a port reopened after :meth:`detach`); ``other`` is emptied."""
@@ -235,16 +236,42 @@ def _closed_send(message: Sequence[int]) -> None:
     raise PortError("MIDI output port is closed")
 
 
-def _abandon_client(client: Any) -> None:
-    """Let go of an rtmidi MidiOut whose JACK server died, without ever closing it.
+_RTMIDI_THISPTR_OFFSET = (
+    48  # python-rtmidi 1.5: MidiOut is {PyObject head, vtab, _port, _error_callback, _deleted, thisptr}
+)
 
-    Closing it would wait a full second for the dead server's process callback (RtMidi's
-    ``closePort``), holding the GIL: the real-time loop would stop for that second. libjack frees
-    the client itself when the next client of this process opens; the Python object is kept
-    alive for ever (a few kB per lost server) so that its destructor never runs on a freed client.
+
+def _close_port_without_gil() -> Callable[[int], None] | None:
+    """``RtMidiOut::closePort`` of python-rtmidi's extension through ctypes (which releases the GIL), if known."""
+    if not getattr(rtmidi, "__version__", "").startswith("1.5."):
+        return None
+    try:
+        ext = ctypes.CDLL(rtmidi._rtmidi.__file__)
+        fn = ext._ZN9RtMidiOut9closePortEv
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_void_p]
+    fn.restype = None
+    return fn  # type: ignore[no-any-return]
+
+
+def _close_dead_output(client: Any) -> None:
+    """Close an rtmidi MidiOut whose JACK server died, without stopping the other threads.
+
+    RtMidi's ``closePort`` waits a full second for the dead server's process callback, and
+    python-rtmidi holds the GIL meanwhile: the real-time loop would stop for that second. Called
+    through ctypes the wait releases the GIL; ``close_port`` then finds the port closed, and
+    ``delete`` frees the client. Every client of a dead server must be closed before libjack
+    opens another one (it keeps one state per process, tied to the server it first met).
     """
-    if client is not None:
-        ctypes.pythonapi.Py_IncRef(ctypes.py_object(client))
+    if client is None:
+        return
+    close_port = _close_port_without_gil()
+    if close_port is not None:
+        this = ctypes.c_void_p.from_address(id(client) + _RTMIDI_THISPTR_OFFSET).value
+        if this:
+            close_port(this)
+    _close_client(client)
 
 
 def _close_client(client: Any) -> None:
