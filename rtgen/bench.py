@@ -689,7 +689,9 @@ def bench_soundfont_swaps(model_dir: Path, soundfonts: list[Path], seconds: floa
         }
     from rtgen.swapbench import measure_soundfont_swaps
 
-    swaps = measure_soundfont_swaps(fonts[:2], seconds=seconds, bpm=300.0, swaps=max(2, int(seconds / 2)))
+    swaps = measure_soundfont_swaps(
+        fonts[:2], seconds=seconds, bpm=300.0, swaps=max(2, int(seconds)), model_dir=model_dir
+    )
     return {"soundfont_swap_schedule_error_us": swaps.get("schedule_error_us"), "soundfont_swap": swaps}
 
 
