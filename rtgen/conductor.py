@@ -17,6 +17,9 @@ call-and-response  listen: observed    harmonised         silent      yes
                    answer: sampled     sampled, voiced    voiced      no
 =================  ==================  =================  ==========  ========
 
+The drums (a part of the voicer, not of the engine) play wherever rtgen plays chords and bass and
+in improvise; they are silent while call-and-response listens.
+
 Pure: the daemon feeds what it heard; the same conductors drive ``evaluate`` offline.
 """
 
@@ -68,7 +71,7 @@ class Plan:
         observe_melody: feed the player's melody to the models (instead of sampling one).
         observe_chords: feed the player's chords (instead of sampling them).
         harmonise: sample the chord with the harmoniser, which hears this step's melody.
-        voiced: the parts rtgen plays at this step (a subset of melody, chords, bass).
+        voiced: the parts rtgen plays at this step (a subset of melody, chords, bass, drums).
         reactive: decide this step when the player's notes for it are known, not one step ahead.
         window_ms: how long past the grid time a reactive step waits for the player.
         key: a key lock for this step that overrides the parameters' (the answer in the call's key).
@@ -80,7 +83,7 @@ class Plan:
     observe_melody: bool = False
     observe_chords: bool = False
     harmonise: bool = False
-    voiced: frozenset[str] = frozenset(("melody", "chords", "bass"))
+    voiced: frozenset[str] = frozenset(("melody", "chords", "bass", "drums"))
     reactive: bool = False
     window_ms: float = 0.0
     key: ct.Key | None = None
@@ -107,8 +110,8 @@ class Conductor(Protocol):
         ...
 
 
-_ALL = frozenset(("melody", "chords", "bass"))
-_BACKING = frozenset(("chords", "bass"))
+_ALL = frozenset(("melody", "chords", "bass", "drums"))
+_BACKING = frozenset(("chords", "bass", "drums"))  # the drummer keeps time whenever rtgen backs the player
 _NONE: frozenset[str] = frozenset()
 
 
@@ -168,7 +171,7 @@ class Improvise:
     mode = "improvise"
 
     def __init__(self, tone_fit: float = 1.0) -> None:
-        self._PLAN = Plan(observe_chords=True, voiced=frozenset(("melody",)), reactive=True, window_ms=0.0,
+        self._PLAN = Plan(observe_chords=True, voiced=frozenset(("melody", "drums")), reactive=True, window_ms=0.0,
                           tone_fit=tone_fit)  # fmt: skip
 
     def plan(self, pos: Position) -> Plan:

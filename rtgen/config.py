@@ -249,6 +249,13 @@ class Config:
         return dataclasses.replace(self, **{section: new})
 
 
+def with_style(cfg: Config, part: str, style: str) -> Config:
+    """A copy of ``cfg`` with ``part`` playing ``style`` (validated: a bad name lists the allowed ones)."""
+    table = dataclasses.asdict(cfg.parts.get(part))
+    table["style"] = style
+    return cfg.replace("parts", **{part: table})
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 

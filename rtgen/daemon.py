@@ -49,11 +49,12 @@ from rtgen import contract as ct
 from rtgen import loaders, logs
 from rtgen.clock import FakeTime, RealTime, SpinTuner, StepClock, promote_threads, request_realtime
 from rtgen.conductor import NOBODY, Heard, Plan, make_conductor
-from rtgen.config import MODES, PART_NAMES, Config, PartsConfig
+from rtgen.config import MODES, PART_NAMES, Config, PartConfig, PartsConfig
 from rtgen.errors import AudioError, PortError, RtgenError, SoundfontError
 from rtgen.midifile import pan_cc, volume_cc
 from rtgen.scheduler import Scheduler, SinkLike
 from rtgen.sinks import CONTROL_CHANGE, PROGRAM_CHANGE
+from rtgen.styles import style_names
 from rtgen.transport import Position, Transport
 
 if TYPE_CHECKING:
@@ -130,6 +131,23 @@ class SetPart:
 
 
 @dataclass(frozen=True)
+class SetStyle:
+    """Play a part in another style (see :mod:`rtgen.styles`): its notes are released now, the style starts at
+    its next onset."""
+
+    part: str
+    style: str
+
+
+@dataclass(frozen=True)
+class SetPartEnabled:
+    """Mute or unmute a part: muting releases its notes now (real note-offs) and drops its notes decided ahead."""
+
+    part: str
+    enabled: bool
+
+
+@dataclass(frozen=True)
 class SetSeed:
     """Re-seed: a fresh piece from the next step (bar lines stay where the transport has them)."""
 
@@ -189,8 +207,8 @@ class RecordStop:
 
 
 Command = (
-    Play | Stop | Panic | SetTempo | SetPart | SetSeed | SetSwing | SetMode | SwapModel | UseSoundfont | RecordStart
-    | RecordStop | SetSection
+    Play | Stop | Panic | SetTempo | SetPart | SetStyle | SetPartEnabled | SetSeed | SetSwing | SetMode | SwapModel
+    | UseSoundfont | RecordStart | RecordStop | SetSection
 )  # fmt: skip
 
 
@@ -850,6 +868,20 @@ class Player:
                     sched.send_now((CONTROL_CHANGE | ch, 7, volume_cc(volume)))
                 if pan is not None:
                     sched.send_now((CONTROL_CHANGE | ch, 10, pan_cc(pan)))
+            case SetStyle(part=part, style=style):
+                allowed = style_names(part)
+                if style not in allowed:
+                    raise ValueError(f"unknown {part} style {style!r}; allowed: {', '.join(allowed)}")
+                if self.parts.get(part).style != style:
+                    self._silence_part(part)
+                    self._set_parts(_replace_part(self.parts, part, style=style))
+            case SetPartEnabled(part=part, enabled=enabled):
+                if self.parts.get(part).enabled != enabled:
+                    if not enabled:
+                        self._silence_part(part)
+                    self._set_parts(_replace_part(self.parts, part, enabled=enabled))
+                    if enabled:  # its program, volume and pan may never have been sent (a part off at start-up)
+                        self._send_part_setup(self.parts.get(part))
             case SetSeed(seed=seed):
                 self._discard_pending()
                 sched.release_all()
@@ -911,16 +943,34 @@ class Player:
         if offs:
             self.scheduler.add_notes(offs, self.clock.source.now_ns(), self._step_ns())
 
+    def _silence_part(self, part: str) -> None:
+        """Release ``part``'s notes now with real note-offs; its note-ons decided ahead never sound.
+
+        The scheduler drops the queued notes of the part's channel (the step decided ahead included) and sends
+        a note-off for each of its sounding notes; the voicer forgets them (a part sharing the channel too).
+        """
+        ch = self.parts.get(part).channel - 1
+        self.scheduler.release_all([ch])
+        pending = self.pending
+        if pending is not None and not pending.queued:
+            pending.events = [e for e in pending.events if e.channel != ch]
+        for name in PART_NAMES:
+            if self.parts.get(name).channel - 1 == ch:
+                self.performer.voicer.silence(name)  # already released by the scheduler: nothing to send
+
+    def _send_part_setup(self, part: PartConfig) -> None:
+        ch = part.channel - 1
+        self.scheduler.send_now((PROGRAM_CHANGE | ch, part.program))
+        self.scheduler.send_now((CONTROL_CHANGE | ch, 7, volume_cc(part.volume)))
+        self.scheduler.send_now((CONTROL_CHANGE | ch, 10, pan_cc(part.pan)))
+
     def send_parts_setup(self) -> None:
-        """Program change, volume (CC7) and pan (CC10) for every part: at start-up, on the RT thread."""
+        """Program change (for drums: the kit), volume (CC7) and pan (CC10) for every part: at start-up, on the RT
+        thread."""
         for name in PART_NAMES:
             part = self.parts.get(name)
-            if not part.enabled:
-                continue
-            ch = part.channel - 1
-            self.scheduler.send_now((PROGRAM_CHANGE | ch, part.program))
-            self.scheduler.send_now((CONTROL_CHANGE | ch, 7, volume_cc(part.volume)))
-            self.scheduler.send_now((CONTROL_CHANGE | ch, 10, pan_cc(part.pan)))
+            if part.enabled:
+                self._send_part_setup(part)
 
     @property
     def tempo(self) -> float:
@@ -1462,6 +1512,17 @@ class Daemon:
         """CC10 for a part."""
         self._p().command(SetPart(part, pan=pan), urgent=True)
 
+    def set_style(self, part: str, style: str) -> None:
+        """Play ``part`` in ``style``: its notes are released at once, the style starts at its next onset."""
+        allowed = style_names(part)
+        if style not in allowed:
+            raise ValueError(f"unknown {part} style {style!r}; allowed: {', '.join(allowed)}")
+        self._p().command(SetStyle(part, style), urgent=True)
+
+    def set_part_enabled(self, part: str, enabled: bool) -> None:
+        """Mute (False) or unmute (True) a part; muting releases its notes at once with real note-offs."""
+        self._p().command(SetPartEnabled(part, bool(enabled)), urgent=True)
+
     def set_key(self, key: str) -> None:
         """Key lock (or "off")."""
         from rtgen.contract import Key
@@ -1594,6 +1655,8 @@ class Daemon:
                 "program": p.parts.get(n).program,
                 "volume": p.parts.get(n).volume,
                 "pan": p.parts.get(n).pan,
+                "enabled": p.parts.get(n).enabled,
+                "style": p.parts.get(n).style,
             }
             for n in PART_NAMES
         }

@@ -234,6 +234,7 @@ class Drummer:
         self.seed = seed
         self.style = style
         self._cued: set[int] = set()
+        self._origin = 0  # phrases count from this bar (a section's first)
         self._bar_key: tuple[int, int, int, float] | None = None
         self._bar_hits: dict[int, list[tuple[int, int]]] = {}
 
@@ -248,7 +249,14 @@ class Drummer:
         if seed is not None:
             self.seed = seed
         self._cued.clear()
+        self._origin = 0
         self._bar_key = None
+
+    def start_phrase(self, bar: int) -> None:
+        """Count phrases from ``bar`` on (a section starts there): its phrase ends get the fills."""
+        if bar != self._origin:
+            self._origin = bar
+            self._bar_key = None if self._bar_key is not None and self._bar_key[0] >= bar else self._bar_key
 
     def cue_fill(self, bar: int) -> None:
         """Play a fill in ``bar`` (say, the last bar of a section) and a crash on the downbeat after it."""
@@ -257,8 +265,8 @@ class Drummer:
             self._cued.discard(min(self._cued))
 
     def is_fill_bar(self, bar: int) -> bool:
-        """``bar`` ends a phrase (or was cued): it plays a fill."""
-        return bar % ct.PHRASE_BARS == ct.PHRASE_BARS - 1 or bar in self._cued
+        """``bar`` ends a phrase (counted from the last section start) or was cued: it plays a fill."""
+        return (bar - self._origin) % ct.PHRASE_BARS == ct.PHRASE_BARS - 1 or bar in self._cued
 
     def _grooves(self, meter: Meter) -> tuple[Groove, ...]:
         grooves = self.lib.grooves.get(meter)
@@ -280,7 +288,7 @@ class Drummer:
         """Every hit of ``bar``: step in bar -> [(key, velocity)]."""
         bar_steps = meter[0]
         grooves = self._grooves(meter)
-        phrase, in_phrase = divmod(bar, ct.PHRASE_BARS)
+        phrase, in_phrase = divmod(bar - self._origin, ct.PHRASE_BARS)
         prng = np.random.default_rng([self.seed, phrase, 7919, 1])
         main = int(prng.integers(len(grooves)))
         alt = int(prng.integers(len(grooves)))
@@ -298,7 +306,7 @@ class Drummer:
         elif in_phrase == ct.PHRASE_BARS // 2 - 1 and rng.random() < min(0.8, 0.4 * density):
             shorts = self._fills(meter, short=True)
             fill = shorts[int(rng.integers(len(shorts)))] if shorts else None
-        crash = bar == 0 or self.is_fill_bar(bar - 1)
+        crash = bar == self._origin or self.is_fill_bar(bar - 1)
 
         hits: dict[int, list[tuple[int, int]]] = {}
 

@@ -72,6 +72,8 @@ class Controller(Protocol):
     def set_key(self, key: str) -> None: ...
     def set_seed(self, seed: int) -> None: ...
     def set_swing(self, swing: float) -> None: ...
+    def set_style(self, part: str, style: str) -> None: ...
+    def set_part_enabled(self, part: str, enabled: bool) -> None: ...
     def swap_model(self, path: str, reply: Callable[[str], None] | None = None) -> None: ...
     def swap_soundfont(self, path: str, reply: Callable[[str], None] | None = None) -> None: ...
     def record_start(self, path: str) -> None: ...
@@ -319,22 +321,43 @@ class OscControl:
 
     @osc_handler("instrument", "si")
     def instrument(self, sender: tuple[str, int] | None, part: str, program: int) -> None:
-        """GM program 0..127 for a part (melody|chords|bass): Program Change on its channel + synth program."""
+        """GM program 0..127 for a part (melody|chords|bass|drums, where it picks the kit): Program Change on its
+        channel + synth program."""
         _check_part(part)
         _check_range("program", program, 0, 127)
         self.controller.set_instrument(part, program)
 
     @osc_handler("volume", "sf")
     def volume(self, sender: tuple[str, int] | None, part: str, volume: float) -> None:
-        """Volume 0..1 of a part (melody|chords|bass): CC7 on its channel (MIDI out and synth)."""
+        """Volume 0..1 of a part (melody|chords|bass|drums): CC7 on its channel (MIDI out and synth)."""
         _check_part(part)
         self.controller.set_volume(part, _check_range("volume", volume, 0.0, 1.0))
 
     @osc_handler("pan", "sf")
     def pan(self, sender: tuple[str, int] | None, part: str, pan: float) -> None:
-        """Pan -1 (left)..1 (right) of a part (melody|chords|bass): CC10 on its channel."""
+        """Pan -1 (left)..1 (right) of a part (melody|chords|bass|drums): CC10 on its channel."""
         _check_part(part)
         self.controller.set_pan(part, _check_range("pan", pan, -1.0, 1.0))
+
+    @osc_handler("style", "ss")
+    def style(self, sender: tuple[str, int] | None, part: str, style: str) -> None:
+        """Style of a part: chords block, arpeggio-up, arpeggio-down, arpeggio-updown, strum, waltz, jig; bass
+        root, root-fifth, waltz, jig, walking; drums a groove family; auto = the meter's default. The part's
+        notes are released first."""
+        from rtgen.styles import style_names
+
+        _check_part(part)
+        allowed = style_names(part)
+        if style not in allowed:
+            raise OscArgError(f"unknown {part} style {_brief(style)}; allowed: {', '.join(allowed)}")
+        self.controller.set_style(part, style)
+
+    @osc_handler("part/enable", "si")
+    def part_enable(self, sender: tuple[str, int] | None, part: str, enabled: int) -> None:
+        """Unmute (1) or mute (0) a part (melody|chords|bass|drums); muting releases its notes at once with
+        note-offs."""
+        _check_part(part)
+        self.controller.set_part_enabled(part, bool(_check_range("enabled", enabled, 0, 1)))
 
     @osc_handler("key", "s")
     def key(self, sender: tuple[str, int] | None, key: str) -> None:

@@ -219,16 +219,25 @@ class Voicer:
             events.append(NoteEvent(step_offset, ms + spread_ms * len(events), True, part, ch, p, velocity))
         return events
 
-    def voice(self, step: Step, params: Params) -> list[NoteEvent]:
+    def voice(self, step: Step, params: Params, *, section_start: bool = False,
+              section_end: bool = False) -> list[NoteEvent]:  # fmt: skip
         """Note events for one step: note-offs first, then note-ons.
 
         Args:
             step: the engine's step.
             params: the parameters in force (the density drives the drummer; see ``step.bar_steps`` for the meter).
+            section_start: the step lies in the first bar of a song-form section: the drummer counts its
+                phrases from there.
+            section_end: the step lies in the last bar of a section: the drummer plays a fill in it (and a
+                crash on the next downbeat).
 
         Returns:
             The events of this step (possibly none).
         """
+        if section_start:
+            self.drummer.start_phrase(step.bar)
+        if section_end:
+            self.drummer.cue_fill(step.bar)
         step_offset = self.swing if step.position % 2 == 1 else 0.0
         offs: list[NoteEvent] = []
         ons: list[NoteEvent] = []

@@ -41,11 +41,11 @@ def _performer(model: Model, mode: str, cfg: Config | None = None) -> Performer:
 
 def test_plans_by_mode() -> None:
     pos = Position(0, 0, 0)
-    assert Autonomous().plan(pos).voiced == {"melody", "chords", "bass"}
+    assert Autonomous().plan(pos).voiced == {"melody", "chords", "bass", "drums"}
     acc = Accompany().plan(pos)
-    assert acc.observe_melody and acc.harmonise and acc.reactive and acc.voiced == {"chords", "bass"}
+    assert acc.observe_melody and acc.harmonise and acc.reactive and acc.voiced == {"chords", "bass", "drums"}
     imp = Improvise().plan(pos)
-    assert imp.observe_chords and not imp.observe_melody and imp.voiced == {"melody"}
+    assert imp.observe_chords and not imp.observe_melody and imp.voiced == {"melody", "drums"}
 
 
 def test_accompany_never_echoes_the_players_melody(model: Model) -> None:
@@ -91,7 +91,7 @@ def test_call_and_response_answers_after_the_silence_for_the_calls_length() -> N
     assert cr.answering and cr.answer_left == 32
     assert cr.call_key is not None and cr.call_key.name in ("C major", "A minor", "F major")
     plan = cr.plan(tr.peek())
-    assert plan.voiced == {"melody", "chords", "bass"} and not plan.observe_melody and plan.key == cr.call_key
+    assert plan.voiced == {"melody", "chords", "bass", "drums"} and not plan.observe_melody and plan.key == cr.call_key
     assert cr.interrupt() and not cr.answering and not cr.interrupt()
 
 

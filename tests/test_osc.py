@@ -106,7 +106,7 @@ def test_valid_messages_reach_the_controller(server: tuple[osc.OscServer, FakeCo
         ("/rtgen/tempo", ("fast",), "must be a number"),
         ("/rtgen/tempo", (500.0,), "range 20.0..400.0"),
         ("/rtgen/tempo", (), "expected 1 argument"),
-        ("/rtgen/instrument", ("drums", 3), "unknown part 'drums'"),
+        ("/rtgen/instrument", ("cowbell", 3), "unknown part 'cowbell'"),
         ("/rtgen/instrument", ("bass", 128), "range 0..127"),
         ("/rtgen/key", ("H major",), "cannot parse key"),
         ("/rtgen/swing", (0.9,), "range 0.0..0.75"),

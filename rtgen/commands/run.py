@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from rtgen.config import BACKENDS, MODES, Config, default_config_path, load_config
+from rtgen.config import BACKENDS, MODES, Config, default_config_path, load_config, with_style
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, metavar="N", help="random seed (config: generation.seed)")
     p.add_argument("--temperature", type=float, metavar="T", help="sampling temperature (generation.temperature)")
     p.add_argument("--swing", type=float, metavar="0..0.75", help="swing (config: generation.swing)")
+    p.add_argument(
+        "--style", metavar="NAME", help="accompaniment style of the chords part, e.g. strum, waltz (parts.chords.style)"
+    )
     p.add_argument("--humanize", type=float, metavar="MS", help="timing spread in ms (generation.humanize_ms)")
     p.add_argument("--record", metavar="FILE.mid", help="record the session (config: daemon.record)")
     p.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long (daemon.duration)")
@@ -94,6 +97,8 @@ def build_config(args: argparse.Namespace) -> Config:
     cfg = _set(
         cfg, "daemon", mode=args.mode, record=record, duration=args.duration, quiet=args.quiet, log_json=args.log_json
     )
+    if args.style is not None:
+        cfg = with_style(cfg, "chords", args.style)
     return cfg
 
 
