@@ -182,8 +182,8 @@ def to_float(frames: npt.NDArray[np.int16]) -> Audio:
 
 
 def to_int16(audio: Audio) -> npt.NDArray[np.int16]:
-    """float32 -> int16 frames (values beyond full scale are clipped; :func:`master` keeps them inside)."""
-    return np.clip(np.round(audio * 32767.0), -32767, 32767).astype(np.int16)
+    """float32 -> int16 frames, the inverse of :func:`to_float` (beyond full scale clips; :func:`master` never)."""
+    return np.clip(np.round(audio * 32768.0), -32768, 32767).astype(np.int16)
 
 
 def mix_layers(music: Audio, layers: list[Layer], sample_rate: int, seed: int = 0) -> Audio:
@@ -296,6 +296,10 @@ def finish(
         lofi: the master's lofi colour (implies ``do_master``).
         seed: seeds the built-in textures.
     """
+    if not layers and not (do_master or lofi):  # the synth's frames as they are, levels reported
+        audio = to_float(frames)
+        peak, lufs = peak_dbfs(audio), loudness_lufs(audio, sample_rate)
+        return frames, MasterReport(peak, lufs, peak, lufs, False, False)
     audio = to_float(frames)
     if layers:
         audio = mix_layers(audio, layers, sample_rate, seed)
@@ -303,6 +307,6 @@ def finish(
         out, report = master(audio, sample_rate, lofi=lofi)
     else:
         peak_in, lufs_in = peak_dbfs(audio), loudness_lufs(audio, sample_rate)
-        out = _ceiling(audio, CEILING_DB) if layers else audio
+        out = _ceiling(audio, CEILING_DB)
         report = MasterReport(peak_in, lufs_in, peak_dbfs(out), loudness_lufs(out, sample_rate), False, False)
     return to_int16(out), report
