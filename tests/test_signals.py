@@ -70,7 +70,7 @@ def signal_mid_note(d: Daemon, rng: random.Random, sig: int, *, twice: bool = Fa
         time.sleep(rng.uniform(0.0, 0.03))  # somewhere inside the note, or the next scheduler send
         d.proc.send_signal(sig)
         if twice:
-            time.sleep(rng.uniform(0.0, 0.3)  # while it plays on or while it shuts down)
+            time.sleep(rng.uniform(0.0, 0.3))  # while it plays on, or while it shuts down
             d.proc.send_signal(rng.choice((signal.SIGINT, signal.SIGTERM)))
         code = d.wait(20)
         rec.settle(0.3)
