@@ -67,7 +67,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     finally:
-        if previous is signal.SIG_DFL:
+        if argv is None and main_thread:
+            # the process is on its way out (every note released, the recording written): a late
+            # signal must not kill the interpreter's teardown and turn a clean exit into a crash
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        elif previous is signal.SIG_DFL:
             signal.signal(signal.SIGTERM, previous)
 
 

@@ -78,12 +78,13 @@ def signal_mid_note(d: Daemon, rng: random.Random, sig: int, *, twice: bool = Fa
     finally:
         rec.close()
     out = d.output()
-    assert code == 0, out
+    # a second signal that comes after everything was released and closed ends the CLI as interrupted
+    assert code == 0 or (twice and code in (128 + signal.SIGINT, 128 + signal.SIGTERM)), out
     assert "Traceback" not in out, out
     ons = note_ons(msgs)
     assert ons, "the JACK client heard nothing"
     assert sounding_notes(msgs) == set(), f"note-ons without their note-off: {sounding_notes(msgs)}"
-    print(f"{signal.Signals(sig).name}{' twice' if twice else ''}: {len(ons)} notes heard, all released")
+    print(f"{signal.Signals(sig).name}{' twice' if twice else ''}: exit {code}, {len(ons)} notes heard, all released")
 
 
 @pytest.mark.parametrize("trial", range(3))
