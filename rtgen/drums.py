@@ -289,14 +289,14 @@ class Drummer:
         bar_steps = meter[0]
         grooves = self._grooves(meter)
         phrase, in_phrase = divmod(bar - self._origin, ct.PHRASE_BARS)
-        prng = np.random.default_rng([self.seed, phrase, 7919, 1])
+        prng = np.random.default_rng([self.seed, phrase & 0xFFFFFFFF, 7919, 1])  # a pickup bar is -1
         main = int(prng.integers(len(grooves)))
         alt = int(prng.integers(len(grooves)))
         same_style = grooves[alt].style == grooves[main].style
         lift = same_style and bool(prng.random() < 0.5)
         groove = grooves[alt if lift and in_phrase >= ct.PHRASE_BARS // 2 else main]
 
-        rng = np.random.default_rng([self.seed, bar + 1_000_000, 7919, 2])
+        rng = np.random.default_rng([self.seed, bar & 0xFFFFFFFF, 7919, 2])
         maybe = min(0.9, 0.35 * density)
         ghost = 0.0 if density < 0.35 else min(1.0, 0.6 * density)
         fill: Fill | None = None

@@ -50,11 +50,11 @@ def test_render_writes_three_parts_deterministically(model_dir: Path, tmp_path: 
     mid = mido.MidiFile(str(a))
     assert mid.type == 1 and mid.ticks_per_beat == 480
     names = [next(m.name for m in t if m.type == "track_name") for t in mid.tracks]
-    assert names == ["rtgen", "melody", "chords", "bass"]
+    assert names == ["rtgen", "melody", "chords", "bass", "drums"]
     meta = {m.type: m for m in mid.tracks[0]}
     assert meta["key_signature"].key == "G" and meta["set_tempo"].tempo == mido.bpm2tempo(110)
     counts = notes_by_channel(mid)
-    assert set(counts) == {0, 1, 2} and all(n > 0 for n in counts.values())
+    assert set(counts) == {0, 1, 2, 9} and all(n > 0 for n in counts.values())
     bar_ticks = 16 * TICKS_PER_STEP
     end = max(sum(m.time for m in t) for t in mid.tracks)
     assert 8 * bar_ticks <= end <= 8 * bar_ticks + TICKS_PER_STEP
@@ -90,7 +90,8 @@ def test_part_tracks_use_the_shared_pan_and_volume_mapping(model_dir: Path) -> N
     cfg = replace(cfg, parts=parts)
     mid = to_midi(render_steps(Model.load(model_dir), cfg, 1, 0), cfg)
     cc = {t.name: {m.control: m.value for m in t if m.type == "control_change"} for t in mid.tracks[1:]}
-    assert cc == {"melody": {7: 64, 10: 6}, "chords": {7: 127, 10: 127}, "bass": {7: 0, 10: 0}}
+    drums = {7: volume_cc(p.drums.volume), 10: pan_cc(p.drums.pan)}
+    assert cc == {"melody": {7: 64, 10: 6}, "chords": {7: 127, 10: 127}, "bass": {7: 0, 10: 0}, "drums": drums}
     assert cc["melody"] == {7: volume_cc(0.5), 10: pan_cc(-0.9)}  # the value the live path sends too
 
 
@@ -172,4 +173,4 @@ def test_render_with_a_pipeline_trained_model(tiny_model_dir: Path, nottingham_d
         assert render(tiny_model_dir, out, "--bars", "4", "--prime", str(tune), "--key", "G major") == 0
     assert a.read_bytes() == b.read_bytes()
     counts = notes_by_channel(mido.MidiFile(str(a)))
-    assert set(counts) == {0, 1, 2}
+    assert set(counts) == {0, 1, 2, 9}
