@@ -1703,6 +1703,7 @@ class Daemon:
             "osc_errors": self.osc.control.errors if self.osc is not None else 0,
             "engine_errors": p.engine_errors,
             "command_errors": p.command_errors,
+            "input_received": getattr(self.input, "received", 0),
             "jack": self.jack,
             "jack_losses": self.jack_losses,
         }
