@@ -51,7 +51,6 @@ class Performer:
         self._scaled_cache: tuple[Params, float, Params] | None = None
         # a voicer that reads section boundaries (a drummer's fills) takes them as keywords
         self._voice_sections = "section_end" in inspect.signature(voicer.voice).parameters
-        self._fill_bar = -1  # the last bar a fill was cued for
 
     @property
     def mode(self) -> str:
@@ -110,9 +109,8 @@ class Performer:
             heard: what the player did at this step (quantised).
             plan: the plan, if the caller already asked the conductor for it.
             section_start: the step lies in the first bar of a song-form section (see :mod:`rtgen.form`).
-            section_end: the step lies in the last bar before another section or the end. Both go to
-                ``Voicer.voice`` as keywords when it takes them; otherwise ``section_end`` cues a fill in this
-                bar on the voicer's drummer (``Drummer.cue_fill``), if it has one.
+            section_end: the step lies in the last bar before another section or the end; both go to
+                ``Voicer.voice`` as keywords (the drummer's fill into the next section) when it takes them.
 
         Returns:
             The engine's step and the note events of the voiced parts (offs first), relative to the step's start.
@@ -141,11 +139,6 @@ class Performer:
             voice: Any = self.voicer.voice  # the keywords exist only on a section-aware voicer
             events = voice(step, params, section_start=section_start, section_end=section_end)
         else:
-            if section_end and pos.bar != self._fill_bar:
-                self._fill_bar = pos.bar
-                drummer = getattr(self.voicer, "drummer", None)
-                if drummer is not None:
-                    drummer.cue_fill(pos.bar)  # a fill into the next section, a crash on its downbeat
             events = self.voicer.voice(step, params)
         return step, offs + events if offs else events
 

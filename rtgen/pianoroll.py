@@ -141,7 +141,7 @@ def plot_pianoroll(mid: mido.MidiFile, path: Path, title: str = "") -> Path:
     top = hi + 2
     for tick, text in roll.chords:
         ax.text(tick / bar_ticks, top, text, fontsize=7, rotation=45, ha="left", va="bottom", clip_on=True)
-    ends = [t for t, _ in roll.markers[1:]] + [roll.end]
+    ends = [t for t, _ in roll.markers[1:]] + ([roll.end] if roll.markers else [])
     for i, ((tick, text), stop) in enumerate(zip(roll.markers, ends, strict=True)):
         x = tick / bar_ticks
         for a in axes:

@@ -174,3 +174,20 @@ def test_render_with_a_pipeline_trained_model(tiny_model_dir: Path, nottingham_d
     assert a.read_bytes() == b.read_bytes()
     counts = notes_by_channel(mido.MidiFile(str(a)))
     assert set(counts) == {0, 1, 2, 9}
+
+
+def test_piano_roll_shows_every_part_the_drums_and_the_sections(model_dir: Path, tmp_path: Path) -> None:
+    from rtgen.pianoroll import DRUM_CHANNEL, read_roll
+
+    out, png = tmp_path / "form.mid", tmp_path / "form.png"
+    assert render(model_dir, out, "--form", "intro:2 A:2 B:2 A:2 outro:2", "--png", str(png)) == 0
+    mid = mido.MidiFile(str(out))
+    roll = read_roll(mid)
+    bar = 16 * TICKS_PER_STEP
+    assert roll.markers == [(0, "intro"), (2 * bar, "A"), (4 * bar, "B"), (6 * bar, "A"), (8 * bar, "outro")]
+    assert [name for name, _ in roll.parts] == ["melody", "chords", "bass"]  # the pitched parts, by track
+    hits = [m for t in mid.tracks for m in t if m.type == "note_on" and m.velocity > 0 and m.channel == DRUM_CHANNEL]
+    assert roll.drums and len(roll.drums) == len(hits)  # every drum hit is in the drum lane, by channel 10
+    ons = sum(1 for t in mid.tracks for m in t if m.type == "note_on" and m.velocity > 0)
+    assert sum(len(notes) for _, notes in roll.parts) + len(roll.drums) == ons  # each note drawn once
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
