@@ -530,9 +530,11 @@ class JackWatch:
     asked (``jack_on_shutdown``), within milliseconds of a killed or stopped server; :attr:`lost`
     is then set (on libjack's notification thread).
 
-    libjack keeps one set of per-process globals for all clients: once the server has died, every
-    client of this process (this one and rtmidi's) must be closed before a new one is opened,
-    or libjack frees them under their owners. :meth:`open` is also the cheap "is the server back?" test.
+    The watch goes through the copy of libjack python-rtmidi loaded (its wheel bundles one): libjack
+    keeps one set of per-process globals for all clients, and once the server has died every client
+    of this process (this one and rtmidi's) must be closed before a new one is opened, or libjack
+    frees them under their owners, or (a client left open) maps the dead server's semaphores into
+    the new one and wedges it. :meth:`open` is also the cheap "is the server back?" test.
 
     Attributes:
         lost: set when the server has shut down (or died).
