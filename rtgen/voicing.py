@@ -50,6 +50,7 @@ BASS_HIGH = 52  # E3
 CHORD_VELOCITY = 70
 BASS_VELOCITY = 84
 DOWNBEAT_ACCENT = 8
+STRUM_SPAN_MS = 45.0  # a strum's first to last string at most
 
 
 @dataclass(frozen=True)
@@ -315,7 +316,8 @@ class Voicer:
                 ms = self._jitter()
                 offs += self._offs("chords", step_offset, ms)
                 lo, hi = style.spread_ms
-                spread = float(self._style_rng.uniform(lo, hi))
+                # the whole stroke within STRUM_SPAN_MS, so it ends before the next sixteenth up to ~330 BPM
+                spread = min(float(self._style_rng.uniform(lo, hi)), STRUM_SPAN_MS / max(1, len(voicing) - 1))
                 if step.position in style.up.get(meter, ()) and not changed:
                     strings = sorted(voicing, reverse=True)[: style.up_strings]
                     vel = _velocity(CHORD_VELOCITY - 14, cfg.velocity_scale)
