@@ -1662,6 +1662,7 @@ class Daemon:
         }
         tracker = p.tracker
         conductor = p.performer.conductor
+        cued = p.arranger.cued  # read once: the real-time thread may start the section meanwhile
         return {
             "playing": p.playing,
             "mode": p.mode,
@@ -1674,8 +1675,8 @@ class Daemon:
             "chord": p.chord_name,
             "section": p.section,
             "section_bar": p.section_bar + 1 if p.section is not None else None,
-            "section_cued": p.arranger.cued[0] if p.arranger.cued is not None else None,
-            "section_cued_bar": p.arranger.cued[1] + 1 if p.arranger.cued is not None else None,
+            "section_cued": cued[0] if cued is not None else None,
+            "section_cued_bar": cued[1] + 1 if cued is not None else None,
             "temperature": params.temperature,
             "top_p": params.top_p,
             "density": params.density,

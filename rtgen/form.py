@@ -47,7 +47,7 @@ OUTRO = "outro"
 CUES = ("phrase", "bar")
 MAX_SECTION_NAME = 32
 MAX_FORM_BARS = 4096
-INTRO_DENSITY = 0.4  # the intro's melody plays this share of the usual onsets: the key is heard, not a tune
+INTRO_DENSITY = 0.15  # multiplies the intro's odds of a melody onset: the key is heard, not yet a tune
 DOMINANT_SEVENTH = next(i for i, (name, _) in enumerate(ct.QUALITIES) if name == "7")
 MAJOR_TRIAD = next(i for i, (name, _) in enumerate(ct.QUALITIES) if name == "")
 MINOR_TRIAD = next(i for i, (name, _) in enumerate(ct.QUALITIES) if name == "m")

@@ -84,7 +84,8 @@ def build_midi(
         tempo_map: ``(tick, bpm)`` tempo changes; the first should be at tick 0.
         time_signature: ``(numerator, denominator)`` at tick 0, or None for none.
         key_signature: mido key name (``"G"``, ``"Em"``) at tick 0, or None.
-        markers: ``(tick, text)`` ``marker`` meta events (sections: "prime", "generated").
+        markers: ``(tick, text)`` ``marker`` meta events (song-form sections such as "intro", "A"; "prime",
+            "generated" around a prime).
         cue_markers: ``(tick, text)`` ``cue_marker`` meta events (chord names).
         end_tick: when given, every track ends there (or at its last event, if later).
         ticks_per_beat: resolution.

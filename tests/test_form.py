@@ -171,6 +171,8 @@ def test_the_intro_sets_up_the_key(shipped: Any) -> None:
     assert downbeats == [tonic_chord(k)] * 3 + [dominant_chord(k)]  # tonic pedal, the dominant leading in
     intro = [s.pitch for s in r.steps if s.bar < 4 and s.pitch is not None]
     assert intro and all(p % 12 in k.pitch_classes for p in intro)
+    body = [s.pitch for s in r.steps if 4 <= s.bar < 36 and s.pitch is not None]
+    assert len(intro) / 4 < 0.6 * len(body) / 32  # a sparse melody over the pedal
 
 
 # --- mechanics: a random model --------------------------------------------------------------------------------
