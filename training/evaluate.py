@@ -27,14 +27,16 @@ from rtgen.model import Model
 from training import stats
 from training.accompaniment import evaluate_accompaniment
 from training.accompaniment import report_markdown as accompaniment_markdown
-from training.ngram import OrderSelection, Stream, select_order
+from training.dedup import WINDOW_BARS, WindowIndex
+from training.ngram import OrderSelection, Stream, fit_select_score, select_order
 from training.prepare import DataError
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "valid", "test")
 ARRAYS = ("melody", "velocity", "chord", "position", "phrase")
-TARGETS = {"note_ratio": 0.75, "chord_ratio": 0.90, "copy_rate": 0.02}
+TARGETS = {"note_ratio": 0.75, "chord_ratio": 0.90, "note_ratio_strongest": 0.75, "chord_ratio_strongest": 0.90,
+           "copy_rate": 0.02}  # fmt: skip
 """Pass when the value is at most the target."""
 LONG_COPY_WINDOW = 64
 """Steps in the long copy-rate window (4 bars of 4/4 at sixteenths)."""
@@ -212,6 +214,211 @@ def render(model: Model, bars: int, seed: int) -> Render:
     return Render(mel, ch, pos)
 
 
+# --- baselines that see what the models see -------------------------------------------------------------
+MELODY_FEATURES = ("prev_sounding", "sounding_now", "lookback_melody_1", "lookback_melody_2", "lookback_melody_4",
+                   "lookback_melody_8")  # fmt: skip
+"""Context features made of melody tokens (transposed as melody); the rest but ``phrase`` are chord tokens."""
+FEATURES = (*MELODY_FEATURES, "chord_now", "prev_chord_now", "lookback_chord_1", "lookback_chord_2",
+            "lookback_chord_4", "lookback_chord_8", "phrase")  # fmt: skip
+"""Context features a baseline may condition on: the contract's step inputs by ONNX name (a lookback by its bars)."""
+KEYS = tuple(range(-6, 6))
+"""The 12 transpositions the models train in (training/dataset.py shifts windows by -6..5)."""
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """A Kneser-Ney n-gram baseline: which stream, which context features, fitted in which keys.
+
+    Attributes:
+        name: key in ``metrics.baselines``.
+        stream: ``melody`` or ``chord``.
+        features: context features (:data:`FEATURES`) after position in bar, before the previous tokens.
+        keys: 1 (train in its original keys) or 12 (all transpositions of train, as the models train).
+        label: what it conditions on, for the report.
+        fair: sees no more than the model it is compared with (only fair baselines count as the strongest).
+    """
+
+    name: str
+    stream: str
+    features: tuple[str, ...]
+    keys: int
+    label: str
+    fair: bool = True
+
+
+BASELINES = (
+    Baseline("melody_12keys", "melody", (), 12, "melody + position, 12 keys"),
+    Baseline("melody_chord", "melody", ("chord_now",), 12, "melody + position + sounding chord, 12 keys"),
+    Baseline("chord_12keys", "chord", (), 12, "chord + position, 12 keys"),
+    Baseline("chord_melody", "chord", ("prev_chord_now", "prev_sounding"), 12,
+             "chord + position + previous chord and melody note, 12 keys"),
+)  # fmt: skip
+"""The baselines beside the original-key n-grams (``*_ngram``). The note model sees the chord at the step,
+the chord model the melody up to the step before (docs/internals.md §3)."""
+
+
+def step_features(split: Split) -> dict[str, npt.NDArray[np.int64]]:
+    """Every :data:`FEATURES` column of a split, flat, from ``contract.step_inputs`` as the models get them."""
+    cols: dict[str, list[npt.NDArray[np.int64]]] = {k: [] for k in FEATURES}
+    for i in range(split.sequences):
+        seq = {k: split.seq(k, i) for k in ("melody", "velocity", "chord", "position")}
+        x = contract.step_inputs(seq["melody"], seq["velocity"], seq["chord"], seq["position"])
+        for j, bars in enumerate(contract.LOOKBACK_BARS):
+            x[f"lookback_melody_{bars}"] = x["lookback_melody"][:, j]
+            x[f"lookback_chord_{bars}"] = x["lookback_chord"][:, j]
+        x["phrase"] = split.seq("phrase", i)
+        for k in FEATURES:
+            cols[k].append(x[k])
+    return {k: np.concatenate(v) if v else np.zeros(0, dtype=np.int64) for k, v in cols.items()}
+
+
+def baseline_stream(
+    split: Split, features: dict[str, npt.NDArray[np.int64]], baseline: Baseline, shifts: tuple[int, ...] = (0,)
+) -> Stream:
+    """The baseline's stream of a split, its sequences repeated in each transposition of ``shifts``."""
+    steps = int(split.offsets[-1])
+
+    def shifted(name: str, values: npt.NDArray[np.int64], k: int) -> npt.NDArray[np.int64]:
+        if k == 0 or name == "phrase":
+            return values
+        melodic = name == "melody" or name in MELODY_FEATURES
+        return contract.transpose_melody(values, k) if melodic else contract.transpose_chords(values, k)
+
+    tokens = np.concatenate([shifted(baseline.stream, getattr(split, baseline.stream), k) for k in shifts])
+    context = None
+    if baseline.features:
+        context = np.concatenate(
+            [np.stack([shifted(f, features[f], k) for f in baseline.features], axis=1) for k in shifts]
+        )
+    offsets = np.concatenate([[0], *(split.offsets[1:] + i * steps for i in range(len(shifts)))])
+    return Stream.from_arrays(tokens, np.tile(split.position, len(shifts)), offsets, context)
+
+
+def fit_baseline(
+    baseline: Baseline, splits: dict[str, Split], features: dict[str, dict[str, npt.NDArray[np.int64]]], max_order: int
+) -> tuple[int, float, npt.NDArray[np.float64]]:
+    """Fit on train (in ``baseline.keys`` keys), pick the order on valid, score test.
+
+    Returns:
+        (order, valid NLL at that order, per-step test NLL).
+    """
+    vocab = contract.MELODY_VOCAB_SIZE if baseline.stream == "melody" else contract.CHORD_VOCAB_SIZE
+    t0 = time.perf_counter()
+    train = baseline_stream(splits["train"], features["train"], baseline, KEYS if baseline.keys == 12 else (0,))
+    valid = baseline_stream(splits["valid"], features["valid"], baseline)
+    test = baseline_stream(splits["test"], features["test"], baseline)
+    # features join the history before the previous tokens: an order counts them as levels too
+    scored = fit_select_score(train, valid, {"test": test}, vocab, max_order + len(baseline.features))
+    log.info("baseline %s: order %d, %.1f s", baseline.name, scored.order, time.perf_counter() - t0)
+    return scored.order, scored.valid_nll[scored.order], -scored.log_prob["test"]
+
+
+def _strongest(
+    nlls: dict[str, npt.NDArray[np.float64]], fair: set[str], mask: npt.NDArray[np.bool_] | None
+) -> tuple[str, float]:
+    """The fair baseline with the lowest mean test NLL over ``mask``, and that NLL."""
+    means = {k: _mean(v, mask) for k, v in nlls.items() if k in fair}
+    best = min(means, key=lambda k: means[k])
+    return best, means[best]
+
+
+def compare(
+    model_nll: dict[str, npt.NDArray[np.float64]],
+    baselines: dict[str, npt.NDArray[np.float64]],
+    streams: dict[str, str],
+    fair: set[str],
+    test: Split,
+    keep: npt.NDArray[np.bool_] | None = None,
+) -> dict[str, Any]:
+    """Model vs every baseline on the test steps in ``keep`` (all by default), and vs the strongest fair one.
+
+    Args:
+        model_nll: per-step model NLL by stream (``melody``, ``chord``).
+        baselines: per-step test NLL of each baseline by name.
+        streams: the stream of each baseline.
+        fair: the baselines that may count as the strongest.
+        test: the test split (for the NOTE_ON and chord-change masks).
+        keep: steps to count.
+
+    Returns:
+        ``{"note": {...}, "chord": {...}}``, each with the model's NLL, every baseline's, the strongest
+        fair baseline and the ratio model / strongest, for all steps and for NOTE_ON (chord-change) steps.
+    """
+    everywhere = np.ones(test.melody.size, dtype=bool) if keep is None else keep
+    out: dict[str, Any] = {}
+    for key, stream, sel_name, sel in (
+        ("note", "melody", "onset", test.melody >= contract.MEL_NOTE_OFFSET),
+        ("chord", "chord", "change", test.chord != contract.CHORD_HOLD),
+    ):
+        mine = {k: v for k, v in baselines.items() if streams[k] == stream}
+        row: dict[str, Any] = {}
+        for suffix, mask in (("", everywhere), (f"_{sel_name}", everywhere & sel)):
+            name, best = _strongest(mine, fair, mask)
+            model = _mean(model_nll[stream], mask)
+            row[f"nll{suffix}"] = model
+            row[f"baselines{suffix}"] = {k: _mean(v, mask) for k, v in mine.items()}
+            row[f"strongest{suffix}"] = name
+            row[f"ratio{suffix}"] = model / best if best > 0 else float("nan")
+        out[key] = row
+    out["steps"] = int(everywhere.sum())
+    return out
+
+
+def near_duplicates(
+    train: Split, test: Split, valid: Split | None = None, files: dict[str, list[str]] | None = None
+) -> dict[str, Any]:
+    """Test tunes sharing a 4-bar melody window (any key) with train, and how much of the test they cover.
+
+    Also counts them for 2 and 8 bars, and tunes with more than a quarter of their windows shared.
+
+    Args:
+        train, test: the splits compared.
+        valid: also count the valid tunes that share a window with train.
+        files: the manifest's file names per split (names the tunes found).
+
+    Returns:
+        Counts and shares; ``mask`` is the flat per-step mask of the test tunes found (not JSON: pop it).
+    """
+    out: dict[str, Any] = {"bars": WINDOW_BARS, "test_tunes": test.sequences}
+    files = files or {}
+    for bars in (2, WINDOW_BARS, 8):
+        index = WindowIndex(train.melody, train.position, train.offsets, bars=bars)
+        ov = index.overlap(test.melody, test.position, test.offsets)
+        row = {
+            "tunes": int(ov.flagged().sum()),
+            "tunes_quarter": int(ov.flagged(0.25).sum()),
+            "window_share": float(ov.shared.sum() / max(int(ov.windows.sum()), 1)),
+        }
+        out[f"by_bars_{bars}"] = row
+        if bars != WINDOW_BARS:
+            continue
+        flagged = ov.flagged()
+        mask = ov.step_mask(flagged)
+        out |= {
+            "tunes": int(flagged.sum()),
+            "tune_share": float(flagged.mean()),
+            "steps": int(mask.sum()),
+            "step_share": float(mask.mean()),
+            "covered_step_share": float(ov.covered.mean()),
+            "shared_windows": int(ov.shared.sum()),
+            "windows": int(ov.windows.sum()),
+            "window_share": row["window_share"],
+        }
+        test_files, train_files = files.get("test", []), files.get("train", [])
+        out["found"] = [
+            {
+                "test": test_files[i] if i < len(test_files) else f"#{i}",
+                "train": [train_files[j] if j < len(train_files) else f"#{j}" for j in ov.partners[i]],
+                "share": round(float(ov.shared[i] / ov.windows[i]), 3),
+            }
+            for i in np.flatnonzero(flagged).tolist()
+        ]
+        out["mask"] = mask
+        if valid is not None:
+            out["valid_tunes"] = int(index.overlap(valid.melody, valid.position, valid.offsets).flagged().sum())
+    return out
+
+
 # --- evaluation ------------------------------------------------------------------------------------------
 def _mean(x: npt.NDArray[np.float64], mask: npt.NDArray[np.bool_] | None = None) -> float:
     sel = x if mask is None else x[mask]
@@ -286,6 +493,30 @@ def evaluate(
     ch_sel, ch_ng = _ngram(train, valid, test, "chord", max_order)
     t_ngram = time.perf_counter() - t0
 
+    t0 = time.perf_counter()
+    features = {k: step_features(sp) for k, sp in splits.items()}
+    base_nll = {"melody_ngram": mel_ng, "chord_ngram": ch_ng}
+    base_info: dict[str, dict[str, Any]] = {
+        "melody_ngram": {"stream": "melody", "features": [], "keys": 1, "order": mel_sel.order,
+                         "valid_nll": mel_sel.valid_nll[mel_sel.order], "label": "melody + position, original keys",
+                         "fair": True},
+        "chord_ngram": {"stream": "chord", "features": [], "keys": 1, "order": ch_sel.order,
+                        "valid_nll": ch_sel.valid_nll[ch_sel.order], "label": "chord + position, original keys",
+                        "fair": True},
+    }  # fmt: skip
+    for b in BASELINES:
+        order, valid_nll, base_nll[b.name] = fit_baseline(b, splits, features, max_order)
+        base_info[b.name] = {"stream": b.stream, "features": list(b.features), "keys": b.keys, "order": order,
+                             "valid_nll": valid_nll, "label": b.label, "fair": b.fair}  # fmt: skip
+    streams = {k: v["stream"] for k, v in base_info.items()}
+    fair = {k for k, v in base_info.items() if v["fair"]}
+    vs = compare(nll, base_nll, streams, fair, test)
+    for k, v in base_info.items():
+        v |= {"test_nll": vs["note" if v["stream"] == "melody" else "chord"]["baselines"][k]}
+    dups = near_duplicates(train, test, valid, _manifest_files(data))
+    without = compare(nll, base_nll, streams, fair, test, keep=~dups.pop("mask"))
+    t_baselines = time.perf_counter() - t0
+
     metrics: dict[str, Any] = {
         "note_nll": _mean(nll["melody"]),
         "note_nll_ngram": _mean(mel_ng),
@@ -303,6 +534,14 @@ def evaluate(
     }
     metrics["note_ratio"] = metrics["note_nll"] / metrics["note_nll_ngram"]
     metrics["chord_ratio"] = metrics["chord_nll"] / metrics["chord_nll_ngram"]
+    for key in ("note", "chord"):
+        row = vs[key]
+        metrics[f"{key}_strongest"] = row["strongest"]
+        metrics[f"{key}_nll_strongest"] = row["baselines"][row["strongest"]]
+        metrics[f"{key}_ratio_strongest"] = row["ratio"]
+    metrics["baselines"] = base_info
+    metrics["vs_baselines"] = vs
+    metrics["near_duplicates"] = dups | {"without": without}
 
     # statistics of the test set itself
     idx = range(test.sequences)
@@ -338,7 +577,8 @@ def evaluate(
     t0 = time.perf_counter()
     metrics["accompaniment"] = evaluate_accompaniment(m, data, "test", seed=seed)
     t_accompany = time.perf_counter() - t0
-    metrics["seconds"] = {"model_nll": round(t_model, 2), "ngram": round(t_ngram, 2), "renders": round(t_render, 2),
+    metrics["seconds"] = {"model_nll": round(t_model, 2), "ngram": round(t_ngram, 2),
+                          "baselines": round(t_baselines, 2), "renders": round(t_render, 2),
                           "accompaniment": round(t_accompany, 2),
                           "total": round(time.perf_counter() - t_start, 2)}  # fmt: skip
     metrics["ngram_valid_nll"] = {
@@ -350,10 +590,20 @@ def evaluate(
     print(
         f"evaluate: {model.name}: note NLL {metrics['note_nll']:.3f} vs n-gram {metrics['note_nll_ngram']:.3f} "
         f"(ratio {metrics['note_ratio']:.2f}), chord NLL {metrics['chord_nll']:.3f} vs "
-        f"{metrics['chord_nll_ngram']:.3f} (ratio {metrics['chord_ratio']:.2f}), "
+        f"{metrics['chord_nll_ngram']:.3f} (ratio {metrics['chord_ratio']:.2f}); against the strongest baselines "
+        f"note {metrics['note_ratio_strongest']:.2f}, chord {metrics['chord_ratio_strongest']:.2f}; "
         f"copy rate {_pct(metrics['copy_rate'])} -> {model / 'EVALUATION.md'}"
     )
     return metrics
+
+
+def _manifest_files(data: Path) -> dict[str, list[str]]:
+    """File names per split from the prepared data's manifest (empty where it lists none)."""
+    try:
+        splits = json.loads((Path(data) / "manifest.json").read_text()).get("splits", {})
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return {k: list(v.get("files", [])) for k, v in splits.items() if isinstance(v, dict)}
 
 
 def _pct(x: float | None) -> str:
@@ -410,6 +660,10 @@ def report_markdown(name: str, m: dict[str, Any]) -> str:
         ratio = m[a] / m[b] if m.get(a) is not None and m.get(b) else None
         lines.append(f"| {label} | {_fmt(m.get(a))} | {_fmt(m.get(b))} | {_fmt(ratio, 2)} |")
     lines.append(f"| velocity, NOTE_ON steps | {_fmt(m.get('velocity_nll_onset'))} | | |")
+    if m.get("baselines") and m.get("vs_baselines"):
+        lines += ["", *baselines_markdown(m["baselines"], m["vs_baselines"])]
+    if m.get("near_duplicates"):
+        lines += ["", *near_duplicates_markdown(m["baselines"], m["near_duplicates"])]
     r = m["renders"]
     lines += [
         "",
@@ -449,6 +703,74 @@ def report_markdown(name: str, m: dict[str, Any]) -> str:
             accompaniment_markdown(m["accompaniment"]).rstrip("\n"),
         ]
     return "\n".join(lines) + "\n"
+
+
+_SELECTED = {"note": ("melody", "NOTE_ON steps", "onset"), "chord": ("chord", "change steps", "change")}
+
+
+def _comparison_tables(base: dict[str, Any], vs: dict[str, Any]) -> list[str]:
+    """One table per stream: the model, every baseline, the ratio model / strongest fair baseline."""
+    lines: list[str] = []
+    for key, (stream, sel_label, sel) in _SELECTED.items():
+        row = vs.get(key)
+        if not row:
+            continue
+        lines += [f"| {stream} NLL (nats/step) | order | all steps | {sel_label} |", "|---|---:|---:|---:|",
+                  f"| **model** | | **{_fmt(row['nll'])}** | **{_fmt(row[f'nll_{sel}'])}** |"]  # fmt: skip
+        for name, all_steps in row["baselines"].items():
+            info = base.get(name, {})
+            label = info.get("label", name) + ("" if info.get("fair", True) else " (sees more than the model)")
+            lines.append(
+                f"| n-gram: {label} | {info.get('order', '')} | {_fmt(all_steps)} | "
+                f"{_fmt(row[f'baselines_{sel}'].get(name))} |"
+            )
+        lines.append(
+            f"| ratio model / strongest | | {_fmt(row['ratio'], 2)} (`{row['strongest']}`) | "
+            f"{_fmt(row[f'ratio_{sel}'], 2)} (`{row[f'strongest_{sel}']}`) |"
+        )
+        lines.append("")
+    return lines[:-1]
+
+
+def baselines_markdown(base: dict[str, Any], vs: dict[str, Any]) -> list[str]:
+    """The section comparing the model with every n-gram baseline, including those that see what it sees."""
+    return [
+        "## Against baselines that see what the models see",
+        "",
+        "The note model also sees the chord sounding at the step, the chord model the melody up to the step "
+        "before, and both train in all 12 keys. These n-grams condition on that too (the features sit between "
+        "position and the previous tokens in the back-off chain) and are fitted on all 12 transpositions of "
+        "train, with the same order search on valid (up to "
+        f"{MAX_NGRAM_ORDER} previous tokens). The strongest is the fair baseline with the lowest test NLL in "
+        "each column (the choice that flatters the model least).",
+        "",
+        *_comparison_tables(base, vs),
+    ]
+
+
+def near_duplicates_markdown(base: dict[str, Any], nd: dict[str, Any]) -> list[str]:
+    """The near-duplicate section: coverage of the test split, the tunes found, and the figures without them."""
+    text = (
+        f"A test tune is a near-duplicate when one of its {nd['bars']}-bar melody windows (bar line to bar line, "
+        "the rhythm and the intervals to the window's first note, so in any key) occurs in a train tune "
+        f"(training/dedup.py): {nd['tunes']} of {nd['test_tunes']} test tunes ({_pct(nd['tune_share'])}), "
+        f"{nd['steps']} steps ({_pct(nd['step_share'])} of the test steps; the shared windows themselves cover "
+        f"{_pct(nd['covered_step_share'])}); {nd['shared_windows']} of {nd['windows']} test windows "
+        f"({_pct(nd['window_share'])}) occur in train."
+    )
+    sens = [f"{b} bars: {nd[f'by_bars_{b}']['tunes']} tunes ({nd[f'by_bars_{b}']['tunes_quarter']} with over a "
+            f"quarter of their windows shared)" for b in (2, nd["bars"], 8) if f"by_bars_{b}" in nd]  # fmt: skip
+    text += " By window length: " + "; ".join(sens) + "."
+    if "valid_tunes" in nd:
+        text += f" Valid tunes sharing a {nd['bars']}-bar window with train: {nd['valid_tunes']}."
+    lines = ["## Near-duplicates across the split", "", text]
+    if nd.get("found"):
+        lines += ["", "| test tune | train tune(s) sharing windows | windows shared |", "|---|---|---:|"]
+        lines += [f"| {f['test']} | {', '.join(f['train'])} | {_pct(f['share'])} |" for f in nd["found"]]
+    w = nd.get("without")
+    if w:
+        lines += ["", f"Without them ({w['steps']} test steps):", "", *_comparison_tables(base, w)]
+    return lines
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -11,6 +11,13 @@ The top level uses raw counts, lower levels continuation counts (how many distin
 history were followed by ``w``), each level with Chen & Goodman's three discounts ``D1, D2, D3+``. Every
 level interpolates with the one below, so the result is a proper distribution over the vocabulary.
 
+A stream may carry extra conditioning ``context`` (one column per feature, e.g. the chord sounding at the
+step for a melody model): the features join the history right after position, so level ``j`` of an
+order-``n`` model with ``k`` features reads ``(pos_t, f1_t, ..., fk_t, w_{t-1}, ...)`` and an order counts
+levels (``k + 1`` of them before the first previous token). :func:`fit_select_score` fits, picks the order on
+a valid stream and scores other streams in one pass that holds one level's counts at a time, so corpora
+of millions of steps (all 12 transpositions of a training split) fit in memory.
+
 Histories are hashed to 64-bit keys (splitmix64 chaining), counted with ``np.unique`` and looked up with
 ``np.searchsorted``: fitting all orders up to 10 on ~350k steps takes seconds and no Python loop runs
 per step. Steps before the start of a sequence read as a BOS token (``vocab_size``).
@@ -19,7 +26,7 @@ per step. Steps before the start of a sequence read as a BOS token (``vocab_size
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -54,17 +61,23 @@ class Stream:
         tokens: token per step (int64).
         positions: position-in-bar token per step (int64).
         offsets: ``(n_sequences + 1,)`` start of each sequence.
+        context: ``(steps, k)`` conditioning features, history levels ``1..k`` (``None``: no features).
     """
 
     tokens: I64
     positions: I64
     offsets: I64
+    context: I64 | None = None
 
     @classmethod
     def from_arrays(
-        cls, tokens: npt.ArrayLike, positions: npt.ArrayLike, offsets: npt.ArrayLike | None = None
+        cls,
+        tokens: npt.ArrayLike,
+        positions: npt.ArrayLike,
+        offsets: npt.ArrayLike | None = None,
+        context: npt.ArrayLike | None = None,
     ) -> Stream:
-        """Build from array-likes; ``offsets=None`` means one sequence."""
+        """From array-likes: ``offsets=None`` means one sequence; ``context`` is ``(steps,)`` or ``(steps, k)``."""
         tok = np.asarray(tokens, dtype=np.int64)
         pos = np.asarray(positions, dtype=np.int64)
         if tok.shape != pos.shape or tok.ndim != 1:
@@ -72,23 +85,45 @@ class Stream:
         off = np.array([0, tok.size], dtype=np.int64) if offsets is None else np.asarray(offsets, dtype=np.int64)
         if off[0] != 0 or off[-1] != tok.size or np.any(np.diff(off) < 0):
             raise ValueError(f"offsets must rise from 0 to {tok.size}, got {off[:3]}...{off[-3:]}")
-        return cls(tok, pos, off)
+        ctx = None
+        if context is not None:
+            ctx = np.asarray(context, dtype=np.int64)
+            ctx = ctx[:, None] if ctx.ndim == 1 else ctx
+            if ctx.ndim != 2 or ctx.shape[0] != tok.size:
+                raise ValueError(f"context must be (steps,) or (steps, k) with {tok.size} steps, got {ctx.shape}")
+        return cls(tok, pos, off, ctx)
 
     def __len__(self) -> int:
         return int(self.tokens.size)
 
-    def history_keys(self, levels: int, bos: int) -> list[U64]:
-        """Hash keys of the histories at levels ``0..levels-1`` for every step (level 0 = position only)."""
+    @property
+    def features(self) -> int:
+        """Number of context features (history levels between position and the first previous token)."""
+        return 0 if self.context is None else int(self.context.shape[1])
+
+    def iter_history_keys(self, levels: int, bos: int) -> Iterator[U64]:
+        """Hash keys of the histories at levels ``0..levels-1``, one level at a time (level 0 = position)."""
         n = self.tokens.size
         step_in_seq = np.arange(n, dtype=np.int64) - np.repeat(self.offsets[:-1], np.diff(self.offsets))
-        keys = [mix(np.full(n, _POS_SALT, dtype=np.uint64), self.positions)]
-        for j in range(1, levels):
-            prev = np.empty(n, dtype=np.int64)
-            if j < n:
-                prev[j:] = self.tokens[:-j]
-            prev[step_in_seq < j] = bos
-            keys.append(mix(keys[-1], prev))
-        return keys
+        key = mix(np.full(n, _POS_SALT, dtype=np.uint64), self.positions)
+        yield key
+        k = self.features
+        for level in range(1, levels):
+            if level <= k:
+                assert self.context is not None
+                key = mix(key, self.context[:, level - 1])
+            else:
+                j = level - k  # steps back
+                prev = np.empty(n, dtype=np.int64)
+                if j < n:
+                    prev[j:] = self.tokens[:-j]
+                prev[step_in_seq < j] = bos
+                key = mix(key, prev)
+            yield key
+
+    def history_keys(self, levels: int, bos: int) -> list[U64]:
+        """Hash keys of the histories at levels ``0..levels-1`` for every step (level 0 = position only)."""
+        return list(self.iter_history_keys(levels, bos))
 
 
 @dataclass
@@ -268,3 +303,79 @@ def select_order(train: Stream, valid: Stream, vocab_size: int, max_order: int =
     order = min(valid_nll, key=lambda n: valid_nll[n])
     log.info("n-gram order %d selected (valid NLL %s)", order, {n: round(v, 4) for n, v in valid_nll.items()})
     return OrderSelection(model, order, valid_nll)
+
+
+@dataclass(frozen=True)
+class Scored:
+    """Result of :func:`fit_select_score`.
+
+    Attributes:
+        order: the order (number of history levels) with the lowest validation NLL.
+        valid_nll: validation NLL (nats/step) per order.
+        log_prob: per-step log-probability of each scored stream under the chosen order.
+    """
+
+    order: int
+    valid_nll: dict[int, float]
+    log_prob: dict[str, F64]
+
+
+def fit_select_score(
+    train: Stream, valid: Stream, scored: Mapping[str, Stream], vocab_size: int, max_order: int = 10
+) -> Scored:
+    """Fit on ``train``, pick the order on ``valid`` as :func:`select_order` does, and score other streams.
+
+    Gives the same probabilities as :meth:`KneserNey.fit` followed by :meth:`KneserNey.log_prob`, but builds
+    the count tables one level at a time and drops each once the scored streams have passed through it, so
+    memory holds one level of counts (plus every order's log-probabilities of the scored streams), not all.
+
+    Args:
+        train: training sequences (tokens in ``0..vocab_size-1``).
+        valid: validation sequences; the order with the lowest mean NLL here is chosen.
+        scored: further streams to score at the chosen order, by name.
+        vocab_size: vocabulary size.
+        max_order: highest order tried (>= 1).
+    """
+    if max_order < 1:
+        raise ValueError(f"max_order must be >= 1, got {max_order}")
+    if len(train) and (train.tokens.min() < 0 or train.tokens.max() >= vocab_size):
+        raise ValueError(f"tokens must be in range 0..{vocab_size - 1}")
+    streams = {"": valid, **scored}
+    if any(s.features != train.features for s in streams.values()):
+        raise ValueError("scored streams must carry the same context features as the training stream")
+    w = train.tokens
+    levels = train.iter_history_keys(max_order, bos=vocab_size)
+    hist = next(levels)
+    upairs, first, counts = np.unique(mix(hist, w), return_index=True, return_counts=True)
+    tok0 = w[first]
+    toks, tok_counts = np.unique(tok0, return_counts=True)
+    zero = np.zeros(toks.size, dtype=np.uint64)
+    unigram = _Table.build(mix(zero, toks), zero, tok_counts.astype(np.float64))
+    s_hist = {k: s.history_keys(max_order, bos=vocab_size) for k, s in streams.items()}
+    lower: dict[str, F64] = {}
+    for k, s in streams.items():
+        z = np.zeros(len(s), dtype=np.uint64)
+        lower[k] = KneserNey._interpolate(unigram, z, mix(z, s.tokens), np.full(len(s), 1.0 / vocab_size))
+    log_probs: dict[str, dict[int, F64]] = {k: {} for k in streams}
+    for j in range(max_order):
+        raw = _Table.build(upairs, hist[first], counts.astype(np.float64))
+        s_pair = {k: mix(s_hist[k][j], s.tokens) for k, s in streams.items()}
+        for k in streams:
+            log_probs[k][j + 1] = np.log(KneserNey._interpolate(raw, s_hist[k][j], s_pair[k], lower[k]))
+        del raw
+        if j + 1 == max_order:
+            break
+        hist_hi = next(levels)
+        upairs, first_hi, counts = np.unique(mix(hist_hi, w), return_index=True, return_counts=True)
+        # continuation counts of level j: distinct level-(j+1) histories seen before each (h_j, w)
+        lower_pairs = mix(hist[first_hi], w[first_hi])
+        cpairs, cfirst, ccounts = np.unique(lower_pairs, return_index=True, return_counts=True)
+        cont = _Table.build(cpairs, hist[first_hi][cfirst], ccounts.astype(np.float64))
+        for k in streams:
+            lower[k] = KneserNey._interpolate(cont, s_hist[k][j], s_pair[k], lower[k])
+        del cont, lower_pairs, cpairs, cfirst, ccounts
+        hist, first = hist_hi, first_hi
+    valid_nll = {n: float(-lp.mean()) for n, lp in log_probs[""].items()}
+    order = min(valid_nll, key=lambda n: valid_nll[n])
+    log.info("n-gram order %d selected (valid NLL %.4f)", order, valid_nll[order])
+    return Scored(order, valid_nll, {k: log_probs[k][order] for k in scored})
