@@ -125,8 +125,8 @@ def dominant_chord(key: ct.Key) -> int:
     return ct.Chord((key.tonic + 7) % 12, DOMINANT_SEVENTH).token
 
 
-# A stored step: raw melody token, MIDI velocity, raw chord token, resolved chord.
-_Stored = tuple[int, int, int, int]
+# A stored step: raw melody token, MIDI velocity, raw chord token, resolved chord, sounding pitch (-1: none).
+_Stored = tuple[int, int, int, int, int]
 
 
 class Arranger:
@@ -164,6 +164,7 @@ class Arranger:
         self._next: tuple[str, int] | None = None  # (name, bar) cued
         self._end_bar: int | None = None  # last bar of the piece (offline)
         self._lead_pitch: int | None = None  # last melody pitch heard (for the final tonic note)
+        self._sounding = -1  # the melody pitch sounding after the last step played (-1: none)
         self._params_cache: tuple[Params, Params] | None = None
         self._counts: dict[str, int] = {}
         self._range = (ct.PITCH_MIN, ct.PITCH_MAX)  # the melody's range (the final tonic note)
@@ -264,9 +265,13 @@ class Arranger:
                 bar = stored[rel]
                 cell = bar[pos.position] if pos.position < len(bar) else None
                 if cell is not None:
-                    mel, vel, chord, chord_now = cell
-                    if pos.position == 0 and rel == 0 and chord == ct.CHORD_HOLD:
-                        chord = chord_now  # the section's chord, not whatever the last one held
+                    mel, vel, chord, chord_now, pitch = cell
+                    if pos.position == 0 and rel == 0:
+                        # the section's own chord and note, not whatever the bar before left sounding
+                        if chord == ct.CHORD_HOLD:
+                            chord = chord_now
+                        if mel == ct.MEL_HOLD and pitch >= 0 and rel not in self._varied:
+                            mel = ct.melody_note_on(pitch)
                     if rel in self._varied:
                         return dataclasses.replace(plan, observe_chords=True), Heard(chord=chord), params
                     velocity = vel if mel >= ct.MEL_NOTE_OFFSET else None
@@ -305,7 +310,9 @@ class Arranger:
         """The engine decided ``step`` at ``pos``: a first hearing keeps it (bounded)."""
         pitch = step.pitch
         if pitch is not None:
-            self._lead_pitch = pitch
+            self._lead_pitch = self._sounding = pitch
+        elif step.melody_token == ct.MEL_REST:
+            self._sounding = -1
         if not self._recording or self.section is None:
             return
         rel = pos.bar - self._start_bar
@@ -316,7 +323,7 @@ class Arranger:
             bars.append([None] * pos.bar_steps)
         bar = bars[rel]
         if pos.position < len(bar):
-            bar[pos.position] = (step.melody_token, step.velocity, step.chord_token, step.chord_now)
+            bar[pos.position] = (step.melody_token, step.velocity, step.chord_token, step.chord_now, self._sounding)
 
     def cue_for(self, pos: Position) -> SectionCue | None:
         """The section boundary flags of the step at ``pos`` (after :meth:`steer` for it), or None outside a form."""
