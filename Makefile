@@ -23,6 +23,7 @@ test: setup-dev
 	@# jackd2 keeps 8 servers in /dev/shm and never reclaims those of killed servers: with no jackd
 	@# running nothing there is in use, so forget the suite's own leftovers (and the registry) first
 	@pgrep -x jackd >/dev/null || rm -f /dev/shm/jack-shm-registry /dev/shm/jack_rtgen-* /dev/shm/jack_sem.*_rtgen-*
+	@$(PY) -c "from rtgen.jackshm import reclaim_dead_servers; reclaim_dead_servers()"
 	$(VENV)/bin/ruff check rtgen training tests
 	$(VENV)/bin/ruff format --check rtgen training tests
 	$(VENV)/bin/mypy rtgen

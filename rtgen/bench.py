@@ -218,8 +218,12 @@ class BenchJackServer:
     ``mode`` is ``"realtime"`` or ``"sync-nonrealtime"``; ``fallback_reason`` says why real-time was not used.
     """
 
-    def __init__(self, name: str, rate: int = JACK_RATE, period: int = JACK_PERIOD, log_dir: Path | None = None):
+    def __init__(
+        self, name: str, rate: int = JACK_RATE, period: int = JACK_PERIOD, log_dir: Path | None = None,
+        *, sync: bool = False,
+    ) -> None:  # fmt: skip
         self.name = name
+        self.sync = sync  # -S: every client is waited for each cycle (none misses one, so no MIDI is lost)
         self.rate = rate
         self.period = period
         self.log_path = (log_dir or Path(tempfile.gettempdir())) / f"{name}.jackd.log"
@@ -236,9 +240,13 @@ class BenchJackServer:
         exe = shutil.which("jackd")
         if exe is None:
             raise RtgenError("jackd not found (apt-get install -y --no-install-recommends jackd2)")
+        from rtgen.jackshm import reclaim_dead_servers
+
+        reclaim_dead_servers()  # jackd2 never frees the registry slots of killed servers of other names
         driver = ["-d", "dummy", "-r", str(self.rate), "-p", str(self.period)]
+        sync = ["-S"] if self.sync else []
         try:
-            self._launch([exe, "-n", self.name, "-R", "-P", "70", *driver], timeout)
+            self._launch([exe, "-n", self.name, "-R", "-P", "70", *sync, *driver], timeout)
             assert self.proc is not None
             # jackd keeps running when SCHED_FIFO is refused (it logs "Cannot use real-time scheduling")
             if has_realtime_thread(self.proc.pid):

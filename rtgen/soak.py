@@ -132,7 +132,8 @@ def soak(model_dir: Path, minutes: float = 30.0, tempo: float = 200.0, seed: int
     memory: list[tuple[float, float]] = []
     statuses: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="rtgen-soak-") as tmp:
-        server = BenchJackServer(name, JACK_RATE, JACK_PERIOD, Path(tmp))
+        # synchronous: a client that misses a cycle on a loaded machine must not lose MIDI (the stuck-note count)
+        server = BenchJackServer(name, JACK_RATE, JACK_PERIOD, Path(tmp), sync=True)
         server.start()
         result["jack_mode"] = server.mode
         try:
