@@ -8,7 +8,8 @@ changes in turn (autonomous, accompany, improvise, call-and-response, each for a
 run); every second a random OSC change (temperature, top-p, density, key, instrument, volume,
 pan); every 10 s a ``/rtgen/status`` and a reading of the daemon's private memory.
 
-Figures: private-memory growth from the first minute to the end (target <= 5 MB), late steps and
+Figures: private-memory growth (the median of the last fifth of the readings minus that of the
+first fifth after the first minute; target <= 5 MB), late steps and
 the largest lateness, dropped notes, stuck notes after the daemon stops (real note-offs only, the
 target is 0) and the drift of the onsets against the wall clock (target <= 1 ms): the median
 deviation from the nominal grid over the last minute minus that of the first.
@@ -199,11 +200,17 @@ def soak(model_dir: Path, minutes: float = 30.0, tempo: float = 200.0, seed: int
     ]
     arrivals = np.unique(np.array([a for _, a in ons], dtype=np.int64))
     step_ns = 60e9 / (tempo * 4)
-    after_first_minute = [m for t, m in memory if t >= 60.0] or [m for _, m in memory]
+    # medians of the first and last fifth after the warm-up minute: a transient allocation (a soundfont-less
+    # status burst, a malloc arena of a new thread) is not a leak; growth that stays is
+    steady = [m for t, m in memory if t >= 60.0] or [m for _, m in memory]
+    fifth = max(1, len(steady) // 5)
+    start_mb = float(np.median(steady[:fifth])) if steady else None
+    end_mb = float(np.median(steady[-fifth:])) if steady else None
     result.update(
-        uss_mb_first_minute=after_first_minute[0] if after_first_minute else None,
-        uss_mb_end=memory[-1][1] if memory else None,
-        uss_growth_mb=round(after_first_minute[-1] - after_first_minute[0], 1) if after_first_minute else None,
+        uss_mb_first_minute=start_mb,
+        uss_mb_end=end_mb,
+        uss_mb_max=max(steady) if steady else None,
+        uss_growth_mb=round(end_mb - start_mb, 1) if start_mb is not None and end_mb is not None else None,
         memory_mb=memory,
         steps=final["steps"],
         late_steps=final["late_steps"],
