@@ -219,7 +219,25 @@ def test_osc_control_status_subscribe_instrument_tempo_and_errors(start_daemon: 
         state = json.loads(replies[0][0])
         assert state["playing"] is True and state["tempo"] == 240.0
         assert isinstance(state["realtime"], bool)
-        assert set(state["parts"]) == {"melody", "chords", "bass"}
+        assert set(state["parts"]) == {"melody", "chords", "bass", "drums"}
+        assert state["parts"]["drums"]["channel"] == 10 and state["parts"]["drums"]["enabled"] is True
+        assert rec.wait_until(lambda ev: len(note_ons([m for _, m in ev], 9)) >= 4, timeout=10), "no drums on 10"
+        # a style and a mute over OSC: the drums fall silent with real note-offs until unmuted
+        peer.send("/rtgen/style", "chords", "strum")
+        peer.send("/rtgen/part/enable", "drums", 0)
+        for ask in range(2, 52):
+            peer.send("/rtgen/status")
+            state = json.loads(peer.wait_for("/rtgen/status", count=ask)[-1][0])
+            if not state["parts"]["drums"]["enabled"]:
+                break
+        assert state["parts"]["chords"]["style"] == "strum" and state["parts"]["drums"]["enabled"] is False
+        time.sleep(0.2)  # what JACK had in flight (a period or two) has arrived
+        muted = len(rec.messages())
+        assert not {key for key in sounding_notes(rec.messages()) if key[0] == 9}, "a drum note left sounding"
+        time.sleep(0.5)
+        assert not note_ons(rec.messages()[muted:], 9), "drums played while muted"
+        peer.send("/rtgen/part/enable", "drums", 1)
+        assert rec.wait_until(lambda ev: note_ons([m for _, m in ev][muted:], 9), timeout=5), "drums not back"
 
         peer.send("/rtgen/subscribe", "127.0.0.1", peer.port)
         assert peer.wait_for("/rtgen/beat", count=2), "no /rtgen/beat feedback"
@@ -251,11 +269,11 @@ def test_osc_control_status_subscribe_instrument_tempo_and_errors(start_daemon: 
         peer.send("/rtgen/tempo", "fast")
         peer.send("/rtgen/tempo", 9999.0)
         peer.send("/rtgen/nope")
-        peer.send("/rtgen/instrument", "drums", 3)
+        peer.send("/rtgen/instrument", "cowbell", 3)
         errors = peer.wait_for("/rtgen/error", count=n_err + 5)
         assert len(errors) >= n_err + 5, f"missing error replies: {errors}"
         text = " ".join(e[0] for e in errors)
-        assert "unknown address" in text and "range" in text and "drums" in text
+        assert "unknown address" in text and "range" in text and "cowbell" in text
 
         peer.send("/rtgen/model", str(d.log.parent / "no-such-model"))
         errors = peer.wait_for("/rtgen/error", count=n_err + 6, timeout=10)

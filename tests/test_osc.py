@@ -84,8 +84,10 @@ def test_valid_messages_reach_the_controller(server: tuple[osc.OscServer, FakeCo
     peer.send("/rtgen/key", "D major")
     peer.send("/rtgen/swing", 0.5)
     peer.send("/rtgen/seed", 7)
+    peer.send("/rtgen/style", "chords", "waltz")
+    peer.send("/rtgen/part/enable", "drums", 0)
     peer.send("/rtgen/stop")
-    calls = wait_calls(ctl, 10)
+    calls = wait_calls(ctl, 12)
     assert calls == [
         ("play", ()),
         ("set_tempo", (140.0,)),
@@ -96,6 +98,8 @@ def test_valid_messages_reach_the_controller(server: tuple[osc.OscServer, FakeCo
         ("set_key", ("D major",)),
         ("set_swing", (0.5,)),
         ("set_seed", (7,)),
+        ("set_style", ("chords", "waltz")),
+        ("set_part_enabled", ("drums", False)),
         ("stop", ()),
     ]
 
@@ -111,6 +115,9 @@ def test_valid_messages_reach_the_controller(server: tuple[osc.OscServer, FakeCo
         ("/rtgen/key", ("H major",), "cannot parse key"),
         ("/rtgen/swing", (0.9,), "range 0.0..0.75"),
         ("/rtgen/mode", ("jazz",), "unknown mode"),
+        ("/rtgen/style", ("chords", "polka"), "unknown chords style 'polka'; allowed: auto, block"),
+        ("/rtgen/style", ("melody", "strum"), "unknown melody style 'strum'; allowed: auto"),
+        ("/rtgen/part/enable", ("drums", 2), "range 0..1"),
         ("/rtgen/nope", (), "unknown address"),
     ],
 )
