@@ -154,11 +154,11 @@ class Arranger:
         self.memory: dict[str, list[list[_Stored | None]]] = {}
         self.section: str | None = None  # the section playing (None: no form, the engine plays freely)
         self.occurrence = 0  # how many times the current section has started, this one included
-        self.key: ct.Key | None = None  # the piece's key (intro and cadence); live: the params' lock
+        self.key: ct.Key | None = None  # the piece's key, for the intro and the cadence (offline)
         self._rng = np.random.default_rng([seed, 0x5EC7])
         self._start_bar = 0
         self._bars: int | None = None  # the current section's length (offline), None live
-        self._role = ""  # "intro", "ending" or ""
+        self._role = ""  # "intro" or ""
         self._recording = False
         self._varied: frozenset[int] = frozenset()
         self._next: tuple[str, int] | None = None  # (name, bar) cued
@@ -192,7 +192,8 @@ class Arranger:
             name: the section's name (its memory key).
             bar: the transport bar it starts on.
             bars: its length (offline); None live.
-            role: ``"intro"`` (tonic pedal, sparse melody), ``"ending"`` (cadence on its last bars) or ``""``.
+            role: ``"intro"`` (tonic pedal, sparse melody, not remembered) or ``""`` (the ending is
+                :meth:`end_at`'s, whatever section plays there).
         """
         check_section_name(name)
         self.section = name
@@ -213,10 +214,6 @@ class Arranger:
             n = min(len(candidates), max(1, round(self.vary * len(stored)))) if self.vary > 0 else 0
             picked = self._rng.choice(candidates, size=n, replace=False) if n and candidates else ()
             self._varied = frozenset(int(b) for b in picked)
-
-    def occurrence_of(self, name: str) -> int:
-        """How many times section ``name`` has started so far."""
-        return self._counts.get(name, 0)
 
     def cue(self, name: str, next_pos: Position) -> int:
         """Live: switch to ``name`` at the next boundary not yet decided; returns that bar (0-based).
