@@ -405,8 +405,10 @@ class OscControl:
     def section(self, sender: tuple[str, int] | None, name: str) -> None:
         """Cue the song-form section NAME (letters, digits, _ . -): it starts at the next phrase boundary (or bar
         line, [form] cue); a section heard before replays its melody and chords with variation."""
+        from rtgen.form import check_section_name
+
         try:
-            self.controller.set_section(name)
+            self.controller.set_section(check_section_name(name))
         except ValueError as err:
             raise OscArgError(str(err)) from err
 
