@@ -21,7 +21,8 @@ REQUIRED_KEYS = {
     "note_nll", "note_nll_ngram", "chord_nll", "chord_nll_ngram", "copy_rate", "self_repetition",
     "self_repetition_data", "note_nll_onset", "note_nll_onset_ngram", "chord_nll_change", "chord_nll_change_ngram",
     "velocity_nll_onset", "ngram_order_melody", "ngram_order_chord", "in_scale", "in_scale_data",
-    "chord_tone_strong", "chord_tone_strong_data", "note_ratio", "chord_ratio",
+    "chord_tone_strong", "chord_tone_strong_data", "note_ratio", "chord_ratio", "note_ratio_strongest",
+    "chord_ratio_strongest", "note_nll_strongest", "chord_nll_strongest",
 }  # fmt: skip
 
 H, R = C.MEL_HOLD, C.MEL_REST
@@ -168,9 +169,19 @@ def _check_model_folder(model_dir: Path) -> dict[str, Any]:
     assert 1 <= metrics["ngram_order_melody"] <= ev.MAX_NGRAM_ORDER
     for key in ("copy_rate", "in_scale", "in_scale_data", "self_repetition", "self_repetition_data"):
         assert metrics[key] is None or 0 <= metrics[key] <= 1, key
+    for key, stream in (("note", "melody"), ("chord", "chord")):
+        fair = {k: b["test_nll"] for k, b in metrics["baselines"].items() if b["stream"] == stream and b["fair"]}
+        assert {f"{stream}_ngram", f"{stream}_12keys"} <= set(fair)
+        assert metrics[f"{key}_nll_strongest"] == min(fair.values()) <= metrics[f"{key}_nll_ngram"]
+        assert metrics[f"{key}_strongest"] == min(fair, key=lambda k: fair[k])
+        assert metrics[f"{key}_ratio_strongest"] == pytest.approx(metrics[f"{key}_nll"] / min(fair.values()))
+    nd = metrics["near_duplicates"]
+    assert 0 <= nd["tune_share"] <= 1 and len(nd["found"]) == nd["tunes"]
+    assert nd["without"]["steps"] == metrics["test_steps"] - nd["steps"]
     Model.load(model_dir)  # the sha256 of the graphs still verify
     report = (model_dir / "EVALUATION.md").read_text()
-    assert "| copy_rate |" in report
+    assert "| copy_rate |" in report and "| note_ratio_strongest |" in report
+    assert "## Against baselines that see what the models see" in report and "## Near-duplicates" in report
     return metrics
 
 
@@ -195,6 +206,9 @@ def test_evaluate_writes_metrics_and_keeps_hashes(random_model: Path, tmp_path: 
     assert stored["seconds"]["accompaniment"] >= 0
     report = (model_dir / "EVALUATION.md").read_text()
     assert "## Accompaniment" in report and "| the human chords | " in report
+    again = ev.evaluate(model=model_dir, data=data, renders=2, bars=4, progress=False, accompaniment=False)
+    assert again["accompaniment"] == acc and again["kept"] == ["accompaniment"]
+    assert "## Accompaniment" in (model_dir / "EVALUATION.md").read_text()
 
 
 def test_missing_data_is_a_clear_error(random_model: Path, tmp_path: Path) -> None:

@@ -249,12 +249,17 @@ class Baseline:
 BASELINES = (
     Baseline("melody_12keys", "melody", (), 12, "melody + position, 12 keys"),
     Baseline("melody_chord", "melody", ("chord_now",), 12, "melody + position + sounding chord, 12 keys"),
+    Baseline("melody_chord_lookback", "melody", ("chord_now", "lookback_melody_8"), 12,
+             "melody + position + sounding chord + melody 8 bars back, 12 keys"),
     Baseline("chord_12keys", "chord", (), 12, "chord + position, 12 keys"),
     Baseline("chord_melody", "chord", ("prev_chord_now", "prev_sounding"), 12,
              "chord + position + previous chord and melody note, 12 keys"),
+    Baseline("chord_lookback", "chord", ("prev_chord_now", "lookback_chord_8", "lookback_chord_4"), 12,
+             "chord + position + previous chord + chords 8 and 4 bars back, 12 keys"),
 )  # fmt: skip
-"""The baselines beside the original-key n-grams (``*_ngram``). The note model sees the chord at the step,
-the chord model the melody up to the step before (docs/internals.md §3)."""
+"""The baselines beside the original-key n-grams (``*_ngram``). The note model sees the chord at the step, the
+chord model the melody up to the step before, both the tokens 1, 2, 4 and 8 bars back (docs/internals.md §3).
+The lookback features are the ones that did best on valid among the single lookbacks and pairs tried."""
 
 
 def step_features(split: Split) -> dict[str, npt.NDArray[np.int64]]:
@@ -453,6 +458,7 @@ def evaluate(
     seed: int = 0,
     max_order: int = MAX_NGRAM_ORDER,
     progress: bool | None = None,
+    accompaniment: bool = True,
 ) -> dict[str, Any]:
     """Evaluate a model folder on the test split of a prepared-data folder and record the results.
 
@@ -464,6 +470,8 @@ def evaluate(
         seed: first render seed.
         max_order: highest n-gram order tried on valid.
         progress: show progress bars (``None``: only on a terminal).
+        accompaniment: measure the accompaniment (a minute, through rtgen's performer); ``False`` keeps the
+            block meta.json has from an earlier evaluation, as it is.
 
     Returns:
         The metrics written into ``meta.json`` under ``metrics.test``.
@@ -508,6 +516,8 @@ def evaluate(
         order, valid_nll, base_nll[b.name] = fit_baseline(b, splits, features, max_order)
         base_info[b.name] = {"stream": b.stream, "features": list(b.features), "keys": b.keys, "order": order,
                              "valid_nll": valid_nll, "label": b.label, "fair": b.fair}  # fmt: skip
+    for v in base_info.values():
+        v["history"] = max(0, v["order"] - 1 - len(v["features"]))  # previous tokens in the top level
     streams = {k: v["stream"] for k, v in base_info.items()}
     fair = {k for k, v in base_info.items() if v["fair"]}
     vs = compare(nll, base_nll, streams, fair, test)
@@ -575,7 +585,14 @@ def evaluate(
     metrics["renders"] = {"count": renders, "bars": bars, "seed": seed, "temperature": 1.0, "top_p": 1.0}
     t_render = time.perf_counter() - t0
     t0 = time.perf_counter()
-    metrics["accompaniment"] = evaluate_accompaniment(m, data, "test", seed=seed)
+    if accompaniment:
+        metrics["accompaniment"] = evaluate_accompaniment(m, data, "test", seed=seed)
+    else:
+        previous = _previous_metrics(model).get("accompaniment")
+        if previous:
+            metrics["accompaniment"] = previous
+            metrics["kept"] = ["accompaniment"]
+        log.info("accompaniment not measured (%s)", "kept from meta.json" if previous else "none recorded")
     t_accompany = time.perf_counter() - t0
     metrics["seconds"] = {"model_nll": round(t_model, 2), "ngram": round(t_ngram, 2),
                           "baselines": round(t_baselines, 2), "renders": round(t_render, 2),
@@ -595,6 +612,15 @@ def evaluate(
         f"copy rate {_pct(metrics['copy_rate'])} -> {model / 'EVALUATION.md'}"
     )
     return metrics
+
+
+def _previous_metrics(model_dir: Path) -> dict[str, Any]:
+    """``metrics.test`` of a model folder's meta.json (empty when there is none)."""
+    try:
+        found = json.loads((model_dir / "meta.json").read_text()).get("metrics", {}).get("test", {})
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return {}
+    return found if isinstance(found, dict) else {}
 
 
 def _manifest_files(data: Path) -> dict[str, list[str]]:
@@ -715,13 +741,13 @@ def _comparison_tables(base: dict[str, Any], vs: dict[str, Any]) -> list[str]:
         row = vs.get(key)
         if not row:
             continue
-        lines += [f"| {stream} NLL (nats/step) | order | all steps | {sel_label} |", "|---|---:|---:|---:|",
+        lines += [f"| {stream} NLL (nats/step) | previous tokens | all steps | {sel_label} |", "|---|---:|---:|---:|",
                   f"| **model** | | **{_fmt(row['nll'])}** | **{_fmt(row[f'nll_{sel}'])}** |"]  # fmt: skip
         for name, all_steps in row["baselines"].items():
             info = base.get(name, {})
             label = info.get("label", name) + ("" if info.get("fair", True) else " (sees more than the model)")
             lines.append(
-                f"| n-gram: {label} | {info.get('order', '')} | {_fmt(all_steps)} | "
+                f"| n-gram: {label} | {info.get('history', '')} | {_fmt(all_steps)} | "
                 f"{_fmt(row[f'baselines_{sel}'].get(name))} |"
             )
         lines.append(
@@ -783,11 +809,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--seed", type=int, default=0, help="first render seed (default: 0)")
     p.add_argument("--max-order", type=int, default=MAX_NGRAM_ORDER,
                    help=f"highest n-gram order tried on valid (default: {MAX_NGRAM_ORDER})")  # fmt: skip
+    p.add_argument("--keep-accompaniment", action="store_true",
+                   help="do not re-measure the accompaniment section; keep the one meta.json has")  # fmt: skip
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
     evaluate(
-        model=args.model, data=args.data, bars=args.bars, renders=args.renders, seed=args.seed, max_order=args.max_order
-    )
+        model=args.model, data=args.data, bars=args.bars, renders=args.renders, seed=args.seed,
+        max_order=args.max_order, accompaniment=not args.keep_accompaniment,
+    )  # fmt: skip
     return 0
