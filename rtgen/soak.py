@@ -224,10 +224,13 @@ def soak(model_dir: Path, minutes: float = 30.0, tempo: float = 200.0, seed: int
         stuck_notes=book.count(),
         stuck=[list(n) for n in book.notes()],
         stuck_history={  # the last messages of each stuck key, (frame, hex): what a fix needs to see
-            f"{ch}:{pitch}": [(f, m.hex()) for f, m in recorder.events if len(m) == 3 and m[0] & 0x0F == ch
-                              and m[1] == pitch and m[0] & 0xF0 in (0x80, 0x90)][-6:]
+            f"{ch}:{pitch}": [
+                (f, m.hex())
+                for f, m in recorder.events
+                if len(m) == 3 and m[0] & 0x0F == ch and m[1] == pitch and m[0] & 0xF0 in (0x80, 0x90)
+            ][-6:]
             for ch, pitch in book.notes()
-        },  # fmt: skip
+        },
         drift_us=round(drift_us(arrivals, step_ns), 1) if arrivals.size > 10 else None,
         monotonic_vs_wall_clock_us=round(((mono1 - mono0) - (wall1 - wall0)) / 1000, 1),
         statuses=statuses,
