@@ -236,3 +236,13 @@ def test_cli_evaluate_on_a_trained_model(tiny_model_dir: Path, tmp_path: Path) -
     assert proc.stdout.startswith("evaluate: model: note NLL")
     metrics = _check_model_folder(model_dir)
     assert metrics["renders"]["seed"] == 5
+
+
+def test_a_new_report_keeps_the_sections_other_tools_wrote(tmp_path: Path) -> None:
+    from training.evaluate import kept_sections
+
+    report = tmp_path / "EVALUATION.md"
+    report.write_text("# m\n\n## Targets\nold\n\n## Song form: a render\nfigures\nmore\n")
+    new = "# m\n\n## Targets\nnew\n"
+    assert kept_sections(report, new) == "\n## Song form: a render\nfigures\nmore\n"
+    assert kept_sections(tmp_path / "missing.md", new) == ""

@@ -642,6 +642,22 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f} %"
 
 
+def kept_sections(report: Path, new_text: str) -> str:
+    """The ``## `` sections of an existing report that ``new_text`` does not have (written by other tools,
+    e.g. ``python -m rtgen.form``'s Song form section), to append after it."""
+    try:
+        old = report.read_text()
+    except OSError:
+        return ""
+    headings = {line.split(":", 1)[0] for line in new_text.splitlines() if line.startswith("## ")}
+    kept = []
+    for chunk in ("\n" + old).split("\n## ")[1:]:
+        heading = "## " + chunk.splitlines()[0]
+        if heading.split(":", 1)[0] not in headings:
+            kept.append("\n## " + chunk.rstrip("\n") + "\n")
+    return "".join(kept)
+
+
 def _record(model_dir: Path, metrics: dict[str, Any]) -> None:
     """Write ``metrics.test`` into meta.json (atomically), EVALUATION.md, and re-render the model card."""
     meta_path = model_dir / "meta.json"
@@ -654,7 +670,9 @@ def _record(model_dir: Path, metrics: dict[str, Any]) -> None:
     try:
         tmp.write_text(json.dumps(meta, indent=2) + "\n")
         tmp.replace(meta_path)
-        (model_dir / "EVALUATION.md").write_text(report_markdown(meta.get("name") or model_dir.name, metrics))
+        report = model_dir / "EVALUATION.md"
+        text = report_markdown(meta.get("name") or model_dir.name, metrics)
+        report.write_text(text + kept_sections(report, text))
     except OSError as err:
         raise ModelError(f"cannot write the evaluation into {model_dir}: {err}") from err
     try:
