@@ -106,7 +106,7 @@ class JackPort:
         return "input" in self.properties
 
 
-def jack_ports(server: str | None = None, timeout: float = 5.0) -> list[JackPort]:
+def jack_ports(server: str | None = None, timeout: float = 20.0) -> list[JackPort]:
     """All ports of ``server`` (default: ``$JACK_DEFAULT_SERVER``) with their type and direction.
 
     Raises:

@@ -119,7 +119,7 @@ def test_overlapping_model_requests_the_last_wins(model_set: dict[str, Path]) ->
 
 
 def test_20_soundfont_swaps_while_playing(fonts: list[Path]) -> None:
-    result = measure_soundfont_swaps(fonts, seconds=16.0, bpm=300.0, swaps=20, realtime_priority=0)
+    result = measure_soundfont_swaps(fonts, seconds=30.0, bpm=300.0, swaps=20, realtime_priority=0)
     print(
         f"\n20 soundfont swaps (TimGM6mb <-> FluidR3) at 300 BPM: schedule error {result['schedule_error_us']} us, "
         f"late steps {result['late_steps']}, loads {result['load_ms']} ms"
