@@ -178,7 +178,7 @@ def jack_connect(source: str, destination: str, server: str | None = None) -> No
     """Connect two JACK ports (``jack_connect``); raises RuntimeError with jack's message on failure."""
     env = jack_env(server) if server else dict(os.environ)
     proc = subprocess.run(
-        ["jack_connect", source, destination], env=env, capture_output=True, text=True, timeout=10, check=False
+        ["jack_connect", source, destination], env=env, capture_output=True, text=True, timeout=30, check=False
     )
     if proc.returncode != 0:
         raise RuntimeError(f"jack_connect {source} {destination} failed: {proc.stderr.strip() or proc.stdout.strip()}")
