@@ -73,6 +73,11 @@ class JackRecorder:
             self.events.append((base + offset, msg))
             self.arrivals_ns.append(now)
 
+    def note_on_frames(self) -> np.ndarray:
+        """JACK frame times of every note-on received."""
+        ons = [f for f, m in self.events if len(m) == 3 and m[0] & 0xF0 == 0x90 and m[2] > 0]
+        return np.array(ons, dtype=np.int64)
+
     def midi_output_ports(self) -> list[str]:
         """Names of the MIDI output ports on the server."""
         return [p.name for p in self.client.get_ports(is_midi=True, is_output=True)]
@@ -89,6 +94,13 @@ def grid_deviation_us(frames: np.ndarray, rate: int, step_us: float) -> np.ndarr
     k = np.round((t - t[0]) / step_us)
     slope, intercept = np.polyfit(k, t, 1)
     return np.abs(t - (intercept + slope * k))
+
+
+def _grid_figures(onsets: np.ndarray, rate: int, tempo: float) -> dict[str, float]:
+    """p50/p99/max of the onsets' grid deviation (sixteenths at ``tempo``), in microseconds."""
+    step_us = 60e6 / (tempo * STEPS_PER_BEAT)
+    dev = grid_deviation_us(onsets, rate, step_us) if onsets.size >= 3 else np.zeros(0)
+    return percentiles_us((dev * 1000).astype(np.int64))
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -152,13 +164,11 @@ def bench_jack_grid(
             settings["jack_xruns"] = server.xruns()
         finally:
             server.close()
-    ons = np.array([f for f, m in recorder.events if len(m) == 3 and m[0] & 0xF0 == 0x90 and m[2] > 0], dtype=np.int64)
+    ons = recorder.note_on_frames()
     onsets = np.unique(ons)  # a chord is one onset: its notes share the step
-    step_us = 60e6 / (tempo * STEPS_PER_BEAT)
-    dev = grid_deviation_us(onsets, recorder.rate, step_us) if onsets.size >= 3 else np.zeros(0)
     settings.update(onsets=int(onsets.size), note_ons=int(ons.size), events=len(recorder.events))
     return {
-        "jack_grid_dev_us": percentiles_us((dev * 1000).astype(np.int64)),
+        "jack_grid_dev_us": _grid_figures(onsets, recorder.rate, tempo),
         "jack_period_us": round(recorder.period * 1e6 / recorder.rate, 1),
         "first_note_ms": round(first_note_ms, 1),
         "cpu_percent_120bpm": round(100.0 * (cpu1 - cpu0) / (wall1 - wall0), 2),
@@ -318,10 +328,5 @@ def bench_osc_load(
                 recorder.close()
         finally:
             server.close()
-    ons = np.unique(
-        np.array([f for f, m in recorder.events if len(m) == 3 and m[0] & 0xF0 == 0x90 and m[2] > 0], dtype=np.int64)
-    )
-    step_us = 60e6 / (tempo * STEPS_PER_BEAT)
-    dev = grid_deviation_us(ons, recorder.rate, step_us) if ons.size >= 3 else np.zeros(0)
-    result["jack_grid_dev_us"] = percentiles_us((dev * 1000).astype(np.int64))
+    result["jack_grid_dev_us"] = _grid_figures(np.unique(recorder.note_on_frames()), recorder.rate, tempo)
     return result
