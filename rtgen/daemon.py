@@ -384,6 +384,9 @@ class Player:
         fake = isinstance(source, FakeTime)
         tuner = SpinTuner(high_ns=max(spin_ns, 200_000)) if spin_ns and not fake else None
         self.spin_tuner = tuner
+        # before the clock starts: in a big process (a test suite, a host) a full collection takes a second
+        gc.collect()
+        gc.freeze()  # objects made so far live for the whole run: keep the collector from walking them
         t0 = clock.start(start_ns if start_ns is not None else source.now_ns() + START_LEAD_NS)
         end_ns = t0 + int(duration_s * 1e9) if duration_s > 0 else None
         sched = self.scheduler
@@ -391,8 +394,6 @@ class Player:
             self._step_start = t0
             self._start_clock_out(t0)
             self._plan_next(t0)
-        gc.collect()
-        gc.freeze()  # objects made so far live for the whole run: keep the collector from walking them
         try:
             now = source.now_ns()
             while not self.stop_requested.is_set():
