@@ -104,7 +104,9 @@ def test_bench_runs_the_daemon_through_jack_and_under_osc_load(model_dir: Path, 
     assert grid is not None, data.get("jack_grid_skipped")
     assert grid["count"] >= 3 and 0 <= grid["p50"] <= grid["p99"] <= grid["max"]
     assert data["jack_grid"]["daemon_exit_code"] == 0
-    assert 0 < data["first_note_ms"] < 60_000
+    runs = data["jack_grid"]["first_note_runs_ms"]
+    assert len(runs) == 5 and all(0 < ms < 60_000 for ms in runs)
+    assert data["first_note_ms"] == round(sorted(runs)[2], 1)  # the median start
     assert 0 < data["cpu_percent_120bpm"] < 100
     assert data["uss_mb"] > 10
     load = data["osc_load"]
