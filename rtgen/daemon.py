@@ -77,6 +77,7 @@ POLL_NS = 1_000_000  # the player's input is polled this often (at most this muc
 IDLE_POLL_NS = 20_000_000  # ... and this often while nobody plays in autonomous mode (each poll is a wake-up)
 PLAYER_ACTIVE_NS = 4_000_000_000  # the player counts as playing this long after their last channel message
 SKIP_AHEAD_NS = 1_000_000_000  # a stall longer than this is not caught up step by step: the loop jumps to now
+COARSE_OUTPUT_NS = 1_000_000  # outputs this coarse play a note at their next period, however late in one it came
 SWITCH_INTERVAL_S = 0.0002  # how long the loop may hold the GIL while another thread (rtmidi, OSC) waits
 JACK_RETRY_S = 0.5  # while the JACK server is gone, look for it again this often
 JACK_REOPEN_S = 10.0  # the server is back: keep trying to reopen the ports this long, then give up and exit
@@ -304,6 +305,9 @@ class Player:
         self.reactive_decisions = 0
         self.command_errors = 0
         self.spin_tuner: SpinTuner | None = None  # the loop's, while it runs
+        # the finest time grid of the outputs (a JACK period, an audio buffer; 0: they send at once): from
+        # COARSE_OUTPUT_NS up, spinning to send some 100 us sooner moves no note and only burns CPU
+        self.output_quantum_ns = 0
         self.skipped_steps = 0  # steps jumped over after a long stall (the bar lines stay on the grid)
         self.early_decisions = 0  # reactive steps decided by the player's onset before the window ran out
         self._onsets: list[Any] = []  # the player's onsets not yet given to a step
@@ -380,7 +384,7 @@ class Player:
         """Play until :meth:`request_stop` or ``duration_s`` seconds (0 = no limit), then release all notes."""
         clock = self.clock
         source = clock.source
-        spin_ns = getattr(source, "spin_ns", 0)
+        spin_ns = getattr(source, "spin_ns", 0) if self.output_quantum_ns < COARSE_OUTPUT_NS else 0
         fake = isinstance(source, FakeTime)
         tuner = SpinTuner(high_ns=max(spin_ns, 200_000)) if spin_ns and not fake else None
         self.spin_tuner = tuner
@@ -1019,6 +1023,7 @@ class Daemon:
         self.jack_losses = 0
         self._closing = threading.Event()
         self._supervisor: threading.Thread | None = None
+        self._jack_period_ns = 0  # the watched server's period (0: not on JACK, or not watched)
         self._fatal: RtgenError | None = None  # why the supervisor ended the run (raised by run())
         self._signal_fds: tuple[int, int] | None = None
         self._signal_thread: threading.Thread | None = None
@@ -1199,6 +1204,7 @@ class Daemon:
             if self.osc is not None:
                 self.osc.start()
             self._start_supervisor()
+            player.output_quantum_ns = self._output_quantum_ns()
             if self.status_reporter is not None:
                 self.status_reporter.start(self)
             player.send_parts_setup()
@@ -1299,6 +1305,19 @@ class Daemon:
         ports.append(self.input)
         return [p for p in ports if p is not None and getattr(p, "backend", None) == "jack"]
 
+    def _output_quantum_ns(self) -> int:
+        """The finest time grid of the live outputs: MIDI on JACK and the synth play at period starts."""
+        quanta = []
+        for sink in self.sinks:
+            if sink is self.synth_sink and self.synth is not None:
+                quanta.append(self.synth.period_ns)
+            elif sink in self.midi_sinks:
+                jack = getattr(getattr(sink, "output", None), "backend", None) == "jack"
+                quanta.append(self._jack_period_ns if jack else 0)
+            elif not sink.name.startswith("record:"):  # a file keeps the send times: 100 us do not matter there
+                quanta.append(0)
+        return min(quanta, default=0)
+
     def _start_supervisor(self) -> None:
         """Watch the JACK server from a thread of its own when a MIDI port is on JACK."""
         if not self._jack_ports():
@@ -1314,6 +1333,7 @@ class Daemon:
             log.warning("cannot watch the JACK server (no client could open): if it dies, rtgen will not notice")
             return
         self.jack = "ok"
+        self._jack_period_ns = watch.period_ns()
         self._supervisor = threading.Thread(target=self._supervise, args=(watch,), name="rtgen-jack", daemon=True)
         self._supervisor.start()
 
@@ -1696,6 +1716,7 @@ class Daemon:
             "max_late_us": stats.max_late_ns / 1000,
             "dropped_late_notes": p.scheduler.dropped_late,
             "skipped_steps": p.skipped_steps,
+            "output_quantum_us": p.output_quantum_ns / 1000,
             "spin_us": p.spin_tuner.spin_ns / 1000 if p.spin_tuner is not None else None,
             "worst_wakeup_us": p.spin_tuner.worst_ns / 1000 if p.spin_tuner is not None else None,
             "reactive_steps": p.reactive_decisions,

@@ -518,6 +518,10 @@ def _load_libjack() -> ctypes.CDLL:
         lib.jack_client_close.argtypes = [ctypes.c_void_p]
         lib.jack_on_shutdown.restype = None
         lib.jack_on_shutdown.argtypes = [ctypes.c_void_p, _ShutdownCallback, ctypes.c_void_p]
+        lib.jack_get_buffer_size.restype = ctypes.c_uint32
+        lib.jack_get_buffer_size.argtypes = [ctypes.c_void_p]
+        lib.jack_get_sample_rate.restype = ctypes.c_uint32
+        lib.jack_get_sample_rate.argtypes = [ctypes.c_void_p]
         _libjack = lib
     return _libjack
 
@@ -569,6 +573,14 @@ class JackWatch:
             log.debug("no JACK server (status 0x%x)", status.value)
             return None
         return cls(lib, client, name)
+
+    def period_ns(self) -> int:
+        """The server's period (buffer size over sample rate) in nanoseconds; 0 once closed."""
+        client = self._client
+        if client is None:
+            return 0
+        rate = int(self._lib.jack_get_sample_rate(client))
+        return int(self._lib.jack_get_buffer_size(client)) * 1_000_000_000 // rate if rate > 0 else 0
 
     def close(self) -> None:
         """Close the client (idempotent; quick even when the server is gone)."""

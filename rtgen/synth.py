@@ -280,6 +280,12 @@ class Synth:
                 loader.sfunload(fid, 0)
         self.fonts_freed += 1
 
+    @property
+    def period_ns(self) -> int:
+        """The audio period in nanoseconds: a note sent at any time within one sounds at its end."""
+        frames = int(self._synth.get_setting("audio.period-size") or 0)
+        return frames * 1_000_000_000 // self.sample_rate
+
     def program(self, channel: int, program: int) -> None:
         """Select General MIDI ``program`` (0..127) on ``channel`` (0..15; channel 9 uses the drum bank)."""
         self._programs[channel] = program
