@@ -41,24 +41,31 @@ TRIAD = (48, 52, 55)
 
 
 class _Player:
-    """Plays into the daemon's input from a thread: a melody over a held triad, two bars on, two off."""
+    """Plays into the daemon's input from a thread: a melody over a held triad, two bars on, two off.
 
-    def __init__(self, server: str, target: str, tempo: float) -> None:
+    Its JACK client opens (and closes) while no Python JACK callback of this process is active: rtmidi
+    holds the GIL while it waits for the server, the recorder's callback needs it, and a synchronous server
+    waits for that callback until its timeout; the recorder then loses a cycle and reads the next one twice
+    (seen as stuck notes in its count that the daemon never left). Connect it with :meth:`start`.
+    """
+
+    def __init__(self, server: str, tempo: float) -> None:
         import rtmidi
 
         from rtgen.midi_io import captured_stderr
 
+        name = f"{server}-player"
         with captured_stderr():
-            self.out = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, name=f"{server}-player")
-        ports = list(self.out.get_ports())
-        self.out.open_port(ports.index(target), "out")
+            self.out = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, name=name)
+        self.out.open_virtual_port("out")
+        self.port_name = f"{name}:out"
         self.beat_s = 60.0 / tempo
         self.notes_sent = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._play, name="soak-player", daemon=True)
 
     def start(self) -> None:
-        """Start playing."""
+        """Start playing (connect :attr:`port_name` first)."""
         self._thread.start()
 
     def _play(self) -> None:
@@ -90,9 +97,14 @@ class _Player:
             self.out.send_message([0x80, p, 0])
 
     def stop(self) -> None:
-        """Stop playing (every note of the player released) and close the port."""
+        """Stop playing (every note of the player released)."""
         self._stop.set()
-        self._thread.join(5)
+        if self._thread.is_alive():
+            self._thread.join(5)
+
+    def close(self) -> None:
+        """Close the port and the client (after the recorder has closed: see the class docstring)."""
+        self.stop()
         self.out.close_port()
         self.out.delete()
 
@@ -138,6 +150,8 @@ def soak(model_dir: Path, minutes: float = 30.0, tempo: float = 200.0, seed: int
         server.start()
         result["jack_mode"] = server.mode
         try:
+            with _jack_clients_env(name):
+                player = _Player(name, tempo)  # before the recorder's callback is active: see _Player
             recorder = JackRecorder(name, f"{name}-rec")
             try:
                 args = (
@@ -146,7 +160,6 @@ def soak(model_dir: Path, minutes: float = 30.0, tempo: float = 200.0, seed: int
                 )  # fmt: skip
                 daemon = _Daemon(name, model_dir, f"{name}-daemon", Path(tmp), seconds + 120, args)
                 load = _OscLoad(port, 1.0, seed)
-                player: _Player | None = None
                 try:
                     deadline = time.monotonic() + 60
                     while recorder.first_note_on_ns is None:
@@ -154,8 +167,7 @@ def soak(model_dir: Path, minutes: float = 30.0, tempo: float = 200.0, seed: int
                             raise RtgenError(f"the daemon did not start playing: {daemon.log_tail()}")
                         time.sleep(0.01)
                     target = daemon.find_port("in", 30, lambda: [p.name for p in recorder.client.get_ports()])
-                    with _jack_clients_env(name):
-                        player = _Player(name, target, tempo)
+                    recorder.client.connect(player.port_name, target)  # cffi lets the GIL go while it waits
                     player.start()
                     wall0, mono0 = time.time_ns(), time.perf_counter_ns()
                     t0 = time.monotonic()
@@ -176,13 +188,13 @@ def soak(model_dir: Path, minutes: float = 30.0, tempo: float = 200.0, seed: int
                     final = load.status()
                     wall1, mono1 = time.time_ns(), time.perf_counter_ns()
                 finally:
-                    if player is not None:
-                        player.stop()
+                    player.stop()
                     load.close()
                     result["daemon_exit_code"] = daemon.stop(60)
                     time.sleep(0.5)  # the last note-offs on their way through JACK
             finally:
                 recorder.close()
+                player.close()
             result["jack_xruns"] = server.xruns()
         finally:
             server.close()
@@ -220,7 +232,7 @@ def soak(model_dir: Path, minutes: float = 30.0, tempo: float = 200.0, seed: int
         engine_errors=final["engine_errors"],
         osc_errors=final["osc_errors"],
         note_ons=len(ons),
-        player_notes=player.notes_sent if player is not None else 0,
+        player_notes=player.notes_sent,
         stuck_notes=book.count(),
         stuck=[list(n) for n in book.notes()],
         stuck_history={  # the last messages of each stuck key, (frame, hex): what a fix needs to see
