@@ -148,7 +148,7 @@ def systemd_unit(service: Service) -> str:
         "[Service]\n"
         "Type=simple\n"
         f"ExecStart={' '.join(_systemd_quote(a) for a in service.argv)}\n"
-        f"WorkingDirectory={_systemd_quote(str(service.config.parent))}\n"
+        f"WorkingDirectory={str(service.config.parent).replace('%', '%%')}\n"  # taken whole: no quotes
         f"{env_lines}"
         "Restart=on-failure\n"
         f"RestartSec={RESTART_SEC}\n"
