@@ -30,6 +30,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -37,7 +38,7 @@ from pythonosc.osc_message import OscMessage
 from pythonosc.osc_message_builder import OscMessageBuilder
 from pythonosc.osc_server import BlockingOSCUDPServer
 
-from rtgen.config import PART_NAMES
+from rtgen.config import MODES, PART_NAMES
 from rtgen.errors import RtgenError
 
 log = logging.getLogger(__name__)
@@ -82,12 +83,45 @@ class Controller(Protocol):
     def status(self) -> dict[str, Any]: ...
 
 
-def osc_handler(address: str, types: str = "") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Mark a :class:`OscControl` method as the handler of ``/rtgen/<address>`` with OSC argument ``types``."""
+@dataclass(frozen=True)
+class OscArg:
+    """One argument of an address: the single source of its type and of the values it allows.
+
+    :meth:`OscControl.handle` enforces it before the handler runs; generated controllers
+    (:mod:`rtgen.stagecontrol`) take their ranges and choices from it.
+
+    Attributes:
+        name: what the argument is, as error replies name it.
+        type: the OSC type tag: ``f`` float (an integer is accepted), ``i`` integer or ``s`` string.
+        lo: smallest allowed number (with ``hi``), or None.
+        hi: largest allowed number (with ``lo``), or None.
+        choices: the allowed strings, or None when the handler checks the value itself (a path, a key).
+    """
+
+    name: str
+    type: str
+    lo: float | None = None
+    hi: float | None = None
+    choices: tuple[str, ...] | None = None
+
+    def check(self, value: Any) -> None:
+        """Raise :class:`OscArgError` unless ``value`` (already of :attr:`type`) is allowed."""
+        if self.lo is not None and self.hi is not None:
+            _check_range(self.name, value, self.lo, self.hi)
+        if self.choices is not None and value not in self.choices:
+            raise OscArgError(f"unknown {self.name} {_brief(value)}; allowed: {', '.join(self.choices)}")
+
+
+PART = OscArg("part", "s", choices=PART_NAMES)
+
+
+def osc_handler(address: str, *args: OscArg) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Mark a :class:`OscControl` method as the handler of ``/rtgen/<address>`` taking ``args``."""
 
     def mark(fn: Callable[..., Any]) -> Callable[..., Any]:
         fn._osc_address = f"{PREFIX}/{address}"  # type: ignore[attr-defined]
-        fn._osc_types = types  # type: ignore[attr-defined]
+        fn._osc_types = "".join(a.type for a in args)  # type: ignore[attr-defined]
+        fn._osc_args = args  # type: ignore[attr-defined]
         return fn
 
     return mark
@@ -166,12 +200,6 @@ def parse_message(dgram: bytes) -> tuple[str, list[Any]]:
         raise ValueError(str(err)) from err
 
 
-def _check_part(part: str) -> str:
-    if part not in PART_NAMES:
-        raise OscArgError(f"unknown part {_brief(part)}; allowed: {', '.join(PART_NAMES)}")
-    return part
-
-
 class OscControl:
     """The ``/rtgen/...`` address table: validates arguments and calls the controller.
 
@@ -184,10 +212,12 @@ class OscControl:
         self.controller = controller
         self.feedback = feedback
         self.handlers: dict[str, tuple[str, Callable[..., Any]]] = {}
+        self.args: dict[str, tuple[OscArg, ...]] = {}
         for _, method in inspect.getmembers(self, predicate=inspect.ismethod):
             address = getattr(method, "_osc_address", None)
             if address is not None:
                 self.handlers[address] = (method._osc_types, method)  # type: ignore[attr-defined]
+                self.args[address] = method._osc_args  # type: ignore[attr-defined]
         self.errors = 0
         self.handled = 0
         self._last_warn = 0.0
@@ -219,6 +249,8 @@ class OscControl:
         types, fn = entry
         try:
             values = self._convert(types, args)
+            for spec, value in zip(self.args[address], values, strict=True):
+                spec.check(value)
             self.handled += 1
             fn(sender, *values)
         except OscArgError as err:
@@ -288,78 +320,68 @@ class OscControl:
         """Release all notes and send all-notes-off + all-sound-off on every channel; keeps playing."""
         self.controller.panic()
 
-    @osc_handler("tempo", "f")
+    @osc_handler("tempo", OscArg("tempo", "f", 20.0, 400.0))
     def tempo(self, sender: tuple[str, int] | None, bpm: float) -> None:
         """Tempo in BPM, 20..400; takes effect at the next step boundary."""
         try:
-            self.controller.set_tempo(_check_range("tempo", bpm, 20.0, 400.0))
+            self.controller.set_tempo(bpm)
         except ValueError as err:  # following a MIDI clock: the DAW sets the tempo
             raise OscArgError(str(err)) from err
 
-    @osc_handler("temperature", "f")
+    @osc_handler("temperature", OscArg("temperature", "f", 0.05, 3.0))
     def temperature(self, sender: tuple[str, int] | None, value: float) -> None:
         """Sampling temperature, 0.05..3 (lower = safer, higher = wilder)."""
-        self.controller.set_params(temperature=_check_range("temperature", value, 0.05, 3.0))
+        self.controller.set_params(temperature=value)
 
-    @osc_handler("top_p", "f")
+    @osc_handler("top_p", OscArg("top_p", "f", 0.05, 1.0))
     def top_p(self, sender: tuple[str, int] | None, value: float) -> None:
         """Nucleus sampling threshold, 0.05..1."""
-        self.controller.set_params(top_p=_check_range("top_p", value, 0.05, 1.0))
+        self.controller.set_params(top_p=value)
 
-    @osc_handler("mode", "s")
+    @osc_handler("mode", OscArg("mode", "s", choices=MODES))
     def mode(self, sender: tuple[str, int] | None, mode: str) -> None:
         """Mode: autonomous, accompany (your melody, rtgen's chords and bass), improvise (your chords,
         rtgen's melody) or call-and-response; switches with every note released."""
-        from rtgen.config import MODES
-
-        if mode not in MODES:
-            raise OscArgError(f"unknown mode {_brief(mode)}; allowed: {', '.join(MODES)}")
         try:
             self.controller.set_mode(mode)
         except (ValueError, RtgenError) as err:  # e.g. a model without a harmoniser cannot accompany
             raise OscArgError(str(err)) from err
 
-    @osc_handler("instrument", "si")
+    @osc_handler("instrument", PART, OscArg("program", "i", 0, 127))
     def instrument(self, sender: tuple[str, int] | None, part: str, program: int) -> None:
         """GM program 0..127 for a part (melody|chords|bass|drums, where it picks the kit): Program Change on its
         channel + synth program."""
-        _check_part(part)
-        _check_range("program", program, 0, 127)
         self.controller.set_instrument(part, program)
 
-    @osc_handler("volume", "sf")
+    @osc_handler("volume", PART, OscArg("volume", "f", 0.0, 1.0))
     def volume(self, sender: tuple[str, int] | None, part: str, volume: float) -> None:
         """Volume 0..1 of a part (melody|chords|bass|drums): CC7 on its channel (MIDI out and synth)."""
-        _check_part(part)
-        self.controller.set_volume(part, _check_range("volume", volume, 0.0, 1.0))
+        self.controller.set_volume(part, volume)
 
-    @osc_handler("pan", "sf")
+    @osc_handler("pan", PART, OscArg("pan", "f", -1.0, 1.0))
     def pan(self, sender: tuple[str, int] | None, part: str, pan: float) -> None:
         """Pan -1 (left)..1 (right) of a part (melody|chords|bass|drums): CC10 on its channel."""
-        _check_part(part)
-        self.controller.set_pan(part, _check_range("pan", pan, -1.0, 1.0))
+        self.controller.set_pan(part, pan)
 
-    @osc_handler("style", "ss")
+    @osc_handler("style", PART, OscArg("style", "s"))
     def style(self, sender: tuple[str, int] | None, part: str, style: str) -> None:
         """Style of a part: chords block, arpeggio-up, arpeggio-down, arpeggio-updown, strum, waltz, jig; bass
         root, root-fifth, waltz, jig, walking; drums a groove family; auto = the meter's default. The part's
         notes are released first."""
         from rtgen.styles import style_names
 
-        _check_part(part)
         allowed = style_names(part)
         if style not in allowed:
             raise OscArgError(f"unknown {part} style {_brief(style)}; allowed: {', '.join(allowed)}")
         self.controller.set_style(part, style)
 
-    @osc_handler("part/enable", "si")
+    @osc_handler("part/enable", PART, OscArg("enabled", "i", 0, 1))
     def part_enable(self, sender: tuple[str, int] | None, part: str, enabled: int) -> None:
         """Unmute (1) or mute (0) a part (melody|chords|bass|drums); muting releases its notes at once with
         note-offs."""
-        _check_part(part)
-        self.controller.set_part_enabled(part, bool(_check_range("enabled", enabled, 0, 1)))
+        self.controller.set_part_enabled(part, bool(enabled))
 
-    @osc_handler("key", "s")
+    @osc_handler("key", OscArg("key", "s"))
     def key(self, sender: tuple[str, int] | None, key: str) -> None:
         """Key/scale lock such as "D major", "E minor", "A dorian", or "off"."""
         from rtgen.contract import Key
@@ -371,22 +393,22 @@ class OscControl:
                 raise OscArgError(str(err)) from err
         self.controller.set_key(key)
 
-    @osc_handler("density", "f")
+    @osc_handler("density", OscArg("density", "f", 0.0, 4.0))
     def density(self, sender: tuple[str, int] | None, value: float) -> None:
         """Note density 0..4 (>1 more notes, <1 fewer)."""
-        self.controller.set_params(density=_check_range("density", value, 0.0, 4.0))
+        self.controller.set_params(density=value)
 
-    @osc_handler("seed", "i")
+    @osc_handler("seed", OscArg("seed", "i", 0, 2**31 - 1))
     def seed(self, sender: tuple[str, int] | None, seed: int) -> None:
         """Random seed 0..2^31-1: restarts the piece from a fresh state with this seed (same seed, same music)."""
-        self.controller.set_seed(int(_check_range("seed", seed, 0, 2**31 - 1)))
+        self.controller.set_seed(seed)
 
-    @osc_handler("swing", "f")
+    @osc_handler("swing", OscArg("swing", "f", 0.0, 0.75))
     def swing(self, sender: tuple[str, int] | None, value: float) -> None:
         """Swing 0..0.75: delays every second sixteenth by this fraction of a step."""
-        self.controller.set_swing(_check_range("swing", value, 0.0, 0.75))
+        self.controller.set_swing(value)
 
-    @osc_handler("model", "s")
+    @osc_handler("model", OscArg("path", "s"))
     def model(self, sender: tuple[str, int] | None, path: str) -> None:
         """Hot-swap the model folder: loaded and checked in the background, switched on a bar line;
         on failure the old model keeps playing and /rtgen/error is sent."""
@@ -394,14 +416,14 @@ class OscControl:
             raise OscArgError("model path is empty")
         self.controller.swap_model(path, self._replier(sender))
 
-    @osc_handler("soundfont", "s")
+    @osc_handler("soundfont", OscArg("path", "s"))
     def soundfont(self, sender: tuple[str, int] | None, path: str) -> None:
         """Load another .sf2 soundfont into the internal synth (in the background)."""
         if not path.strip():
             raise OscArgError("soundfont path is empty")
         self.controller.swap_soundfont(path, self._replier(sender))
 
-    @osc_handler("section", "s")
+    @osc_handler("section", OscArg("name", "s"))
     def section(self, sender: tuple[str, int] | None, name: str) -> None:
         """Cue the song-form section NAME (letters, digits, _ . -): it starts at the next phrase boundary (or bar
         line, [form] cue); a section heard before replays its melody and chords with variation."""
@@ -412,7 +434,7 @@ class OscControl:
         except ValueError as err:
             raise OscArgError(str(err)) from err
 
-    @osc_handler("record/start", "s")
+    @osc_handler("record/start", OscArg("path", "s"))
     def record_start(self, sender: tuple[str, int] | None, path: str) -> None:
         """Record the session (the player's input and every part) to a .mid file, written when recording stops."""
         if not path.strip():
@@ -435,11 +457,10 @@ class OscControl:
             state = self.controller.status()
             self.feedback.reply(sender, f"{PREFIX}/status", [json.dumps(state, sort_keys=True)])
 
-    @osc_handler("subscribe", "si")
+    @osc_handler("subscribe", OscArg("host", "s"), OscArg("port", "i", 1, 65535))
     def subscribe(self, sender: tuple[str, int] | None, host: str, port: int) -> None:
         """Send feedback to host:port from now on: /rtgen/beat i i (bar, beat), /rtgen/chord s,
         /rtgen/note s i i (part, pitch, velocity), /rtgen/section s i (name, first bar), /rtgen/error s."""
-        _check_range("port", port, 1, 65535)
         try:  # IPv4 only: feedback goes out of the server's AF_INET socket
             socket.getaddrinfo(host, port, family=socket.AF_INET, type=socket.SOCK_DGRAM)
         except (OSError, UnicodeError, ValueError) as err:  # a name IDNA cannot encode raises UnicodeError
@@ -447,7 +468,7 @@ class OscControl:
         if not self.feedback.subscribe(host, port):
             raise OscArgError(f"too many subscribers (max {MAX_SUBSCRIBERS})")
 
-    @osc_handler("unsubscribe", "si")
+    @osc_handler("unsubscribe", OscArg("host", "s"), OscArg("port", "i", 1, 65535))
     def unsubscribe(self, sender: tuple[str, int] | None, host: str, port: int) -> None:
         """Stop sending feedback to host:port."""
         self.feedback.unsubscribe(host, port)
@@ -630,19 +651,27 @@ class OscServer(BlockingOSCUDPServer):
 
 
 # --- documentation ------------------------------------------------------------
+def _handler_functions() -> list[Callable[..., Any]]:
+    """The handler functions of :class:`OscControl`, in the order they are declared."""
+    found = [
+        fn for _, fn in inspect.getmembers(OscControl, predicate=inspect.isfunction) if hasattr(fn, "_osc_address")
+    ]
+    return sorted(found, key=lambda fn: inspect.getsourcelines(fn)[1])
+
+
 def address_table() -> list[tuple[str, str, str]]:
     """(address, argument types, description) for every handler, sorted as declared in the source."""
     rows = []
-    for _, fn in inspect.getmembers(OscControl, predicate=inspect.isfunction):
-        address = getattr(fn, "_osc_address", None)
-        if address is None:
-            continue
+    for fn in _handler_functions():
         doc = (inspect.getdoc(fn) or "").strip()
         first = " ".join(doc.split("\n\n")[0].split())  # the first paragraph, on one line
-        line = inspect.getsourcelines(fn)[1]
-        rows.append((line, address, fn._osc_types, first))  # type: ignore[attr-defined]
-    rows.sort()
-    return [(a, t, d) for _, a, t, d in rows]
+        rows.append((fn._osc_address, fn._osc_types, first))  # type: ignore[attr-defined]
+    return rows
+
+
+def address_args() -> dict[str, tuple[OscArg, ...]]:
+    """The arguments of every address, in declaration order (what a generated controller may send)."""
+    return {fn._osc_address: fn._osc_args for fn in _handler_functions()}  # type: ignore[attr-defined]
 
 
 def markdown_table() -> str:

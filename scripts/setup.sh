@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 WHAT=${1:-runtime}
 PY=${PYTHON:-python3}
-APT_PKGS=(fluidsynth libfluidsynth3 timgm6mb-soundfont fluid-soundfont-gm jackd2 jack-tools liblo-tools)
+APT_PKGS=(fluidsynth libfluidsynth3 timgm6mb-soundfont fluid-soundfont-gm jackd2 jack-tools liblo-tools systemd)
 
 need_apt=()
 command -v fluidsynth >/dev/null 2>&1 || need_apt+=(fluidsynth)
@@ -17,6 +17,7 @@ ldconfig -p 2>/dev/null | grep -q libfluidsynth || need_apt+=(libfluidsynth3)
 command -v jackd >/dev/null 2>&1 || need_apt+=(jackd2)
 command -v jack_midi_dump >/dev/null 2>&1 || need_apt+=(jack-tools)
 command -v oscsend >/dev/null 2>&1 || need_apt+=(liblo-tools)
+command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)  # the service tests verify the unit file
 
 if [ ${#need_apt[@]} -gt 0 ]; then
     if [ "$(uname -s)" = "Darwin" ]; then
