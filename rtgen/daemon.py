@@ -892,6 +892,7 @@ class Player:
                 sched.release_all()
                 self._release_voicer()
                 self.engine.reset(int(seed))
+                self.performer.voicer.reseed(int(seed))  # humanize, the styles' choices and the drummer
                 self._replan()
             case SetSwing(swing=swing):
                 self.swing = float(swing)

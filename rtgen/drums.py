@@ -252,6 +252,11 @@ class Drummer:
         self._origin = 0
         self._bar_key = None
 
+    def reseed(self, seed: int) -> None:
+        """Draw from ``seed`` from the next step on (the phrase count and cued fills stay)."""
+        self.seed = seed
+        self._bar_key = None
+
     def start_phrase(self, bar: int) -> None:
         """Count phrases from ``bar`` on (a section starts there): its phrase ends get the fills."""
         if bar != self._origin:

@@ -181,6 +181,13 @@ class Voicer:
         self._voicing = None
         return offs
 
+    def reseed(self, seed: int) -> None:
+        """Draw humanize, the styles' choices and the drums from ``seed`` from the next step on."""
+        self.seed = seed
+        self.rng = np.random.default_rng(seed)
+        self._style_rng = np.random.default_rng([seed, 17])
+        self.drummer.reseed(seed)
+
     @property
     def sounding(self) -> dict[str, list[tuple[int, int]]]:
         """Copy of the notes sounding per part, as ``(channel, pitch)``."""

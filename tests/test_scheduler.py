@@ -217,6 +217,23 @@ def test_loop_is_deterministic_for_a_seed(random_model: Path) -> None:
     assert runs[0] == runs[1]
 
 
+def test_seed_command_reseeds_every_part_the_drums_too(random_model: Path) -> None:
+    from rtgen.daemon import SetSeed
+
+    runs = []
+    for seed, command in ((11, None), (3, SetSeed(11)), (3, None)):
+        ft = FakeTime()
+        sink = RecordingSink()
+        player = make_player(random_model, 300.0, sink, ft, seed=seed)
+        if command is not None:
+            player.command(command)
+        player.run(2.0, start_ns=0)
+        runs.append([(t, m) for t, m in sink.events if m[0] & 0xF0 == 0x90 and m[2] > 0])
+    # the command comes in after the first step went out: from the second step on (50 ms) it is seed 11's
+    drums = [[(t, m) for t, m in run if m[0] & 0x0F == 9 and t >= 50_000_000] for run in runs]
+    assert drums[0] and drums[1] == drums[0] != drums[2]
+
+
 def test_tempo_command_changes_the_grid_from_the_next_step(random_model: Path) -> None:
     ft = FakeTime()
     sink = RecordingSink()
