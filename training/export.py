@@ -622,7 +622,13 @@ def write_model_card(model_dir: Path) -> Path:
     ]
     metrics = meta.get("metrics", {}).get("test")
     if metrics:
-        lines += ["Per-step NLL in nats on the held-out test tunes, against the best n-gram on the same data:", ""]
+        lines += [
+            "Per-step NLL in nats on the held-out test tunes. Baselines on the same split and tokens: `*_ngram` is",
+            "the plain n-gram of each stream in the original keys; `*_strongest` the strongest baseline that sees what",
+            "the model sees (n-grams on the 12 transposed keys, given the other stream and the lookbacks; named in",
+            "`note_strongest` / `chord_strongest`); `*_ratio*` is the model's NLL over the baseline's:",
+            "",
+        ]
         lines += ["| metric | value |", "|---|---|"]
         scalar = {k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
         lines += [f"| {k} | {_fmt(v)} |" for k, v in scalar.items()]
