@@ -18,7 +18,7 @@ from types import FrameType
 
 from rtgen.errors import RtgenError
 
-COMMANDS = ("run", "render", "ports", "doctor", "bench")
+COMMANDS = ("run", "render", "ports", "doctor", "bench", "models")
 
 
 def build_parser() -> argparse.ArgumentParser:
