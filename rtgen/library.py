@@ -179,15 +179,15 @@ def resolve_model(spec: str | Path, *, base: Path, user_dir: Path, strict: bool 
     return path.resolve()
 
 
-def output_folder(spec: Path, user_dir: Path) -> Path:
+def output_folder(spec: str, user_dir: Path) -> Path:
     """Where ``rtgen-train ... --out spec`` writes a model: an existing path or any path as given; a bare
     name into the user's models folder (``user_dir/NAME``), so that ``--model NAME`` finds it.
 
     Raises:
         ModelError: a bare name that a shipped model already has (``--model NAME`` would never find it).
     """
-    if spec.exists() or not is_name(spec):
-        return spec
-    if (SHIPPED_MODELS_DIR / str(spec) / "meta.json").is_file():
+    if Path(spec).exists() or not is_name(spec):
+        return Path(spec)
+    if (SHIPPED_MODELS_DIR / spec / "meta.json").is_file():
         raise ModelError(f"{spec} is the name of a shipped model; choose another name, or give a path such as ./{spec}")
-    return user_dir / str(spec)
+    return user_dir / spec

@@ -30,7 +30,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--midi-dir", type=Path, required=True, help="folder of MIDI files (searched recursively)")
     p.add_argument(
         "--out",
-        type=Path,
         required=True,
         metavar="NAME|DIR",
         help="model folder to write (chord.onnx, note.onnx, ...); a bare NAME (not an existing folder) goes into "
@@ -50,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def output_folders(out: Path, work: Path | None) -> tuple[Path, Path]:
+def output_folders(out: str, work: Path | None) -> tuple[Path, Path]:
     """``(model folder, work folder)`` for ``all --out OUT [--work WORK]``.
 
     OUT is a path, or a bare name that goes into the user's models folder (see
@@ -60,11 +59,11 @@ def output_folders(out: Path, work: Path | None) -> tuple[Path, Path]:
     from rtgen.config import default_config_path, load_config
     from rtgen.library import is_name, output_folder
 
-    if out.exists() or not is_name(out):
-        return out, work or out.with_name(out.name + ".work")
+    path = Path(out)
+    if path.exists() or not is_name(out):  # the string, not the Path: "./mine" is a path
+        return path, work or path.with_name(path.name + ".work")
     user_dir = load_config(default_config_path()).models_dir
-    folder = output_folder(out, user_dir)
-    return folder, work or user_dir / ".work" / out.name
+    return output_folder(out, user_dir), work or user_dir / ".work" / out
 
 
 def run_all(args: argparse.Namespace) -> int:
@@ -88,7 +87,7 @@ def run_all(args: argparse.Namespace) -> int:
     export.record_timings(out, timings)
     total = time.perf_counter() - t0
     parts = ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
-    named = f" (rtgen --model {args.out})" if out != args.out else ""
+    named = f" (rtgen --model {args.out})" if out != Path(args.out) else ""
     print(f"all: {out}{named} ready in {total:.0f} s ({parts})")
     return 0
 
