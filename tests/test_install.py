@@ -147,6 +147,10 @@ def test_render_from_any_folder(installed: dict[str, Path]) -> None:
     notes = [m for t in mido.MidiFile(where / "x.mid").tracks for m in t if m.type == "note_on" and m.velocity > 0]
     assert len(notes) > 8
     assert "rendered 4 bars" in out.stdout
+    # rtgen run loads its model through the same lookup: doctor checks that model (the rest needs hardware)
+    doctor = run([str(venv / "bin" / "rtgen"), "doctor", "--json"], where, env=clean_env(tmp))
+    (check,) = [c for c in json.loads(doctor.stdout)["checks"] if c["name"] == "model"]
+    assert check["status"] == "OK" and str(venv) in check["detail"], check
 
 
 def test_models_by_name_in_the_installed_rtgen(installed: dict[str, Path]) -> None:
