@@ -18,7 +18,7 @@ from types import FrameType
 
 from rtgen.errors import RtgenError
 
-COMMANDS = ("run", "render", "ports", "doctor", "bench", "layout", "service")
+COMMANDS = ("run", "render", "ports", "doctor", "bench", "models", "layout", "service")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rtgen import library
 from rtgen.contract import Key, TimeSignature
 from rtgen.errors import ConfigError
 
@@ -35,9 +36,12 @@ def _choices(*values: str) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Which exported model folder to load."""
+    """Which model to load: ``path`` is a folder (relative to the config file) or a model name
+    (``rtgen models list``); ``library`` is the folder of your own models (empty: ``$RTGEN_MODELS`` or
+    ``~/.local/share/rtgen/models``; ``$RTGEN_MODELS`` wins over it)."""
 
-    path: Path = Path("exported_models/default")
+    path: Path = Path(library.DEFAULT_MODEL)
+    library: str = ""
 
 
 @dataclass(frozen=True)
@@ -236,9 +240,32 @@ class Config:
         return p if p.is_absolute() else (self.base_dir / p).resolve()
 
     @property
+    def models_dir(self) -> Path:
+        """The folder of the user's models (see :func:`rtgen.library.user_models_dir`)."""
+        return library.user_models_dir(self.resolve(self.model.library) if self.model.library else None)
+
+    @property
     def model_path(self) -> Path:
-        """Absolute path of the model folder."""
-        return self.resolve(self.model.path)
+        """Absolute path of the model folder ``model.path`` names (a path, or a model name)."""
+        return self.model_folder(self.model.path)
+
+    def model_folder(self, spec: str | Path, *, strict: bool = False) -> Path:
+        """The folder of the model ``spec`` (a path relative to the config file, or a model name).
+
+        Raises:
+            ModelError: (``strict``) no such folder and no model of that name; the message lists the models.
+        """
+        return library.resolve_model(spec, base=self.base_dir, user_dir=self.models_dir, strict=strict)
+
+    def with_model(self, spec: str | Path) -> Config:
+        """A copy playing the model ``spec`` given on the command line: an existing path (relative to the
+        current folder) wins, else a model name.
+
+        Raises:
+            ModelError: no such folder and no model of that name; the message lists the models.
+        """
+        path = library.resolve_model(spec, base=Path.cwd(), user_dir=self.models_dir)
+        return self.replace("model", path=path)
 
     def replace(self, section: str, **changes: Any) -> Config:
         """A copy with ``changes`` applied to ``section`` (validated like the file)."""
@@ -376,9 +403,23 @@ def load_config(path: str | Path | None = None) -> Config:
         raise ConfigError(f"{p}: {err}") from err
 
 
+PACKAGED_CONFIG = Path(__file__).resolve().parent / "data" / "config.toml"
+"""The default configuration as package data (in a checkout, a symlink to the repository's ``config.toml``)."""
+
+
+CONFIG_HELP = "config file (default: ./config.toml, else ~/.config/rtgen/config.toml, else the packaged default)"
+"""The ``--config`` option's help, one wording for every command."""
+
+
+def user_config_path() -> Path:
+    """``$XDG_CONFIG_HOME/rtgen/config.toml`` (``~/.config/rtgen/config.toml``), whether it exists or not."""
+    return library.xdg_dir("XDG_CONFIG_HOME", ".config") / "rtgen" / "config.toml"
+
+
 def default_config_path() -> Path | None:
-    """``./config.toml`` if it exists, else the one next to the package (a source checkout)."""
-    for candidate in (Path.cwd() / "config.toml", Path(__file__).resolve().parent.parent / "config.toml"):
+    """The config file to use without ``--config``: the first that exists of ``./config.toml``, the user's
+    (:func:`user_config_path`) and the packaged default (:data:`PACKAGED_CONFIG`)."""
+    for candidate in (Path.cwd() / "config.toml", user_config_path(), PACKAGED_CONFIG):
         if candidate.is_file():
-            return candidate
+            return candidate.resolve()
     return None

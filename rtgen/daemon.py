@@ -1592,14 +1592,15 @@ class Daemon:
         self._p().command(RecordStop(done), urgent=True)
 
     def swap_model(self, path: str, reply: Callable[[str], None] | None = None) -> None:
-        """Load and check ``path`` on the loader thread; the RT thread switches at the next bar line.
+        """Load and check ``path`` (a folder, relative to the config file, or a model name) on the loader
+        thread; the RT thread switches at the next bar line.
 
         Loads run one at a time; a request still waiting is replaced by a newer one (its ``reply`` is told).
         A folder that fails to load is refused with the reason (``reply``, the log, ``/rtgen/error``) and
         the current model keeps playing.
         """
         player = self._p()
-        target = self.config.resolve(path)
+        target = self.config.model_folder(path)
 
         def fail(text: str) -> None:
             log.error("%s", text)

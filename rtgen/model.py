@@ -50,8 +50,8 @@ def _missing_message(path: Path, what: str) -> str:
     near = _model_folders_near(path)
     hint = f"model folders found nearby: {', '.join(near)}" if near else "no model folders found nearby"
     return (
-        f"{what}; {hint}. Choose one with --model DIR (or [model] path in config.toml), "
-        "or export one with rtgen-train export"
+        f"{what}; {hint}. Choose one with --model NAME|DIR (or [model] path in config.toml; "
+        "rtgen models list shows the models there are), or train one with rtgen-train all"
     )
 
 

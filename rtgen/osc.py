@@ -410,7 +410,7 @@ class OscControl:
 
     @osc_handler("model", OscArg("path", "s"))
     def model(self, sender: tuple[str, int] | None, path: str) -> None:
-        """Hot-swap the model folder: loaded and checked in the background, switched on a bar line;
+        """Hot-swap the model (a folder or a model name): loaded and checked in the background, switched on a bar line;
         on failure the old model keeps playing and /rtgen/error is sent."""
         if not path.strip():
             raise OscArgError("model path is empty")

@@ -28,8 +28,19 @@ def build_parser() -> argparse.ArgumentParser:
         module.register(sub)
     p = sub.add_parser("all", help="prepare, train, export and evaluate in one go")
     p.add_argument("--midi-dir", type=Path, required=True, help="folder of MIDI files (searched recursively)")
-    p.add_argument("--out", type=Path, required=True, help="model folder to write (chord.onnx, note.onnx, ...)")
-    p.add_argument("--work", type=Path, default=None, help="folder for prepared data and the run (default: OUT.work)")
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="NAME|DIR",
+        help="model folder to write (chord.onnx, note.onnx, ...); a bare NAME (not an existing folder) goes into "
+        "your models folder (rtgen models list), for rtgen --model NAME",
+    )
+    p.add_argument(
+        "--work",
+        type=Path,
+        default=None,
+        help="folder for prepared data and the run (default: OUT.work; for a NAME, .work/NAME in your models folder)",
+    )
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the trainer's)")
     p.add_argument("--limit", type=int, default=None, help="use at most N MIDI files")
     p.add_argument("--split-map", type=Path, default=None, help="CSV mapping files to splits (default: auto)")
@@ -38,11 +49,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def output_folders(out: str, work: Path | None) -> tuple[Path, Path]:
+    """``(model folder, work folder)`` for ``all --out OUT [--work WORK]``.
+
+    OUT is a path, or a bare name that goes into the user's models folder (see
+    :func:`rtgen.library.output_folder`); the work folder defaults to ``OUT.work`` beside a path and to
+    ``.work/NAME`` in the models folder for a name (hidden, so the library lists only models).
+    """
+    from rtgen.config import default_config_path, load_config
+    from rtgen.library import is_name, output_folder
+
+    path = Path(out)
+    if path.exists() or not is_name(out):  # the string, not the Path: "./mine" is a path
+        return path, work or path.with_name(path.name + ".work")
+    user_dir = load_config(default_config_path()).models_dir
+    return output_folder(out, user_dir), work or user_dir / ".work" / out
+
+
 def run_all(args: argparse.Namespace) -> int:
     """Run the four phases; each phase resumes what an earlier run left."""
     from training import evaluate, export, prepare, train
 
-    work: Path = args.work or args.out.with_name(args.out.name + ".work")
+    out, work = output_folders(args.out, args.work)
     data, run = work / "data", work / "run"
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
@@ -50,16 +78,17 @@ def run_all(args: argparse.Namespace) -> int:
         ("prepare", prepare.prepare, {"midi_dir": args.midi_dir, "out": data, "limit": args.limit,
                                       "split_map": args.split_map}),
         ("train", train.train, {"data": data, "out": run, "epochs": args.epochs, **(TINY_TRAIN if args.tiny else {})}),
-        ("export", export.export, {"run": run, "out": args.out, "data": data}),
-        ("evaluate", evaluate.evaluate, {"model": args.out, "data": data, **(TINY_EVAL if args.tiny else {})}),
+        ("export", export.export, {"run": run, "out": out, "data": data}),
+        ("evaluate", evaluate.evaluate, {"model": out, "data": data, **(TINY_EVAL if args.tiny else {})}),
     ):  # fmt: skip
         t = time.perf_counter()
         fn(**kwargs)
         timings[name] = time.perf_counter() - t
-    export.record_timings(args.out, timings)
+    export.record_timings(out, timings)
     total = time.perf_counter() - t0
     parts = ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
-    print(f"all: {args.out} ready in {total:.0f} s ({parts})")
+    named = f" (rtgen --model {args.out})" if out != Path(args.out) else ""
+    print(f"all: {out}{named} ready in {total:.0f} s ({parts})")
     return 0
 
 

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from rtgen.config import CONFIG_HELP
+
 
 def register(subparsers: Any) -> None:
     """Add the ``bench`` subcommand."""
@@ -36,11 +38,11 @@ def register(subparsers: Any) -> None:
         "--soundfont", type=Path, action="append", default=[], help="soundfonts to swap between (default: system)"
     )
     p.add_argument("--no-busy", dest="busy", action="store_false", help="no second busy process in the schedule run")
-    p.add_argument("--model", type=Path, help="model folder (default: model.path from config.toml)")
+    p.add_argument("--model", metavar="NAME|DIR", help="model name or folder (default: the config's model.path)")
     p.add_argument(
-        "--reactive-model", type=Path, help="model for the reactive run; it must have a harmoniser (default: --model)"
+        "--reactive-model", metavar="NAME|DIR", help="model for the reactive run, with a harmoniser (default: --model)"
     )
-    p.add_argument("--config", type=Path, help="config file (default: ./config.toml if present)")
+    p.add_argument("--config", type=Path, help=CONFIG_HELP)
     p.set_defaults(func=run)
 
 
@@ -86,15 +88,15 @@ def run(args: argparse.Namespace) -> int:
     lengths = (args.seconds, args.reactive_seconds, args.jack_seconds, args.load_seconds, args.swap_seconds)
     if args.seconds <= 0 or args.steps < 1 or min(lengths) < 0:
         raise ConfigError("--seconds must be > 0, --steps >= 1, and the other lengths >= 0 (0 skips a phase)")
-    model = args.model
-    if model is None:
-        model = load_config(args.config if args.config is not None else default_config_path()).model_path
+    cfg = load_config(args.config if args.config is not None else default_config_path())
+    model = cfg.with_model(args.model).model_path if args.model is not None else cfg.model_path
+    reactive = cfg.with_model(args.reactive_model).model_path if args.reactive_model is not None else None
     result = run_bench(
-        Path(model),
+        model,
         seconds=args.seconds,
         inference_steps=args.steps,
         reactive_seconds=args.reactive_seconds,
-        reactive_model=args.reactive_model,
+        reactive_model=reactive,
         jack_seconds=args.jack_seconds,
         load_seconds=args.load_seconds,
         swap_seconds=args.swap_seconds,

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from rtgen.config import BACKENDS
+from rtgen.config import BACKENDS, CONFIG_HELP
 
 
 def register(subparsers: Any) -> None:
@@ -18,8 +18,8 @@ def register(subparsers: Any) -> None:
         description="Check MIDI backends and ports, FluidSynth, the soundfont, audio drivers, the model and "
         "the OSC port. Prints OK/WARN/FAIL per check and the fix for each problem; exit code 1 if anything FAILs.",
     )
-    p.add_argument("--config", type=Path, help="config file (default: ./config.toml or the repository's)")
-    p.add_argument("--model", type=Path, help="model folder to check instead of model.path")
+    p.add_argument("--config", type=Path, help=CONFIG_HELP)
+    p.add_argument("--model", metavar="NAME|DIR", help="model name or folder to check instead of model.path")
     p.add_argument("--backend", choices=BACKENDS, help="MIDI backend to check instead of midi.backend")
     p.add_argument("--soundfont", type=Path, help="soundfont to check instead of synth.soundfont")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config if args.config else default_config_path())
     if args.model:
-        cfg = cfg.replace("model", path=args.model.expanduser().resolve())
+        cfg = cfg.with_model(args.model)
     if args.backend:
         cfg = cfg.replace("midi", backend=args.backend)
     if args.soundfont:

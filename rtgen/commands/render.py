@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rtgen.config import Config, default_config_path, load_config, with_style
+from rtgen.config import CONFIG_HELP, Config, default_config_path, load_config, with_style
 
 
 def register(subparsers: Any) -> None:
@@ -22,8 +22,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--out", type=Path, required=True, metavar="FILE.mid", help="MIDI file to write")
     p.add_argument("--wav", type=Path, metavar="FILE.wav", help="also render audio through FluidSynth")
     p.add_argument("--png", type=Path, metavar="FILE.png", help="also draw a piano roll")
-    p.add_argument("--model", type=Path, metavar="DIR", help="model folder (config: model.path)")
-    p.add_argument("--config", type=Path, metavar="PATH", help="config file (default: ./config.toml if present)")
+    p.add_argument("--model", metavar="NAME|DIR", help="model name or folder (config: model.path)")
+    p.add_argument("--config", type=Path, metavar="PATH", help=CONFIG_HELP)
     p.add_argument("--seed", type=int, metavar="N", help="random seed (config: generation.seed)")
     p.add_argument("--temperature", type=float, metavar="T", help="sampling temperature (generation.temperature)")
     p.add_argument("--top-p", type=float, metavar="P", help="nucleus sampling mass (generation.top_p)")
@@ -66,7 +66,7 @@ def build_config(args: argparse.Namespace) -> Config:
     """The config file with the command-line options applied (validated key by key)."""
     cfg = load_config(args.config if args.config is not None else default_config_path())
     if args.model is not None:
-        cfg = cfg.replace("model", path=Path(args.model).expanduser().resolve())
+        cfg = cfg.with_model(args.model)
     gen = {
         "seed": args.seed,
         "temperature": args.temperature,

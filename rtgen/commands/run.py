@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from rtgen.config import BACKENDS, MODES, Config, default_config_path, load_config, with_style
+from rtgen.config import BACKENDS, CONFIG_HELP, MODES, Config, default_config_path, load_config, with_style
 
 log = logging.getLogger(__name__)
 
@@ -22,8 +22,8 @@ def register(subparsers: Any) -> None:
         "steered over OSC. Every option also lives in config.toml; options given here override it. "
         "Runs until Ctrl-C / SIGTERM or --duration.",
     )
-    p.add_argument("--config", type=Path, help="config file (default: ./config.toml if present)")
-    p.add_argument("--model", type=Path, help="model folder (config: model.path)")
+    p.add_argument("--config", type=Path, help=CONFIG_HELP)
+    p.add_argument("--model", metavar="NAME|DIR", help="model name or folder (config: model.path)")
     p.add_argument(
         "--mode",
         choices=MODES,
@@ -76,7 +76,8 @@ def build_config(args: argparse.Namespace) -> Config:
     """The config file with the command-line options applied (validated key by key)."""
     path = args.config if args.config is not None else default_config_path()
     cfg = load_config(path)
-    cfg = _set(cfg, "model", path=str(Path(args.model).resolve()) if args.model is not None else None)
+    if args.model is not None:
+        cfg = cfg.with_model(args.model)
     cfg = _set(
         cfg,
         "generation",
