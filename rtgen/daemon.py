@@ -1033,6 +1033,11 @@ class Daemon:
         from rtgen.voicing import Voicer
 
         cfg = self.config
+        if cfg.web.enabled and not cfg.osc.enabled:
+            raise RtgenError(
+                "[web] enabled needs [osc] enabled = true: the page sends the OSC commands and reads the OSC "
+                "feedback (drop --no-osc)"
+            )
         try:
             self.model = Model.load(cfg.model_path)
             mode = cfg.daemon.mode
@@ -1720,11 +1725,10 @@ class Daemon:
 
 
 def _open_web(cfg: Config, daemon: Daemon) -> WebServer:
-    """The web control surface: the OSC table's commands and the OSC feedback, so it needs the OSC server."""
-    if daemon.osc is None:
-        raise RtgenError("[web] enabled needs [osc] enabled = true: the page sends the OSC commands and reads the "
-                         "OSC feedback (drop --no-osc)")  # fmt: skip
+    """The web control surface, on the OSC server's feedback (checked in :meth:`Daemon.open`)."""
     from rtgen.web.server import WebServer
+
+    assert daemon.osc is not None
 
     try:
         return WebServer(cfg.web.host, cfg.web.port, daemon, daemon.osc.feedback)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import itertools
 import json
 import os
 import shutil
@@ -30,7 +29,7 @@ from conftest import require
 from rtgen import config, osc
 from rtgen.web.server import HIDDEN, WebServer, control_table
 
-_servers = itertools.count(1)
+REPO = Path(__file__).resolve().parent.parent
 # the page's part colours (rtgen/web/static/app.js COLORS)
 COLORS = {"melody": (0x4F, 0xC3, 0xF7), "chords": (0x81, 0xC7, 0x84), "bass": (0xFF, 0xB7, 0x4D),
           "drums": (0xE5, 0x73, 0x73)}  # fmt: skip
@@ -116,6 +115,7 @@ def test_the_api_serves_the_osc_table_with_the_config_ranges(web: tuple[WebServe
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(f"{server.url}nope", timeout=5)
     assert err.value.code == 404
+    err.value.close()
 
 
 def test_page_messages_are_the_osc_commands_and_errors_come_back(web: tuple[WebServer, Any, Any]) -> None:
@@ -189,6 +189,7 @@ def test_feedback_reaches_the_page_and_other_sites_cannot_connect(web: tuple[Web
     with pytest.raises(urllib.error.HTTPError) as err:  # DNS rebinding: a foreign name for 127.0.0.1
         urllib.request.urlopen(req, timeout=5)
     assert err.value.code == 403
+    err.value.close()
     assert ws_session(url, [], lambda g: bool(g), Origin=f"http://127.0.0.1:{server.port}"), "the page's own origin"
 
 
@@ -200,6 +201,23 @@ def test_a_taken_port_fails_with_the_fix() -> None:
         port = taken.getsockname()[1]
         with pytest.raises(OSError, match=rf"cannot bind the web port 127.0.0.1:{port}: .*--web PORT"):
             WebServer("127.0.0.1", port, RecordingController(), feedback)  # type: ignore[arg-type]
+
+
+def test_the_cli_option_and_config_enable_the_page() -> None:
+    from rtgen.cli import build_parser
+    from rtgen.commands.run import build_config
+    from rtgen.daemon import Daemon
+    from rtgen.errors import RtgenError
+
+    parser = build_parser()
+    cfg = build_config(parser.parse_args(["run", "--config", str(REPO / "config.toml"), "--web"]))
+    assert cfg.web == config.WebConfig(enabled=True, host="127.0.0.1", port=8080)
+    cfg = build_config(parser.parse_args(["run", "--config", str(REPO / "config.toml"), "--web", "9123"]))
+    assert cfg.web.enabled and cfg.web.port == 9123
+    assert not build_config(parser.parse_args(["run", "--config", str(REPO / "config.toml")])).web.enabled
+    no_osc = build_config(parser.parse_args(["run", "--config", str(REPO / "config.toml"), "--web", "--no-osc"]))
+    with pytest.raises(RtgenError, match=r"\[web\] enabled needs \[osc\] enabled"):
+        Daemon(no_osc).open()
 
 
 # --- the page in a real browser against a playing daemon ----------------------------------------------------------

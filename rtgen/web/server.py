@@ -46,6 +46,7 @@ from rtgen.errors import RtgenError
 log = logging.getLogger(__name__)
 
 STATUS_INTERVAL_S = 0.1
+CLOSE_TIMEOUT_S = 1.0
 MAX_MESSAGE_BYTES = 64 * 1024  # a control message is a few dozen bytes; a page sending more is not ours
 MAX_CLIENTS = 8
 HIDDEN = frozenset({f"{osc.PREFIX}/status", f"{osc.PREFIX}/subscribe", f"{osc.PREFIX}/unsubscribe"})
@@ -247,16 +248,18 @@ class WebServer:
         self._stop = asyncio.Event()
         transport, _ = await self._loop.create_datagram_endpoint(lambda: _FeedbackProtocol(self), sock=self.udp)
         try:
-            async with serve(
+            server = await serve(
                 self._session, sock=self.sock, process_request=self._http, max_size=MAX_MESSAGE_BYTES,
-                ping_interval=20, ping_timeout=20, server_header=None,
-            ):  # fmt: skip
-                status = asyncio.create_task(self._publish_status())
-                self._ready.set()
-                await self._stop.wait()
-                status.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await status
+                ping_interval=20, ping_timeout=20, server_header=None, close_timeout=1,
+            )  # fmt: skip
+            status = asyncio.create_task(self._publish_status())
+            self._ready.set()
+            await self._stop.wait()
+            status.cancel()
+            server.close()
+            # an HTTP client that keeps its connection open must not hold up the daemon's exit
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(server.wait_closed(), CLOSE_TIMEOUT_S)
         finally:
             transport.close()
 
