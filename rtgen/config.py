@@ -202,6 +202,15 @@ class OscConfig:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    """The web control surface (``rtgen run --web``): a page over HTTP and a WebSocket."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = field(default=8080, metadata=_range(0, 65535))
+
+
+@dataclass(frozen=True)
 class DaemonConfig:
     """How ``rtgen run`` behaves."""
 
@@ -224,6 +233,7 @@ class Config:
     synth: SynthConfig = SynthConfig()
     midi: MidiConfig = MidiConfig()
     osc: OscConfig = OscConfig()
+    web: WebConfig = WebConfig()
     daemon: DaemonConfig = DaemonConfig()
     input: InputConfig = InputConfig()
     clock: ClockConfig = ClockConfig()

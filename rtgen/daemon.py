@@ -67,6 +67,7 @@ if TYPE_CHECKING:
     from rtgen.performer import Performer
     from rtgen.sinks import RecorderSink
     from rtgen.voicing import NoteEvent, Voicer
+    from rtgen.web.server import WebServer
 
 log = logging.getLogger(__name__)
 
@@ -1008,6 +1009,7 @@ class Daemon:
         self.status_reporter = status
         self.sinks: list[SinkLike] = []
         self.osc: OscServer | None = None
+        self.web: WebServer | None = None
         self.player: Player | None = None
         self.synth: Any | None = None
         self.realtime = False
@@ -1038,6 +1040,11 @@ class Daemon:
         from rtgen.voicing import Voicer
 
         cfg = self.config
+        if cfg.web.enabled and not cfg.osc.enabled:
+            raise RtgenError(
+                "[web] enabled needs [osc] enabled = true: the page sends the OSC commands and reads the OSC "
+                "feedback (drop --no-osc)"
+            )
         try:
             self.model = Model.load(cfg.model_path)
             mode = cfg.daemon.mode
@@ -1055,6 +1062,8 @@ class Daemon:
 
                 self.osc = OscServer(cfg.osc.host, cfg.osc.port, self)
                 feedback = self.osc.feedback
+            if cfg.web.enabled:
+                self.web = _open_web(cfg, self)
             drop_ms = self.config.daemon.late_drop_ms
             sched = Scheduler(
                 self.sinks,
@@ -1204,6 +1213,8 @@ class Daemon:
         try:
             if self.osc is not None:
                 self.osc.start()
+            if self.web is not None:
+                self.web.start()
             self._start_supervisor()
             player.output_quantum_ns = self._output_quantum_ns()
             if self.status_reporter is not None:
@@ -1478,6 +1489,9 @@ class Daemon:
         self._closers = []
         self.sinks = []
         self.midi_sinks = []
+        if self.web is not None:
+            self.web.close()
+            self.web = None
         if self.osc is not None:
             self.osc.close()
             self.osc = None
@@ -1732,6 +1746,18 @@ class Daemon:
             "jack": self.jack,
             "jack_losses": self.jack_losses,
         }
+
+
+def _open_web(cfg: Config, daemon: Daemon) -> WebServer:
+    """The web control surface, on the OSC server's feedback (checked in :meth:`Daemon.open`)."""
+    from rtgen.web.server import WebServer
+
+    assert daemon.osc is not None
+
+    try:
+        return WebServer(cfg.web.host, cfg.web.port, daemon, daemon.osc.feedback)
+    except OSError as err:
+        raise PortError(str(err)) from err
 
 
 def _close_recorder(rec: RecorderSink, reply: Callable[[str], None] | None = None) -> None:

@@ -83,6 +83,14 @@ class Controller(Protocol):
     def status(self) -> dict[str, Any]: ...
 
 
+class Replies(Protocol):
+    """Where :class:`OscControl` sends replies and registers subscriptions (:class:`Feedback`, or the web page's)."""
+
+    def reply(self, target: tuple[str, int], address: str, args: list[Any]) -> None: ...
+    def subscribe(self, host: str, port: int) -> bool: ...
+    def unsubscribe(self, host: str, port: int) -> None: ...
+
+
 @dataclass(frozen=True)
 class OscArg:
     """One argument of an address: the single source of its type and of the values it allows.
@@ -208,7 +216,7 @@ class OscControl:
         feedback: where subscriptions are registered and replies are sent.
     """
 
-    def __init__(self, controller: Controller, feedback: Feedback) -> None:
+    def __init__(self, controller: Controller, feedback: Replies) -> None:
         self.controller = controller
         self.feedback = feedback
         self.handlers: dict[str, tuple[str, Callable[..., Any]]] = {}

@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 WHAT=${1:-runtime}
 PY=${PYTHON:-python3}
 APT_PKGS=(fluidsynth libfluidsynth3 timgm6mb-soundfont fluid-soundfont-gm jackd2 jack-tools liblo-tools systemd)
+[ "$WHAT" = dev ] && APT_PKGS+=(chromium)  # tests/test_web.py: the web page in a real browser (Playwright drives it)
 
 need_apt=()
 command -v fluidsynth >/dev/null 2>&1 || need_apt+=(fluidsynth)
@@ -18,6 +19,7 @@ command -v jackd >/dev/null 2>&1 || need_apt+=(jackd2)
 command -v jack_midi_dump >/dev/null 2>&1 || need_apt+=(jack-tools)
 command -v oscsend >/dev/null 2>&1 || need_apt+=(liblo-tools)
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)  # the service tests verify the unit file
+[ "$WHAT" != dev ] || command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
     if [ "$(uname -s)" = "Darwin" ]; then

@@ -38,6 +38,8 @@ def test_repo_config_toml_loads_and_equals_defaults() -> None:
         ({"daemon": {"mode": "solo"}}, "daemon.mode", "accompany"),
         ({"generation": {"pitch_low": 80, "pitch_high": 60}}, "generation.pitch_low", "pitch_high"),
         ({"parts": "loud"}, "parts", "table"),
+        ({"web": {"port": 70000}}, "web.port", "0..65535"),
+        ({"web": {"enabled": "yes"}}, "web.enabled", "true or false"),
     ],
 )
 def test_bad_values_name_the_key_and_what_is_allowed(data: dict, key: str, allowed: str) -> None:

@@ -52,6 +52,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--osc-host", help="OSC bind address (config: osc.host; default 127.0.0.1)")
     p.add_argument("--osc-port", type=int, help="OSC UDP port (config: osc.port; default 9000)")
     p.add_argument("--no-osc", dest="osc", action="store_false", default=None, help="no OSC control")
+    p.add_argument(
+        "--web", nargs="?", type=int, const=-1, metavar="PORT",
+        help="serve the web control page (config: web.port, default 8080; web.host 127.0.0.1)",
+    )  # fmt: skip
     p.add_argument("--tempo", type=float, metavar="BPM", help="tempo (config: generation.tempo)")
     p.add_argument("--seed", type=int, metavar="N", help="random seed (config: generation.seed)")
     p.add_argument("--temperature", type=float, metavar="T", help="sampling temperature (generation.temperature)")
@@ -94,6 +98,8 @@ def build_config(args: argparse.Namespace) -> Config:
     soundfont = str(Path(args.soundfont).resolve()) if args.soundfont is not None else None
     cfg = _set(cfg, "synth", enabled=args.synth, soundfont=soundfont, audio_driver=args.audio_driver)
     cfg = _set(cfg, "osc", host=args.osc_host, port=args.osc_port, enabled=args.osc)
+    if args.web is not None:
+        cfg = _set(cfg, "web", enabled=True, port=args.web if args.web >= 0 else None)
     record = str(Path(args.record).resolve()) if args.record is not None else None
     cfg = _set(
         cfg, "daemon", mode=args.mode, record=record, duration=args.duration, quiet=args.quiet, log_json=args.log_json
@@ -120,6 +126,8 @@ def run(args: argparse.Namespace) -> int:
     player = daemon.player
     outputs = ", ".join(s.name for s in daemon.sinks)
     osc = f"OSC on {cfg.osc.host}:{daemon.osc.port}" if daemon.osc is not None else "OSC off"
+    if daemon.web is not None:
+        osc += f"; web page {daemon.web.url}"
     if not cfg.daemon.quiet and not cfg.daemon.log_json:
         print(
             f"rtgen: playing {player.model_name if player else '?'} at {cfg.generation.tempo:g} BPM to {outputs}; "

@@ -1,0 +1,366 @@
+"""The web control surface: its server over a real WebSocket, and the page in headless Chromium against a daemon.
+
+The first tests run :class:`rtgen.web.server.WebServer` on 127.0.0.1 with the real OSC table and the real
+:class:`rtgen.osc.Feedback` (its sender thread, UDP on loopback), steering a recording controller as
+``tests/test_osc.py`` does. The last one starts ``rtgen run --web`` on a JACK test server, opens the page in
+Debian's Chromium (driven by Playwright), watches the piano roll move in screenshots, clicks controls and reads
+the result back over real OSC UDP with ``/rtgen/status``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import require
+
+from rtgen import config, osc
+from rtgen.web.server import HIDDEN, WebServer, control_table
+
+REPO = Path(__file__).resolve().parent.parent
+# the page's part colours (rtgen/web/static/app.js COLORS)
+COLORS = {"melody": (0x4F, 0xC3, 0xF7), "chords": (0x81, 0xC7, 0x84), "bass": (0xFF, 0xB7, 0x4D),
+          "drums": (0xE5, 0x73, 0x73)}  # fmt: skip
+
+
+class RecordingController:
+    """Records what the OSC handlers asked for; answers status (the daemon itself is the end-to-end test's)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[Any, ...]]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        def record(*args: Any, **kwargs: Any) -> None:
+            self.calls.append((name, args + tuple(sorted(kwargs.items()))))
+
+        return record
+
+    def status(self) -> dict[str, Any]:
+        return {"playing": True, "tempo": 123.0, "player_sounding": []}
+
+
+@pytest.fixture
+def web() -> Iterator[tuple[WebServer, RecordingController, osc.Feedback]]:
+    ctl = RecordingController()
+    feedback = osc.Feedback()
+    feedback.start()
+    server = WebServer("127.0.0.1", 0, ctl, feedback)  # type: ignore[arg-type]
+    server.start()
+    try:
+        yield server, ctl, feedback
+    finally:
+        server.close()
+        feedback.close()
+
+
+def ws_session(url: str, send: list[dict[str, Any]], until: Any, timeout: float = 5.0, **headers: str) -> list[Any]:
+    """Connect to ``url``, send ``send``, collect received messages until ``until(messages)`` or ``timeout``."""
+    from websockets.asyncio.client import connect
+
+    async def run() -> list[Any]:
+        got: list[Any] = []
+        async with connect(url, additional_headers=headers or None, open_timeout=5) as ws:
+            for m in send:
+                await ws.send(json.dumps(m))
+            deadline = asyncio.get_running_loop().time() + timeout
+            while not until(got):
+                left = deadline - asyncio.get_running_loop().time()
+                if left <= 0:
+                    break
+                try:
+                    frame = await asyncio.wait_for(ws.recv(), left)
+                except TimeoutError:
+                    break
+                got.extend(json.loads(frame))
+        return got
+
+    return asyncio.run(run())
+
+
+def addressed(messages: list[Any], address: str) -> list[list[Any]]:
+    return [m["args"] for m in messages if m["address"] == address]
+
+
+def test_the_api_serves_the_osc_table_with_the_config_ranges(web: tuple[WebServer, Any, Any]) -> None:
+    server, _, _ = web
+    with urllib.request.urlopen(f"{server.url}api/addresses", timeout=5) as r:
+        table = json.loads(r.read())
+    assert [e["address"] for e in table] == [a for a, _, _ in osc.address_table() if a not in HIDDEN]
+    by = {e["address"]: e for e in table}
+    assert by["/rtgen/temperature"]["control"] == {"kind": "range", "range": [0.05, 3.0], "step": 0.05,
+                                                   "state": "temperature"}  # fmt: skip
+    assert by["/rtgen/tempo"]["control"]["range"] == [20.0, 400.0]
+    assert by["/rtgen/mode"]["control"]["choices"] == list(config.MODES)
+    assert by["/rtgen/volume"]["control"]["parts"] == list(config.PART_NAMES)
+    assert "waltz" in by["/rtgen/style"]["control"]["choices"]["chords"]
+    assert by["/rtgen/volume"]["description"].startswith("Volume 0..1 of a part")
+    assert table == control_table()
+    for path, kind in (("", "text/html"), ("app.js", "text/javascript"), ("style.css", "text/css")):
+        with urllib.request.urlopen(f"{server.url}{path}", timeout=5) as r:
+            assert r.headers["Content-Type"].startswith(kind) and len(r.read()) > 500
+    with urllib.request.urlopen(f"{server.url}api/status", timeout=5) as r:
+        assert json.loads(r.read())["tempo"] == 123.0
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(f"{server.url}nope", timeout=5)
+    assert err.value.code == 404
+    err.value.close()
+
+
+def test_page_messages_are_the_osc_commands_and_errors_come_back(web: tuple[WebServer, Any, Any]) -> None:
+    server, ctl, _ = web
+    url = f"ws://127.0.0.1:{server.port}/ws"
+    sent = [
+        {"address": "/rtgen/temperature", "args": [1.25]},
+        {"address": "/rtgen/tempo", "args": [140]},  # a JSON integer for f, as OSC accepts
+        {"address": "/rtgen/volume", "args": ["bass", 0.5]},
+        {"address": "/rtgen/mode", "args": ["accompany"]},
+        {"address": "/rtgen/stop"},
+        {"address": "/rtgen/temperature", "args": [9.0]},
+        {"address": "/rtgen/instrument", "args": ["cowbell", 3]},
+        {"address": "/rtgen/nope", "args": []},
+        {"address": 5},
+        {"address": "/rtgen/status"},
+    ]
+
+    def all_in(got: list[Any]) -> bool:  # a status sent after the last message was handled
+        return any(a[0]["web"]["commands"] == len(sent) for a in addressed(got, "/rtgen/status"))
+
+    got = ws_session(url, sent, all_in)
+    errors = [a[0] for a in addressed(got, "/rtgen/error")]
+    assert ctl.calls == [
+        ("set_params", (("temperature", 1.25),)),
+        ("set_tempo", (140.0,)),
+        ("set_volume", ("bass", 0.5)),
+        ("set_mode", ("accompany",)),
+        ("stop", ()),
+    ]
+    assert errors[0] == "/rtgen/temperature: temperature must be in range 0.05..3.0, got 9.0"
+    assert errors[1].startswith("/rtgen/instrument: unknown part 'cowbell'")
+    assert errors[2].startswith("/rtgen/nope: unknown address")
+    assert errors[3].startswith("?: expected {")
+    state = addressed(got, "/rtgen/status")[-1][0]  # the status object itself, with the server's counters
+    assert state["tempo"] == 123.0 and state["web"]["errors"] == 4 and len(errors) == 4
+
+
+def test_feedback_reaches_the_page_and_other_sites_cannot_connect(web: tuple[WebServer, Any, osc.Feedback]) -> None:
+    server, _, feedback = web
+    url = f"ws://127.0.0.1:{server.port}/ws"
+    assert feedback.subscribers == ()  # subscribed only while a page is open: no feedback work otherwise
+
+    def until(got: list[Any]) -> bool:
+        if feedback.subscribers:  # what the real-time thread calls, through the feedback's sender thread
+            feedback.note("melody", 72, 90)
+            feedback.beat(3, 1)
+            feedback.chord("Am")
+            time.sleep(0.05)
+        return bool(addressed(got, "/rtgen/note")) and bool(addressed(got, "/rtgen/chord"))
+
+    got = ws_session(url, [], until)
+    assert addressed(got, "/rtgen/note")[0] == ["melody", 72, 90]
+    assert addressed(got, "/rtgen/beat")[0] == [3, 1] and addressed(got, "/rtgen/chord")[0] == ["Am"]
+    deadline = time.monotonic() + 5
+    while feedback.subscribers and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert feedback.subscribers == (), "the last page closed: unsubscribed"
+    # a datagram from anyone but the daemon's feedback socket is not forwarded
+    received = server.feedback_received
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.sendto(osc._build("/rtgen/note", ["melody", 1, 1]), server.udp.getsockname())
+    time.sleep(0.2)
+    assert server.feedback_received == received
+
+    from websockets.exceptions import InvalidStatus
+
+    with pytest.raises(InvalidStatus, match="403"):  # another site's page in the user's browser
+        ws_session(url, [], lambda g: True, Origin="http://evil.example")
+    req = urllib.request.Request(server.url, headers={"Host": f"rebound.example:{server.port}"})
+    with pytest.raises(urllib.error.HTTPError) as err:  # DNS rebinding: a foreign name for 127.0.0.1
+        urllib.request.urlopen(req, timeout=5)
+    assert err.value.code == 403
+    err.value.close()
+    assert ws_session(url, [], lambda g: bool(g), Origin=f"http://127.0.0.1:{server.port}"), "the page's own origin"
+
+
+def test_a_taken_port_fails_with_the_fix() -> None:
+    feedback = osc.Feedback()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(OSError, match=rf"cannot bind the web port 127.0.0.1:{port}: .*--web PORT"):
+            WebServer("127.0.0.1", port, RecordingController(), feedback)  # type: ignore[arg-type]
+
+
+def test_the_cli_option_and_config_enable_the_page() -> None:
+    from rtgen.cli import build_parser
+    from rtgen.commands.run import build_config
+    from rtgen.daemon import Daemon
+    from rtgen.errors import RtgenError
+
+    parser = build_parser()
+    cfg = build_config(parser.parse_args(["run", "--config", str(REPO / "config.toml"), "--web"]))
+    assert cfg.web == config.WebConfig(enabled=True, host="127.0.0.1", port=8080)
+    cfg = build_config(parser.parse_args(["run", "--config", str(REPO / "config.toml"), "--web", "9123"]))
+    assert cfg.web.enabled and cfg.web.port == 9123
+    assert not build_config(parser.parse_args(["run", "--config", str(REPO / "config.toml")])).web.enabled
+    no_osc = build_config(parser.parse_args(["run", "--config", str(REPO / "config.toml"), "--web", "--no-osc"]))
+    with pytest.raises(RtgenError, match=r"\[web\] enabled needs \[osc\] enabled"):
+        Daemon(no_osc).open()
+
+
+# --- the page in a real browser against a playing daemon ----------------------------------------------------------
+def chromium_path() -> str | None:
+    """Debian's Chromium (scripts/setup.sh installs it)."""
+    return shutil.which("chromium")
+
+
+def free_tcp_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def colour_counts(png: bytes) -> tuple[dict[str, int], Any]:
+    """How many pixels of each part's colour a screenshot holds, and its pixels."""
+    import numpy as np
+    from PIL import Image
+
+    rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+    counts = {part: int(np.all(rgb == np.array(c, dtype=np.uint8), axis=-1).sum()) for part, c in COLORS.items()}
+    return counts, rgb
+
+
+TEMPO = 400.0  # as the bench's OSC-load phase: the loop's tightest schedule
+GRID_P99_TARGET_US = 3670.0  # the bench's JACK grid target: half a period + 1 ms
+
+
+@pytest.mark.jack
+def test_the_page_shows_the_roll_moving_and_its_clicks_steer_the_daemon(
+    shipped_model_dir: Path, tmp_path: Path
+) -> None:
+    """The bench's set-up (its real-time JACK server, a frame-stamping recorder, the daemon at 400 BPM with its
+    default SCHED_FIFO), with the page open in Chromium instead of an OSC load."""
+    require(chromium_path() is not None, "chromium (apt-get install chromium)")
+    require(shutil.which("jackd") is not None, "jackd (apt-get install jackd2)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        require(False, "playwright (pip install playwright; it drives Debian's chromium, no browser download)")
+    import numpy as np
+    from test_daemon import Peer, free_udp_port
+    from test_playalong import status, wait_status
+
+    from rtgen.bench import BenchJackServer, _Daemon
+    from rtgen.benchjack import JackRecorder, _grid_figures
+
+    name = f"rtgen-web-{os.getpid()}"
+    server = BenchJackServer(name, log_dir=tmp_path).start()
+    realtime = server.mode == "realtime"  # else a SCHED_FIFO daemon would starve a non-real-time server
+    recorder = JackRecorder(name, f"{name}-rec")
+    port, osc_port = free_tcp_port(), free_udp_port()
+    args = ("--no-synth", "--no-input", "--quiet", "--tempo", str(TEMPO), "--seed", "1", "--midi-out",
+            recorder.port_name, "--osc-port", str(osc_port), "--web", str(port))  # fmt: skip
+    extra = "" if realtime else "[daemon]\nrealtime_priority = 0\n"
+    d = _Daemon(name, shipped_model_dir, f"{name}-daemon", tmp_path, 120.0, args, extra)
+    peer = Peer(osc_port)
+    try:
+        deadline = time.monotonic() + 60
+        while recorder.first_note_on_ns is None:
+            assert d.proc.poll() is None and time.monotonic() < deadline, f"no note: {d.log_tail()}"
+            time.sleep(0.05)
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox"], headless=True)
+            page = browser.new_page(viewport={"width": 900, "height": 900})
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.wait_for_selector("#conn.on", timeout=15_000)
+            page.wait_for_selector("button[data-address='/rtgen/mode']", timeout=5_000)
+            time.sleep(1.0)
+
+            # the measured window: the page open and drawing, the daemon playing undisturbed
+            before = status(peer)
+            first_event = len(recorder.events)
+            t_open = time.monotonic()
+            roll = page.locator("#roll")
+            first, rgb1 = colour_counts(roll.screenshot())
+            time.sleep(2.0)
+            second, rgb2 = colour_counts(roll.screenshot())
+            seen = {p for p, n in (first | second).items() if n}
+            while time.monotonic() - t_open < 10.0:  # chords change once a bar or two; ten seconds in all
+                time.sleep(0.5)
+                more, _ = colour_counts(roll.screenshot())
+                seen |= {p for p, n in more.items() if n}
+            after = status(peer)
+            window_s = time.monotonic() - t_open
+            events = recorder.events[first_event:]
+            changed = float((rgb1 != rgb2).any(axis=-1).mean())
+            header = page.inner_text("#state")
+
+            # clicks: stop, play, mute the drums, the temperature slider at 80 % of its width
+            page.click("#transport button[data-address='/rtgen/stop']")
+            stopped = wait_status(peer, "playing", False, timeout=5)
+            page.click("#transport button[data-address='/rtgen/play']")
+            playing = wait_status(peer, "playing", True, timeout=5)
+            page.click("button[data-address='/rtgen/part/enable'][data-part='drums']")
+            want = {**playing["parts"], "drums": {**playing["parts"]["drums"], "enabled": False}}
+            muted = wait_status(peer, "parts", want, timeout=5)
+            slider = page.locator("input[data-address='/rtgen/temperature']")
+            box = slider.bounding_box()
+            assert box is not None
+            page.mouse.click(box["x"] + 0.8 * box["width"], box["y"] + box["height"] / 2)
+            deadline = time.monotonic() + 5
+            state = status(peer)
+            while state["temperature"] == before["temperature"] and time.monotonic() < deadline:
+                time.sleep(0.05)
+                state = status(peer)
+            time.sleep(0.3)  # the page shows the value the daemon reports (status at 10 Hz)
+            shown = float(slider.input_value())
+            browser.close()
+        d.proc.send_signal(signal.SIGTERM)
+        code = d.proc.wait(20)
+    finally:
+        peer.close()
+        if d.proc.poll() is None:
+            d.proc.kill()
+            d.proc.wait(5)
+        recorder.close()
+        server.close()
+    out = d.log_tail(100_000)
+    onsets = np.unique([f for f, m in events if len(m) == 3 and m[0] & 0xF0 == 0x90 and m[2] > 0])
+    grid = _grid_figures(onsets, recorder.rate, TEMPO)
+    late = after["late_steps"] - before["late_steps"]
+    steps = after["steps"] - before["steps"]
+    print(
+        f"\nweb page open {window_s:.1f} s at {TEMPO:g} BPM (JACK {server.mode}, daemon realtime "
+        f"{after['realtime']}): {steps} steps, {late} late (> 1 ms), max lateness {after['max_late_us'] / 1000:.2f} ms "
+        f"(since start), dropped late notes {after['dropped_late_notes'] - before['dropped_late_notes']}; JACK grid "
+        f"deviation of {onsets.size} onsets p50/p99/max {grid['p50']}/{grid['p99']}/{grid['max']} us; roll pixels "
+        f"changed in 2 s {changed:.1%}, part pixels {first} then {second}; "
+        f"temperature clicked to {state['temperature']}"
+    )
+    assert code == 0, out
+    assert "Traceback" not in out, out
+    assert errors == [], errors
+    assert changed > 0.005, "the piano roll did not move"
+    assert seen == set(COLORS), f"part colours seen in the roll: {seen}"
+    assert all(x in header for x in ("autonomous", f"{TEMPO:.1f}", "off")), header
+    assert stopped["playing"] is False and playing["playing"] is True
+    assert muted["parts"]["drums"]["enabled"] is False
+    assert abs(state["temperature"] - (0.05 + 0.8 * 2.95)) <= 0.1, state["temperature"]
+    assert shown == pytest.approx(state["temperature"], abs=1e-6)
+    assert steps >= 0.9 * window_s * TEMPO / 60 * 4, (steps, window_s)
+    assert late == 0, f"{late} late steps with the page open"
+    assert grid["p99"] <= GRID_P99_TARGET_US, grid
