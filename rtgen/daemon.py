@@ -2,7 +2,7 @@
 
 Data path (docs/internals.md §6)::
 
-    MIDI in ─► polled port ─► PlayerTracker ─┐       clock source: StepClock | ClockFollower
+    MIDI in ─► polled port ─► PlayerTracker ─┐       clock source: StepClock | ClockFollower | LinkFollower
                                             ▼                       │
     OSC / CC ─► params, typed commands ─► Player loop ◄─────────────┘
                                             │  Transport (position) ─► Performer
@@ -51,6 +51,7 @@ from rtgen.clock import FakeTime, RealTime, SpinTuner, StepClock, promote_thread
 from rtgen.conductor import NOBODY, Heard, Plan, make_conductor
 from rtgen.config import MODES, PART_NAMES, Config, PartConfig, PartsConfig
 from rtgen.errors import AudioError, PortError, RtgenError, SoundfontError
+from rtgen.link import LinkFollower
 from rtgen.midifile import pan_cc, volume_cc
 from rtgen.scheduler import Scheduler, SinkLike
 from rtgen.sinks import CONTROL_CHANGE, PROGRAM_CHANGE
@@ -240,7 +241,8 @@ class Player:
         tracker: the player's input tracker (None: nobody to listen to).
         input_queue: the player's messages: a polled :class:`~rtgen.midi_io.MidiInput` (the daemon's), or an
             :class:`~rtgen.input.InputQueue` fed by a callback; drained on every loop iteration.
-        follower: follow an external MIDI clock (steps start on its ticks; nothing plays before Start).
+        follower: follow an external MIDI clock (steps start on its ticks; nothing plays before Start), or an
+            Ableton Link session (:class:`~rtgen.link.LinkFollower`: steps start on its grid).
         clock_out: sinks that get 24-ppqn clock, Start, Stop and SPP (lead a DAW).
         thru: echo the player's channel messages to the live sinks.
     """
@@ -259,7 +261,7 @@ class Player:
         config: Config | None = None,
         tracker: PlayerTracker | None = None,
         input_queue: InputQueue | MidiInput | None = None,
-        follower: ClockFollower | None = None,
+        follower: ClockFollower | LinkFollower | None = None,
         clock_out: Sequence[SinkLike] = (),
         thru: bool = False,
     ) -> None:
@@ -280,6 +282,7 @@ class Player:
         self.tracker = tracker
         self.input_queue = input_queue
         self.follower = follower
+        self.link = follower if isinstance(follower, LinkFollower) else None
         self.clock_out = list(clock_out)
         self.thru = thru
         self.transport = Transport(params.time_signature)
@@ -444,6 +447,8 @@ class Player:
             target = min(target, self._step_start)
         if self._ticks:
             target = min(target, self._ticks[0])
+        if self.link is not None:
+            target = min(target, self.link.next_poll_ns)
         if end_ns is not None and end_ns < target:
             target = end_ns
         return target
@@ -648,7 +653,11 @@ class Player:
 
     # --- the player's input ----------------------------------------------------------------------
     def _poll(self, now: int) -> None:
-        """Drain the player's input (notes, controls, clock) and the command queue."""
+        """Drain the player's input (notes, controls, clock), the Link session's news and the command queue."""
+        link = self.link
+        if link is not None and now >= link.next_poll_ns:
+            for ev in link.poll(now, ready=not self.playing or self._step_start is None):
+                self._clock_event(ev.kind, ev.step, ev.t_ns)
         q = self.input_queue
         if q is not None:
             for t_ns, msg in q.drain():
@@ -829,7 +838,10 @@ class Player:
         sched = self.scheduler
         match cmd:
             case Play():
-                if not self.playing and self.follower is None:
+                if self.link is not None:
+                    if not self.playing:
+                        self.link.request_start(self.clock.source.now_ns())
+                elif not self.playing and self.follower is None:
                     self.playing = True
                     self._restart = True
                     self.transport.locate(0)
@@ -844,12 +856,17 @@ class Player:
                     sched.stop()
                     self._release_voicer()
                     self._stop_clock_out()
+                if self.link is not None:
+                    self.link.request_stop(self.clock.source.now_ns())
             case Panic():
                 self._discard_pending()
                 sched.panic()
                 self._release_voicer()
                 self._replan()
             case SetTempo(bpm=bpm):
+                if self.link is not None:  # the session's tempo: every peer follows, and so do we at the next step
+                    self.link.propose_tempo(float(bpm), self.clock.source.now_ns())
+                    return
                 at = self.next_k + (1 if self.pending is not None and self.pending.queued else 0)
                 self.clock.set_tempo(float(bpm), at)
                 if self.follower is None and self.playing:
@@ -1011,6 +1028,7 @@ class Daemon:
         self.midi_sinks: list[SinkLike] = []
         self.input: Any | None = None
         self.input_name: str | None = None
+        self.link: LinkFollower | None = None
         self.started_ns = 0
         self._loader = loaders.BackgroundLoader()  # model and soundfont loads, one at a time, newest wins
         self._closers: list[threading.Thread] = []
@@ -1054,7 +1072,10 @@ class Daemon:
                 on_note=self._on_note if feedback is not None else None,
                 drop_late_ns=int(drop_ms * 1_000_000) if drop_ms > 0 else None,
             )
-            tracker, in_queue, follower = self._open_input()
+            tracker, in_queue, midi_follower = self._open_input()
+            follower: ClockFollower | LinkFollower | None = midi_follower
+            if cfg.clock.source == "link":
+                follower = self.link = self._open_link(params)
             clock_out: list[SinkLike] = []
             if cfg.clock.send:
                 if follower is not None:
@@ -1105,6 +1126,15 @@ class Daemon:
         tracker = PlayerTracker.from_config(cfg)
         follower = ClockFollower() if cfg.clock.source == "midi" else None
         return tracker, self.input, follower
+
+    def _open_link(self, params: Params) -> LinkFollower:
+        """Join the Ableton Link session (quantum: one bar of the meter)."""
+        cfg = self.config
+        link = LinkFollower(
+            cfg.generation.tempo, params.time_signature.bar_steps, start_stop_sync=cfg.clock.link_start_stop
+        )
+        link.open()
+        return link
 
     @property
     def _initial_recorder(self) -> RecorderSink | None:
@@ -1459,6 +1489,9 @@ class Daemon:
         if self.osc is not None:
             self.osc.close()
             self.osc = None
+        if self.link is not None:
+            self.link.close()
+            self.link = None
         self._release_signals()
 
     # --- Controller (called from the OSC thread) ---------------------------------------------
@@ -1669,6 +1702,7 @@ class Daemon:
             "answering": bool(getattr(conductor, "answering", False)),
             "tempo": p.tempo,
             "clock": self.config.clock.source,
+            "link": p.link.stats() if p.link is not None else None,
             "clock_out": bool(p.clock_out),
             "bar": p.bar + 1,
             "beat": p.beat + 1,
