@@ -1,6 +1,6 @@
 """One Ableton Link session, run inside a network namespace with loopback alone (``tests/test_link.py``).
 
-Not a test module: ``test_link.py`` runs ``python tests/link_scenario.py OUT.json`` under
+Not a test module: ``test_link.py`` runs ``python tests/link_scenario.py OUT.json SCENARIO`` under
 ``unshare --net`` after ``ip link set lo up; ip link set lo multicast on; ip route add 224.0.0.0/4 dev lo``.
 In there it starts:
 
@@ -12,6 +12,9 @@ In there it starts:
 * ``rtgen run --clock link`` (a subprocess) with its MIDI output recorded by a JACK client in this
   process (:class:`StampingRecorder`: every event at its JACK frame time, put on ``perf_counter``);
 * after the stop, ``/rtgen/tempo 133`` over OSC to the daemon, and the peer watches its session.
+
+That is scenario ``follow``. In scenario ``lead`` the peer only watches: ``/rtgen/play`` over OSC must
+start the session's transport (rtgen plays from its first bar line), ``/rtgen/stop`` must stop it.
 
 Every time is put on Link's clock (µs): the peer's beat times natively; the recorded events from
 their JACK frame times through ``perf_counter`` and the same sandwich measurement against Link's clock
@@ -94,11 +97,12 @@ class Peer:
         self.link.enabled = False
 
 
-def main(out_path: Path) -> int:
+def main(out_path: Path, scenario: str) -> int:
+    """Set up the namespace's session, run ``scenario`` (``follow`` or ``lead``), write the result."""
     tmp = Path(tempfile.mkdtemp(prefix="rtgen-link-"))
     name = f"rtgen-link-{os.getpid()}"
     client = f"rtgen-link-{os.getpid()}"
-    result: dict[str, Any] = {"errors": []}
+    result: dict[str, Any] = {"errors": [], "scenario": scenario}
     server = BenchJackServer(name, log_dir=tmp).start()
     result["jack_mode"] = server.mode
     peer = Peer(FIRST_BPM)
@@ -136,46 +140,11 @@ def main(out_path: Path) -> int:
                 raise RuntimeError("the daemon did not join the peer's Link session")
             time.sleep(0.02)
         time.sleep(0.3)  # rtgen's first captures
-
-        # start on a bar line (beat 0 of the peer), half a second ahead: every peer starts there in phase
-        state = peer.link.captureSessionState()
-        start_us = peer.clock.micros() + 500_000
-        state.setIsPlayingAndRequestBeatAtTime(True, start_us, 0.0, QUANTUM)
-        peer.link.commitSessionState(state)
-        result["start_us"] = start_us
-        state = peer.link.captureSessionState()
-        first_bar = state.timeAtBeat(math.ceil(state.beatAtTime(start_us, QUANTUM) / QUANTUM - 1e-9) * QUANTUM, QUANTUM)
-        result["first_bar_us"] = int(first_bar)
-        change_us = int(first_bar) + int(BARS_FIRST * QUANTUM * 60e6 / FIRST_BPM)
-        _sleep_until_us(peer, change_us)
-        state = peer.link.captureSessionState()
-        now = peer.clock.micros()
-        state.setTempo(SECOND_BPM, now)
-        peer.link.commitSessionState(state)
-        result["tempo_change_us"] = now
-        stop_at = now + int(BARS_SECOND * QUANTUM * 60e6 / SECOND_BPM)
-        _sleep_until_us(peer, stop_at)
-        result["status_playing"] = _status()
-        state = peer.link.captureSessionState()
-        now = peer.clock.micros()
-        state.setIsPlaying(False, now)
-        peer.link.commitSessionState(state)
-        result["stop_us"] = now
-        time.sleep(1.5)  # every note-off is out by now
-        result["status_stopped"] = _status()
-
-        # rtgen proposes a tempo to the session
-        osc = SimpleUDPClient("127.0.0.1", OSC_PORT)
-        sent = peer.clock.micros()
-        osc.send_message("/rtgen/tempo", [PROPOSED_BPM])
-        deadline = time.monotonic() + 3
-        seen = None
-        while seen is None and time.monotonic() < deadline:
-            tempo = peer.link.captureSessionState().tempo()
-            if abs(tempo - PROPOSED_BPM) < 0.01:
-                seen = peer.clock.micros()
-            time.sleep(0.005)
-        result["proposed_tempo_seen_ms"] = None if seen is None else (seen - sent) / 1000
+        result["joined_us"] = peer.clock.micros()
+        if scenario == "follow":
+            _follow(peer, result)
+        else:
+            _lead(peer, result)
         result["daemon_alive_before_sigterm"] = daemon.poll() is None
         daemon.send_signal(signal.SIGTERM)
         try:
@@ -204,6 +173,70 @@ def main(out_path: Path) -> int:
     return 0
 
 
+def _first_bar_at_or_after(peer: Peer, t_us: int) -> int:
+    state = peer.link.captureSessionState()
+    bar = math.ceil(state.beatAtTime(t_us, QUANTUM) / QUANTUM - 1e-9) * QUANTUM
+    return int(state.timeAtBeat(bar, QUANTUM))
+
+
+def _follow(peer: Peer, result: dict[str, Any]) -> None:
+    """The peer leads: start on a bar line, 120 then 97 BPM, stop; then rtgen proposes a tempo."""
+    # beat 0 half a second ahead: with rtgen in the session Link maps it to the next bar line after that
+    state = peer.link.captureSessionState()
+    start_us = peer.clock.micros() + 500_000
+    state.setIsPlayingAndRequestBeatAtTime(True, start_us, 0.0, QUANTUM)
+    peer.link.commitSessionState(state)
+    result["start_us"] = start_us
+    first_bar = _first_bar_at_or_after(peer, start_us)
+    result["first_bar_us"] = first_bar
+    _sleep_until_us(peer, first_bar + int(BARS_FIRST * QUANTUM * 60e6 / FIRST_BPM))
+    state = peer.link.captureSessionState()
+    now = peer.clock.micros()
+    state.setTempo(SECOND_BPM, now)
+    peer.link.commitSessionState(state)
+    result["tempo_change_us"] = now
+    _sleep_until_us(peer, now + int(BARS_SECOND * QUANTUM * 60e6 / SECOND_BPM))
+    result["status_playing"] = _status()
+    state = peer.link.captureSessionState()
+    now = peer.clock.micros()
+    state.setIsPlaying(False, now)
+    peer.link.commitSessionState(state)
+    result["stop_us"] = now
+    time.sleep(1.5)  # every note-off is out by now
+    result["status_stopped"] = _status()
+
+    osc = SimpleUDPClient("127.0.0.1", OSC_PORT)
+    sent = peer.clock.micros()
+    osc.send_message("/rtgen/tempo", [PROPOSED_BPM])
+    seen = _wait_for(peer, lambda s: abs(s.tempo() - PROPOSED_BPM) < 0.01, 3.0)
+    result["proposed_tempo_seen_ms"] = None if seen is None else (seen - sent) / 1000
+
+
+def _lead(peer: Peer, result: dict[str, Any]) -> None:
+    """rtgen leads: ``/rtgen/play`` starts the session, ``/rtgen/stop`` stops it."""
+    time.sleep(0.5)  # the session is stopped: rtgen must be silent
+    osc = SimpleUDPClient("127.0.0.1", OSC_PORT)
+    result["play_sent_us"] = peer.clock.micros()
+    osc.send_message("/rtgen/play", [])
+    seen = _wait_for(peer, lambda s: s.isPlaying(), 2.0)
+    if seen is None:
+        raise RuntimeError("/rtgen/play did not start the session")
+    result["play_seen_us"] = seen
+    start_us = int(peer.link.captureSessionState().timeForIsPlaying())
+    result["start_us"] = start_us
+    result["first_bar_us"] = _first_bar_at_or_after(peer, start_us)
+    _sleep_until_us(peer, result["first_bar_us"] + int(BARS_FIRST * QUANTUM * 60e6 / FIRST_BPM))
+    result["stop_sent_us"] = peer.clock.micros()
+    osc.send_message("/rtgen/stop", [])
+    seen = _wait_for(peer, lambda s: not s.isPlaying(), 2.0)
+    if seen is None:
+        raise RuntimeError("/rtgen/stop did not stop the session")
+    result["stop_seen_us"] = seen
+    result["stop_us"] = int(peer.link.captureSessionState().timeForIsPlaying())
+    time.sleep(1.0)
+    result["status_stopped"] = _status()
+
+
 def _status(timeout: float = 2.0) -> dict[str, Any] | None:
     """The daemon's ``/rtgen/status`` (its JSON reply), or None without one."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
@@ -221,6 +254,16 @@ def _status(timeout: float = 2.0) -> dict[str, Any] | None:
 def _sleep_until_us(peer: Peer, t_us: int) -> None:
     while (left := t_us - peer.clock.micros()) > 0:
         time.sleep(min(left, 50_000) / 1e6)
+
+
+def _wait_for(peer: Peer, predicate: Any, timeout: float) -> int | None:
+    """Link time at which ``predicate(session state)`` first held, or None after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate(peer.link.captureSessionState()):
+            return int(peer.clock.micros())
+        time.sleep(0.002)
+    return None
 
 
 class StampingRecorder(JackRecorder):
@@ -253,4 +296,4 @@ def _events_on_link_clock(rec: StampingRecorder, peer: Peer) -> list[tuple[float
 
 
 if __name__ == "__main__":
-    sys.exit(main(Path(sys.argv[1])))
+    sys.exit(main(Path(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "follow"))

@@ -44,16 +44,16 @@ def _namespace_works() -> bool:
     return probe.returncode == 0
 
 
-@pytest.fixture(scope="module")
-def session(tmp_path_factory: pytest.TempPathFactory, shipped_model_dir: Path) -> dict[str, Any]:
-    """Run the scenario once in a fresh network namespace; its result."""
+def _run_scenario(scenario: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Run ``tests/link_scenario.py SCENARIO`` in a fresh network namespace; its result."""
     require(_namespace_works(), "unshare --net with ip (util-linux, iproute2) and the right to use them")
     require(shutil.which("jackd") is not None, "jackd (apt-get install jackd2)")
     require(importlib.util.find_spec("link") is not None, "the Link binding (pip install linkpython-extern)")
-    out = tmp_path_factory.mktemp("link") / "session.json"
+    out = tmp_path_factory.mktemp("link") / f"{scenario}.json"
     script = REPO / "tests" / "link_scenario.py"
+    shell = f'{NAMESPACE_SETUP} && exec "$0" "$1" "$2" "$3"'
     proc = subprocess.run(
-        ["unshare", "--net", "sh", "-c", f'{NAMESPACE_SETUP} && exec "$0" "$1" "$2"', sys.executable, script, out],
+        ["unshare", "--net", "sh", "-c", shell, sys.executable, script, out, scenario],
         capture_output=True,
         text=True,
         timeout=90,
@@ -63,6 +63,18 @@ def session(tmp_path_factory: pytest.TempPathFactory, shipped_model_dir: Path) -
     result: dict[str, Any] = json.loads(out.read_text())
     assert not result["errors"], f"{result['errors']}\ndaemon log:\n{result['daemon_log']}"
     return result
+
+
+@pytest.fixture(scope="module")
+def session(tmp_path_factory: pytest.TempPathFactory, shipped_model_dir: Path) -> dict[str, Any]:
+    """The peer leads: it starts the session, changes the tempo to 97 BPM, stops; then rtgen proposes 133."""
+    return _run_scenario("follow", tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def led(tmp_path_factory: pytest.TempPathFactory, shipped_model_dir: Path) -> dict[str, Any]:
+    """rtgen leads: ``/rtgen/play`` and ``/rtgen/stop`` over OSC start and stop the session."""
+    return _run_scenario("lead", tmp_path_factory)
 
 
 def _note_ons(result: dict[str, Any]) -> list[tuple[float, list[int]]]:
@@ -145,3 +157,25 @@ def test_tempo_over_osc_is_proposed_to_the_session(session: dict[str, Any]) -> N
     assert seen is not None and seen < 1000, seen
     assert session["daemon_exit"] == 0, session["daemon_log"]
     assert "Traceback" not in session["daemon_log"], session["daemon_log"]
+
+
+def test_play_and_stop_over_osc_start_and_stop_the_session(led: dict[str, Any]) -> None:
+    """With start/stop sync, ``/rtgen/play`` starts the session's transport (in phase, on a bar line, where
+    rtgen's first onset falls) and ``/rtgen/stop`` stops it, every note released by its own note-off."""
+    period = led["jack_period_us"]
+    onsets = [t for t, _ in _note_ons(led)]
+    assert onsets, led["daemon_log"]
+    assert led["play_seen_us"] - led["play_sent_us"] < 500_000
+    first = min(onsets) - led["first_bar_us"]
+    assert -OFFSET_US <= first <= OFFSET_US + period, f"first onset {first / 1000:.2f} ms from the bar line"
+    assert led["stop_seen_us"] - led["stop_sent_us"] < 500_000
+    stop = led["stop_us"]
+    late_ons = [(t - stop) / 1000 for t in onsets if t > stop + OFFSET_US + period]
+    assert not late_ons, f"note-ons after /rtgen/stop (ms after it): {late_ons}"
+    before_shutdown = [(t, tuple(m)) for t, m in led["events"] if t <= stop + 900_000]
+    assert not sounding_notes([m for _, m in before_shutdown]), "notes left sounding after /rtgen/stop"
+    offs = [t for t, m in before_shutdown if is_note_off(m) and t > stop]
+    assert offs and max(offs) <= stop + 50_000 + period, (max(offs) - stop) / 1000
+    status = led["status_stopped"]
+    assert status["playing"] is False and status["sounding"] == 0 and status["link"]["playing"] is False
+    assert led["daemon_exit"] == 0, led["daemon_log"]
