@@ -51,6 +51,7 @@ from rtgen.clock import FakeTime, RealTime, SpinTuner, StepClock, promote_thread
 from rtgen.conductor import NOBODY, Heard, Plan, make_conductor
 from rtgen.config import MODES, PART_NAMES, Config, PartConfig, PartsConfig
 from rtgen.errors import AudioError, PortError, RtgenError, SoundfontError
+from rtgen.link import IDLE_POLL_NS as LINK_IDLE_POLL_NS
 from rtgen.link import LinkFollower
 from rtgen.midifile import pan_cc, volume_cc
 from rtgen.scheduler import Scheduler, SinkLike
@@ -447,8 +448,8 @@ class Player:
             target = min(target, self._step_start)
         if self._ticks:
             target = min(target, self._ticks[0])
-        if self.link is not None:
-            target = min(target, self.link.next_poll_ns)
+        if self.link is not None and self.playing and self._step_start is None:
+            target = min(target, self.link.next_poll_ns)  # the capture that announces the next step
         if end_ns is not None and end_ns < target:
             target = end_ns
         return target
@@ -667,7 +668,8 @@ class Player:
     def _poll_interval(self, now: int) -> int:
         """How often to look at the input now: fast while it matters, slower while nobody plays (CPU)."""
         if not self.poll_ns:
-            return 0
+            # stopped on Link: listen for the session's start without spinning up to every poll
+            return LINK_IDLE_POLL_NS if self.link is not None and not self.playing else 0
         if self.follower is not None or self.thru or self.mode != "autonomous":
             return self.poll_ns
         return self.poll_ns if now - self._last_input_ns < PLAYER_ACTIVE_NS else max(self.poll_ns, IDLE_POLL_NS)

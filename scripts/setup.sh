@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 WHAT=${1:-runtime}
 PY=${PYTHON:-python3}
-APT_PKGS=(fluidsynth libfluidsynth3 timgm6mb-soundfont fluid-soundfont-gm jackd2 jack-tools liblo-tools)
+APT_PKGS=(fluidsynth libfluidsynth3 timgm6mb-soundfont fluid-soundfont-gm jackd2 jack-tools liblo-tools iproute2 util-linux)
 
 need_apt=()
 command -v fluidsynth >/dev/null 2>&1 || need_apt+=(fluidsynth)
@@ -17,6 +17,8 @@ ldconfig -p 2>/dev/null | grep -q libfluidsynth || need_apt+=(libfluidsynth3)
 command -v jackd >/dev/null 2>&1 || need_apt+=(jackd2)
 command -v jack_midi_dump >/dev/null 2>&1 || need_apt+=(jack-tools)
 command -v oscsend >/dev/null 2>&1 || need_apt+=(liblo-tools)
+command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)  # the Link tests: a network namespace with loopback alone
+command -v unshare >/dev/null 2>&1 || need_apt+=(util-linux)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
     if [ "$(uname -s)" = "Darwin" ]; then

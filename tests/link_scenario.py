@@ -46,7 +46,7 @@ from pythonosc.osc_message_builder import OscMessageBuilder  # noqa: E402
 from pythonosc.udp_client import SimpleUDPClient  # noqa: E402
 
 from rtgen.bench import BenchJackServer, jack_env  # noqa: E402
-from rtgen.benchjack import JackRecorder  # noqa: E402
+from rtgen.benchjack import JackRecorder, _cpu_seconds  # noqa: E402
 from rtgen.link import ClockMap  # noqa: E402
 
 QUANTUM = 4.0
@@ -144,7 +144,7 @@ def main(out_path: Path, scenario: str) -> int:
         if scenario == "follow":
             _follow(peer, result)
         else:
-            _lead(peer, result)
+            _lead(peer, result, daemon.pid)
         result["daemon_alive_before_sigterm"] = daemon.poll() is None
         daemon.send_signal(signal.SIGTERM)
         try:
@@ -212,9 +212,11 @@ def _follow(peer: Peer, result: dict[str, Any]) -> None:
     result["proposed_tempo_seen_ms"] = None if seen is None else (seen - sent) / 1000
 
 
-def _lead(peer: Peer, result: dict[str, Any]) -> None:
+def _lead(peer: Peer, result: dict[str, Any], pid: int) -> None:
     """rtgen leads: ``/rtgen/play`` starts the session, ``/rtgen/stop`` stops it."""
-    time.sleep(0.5)  # the session is stopped: rtgen must be silent
+    cpu0, wall0 = _cpu_seconds(pid), time.monotonic()
+    time.sleep(1.0)  # the session is stopped: rtgen must be silent, and idle
+    result["stopped_cpu_percent"] = 100 * (_cpu_seconds(pid) - cpu0) / (time.monotonic() - wall0)
     osc = SimpleUDPClient("127.0.0.1", OSC_PORT)
     result["play_sent_us"] = peer.clock.micros()
     osc.send_message("/rtgen/play", [])

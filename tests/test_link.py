@@ -18,6 +18,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ import pytest
 from conftest import REPO, require
 from jack_harness import is_note_off, sounding_notes
 
-pytestmark = pytest.mark.jack
+from rtgen.link import ClockMap
 
 NAMESPACE_SETUP = "ip link set lo up && ip link set lo multicast on && ip route add 224.0.0.0/4 dev lo"
 OFFSET_US = 2000.0  # rtgen's beat onsets against the peer's beats
@@ -98,6 +99,7 @@ def _beat_offsets(result: dict[str, Any], since_us: float, until_us: float) -> t
     return missed, np.array(offsets)
 
 
+@pytest.mark.jack
 def test_joins_and_follows_the_peer_beat_for_beat(session: dict[str, Any]) -> None:
     """From the first bar line of the peer's start to its stop, every beat has an rtgen onset on it: within
     2 ms plus the JACK period, at 120 BPM and at 97 BPM from one bar after the peer's change."""
@@ -129,12 +131,14 @@ def _beats_in(result: dict[str, Any], since_us: float, until_us: float) -> list[
     return [(b, t) for b, t in result["beats"] if since_us <= t < until_us]
 
 
+@pytest.mark.jack
 def test_nothing_plays_before_the_session_transport(session: dict[str, Any]) -> None:
     """rtgen joined the session well before the peer started it, and stayed silent until its first bar line."""
     first_onset = min(t for t, _ in _note_ons(session))
     assert first_onset >= session["first_bar_us"] - OFFSET_US, (first_onset - session["first_bar_us"]) / 1000
 
 
+@pytest.mark.jack
 def test_peer_stop_stops_rtgen_with_every_note_released(session: dict[str, Any]) -> None:
     """The peer stops the session: no note-on after it, and every note-on rtgen sent has its own note-off
     (all-notes-off counts for nothing), sent within a step of the stop."""
@@ -151,6 +155,7 @@ def test_peer_stop_stops_rtgen_with_every_note_released(session: dict[str, Any])
     assert session["status_stopped"]["sounding"] == 0
 
 
+@pytest.mark.jack
 def test_tempo_over_osc_is_proposed_to_the_session(session: dict[str, Any]) -> None:
     """``/rtgen/tempo 133`` with ``--clock link``: the peer's session moves to 133 BPM."""
     seen = session["proposed_tempo_seen_ms"]
@@ -159,6 +164,7 @@ def test_tempo_over_osc_is_proposed_to_the_session(session: dict[str, Any]) -> N
     assert "Traceback" not in session["daemon_log"], session["daemon_log"]
 
 
+@pytest.mark.jack
 def test_play_and_stop_over_osc_start_and_stop_the_session(led: dict[str, Any]) -> None:
     """With start/stop sync, ``/rtgen/play`` starts the session's transport (in phase, on a bar line, where
     rtgen's first onset falls) and ``/rtgen/stop`` stops it, every note released by its own note-off."""
@@ -179,3 +185,28 @@ def test_play_and_stop_over_osc_start_and_stop_the_session(led: dict[str, Any]) 
     status = led["status_stopped"]
     assert status["playing"] is False and status["sounding"] == 0 and status["link"]["playing"] is False
     assert led["daemon_exit"] == 0, led["daemon_log"]
+    # stopped, rtgen listens for the session's start every 2 ms without spinning up to each look
+    print(f"first onset {first / 1000:.2f} ms after the bar line; CPU while stopped {led['stopped_cpu_percent']:.1f} %")
+    assert led["stopped_cpu_percent"] < 15, led["stopped_cpu_percent"]
+
+
+def test_clock_map_puts_perf_counter_on_the_raw_monotonic_clock() -> None:
+    """Link's clock on Linux is CLOCK_MONOTONIC_RAW in µs, ``perf_counter`` is CLOCK_MONOTONIC: another base and
+    another rate. The map, measured again and again, puts one on the other within a few µs."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("Link's clock is CLOCK_MONOTONIC_RAW on Linux only")
+
+    def raw_us() -> int:
+        return time.clock_gettime_ns(time.CLOCK_MONOTONIC_RAW) // 1000
+
+    cmap = ClockMap(raw_us, time.perf_counter_ns, tries=3)
+    errors = []
+    for _ in range(200):
+        cmap.measure()
+        perf = time.perf_counter_ns()
+        raw = time.clock_gettime_ns(time.CLOCK_MONOTONIC_RAW)
+        errors.append(cmap.to_link_us(perf) - raw / 1000)
+        assert abs(cmap.to_perf_ns(cmap.to_link_us(perf)) - perf) <= 1000  # µs rounding only
+    errors.sort()
+    assert abs(errors[len(errors) // 2]) < 5, errors[len(errors) // 2]
+    assert cmap.width_ns < 50_000
