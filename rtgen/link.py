@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 LEAD_NS: Final = 4_000_000
 """Each step's start time is taken from a capture this long before it."""
-IDLE_POLL_NS: Final = 2_000_000
+IDLE_POLL_NS: Final = 5_000_000
 """While stopped (or while a step announced is still to start), look at the session this often."""
 START_GRACE_NS: Final = 15_000_000
 """A session start heard up to this late still plays its first bar line (late) instead of waiting a bar."""
