@@ -1515,7 +1515,7 @@ class Daemon:
         self._p().command(Panic(), urgent=True)
 
     def set_tempo(self, bpm: float) -> None:
-        """Tempo from the next step on."""
+        """Tempo from the next step on (following Link: proposed to the session)."""
         if self.config.clock.source == "midi":
             raise ValueError("the tempo follows the MIDI clock (clock.source = midi); change it in the DAW")
         self._p().command(SetTempo(bpm))
