@@ -290,7 +290,8 @@ class OscControl:
 
     @osc_handler("tempo", "f")
     def tempo(self, sender: tuple[str, int] | None, bpm: float) -> None:
-        """Tempo in BPM, 20..400; takes effect at the next step boundary."""
+        """Tempo in BPM, 20..400; takes effect at the next step boundary (`--clock link`: proposed to the Link
+        session)."""
         try:
             self.controller.set_tempo(_check_range("tempo", bpm, 20.0, 400.0))
         except ValueError as err:  # following a MIDI clock: the DAW sets the tempo
