@@ -24,6 +24,7 @@ from rtgen.errors import ConfigError
 PART_NAMES = ("melody", "chords", "bass", "drums")
 BACKENDS = ("auto", "alsa", "jack", "coremidi", "winmm")
 MODES = ("autonomous", "accompany", "improvise", "call-and-response")
+CLOCK_SOURCES = ("internal", "midi", "link")
 
 
 def _range(lo: float, hi: float) -> dict[str, Any]:
@@ -143,8 +144,9 @@ class InputConfig:
 class ClockConfig:
     """Where time comes from, and whether rtgen leads a DAW with MIDI clock."""
 
-    source: str = field(default="internal", metadata=_choices("internal", "midi"))
+    source: str = field(default="internal", metadata=_choices(*CLOCK_SOURCES))
     send: bool = False  # send 24-ppqn clock, Start, Stop and Song Position Pointer to the MIDI output
+    link_start_stop: bool = True  # source = link: follow (and lead) the session's start/stop
 
 
 @dataclass(frozen=True)

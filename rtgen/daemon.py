@@ -2,7 +2,7 @@
 
 Data path (docs/internals.md §6)::
 
-    MIDI in ─► polled port ─► PlayerTracker ─┐       clock source: StepClock | ClockFollower
+    MIDI in ─► polled port ─► PlayerTracker ─┐       clock source: StepClock | ClockFollower | LinkFollower
                                             ▼                       │
     OSC / CC ─► params, typed commands ─► Player loop ◄─────────────┘
                                             │  Transport (position) ─► Performer
@@ -51,6 +51,8 @@ from rtgen.clock import FakeTime, RealTime, SpinTuner, StepClock, promote_thread
 from rtgen.conductor import NOBODY, Heard, Plan, make_conductor
 from rtgen.config import MODES, PART_NAMES, Config, PartConfig, PartsConfig
 from rtgen.errors import AudioError, PortError, RtgenError, SoundfontError
+from rtgen.link import IDLE_POLL_NS as LINK_IDLE_POLL_NS
+from rtgen.link import LinkFollower
 from rtgen.midifile import pan_cc, volume_cc
 from rtgen.scheduler import Scheduler, SinkLike
 from rtgen.sinks import CONTROL_CHANGE, PROGRAM_CHANGE
@@ -242,7 +244,8 @@ class Player:
         tracker: the player's input tracker (None: nobody to listen to).
         input_queue: the player's messages: a polled :class:`~rtgen.midi_io.MidiInput` (the daemon's), or an
             :class:`~rtgen.input.InputQueue` fed by a callback; drained on every loop iteration.
-        follower: follow an external MIDI clock (steps start on its ticks; nothing plays before Start).
+        follower: follow an external MIDI clock (steps start on its ticks; nothing plays before Start), or an
+            Ableton Link session (:class:`~rtgen.link.LinkFollower`: steps start on its grid).
         clock_out: sinks that get 24-ppqn clock, Start, Stop and SPP (lead a DAW).
         thru: echo the player's channel messages to the live sinks.
     """
@@ -261,7 +264,7 @@ class Player:
         config: Config | None = None,
         tracker: PlayerTracker | None = None,
         input_queue: InputQueue | MidiInput | None = None,
-        follower: ClockFollower | None = None,
+        follower: ClockFollower | LinkFollower | None = None,
         clock_out: Sequence[SinkLike] = (),
         thru: bool = False,
     ) -> None:
@@ -282,6 +285,7 @@ class Player:
         self.tracker = tracker
         self.input_queue = input_queue
         self.follower = follower
+        self.link = follower if isinstance(follower, LinkFollower) else None
         self.clock_out = list(clock_out)
         self.thru = thru
         self.transport = Transport(params.time_signature)
@@ -450,6 +454,8 @@ class Player:
             target = min(target, self._step_start)
         if self._ticks:
             target = min(target, self._ticks[0])
+        if self.link is not None and self.playing and self._step_start is None:
+            target = min(target, self.link.next_poll_ns)  # the capture that announces the next step
         if end_ns is not None and end_ns < target:
             target = end_ns
         return target
@@ -654,7 +660,11 @@ class Player:
 
     # --- the player's input ----------------------------------------------------------------------
     def _poll(self, now: int) -> None:
-        """Drain the player's input (notes, controls, clock) and the command queue."""
+        """Drain the player's input (notes, controls, clock), the Link session's news and the command queue."""
+        link = self.link
+        if link is not None and now >= link.next_poll_ns:
+            for ev in link.poll(now, ready=not self.playing or self._step_start is None):
+                self._clock_event(ev.kind, ev.step, ev.t_ns)
         q = self.input_queue
         if q is not None:
             for t_ns, msg in q.drain():
@@ -664,7 +674,8 @@ class Player:
     def _poll_interval(self, now: int) -> int:
         """How often to look at the input now: fast while it matters, slower while nobody plays (CPU)."""
         if not self.poll_ns:
-            return 0
+            # stopped on Link: listen for the session's start without spinning up to every poll
+            return LINK_IDLE_POLL_NS if self.link is not None and not self.playing else 0
         if self.follower is not None or self.thru or self.mode != "autonomous":
             return self.poll_ns
         return self.poll_ns if now - self._last_input_ns < PLAYER_ACTIVE_NS else max(self.poll_ns, IDLE_POLL_NS)
@@ -835,7 +846,10 @@ class Player:
         sched = self.scheduler
         match cmd:
             case Play():
-                if not self.playing and self.follower is None:
+                if self.link is not None:
+                    if not self.playing:
+                        self.link.request_start(self.clock.source.now_ns())
+                elif not self.playing and self.follower is None:
                     self.playing = True
                     self._restart = True
                     self.transport.locate(0)
@@ -850,12 +864,17 @@ class Player:
                     sched.stop()
                     self._release_voicer()
                     self._stop_clock_out()
+                if self.link is not None:
+                    self.link.request_stop(self.clock.source.now_ns())
             case Panic():
                 self._discard_pending()
                 sched.panic()
                 self._release_voicer()
                 self._replan()
             case SetTempo(bpm=bpm):
+                if self.link is not None:  # the session's tempo: every peer follows, and so do we at the next step
+                    self.link.propose_tempo(float(bpm), self.clock.source.now_ns())
+                    return
                 at = self.next_k + (1 if self.pending is not None and self.pending.queued else 0)
                 self.clock.set_tempo(float(bpm), at)
                 if self.follower is None and self.playing:
@@ -1019,6 +1038,7 @@ class Daemon:
         self.midi_sinks: list[SinkLike] = []
         self.input: Any | None = None
         self.input_name: str | None = None
+        self.link: LinkFollower | None = None
         self.started_ns = 0
         self._loader = loaders.BackgroundLoader()  # model and soundfont loads, one at a time, newest wins
         self._closers: list[threading.Thread] = []
@@ -1070,7 +1090,10 @@ class Daemon:
                 on_note=self._on_note if feedback is not None else None,
                 drop_late_ns=int(drop_ms * 1_000_000) if drop_ms > 0 else None,
             )
-            tracker, in_queue, follower = self._open_input()
+            tracker, in_queue, midi_follower = self._open_input()
+            follower: ClockFollower | LinkFollower | None = midi_follower
+            if cfg.clock.source == "link":
+                follower = self.link = self._open_link(params)
             clock_out: list[SinkLike] = []
             if cfg.clock.send:
                 if follower is not None:
@@ -1121,6 +1144,15 @@ class Daemon:
         tracker = PlayerTracker.from_config(cfg)
         follower = ClockFollower() if cfg.clock.source == "midi" else None
         return tracker, self.input, follower
+
+    def _open_link(self, params: Params) -> LinkFollower:
+        """Join the Ableton Link session (quantum: one bar of the meter)."""
+        cfg = self.config
+        link = LinkFollower(
+            cfg.generation.tempo, params.time_signature.bar_steps, start_stop_sync=cfg.clock.link_start_stop
+        )
+        link.open()
+        return link
 
     @property
     def _initial_recorder(self) -> RecorderSink | None:
@@ -1495,6 +1527,9 @@ class Daemon:
         if self.osc is not None:
             self.osc.close()
             self.osc = None
+        if self.link is not None:
+            self.link.close()
+            self.link = None
         self._release_signals()
 
     # --- Controller (called from the OSC thread) ---------------------------------------------
@@ -1516,7 +1551,7 @@ class Daemon:
         self._p().command(Panic(), urgent=True)
 
     def set_tempo(self, bpm: float) -> None:
-        """Tempo from the next step on."""
+        """Tempo from the next step on (following Link: proposed to the session)."""
         if self.config.clock.source == "midi":
             raise ValueError("the tempo follows the MIDI clock (clock.source = midi); change it in the DAW")
         self._p().command(SetTempo(bpm))
@@ -1706,6 +1741,7 @@ class Daemon:
             "answering": bool(getattr(conductor, "answering", False)),
             "tempo": p.tempo,
             "clock": self.config.clock.source,
+            "link": p.link.stats() if p.link is not None else None,
             "clock_out": bool(p.clock_out),
             "bar": p.bar + 1,
             "beat": p.beat + 1,

@@ -330,7 +330,8 @@ class OscControl:
 
     @osc_handler("tempo", OscArg("tempo", "f", 20.0, 400.0))
     def tempo(self, sender: tuple[str, int] | None, bpm: float) -> None:
-        """Tempo in BPM, 20..400; takes effect at the next step boundary."""
+        """Tempo in BPM, 20..400; takes effect at the next step boundary (`--clock link`: proposed to the Link
+        session)."""
         try:
             self.controller.set_tempo(bpm)
         except ValueError as err:  # following a MIDI clock: the DAW sets the tempo

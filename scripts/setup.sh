@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 WHAT=${1:-runtime}
 PY=${PYTHON:-python3}
-APT_PKGS=(fluidsynth libfluidsynth3 timgm6mb-soundfont fluid-soundfont-gm jackd2 jack-tools liblo-tools systemd)
+APT_PKGS=(fluidsynth libfluidsynth3 timgm6mb-soundfont fluid-soundfont-gm jackd2 jack-tools liblo-tools systemd iproute2 util-linux)
 [ "$WHAT" = dev ] && APT_PKGS+=(chromium)  # tests/test_web.py: the web page in a real browser (Playwright drives it)
 
 need_apt=()
@@ -20,6 +20,8 @@ command -v jack_midi_dump >/dev/null 2>&1 || need_apt+=(jack-tools)
 command -v oscsend >/dev/null 2>&1 || need_apt+=(liblo-tools)
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)  # the service tests verify the unit file
 [ "$WHAT" != dev ] || command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)  # the Link tests: a network namespace with loopback alone
+command -v unshare >/dev/null 2>&1 || need_apt+=(util-linux)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
     if [ "$(uname -s)" = "Darwin" ]; then

@@ -8,7 +8,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from rtgen.config import BACKENDS, CONFIG_HELP, MODES, Config, default_config_path, load_config, with_style
+from rtgen.config import (
+    BACKENDS,
+    CLOCK_SOURCES,
+    CONFIG_HELP,
+    MODES,
+    Config,
+    default_config_path,
+    load_config,
+    with_style,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +46,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--no-input", dest="input", action="store_false", default=None, help="do not listen to a player")
     p.add_argument("--in-channel", type=int, metavar="N", help="player's MIDI channel 1..16, 0 = omni (input.channel)")
     p.add_argument("--thru", action="store_true", default=None, help="echo the player to the outputs (input.thru)")
-    p.add_argument("--clock", choices=("internal", "midi"), help="follow our own clock or a DAW's (clock.source)")
+    p.add_argument(
+        "--clock",
+        choices=CLOCK_SOURCES,
+        help="follow our own clock, a DAW's MIDI clock, or the Ableton Link session on the network (clock.source)",
+    )
     p.add_argument("--clock-out", action="store_true", default=None, help="send MIDI clock to the output (clock.send)")
     p.add_argument(
         "--reactive-window",

@@ -1,0 +1,301 @@
+"""One Ableton Link session, run inside a network namespace with loopback alone (``tests/test_link.py``).
+
+Not a test module: ``test_link.py`` runs ``python tests/link_scenario.py OUT.json SCENARIO`` under
+``unshare --net`` after ``ip link set lo up; ip link set lo multicast on; ip route add 224.0.0.0/4 dev lo``.
+In there it starts:
+
+* a real-time JACK server of its own (``jackd -R -P 70 -d dummy -r 48000 -p 256``, see
+  :class:`rtgen.bench.BenchJackServer`);
+* a second, real Link peer in this process (the same ``linkpython-extern`` binding): start/stop sync
+  on, 120 BPM; it starts the transport on a bar line, sets 97 BPM two bars later, plays four bars
+  more and stops;
+* ``rtgen run --clock link`` (a subprocess) with its MIDI output recorded by a JACK client in this
+  process (:class:`StampingRecorder`: every event at its JACK frame time, put on ``perf_counter``);
+* after the stop, ``/rtgen/tempo 133`` over OSC to the daemon, and the peer watches its session.
+
+That is scenario ``follow``. In scenario ``lead`` the peer only watches: ``/rtgen/play`` over OSC must
+start the session's transport (rtgen plays from its first bar line), ``/rtgen/stop`` must stop it.
+
+Every time is put on Link's clock (µs): the peer's beat times natively; the recorded events from
+their JACK frame times through ``perf_counter`` and the same sandwich measurement against Link's clock
+that rtgen itself uses (:class:`rtgen.link.ClockMap`). The result is
+a JSON file; ``test_link.py`` judges it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import link  # noqa: E402
+from pythonosc.osc_message import OscMessage  # noqa: E402
+from pythonosc.osc_message_builder import OscMessageBuilder  # noqa: E402
+from pythonosc.udp_client import SimpleUDPClient  # noqa: E402
+
+from rtgen.bench import BenchJackServer, jack_env  # noqa: E402
+from rtgen.benchjack import JackRecorder, _cpu_seconds  # noqa: E402
+from rtgen.link import ClockMap  # noqa: E402
+
+QUANTUM = 4.0
+FIRST_BPM = 120.0
+SECOND_BPM = 97.0
+PROPOSED_BPM = 133.0
+BARS_FIRST = 2
+BARS_SECOND = 4
+OSC_PORT = 9000  # the namespace has its own ports: nothing else listens here
+
+
+class Peer:
+    """The second Link peer, and a thread that writes down the time of every beat on Link's clock.
+
+    A beat's time is taken from the last capture before the beat (every 10 ms), so a tempo change is
+    reflected in every beat after it.
+    """
+
+    def __init__(self, bpm: float) -> None:
+        self.link = link.Link(bpm)
+        self.link.startStopSyncEnabled = True
+        self.link.enabled = True
+        self.clock = self.link.clock()
+        self.beats: dict[int, int] = {}  # beat -> Link µs
+        self.tempi: list[tuple[int, float]] = []  # (Link µs, tempo) whenever it changed
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        last_tempo = 0.0
+        while not self._stop.is_set():
+            now = self.clock.micros()
+            state = self.link.captureSessionState()
+            tempo = state.tempo()
+            if tempo != last_tempo:
+                self.tempi.append((now, tempo))
+                last_tempo = tempo
+            if state.isPlaying():
+                b = math.ceil(state.beatAtTime(now, QUANTUM))
+                for beat in (b, b + 1):
+                    self.beats[beat] = int(state.timeAtBeat(float(beat), QUANTUM))
+            time.sleep(0.01)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.link.enabled = False
+
+
+def main(out_path: Path, scenario: str) -> int:
+    """Set up the namespace's session, run ``scenario`` (``follow`` or ``lead``), write the result."""
+    tmp = Path(tempfile.mkdtemp(prefix="rtgen-link-"))
+    name = f"rtgen-link-{os.getpid()}"
+    client = f"rtgen-link-{os.getpid()}"
+    result: dict[str, Any] = {"errors": [], "scenario": scenario}
+    server = BenchJackServer(name, log_dir=tmp).start()
+    result["jack_mode"] = server.mode
+    peer = Peer(FIRST_BPM)
+    rec: StampingRecorder | None = None
+    daemon: subprocess.Popen[bytes] | None = None
+    log_path = tmp / "daemon.log"
+    try:
+        rec = StampingRecorder(name, f"{client}-rec")
+        config = tmp / "daemon.toml"
+        config.write_text(f'[midi]\nclient_name = "{client}"\n')
+        env = jack_env(name)
+        env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        env["PYTHONUNBUFFERED"] = "1"
+        cmd = [
+            sys.executable, "-m", "rtgen", "run", "--config", str(config), "--model",
+            str(REPO / "exported_models" / "default"), "--backend", "jack", "--no-synth", "--no-input",
+            "--clock", "link", "--tempo", str(FIRST_BPM), "--osc-port", str(OSC_PORT),
+            "--duration", "60",
+        ]  # fmt: skip
+        with log_path.open("wb") as log:
+            daemon = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        deadline = time.monotonic() + 25
+        port = None
+        while port is None:
+            ports = [p for p in rec.midi_output_ports() if p.startswith(f"{client}:")]
+            port = ports[0] if ports else None
+            if port is None:
+                if daemon.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the daemon's output port did not appear (exit {daemon.poll()})")
+                time.sleep(0.05)
+        rec.client.connect(port, rec.port_name)
+        deadline = time.monotonic() + 10
+        while peer.link.numPeers() < 1:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the daemon did not join the peer's Link session")
+            time.sleep(0.02)
+        time.sleep(0.3)  # rtgen's first captures
+        result["joined_us"] = peer.clock.micros()
+        if scenario == "follow":
+            _follow(peer, result)
+        else:
+            _lead(peer, result, daemon.pid)
+        result["daemon_alive_before_sigterm"] = daemon.poll() is None
+        daemon.send_signal(signal.SIGTERM)
+        try:
+            result["daemon_exit"] = daemon.wait(15)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            result["daemon_exit"] = "killed"
+        time.sleep(0.3)
+        result["events"] = _events_on_link_clock(rec, peer)
+        result["beats"] = sorted(peer.beats.items())
+        result["tempi"] = peer.tempi
+        result["jack_period_us"] = rec.period * 1e6 / rec.rate
+        result["jack_xruns"] = server.xruns()
+    except Exception as err:  # reported to the test with the daemon's log
+        result["errors"].append(f"{type(err).__name__}: {err}")
+    finally:
+        if daemon is not None and daemon.poll() is None:
+            daemon.kill()
+            daemon.wait(5)
+        result["daemon_log"] = log_path.read_text(errors="replace")[-6000:] if log_path.exists() else ""
+        if rec is not None:
+            rec.close()
+        peer.close()
+        server.close()
+    out_path.write_text(json.dumps(result))
+    return 0
+
+
+def _first_bar_at_or_after(peer: Peer, t_us: int) -> int:
+    state = peer.link.captureSessionState()
+    bar = math.ceil(state.beatAtTime(t_us, QUANTUM) / QUANTUM - 1e-9) * QUANTUM
+    return int(state.timeAtBeat(bar, QUANTUM))
+
+
+def _follow(peer: Peer, result: dict[str, Any]) -> None:
+    """The peer leads: start on a bar line, 120 then 97 BPM, stop; then rtgen proposes a tempo."""
+    # beat 0 half a second ahead: with rtgen in the session Link maps it to the next bar line after that
+    state = peer.link.captureSessionState()
+    start_us = peer.clock.micros() + 500_000
+    state.setIsPlayingAndRequestBeatAtTime(True, start_us, 0.0, QUANTUM)
+    peer.link.commitSessionState(state)
+    result["start_us"] = start_us
+    first_bar = _first_bar_at_or_after(peer, start_us)
+    result["first_bar_us"] = first_bar
+    _sleep_until_us(peer, first_bar + int(BARS_FIRST * QUANTUM * 60e6 / FIRST_BPM))
+    state = peer.link.captureSessionState()
+    now = peer.clock.micros()
+    state.setTempo(SECOND_BPM, now)
+    peer.link.commitSessionState(state)
+    result["tempo_change_us"] = now
+    _sleep_until_us(peer, now + int(BARS_SECOND * QUANTUM * 60e6 / SECOND_BPM))
+    result["status_playing"] = _status()
+    state = peer.link.captureSessionState()
+    now = peer.clock.micros()
+    state.setIsPlaying(False, now)
+    peer.link.commitSessionState(state)
+    result["stop_us"] = now
+    time.sleep(1.5)  # every note-off is out by now
+    result["status_stopped"] = _status()
+
+    osc = SimpleUDPClient("127.0.0.1", OSC_PORT)
+    sent = peer.clock.micros()
+    osc.send_message("/rtgen/tempo", [PROPOSED_BPM])
+    seen = _wait_for(peer, lambda s: abs(s.tempo() - PROPOSED_BPM) < 0.01, 3.0)
+    result["proposed_tempo_seen_ms"] = None if seen is None else (seen - sent) / 1000
+
+
+def _lead(peer: Peer, result: dict[str, Any], pid: int) -> None:
+    """rtgen leads: ``/rtgen/play`` starts the session, ``/rtgen/stop`` stops it."""
+    cpu0, wall0 = _cpu_seconds(pid), time.monotonic()
+    time.sleep(1.0)  # the session is stopped: rtgen must be silent, and idle
+    result["stopped_cpu_percent"] = 100 * (_cpu_seconds(pid) - cpu0) / (time.monotonic() - wall0)
+    osc = SimpleUDPClient("127.0.0.1", OSC_PORT)
+    result["play_sent_us"] = peer.clock.micros()
+    osc.send_message("/rtgen/play", [])
+    seen = _wait_for(peer, lambda s: s.isPlaying(), 2.0)
+    if seen is None:
+        raise RuntimeError("/rtgen/play did not start the session")
+    result["play_seen_us"] = seen
+    start_us = int(peer.link.captureSessionState().timeForIsPlaying())
+    result["start_us"] = start_us
+    result["first_bar_us"] = _first_bar_at_or_after(peer, start_us)
+    _sleep_until_us(peer, result["first_bar_us"] + int(BARS_FIRST * QUANTUM * 60e6 / FIRST_BPM))
+    result["stop_sent_us"] = peer.clock.micros()
+    osc.send_message("/rtgen/stop", [])
+    seen = _wait_for(peer, lambda s: not s.isPlaying(), 2.0)
+    if seen is None:
+        raise RuntimeError("/rtgen/stop did not stop the session")
+    result["stop_seen_us"] = seen
+    result["stop_us"] = int(peer.link.captureSessionState().timeForIsPlaying())
+    time.sleep(1.0)
+    result["status_stopped"] = _status()
+
+
+def _status(timeout: float = 2.0) -> dict[str, Any] | None:
+    """The daemon's ``/rtgen/status`` (its JSON reply), or None without one."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.settimeout(timeout)
+        sock.sendto(OscMessageBuilder("/rtgen/status").build().dgram, ("127.0.0.1", OSC_PORT))
+        try:
+            data, _ = sock.recvfrom(65536)
+        except TimeoutError:
+            return None
+    msg = OscMessage(data)
+    return json.loads(msg.params[0]) if msg.address == "/rtgen/status" else None
+
+
+def _sleep_until_us(peer: Peer, t_us: int) -> None:
+    while (left := t_us - peer.clock.micros()) > 0:
+        time.sleep(min(left, 50_000) / 1e6)
+
+
+def _wait_for(peer: Peer, predicate: Any, timeout: float) -> int | None:
+    """Link time at which ``predicate(session state)`` first held, or None after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate(peer.link.captureSessionState()):
+            return int(peer.clock.micros())
+        time.sleep(0.002)
+    return None
+
+
+class StampingRecorder(JackRecorder):
+    """:class:`JackRecorder` that also puts each event on ``perf_counter_ns``, in its process callback.
+
+    JACK's frame clock and ``perf_counter`` are read together there: ``frame_time`` (JACK's estimate of
+    the frame being played now) minus the event's frame, at the sample rate, is how long ago the event's
+    frame was. JACK-Client has no ``jack_frames_to_time``; this is the same map over less than a period.
+    """
+
+    def __init__(self, server: str, name: str) -> None:
+        self.stamped: list[tuple[int, bytes]] = []  # (perf_counter_ns, message)
+        super().__init__(server, name)
+
+    def _process(self, frames: int) -> None:
+        base = self.client.last_frame_time
+        now_frame = self.client.frame_time
+        now = time.perf_counter_ns()
+        ns_per_frame = 1e9 / self.rate
+        for offset, data in self.port.incoming_midi_events():
+            self.stamped.append((now - round((now_frame - (base + offset)) * ns_per_frame), bytes(data)))
+
+
+def _events_on_link_clock(rec: StampingRecorder, peer: Peer) -> list[tuple[float, list[int]]]:
+    """Every recorded event on Link's clock (µs, fractional), through the sandwich map rtgen uses itself."""
+    mono_to_link = ClockMap(peer.clock.micros, time.perf_counter_ns, tries=5)
+    with rec._lock:
+        events = list(rec.stamped)
+    return [((t + mono_to_link.offset_ns) / 1000, list(msg)) for t, msg in events]
+
+
+if __name__ == "__main__":
+    sys.exit(main(Path(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "follow"))
