@@ -81,6 +81,7 @@ IDLE_POLL_NS = 20_000_000  # ... and this often while nobody plays in autonomous
 PLAYER_ACTIVE_NS = 4_000_000_000  # the player counts as playing this long after their last channel message
 SKIP_AHEAD_NS = 1_000_000_000  # a stall longer than this is not caught up step by step: the loop jumps to now
 COARSE_OUTPUT_NS = 1_000_000  # outputs this coarse play a note at their next period, however late in one it came
+COARSE_SPIN_NS = 200_000  # ... so the loop spins only this long before a deadline for them (holding the GIL then)
 SWITCH_INTERVAL_S = 0.0002  # how long the loop may hold the GIL while another thread (rtmidi, OSC) waits
 JACK_RETRY_S = 0.5  # while the JACK server is gone, look for it again this often
 JACK_REOPEN_S = 10.0  # the server is back: keep trying to reopen the ports this long, then give up and exit
@@ -311,8 +312,9 @@ class Player:
         self.command_errors = 0
         self.spin_tuner: SpinTuner | None = None  # the loop's, while it runs
         # the finest time grid of the outputs (a JACK period, an audio buffer; 0: they send at once): from
-        # COARSE_OUTPUT_NS up, spinning to send some 100 us sooner moves no note and only burns CPU
+        # COARSE_OUTPUT_NS up, spinning up to a millisecond to send sooner moves no note and only burns CPU
         self.output_quantum_ns = 0
+        self.fixed_spin_ns: int | None = None  # the spin while the outputs are coarse (no tuner then)
         self.skipped_steps = 0  # steps jumped over after a long stall (the bar lines stay on the grid)
         self.early_decisions = 0  # reactive steps decided by the player's onset before the window ran out
         self._onsets: list[Any] = []  # the player's onsets not yet given to a step
@@ -389,9 +391,13 @@ class Player:
         """Play until :meth:`request_stop` or ``duration_s`` seconds (0 = no limit), then release all notes."""
         clock = self.clock
         source = clock.source
-        spin_ns = getattr(source, "spin_ns", 0) if self.output_quantum_ns < COARSE_OUTPUT_NS else 0
+        spin_ns = getattr(source, "spin_ns", 0)
         fake = isinstance(source, FakeTime)
-        tuner = SpinTuner(high_ns=max(spin_ns, 200_000)) if spin_ns and not fake else None
+        coarse = self.output_quantum_ns >= COARSE_OUTPUT_NS
+        if coarse:
+            spin_ns = min(spin_ns, COARSE_SPIN_NS)
+        self.fixed_spin_ns = spin_ns if coarse else None
+        tuner = SpinTuner(high_ns=max(spin_ns, 200_000)) if spin_ns and not fake and not coarse else None
         self.spin_tuner = tuner
         # before the clock starts: in a big process (a test suite, a host) a full collection takes a second
         gc.collect()
@@ -1769,7 +1775,13 @@ class Daemon:
             "dropped_late_notes": p.scheduler.dropped_late,
             "skipped_steps": p.skipped_steps,
             "output_quantum_us": p.output_quantum_ns / 1000,
-            "spin_us": p.spin_tuner.spin_ns / 1000 if p.spin_tuner is not None else None,
+            "spin_us": (
+                p.spin_tuner.spin_ns / 1000
+                if p.spin_tuner is not None
+                else p.fixed_spin_ns / 1000
+                if p.fixed_spin_ns is not None
+                else None
+            ),
             "worst_wakeup_us": p.spin_tuner.worst_ns / 1000 if p.spin_tuner is not None else None,
             "reactive_steps": p.reactive_decisions,
             "sent": p.scheduler.sent,

@@ -424,8 +424,8 @@ def test_clock_follow_tempo_and_continue_after_song_position(start_daemon: Any) 
         kb.play([(t0, (START,)), *((t, (CLOCK,)) for t in ticks)])
         kb.join(15)
         state = status(peer)
-        # every output is on JACK, which plays a note at the start of the next period: the loop does not spin
-        assert state["output_quantum_us"] == PERIOD_NS / 1000 and state["spin_us"] is None, state
+        # every output is on JACK, which plays a note at the start of the next period: the loop spins 200 us
+        assert state["output_quantum_us"] == PERIOD_NS / 1000 and state["spin_us"] == 200.0, state
         kb.send(STOP)
         rec.settle(0.3)
         played = rec.snapshot()
