@@ -176,3 +176,47 @@ def test_models_by_name_in_the_installed_rtgen(installed: dict[str, Path]) -> No
     assert unknown.returncode == 2
     assert "no model named 'nosuch'" in unknown.stderr
     assert "default (shipped)" in unknown.stderr and "mine (user)" in unknown.stderr
+
+
+def assert_renders(rtgen: Path, where: Path, env: dict[str, str]) -> None:
+    """``rtgen render`` from ``where`` writes a MIDI file with notes."""
+    out = run([str(rtgen), "render", "--bars", "4", "--out", "x.mid"], where, env=env)
+    assert out.returncode == 0, out.stderr
+    notes = [m for t in mido.MidiFile(where / "x.mid").tracks for m in t if m.type == "note_on" and m.velocity > 0]
+    assert len(notes) > 8
+
+
+def assert_imports_from(py: Path, root: Path, where: Path, env: dict[str, str]) -> None:
+    """``py`` imports rtgen from under ``root`` (the installed wheel, not a checkout)."""
+    module = run([str(py), "-c", "import rtgen; print(rtgen.__file__)"], where, env=env).stdout.strip()
+    assert Path(module).is_relative_to(root), module
+
+
+def test_pipx_installs_the_wheel_as_an_app(installed: dict[str, Path]) -> None:
+    """``pipx install`` of the wheel: the app's own venv, its ``rtgen`` on a bin folder, playing from anywhere."""
+    tmp, wheel = installed["tmp"], installed["wheel"]
+    pipx_home, bin_dir = tmp / "pipx", tmp / "pipx-bin"
+    env = clean_env(tmp, PIPX_HOME=str(pipx_home), PIPX_BIN_DIR=str(bin_dir), PIPX_MAN_DIR=str(tmp / "pipx-man"))
+    # pipx reads the dependencies' metadata, so they are installed for real (pip's cache or the package index)
+    inst = run([sys.executable, "-m", "pipx", "install", str(wheel)], tmp, env=env, timeout=600)
+    assert inst.returncode == 0, inst.stdout + inst.stderr
+    py = pipx_home / "venvs" / "rtgen" / "bin" / "python"
+    where = play_folder(tmp, "pipx-play")
+    assert_renders(bin_dir / "rtgen", where, env)
+    assert_imports_from(py, pipx_home, where, env)
+
+
+def test_uv_tool_installs_the_wheel_as_an_app(installed: dict[str, Path]) -> None:
+    """``uv tool install`` of the wheel: the same as pipx, with uv's own resolver and tool folders."""
+    tmp, wheel = installed["tmp"], installed["wheel"]
+    tools, bin_dir = tmp / "uv-tools", tmp / "uv-bin"
+    env = clean_env(
+        tmp, UV_TOOL_DIR=str(tools), UV_TOOL_BIN_DIR=str(bin_dir), UV_CACHE_DIR=str(tmp / "uv-cache"),
+        UV_PYTHON=sys.executable,
+    )  # fmt: skip
+    inst = run([sys.executable, "-m", "uv", "tool", "install", str(wheel)], tmp, env=env, timeout=600)
+    assert inst.returncode == 0, inst.stdout + inst.stderr
+    where = play_folder(tmp, "uv-play")
+    assert_renders(bin_dir / "rtgen", where, env)
+    py = tools / "rtgen" / "bin" / "python"
+    assert_imports_from(py, tools, where, env)
