@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import gc
 import json
 import os
 import platform
@@ -89,8 +90,14 @@ def machine() -> dict[str, Any]:
     }
 
 
-def bench_inference(model_dir: Path, steps: int = 2000, warmup: int = 200, seed: int = 0) -> dict[str, float]:
-    """Time ``steps`` engine steps (after ``warmup``) with one thread."""
+def bench_inference(
+    model_dir: Path, steps: int = 2000, warmup: int = 200, seed: int = 0, realtime_priority: int = 10
+) -> dict[str, float]:
+    """Time ``steps`` engine steps (after ``warmup``) with one thread, as the daemon's loop runs them.
+
+    Like the loop: SCHED_FIFO ``realtime_priority`` where allowed (0: normal scheduling) and the heap frozen,
+    so another process or a full collection does not land in the figure; ``realtime`` says which it was.
+    """
     from rtgen.engine import Engine, Params
     from rtgen.model import Model
 
@@ -99,11 +106,19 @@ def bench_inference(model_dir: Path, steps: int = 2000, warmup: int = 200, seed:
         engine.step()
     times = np.empty(steps, dtype=np.int64)
     clock = time.perf_counter_ns
-    for i in range(steps):
-        t = clock()
-        engine.step()
-        times[i] = clock() - t
-    return percentiles_us(times)
+    gc.collect()
+    gc.freeze()
+    realtime = request_realtime(realtime_priority)
+    try:
+        for i in range(steps):
+            t = clock()
+            engine.step()
+            times[i] = clock() - t
+    finally:
+        if realtime:
+            release_realtime()
+        gc.unfreeze()
+    return {**percentiles_us(times), "realtime": realtime}
 
 
 def bench_schedule(
