@@ -113,3 +113,19 @@ def jack_recorder(jack_server: str) -> Iterator[Callable[[str], Any]]:
     finally:
         for rec in opened:
             rec.close()
+
+
+class RecordingController:
+    """Records what the OSC handlers asked for; answers status (the daemon itself is tested end to end)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[Any, ...]]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        def record(*args: Any, **kwargs: Any) -> None:
+            self.calls.append((name, args + tuple(sorted(kwargs.items()))))
+
+        return record
+
+    def status(self) -> dict[str, Any]:
+        return {"playing": True, "tempo": 123.0, "player_sounding": []}

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import RecordingController
 from pythonosc.osc_message import OscMessage
 from pythonosc.osc_message_builder import OscMessageBuilder
 
@@ -19,25 +20,9 @@ from rtgen import osc
 REPO = Path(__file__).resolve().parent.parent
 
 
-class FakeController:
-    """Records what the handlers asked for (the daemon is tested end to end in test_daemon.py)."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, tuple[Any, ...]]] = []
-
-    def __getattr__(self, name: str) -> Any:
-        def record(*args: Any, **kwargs: Any) -> None:
-            self.calls.append((name, args + tuple(sorted(kwargs.items()))))
-
-        return record
-
-    def status(self) -> dict[str, Any]:
-        return {"playing": True, "tempo": 123.0}
-
-
 @pytest.fixture
-def server() -> Iterator[tuple[osc.OscServer, FakeController]]:
-    ctl = FakeController()
+def server() -> Iterator[tuple[osc.OscServer, RecordingController]]:
+    ctl = RecordingController()
     srv = osc.OscServer("127.0.0.1", 0, ctl)  # type: ignore[arg-type]
     srv.start()
     try:
@@ -65,14 +50,14 @@ class Peer:
         return m.address, list(m.params)
 
 
-def wait_calls(ctl: FakeController, n: int) -> list[tuple[str, tuple[Any, ...]]]:
+def wait_calls(ctl: RecordingController, n: int) -> list[tuple[str, tuple[Any, ...]]]:
     deadline = time.monotonic() + 5
     while len(ctl.calls) < n and time.monotonic() < deadline:
         time.sleep(0.01)
     return ctl.calls
 
 
-def test_valid_messages_reach_the_controller(server: tuple[osc.OscServer, FakeController]) -> None:
+def test_valid_messages_reach_the_controller(server: tuple[osc.OscServer, RecordingController]) -> None:
     srv, ctl = server
     peer = Peer(srv.port)
     peer.send("/rtgen/play")
@@ -122,7 +107,7 @@ def test_valid_messages_reach_the_controller(server: tuple[osc.OscServer, FakeCo
     ],
 )
 def test_bad_messages_get_an_error_reply(
-    server: tuple[osc.OscServer, FakeController], address: str, args: tuple[Any, ...], reason: str
+    server: tuple[osc.OscServer, RecordingController], address: str, args: tuple[Any, ...], reason: str
 ) -> None:
     srv, ctl = server
     peer = Peer(srv.port)
@@ -135,7 +120,7 @@ def test_bad_messages_get_an_error_reply(
 
 @pytest.mark.parametrize("data", [b"\x00\x01garbage", b"/rtgen/tempo\x00\x00\x00\x00,f\x00\x00\x01", b"#bundle\x00xx"])
 def test_garbage_datagrams_get_an_error_reply_and_the_server_lives_on(
-    server: tuple[osc.OscServer, FakeController], data: bytes
+    server: tuple[osc.OscServer, RecordingController], data: bytes
 ) -> None:
     srv, ctl = server
     peer = Peer(srv.port)
@@ -147,16 +132,16 @@ def test_garbage_datagrams_get_an_error_reply_and_the_server_lives_on(
     assert srv.control.errors == 1
 
 
-def test_status_replies_with_json(server: tuple[osc.OscServer, FakeController]) -> None:
+def test_status_replies_with_json(server: tuple[osc.OscServer, RecordingController]) -> None:
     srv, _ = server
     peer = Peer(srv.port)
     peer.send("/rtgen/status")
     address, params = peer.recv()
     assert address == "/rtgen/status"
-    assert json.loads(params[0]) == {"playing": True, "tempo": 123.0}
+    assert json.loads(params[0]) == RecordingController().status()
 
 
-def test_subscribers_get_feedback(server: tuple[osc.OscServer, FakeController]) -> None:
+def test_subscribers_get_feedback(server: tuple[osc.OscServer, RecordingController]) -> None:
     srv, _ = server
     listener = Peer(srv.port)
     host, port = listener.sock.getsockname()
@@ -204,7 +189,7 @@ def test_rewrite_replaces_only_between_the_markers() -> None:
 
 # --- what the fuzz (tests/test_fuzz_osc.py) found -------------------------------------------------------
 def test_a_bundle_with_a_negative_element_size_is_refused(
-    server: tuple[osc.OscServer, FakeController], caplog: pytest.LogCaptureFixture
+    server: tuple[osc.OscServer, RecordingController], caplog: pytest.LogCaptureFixture
 ) -> None:
     srv, ctl = server
     peer = Peer(srv.port)
@@ -224,7 +209,7 @@ def test_a_bundle_with_a_negative_element_size_is_refused(
 
 
 def test_an_unsupported_type_tag_is_an_error_not_a_skipped_argument(
-    server: tuple[osc.OscServer, FakeController], caplog: pytest.LogCaptureFixture
+    server: tuple[osc.OscServer, RecordingController], caplog: pytest.LogCaptureFixture
 ) -> None:
     srv, ctl = server
     peer = Peer(srv.port)
@@ -238,7 +223,7 @@ def test_an_unsupported_type_tag_is_an_error_not_a_skipped_argument(
 
 
 def test_long_messages_arrive_whole_and_errors_about_them_stay_short(
-    server: tuple[osc.OscServer, FakeController],
+    server: tuple[osc.OscServer, RecordingController],
 ) -> None:
     srv, ctl = server
     peer = Peer(srv.port)
@@ -254,7 +239,7 @@ def test_long_messages_arrive_whole_and_errors_about_them_stay_short(
 
 @pytest.mark.parametrize(("host", "reason"), [("a" * 64 + ".example", "cannot resolve host"), ("::1", "IPv4")])
 def test_subscribe_to_a_host_that_cannot_be_used_is_an_argument_error(
-    server: tuple[osc.OscServer, FakeController], caplog: pytest.LogCaptureFixture, host: str, reason: str
+    server: tuple[osc.OscServer, RecordingController], caplog: pytest.LogCaptureFixture, host: str, reason: str
 ) -> None:
     srv, _ = server
     peer = Peer(srv.port)

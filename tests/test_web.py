@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import require
+from conftest import RecordingController, require
 
 from rtgen import config, osc
 from rtgen.web.server import HIDDEN, WebServer, control_table
@@ -33,22 +33,6 @@ REPO = Path(__file__).resolve().parent.parent
 # the page's part colours (rtgen/web/static/app.js COLORS)
 COLORS = {"melody": (0x4F, 0xC3, 0xF7), "chords": (0x81, 0xC7, 0x84), "bass": (0xFF, 0xB7, 0x4D),
           "drums": (0xE5, 0x73, 0x73)}  # fmt: skip
-
-
-class RecordingController:
-    """Records what the OSC handlers asked for; answers status (the daemon itself is the end-to-end test's)."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, tuple[Any, ...]]] = []
-
-    def __getattr__(self, name: str) -> Any:
-        def record(*args: Any, **kwargs: Any) -> None:
-            self.calls.append((name, args + tuple(sorted(kwargs.items()))))
-
-        return record
-
-    def status(self) -> dict[str, Any]:
-        return {"playing": True, "tempo": 123.0, "player_sounding": []}
 
 
 @pytest.fixture
