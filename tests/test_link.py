@@ -118,11 +118,19 @@ def test_joins_and_follows_the_peer_beat_for_beat(session: dict[str, Any]) -> No
     print(report)
     assert not missed_120 and not missed_97, f"beats without an onset: {missed_120} {missed_97}; {report}"
     assert off_120.size >= 8 and off_97.size >= 12, report
-    assert offsets.min() >= -OFFSET_US and offsets.max() <= OFFSET_US + period, report
+    # where an onset lands: rtmidi hands a message to the JACK cycle whose output callback runs next, at frame 0
+    # of that cycle. Sent before the cycle starts, it is stamped up to a period after the send; sent in the
+    # moment between the cycle's start and rtmidi's callback in it (late in a cycle on a loaded machine), it is
+    # stamped at the cycle's start, up to a period before the send. So an on-time send puts the onset within a
+    # period either side of the beat, plus rtgen's own error (2 ms)
+    low, high = -OFFSET_US - period, OFFSET_US + period
+    bad = np.flatnonzero((offsets < low) | (offsets > high))
+    where = [f"{'120' if i < off_120.size else '97'}#{i if i < off_120.size else i - off_120.size}" for i in bad]
+    assert bad.size == 0, f"{report}; outside ({low:.0f}, {high:.0f}): {offsets[bad].round()} at beats {where}"
     # the tempo really is 97: consecutive onsets on the beats one bar after the change are 618.6 ms apart
     beats_97 = sorted(t + d for (_, t), d in zip(_beats_in(session, change + bar_97, stop), off_97, strict=True))
     gaps = np.diff(beats_97)
-    assert np.all(np.abs(gaps - 60e6 / SECOND_BPM) <= period + 2 * OFFSET_US), gaps
+    assert np.all(np.abs(gaps - 60e6 / SECOND_BPM) <= 2 * period + 2 * OFFSET_US), gaps
     assert session["status_playing"]["tempo"] == pytest.approx(SECOND_BPM, abs=0.01)
     assert session["status_playing"]["link"]["peers"] == 1
 
