@@ -41,6 +41,18 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
     raise Terminated()
 
 
+def _interrupt_behind(err: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C or SIGTERM a C extension turned into another error (an import's "initialization failed")."""
+    seen: set[int] = set()
+    cause: BaseException | None = err
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``rtgen`` console script.
 
@@ -66,6 +78,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         return 130
+    except ImportError as err:  # a signal during a C extension's import (onnxruntime) comes out as ImportError
+        interrupt = _interrupt_behind(err)
+        if interrupt is None:
+            raise
+        return 128 + signal.SIGTERM if isinstance(interrupt, Terminated) else 130
     finally:
         if argv is None and main_thread:
             # the process is on its way out (every note released, the recording written): a late

@@ -141,3 +141,22 @@ def test_sigterm_before_the_ports_are_open_exits_cleanly(jack_server: str, model
         if (tmp_path / "early.mid").exists():
             assert unreleased_in_file(tmp_path / "early.mid") == {}
         print(f"SIGTERM during start-up: exit {code}")
+
+
+def test_a_signal_inside_a_c_extensions_import_still_exits_as_that_signal() -> None:
+    """SIGTERM during ``import onnxruntime`` came out as ImportError ("initialization failed"), exit 1."""
+    from rtgen.cli import Terminated, _interrupt_behind
+
+    def import_interrupted(interrupt: KeyboardInterrupt) -> ImportError:
+        try:
+            try:
+                raise interrupt
+            except KeyboardInterrupt:
+                raise ImportError("initialization failed") from None
+        except ImportError as err:
+            err.__context__ = interrupt  # what pybind11 leaves: the interrupt as the context
+            return err
+
+    assert isinstance(_interrupt_behind(import_interrupted(Terminated())), Terminated)
+    assert type(_interrupt_behind(import_interrupted(KeyboardInterrupt()))) is KeyboardInterrupt
+    assert _interrupt_behind(ImportError("No module named 'onnxruntime'")) is None
