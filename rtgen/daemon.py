@@ -386,6 +386,11 @@ class Player:
             except Exception:  # a bad value must not kill the worker
                 log.exception("could not apply %s", changes)
 
+    @property
+    def spin_ns(self) -> int | None:
+        """How long the loop spins before a deadline now (None: it has not run, or never spins)."""
+        return self.spin_tuner.spin_ns if self.spin_tuner is not None else self.fixed_spin_ns
+
     # --- the loop ------------------------------------------------------------------------------
     def run(self, duration_s: float = 0.0, *, start_ns: int | None = None) -> None:
         """Play until :meth:`request_stop` or ``duration_s`` seconds (0 = no limit), then release all notes."""
@@ -1775,13 +1780,7 @@ class Daemon:
             "dropped_late_notes": p.scheduler.dropped_late,
             "skipped_steps": p.skipped_steps,
             "output_quantum_us": p.output_quantum_ns / 1000,
-            "spin_us": (
-                p.spin_tuner.spin_ns / 1000
-                if p.spin_tuner is not None
-                else p.fixed_spin_ns / 1000
-                if p.fixed_spin_ns is not None
-                else None
-            ),
+            "spin_us": p.spin_ns / 1000 if p.spin_ns is not None else None,
             "worst_wakeup_us": p.spin_tuner.worst_ns / 1000 if p.spin_tuner is not None else None,
             "reactive_steps": p.reactive_decisions,
             "sent": p.scheduler.sent,

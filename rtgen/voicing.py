@@ -173,11 +173,8 @@ class Voicer:
     def reset(self, seed: int | None = None) -> list[NoteEvent]:
         """Release everything and start again (re-seeding humanize; ``None`` keeps the seed)."""
         offs = self.release_all()
-        if seed is not None:
-            self.seed = seed
-        self.rng = np.random.default_rng(self.seed)
-        self._style_rng = np.random.default_rng([self.seed, 17])
-        self.drummer.reset(self.seed)
+        self.reseed(self.seed if seed is None else seed)
+        self.drummer.reset()
         self._voicing = None
         return offs
 
