@@ -85,6 +85,11 @@ COARSE_SPIN_NS = 200_000  # ... so the loop spins only this long before a deadli
 SWITCH_INTERVAL_S = 0.0002  # how long the loop may hold the GIL while another thread (rtmidi, OSC) waits
 JACK_RETRY_S = 0.5  # while the JACK server is gone, look for it again this often
 JACK_REOPEN_S = 10.0  # the server is back: keep trying to reopen the ports this long, then give up and exit
+JACK_STUCK_S = 2.0  # an output whose waiting messages the server has not taken for this long is reopened
+
+
+class _StalePortsError(Exception):
+    """Reopened ports that libjack will never let the server run (see :mod:`rtgen.rtmidijack`)."""
 
 
 class NullSink:
@@ -1393,17 +1398,43 @@ class Daemon:
         self._supervisor.start()
 
     def _supervise(self, watch: JackWatch) -> None:
-        """The supervisor thread: notice the server's loss, wait for it, reopen the ports; never the RT thread."""
+        """The supervisor thread: notice the server's loss, wait for it, reopen the ports; never the RT thread.
+
+        A port the server stopped serving (a stale libjack futex, a stuck client) is handled as a loss:
+        closed and opened again.
+        """
         current: JackWatch | None = watch
+        trouble = self._stale_ports(self._jack_ports())
         try:
             while current is not None:
-                while not current.lost.wait(0.1):
+                while trouble is None and not current.lost.wait(0.1):
                     if self._closing.is_set():
                         current.close()
                         return
-                current = self._jack_lost(current)
+                    trouble = self._stuck_output()
+                current = self._jack_lost(current, trouble)
+                trouble = None
         except Exception:  # pragma: no cover - the music goes on without supervision
             log.exception("the JACK supervisor failed; a server that dies again will not be noticed")
+
+    @staticmethod
+    def _stale_ports(ports: list[Any]) -> str | None:
+        """Why a just-opened port will never be served (libjack gave it a departed client's futex), or None."""
+        for port in ports:
+            jack = port.jack
+            if jack is not None and jack.futex_is_current() is False:
+                return f"libjack gave {port.name} a departed client's futex (a jack2 race), so the server cannot run it"
+        return None
+
+    def _stuck_output(self) -> str | None:
+        """Why an output is stuck (the server has taken none of its waiting messages for a while), or None."""
+        now = time.monotonic()
+        for port in self._jack_ports():
+            jack = port.jack
+            waited = jack.waiting_s(now) if jack is not None else 0.0  # an input waits for nothing: 0
+            if waited >= JACK_STUCK_S:
+                return f"the server has taken no MIDI from {port.name} for {waited:.1f} s"
+        return None
 
     def _jack_tell(self, state: str, text: str, *, error: bool = False) -> None:
         """Log ``text``; OSC ``/rtgen/jack s`` (and ``/rtgen/error s``) to subscribers; a JSON status event."""
@@ -1419,17 +1450,23 @@ class Daemon:
         if self.status_reporter is not None:
             self.status_reporter.event("jack", state=state, message=text)
 
-    def _jack_lost(self, watch: JackWatch) -> JackWatch | None:
-        """The server is gone: release the notes, free the dead clients, wait, reopen. The new watch, or None."""
+    def _jack_lost(self, watch: JackWatch, trouble: str | None = None) -> JackWatch | None:
+        """The server is gone (or ``trouble`` with our ports): release the notes, free our clients, wait, reopen.
+
+        Returns:
+            The new watch, or None (closing, or the ports cannot be reopened).
+        """
         from rtgen.midi_io import JackWatch
 
         server = os.environ.get("JACK_DEFAULT_SERVER", "default")
         player = self.player
         self.jack_losses += 1
         playing_on = "; the synth plays on" if self.synth is not None else ""
-        self._jack_tell(
-            "gone", f"jack: server {server!r} gone, retrying (tempo, mode, parts and position kept{playing_on})"
-        )
+        kept = f"tempo, mode, parts and position kept{playing_on}"
+        if trouble is None:
+            self._jack_tell("gone", f"jack: server {server!r} gone, retrying ({kept})")
+        else:
+            self._jack_tell("stuck", f"jack: {trouble}; reopening the ports ({kept})")
         closers = [port.detach() for port in self._jack_ports()]  # from now on sends drop, reads are empty
         if player is not None:
             player.command(Panic(), urgent=True)  # the note-offs reach the synth and the recording
@@ -1437,25 +1474,40 @@ class Daemon:
         for close in closers:  # every client of ours must be gone before libjack may open a new one
             close()
         waited = time.monotonic()
-        new: JackWatch | None = None
-        while new is None:
+        idle_told = False
+        while True:
             if self._closing.wait(JACK_RETRY_S):
                 return None
             new = JackWatch.open(watch.name)
-            if new is None and time.monotonic() - waited >= 30:
-                waited = time.monotonic()
-                log.warning("jack: still waiting for server %r", server)
-        try:
-            names = self._reopen_ports()
-        except PortError as err:
-            new.close()
-            self._fatal = PortError(
-                f"the JACK server {server!r} came back, but rtgen cannot reopen its MIDI ports: {err}"
-            )
-            self._jack_tell("failed", str(self._fatal), error=True)
-            if player is not None:
-                player.request_stop()
-            return None
+            if new is not None and not new.cycling():
+                new.close()  # a server that runs no cycles would hold python-rtmidi's opens (and the GIL)
+                new = None
+                if not idle_told:
+                    idle_told = True
+                    log.warning(
+                        "jack: server %r is there but runs no cycles (a client of it is stuck?); waiting", server
+                    )
+            if new is None:
+                if time.monotonic() - waited >= 30:
+                    waited = time.monotonic()
+                    log.warning("jack: still waiting for server %r", server)
+                continue
+            try:
+                names = self._reopen_ports()
+            except _StalePortsError as err:
+                new.close()  # with every client closed libjack forgets the stale futex; try again
+                log.warning("jack: %s; opening the ports again", err)
+                continue
+            except PortError as err:
+                new.close()
+                self._fatal = PortError(
+                    f"the JACK server {server!r} came back, but rtgen cannot reopen its MIDI ports: {err}"
+                )
+                self._jack_tell("failed", str(self._fatal), error=True)
+                if player is not None:
+                    player.request_stop()
+                return None
+            break
         if player is not None:
             for name in PART_NAMES:  # the peers on the new server have heard no program or volume
                 part = player.parts.get(name)
@@ -1488,6 +1540,12 @@ class Daemon:
                         new_in = open_input("jack", cfg.input.port or None, None, cfg.midi.client_name,
                                             cfg.input.virtual_port_name, clock=cfg.clock.source == "midi")  # fmt: skip
                         fresh.append((port, new_in))
+                    # at once: the server stalls behind a stale client, and the next open would wait with the GIL
+                    stale = self._stale_ports([fresh[-1][1]])
+                    if stale is not None:
+                        for _, new in fresh:
+                            new.close()
+                        raise _StalePortsError(stale)
             except PortError as err:
                 for _, new in fresh:
                     new.close()

@@ -19,7 +19,6 @@ in its place, and :class:`JackWatch` notices the loss and the server's return.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import os
 import sys
@@ -32,6 +31,7 @@ import rtmidi
 
 from rtgen.errors import PortError
 from rtgen.native import captured_stderr
+from rtgen.rtmidijack import SIZE_PREFIX, RtmidiJack, ShutdownCallback, load_libjack
 
 log = logging.getLogger(__name__)
 
@@ -155,16 +155,22 @@ def _match_port(ports: Sequence[str], match: str, kind: str, backend: str) -> in
 class MidiOutput:
     """An open MIDI output port (virtual or connected to an existing port).
 
+    On JACK a send never waits: a message the server has no room for (its cycles stopped for
+    our client) is dropped and counted in :attr:`overflowed`, where python-rtmidi alone would
+    spin with the GIL held until there is room (see :mod:`rtgen.rtmidijack`).
+
     Attributes:
         name: the port's name (``"rtgen:out"`` style for virtual ports, the matched name otherwise).
         backend: the backend it was opened on (``auto`` resolved).
         virtual: True for a port we created.
         dropped: messages dropped while detached (the MIDI server was gone).
+        overflowed: messages dropped because the JACK client's ring buffer was full.
     """
 
     def __init__(self, midi_out: Any, name: str, backend: str, virtual: bool) -> None:
         self._out = midi_out
         self._send: Callable[[Sequence[int]], None] = midi_out.send_message
+        self._jack = RtmidiJack.of(midi_out) if backend == "jack" else None
         # held for one send, and by detach/attach while they swap the client: the client is never
         # closed while the real-time thread is inside it
         self._lock = threading.Lock()
@@ -172,46 +178,62 @@ class MidiOutput:
         self.backend = backend
         self.virtual = virtual
         self.dropped = 0
+        self.overflowed = 0
 
     def send(self, message: Sequence[int]) -> None:
         """Send one raw MIDI message (status byte, data bytes) now."""
         with self._lock:
+            jack = self._jack
+            if jack is not None and jack.room() < len(message) + SIZE_PREFIX:
+                self.overflowed += 1
+                return
             self._send(message)
 
     def _drop(self, message: Sequence[int]) -> None:
         self.dropped += 1
 
+    @property
+    def jack(self) -> RtmidiJack | None:
+        """The JACK internals of the client (None off JACK, detached, or on an unknown python-rtmidi)."""
+        return self._jack
+
     def detach(self) -> Callable[[], None]:
-        """Take the client away (its server died): from now on messages are dropped, not sent.
+        """Take the client away (its server died, or stopped serving it): from now on messages are dropped.
 
         Returns:
             A function that closes the detached client; call it off the real-time thread (on a dead
             JACK server it takes about a second) and before any new client is opened.
         """
         with self._lock:
-            out = self._out
+            out, jack = self._out, self._jack
             self._out = None
+            self._jack = None
             if out is not None:
                 self._send = self._drop
-        return lambda: _close_dead_output(out)
+        return lambda: _close_output(out, jack)
 
     def attach(self, other: MidiOutput) -> None:
         """Send through ``other``'s client from now on (a port reopened after :meth:`detach`); ``other`` is emptied."""
         with other._lock:
-            out, send = other._out, other._send
+            out, send, jack = other._out, other._send, other._jack
             other._out = None
+            other._jack = None
             other._send = _closed_send
         with self._lock:
             self._out = out
             self._send = send
+            self._jack = jack
 
     def close(self) -> None:
         """Close the port and the client; sends nothing itself (use the sink's ``panic`` first)."""
         with self._lock:
-            out = self._out
+            out, jack = self._out, self._jack
             self._out = None
+            self._jack = None
             self._send = _closed_send
-        if out is not None:
+        if jack is not None:
+            jack.close()
+        elif out is not None:
             try:
                 out.close_port()
             finally:
@@ -236,42 +258,19 @@ def _closed_send(message: Sequence[int]) -> None:
     raise PortError("MIDI output port is closed")
 
 
-_RTMIDI_THISPTR_OFFSET = (
-    48  # python-rtmidi 1.5: MidiOut is {PyObject head, vtab, _port, _error_callback, _deleted, thisptr}
-)
+def _close_output(client: Any, jack: RtmidiJack | None) -> None:
+    """Close an rtmidi MidiOut whose JACK server died or stuck, without stopping the other threads.
 
-
-def _close_port_without_gil() -> Callable[[int], None] | None:
-    """``RtMidiOut::closePort`` of python-rtmidi's extension through ctypes (which releases the GIL), if known."""
-    if not getattr(rtmidi, "__version__", "").startswith("1.5."):
-        return None
-    try:
-        ext = ctypes.CDLL(rtmidi._rtmidi.__file__)
-        fn = ext._ZN9RtMidiOut9closePortEv
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_void_p]
-    fn.restype = None
-    return fn  # type: ignore[no-any-return]
-
-
-def _close_dead_output(client: Any) -> None:
-    """Close an rtmidi MidiOut whose JACK server died, without stopping the other threads.
-
-    RtMidi's ``closePort`` waits a full second for the dead server's process callback, and
-    python-rtmidi holds the GIL meanwhile: the real-time loop would stop for that second. Called
-    through ctypes the wait releases the GIL; ``close_port`` then finds the port closed, and
-    ``delete`` frees the client. Every client of a dead server must be closed before libjack
-    opens another one (it keeps one state per process, tied to the server it first met).
+    RtMidi's ``closePort`` waits a full second for a dead server's process callback, and
+    python-rtmidi holds the GIL meanwhile: the real-time loop would stop for that second.
+    :meth:`RtmidiJack.close` does the waiting through ctypes, GIL released. Every client of a dead
+    server must be closed before libjack opens another one (it keeps one state per process, tied to
+    the server it first met).
     """
-    if client is None:
-        return
-    close_port = _close_port_without_gil()
-    if close_port is not None:
-        this = ctypes.c_void_p.from_address(id(client) + _RTMIDI_THISPTR_OFFSET).value
-        if this:
-            close_port(this)
-    _close_client(client)
+    if jack is not None:
+        jack.close()
+    else:
+        _close_client(client)
 
 
 def _close_client(client: Any) -> None:
@@ -340,6 +339,7 @@ class MidiInput:
     def __init__(self, midi_in: Any, name: str, backend: str, virtual: bool) -> None:
         self._in = midi_in
         self._get = midi_in.get_message
+        self._jack = RtmidiJack.of(midi_in) if backend == "jack" else None
         self._lock = threading.Lock()  # as MidiOutput's: held by one drain, and while detach/attach swap
         self._injected: list[tuple[int, ...]] = []
         self.name = name
@@ -383,33 +383,44 @@ class MidiInput:
             A function that closes the detached client (off the real-time thread; see :meth:`MidiOutput.detach`).
         """
         with self._lock:
-            midi_in = self._in
+            midi_in, jack = self._in, self._jack
             self._in = None
+            self._jack = None
             if midi_in is not None:
                 self._injected = [(0xB0 | ch, 123, 0) for ch in range(16)]
-        return lambda: _close_client(midi_in)
+        return lambda: jack.close() if jack is not None else _close_client(midi_in)
 
     def attach(self, other: MidiInput) -> None:
         """Read from ``other``'s client from now on (a port reopened after :meth:`detach`); ``other`` is emptied."""
         with other._lock:
-            midi_in = other._in
+            midi_in, jack = other._in, other._jack
             other._in = None
+            other._jack = None
         with self._lock:
             self._in = midi_in
+            self._jack = jack
             if midi_in is not None:
                 self._get = midi_in.get_message
 
     def close(self) -> None:
         """Stop the callback and close the port."""
         with self._lock:
-            midi_in = self._in
+            midi_in, jack = self._in, self._jack
             self._in = None
-        if midi_in is not None:
+            self._jack = None
+        if jack is not None:
+            jack.close()
+        elif midi_in is not None:
             try:
                 midi_in.cancel_callback()
                 midi_in.close_port()
             finally:
                 midi_in.delete()
+
+    @property
+    def jack(self) -> RtmidiJack | None:
+        """The JACK internals of the client (None off JACK, detached, or on an unknown python-rtmidi)."""
+        return self._jack
 
     def __enter__(self) -> MidiInput:
         return self
@@ -486,44 +497,6 @@ def open_input(
 
 
 _JACK_NO_START_SERVER = 0x01  # JackOptions.JackNoStartServer
-_ShutdownCallback = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
-_libjack: ctypes.CDLL | None = None
-
-
-def _loaded_libjack() -> str | None:
-    """Path of the libjack this process has loaded already (python-rtmidi's wheel bundles its own copy)."""
-    try:
-        with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
-            for line in maps:
-                path = line.rsplit(None, 1)[-1] if "/" in line else ""
-                if os.path.basename(path).startswith("libjack"):
-                    return path
-    except OSError:
-        pass
-    return None
-
-
-def _load_libjack() -> ctypes.CDLL:
-    global _libjack
-    if _libjack is None:
-        # the same copy as rtmidi's clients, or libjack's per-process state would exist twice
-        path = _loaded_libjack() or ctypes.util.find_library("jack") or "libjack.so.0"
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError as err:
-            raise PortError(f"cannot load libjack ({path}): {err}") from err
-        lib.jack_client_open.restype = ctypes.c_void_p
-        lib.jack_client_open.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.POINTER(ctypes.c_int)]
-        lib.jack_client_close.restype = ctypes.c_int
-        lib.jack_client_close.argtypes = [ctypes.c_void_p]
-        lib.jack_on_shutdown.restype = None
-        lib.jack_on_shutdown.argtypes = [ctypes.c_void_p, _ShutdownCallback, ctypes.c_void_p]
-        lib.jack_get_buffer_size.restype = ctypes.c_uint32
-        lib.jack_get_buffer_size.argtypes = [ctypes.c_void_p]
-        lib.jack_get_sample_rate.restype = ctypes.c_uint32
-        lib.jack_get_sample_rate.argtypes = [ctypes.c_void_p]
-        _libjack = lib
-    return _libjack
 
 
 class JackWatch:
@@ -550,7 +523,7 @@ class JackWatch:
         self._client: int | None = client
         self.name = name
         self.lost = threading.Event()
-        self._callback = _ShutdownCallback(self._on_shutdown)  # referenced here: libjack keeps only the pointer
+        self._callback = ShutdownCallback(self._on_shutdown)  # referenced here: libjack keeps only the pointer
         lib.jack_on_shutdown(client, self._callback, None)
 
     def _on_shutdown(self, arg: object) -> None:
@@ -565,7 +538,7 @@ class JackWatch:
         Raises:
             PortError: libjack cannot be loaded.
         """
-        lib = _load_libjack()
+        lib = load_libjack()
         status = ctypes.c_int(0)
         with captured_stderr("libjack"):
             client = lib.jack_client_open(name.encode(), _JACK_NO_START_SERVER, ctypes.byref(status))
@@ -581,6 +554,21 @@ class JackWatch:
             return 0
         rate = int(self._lib.jack_get_sample_rate(client))
         return int(self._lib.jack_get_buffer_size(client)) * 1_000_000_000 // rate if rate > 0 else 0
+
+    def cycling(self, within_s: float = 0.5) -> bool:
+        """The server runs its cycles (its frame time moves within ``within_s``); False once closed."""
+        client = self._client
+        if client is None:
+            return False
+        first = int(self._lib.jack_last_frame_time(client))
+        deadline = time.monotonic() + within_s
+        while time.monotonic() < deadline:
+            time.sleep(0.01)
+            if self._client is None:
+                return False
+            if int(self._lib.jack_last_frame_time(client)) != first:
+                return True
+        return False
 
     def close(self) -> None:
         """Close the client (idempotent; quick even when the server is gone)."""

@@ -256,3 +256,50 @@ def test_a_port_that_does_not_come_back_ends_the_daemon_with_a_clear_message(
     finally:
         peer.close()
         d.close()
+
+
+def test_a_server_that_freezes_does_not_freeze_the_daemon_and_its_ports_come_back(
+    jack: Server, model_dir: Path, tmp_path: Path
+) -> None:
+    """jackd stopped (SIGSTOP) for 4 s: no cycle runs, nothing takes our MIDI. The clock plays on,
+    the daemon says its output is stuck, and once the server runs again it reopens the ports and plays."""
+    d = Daemon(jack.name, model_dir, tmp_path, tempo=300.0)
+    peer = Peer(d.osc_port)
+    listener = Feedback()
+    rec: MidiRecorder | None = None
+    try:
+        wait_for(lambda: port_listed(d.port), 30, "the daemon's port", d)
+        first_status(peer, d)
+        peer.send("/rtgen/subscribe", "127.0.0.1", listener.port)
+        rec = start_recording(d)
+        assert rec.wait_until(played_all_parts, timeout=20), d.output()
+        rec.close()
+        rec = None
+        assert jack.current is not None
+        pid = jack.current.proc.pid
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            before = status(peer)
+            stuck = wait_for(lambda: status(peer)["jack"] == "stuck", 10, "status jack=stuck", d)
+            later = status(peer)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        print(f"stuck noticed after {stuck:.2f} s of a frozen server")
+        assert later["steps"] > before["steps"] and later["playing"], (before, later)  # the clock never stopped
+        wait_for(lambda: status(peer)["jack"] == "ok", BACK_S, "status jack=ok", d)
+        wait_for(lambda: port_listed(d.port), BACK_S, f"{d.port} back", d)
+        rec = start_recording(d)
+        since = time.perf_counter_ns()
+        assert rec.wait_until(functools.partial(played_all_parts, since_ns=since), timeout=15), d.output()
+        out = d.output()
+        assert re.search(r"jack: the server has taken no MIDI from \S+ for \d", out), out
+        assert "stalled for" not in out, out  # the real-time thread never waited for libjack
+        news = [str(a[0]) for _, addr, a in listener.received if addr == "/rtgen/jack"]
+        assert news[:2] == ["stuck", "ok"], news
+    finally:
+        if rec is not None:
+            rec.close()
+        peer.close()
+        listener.close()
+        d.close()
+    assert "Traceback" not in d.output()

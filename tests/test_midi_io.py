@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import queue
+import signal
 import time
+from pathlib import Path
 
 import pytest
 import rtmidi
@@ -171,3 +173,52 @@ def test_closed_output_refuses_to_send(jack_server: str) -> None:
     with pytest.raises(PortError, match="closed"):
         out.send([0x90, 60, 1])
     assert "closetest:out" not in [p.name for p in jack_ports()]
+
+
+def _jackd_pid(server: str) -> int:
+    """The pid of the jackd that serves ``server`` (its command line names it with ``-n``)."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                args = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if os.path.basename(args[0]) == b"jackd" and server.encode() in args:
+                return int(entry)
+    raise AssertionError(f"no jackd process for server {server!r}")
+
+
+@pytest.mark.timeout(60)
+def test_a_send_never_waits_for_a_jack_server_that_stopped_serving_us(jack_server: str) -> None:
+    """python-rtmidi alone spins (GIL held) on a full ring buffer: the whole process would stop with the server."""
+    out = midi_io.open_output("jack", None, client_name="rtgen-frozen")
+    jack = out.jack
+    try:
+        assert jack is not None, "python-rtmidi's JACK internals were not recognised (another python-rtmidi?)"
+        assert jack.client_name == "rtgen-frozen"
+        assert jack.futex_is_current() is True  # the client waits on the futex its server signals
+        room = jack.room()
+        assert room >= 4096
+        pid = _jackd_pid(jack_server)
+        os.kill(pid, signal.SIGSTOP)  # the server runs no cycle: nobody empties the ring buffer
+        try:
+            sends = room // 7 + 500  # 3 bytes and RtMidi's 4-byte length per message
+            for _ in range(sends):
+                out.send([0x90, 60, 1])
+            start = time.monotonic()
+            jack.waiting_s(start)
+            time.sleep(0.3)
+            waited = jack.waiting_s(time.monotonic())
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert out.overflowed >= 500, out.overflowed  # dropped and counted, not waited for
+        assert sends - out.overflowed <= room // 7
+        assert waited >= 0.25, waited  # what the daemon's supervisor reads as "stuck"
+        deadline = time.monotonic() + 10
+        while jack.room() < room and time.monotonic() < deadline:  # served again: the buffer drains
+            time.sleep(0.01)
+        assert jack.room() == room
+        assert jack.waiting_s(time.monotonic()) == 0.0
+    finally:
+        out.close()
+    assert out.jack is None
