@@ -54,16 +54,25 @@ _libjack_gil: ctypes.PyDLL | None = None
 
 
 def _loaded_libjack() -> str | None:
-    """Path of the libjack this process has loaded already (python-rtmidi's wheel bundles its own copy)."""
+    """Path of the libjack python-rtmidi's clients use, if this process has loaded it.
+
+    python-rtmidi's wheel bundles its own copy; libfluidsynth or another JACK binding may have loaded the
+    system's as well. The copy next to python-rtmidi wins: a client belongs to the copy that opened it.
+    """
+    found: list[str] = []
     try:
         with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
             for line in maps:
                 path = line.rsplit(None, 1)[-1] if "/" in line else ""
-                if os.path.basename(path).startswith("libjack"):
-                    return path
+                if os.path.basename(path).startswith("libjack") and path not in found:
+                    found.append(path)
     except OSError:
-        pass
-    return None
+        return None
+    home = os.path.dirname(os.path.dirname(os.path.realpath(rtmidi.__file__)))
+    for path in found:
+        if os.path.realpath(path).startswith(home + os.sep):
+            return path
+    return found[0] if found else None
 
 
 def load_libjack() -> ctypes.CDLL:
