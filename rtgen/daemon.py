@@ -1404,7 +1404,10 @@ class Daemon:
         closed and opened again.
         """
         current: JackWatch | None = watch
-        trouble = self._stale_ports(self._jack_ports())
+        stale = self._stale_ports(self._jack_ports())
+        if stale is not None:  # reopening at start-up met the same race again under a polling peer: say it only
+            log.warning("jack: %s; if the port stays silent, restart rtgen", stale)
+        trouble = None
         try:
             while current is not None:
                 while trouble is None and not current.lost.wait(0.1):
