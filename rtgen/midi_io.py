@@ -31,7 +31,7 @@ import rtmidi
 
 from rtgen.errors import PortError
 from rtgen.native import captured_stderr
-from rtgen.rtmidijack import SIZE_PREFIX, RtmidiJack, ShutdownCallback, load_libjack
+from rtgen.rtmidijack import SIZE_PREFIX, RtmidiJack, ShutdownCallback, close_client, load_libjack
 
 log = logging.getLogger(__name__)
 
@@ -270,21 +270,7 @@ def _close_output(client: Any, jack: RtmidiJack | None) -> None:
     if jack is not None:
         jack.close()
     else:
-        _close_client(client)
-
-
-def _close_client(client: Any) -> None:
-    """Close an rtmidi MidiIn/MidiOut and free it (errors of a dead server are logged, not raised)."""
-    if client is None:
-        return
-    try:
-        if hasattr(client, "cancel_callback"):
-            client.cancel_callback()
-        client.close_port()
-    except Exception as err:
-        log.debug("closing a MIDI client failed: %s", err)
-    finally:
-        client.delete()
+        close_client(client)
 
 
 def open_output(
@@ -388,7 +374,7 @@ class MidiInput:
             self._jack = None
             if midi_in is not None:
                 self._injected = [(0xB0 | ch, 123, 0) for ch in range(16)]
-        return lambda: jack.close() if jack is not None else _close_client(midi_in)
+        return lambda: jack.close() if jack is not None else close_client(midi_in)
 
     def attach(self, other: MidiInput) -> None:
         """Read from ``other``'s client from now on (a port reopened after :meth:`detach`); ``other`` is emptied."""

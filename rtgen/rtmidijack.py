@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import os
 from pathlib import Path
@@ -129,6 +130,7 @@ def _pointer(address: int) -> int:
     return ctypes.c_void_p.from_address(address).value or 0
 
 
+@functools.cache
 def _close_port_symbol() -> Any:
     """``RtMidiOut::closePort`` of python-rtmidi's extension through ctypes (which releases the GIL), if exported."""
     try:
@@ -258,13 +260,18 @@ class RtmidiJack:
             lib.jack_client_close(client)
             ctypes.c_void_p.from_address(data + _CLIENT).value = None  # RtMidi's destructor closes nothing now
         rt, self._rt = self._rt, None
-        if rt is None:
-            return
-        try:
-            if hasattr(rt, "cancel_callback"):
-                rt.cancel_callback()
-            rt.close_port()
-        except Exception as err:
-            log.debug("closing a MIDI client failed: %s", err)
-        finally:
-            rt.delete()
+        close_client(rt)
+
+
+def close_client(client: Any) -> None:
+    """Close an rtmidi MidiIn/MidiOut and free it (errors of a dead server are logged, not raised)."""
+    if client is None:
+        return
+    try:
+        if hasattr(client, "cancel_callback"):
+            client.cancel_callback()
+        client.close_port()
+    except Exception as err:
+        log.debug("closing a MIDI client failed: %s", err)
+    finally:
+        client.delete()
