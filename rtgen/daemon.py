@@ -47,7 +47,15 @@ from typing import TYPE_CHECKING, Any
 
 from rtgen import contract as ct
 from rtgen import loaders, logs
-from rtgen.clock import FakeTime, RealTime, SpinTuner, StepClock, promote_threads, request_realtime
+from rtgen.clock import (
+    FakeTime,
+    LatenessHistogram,
+    RealTime,
+    SpinTuner,
+    StepClock,
+    promote_threads,
+    request_realtime,
+)
 from rtgen.conductor import NOBODY, Heard, Plan, make_conductor
 from rtgen.config import MODES, PART_NAMES, Config, PartConfig, PartsConfig
 from rtgen.errors import AudioError, PortError, RtgenError, SoundfontError
@@ -1793,6 +1801,7 @@ class Daemon:
         p = self._p()
         params = p.params
         stats = p.clock.stats
+        sends = p.scheduler.errors
         parts = {
             n: {
                 "channel": p.parts.get(n).channel,
@@ -1838,6 +1847,12 @@ class Daemon:
             "steps": stats.steps,
             "late_steps": stats.late_steps,
             "max_late_us": stats.max_late_ns / 1000,
+            "schedule_error_us": {
+                **LatenessHistogram.percentiles_us(sends.histogram.counts),
+                "max": sends.max_late_ns / 1000,
+            },
+            "schedule_error_histogram": list(sends.histogram.counts),
+            "midi_overflowed": sum(getattr(s, "overflowed", 0) for s in p.scheduler.sinks),
             "dropped_late_notes": p.scheduler.dropped_late,
             "skipped_steps": p.skipped_steps,
             "output_quantum_us": p.output_quantum_ns / 1000,

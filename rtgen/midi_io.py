@@ -169,7 +169,7 @@ class MidiOutput:
 
     def __init__(self, midi_out: Any, name: str, backend: str, virtual: bool) -> None:
         self._out = midi_out
-        self._send: Callable[[Sequence[int]], None] = midi_out.send_message
+        self._send: Callable[[Sequence[int]], bool | None] = midi_out.send_message
         self._jack = RtmidiJack.of(midi_out) if backend == "jack" else None
         # held for one send, and by detach/attach while they swap the client: the client is never
         # closed while the real-time thread is inside it
@@ -180,17 +180,18 @@ class MidiOutput:
         self.dropped = 0
         self.overflowed = 0
 
-    def send(self, message: Sequence[int]) -> None:
-        """Send one raw MIDI message (status byte, data bytes) now."""
+    def send(self, message: Sequence[int]) -> bool:
+        """Send one raw MIDI message (status byte, data bytes) now; False if it was dropped (see above)."""
         with self._lock:
             jack = self._jack
             if jack is not None and jack.room() < len(message) + SIZE_PREFIX:
                 self.overflowed += 1
-                return
-            self._send(message)
+                return False
+            return self._send(message) is not False
 
-    def _drop(self, message: Sequence[int]) -> None:
+    def _drop(self, message: Sequence[int]) -> bool:
         self.dropped += 1
+        return False
 
     @property
     def jack(self) -> RtmidiJack | None:

@@ -112,11 +112,12 @@ class MidiOutSink:
     def send(self, message: Sequence[int], time_ns: int) -> None:
         """Send ``message`` to the port now and track its note state."""
         try:
-            self._send(message)
+            sent = self._send(message)
         except (OSError, ValueError, TypeError) as err:  # rtmidi errors derive from OSError
             self._errors.hit(err)
             return
-        self._track(message)
+        if sent is not False:  # a dropped note-off leaves its note in the book: the next panic releases it
+            self._track(message)
 
     def panic(self) -> None:
         """Note-offs for the sounding notes, then CC123 + CC120 on every channel."""

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from rtgen.clock import FakeTime, RealTime, StepClock
+from rtgen.clock import HISTOGRAM_EDGES_NS, FakeTime, LatenessHistogram, RealTime, StepClock
 
 
 def test_deadlines_are_exact_sums_from_t0() -> None:
@@ -64,6 +64,23 @@ def test_lateness_is_counted() -> None:
     assert stats["late_steps"] == 1
     assert stats["max_late_us"] == 3000.0
     assert stats["steps"] == 3
+
+
+def test_the_lateness_histogram_gives_upper_bounds_over_any_window() -> None:
+    h = LatenessHistogram()
+    assert LatenessHistogram.percentiles_us(h.counts) == {"p50": 0.0, "p99": 0.0, "count": 0}
+    for late_ns in [-5_000] * 10 + [40_000] * 89 + [310_000]:  # early ones fall in the first bucket
+        h.add(late_ns)
+    before = list(h.counts)
+    assert LatenessHistogram.percentiles_us(before) == {"p50": 50.0, "p99": 50.0, "count": 100}
+    for _ in range(98):
+        h.add(300_000)  # on an edge: its own bucket
+    h.add(2_500_000)
+    h.add(5_000_000_000)  # past the last edge
+    window = [a - b for a, b in zip(h.counts, before, strict=True)]
+    assert LatenessHistogram.percentiles_us(window) == {"p50": 300.0, "p99": 4000.0, "count": 100}
+    assert LatenessHistogram.percentiles_us(window, (100.0,))["p100"] == float("inf")
+    assert 300_000 in HISTOGRAM_EDGES_NS and 1_000_000 in HISTOGRAM_EDGES_NS
 
 
 def test_real_wait_never_wakes_before_the_deadline() -> None:

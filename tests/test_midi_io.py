@@ -14,6 +14,7 @@ from jack_harness import MIDI_TYPE, jack_connect, jack_ports, wait_for_port
 
 from rtgen import midi_io
 from rtgen.errors import PortError
+from rtgen.sinks import MidiOutSink
 
 pytestmark = pytest.mark.jack
 
@@ -199,12 +200,16 @@ def test_a_send_never_waits_for_a_jack_server_that_stopped_serving_us(jack_serve
         assert jack.futex_is_current() is True  # the client waits on the futex its server signals
         room = jack.room()
         assert room >= 4096
+        sink = MidiOutSink(out, close_output=False)
+        sink.send([0x90, 61, 100], 0)
         pid = _jackd_pid(jack_server)
         os.kill(pid, signal.SIGSTOP)  # the server runs no cycle: nobody empties the ring buffer
         try:
             sends = room // 7 + 500  # 3 bytes and RtMidi's 4-byte length per message
             for _ in range(sends):
                 out.send([0x90, 60, 1])
+            assert out.send([0x80, 60, 0]) is False
+            sink.send([0x80, 61, 0], 0)  # dropped: the note stays in the sink's book, for its next panic
             start = time.monotonic()
             jack.waiting_s(start)
             time.sleep(0.3)
@@ -212,6 +217,7 @@ def test_a_send_never_waits_for_a_jack_server_that_stopped_serving_us(jack_serve
         finally:
             os.kill(pid, signal.SIGCONT)
         assert out.overflowed >= 500, out.overflowed  # dropped and counted, not waited for
+        assert sink.notes.sounding() == [(0, 61)]
         assert sends - out.overflowed <= room // 7
         assert waited >= 0.25, waited  # what the daemon's supervisor reads as "stuck"
         deadline = time.monotonic() + 10
