@@ -53,6 +53,11 @@ PLAY_LEAD_NS: Final = 100_000_000
 """``/rtgen/play`` starts the session's transport this far ahead: every peer has time to start on it."""
 LATE_JUMP_NS: Final = 50_000_000
 """A step this far in the past (a stall, or a peer that moved the beat) is not played: rtgen relocates."""
+WIDE_SANDWICH_NS: Final = 100_000
+"""A clock-map sandwich wider than this was preempted (the daemon's take two calls of about 1 µs)."""
+KEEP_OFFSET_NS: Final = 1_000_000_000
+"""For this long after an accepted measurement a wide one is ignored: the two clocks' rates differ by NTP's slew
+(at most 500 ppm, 0.5 ms a second), so a recent narrow offset is still within a microsecond or so."""
 _BEAT_EPS: Final = 1e-6  # beats: a bar line this close before a time counts as at it (µs rounding)
 
 
@@ -74,6 +79,9 @@ class ClockMap:
         self.offset_ns = 0
         self.width_ns = 0
         """Width of the last accepted sandwich: the uncertainty of :attr:`offset_ns` is half of it plus 0.5 µs."""
+        self.rejected = 0
+        """Measurements not taken because every sandwich was wide (preempted) and the last offset was recent."""
+        self._accepted_ns: int | None = None
         self.measure()
 
     def measure(self) -> int:
@@ -89,8 +97,13 @@ class ClockMap:
             if best_width < 0 or width < best_width:
                 best_width = width
                 best = m * 1000 + 500 - (a + b) // 2  # micros() truncates: its true instant is 0.5 µs later on average
+        now = b
+        if best_width > WIDE_SANDWICH_NS and self._accepted_ns is not None and now - self._accepted_ns < KEEP_OFFSET_NS:
+            self.rejected += 1  # preempted inside every sandwich: the last offset is far better than this one
+            return self.offset_ns
         self.offset_ns = best
         self.width_ns = best_width
+        self._accepted_ns = now
         return best
 
     def to_link_us(self, perf_ns: int) -> int:
@@ -230,6 +243,7 @@ class LinkFollower:
             "capture_max_us": round(self.capture_max_ns / 1000, 2),
             "relocations": self.relocations,
             "clock_offset_width_us": self._map.width_ns / 1000 if self._map is not None else None,
+            "clock_offset_rejected": self._map.rejected if self._map is not None else 0,
         }
 
     def feed(self, message: Sequence[int], t_ns: int) -> list[ClockEvent]:

@@ -41,6 +41,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import link  # noqa: E402
+import numpy as np  # noqa: E402
 from pythonosc.osc_message import OscMessage  # noqa: E402
 from pythonosc.osc_message_builder import OscMessageBuilder  # noqa: E402
 from pythonosc.udp_client import SimpleUDPClient  # noqa: E402
@@ -269,32 +270,47 @@ def _wait_for(peer: Peer, predicate: Any, timeout: float) -> int | None:
 
 
 class StampingRecorder(JackRecorder):
-    """:class:`JackRecorder` that also puts each event on ``perf_counter_ns``, in its process callback.
+    """:class:`JackRecorder` that also reads JACK's frame clock against ``perf_counter_ns`` every cycle.
 
-    JACK's frame clock and ``perf_counter`` are read together there: ``frame_time`` (JACK's estimate of
-    the frame being played now) minus the event's frame, at the sample rate, is how long ago the event's
-    frame was. JACK-Client has no ``jack_frames_to_time``; this is the same map over less than a period.
+    Each process callback takes a sandwich: ``perf_counter``, ``frame_time`` (JACK's estimate of the frame
+    being played now), ``perf_counter``. A callback that lost the GIL or the CPU inside it gives a wide one and
+    is not used; an event's frame is put on ``perf_counter`` through the narrow sandwich nearest to it (well
+    under a second away: the two clocks' rates differ by parts per million). JACK-Client has no
+    ``jack_frames_to_time``; this is the same map.
     """
 
     def __init__(self, server: str, name: str) -> None:
-        self.stamped: list[tuple[int, bytes]] = []  # (perf_counter_ns, message)
+        self.samples: list[tuple[int, int, int]] = []  # (frame_time, perf ns before, perf ns after)
         super().__init__(server, name)
 
     def _process(self, frames: int) -> None:
-        base = self.client.last_frame_time
+        t0 = time.perf_counter_ns()
         now_frame = self.client.frame_time
-        now = time.perf_counter_ns()
-        ns_per_frame = 1e9 / self.rate
-        for offset, data in self.port.incoming_midi_events():
-            self.stamped.append((now - round((now_frame - (base + offset)) * ns_per_frame), bytes(data)))
+        t1 = time.perf_counter_ns()
+        self.samples.append((now_frame, t0, t1))
+        super()._process(frames)
+
+    def stamped(self) -> list[tuple[int, bytes]]:
+        """Every event as ``(perf_counter_ns, message)``."""
+        with self._lock:
+            samples = np.array(self.samples, dtype=np.int64)
+            events = list(self.events)
+        width = samples[:, 2] - samples[:, 1]
+        narrow = samples[width <= max(50_000, 2 * int(np.median(width)))]
+        frames = narrow[:, 0]
+        mids = (narrow[:, 1] + narrow[:, 2]) // 2
+        out = []
+        for frame, msg in events:
+            i = int(np.searchsorted(frames, frame))
+            j = min((k for k in (i - 1, i) if 0 <= k < frames.size), key=lambda k: abs(int(frames[k]) - frame))
+            out.append((int(mids[j]) + round((frame - int(frames[j])) * 1e9 / self.rate), msg))
+        return out
 
 
 def _events_on_link_clock(rec: StampingRecorder, peer: Peer) -> list[tuple[float, list[int]]]:
     """Every recorded event on Link's clock (µs, fractional), through the sandwich map rtgen uses itself."""
     mono_to_link = ClockMap(peer.clock.micros, time.perf_counter_ns, tries=5)
-    with rec._lock:
-        events = list(rec.stamped)
-    return [((t + mono_to_link.offset_ns) / 1000, list(msg)) for t, msg in events]
+    return [((t + mono_to_link.offset_ns) / 1000, list(msg)) for t, msg in rec.stamped()]
 
 
 if __name__ == "__main__":

@@ -113,7 +113,8 @@ def test_joins_and_follows_the_peer_beat_for_beat(session: dict[str, Any]) -> No
         f"offsets µs: median {np.median(offsets):.0f}, p99 {np.percentile(offsets, 99):.0f}, "
         f"min {offsets.min():.0f}, max {offsets.max():.0f} over {offsets.size} beats (JACK period {period:.0f}); "
         # each onset puts rtgen's send within (offset - period, offset]: a steady error lies in this window
-        f"a steady send error lies in ({offsets.max() - period:.0f}, {offsets.min():.0f}]"
+        f"a steady send error lies in ({offsets.max() - period:.0f}, {offsets.min():.0f}]; "
+        f"xruns {session['jack_xruns']}"
     )
     print(report)
     assert not missed_120 and not missed_97, f"beats without an onset: {missed_120} {missed_97}; {report}"
@@ -218,3 +219,18 @@ def test_clock_map_puts_perf_counter_on_the_raw_monotonic_clock() -> None:
     errors.sort()
     assert abs(errors[len(errors) // 2]) < 5, errors[len(errors) // 2]
     assert cmap.width_ns < 50_000
+
+
+def test_clock_map_keeps_its_offset_when_every_sandwich_was_preempted() -> None:
+    """A sandwich the daemon lost the CPU in is wide and its offset off by up to half of it: a recent narrow
+    measurement is kept instead (for a second, well inside what NTP's slew can move the two clocks apart)."""
+    perf = iter([10_000, 11_000, 12_000, 13_000])  # two sandwiches of 1 µs
+    perf2 = [2_000_000, 40_000_000, 40_001_000, 82_000_000]  # 38 and 42 ms: preempted in both
+    micros = iter([1_000_010, 1_000_012, 1_002_000, 1_040_000, 3_002_000, 3_040_000])
+    cmap = ClockMap(lambda: next(micros), lambda: next(perf), tries=2)
+    good = 1_000_010_500 - 10_500
+    assert (cmap.offset_ns, cmap.width_ns, cmap.rejected) == (good, 1_000, 0)
+    perf = iter(perf2)
+    assert cmap.measure() == good and (cmap.width_ns, cmap.rejected) == (1_000, 1)
+    perf = iter([t + 2_000_000_000 for t in perf2])  # two seconds on: a wide offset beats an old one
+    assert cmap.measure() == 3_002_000_500 - 2_021_000_000 and (cmap.width_ns, cmap.rejected) == (38_000_000, 1)
