@@ -78,6 +78,7 @@ class Plan:
         tone_fit: log-odds bonus for sampled melody onsets on chord tones on strong beats (improvise).
         temperature_scale: the step samples at the parameters' temperature times this.
         hold: with ``harmonise``, log-odds bonus for keeping the sounding chord.
+        enter: a silent sampled melody starts a note at this step (the first step of an answer).
     """
 
     observe_melody: bool = False
@@ -90,6 +91,7 @@ class Plan:
     tone_fit: float = 0.0
     temperature_scale: float = 1.0
     hold: float = 0.0
+    enter: bool = False
 
 
 class Conductor(Protocol):
@@ -213,6 +215,7 @@ class CallAndResponse:
     def reset(self) -> None:
         """Listen from scratch."""
         self.answering = False
+        self._entering = False
         self.call_steps = 0  # from the call's first onset to its last sounding step
         self.silence_steps = 0
         self.answer_left = 0
@@ -229,12 +232,13 @@ class CallAndResponse:
         """Listening: observe and harmonise silently, reactively. Answering: play everything, one step ahead."""
         if not self.answering:
             return self._listen
-        return Plan(voiced=_ALL, key=self._key)
+        return Plan(voiced=_ALL, key=self._key, enter=self._entering)
 
     def heard(self, pos: Position, heard: Heard) -> None:
         """Count the call, the silence after it and the answer's steps."""
         beat = max(1, pos.beat_steps)
         if self.answering:
+            self._entering = False
             self.answer_left -= 1
             if self.answer_left <= 0:
                 self.answering = False
@@ -254,6 +258,7 @@ class CallAndResponse:
         self.silence_steps += 1
         if self.silence_steps >= math.ceil(self.silence_beats * beat):
             self.answering = True
+            self._entering = True  # the answer's first step starts a note: an answer that waits is no answer
             self.answers += 1
             bars = self.answer_bars
             self.answer_left = bars * pos.bar_steps if bars > 0 else self.call_steps

@@ -139,6 +139,7 @@ class _Masks:
     chord_allowed: npt.NDArray[np.bool_]
     melody_sounding: FloatArray  # a note sounds: HOLD allowed
     melody_silent: FloatArray  # nothing sounds: HOLD is folded into REST
+    melody_enter: FloatArray  # nothing sounds and a note must start (an answer's first step)
 
 
 MASK_CACHE_SIZE = 256  # mask sets kept (a fader sweep of density makes one per value)
@@ -166,7 +167,10 @@ def _build_masks(params: Params) -> _Masks:
     melody_sounding = mask_bias(allowed, extra)
     melody_silent = melody_sounding.copy()
     melody_silent[ct.MEL_HOLD] = -np.inf
-    return _Masks(chord, chord_no_hold, chord_allowed, melody_sounding, melody_silent)
+    melody_enter = melody_silent.copy()
+    if allowed[ct.MEL_NOTE_OFFSET :].any():  # with no note allowed (density 0, an empty range) silence it is
+        melody_enter[ct.MEL_REST] = -np.inf
+    return _Masks(chord, chord_no_hold, chord_allowed, melody_sounding, melody_silent, melody_enter)
 
 
 class Engine:
@@ -375,6 +379,7 @@ class Engine:
         fit: float = 0.0,
         tone_fit: float = 0.0,
         hold: float = 0.0,
+        enter: bool = False,
     ) -> Step:
         """Produce the next step: observe what is given, sample the rest (chord first, then melody).
 
@@ -394,6 +399,7 @@ class Engine:
             hold: with ``harmonise``, a log-odds bonus for keeping the sounding chord (harmonic rhythm).
             tone_fit: on a strong beat, a log-odds bonus for sampled melody onsets on tones of the sounding
                 chord (improvising over a player's chords lands on them as a musician would).
+            enter: a sampled melody that is silent starts a note at this step (an answer comes in on time).
 
         Returns:
             The step, with resolved chord and MIDI velocity.
@@ -500,7 +506,7 @@ class Engine:
                 # HOLD after REST means REST: give HOLD's probability to REST instead of dropping it.
                 mel_logits = mel_logits.astype(np.float64)
                 mel_logits[ct.MEL_REST] = np.logaddexp(mel_logits[ct.MEL_REST], mel_logits[ct.MEL_HOLD])
-            mel_bias = masks.melody_sounding if sounding else masks.melody_silent
+            mel_bias = masks.melody_sounding if sounding else masks.melody_enter if enter else masks.melody_silent
             if tone_fit > 0 and chord_now >= ct.CHORD_OFFSET and at.strong:
                 mel_bias = mel_bias + self._tone_bias(chord_now, tone_fit)
             mel_tok = sample(

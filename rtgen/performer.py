@@ -132,6 +132,7 @@ class Performer:
             fit=self.fit if plan.harmonise else 0.0,
             tone_fit=plan.tone_fit,
             hold=plan.hold,
+            enter=plan.enter,
         )
         self.conductor.heard(pos, heard)
         offs = self._voice_only(plan.voiced)

@@ -92,7 +92,27 @@ def test_call_and_response_answers_after_the_silence_for_the_calls_length() -> N
     assert cr.call_key is not None and cr.call_key.name in ("C major", "A minor", "F major")
     plan = cr.plan(tr.peek())
     assert plan.voiced == {"melody", "chords", "bass", "drums"} and not plan.observe_melody and plan.key == cr.call_key
+    assert plan.enter  # the answer's first step starts a note
+    cr.heard(tr.advance(), Heard())
+    assert cr.answering and not cr.plan(tr.peek()).enter
     assert cr.interrupt() and not cr.answering and not cr.interrupt()
+
+
+def test_an_answer_comes_in_at_once_whatever_the_model_would_rather_do(model: Model) -> None:
+    """``enter``: a silent sampled melody starts a note at that step, in the key lock's range (the random
+    model rests at most steps; an answer must not wait for it)."""
+    from rtgen.contract import Key
+
+    key = Key.parse("D major")
+    engine = Engine(model, Params(key=key), seed=4)
+    plain = 0
+    for seed in range(40):
+        engine.reset(seed)
+        pitch = engine.step(enter=True).pitch
+        assert pitch is not None and pitch % 12 in key.pitch_classes, pitch
+        engine.reset(seed)
+        plain += engine.step().pitch is not None
+    assert plain < 40  # without it the model does rest
 
 
 def test_estimate_key() -> None:
