@@ -121,7 +121,7 @@ def main(out_path: Path, scenario: str) -> int:
             sys.executable, "-m", "rtgen", "run", "--config", str(config), "--model",
             str(REPO / "exported_models" / "default"), "--backend", "jack", "--no-synth", "--no-input",
             "--clock", "link", "--tempo", str(FIRST_BPM), "--osc-port", str(OSC_PORT),
-            "--duration", "60",
+            "--duration", "60", "--record", str(tmp / "daemon.mid"),
         ]  # fmt: skip
         with log_path.open("wb") as log:
             daemon = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
@@ -159,6 +159,7 @@ def main(out_path: Path, scenario: str) -> int:
         result["tempi"] = peer.tempi
         result["jack_period_us"] = rec.period * 1e6 / rec.rate
         result["jack_xruns"] = server.xruns()
+        result["daemon_record_sounding"] = _sounding_in_recording(tmp / "daemon.mid")
     except Exception as err:  # reported to the test with the daemon's log
         result["errors"].append(f"{type(err).__name__}: {err}")
     finally:
@@ -172,6 +173,22 @@ def main(out_path: Path, scenario: str) -> int:
         server.close()
     out_path.write_text(json.dumps(result))
     return 0
+
+
+def _sounding_in_recording(path: Path) -> list[list[int]] | None:
+    """(channel, pitch) left sounding in the daemon's own ``--record`` file, counting real note-offs: beside
+    the JACK recorder's, it tells a note-off rtgen never sent from one lost on the way (None: no file)."""
+    import mido
+
+    if not path.exists():
+        return None
+    sounding: dict[tuple[int, int], int] = {}
+    for msg in mido.merge_tracks(mido.MidiFile(path).tracks):
+        if msg.type == "note_on" and msg.velocity > 0:
+            sounding[msg.channel, msg.note] = sounding.get((msg.channel, msg.note), 0) + 1
+        elif msg.type in ("note_on", "note_off") and sounding.get((msg.channel, msg.note), 0) > 0:
+            sounding[msg.channel, msg.note] -= 1
+    return [[c, n] for (c, n), k in sorted(sounding.items()) if k > 0]
 
 
 def _first_bar_at_or_after(peer: Peer, t_us: int) -> int:

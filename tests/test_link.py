@@ -136,6 +136,12 @@ def test_joins_and_follows_the_peer_beat_for_beat(session: dict[str, Any]) -> No
     assert session["status_playing"]["link"]["peers"] == 1
 
 
+def _own(result: dict[str, Any]) -> str:
+    """What rtgen's ``--record`` file left sounding (its sends, before the JACK transport)."""
+    own = result["daemon_record_sounding"]
+    return "no recording" if own is None else f"{own or 'nothing'}; daemon log:\n{result['daemon_log'][-2000:]}"
+
+
 def _beats_in(result: dict[str, Any], since_us: float, until_us: float) -> list[tuple[int, float]]:
     return [(b, t) for b, t in result["beats"] if since_us <= t < until_us]
 
@@ -157,7 +163,8 @@ def test_peer_stop_stops_rtgen_with_every_note_released(session: dict[str, Any])
     late_ons = [(t - stop) / 1000 for t, _ in _note_ons(session) if t > stop + LEAD_US + OFFSET_US + period]
     assert not late_ons, f"note-ons after the peer's stop (ms after it): {late_ons}"
     before_shutdown = [(t, tuple(m)) for t, m in session["events"] if t <= stop + 1_400_000]
-    assert not sounding_notes([m for _, m in before_shutdown]), "notes left sounding after the peer's stop"
+    left = sounding_notes([m for _, m in before_shutdown])
+    assert not left, f"{left} left sounding after the peer's stop; in rtgen's own recording: {_own(session)}"
     offs = [t for t, m in before_shutdown if is_note_off(m)]
     assert offs and max(offs) <= stop + step_97 + LEAD_US + OFFSET_US + period, (max(offs) - stop) / 1000
     assert session["status_stopped"]["playing"] is False
@@ -188,7 +195,8 @@ def test_play_and_stop_over_osc_start_and_stop_the_session(led: dict[str, Any]) 
     late_ons = [(t - stop) / 1000 for t in onsets if t > stop + OFFSET_US + period]
     assert not late_ons, f"note-ons after /rtgen/stop (ms after it): {late_ons}"
     before_shutdown = [(t, tuple(m)) for t, m in led["events"] if t <= stop + 900_000]
-    assert not sounding_notes([m for _, m in before_shutdown]), "notes left sounding after /rtgen/stop"
+    left = sounding_notes([m for _, m in before_shutdown])
+    assert not left, f"{left} left sounding after /rtgen/stop; in rtgen's own recording: {_own(led)}"
     offs = [t for t, m in before_shutdown if is_note_off(m) and t > stop]
     assert offs and max(offs) <= stop + 50_000 + period, (max(offs) - stop) / 1000
     status = led["status_stopped"]
