@@ -199,7 +199,7 @@ class LatenessStats:
     last_late_ns: int = 0
     history: list[int] = field(default_factory=list)
     keep_history: bool = False
-    histogram: LatenessHistogram = field(default_factory=LatenessHistogram)
+    histogram: LatenessHistogram | None = None
 
     def add(self, late_ns: int) -> None:
         """Record one wake-up ``late_ns`` after its deadline (negative = early)."""
@@ -210,7 +210,8 @@ class LatenessStats:
             self.max_late_ns = late_ns
         if late_ns > self.late_threshold_ns:
             self.late_steps += 1
-        self.histogram.add(late_ns)
+        if self.histogram is not None:
+            self.histogram.add(late_ns)
         if self.keep_history:
             self.history.append(late_ns)
 

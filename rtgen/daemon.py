@@ -1802,6 +1802,8 @@ class Daemon:
         params = p.params
         stats = p.clock.stats
         sends = p.scheduler.errors
+        histogram = sends.histogram
+        assert histogram is not None  # the scheduler's stats keep one
         parts = {
             n: {
                 "channel": p.parts.get(n).channel,
@@ -1848,10 +1850,10 @@ class Daemon:
             "late_steps": stats.late_steps,
             "max_late_us": stats.max_late_ns / 1000,
             "schedule_error_us": {
-                **LatenessHistogram.percentiles_us(sends.histogram.counts),
+                **LatenessHistogram.percentiles_us(histogram.counts),
                 "max": sends.max_late_ns / 1000,
             },
-            "schedule_error_histogram": list(sends.histogram.counts),
+            "schedule_error_histogram": list(histogram.counts),
             "midi_overflowed": sum(getattr(s, "overflowed", 0) for s in p.scheduler.sinks),
             "dropped_late_notes": p.scheduler.dropped_late,
             "skipped_steps": p.skipped_steps,

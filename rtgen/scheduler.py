@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
-from rtgen.clock import LatenessStats
+from rtgen.clock import LatenessHistogram, LatenessStats
 from rtgen.notes import NoteTracker
 from rtgen.sinks import CC_ALL_NOTES_OFF, CONTROL_CHANGE, NOTE_OFF, NOTE_ON
 
@@ -82,7 +82,9 @@ class Scheduler:
         # latest scheduled time per (channel, pitch): keeps on/off order per key even when humanize
         # would move a note-off before its own note-on
         self._last_key_time: dict[int, int] = {}
-        self.errors = LatenessStats(late_threshold_ns=1_000_000, keep_history=keep_history)
+        self.errors = LatenessStats(
+            late_threshold_ns=1_000_000, keep_history=keep_history, histogram=LatenessHistogram()
+        )
         self.drop_late_ns = drop_late_ns
         self.sent = 0
         self.dropped_late = 0  # note-ons not played because they came too late

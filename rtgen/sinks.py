@@ -109,6 +109,11 @@ class MidiOutSink:
         """Messages that failed to send."""
         return self._errors.count
 
+    @property
+    def overflowed(self) -> int:
+        """Messages the port dropped because a stalled JACK server had no room for them."""
+        return self.output.overflowed
+
     def send(self, message: Sequence[int], time_ns: int) -> None:
         """Send ``message`` to the port now and track its note state."""
         try:

@@ -217,7 +217,7 @@ def test_a_send_never_waits_for_a_jack_server_that_stopped_serving_us(jack_serve
         finally:
             os.kill(pid, signal.SIGCONT)
         assert out.overflowed >= 500, out.overflowed  # dropped and counted, not waited for
-        assert sink.notes.sounding() == [(0, 61)]
+        assert sink.notes.sounding() == [(0, 61)] and sink.overflowed == out.overflowed  # what the status sums
         assert sends - out.overflowed <= room // 7
         assert waited >= 0.25, waited  # what the daemon's supervisor reads as "stuck"
         deadline = time.monotonic() + 10
