@@ -179,16 +179,12 @@ def _sounding_in_recording(path: Path) -> list[list[int]] | None:
     """(channel, pitch) left sounding in the daemon's own ``--record`` file, counting real note-offs: beside
     the JACK recorder's, it tells a note-off rtgen never sent from one lost on the way (None: no file)."""
     import mido
+    from jack_harness import sounding_notes
 
     if not path.exists():
         return None
-    sounding: dict[tuple[int, int], int] = {}
-    for msg in mido.merge_tracks(mido.MidiFile(path).tracks):
-        if msg.type == "note_on" and msg.velocity > 0:
-            sounding[msg.channel, msg.note] = sounding.get((msg.channel, msg.note), 0) + 1
-        elif msg.type in ("note_on", "note_off") and sounding.get((msg.channel, msg.note), 0) > 0:
-            sounding[msg.channel, msg.note] -= 1
-    return [[c, n] for (c, n), k in sorted(sounding.items()) if k > 0]
+    messages = [tuple(m.bytes()) for m in mido.merge_tracks(mido.MidiFile(path).tracks) if not m.is_meta]
+    return [list(key) for key in sorted(sounding_notes(messages))]
 
 
 def _first_bar_at_or_after(peer: Peer, t_us: int) -> int:
