@@ -56,8 +56,10 @@ class JackRecorder:
         self.events: list[tuple[int, bytes]] = []
         self.arrivals_ns: list[int] = []  # perf_counter_ns of the process cycle that got each event
         self.first_note_on_ns: int | None = None
+        self.xruns_ns: list[int] = []  # perf_counter_ns when the server reported each xrun (any client's)
         self._lock = threading.Lock()
         self.client.set_process_callback(self._process)
+        self.client.set_xrun_callback(lambda _delay_us: self.xruns_ns.append(time.perf_counter_ns()))
         self.client.activate()
 
     @property

@@ -760,12 +760,14 @@ class Player:
             self.playing = True
             self._step_start = None
             self._plan_next(None)
+            log.info("transport: %s at step %d", kind, step)
         elif kind == "stop":
             self._discard_pending()
             self.playing = False
-            self.scheduler.stop()
+            released = self.scheduler.stop()
             self.performer.release_all()
             self._step_start = None
+            log.info("transport: stop at step %d, %d notes released", step, released)
         elif kind == "locate":
             self._discard_pending()
             self.transport.locate(step)

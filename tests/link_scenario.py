@@ -154,7 +154,7 @@ def main(out_path: Path, scenario: str) -> int:
             daemon.kill()
             result["daemon_exit"] = "killed"
         time.sleep(0.3)
-        result["events"] = _events_on_link_clock(rec, peer)
+        result["events"], result["xruns_us"] = _events_on_link_clock(rec, peer)
         result["beats"] = sorted(peer.beats.items())
         result["tempi"] = peer.tempi
         result["jack_period_us"] = rec.period * 1e6 / rec.rate
@@ -320,10 +320,12 @@ class StampingRecorder(JackRecorder):
         return out
 
 
-def _events_on_link_clock(rec: StampingRecorder, peer: Peer) -> list[tuple[float, list[int]]]:
-    """Every recorded event on Link's clock (µs, fractional), through the sandwich map rtgen uses itself."""
-    mono_to_link = ClockMap(peer.clock.micros, time.perf_counter_ns, tries=5)
-    return [((t + mono_to_link.offset_ns) / 1000, list(msg)) for t, msg in rec.stamped()]
+def _events_on_link_clock(rec: StampingRecorder, peer: Peer) -> tuple[list[tuple[float, list[int]]], list[float]]:
+    """Every recorded event, and the time of every xrun the server reported, on Link's clock (µs, fractional),
+    through the sandwich map rtgen uses itself."""
+    offset = ClockMap(peer.clock.micros, time.perf_counter_ns, tries=5).offset_ns
+    events = [((t + offset) / 1000, list(msg)) for t, msg in rec.stamped()]
+    return events, [(t + offset) / 1000 for t in rec.xruns_ns]
 
 
 if __name__ == "__main__":

@@ -82,11 +82,20 @@ def _note_ons(result: dict[str, Any]) -> list[tuple[float, list[int]]]:
     return [(t, m) for t, m in result["events"] if len(m) == 3 and m[0] & 0xF0 == 0x90 and m[2] > 0]
 
 
-def _beat_offsets(result: dict[str, Any], since_us: float, until_us: float) -> tuple[list[int], np.ndarray]:
-    """The peer's beats in [since, until) without an rtgen onset, and each matched onset's offset (µs)."""
+def _near_xrun(result: dict[str, Any], t_us: float) -> bool:
+    """The server reported an xrun in the 100 ms before ``t_us`` or the 200 ms after (its notice comes late)."""
+    return any(-100_000 <= x - t_us <= 200_000 for x in result.get("xruns_us", []))
+
+
+def _beat_offsets(
+    result: dict[str, Any], since_us: float, until_us: float
+) -> tuple[list[int], np.ndarray, list[float]]:
+    """The peer's beats in [since, until) without an rtgen onset, each matched onset's offset (µs), and the
+    matched beats' times."""
     onsets = np.array([t for t, _ in _note_ons(result)])
     missed: list[int] = []
     offsets: list[float] = []
+    times: list[float] = []
     for beat, t in result["beats"]:
         if not since_us <= t < until_us:
             continue
@@ -96,7 +105,8 @@ def _beat_offsets(result: dict[str, Any], since_us: float, until_us: float) -> t
             missed.append(beat)
         else:
             offsets.append(float(d[i]))
-    return missed, np.array(offsets)
+            times.append(float(t))
+    return missed, np.array(offsets), times
 
 
 @pytest.mark.jack
@@ -106,8 +116,15 @@ def test_joins_and_follows_the_peer_beat_for_beat(session: dict[str, Any]) -> No
     period = session["jack_period_us"]
     first_bar, change, stop = session["first_bar_us"], session["tempo_change_us"], session["stop_us"]
     bar_97 = 4 * 60e6 / SECOND_BPM
-    missed_120, off_120 = _beat_offsets(session, first_bar - MATCH_US, change)
-    missed_97, off_97 = _beat_offsets(session, change + bar_97, stop)
+    missed_120, off_120, at_120 = _beat_offsets(session, first_bar - MATCH_US, change)
+    missed_97, off_97, at_97 = _beat_offsets(session, change + bar_97, stop)
+    # a beat the JACK server itself ran late on (an xrun: the dummy driver's thread or a client was held off
+    # by the machine) is no measure of rtgen, which cannot send into a cycle that does not run; a few are
+    # excused and reported, every other beat must be on time
+    beat_at = dict(session["beats"])
+    excused = [b for b in missed_120 + missed_97 if _near_xrun(session, beat_at[b])]
+    missed_120 = [b for b in missed_120 if b not in excused]
+    missed_97 = [b for b in missed_97 if b not in excused]
     offsets = np.concatenate([off_120, off_97])
     report = (
         f"offsets µs: median {np.median(offsets):.0f}, p99 {np.percentile(offsets, 99):.0f}, "
@@ -117,21 +134,30 @@ def test_joins_and_follows_the_peer_beat_for_beat(session: dict[str, Any]) -> No
         f"xruns {session['jack_xruns']}"
     )
     print(report)
+    print(f"beats excused by an xrun near them: {excused}")
+    assert len(excused) <= 2, f"the JACK server ran late on beats {excused}: {report}"
     assert not missed_120 and not missed_97, f"beats without an onset: {missed_120} {missed_97}; {report}"
-    assert off_120.size >= 8 and off_97.size >= 12, report
+    assert off_120.size >= 8 and off_97.size >= 12 - len(excused), report
     # where an onset lands: rtmidi hands a message to the JACK cycle whose output callback runs next, at frame 0
     # of that cycle. Sent before the cycle starts, it is stamped up to a period after the send; sent in the
     # moment between the cycle's start and rtmidi's callback in it (late in a cycle on a loaded machine), it is
     # stamped at the cycle's start, up to a period before the send. So an on-time send puts the onset within a
     # period either side of the beat, plus rtgen's own error (2 ms)
     low, high = -OFFSET_US - period, OFFSET_US + period
-    bad = np.flatnonzero((offsets < low) | (offsets > high))
+    onset_at = [t + d for t, d in zip(at_120 + at_97, offsets, strict=True)]
+    outside = (offsets < low) | (offsets > high)
+    bad = np.flatnonzero(outside & ~np.array([_near_xrun(session, t) for t in onset_at], dtype=bool))
+    late_excused = int(outside.sum()) - bad.size
+    assert len(excused) + late_excused <= 2, f"the JACK server ran late on {late_excused} more beats: {report}"
     where = [f"{'120' if i < off_120.size else '97'}#{i if i < off_120.size else i - off_120.size}" for i in bad]
     assert bad.size == 0, f"{report}; outside ({low:.0f}, {high:.0f}): {offsets[bad].round()} at beats {where}"
     # the tempo really is 97: consecutive onsets on the beats one bar after the change are 618.6 ms apart
-    beats_97 = sorted(t + d for (_, t), d in zip(_beats_in(session, change + bar_97, stop), off_97, strict=True))
+    # (gaps across an excused beat span two beats)
+    beats_97 = np.array(sorted(t + d for t, d in zip(at_97, off_97, strict=True)))
     gaps = np.diff(beats_97)
-    assert np.all(np.abs(gaps - 60e6 / SECOND_BPM) <= 2 * period + 2 * OFFSET_US), gaps
+    beats_apart = np.round(gaps / (60e6 / SECOND_BPM))
+    assert np.all(np.abs(gaps - beats_apart * 60e6 / SECOND_BPM) <= 2 * period + 2 * OFFSET_US), gaps
+    assert np.all(beats_apart >= 1) and (beats_apart > 1).sum() <= len(excused), gaps
     assert session["status_playing"]["tempo"] == pytest.approx(SECOND_BPM, abs=0.01)
     assert session["status_playing"]["link"]["peers"] == 1
 
@@ -140,10 +166,6 @@ def _own(result: dict[str, Any]) -> str:
     """What rtgen's ``--record`` file left sounding (its sends, before the JACK transport)."""
     own = result["daemon_record_sounding"]
     return "no recording" if own is None else f"{own or 'nothing'}; daemon log:\n{result['daemon_log'][-2000:]}"
-
-
-def _beats_in(result: dict[str, Any], since_us: float, until_us: float) -> list[tuple[int, float]]:
-    return [(b, t) for b, t in result["beats"] if since_us <= t < until_us]
 
 
 @pytest.mark.jack
@@ -197,8 +219,12 @@ def test_play_and_stop_over_osc_start_and_stop_the_session(led: dict[str, Any]) 
     before_shutdown = [(t, tuple(m)) for t, m in led["events"] if t <= stop + 900_000]
     left = sounding_notes([m for _, m in before_shutdown])
     assert not left, f"{left} left sounding after /rtgen/stop; in rtgen's own recording: {_own(led)}"
+    # the stop may fall where every part rests: then there is nothing to release, and nothing to time
+    held = sounding_notes([m for t, m in before_shutdown if t <= stop])
     offs = [t for t, m in before_shutdown if is_note_off(m) and t > stop]
-    assert offs and max(offs) <= stop + 50_000 + period, (max(offs) - stop) / 1000
+    print(f"{len(held)} notes sounding at the stop; their note-offs came within "
+          f"{(max(offs) - stop) / 1000 if offs else 0:.2f} ms")  # fmt: skip
+    assert not held or (offs and max(offs) <= stop + 50_000 + period), (held, [(t - stop) / 1000 for t in offs])
     status = led["status_stopped"]
     assert status["playing"] is False and status["sounding"] == 0 and status["link"]["playing"] is False
     assert led["daemon_exit"] == 0, led["daemon_log"]
