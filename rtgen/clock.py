@@ -10,13 +10,15 @@ up to a millisecond or more on a loaded machine.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import sys
 import threading
 import time
 from bisect import bisect_left
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
@@ -350,6 +352,32 @@ def promote_threads(priority: int = 1) -> int:
             continue
         n += 1
     return n
+
+
+SWITCH_INTERVAL_S: Final = 0.0002
+"""How long the loop may hold the GIL while another thread (rtmidi's JACK callback, OSC) waits, and how long
+another thread may hold it while the loop waits (Python's default is 5 ms: a whole step at 300 BPM is 50)."""
+
+
+@contextlib.contextmanager
+def realtime_loop(priority: int) -> Iterator[bool]:
+    """Run the calling thread as the real-time loop while the block runs, as the daemon does.
+
+    The thread asks for SCHED_FIFO ``priority`` (:func:`request_realtime`), every other Python thread runs
+    SCHED_FIFO 1 (:func:`promote_threads`), and the GIL switch interval is :data:`SWITCH_INTERVAL_S`. All
+    three come back afterwards. Yields whether real-time scheduling was granted.
+    """
+    realtime = request_realtime(priority)
+    if realtime:
+        promote_threads(1)  # the OSC and helper threads hold the GIL too: see promote_threads
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
+    try:
+        yield realtime
+    finally:
+        sys.setswitchinterval(switch)
+        if realtime:
+            release_realtime()
 
 
 def release_realtime() -> None:

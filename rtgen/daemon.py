@@ -36,7 +36,6 @@ import logging
 import os
 import queue
 import signal
-import sys
 import threading
 import time
 from collections import deque
@@ -53,8 +52,7 @@ from rtgen.clock import (
     RealTime,
     SpinTuner,
     StepClock,
-    promote_threads,
-    request_realtime,
+    realtime_loop,
 )
 from rtgen.conductor import NOBODY, Heard, Plan, make_conductor
 from rtgen.config import MODES, PART_NAMES, Config, PartConfig, PartsConfig
@@ -90,7 +88,6 @@ PLAYER_ACTIVE_NS = 4_000_000_000  # the player counts as playing this long after
 SKIP_AHEAD_NS = 1_000_000_000  # a stall longer than this is not caught up step by step: the loop jumps to now
 COARSE_OUTPUT_NS = 1_000_000  # outputs this coarse play a note at their next period, however late in one it came
 COARSE_SPIN_NS = 200_000  # ... so the loop spins only this long before a deadline for them (holding the GIL then)
-SWITCH_INTERVAL_S = 0.0002  # how long the loop may hold the GIL while another thread (rtmidi, OSC) waits
 JACK_RETRY_S = 0.5  # while the JACK server is gone, look for it again this often
 JACK_REOPEN_S = 10.0  # the server is back: keep trying to reopen the ports this long, then give up and exit
 JACK_STUCK_S = 2.0  # an output whose waiting messages the server has not taken for this long is reopened
@@ -1289,18 +1286,10 @@ class Daemon:
                 ", ".join(s.name for s in self.sinks),
                 f"{self.config.osc.host}:{self.osc.port}" if self.osc is not None else "off",
             )
-            self.realtime = request_realtime(self.config.daemon.realtime_priority)
-            if self.realtime:
-                promote_threads(1)  # the OSC and helper threads hold the GIL too: see promote_threads
             # rtmidi calls back on JACK's own real-time thread, which needs the GIL: with Python's default 5 ms
             # switch interval a spinning loop makes it miss JACK cycles (a synchronous server then stalls)
-            switch = sys.getswitchinterval()
-            sys.setswitchinterval(SWITCH_INTERVAL_S)
-            try:
-                with logs.off_thread():
-                    player.run(self.config.daemon.duration)
-            finally:
-                sys.setswitchinterval(switch)
+            with realtime_loop(self.config.daemon.realtime_priority) as self.realtime, logs.off_thread():
+                player.run(self.config.daemon.duration)
         finally:
             self.close()
         if self._fatal is not None:

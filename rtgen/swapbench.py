@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from rtgen.bench import percentiles_us
-from rtgen.clock import LatenessStats, StepClock, release_realtime, request_realtime
+from rtgen.clock import LatenessStats, StepClock, realtime_loop
 from rtgen.config import Config, PartsConfig
 from rtgen.scheduler import Scheduler, SinkLike
 
@@ -139,13 +139,9 @@ def _play(player: Any, seconds: float, driver: Callable[[], None], realtime_prio
 
     t = threading.Thread(target=run_driver, name="rtgen-swapbench", daemon=True)
     t.start()
-    realtime = request_realtime(realtime_priority)
     t0 = time.perf_counter()
-    try:
+    with realtime_loop(realtime_priority) as realtime:  # as the daemon runs its loop
         player.run(duration)
-    finally:
-        if realtime:
-            release_realtime()
     wall = time.perf_counter() - t0
     t.join(timeout=60)
     if errors:
