@@ -209,7 +209,7 @@ class WebConfig:
 
     enabled: bool = False
     host: str = "127.0.0.1"
-    port: int = field(default=8080, metadata=_range(0, 65535))
+    port: int = field(default=9080, metadata=_range(0, 65535))  # 8080 is Open Stage Control's
 
 
 @dataclass(frozen=True)

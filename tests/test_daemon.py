@@ -107,9 +107,9 @@ class Daemon:
             "run", "--config", str(config), "--model", str(model), "--backend", "jack", "--no-synth",
             "--osc-port", str(self.osc_port), "--tempo", str(tempo), "--seed", "1", "--quiet", *extra,
         ]  # fmt: skip
-        self._log = self.log.open("wb")
+        self._log = self.log.open("wb")  # with -v below: INFO lines too, read when a test fails
         self.proc = subprocess.Popen(
-            daemon_command(*args), env=daemon_env(server), stdout=self._log, stderr=subprocess.STDOUT,
+            daemon_command("-v", *args), env=daemon_env(server), stdout=self._log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )  # fmt: skip
         self.port = f"{self.client}:out"

@@ -195,7 +195,7 @@ def test_the_cli_option_and_config_enable_the_page() -> None:
 
     parser = build_parser()
     cfg = build_config(parser.parse_args(["run", "--config", str(REPO / "config.toml"), "--web"]))
-    assert cfg.web == config.WebConfig(enabled=True, host="127.0.0.1", port=8080)
+    assert cfg.web == config.WebConfig(enabled=True, host="127.0.0.1", port=9080)
     cfg = build_config(parser.parse_args(["run", "--config", str(REPO / "config.toml"), "--web", "9123"]))
     assert cfg.web.enabled and cfg.web.port == 9123
     assert not build_config(parser.parse_args(["run", "--config", str(REPO / "config.toml")])).web.enabled

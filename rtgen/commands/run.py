@@ -67,7 +67,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--no-osc", dest="osc", action="store_false", default=None, help="no OSC control")
     p.add_argument(
         "--web", nargs="?", type=int, const=-1, metavar="PORT",
-        help="serve the web control page (config: web.port, default 8080; web.host 127.0.0.1)",
+        help="serve the web control page (config: web.port, default 9080; web.host 127.0.0.1)",
     )  # fmt: skip
     p.add_argument("--tempo", type=float, metavar="BPM", help="tempo (config: generation.tempo)")
     p.add_argument("--seed", type=int, metavar="N", help="random seed (config: generation.seed)")

@@ -121,7 +121,7 @@ def _is_loopback(host: str) -> bool:
 
 
 def _host_name(header: str) -> str:
-    """``127.0.0.1`` of ``127.0.0.1:8080``, ``::1`` of ``[::1]:8080``."""
+    """``127.0.0.1`` of ``127.0.0.1:9080``, ``::1`` of ``[::1]:9080``."""
     if header.startswith("["):
         return header[1 : header.find("]")] if "]" in header else header
     return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
@@ -205,7 +205,7 @@ class WebServer:
 
     @property
     def url(self) -> str:
-        """The page's address (``http://127.0.0.1:8080/``)."""
+        """The page's address (``http://127.0.0.1:9080/``)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}/"
 
