@@ -85,6 +85,7 @@ MIDI_CLOCK = 0xF8
 POLL_NS = 1_000_000  # the player's input is polled this often (at most this much added to its latency)
 IDLE_POLL_NS = 20_000_000  # ... and this often while nobody plays in autonomous mode (each poll is a wake-up)
 PLAYER_ACTIVE_NS = 4_000_000_000  # the player counts as playing this long after their last channel message
+TEMPO_MAP_BEATS = 1 / 64  # a recording's steps stay this close (in beats) to a followed clock's in its tempo map
 SKIP_AHEAD_NS = 1_000_000_000  # a stall longer than this is not caught up step by step: the loop jumps to now
 COARSE_OUTPUT_NS = 1_000_000  # outputs this coarse play a note at their next period, however late in one it came
 COARSE_SPIN_NS = 200_000  # ... so the loop spins only this long before a deadline for them (holding the GIL then)
@@ -337,6 +338,7 @@ class Player:
         self._clock_running = False
         self._midi_step_ns = clock.step_ns
         self.poll_ns = POLL_NS if input_queue is not None else 0
+        self._tempo_anchor: tuple[int, int] | None = None  # (step, time) where the recording's tempo segment starts
         self._last_input_ns = -PLAYER_ACTIVE_NS  # the player's latest channel message (fast polling after it)
         form = self.config.form
         self.arranger = Arranger(seed=int(getattr(engine, "seed", 0)), vary=form.vary, cue=form.cue)
@@ -747,6 +749,8 @@ class Player:
 
     def _clock_event(self, kind: str, step: int, t_ns: int) -> None:
         """An event of the followed MIDI clock."""
+        if kind != "step":
+            self._tempo_anchor = None  # the recording's tempo map starts a segment at the next step
         if kind in ("start", "continue"):
             self._discard_pending()
             self.scheduler.release_all()
@@ -776,6 +780,33 @@ class Player:
                 self.transport.locate(step)
                 self._plan_next(None)
             self._step_start = t_ns
+            self._follow_tempo(step, t_ns)
+
+    def _follow_tempo(self, step: int, t_ns: int) -> None:
+        """Keep the recording's tempo map on the grid of a followed clock (MIDI clock, Link).
+
+        The map's last segment starts at an earlier step. When the time it gives this step is more than
+        :data:`TEMPO_MAP_BEATS` off, that segment gets the tempo it really had (this step lands on its beat)
+        and a new one starts here at the followed tempo. The file's bars line up with what was played in a
+        DAW, and the jitter of the ticks stays out of the map.
+        """
+        rec, follower = self.recorder, self.follower
+        if rec is None or follower is None:
+            return
+        bpm = follower.tempo_bpm
+        anchor = self._tempo_anchor
+        if anchor is None or step <= anchor[0] or t_ns <= anchor[1]:
+            rec.set_tempo(float(bpm or rec.tempo), t_ns)
+            self._tempo_anchor = (step, t_ns)
+            return
+        beats = (step - anchor[0]) / ct.STEPS_PER_BEAT
+        elapsed_min = (t_ns - anchor[1]) / 60e9
+        if abs(elapsed_min * rec.tempo - beats) <= TEMPO_MAP_BEATS:
+            return
+        played = beats / elapsed_min
+        rec.set_tempo(played, anchor[1])  # the segment's own start: its tempo is replaced
+        rec.set_tempo(float(bpm or played), t_ns)
+        self._tempo_anchor = (step, t_ns)
 
     # --- clock out -------------------------------------------------------------------------------
     def _start_clock_out(self, t0: int) -> None:
@@ -970,6 +1001,7 @@ class Player:
                 if self.recorder is not None:
                     raise RtgenError(f"already recording to {self.recorder.path}; /rtgen/record/stop first")
                 self.recorder = sink
+                self._tempo_anchor = None
                 sched.sinks.append(sink)
             case RecordStop(done=done):
                 rec = self.recorder

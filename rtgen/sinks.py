@@ -267,6 +267,7 @@ class RecorderSink:
         player_notes: the player's notes sounding.
         buffers_allocated: buffers created so far (stays at ``buffers`` unless the writer fell behind).
         spooled_events: events written to the spool file so far.
+        tempo: the latest tempo of the tempo map (BPM).
     """
 
     def __init__(
@@ -295,7 +296,7 @@ class RecorderSink:
         self.player_notes = NoteTracker()
         self.buffers_allocated = 0
         self.spooled_events = 0
-        self._tempo0 = float(tempo)
+        self._tempo0 = self.tempo = float(tempo)
         self._start_ns = start_ns
         self._buffer_slots = 2 * buffer_events
         self._pool_size = buffers
@@ -369,6 +370,7 @@ class RecorderSink:
             raise ValueError(f"tempo must be > 0 BPM, got {tempo}")
         if self._closed:
             return
+        self.tempo = float(tempo)
         self._append(time_ns, (_SOURCE_TEMPO << 32) | min(0xFFFFFFFF, round(tempo * _BPM_SCALE)))
 
     def panic(self) -> None:

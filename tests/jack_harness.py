@@ -112,10 +112,16 @@ def jack_ports(server: str | None = None, timeout: float = 20.0) -> list[JackPor
     Raises:
         RuntimeError: ``jack_lsp`` failed (no server running, or the tool is missing).
     """
-    env = jack_env(server) if server else jack_env(os.environ.get("JACK_DEFAULT_SERVER", "default"))
-    proc = subprocess.run(
-        ["jack_lsp", "-t", "-p"], env=env, capture_output=True, text=True, timeout=timeout, check=False
-    )
+    server = server or os.environ.get("JACK_DEFAULT_SERVER", "default")
+    try:
+        proc = subprocess.run(
+            ["jack_lsp", "-t", "-p"], env=jack_env(server), capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except subprocess.TimeoutExpired as err:
+        ours = _RUNNING.get(server)
+        log = ours.log_tail() if ours is not None else "(not a server of this suite)"
+        text = f"JACK server {server!r} gave jack_lsp no answer in {timeout:.0f} s (a client of it stuck?); its log:"
+        raise RuntimeError(f"{text}\n{log}") from err
     if proc.returncode != 0:
         raise RuntimeError(f"jack_lsp failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}")
     ports: list[JackPort] = []
@@ -184,6 +190,9 @@ def jack_connect(source: str, destination: str, server: str | None = None) -> No
         raise RuntimeError(f"jack_connect {source} {destination} failed: {proc.stderr.strip() or proc.stdout.strip()}")
 
 
+_RUNNING: dict[str, JackServer] = {}  # the servers this suite started, by name (for their logs in a failure)
+
+
 class JackServer:
     """A private ``jackd`` with the dummy backend; use :meth:`start` and :meth:`stop` (or ``with``)."""
 
@@ -247,6 +256,7 @@ class JackServer:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=jack_env(name))
         log.close()
         server = cls(name, proc, log_path)
+        _RUNNING[name] = server
         deadline = time.monotonic() + timeout
         while True:
             if proc.poll() is not None:
@@ -268,6 +278,7 @@ class JackServer:
 
     def stop(self, timeout: float = 5.0) -> None:
         """Terminate jackd (SIGTERM, then SIGKILL) and remove its log."""
+        _RUNNING.pop(self.name, None)
         if self.proc.poll() is None:
             self.proc.terminate()
             try:

@@ -160,6 +160,7 @@ def main(out_path: Path, scenario: str) -> int:
         result["jack_period_us"] = rec.period * 1e6 / rec.rate
         result["jack_xruns"] = server.xruns()
         result["daemon_record_sounding"] = _sounding_in_recording(tmp / "daemon.mid")
+        result["daemon_record_tempi"] = _tempi_in_recording(tmp / "daemon.mid")
     except Exception as err:  # reported to the test with the daemon's log
         result["errors"].append(f"{type(err).__name__}: {err}")
     finally:
@@ -185,6 +186,15 @@ def _sounding_in_recording(path: Path) -> list[list[int]] | None:
         return None
     messages = [tuple(m.bytes()) for m in mido.merge_tracks(mido.MidiFile(path).tracks) if not m.is_meta]
     return [list(key) for key in sorted(sounding_notes(messages))]
+
+
+def _tempi_in_recording(path: Path) -> list[float] | None:
+    """The tempo map of the daemon's ``--record`` file, in BPM (None: no file)."""
+    import mido
+
+    if not path.exists():
+        return None
+    return [round(mido.tempo2bpm(m.tempo), 3) for m in mido.MidiFile(path).tracks[0] if m.type == "set_tempo"]
 
 
 def _first_bar_at_or_after(peer: Peer, t_us: int) -> int:

@@ -120,7 +120,7 @@ class Daemon:
     def record(self, timeout: float = 20.0) -> MidiRecorder:
         try:
             return MidiRecorder(self.port, timeout=timeout).__enter__()
-        except TimeoutError as err:
+        except (TimeoutError, RuntimeError) as err:  # no port, or a server that does not answer
             raise AssertionError(f"{err}\ndaemon exit={self.proc.poll()} output:\n{self.output()}") from err
 
     def wait(self, timeout: float = 10.0) -> int:

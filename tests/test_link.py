@@ -32,7 +32,7 @@ from rtgen.link import ClockMap
 NAMESPACE_SETUP = "ip link set lo up && ip link set lo multicast on && ip route add 224.0.0.0/4 dev lo"
 OFFSET_US = 2000.0  # rtgen's beat onsets against the peer's beats
 LEAD_US = 4000.0  # rtgen.link.LEAD_NS: a stop is seen at the capture before the next step at the latest
-SECOND_BPM = 97.0
+FIRST_BPM, SECOND_BPM = 120.0, 97.0  # the scenario's tempi (tests/link_scenario.py)
 MATCH_US = 30_000.0  # an onset this close to a beat belongs to it (steps are 125 ms or more apart here)
 
 
@@ -159,6 +159,10 @@ def test_joins_and_follows_the_peer_beat_for_beat(session: dict[str, Any]) -> No
     assert np.all(np.abs(gaps - beats_apart * 60e6 / SECOND_BPM) <= 2 * period + 2 * OFFSET_US), gaps
     assert np.all(beats_apart >= 1) and (beats_apart > 1).sum() <= len(excused), gaps
     assert session["status_playing"]["tempo"] == pytest.approx(SECOND_BPM, abs=0.01)
+    # rtgen's own recording keeps the session's tempo map, so its bars line up in a DAW
+    tempi = session["daemon_record_tempi"]
+    assert tempi is not None and tempi[0] == pytest.approx(FIRST_BPM, abs=0.01), tempi
+    assert any(abs(t - SECOND_BPM) <= 0.01 for t in tempi[1:]), tempi
     assert session["status_playing"]["link"]["peers"] == 1
 
 

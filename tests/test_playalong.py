@@ -437,8 +437,9 @@ def test_accompany_follows_the_midi_clock_on_the_players_grid(start_daemon: Any,
 
 
 # --- 2. following a jittery MIDI clock ---------------------------------------------------------------------------
-def test_clock_follow_tempo_and_continue_after_song_position(start_daemon: Any) -> None:
-    d = start_daemon("--clock", "midi")
+def test_clock_follow_tempo_and_continue_after_song_position(start_daemon: Any, tmp_path: Path) -> None:
+    recording = tmp_path / "followed.mid"
+    d = start_daemon("--clock", "midi", "--record", str(recording))
     rec = start_recording(d)
     kb = Keyboard(d)
     peer = Peer(d.osc_port)
@@ -486,6 +487,26 @@ def test_clock_follow_tempo_and_continue_after_song_position(start_daemon: Any) 
     assert note_ons([m for t, m in events if t > continue_sent]), "nothing played after Continue"
     assert resumed["bar"] == 3, f"SPP to step 32 is bar 3; status says {resumed['bar']}.{resumed['beat']}"
     assert sounding_notes([m for _, m in events]) == set()
+    # the recording's tempo map is the followed clock's (the daemon was started at 300 BPM), without the jitter
+    import mido
+
+    tempi = [mido.tempo2bpm(m.tempo) for m in mido.MidiFile(recording).tracks[0] if m.type == "set_tempo"]
+    print(f"recording tempo map: {[round(t, 2) for t in tempi]}")
+    assert tempi[0] == pytest.approx(300.0) and abs(tempi[-1] - bpm) <= 0.01 * bpm, tempi
+    assert len(tempi) <= 12, f"the ticks' jitter went into the tempo map: {tempi}"
+    mid = mido.MidiFile(recording)
+    step_ticks = mid.ticks_per_beat // 4
+    ons, tick = [], 0
+    for m in mido.merge_tracks(mid.tracks):
+        tick += m.time
+        if m.type == "note_on" and m.velocity > 0:
+            ons.append(tick)
+    steps_before_stop = n // 6  # the grid goes on from where it was after the Stop, the SPP and the Continue
+    rel = np.array(ons) - ons[0]
+    off_grid = ((rel + step_ticks // 2) % step_ticks - step_ticks // 2)[rel <= steps_before_stop * step_ticks]
+    print(f"recording's note-ons off the step grid: max {np.abs(off_grid).max()} ticks of {step_ticks}")
+    # within the map's tolerance (1/64 beat: 7.5 ticks) plus the clock's ±2 ms jitter and the humanizing
+    assert np.abs(off_grid).max() <= 12, off_grid
 
 
 # --- 3. leading a DAW: clock out ----------------------------------------------------------------------------------
