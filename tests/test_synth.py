@@ -154,3 +154,34 @@ def test_soundfont_swaps_between_two_fonts_free_the_old_one_after_its_voices() -
         with pytest.raises(SoundfontError, match="not loaded"):
             s.use_soundfont(unused + 1, fonts[1])
     assert s.fonts_freed == 4  # close() waited for the reaper
+
+
+def test_a_font_loaded_a_chunk_at_a_time_sounds_exactly_as_fluidsynths_own_load(
+    soundfont: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Swapped fonts are read through :class:`~rtgen.synth.ChunkedFiles` (no read() over READ_CHUNK: a long one
+    holds off the real-time thread on a kernel without full preemption). Their samples are FluidSynth's own."""
+    monkeypatch.setattr(synth_mod, "READ_CHUNK", 64 * 1024)  # a read per 64 KB of samples
+    reads: list[int] = []
+    readinto = synth_mod.io.FileIO.readinto
+    monkeypatch.setattr(synth_mod.io, "FileIO", type("FileIO", (synth_mod.io.FileIO,), {
+        "readinto": lambda self, b: reads.append(len(b)) or readinto(self, b)}))  # fmt: skip
+
+    def played(s: Synth) -> np.ndarray:
+        s.program(0, 0)
+        s.note_on(0, 60, 110)
+        audio = s.render(0.5)
+        s.note_off(0, 60)
+        return audio
+
+    with Synth(soundfont, reverb=False) as own:
+        expected = played(own)
+    copy = tmp_path / "copy.sf2"  # another file: FluidSynth shares the samples of one it has loaded already
+    copy.write_bytes(soundfont.read_bytes())
+    with Synth(soundfont, reverb=False) as s:
+        handle = s.load_soundfont(copy)
+        s.use_soundfont(handle, copy)
+        got = played(s)
+    assert reads and max(reads) <= 64 * 1024, "the samples were not read a chunk at a time"
+    print(f"samples read in {len(reads)} chunks")
+    assert rms(expected) > 100 and np.array_equal(got, expected)
