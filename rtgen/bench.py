@@ -715,7 +715,14 @@ def bench_soundfont_swaps(model_dir: Path, soundfonts: list[Path], seconds: floa
     swaps = measure_soundfont_swaps(
         fonts[:2], seconds=seconds, bpm=300.0, swaps=max(2, int(seconds)), model_dir=model_dir
     )
-    return {"soundfont_swap_schedule_error_us": swaps.get("schedule_error_us"), "soundfont_swap": swaps}
+    # the same rig without a swap: what the synth's own note-ons cost (FluidR3's 20-130 us each, in a row)
+    still = measure_soundfont_swaps(fonts[1::-1], seconds=seconds / 2, bpm=300.0, swaps=0, model_dir=model_dir)
+    return {
+        "soundfont_swap_schedule_error_us": swaps.get("schedule_error_us"),
+        "soundfont_swap": swaps,
+        "soundfont_still_schedule_error_us": still.get("schedule_error_us"),
+        "soundfont_still": still,
+    }
 
 
 def _system_soundfonts() -> list[Path]:

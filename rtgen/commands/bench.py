@@ -69,6 +69,7 @@ def table(result: dict[str, Any]) -> str:
         ("first note (ms)", result.get("first_note_ms"), "<= 1000", t["first_note_ok"]),
         ("schedule error, soundfont swaps (us)", result.get("soundfont_swap_schedule_error_us"), "p99 <= 300",
          t["soundfont_swap_ok"]),
+        ("  the same synth without a swap (us)", result.get("soundfont_still_schedule_error_us"), "-", None),
         ("late steps, 400 BPM + 600 OSC msg/s", load.get("late_steps"), "0", t["osc_load_late_steps_ok"]),
     ]  # fmt: skip
     width = max(len(r[0]) for r in rows)
