@@ -117,7 +117,21 @@ class Daemon:
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def wait_playing(self, timeout: float = 20.0) -> None:
+        """Wait for the daemon's "playing" log line: its JACK clients are open.
+
+        Until then nothing of this process touches the JACK server: a client that leaves (every ``jack_lsp``)
+        while the daemon's are half-way through opening can leave one of them on a departed client's futex, a
+        jack2 race (see rtgen/rtmidijack.py) that a port-polling test provoked in about one run in five.
+        """
+        deadline = time.monotonic() + timeout
+        while "rtgen.daemon: playing:" not in self.output():
+            if self.proc.poll() is not None or time.monotonic() >= deadline:
+                return  # what follows fails with the daemon's log
+            time.sleep(0.05)
+
     def record(self, timeout: float = 20.0) -> MidiRecorder:
+        self.wait_playing(timeout)
         try:
             return MidiRecorder(self.port, timeout=timeout).__enter__()
         except (TimeoutError, RuntimeError) as err:  # no port, or a server that does not answer

@@ -115,6 +115,7 @@ def daemon_input(daemon: Daemon, timeout: float = 20.0) -> str:
     rtmidi opens the input and the output as two JACK clients; both ask for the name CLIENT,
     so JACK gives the one that comes second a ``-01`` suffix.
     """
+    daemon.wait_playing(timeout)
     deadline = time.monotonic() + timeout
     while True:
         names = jack_port_names(midi=True, output=False)
@@ -246,6 +247,7 @@ def finish(d: Daemon, sig: int = signal.SIGTERM) -> None:
 
 def start_recording(d: Daemon, timeout: float = 20.0) -> MidiRecorder:
     """Record the daemon's output; fails with the daemon's log as soon as it exits or if its port never appears."""
+    d.wait_playing(timeout)
     deadline = time.monotonic() + timeout
     while d.proc.poll() is None and time.monotonic() < deadline:
         try:
