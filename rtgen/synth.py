@@ -131,17 +131,33 @@ def import_fluidsynth() -> types.ModuleType:
     return fluidsynth
 
 
+_VOIDP, _INT = ctypes.c_void_p, ctypes.c_int
+_SIGNATURES: dict[str, tuple[Any, list[Any]]] = {  # name: (restype, argtypes), pointers as c_void_p
+    "fluid_synth_get_sfont_by_id": (_VOIDP, [_VOIDP, _INT]),
+    "fluid_synth_add_sfont": (_INT, [_VOIDP, _VOIDP]),
+    "fluid_synth_remove_sfont": (_INT, [_VOIDP, _VOIDP]),
+    "fluid_synth_noteon": (_INT, [_VOIDP, _INT, _INT, _INT]),
+    "fluid_synth_noteoff": (_INT, [_VOIDP, _INT, _INT]),
+    "fluid_synth_cc": (_INT, [_VOIDP, _INT, _INT, _INT]),
+    "fluid_synth_program_select": (_INT, [_VOIDP, _INT, _INT, _INT, _INT]),
+    "new_fluid_defsfloader": (_VOIDP, [_VOIDP]),
+    "delete_fluid_sfloader": (None, [_VOIDP]),
+    "fluid_sfloader_set_callbacks": (_INT, [_VOIDP] * 6),
+    "fluid_synth_add_sfloader": (None, [_VOIDP, _VOIDP]),
+}
+
+
+def _declared(lib: ctypes.CDLL) -> ctypes.CDLL:
+    for name, (restype, argtypes) in _SIGNATURES.items():
+        fn = getattr(lib, name)
+        fn.restype, fn.argtypes = restype, argtypes
+    return lib
+
+
 @functools.cache
 def _lib(fluidsynth: types.ModuleType) -> Any:
-    """libfluidsynth with the soundfont-stack functions pyfluidsynth does not wrap (pointers as ``c_void_p``)."""
-    lib = ctypes.CDLL(fluidsynth.lib)  # the same library pyfluidsynth loaded: ctypes releases the GIL in calls
-    lib.fluid_synth_get_sfont_by_id.argtypes = [ctypes.c_void_p, ctypes.c_int]
-    lib.fluid_synth_get_sfont_by_id.restype = ctypes.c_void_p
-    lib.fluid_synth_add_sfont.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
-    lib.fluid_synth_add_sfont.restype = ctypes.c_int
-    lib.fluid_synth_remove_sfont.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
-    lib.fluid_synth_remove_sfont.restype = ctypes.c_int
-    return lib
+    """libfluidsynth with the functions pyfluidsynth does not wrap; ctypes releases the GIL in its calls."""
+    return _declared(ctypes.CDLL(fluidsynth.lib))  # the same library pyfluidsynth loaded
 
 
 READ_CHUNK = 1 << 20  # the largest read() a soundfont load makes (see ChunkedFiles)
@@ -162,7 +178,7 @@ class ChunkedFiles:
     (``PREEMPT_NONE``, as on this project's CI machine) does not let a real-time thread in during such a
     call: the loop woke up 18-30 ms late in the middle of a swap. Read a megabyte at a time, the kernel
     goes back to user space between chunks. The small reads of the font's headers (80,000 for FluidR3)
-    go through a buffered file; a load takes about 50 % longer, off the real-time thread.
+    go through a buffered file; a load takes about 120 ms (before: 20-60 ms warm), off the real-time thread.
     """
 
     def __init__(self) -> None:
@@ -172,18 +188,16 @@ class ChunkedFiles:
         self.callbacks = (_OPEN(self._open), _READ(self._read), _SEEK(self._seek), _TELL(self._tell),
                           _CLOSE(self._close))  # fmt: skip
 
-    def install(self, lib: ctypes.CDLL, synth: int, settings: int) -> bool:
-        """Put a default soundfont loader with these callbacks first in ``synth``'s loaders (it owns it)."""
-        lib.new_fluid_defsfloader.restype = ctypes.c_void_p
-        lib.new_fluid_defsfloader.argtypes = [ctypes.c_void_p]
-        lib.fluid_sfloader_set_callbacks.argtypes = [ctypes.c_void_p] * 6
-        lib.fluid_synth_add_sfloader.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+    def install(self, lib: Any, synth: int, settings: int) -> bool:
+        """Put a default soundfont loader with these callbacks first in ``synth``'s loaders (it owns it).
+
+        ``lib`` is libfluidsynth as :func:`_lib` declares it."""
         loader = lib.new_fluid_defsfloader(settings)
         if not loader:
             return False
         pointers = [ctypes.cast(cb, ctypes.c_void_p) for cb in self.callbacks]
         if lib.fluid_sfloader_set_callbacks(loader, *pointers) != _FLUID_OK:
-            lib.delete_fluid_sfloader(ctypes.c_void_p(loader))
+            lib.delete_fluid_sfloader(loader)
             return False
         lib.fluid_synth_add_sfloader(synth, loader)
         return True
@@ -243,7 +257,7 @@ class ChunkedFiles:
 
 
 @functools.cache
-def _live_lib(path: str) -> ctypes.PyDLL:
+def _live_lib(path: str) -> Any:
     """libfluidsynth's calls of the real-time thread, through a handle that keeps the GIL during each call.
 
     pyfluidsynth's wrappers (like any ``ctypes.CDLL``) release the GIL for every call and must win it back
@@ -251,21 +265,7 @@ def _live_lib(path: str) -> ctypes.PyDLL:
     Python's default switch interval. These calls are short (FluidSynth's API lock is held by its audio
     thread for one block at most) and never call back into Python, so holding the GIL is safe.
     """
-    lib = ctypes.PyDLL(path)
-    voidp, cint = ctypes.c_void_p, ctypes.c_int
-    for name, args in (
-        ("fluid_synth_noteon", [voidp, cint, cint, cint]),
-        ("fluid_synth_noteoff", [voidp, cint, cint]),
-        ("fluid_synth_cc", [voidp, cint, cint, cint]),
-        ("fluid_synth_program_select", [voidp, cint, cint, cint, cint]),
-        ("fluid_synth_add_sfont", [voidp, voidp]),
-        ("fluid_synth_remove_sfont", [voidp, voidp]),
-        ("fluid_synth_get_sfont_by_id", [voidp, cint]),
-    ):
-        fn = getattr(lib, name)
-        fn.argtypes = args
-        fn.restype = voidp if name == "fluid_synth_get_sfont_by_id" else cint
-    return lib
+    return _declared(ctypes.PyDLL(path))
 
 
 class Synth:
@@ -384,7 +384,7 @@ class Synth:
             with quiet_stderr():
                 loader = self._fl.Synth(gain=0.0, samplerate=float(self.sample_rate), channels=16)
             files = ChunkedFiles()
-            if files.install(ctypes.CDLL(self._fl.lib), loader.synth, loader.settings):
+            if files.install(_lib(self._fl), loader.synth, loader.settings):
                 self._loader_files = files
             else:
                 log.warning("FluidSynth took no file callbacks: soundfonts load with its own reads")
