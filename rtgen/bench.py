@@ -641,6 +641,7 @@ def run_bench(
     jack_seconds: float = 20.0,
     load_seconds: float = 30.0,
     swap_seconds: float = 20.0,
+    web_seconds: float = 15.0,
     soundfonts: Sequence[Path] = (),
     busy: bool = True,
 ) -> dict[str, Any]:
@@ -648,7 +649,8 @@ def run_bench(
 
     Phases: inference; the schedule at 300 BPM (with a second process keeping one core busy unless
     ``busy`` is False); the daemon through JACK at 120 BPM (grid, first note, CPU, memory); the daemon
-    under an OSC load at 400 BPM; the reactive latency; soundfont swaps while playing.
+    under an OSC load at 400 BPM; the reactive latency; soundfont swaps while playing; the daemon at 400 BPM
+    with its web page's feed taken and with the page open in headless Chromium (:mod:`rtgen.webbench`).
     """
     inference = bench_inference(model_dir, steps=inference_steps)
     if busy:
@@ -696,6 +698,15 @@ def run_bench(
         result.update(bench_soundfont_swaps(model_dir, list(soundfonts), seconds=swap_seconds))
     else:
         result.update(soundfont_swap_schedule_error_us=None, soundfont_swap_skipped="--swap-seconds 0")
+    if web_seconds > 0:
+        from rtgen.webbench import bench_web_page
+
+        try:
+            result["web_page"] = bench_web_page(model_dir, seconds=web_seconds)
+        except RtgenError as err:
+            result.update(web_page=None, **_skipped("web_page", err))
+    else:
+        result.update(web_page=None, web_page_skipped="--web-seconds 0")
     result["targets"] = targets(result)
     result["machine"] = machine()
     result["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -760,6 +771,7 @@ def targets(result: dict[str, Any]) -> dict[str, Any]:
     out["reactive_latency_p99_us"] = round(2 * period_us + 1000.0, 1)
     swap = result.get("soundfont_swap_schedule_error_us")
     load = result.get("osc_load") or {}
+    page = (result.get("web_page") or {}).get("browser") or {}
     out.update(
         inference_ok=ok(p99("inference_us"), TARGET_P99_US),
         schedule_error_ok=ok(p99("schedule_error_us"), TARGET_P99_US),
@@ -770,5 +782,6 @@ def targets(result: dict[str, Any]) -> dict[str, Any]:
         first_note_ok=ok(result.get("first_note_ms"), 1000.0),
         soundfont_swap_ok=ok(float(swap["p99"]) if swap else None, TARGET_P99_US),
         osc_load_late_steps_ok=(load.get("late_steps") == 0) if load else None,
+        web_page_ok=ok(page["schedule_error_us"]["p99"], TARGET_P99_US) if page else None,
     )
     return out

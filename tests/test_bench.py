@@ -24,7 +24,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_bench_writes_the_figures(model_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     args = ["bench", "--model", str(model_dir), "--seconds", "2", "--steps", "2000", "--reactive-seconds", "0"]
-    args += ["--jack-seconds", "0", "--load-seconds", "0", "--swap-seconds", "0"]
+    args += ["--jack-seconds", "0", "--load-seconds", "0", "--swap-seconds", "0", "--web-seconds", "0"]
     code = main([*args, "--json", str(out)])
     assert code == 0
     data = json.loads(out.read_text())
@@ -43,7 +43,7 @@ def test_bench_writes_the_figures(model_dir: Path, tmp_path: Path) -> None:
 def _own_bench_server() -> list[str]:
     """Command lines of jackd servers this process's bench started (named after its pid)."""
     out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=False).stdout
-    names = [f"-n rtgen-{kind}-{os.getpid()} " for kind in ("bench", "grid", "load")]
+    names = [f"-n rtgen-{kind}-{os.getpid()} " for kind in ("bench", "grid", "load", "web")]
     return [line for line in out.splitlines() if "jackd" in line and any(n in line for n in names)]
 
 
@@ -55,7 +55,7 @@ def test_bench_measures_the_reactive_latency_through_jack(model_dir: Path, tmp_p
     require(shutil.which("jackd") is not None, "jackd (apt-get install jackd2)")
     out = tmp_path / "bench.json"
     args = ["bench", "--model", str(model_dir), "--seconds", "1", "--steps", "200", "--reactive-seconds", "5"]
-    args += ["--jack-seconds", "0", "--load-seconds", "0", "--swap-seconds", "0"]
+    args += ["--jack-seconds", "0", "--load-seconds", "0", "--swap-seconds", "0", "--web-seconds", "0"]
     assert main([*args, "--out", str(out)]) == 0
     data = json.loads(out.read_text())
     lat = data["reactive_latency_us"]
@@ -97,7 +97,7 @@ def test_bench_runs_the_daemon_through_jack_and_under_osc_load(model_dir: Path, 
     require(shutil.which("jackd") is not None, "jackd (apt-get install jackd2)")
     out = tmp_path / "bench.json"
     args = ["bench", "--model", str(model_dir), "--seconds", "1", "--steps", "200", "--reactive-seconds", "0"]
-    args += ["--jack-seconds", "3", "--load-seconds", "3", "--swap-seconds", "0", "--no-busy"]
+    args += ["--jack-seconds", "3", "--load-seconds", "3", "--swap-seconds", "0", "--web-seconds", "0", "--no-busy"]
     assert main([*args, "--json", str(out)]) == 0
     data = json.loads(out.read_text())
     grid = data["jack_grid_dev_us"]
@@ -115,4 +115,28 @@ def test_bench_runs_the_daemon_through_jack_and_under_osc_load(model_dir: Path, 
     assert load["osc_errors"] == 0  # every message of the load is well-formed
     assert load["steps"] > 0 and load["daemon_exit_code"] == 0
     assert set(data["targets"]) >= {"cpu_ok", "uss_ok", "first_note_ok", "jack_grid_dev_ok", "osc_load_late_steps_ok"}
+    assert not _own_bench_server()
+
+
+def test_bench_plays_with_the_web_page_closed_fed_and_open_in_chromium(model_dir: Path, tmp_path: Path) -> None:
+    """A short web phase: its three windows measured in one daemon run (no timing thresholds here)."""
+    require(shutil.which("jackd") is not None, "jackd (apt-get install jackd2)")
+    require(shutil.which("chromium") is not None, "chromium (apt-get install chromium)")
+    out = tmp_path / "bench.json"
+    args = ["bench", "--model", str(model_dir), "--seconds", "1", "--steps", "200", "--reactive-seconds", "0"]
+    args += ["--jack-seconds", "0", "--load-seconds", "0", "--swap-seconds", "0", "--web-seconds", "3", "--no-busy"]
+    assert main([*args, "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    web = data["web_page"]
+    assert web is not None, data.get("web_page_skipped")
+    assert web["daemon_exit_code"] == 0 and "browser_skipped" not in web
+    for name in ("none", "socket", "browser"):
+        window = web[name]
+        assert window["steps"] >= 3 * 400 / 60 * 4 * 0.9, (name, window)  # 3 s of sixteenths at 400 BPM
+        sched = window["schedule_error_us"]
+        assert sched["count"] >= window["steps"] and 0 <= sched["p50"] <= sched["p99"] <= sched["max"], window
+        assert window["jack_grid_dev_us"]["count"] >= 3 and window["realtime"] in (True, False)
+    assert web["socket"]["feed_messages"] >= 3 * 10, web["socket"]  # status ten times a second, notes and beats
+    assert web["browser"]["browser_cpu_percent"] > 0, web["browser"]  # the page ran (and drew) in Chromium
+    assert data["targets"]["web_page_ok"] in (True, False)
     assert not _own_bench_server()

@@ -282,22 +282,26 @@ def test_the_page_shows_the_roll_moving_and_its_clicks_steer_the_daemon(
             page.wait_for_selector("button[data-address='/rtgen/mode']", timeout=5_000)
             time.sleep(1.0)
 
-            # the measured window: the page open and drawing, the daemon playing undisturbed
+            # the measured window: the page open and drawing, the daemon playing undisturbed (no screenshot:
+            # capturing and encoding one keeps a 2-core machine's both cores busy, which no musician does)
             before = status(peer)
             first_event = len(recorder.events)
             t_open = time.monotonic()
+            time.sleep(BASELINE_S)
+            after = status(peer)
+            window_s = time.monotonic() - t_open
+            events = recorder.events[first_event:]
+
             roll = page.locator("#roll")
+            t_shots = time.monotonic()
             first, rgb1 = colour_counts(roll.screenshot())
             time.sleep(2.0)
             second, rgb2 = colour_counts(roll.screenshot())
             seen = {p for p, n in (first | second).items() if n}
-            while time.monotonic() - t_open < 10.0:  # chords change once a bar or two; ten seconds in all
+            while time.monotonic() - t_shots < 10.0:  # chords change once a bar or two; ten seconds in all
                 time.sleep(0.5)
                 more, _ = colour_counts(roll.screenshot())
                 seen |= {p for p, n in more.items() if n}
-            after = status(peer)
-            window_s = time.monotonic() - t_open
-            events = recorder.events[first_event:]
             changed = float((rgb1 != rgb2).any(axis=-1).mean())
             header = page.inner_text("#state")
 
@@ -370,13 +374,13 @@ def test_the_page_shows_the_roll_moving_and_its_clicks_steer_the_daemon(
     assert steps >= 0.9 * window_s * TEMPO / 60 * 4, (steps, window_s)
     # the schedule error (each message's send time minus its deadline, the daemon's own figure) with the page
     # open against the same run's window without it: medians, as the house rule for timing in tests says (a
-    # p99 over ten seconds is a handful of messages: a CI run had 3 late steps with Chromium busy on both
-    # cores, p99 8 ms, median 100 us against 75). The p99 and the late steps are printed for the record
+    # p99 over ten seconds is a handful of messages). The p99 and the late steps are printed for the record;
+    # `rtgen bench` holds the p99 to the target over longer windows (its web phase: the page open in Chromium,
+    # p99 200-275 us), where this VM's rare stalls of 4-30 ms make late steps with and without the page alike
     assert sched["count"] >= steps, sched
     assert sched["p50"] <= max(2 * base_sched["p50"], base_sched["p50"] + 50), (sched, base_sched)
     assert sched["p50"] <= SCHEDULE_TARGET_US, sched
     # the JACK grid is printed, and held to the bench's target by the bench: here it measures what a headless
-    # Chromium busy on both cores of a shared VM does to the JACK server's cycles, not the page's effect on
-    # rtgen (a CI run had 0 late steps and a grid p99 of 8.4 ms against 2.6 ms without the browser). Its
-    # median still says that the messages go out in the cycle after their send
+    # Chromium on a shared 2-core VM does to the JACK server's cycles as well as the page's effect on rtgen.
+    # Its median still says that the messages go out in the cycle after their send
     assert grid["p50"] <= recorder.period * 1e6 / recorder.rate + 1000, (grid, base_grid)

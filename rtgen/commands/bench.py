@@ -19,8 +19,10 @@ def register(subparsers: Any) -> None:
         "loop at 300 BPM sixteenths into a null sink while a second process keeps one core busy; then, on "
         "the bench's own real-time JACK server, run the daemon at 120 BPM into a JACK recorder (grid "
         "deviation in JACK frame time, first note, CPU, private memory), at 400 BPM under 600 OSC "
-        "messages/s, and in accompany mode on a MIDI clock from a probe (reactive latency); finally swap "
-        "soundfonts while playing. Prints a table and writes JSON; targets are in the JSON's `targets`.",
+        "messages/s, and in accompany mode on a MIDI clock from a probe (reactive latency); swap "
+        "soundfonts while playing; finally play at 400 BPM with the web page closed, its feed taken by a "
+        "WebSocket client, and open in headless Chromium. Prints a table and writes JSON; targets are in the "
+        "JSON's `targets`.",
     )
     p.add_argument("--json", "--out", dest="out", type=Path, metavar="PATH", help="write the JSON here")
     p.add_argument("--seconds", type=float, default=60.0, help="length of the schedule run (default 60)")
@@ -34,6 +36,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--jack-seconds", type=float, default=20.0, help="daemon run at 120 BPM through JACK (0 skips)")
     p.add_argument("--load-seconds", type=float, default=30.0, help="daemon run under OSC load (0 skips)")
     p.add_argument("--swap-seconds", type=float, default=20.0, help="soundfont swaps while playing (0 skips)")
+    p.add_argument(
+        "--web-seconds",
+        type=float,
+        default=15.0,
+        help="each window of the 400 BPM run with the web page closed, its feed taken, and open in Chromium (0 skips)",
+    )
     p.add_argument(
         "--soundfont", type=Path, action="append", default=[], help="soundfonts to swap between (default: system)"
     )
@@ -49,13 +57,29 @@ def register(subparsers: Any) -> None:
 def _fmt(value: Any) -> str:
     if isinstance(value, dict):
         return f"{value['p50']:g} / {value['p99']:g} / {value['max']:g}"
+    if isinstance(value, str):
+        return value
     return "-" if value is None else f"{value:g}"
+
+
+def _window(web: dict[str, Any], name: str) -> dict[str, Any] | None:
+    """A web-phase window's schedule error, or None (not measured)."""
+    window = web.get(name)
+    return window["schedule_error_us"] if window else None
+
+
+def _late(web: dict[str, Any]) -> str | None:
+    """The late steps of the web phase's three windows (the host's own stalls show in all of them)."""
+    if not web:
+        return None
+    return " / ".join(str(web[w]["late_steps"]) if w in web else "-" for w in ("none", "socket", "browser"))
 
 
 def table(result: dict[str, Any]) -> str:
     """The figures against their targets, one line each."""
     t = result["targets"]
     load = result.get("osc_load") or {}
+    web = result.get("web_page") or {}
     rows = [
         ("inference (us, p50/p99/max)", result["inference_us"], f"p99 <= {t['inference_p99_us']:g}", t["inference_ok"]),
         ("schedule error, 300 BPM, busy core (us)", result["schedule_error_us"],
@@ -71,6 +95,10 @@ def table(result: dict[str, Any]) -> str:
          t["soundfont_swap_ok"]),
         ("  the same synth without a swap (us)", result.get("soundfont_still_schedule_error_us"), "-", None),
         ("late steps, 400 BPM + 600 OSC msg/s", load.get("late_steps"), "0", t["osc_load_late_steps_ok"]),
+        ("schedule error, 400 BPM, no web page (us)", _window(web, "none"), "-", None),
+        ("  the page's WebSocket feed taken (us)", _window(web, "socket"), "-", None),
+        ("  the page open in Chromium (us)", _window(web, "browser"), "p99 <= 300", t["web_page_ok"]),
+        ("  late steps: no page / feed / page open", _late(web), "-", None),
     ]  # fmt: skip
     width = max(len(r[0]) for r in rows)
     lines = [f"{'':{width}}  {'value':>28}  {'target':>14}  met"]
@@ -86,7 +114,9 @@ def run(args: argparse.Namespace) -> int:
     from rtgen.config import default_config_path, load_config
     from rtgen.errors import ConfigError
 
-    lengths = (args.seconds, args.reactive_seconds, args.jack_seconds, args.load_seconds, args.swap_seconds)
+    lengths = (
+        args.seconds, args.reactive_seconds, args.jack_seconds, args.load_seconds, args.swap_seconds, args.web_seconds
+    )  # fmt: skip
     if args.seconds <= 0 or args.steps < 1 or min(lengths) < 0:
         raise ConfigError("--seconds must be > 0, --steps >= 1, and the other lengths >= 0 (0 skips a phase)")
     cfg = load_config(args.config if args.config is not None else default_config_path())
@@ -101,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
         jack_seconds=args.jack_seconds,
         load_seconds=args.load_seconds,
         swap_seconds=args.swap_seconds,
+        web_seconds=args.web_seconds,
         soundfonts=args.soundfont,
         busy=args.busy,
     )
