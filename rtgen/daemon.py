@@ -1884,6 +1884,7 @@ class Daemon:
             "spin_us": p.spin_ns / 1000 if p.spin_ns is not None else None,
             "worst_wakeup_us": p.spin_tuner.worst_ns / 1000 if p.spin_tuner is not None else None,
             "reactive_steps": p.reactive_decisions,
+            "reactive_on_onset": p.early_decisions,  # of those, decided on the player's note before the window's end
             "sent": p.scheduler.sent,
             "sounding": p.scheduler.book.count(),
             "outputs": [s.name for s in p.scheduler.sinks],
