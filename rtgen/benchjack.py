@@ -20,10 +20,12 @@ recorder from its first note). From the recording:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +102,22 @@ def grid_deviation_us(frames: np.ndarray, rate: int, step_us: float) -> np.ndarr
     return np.abs(t - (intercept + slope * k))
 
 
+@contextlib.contextmanager
+def recorded_server(name: str, rate: int, period: int, work: Path) -> Iterator[tuple[BenchJackServer, JackRecorder]]:
+    """The bench's own JACK server ``name`` (logs in ``work``) with a :class:`JackRecorder` on it, both closed
+    at the end (the recorder first); the recorder's events stay readable after."""
+    server = BenchJackServer(name, rate, period, work)
+    try:
+        server.start()
+        recorder = JackRecorder(name, f"{name}-rec")
+        try:
+            yield server, recorder
+        finally:
+            recorder.close()
+    finally:
+        server.close()
+
+
 def _grid_figures(onsets: np.ndarray, rate: int, tempo: float) -> dict[str, float]:
     """p50/p99/max of the onsets' grid deviation (sixteenths at ``tempo``), in microseconds."""
     step_us = 60e6 / (tempo * STEPS_PER_BEAT)
@@ -134,40 +152,34 @@ def bench_jack_grid(
         "seconds": seconds, "tempo": tempo, "mode": "autonomous", "clock": "internal",
         "jack_rate": rate, "jack_period_frames": period, "model": str(model_dir),
     }  # fmt: skip
-    with tempfile.TemporaryDirectory(prefix="rtgen-grid-") as tmp:
-        server = BenchJackServer(name, rate, period, Path(tmp))
+    with (
+        tempfile.TemporaryDirectory(prefix="rtgen-grid-") as tmp,
+        recorded_server(name, rate, period, Path(tmp)) as (server, recorder),
+    ):
+        settings["jack_mode"] = server.mode
+        args = (*GRID_ARGS, "--tempo", str(tempo), "--midi-out", recorder.port_name)
+        config = "[input]\nenabled = true\n"
+        daemon = _Daemon(name, model_dir, f"{name}-daemon", Path(tmp), seconds + startup_timeout, args, config)
         try:
-            server.start()
-            settings["jack_mode"] = server.mode
-            recorder = JackRecorder(name, f"{name}-rec")
-            try:
-                args = (*GRID_ARGS, "--tempo", str(tempo), "--midi-out", recorder.port_name)
-                config = "[input]\nenabled = true\n"
-                daemon = _Daemon(name, model_dir, f"{name}-daemon", Path(tmp), seconds + startup_timeout, args, config)
-                try:
-                    first_notes = [_wait_first_note(recorder, daemon, startup_timeout)]
-                    time.sleep(settle_s)
-                    cpu0, wall0 = _cpu_seconds(daemon.proc.pid), time.perf_counter()
-                    time.sleep(seconds)
-                    cpu1, wall1 = _cpu_seconds(daemon.proc.pid), time.perf_counter()
-                    uss = _uss_mb(daemon.proc.pid)
-                    settings["daemon_threads"] = len(os.listdir(f"/proc/{daemon.proc.pid}/task"))
-                finally:
-                    settings["daemon_exit_code"] = daemon.stop()
-                ons = recorder.note_on_frames()
-                events = len(recorder.events)
-                for i in range(1, first_note_starts):
-                    recorder.first_note_on_ns = None
-                    quick = _Daemon(name, model_dir, f"{name}-start{i}", Path(tmp), startup_timeout, args, config)
-                    try:
-                        first_notes.append(_wait_first_note(recorder, quick, startup_timeout))
-                    finally:
-                        quick.stop()
-            finally:
-                recorder.close()
-            settings["jack_xruns"] = server.xruns()
+            first_notes = [_wait_first_note(recorder, daemon, startup_timeout)]
+            time.sleep(settle_s)
+            cpu0, wall0 = _cpu_seconds(daemon.proc.pid), time.perf_counter()
+            time.sleep(seconds)
+            cpu1, wall1 = _cpu_seconds(daemon.proc.pid), time.perf_counter()
+            uss = _uss_mb(daemon.proc.pid)
+            settings["daemon_threads"] = len(os.listdir(f"/proc/{daemon.proc.pid}/task"))
         finally:
-            server.close()
+            settings["daemon_exit_code"] = daemon.stop()
+        ons = recorder.note_on_frames()
+        events = len(recorder.events)
+        for i in range(1, first_note_starts):
+            recorder.first_note_on_ns = None
+            quick = _Daemon(name, model_dir, f"{name}-start{i}", Path(tmp), startup_timeout, args, config)
+            try:
+                first_notes.append(_wait_first_note(recorder, quick, startup_timeout))
+            finally:
+                quick.stop()
+        settings["jack_xruns"] = server.xruns()
     settings["first_note_runs_ms"] = [round(ms, 1) for ms in first_notes]
     first_note_ms = float(np.median(first_notes))
     onsets = np.unique(ons)  # a chord is one onset: its notes share the step
@@ -310,40 +322,34 @@ def bench_osc_load(
     name = f"rtgen-load-{os.getpid()}"
     result: dict[str, Any] = {"tempo": tempo, "seconds": seconds, "osc_rate_asked": rate_per_s}
     port = _free_udp_port()
-    with tempfile.TemporaryDirectory(prefix="rtgen-load-") as tmp:
-        server = BenchJackServer(name, jack_rate, period, Path(tmp))
+    with (
+        tempfile.TemporaryDirectory(prefix="rtgen-load-") as tmp,
+        recorded_server(name, jack_rate, period, Path(tmp)) as (server, recorder),
+    ):
+        result["jack_mode"] = server.mode
+        args = (
+            "--no-synth", "--mode", "autonomous", "--clock", "internal", "--quiet", "--tempo", str(tempo),
+            "--midi-out", recorder.port_name, "--osc-port", str(port),
+        )  # fmt: skip
+        daemon = _Daemon(name, model_dir, f"{name}-daemon", Path(tmp), seconds + startup_timeout, args)
+        load = _OscLoad(port, rate_per_s)
         try:
-            server.start()
-            result["jack_mode"] = server.mode
-            recorder = JackRecorder(name, f"{name}-rec")
-            try:
-                args = (
-                    "--no-synth", "--mode", "autonomous", "--clock", "internal", "--quiet", "--tempo", str(tempo),
-                    "--midi-out", recorder.port_name, "--osc-port", str(port),
-                )  # fmt: skip
-                daemon = _Daemon(name, model_dir, f"{name}-daemon", Path(tmp), seconds + startup_timeout, args)
-                load = _OscLoad(port, rate_per_s)
-                try:
-                    deadline = time.monotonic() + startup_timeout
-                    while recorder.first_note_on_ns is None:
-                        if daemon.proc.poll() is not None or time.monotonic() > deadline:
-                            raise RtgenError(f"the daemon did not start playing: {daemon.log_tail()}")
-                        time.sleep(0.01)
-                    before = load.status()
-                    result["osc_rate"] = round(load.run(seconds), 1)
-                    after = load.status()
-                    result.update(
-                        osc_sent=load.sent, status_replies=load.replies, feedback_messages=load.feedback,
-                        steps=after["steps"] - before["steps"], late_steps=after["late_steps"] - before["late_steps"],
-                        max_late_us=after["max_late_us"], dropped_late_notes=after.get("dropped_late_notes"),
-                        osc_errors=after["osc_errors"], realtime=after["realtime"],
-                    )  # fmt: skip
-                finally:
-                    load.close()
-                    result["daemon_exit_code"] = daemon.stop()
-            finally:
-                recorder.close()
+            deadline = time.monotonic() + startup_timeout
+            while recorder.first_note_on_ns is None:
+                if daemon.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RtgenError(f"the daemon did not start playing: {daemon.log_tail()}")
+                time.sleep(0.01)
+            before = load.status()
+            result["osc_rate"] = round(load.run(seconds), 1)
+            after = load.status()
+            result.update(
+                osc_sent=load.sent, status_replies=load.replies, feedback_messages=load.feedback,
+                steps=after["steps"] - before["steps"], late_steps=after["late_steps"] - before["late_steps"],
+                max_late_us=after["max_late_us"], dropped_late_notes=after.get("dropped_late_notes"),
+                osc_errors=after["osc_errors"], realtime=after["realtime"],
+            )  # fmt: skip
         finally:
-            server.close()
+            load.close()
+            result["daemon_exit_code"] = daemon.stop()
     result["jack_grid_dev_us"] = _grid_figures(np.unique(recorder.note_on_frames()), recorder.rate, tempo)
     return result

@@ -31,8 +31,16 @@ from typing import Any
 
 import numpy as np
 
-from rtgen.bench import JACK_PERIOD, JACK_RATE, BenchJackServer, _Daemon
-from rtgen.benchjack import JackRecorder, _cpu_seconds, _free_udp_port, _grid_figures, _OscLoad
+from rtgen.bench import JACK_PERIOD, JACK_RATE, _Daemon
+from rtgen.benchjack import (
+    JackRecorder,
+    _cpu_seconds,
+    _free_udp_port,
+    _grid_figures,
+    _OscLoad,
+    _wait_first_note,
+    recorded_server,
+)
 from rtgen.clock import LatenessHistogram
 from rtgen.errors import RtgenError
 
@@ -120,14 +128,6 @@ def _browser(path: str, url: str, work: Path) -> Iterator[subprocess.Popen[bytes
         proc.wait(10)
 
 
-def _wait_for(predicate: Any, timeout: float, what: str, daemon: _Daemon) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if daemon.proc.poll() is not None or time.monotonic() > deadline:
-            raise RtgenError(f"{what}: {daemon.log_tail()}")
-        time.sleep(0.05)
-
-
 def bench_web_page(
     model_dir: Path, seconds: float = 15.0, tempo: float = WEB_TEMPO, *, browser: str | None = None,
     jack_rate: int = JACK_RATE, period: int = JACK_PERIOD, startup_timeout: float = 60.0,
@@ -142,60 +142,58 @@ def bench_web_page(
     name = f"rtgen-web-{os.getpid()}"
     result: dict[str, Any] = {"tempo": tempo, "seconds": seconds}
     osc_port, web_port = _free_udp_port(), _free_tcp_port()
-    with tempfile.TemporaryDirectory(prefix="rtgen-webbench-") as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="rtgen-webbench-") as tmp,
+        recorded_server(name, jack_rate, period, Path(tmp)) as (server, recorder),
+    ):
         work = Path(tmp)
-        server = BenchJackServer(name, jack_rate, period, work)
+        result["jack_mode"] = server.mode
+        args = (
+            "--no-synth", "--no-input", "--mode", "autonomous", "--clock", "internal",
+            "--tempo", str(tempo), "--seed", "1", "--midi-out", recorder.port_name,
+            "--osc-port", str(osc_port), "--web", str(web_port),
+        )  # fmt: skip
+        extra = "" if server.mode == "realtime" else "[daemon]\nrealtime_priority = 0\n"
+        daemon = _Daemon(name, model_dir, f"{name}-daemon", work, 3 * seconds + 2 * startup_timeout, args, extra)
+        osc = _OscLoad(osc_port, 1.0)
         try:
-            server.start()
-            result["jack_mode"] = server.mode
-            recorder = JackRecorder(name, f"{name}-rec")
+            _wait_first_note(recorder, daemon, startup_timeout)
+            time.sleep(SETTLE_S)  # past the start-up: the first steps' xruns are not the page's
+            window = _Window(daemon, recorder, osc, tempo)
+            result["none"] = window.measure(seconds)
+            feed = _FeedReader(f"ws://127.0.0.1:{web_port}/ws")
             try:
-                args = (
-                    "--no-synth", "--no-input", "--mode", "autonomous", "--clock", "internal",
-                    "--tempo", str(tempo), "--seed", "1", "--midi-out", recorder.port_name,
-                    "--osc-port", str(osc_port), "--web", str(web_port),
-                )  # fmt: skip
-                extra = "" if server.mode == "realtime" else "[daemon]\nrealtime_priority = 0\n"
-                duration = 3 * seconds + 2 * startup_timeout
-                daemon = _Daemon(name, model_dir, f"{name}-daemon", work, duration, args, extra)
-                osc = _OscLoad(osc_port, 1.0)
-                try:
-                    _wait_for(lambda: recorder.first_note_on_ns is not None, startup_timeout, "no note", daemon)
-                    time.sleep(SETTLE_S)  # past the start-up: the first steps' xruns are not the page's
-                    window = _Window(daemon, recorder, osc, tempo)
-                    result["none"] = window.measure(seconds)
-                    url = f"http://127.0.0.1:{web_port}/"
-                    feed = _FeedReader(f"ws://127.0.0.1:{web_port}/ws")
-                    try:
-                        time.sleep(1.0)
-                        result["socket"] = window.measure(seconds)
-                        result["socket"]["feed_messages"] = feed.messages
-                    finally:
-                        feed.close()
-                    if browser is None:
-                        result["browser_skipped"] = "no chromium (apt-get install chromium)"
-                    else:
-                        connected = daemon.log_tail(1_000_000).count("connected from")
-                        with _browser(browser, url, work) as proc:
-                            _wait_for(
-                                lambda: daemon.log_tail(1_000_000).count("connected from") > connected,
-                                startup_timeout, "the page did not connect", daemon,
-                            )  # fmt: skip
-                            time.sleep(2.0)  # the page's first layout and its controls
-                            cpu0 = _process_tree_cpu_s(proc.pid)
-                            result["browser"] = window.measure(seconds)
-                            wall = result["browser"]["window_s"]
-                            result["browser"]["browser_cpu_percent"] = round(
-                                100 * (_process_tree_cpu_s(proc.pid) - cpu0) / wall, 1
-                            )
-                finally:
-                    osc.close()
-                    result["daemon_exit_code"] = daemon.stop()
+                time.sleep(1.0)
+                result["socket"] = window.measure(seconds)
+                result["socket"]["feed_messages"] = feed.messages
             finally:
-                recorder.close()
+                feed.close()
+            if browser is None:
+                result["browser_skipped"] = "no chromium (apt-get install chromium)"
+            else:
+                result["browser"] = _browser_window(browser, f"http://127.0.0.1:{web_port}/", work, window, seconds)
         finally:
-            server.close()
+            osc.close()
+            result["daemon_exit_code"] = daemon.stop()
     return result
+
+
+def _browser_window(browser: str, url: str, work: Path, window: _Window, seconds: float) -> dict[str, Any]:
+    """The page open in Chromium: connected, laid out, then measured (with the CPU the browser took)."""
+    daemon = window.daemon
+    connected = daemon.log_tail(1_000_000).count("connected from")
+    with _browser(browser, url, work) as proc:
+        deadline = time.monotonic() + 60
+        while daemon.log_tail(1_000_000).count("connected from") <= connected:
+            if daemon.proc.poll() is not None or proc.poll() is not None or time.monotonic() > deadline:
+                log = (work / "chromium.log").read_text(errors="replace")[-1500:]
+                raise RtgenError(f"the page did not connect: {daemon.log_tail()}\nchromium: {log}")
+            time.sleep(0.05)
+        time.sleep(2.0)  # the page's first layout and its controls
+        cpu0 = _process_tree_cpu_s(proc.pid)
+        figures = window.measure(seconds)
+        figures["browser_cpu_percent"] = round(100 * (_process_tree_cpu_s(proc.pid) - cpu0) / figures["window_s"], 1)
+    return figures
 
 
 class _Window:
