@@ -79,9 +79,9 @@ class JackRecorder:
             self.events.append((base + offset, msg))
             self.arrivals_ns.append(now)
 
-    def note_on_frames(self) -> np.ndarray:
-        """JACK frame times of every note-on received."""
-        ons = [f for f, m in self.events if len(m) == 3 and m[0] & 0xF0 == 0x90 and m[2] > 0]
+    def note_on_frames(self, since: int = 0) -> np.ndarray:
+        """JACK frame times of every note-on received (from event number ``since`` on)."""
+        ons = [f for f, m in self.events[since:] if len(m) == 3 and m[0] & 0xF0 == 0x90 and m[2] > 0]
         return np.array(ons, dtype=np.int64)
 
     def midi_output_ports(self) -> list[str]:

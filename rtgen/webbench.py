@@ -212,8 +212,7 @@ class _Window:
         after = self.osc.status()
         wall = time.monotonic() - t0
         cpu = _cpu_seconds(self.daemon.proc.pid) - cpu0
-        events = rec.events[first:]
-        onsets = np.unique([f for f, m in events if len(m) == 3 and m[0] & 0xF0 == 0x90 and m[2] > 0])
+        onsets = np.unique(rec.note_on_frames(first))
         hist = zip(after["schedule_error_histogram"], before["schedule_error_histogram"], strict=True)
         counts = [a - b for a, b in hist]
         return {

@@ -282,8 +282,8 @@ def test_the_page_shows_the_roll_moving_and_its_clicks_steer_the_daemon(
             page.wait_for_selector("button[data-address='/rtgen/mode']", timeout=5_000)
             time.sleep(1.0)
 
-            # the measured window: the page open and drawing, the daemon playing undisturbed (no screenshot:
-            # capturing and encoding one keeps a 2-core machine's both cores busy, which no musician does)
+            # the measured window: the page open and drawing, the daemon playing undisturbed (the screenshots
+            # come after it: they are the test's own work, not what a musician's browser does)
             before = status(peer)
             first_event = len(recorder.events)
             t_open = time.monotonic()
