@@ -23,7 +23,7 @@ test: setup-dev
 	@# jackd2 keeps 8 servers in /dev/shm and never reclaims those of killed servers: with no jackd
 	@# running nothing there is in use, so forget the suite's own leftovers (and the registry) first
 	@pgrep -x jackd >/dev/null || rm -f /dev/shm/jack-shm-registry /dev/shm/jack_rtgen-* /dev/shm/jack_sem.*_rtgen-*
-	@$(PY) -c "from rtgen.jackshm import reclaim_dead_servers; reclaim_dead_servers()"
+	@$(PY) -c "from rtgen.io.jackshm import reclaim_dead_servers; reclaim_dead_servers()"
 	$(VENV)/bin/ruff check rtgen training tests
 	$(VENV)/bin/ruff format --check rtgen training tests
 	$(VENV)/bin/mypy rtgen
@@ -40,7 +40,7 @@ bench: setup
 	$(VENV)/bin/rtgen bench --json benchmarks/results.json
 
 soak: setup
-	$(PY) -m rtgen.soak --minutes 30 --json benchmarks/soak.json
+	$(PY) -m rtgen.bench.soak --minutes 30 --json benchmarks/soak.json
 
 clean:
 	rm -rf out runs .pytest_cache

@@ -74,8 +74,8 @@ class GenerationConfig:
 class PartConfig:
     """One part (melody, chords, bass or drums): where and how it plays.
 
-    ``style`` is the accompaniment style (chords, bass; see :mod:`rtgen.styles`) or the drum style
-    (see :mod:`rtgen.drums`); ``auto`` plays the meter's default. For drums, ``program`` is the kit.
+    ``style`` is the accompaniment style (chords, bass; see :mod:`rtgen.patterns.styles`) or the drum style
+    (see :mod:`rtgen.patterns.drums`); ``auto`` plays the meter's default. For drums, ``program`` is the kit.
     """
 
     channel: int = field(default=1, metadata=_range(1, 16))
@@ -367,7 +367,7 @@ def _build(cls: type, table: Mapping[str, Any], prefix: str) -> Any:
 def _check(obj: Any, prefix: str) -> None:
     """Cross-field and parsed-value checks."""
     if isinstance(obj, PartConfig):
-        from rtgen.styles import style_names
+        from rtgen.patterns.styles import style_names
 
         allowed = style_names(prefix.rpartition(".")[2])
         if obj.style not in allowed:

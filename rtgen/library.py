@@ -1,6 +1,6 @@
 """The model library: the shipped models and the user's own, found by name as well as by path.
 
-A model is a folder with ``meta.json`` (and ``chord.onnx``, ``note.onnx``, ...; see :mod:`rtgen.model`).
+A model is a folder with ``meta.json`` (and ``chord.onnx``, ``note.onnx``, ...; see :mod:`rtgen.generation.model`).
 
 - Shipped models travel inside the package as ``rtgen/data/models/NAME`` (in a source checkout that folder
   is a symlink to ``exported_models/``, so there is one copy in git and the wheel carries a real one).

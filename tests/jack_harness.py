@@ -230,7 +230,7 @@ class JackServer:
         if exe is None:
             raise RuntimeError("jackd not found; install it: sudo apt-get install -y --no-install-recommends jackd2")
         name = name or f"rtgen-test-{os.getpid()}"
-        from rtgen.jackshm import reclaim_dead_servers
+        from rtgen.io.jackshm import reclaim_dead_servers
 
         reclaim_dead_servers()  # jackd2 never frees the registry slots of killed servers of other names
         log_dir = log_dir or Path(os.environ.get("TMPDIR", "/tmp"))

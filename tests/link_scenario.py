@@ -5,7 +5,7 @@ Not a test module: ``test_link.py`` runs ``python tests/link_scenario.py OUT.jso
 In there it starts:
 
 * a real-time JACK server of its own (``jackd -R -P 70 -d dummy -r 48000 -p 256``, see
-  :class:`rtgen.bench.BenchJackServer`);
+  :class:`rtgen.bench.runner.BenchJackServer`);
 * a second, real Link peer in this process (the same ``linkpython-extern`` binding): start/stop sync
   on, 120 BPM; it starts the transport on a bar line, sets 97 BPM two bars later, plays four bars
   more and stops;
@@ -18,7 +18,7 @@ start the session's transport (rtgen plays from its first bar line), ``/rtgen/st
 
 Every time is put on Link's clock (µs): the peer's beat times natively; the recorded events from
 their JACK frame times through ``perf_counter`` and the same sandwich measurement against Link's clock
-that rtgen itself uses (:class:`rtgen.link.ClockMap`). The result is
+that rtgen itself uses (:class:`rtgen.timing.link.ClockMap`). The result is
 a JSON file; ``test_link.py`` judges it.
 """
 
@@ -46,9 +46,9 @@ from pythonosc.osc_message import OscMessage  # noqa: E402
 from pythonosc.osc_message_builder import OscMessageBuilder  # noqa: E402
 from pythonosc.udp_client import SimpleUDPClient  # noqa: E402
 
-from rtgen.bench import BenchJackServer, jack_env  # noqa: E402
-from rtgen.benchjack import JackRecorder, _cpu_seconds  # noqa: E402
-from rtgen.link import ClockMap  # noqa: E402
+from rtgen.bench.jackrun import JackRecorder, _cpu_seconds  # noqa: E402
+from rtgen.bench.runner import BenchJackServer, jack_env  # noqa: E402
+from rtgen.timing.link import ClockMap  # noqa: E402
 
 QUANTUM = 4.0
 FIRST_BPM = 120.0

@@ -14,7 +14,7 @@ import pytest
 
 from rtgen import contract as C  # noqa: N812 (the project's short alias)
 from rtgen.contract import Key, TimeSignature
-from rtgen.model import Model
+from rtgen.generation.model import Model
 from training import accompaniment as acc
 
 H, R = C.MEL_HOLD, C.MEL_REST

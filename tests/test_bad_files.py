@@ -24,7 +24,7 @@ from test_daemon import Daemon, Peer
 
 from rtgen.cli import main as rtgen_main
 from rtgen.errors import ModelError
-from rtgen.model import Model
+from rtgen.generation.model import Model
 from training import midi_extract
 from training import prepare as P  # noqa: N812
 

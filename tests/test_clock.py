@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from rtgen.clock import HISTOGRAM_EDGES_NS, FakeTime, LatenessHistogram, RealTime, StepClock
+from rtgen.timing.clock import HISTOGRAM_EDGES_NS, FakeTime, LatenessHistogram, RealTime, StepClock
 
 
 def test_deadlines_are_exact_sums_from_t0() -> None:
@@ -95,7 +95,7 @@ def test_realtime_priority_is_per_thread_and_released() -> None:
     import os
     import threading
 
-    from rtgen.clock import release_realtime, request_realtime
+    from rtgen.timing.clock import release_realtime, request_realtime
 
     seen: dict[str, object] = {}
 
@@ -120,7 +120,7 @@ def test_realtime_priority_is_per_thread_and_released() -> None:
 
 
 def test_the_spin_tuner_learns_the_wakeup_latency_and_backs_off_at_once() -> None:
-    from rtgen.clock import SpinTuner
+    from rtgen.timing.clock import SpinTuner
 
     tuner = SpinTuner(low_ns=200_000, high_ns=1_000_000, window=100)
     assert tuner.spin_ns == 1_000_000  # starts safe
@@ -143,7 +143,7 @@ def test_helper_threads_are_promoted_below_the_loop() -> None:
 
     from conftest import require
 
-    from rtgen.clock import promote_threads
+    from rtgen.timing.clock import promote_threads
 
     require(os.geteuid() == 0, "root (real-time scheduling; CI runs as root)")
     stop = threading.Event()

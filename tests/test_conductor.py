@@ -9,7 +9,10 @@ import pytest
 from model_factory import make_random_model
 
 from rtgen import contract as ct
-from rtgen.conductor import (
+from rtgen.arrange.performer import Performer, accompany_offline, positions_from_bars
+from rtgen.arrange.voicing import Voicer
+from rtgen.config import CallResponseConfig, Config
+from rtgen.generation.conductor import (
     Accompany,
     Autonomous,
     CallAndResponse,
@@ -18,12 +21,9 @@ from rtgen.conductor import (
     estimate_key,
     make_conductor,
 )
-from rtgen.config import CallResponseConfig, Config
-from rtgen.engine import Engine, Params
-from rtgen.model import Model
-from rtgen.performer import Performer, accompany_offline, positions_from_bars
-from rtgen.transport import Position, Transport
-from rtgen.voicing import Voicer
+from rtgen.generation.engine import Engine, Params
+from rtgen.generation.model import Model
+from rtgen.timing.transport import Position, Transport
 
 
 @pytest.fixture(scope="module")

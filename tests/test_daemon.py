@@ -122,10 +122,10 @@ class Daemon:
 
         Until then nothing of this process touches the JACK server: a client that leaves (every ``jack_lsp``)
         while the daemon's are half-way through opening can leave one of them on a departed client's futex, a
-        jack2 race (see rtgen/rtmidijack.py) that a port-polling test provoked in about one run in five.
+        jack2 race (see rtgen/io/rtmidijack.py) that a port-polling test provoked in about one run in five.
         """
         deadline = time.monotonic() + timeout
-        while "rtgen.daemon: playing:" not in self.output():
+        while "rtgen.live.daemon: playing:" not in self.output():
             if self.proc.poll() is not None or time.monotonic() >= deadline:
                 return  # what follows fails with the daemon's log
             time.sleep(0.05)

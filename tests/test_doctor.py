@@ -14,10 +14,10 @@ import pytest
 from conftest import require
 from jack_harness import daemon_command, daemon_env, wait_for_port
 
-from rtgen import midi_io
 from rtgen.commands import doctor as doctor_cmd
 from rtgen.commands import ports as ports_cmd
 from rtgen.contract import CONTRACT_VERSION
+from rtgen.io import ports as midi_io
 
 pytestmark = pytest.mark.jack
 
@@ -103,11 +103,11 @@ def test_ports_cli_backend_that_cannot_start_is_a_clear_message(jack_server: str
 
 def test_doctor_all_good(jack_server: str, model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     try:
-        from rtgen.synth import find_soundfont
+        from rtgen.io.synth import find_soundfont
 
         find_soundfont()
     except Exception as err:  # ImportError before engineer B's synth lands, SoundfontError without one
-        require(False, f"rtgen.synth with a soundfont ({err})")
+        require(False, f"rtgen.io.synth with a soundfont ({err})")
     config = _config(tmp_path, model_dir, _free_udp_port())
     code, checks = _doctor_json(capsys, "--config", str(config))
     failed = {n: c for n, c in checks.items() if c["status"] == "FAIL"}

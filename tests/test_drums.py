@@ -10,13 +10,13 @@ import mido
 import pytest
 
 from rtgen import contract as ct
-from rtgen import drums
+from rtgen.arrange.voicing import Voicer
 from rtgen.cli import main
 from rtgen.config import Config, PartConfig, PartsConfig
-from rtgen.engine import Params, Step
-from rtgen.model import Model
-from rtgen.render import TICKS_PER_STEP, render_steps
-from rtgen.voicing import Voicer
+from rtgen.generation.engine import Params, Step
+from rtgen.generation.model import Model
+from rtgen.offline.render import TICKS_PER_STEP, render_steps
+from rtgen.patterns import drums
 
 KICKS = {35, 36}
 SNARES = {38, 40}

@@ -10,13 +10,22 @@ import numpy as np
 import pytest
 
 from rtgen import contract as ct
+from rtgen.arrange.voicing import (
+    BASS_HIGH,
+    BASS_LOW,
+    CHORD_HIGH,
+    CHORD_LOW,
+    NoteEvent,
+    Voicer,
+    chord_voicings,
+    voice_lead,
+)
 from rtgen.config import GenerationConfig, PartConfig, PartsConfig
 from rtgen.contract import Key, TimeSignature
-from rtgen.engine import Engine, Params, Step
 from rtgen.errors import ModelError
-from rtgen.model import Model
-from rtgen.sampling import mask_bias, sample, sample_batch
-from rtgen.voicing import BASS_HIGH, BASS_LOW, CHORD_HIGH, CHORD_LOW, NoteEvent, Voicer, chord_voicings, voice_lead
+from rtgen.generation.engine import Engine, Params, Step
+from rtgen.generation.model import Model
+from rtgen.generation.sampling import mask_bias, sample, sample_batch
 
 
 @pytest.fixture(scope="module")
@@ -380,7 +389,7 @@ def test_snapshot_restore_replays_the_same_step(model_dir: Path) -> None:
 
 def test_transport_position_drives_bars(model_dir: Path) -> None:
     """The engine takes bar and position from the transport: a relocation moves the bar line."""
-    from rtgen.transport import Transport
+    from rtgen.timing.transport import Transport
 
     engine = Engine(Model.load(model_dir), Params(), seed=0)
     tr = Transport(ct.TimeSignature(3, 4))
@@ -403,7 +412,7 @@ def test_feed_query_peek(model_dir: Path) -> None:
 
 def test_prepared_params_need_no_mask_building_at_the_step(model: Model, monkeypatch: pytest.MonkeyPatch) -> None:
     """A density sweep prepared by the control thread: the stepping thread only looks the masks up."""
-    import rtgen.engine as engine_module
+    import rtgen.generation.engine as engine_module
 
     built: list[float] = []
     real_build = engine_module._build_masks
@@ -429,6 +438,6 @@ def test_the_mask_cache_is_bounded(model: Model) -> None:
     engine = Engine(model, Params(), seed=1)
     for i in range(engine_size := 300):
         engine.prepare(Params(density=0.1 + i / engine_size))
-    from rtgen.engine import MASK_CACHE_SIZE
+    from rtgen.generation.engine import MASK_CACHE_SIZE
 
     assert len(engine._mask_cache) == MASK_CACHE_SIZE

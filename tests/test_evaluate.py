@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from rtgen import contract as C  # noqa: N812 (the project's short alias)
-from rtgen.model import Model
+from rtgen.generation.model import Model
 from training import evaluate as ev
 from training import stats
 

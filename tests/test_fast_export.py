@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from rtgen import contract as C  # noqa: N812
-from rtgen.model import Model
+from rtgen.generation.model import Model
 from training.dataset import INPUT_KEYS, LOOKBACK_KEYS, Split
 from training.export import (
     PARITY_STEPS,
@@ -73,7 +73,7 @@ def test_fused_export_is_exact_on_real_tokens(exported: dict[str, Any]) -> None:
 
 
 def test_fused_and_unfused_graphs_agree_through_the_runtime_loader(exported: dict[str, Any], data: Path) -> None:
-    """Teacher-forced on a real tune at batch 1 through rtgen.model.Model: both exports give the same logits."""
+    """Teacher-forced on a real tune at batch 1 through the runtime's Model: both exports give the same logits."""
     fused, gru = Model.load(exported["base"] / "fused"), Model.load(exported["base"] / "gru")
     split = Split(data, "train")
     steps = min(split.steps, 1200)
@@ -167,7 +167,7 @@ def test_load_run_weights_unchanged_by_fusing(exported: dict[str, Any]) -> None:
 
 def test_step_binding_matches_plain_runs(exported: dict[str, Any], data: Path) -> None:
     """The engine's bound, preallocated runs give exactly what Model.chord_step / note_step give."""
-    from rtgen.model import StepBinding
+    from rtgen.generation.model import StepBinding
 
     model = Model.load(exported["base"] / "fused")
     split = Split(data, "valid")

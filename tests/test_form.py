@@ -27,13 +27,13 @@ from jack_harness import note_ons, sounding_notes
 from test_scheduler import RecordingSink, sounding
 
 from rtgen import contract as ct
+from rtgen.arrange.form import FormSection, dominant_chord, parse_form, section_similarity, tonic_chord
 from rtgen.cli import main
-from rtgen.clock import FakeTime, StepClock
 from rtgen.config import Config, load_config
-from rtgen.daemon import Player, SetSection
-from rtgen.form import FormSection, dominant_chord, parse_form, section_similarity, tonic_chord
-from rtgen.render import TICKS_PER_STEP, render_steps
-from rtgen.scheduler import Scheduler
+from rtgen.io.scheduler import Scheduler
+from rtgen.live.daemon import Player, SetSection
+from rtgen.offline.render import TICKS_PER_STEP, render_steps
+from rtgen.timing.clock import FakeTime, StepClock
 
 FORM = "intro:4 A:8 A:8 B:8 A:8 outro:4"
 SEEDS = (0, 1, 2)
@@ -48,7 +48,7 @@ def random_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def shipped(shipped_model_dir: Path) -> Any:
-    from rtgen.model import Model
+    from rtgen.generation.model import Model
 
     return Model.load(shipped_model_dir)
 
@@ -177,7 +177,7 @@ def test_the_intro_sets_up_the_key(shipped: Any) -> None:
 
 # --- mechanics: a random model --------------------------------------------------------------------------------
 def test_without_variation_a_return_is_the_first_hearing_again(random_model: Path) -> None:
-    from rtgen.model import Model
+    from rtgen.generation.model import Model
 
     model = Model.load(random_model)
     form = parse_form("A:4 B:4 A:4 A:4 B:4 end:2")
@@ -217,9 +217,9 @@ class FeedbackLog:
 
 
 def live_player(model_dir: Path, ft: FakeTime, sink: RecordingSink, cue: str = "phrase") -> tuple[Player, Any]:
-    from rtgen.engine import Engine, Params
-    from rtgen.model import Model
-    from rtgen.voicing import Voicer
+    from rtgen.arrange.voicing import Voicer
+    from rtgen.generation.engine import Engine, Params
+    from rtgen.generation.model import Model
 
     cfg = Config()
     cfg = cfg.replace("form", cue=cue)

@@ -35,9 +35,9 @@ from pythonosc.osc_message import OscMessage
 from pythonosc.osc_message_builder import OscMessageBuilder
 from test_daemon import Daemon
 
-from rtgen import osc
 from rtgen.config import MODES
 from rtgen.contract import STEPS_PER_BEAT
+from rtgen.control import osc
 
 pytestmark = pytest.mark.jack
 

@@ -22,10 +22,10 @@ import pytest
 from conftest import require
 from model_factory import make_random_model
 
-from rtgen import loaders
+from rtgen.bench.swaps import NoteLedger, measure_model_swaps, measure_soundfont_swaps, swap_rig
 from rtgen.errors import SoundfontError
-from rtgen.loaders import BackgroundLoader
-from rtgen.swapbench import NoteLedger, measure_model_swaps, measure_soundfont_swaps, swap_rig
+from rtgen.live import loaders
+from rtgen.live.loaders import BackgroundLoader
 
 TIMGM = Path("/usr/share/sounds/sf2/TimGM6mb.sf2")
 FLUIDR3 = Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")
@@ -138,8 +138,8 @@ def _play_in_background(player: Any, seconds: float) -> threading.Thread:
 
 @pytest.fixture
 def synth_rig(fonts: list[Path], shipped_model_dir: Path) -> Iterator[tuple[Any, Any, Any, NoteLedger]]:
-    from rtgen.sinks import SynthSink
-    from rtgen.synth import Synth
+    from rtgen.io.sinks import SynthSink
+    from rtgen.io.synth import Synth
 
     synth = Synth(fonts[0], reverb=False)
     ledger = NoteLedger()
@@ -192,7 +192,7 @@ def test_close_during_a_soundfont_load(synth_rig: tuple[Any, Any, Any, NoteLedge
 
 
 def test_synth_close_waits_for_its_load(fonts: list[Path]) -> None:
-    from rtgen.synth import Synth
+    from rtgen.io.synth import Synth
 
     synth = Synth(fonts[0])
     outcome: list[object] = []

@@ -9,12 +9,11 @@ import time
 import pytest
 import rtmidi
 
-from rtgen import midi_io
 from rtgen.commands import run as run_cmd
 from rtgen.config import MODES, CcConfig, load_config
 from rtgen.contract import CHORD_NC, Chord
 from rtgen.errors import ConfigError
-from rtgen.input import (
+from rtgen.input.tracker import (
     CONTINUOUS_CONTROLS,
     CONTROL_RANGES,
     Control,
@@ -25,6 +24,7 @@ from rtgen.input import (
     nearest_step,
     scale_cc,
 )
+from rtgen.io import ports as midi_io
 
 MS = 1_000_000
 C, E, G = 60, 64, 67

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from rtgen.jackshm import _SERVER_LEN, _SERVERS_AT, MAGIC, MAX_SERVERS, reclaim_dead_servers, registered_servers
+from rtgen.io.jackshm import _SERVER_LEN, _SERVERS_AT, MAGIC, MAX_SERVERS, reclaim_dead_servers, registered_servers
 
 
 def _registry(path: Path, servers: list[tuple[int, bytes]]) -> None:

@@ -27,11 +27,11 @@ import pytest
 from conftest import REPO, require
 from jack_harness import is_note_off, sounding_notes
 
-from rtgen.link import ClockMap
+from rtgen.timing.link import ClockMap
 
 NAMESPACE_SETUP = "ip link set lo up && ip link set lo multicast on && ip route add 224.0.0.0/4 dev lo"
 OFFSET_US = 2000.0  # rtgen's beat onsets against the peer's beats
-LEAD_US = 4000.0  # rtgen.link.LEAD_NS: a stop is seen at the capture before the next step at the latest
+LEAD_US = 4000.0  # rtgen.timing.link.LEAD_NS: a stop is seen at the capture before the next step at the latest
 FIRST_BPM, SECOND_BPM = 120.0, 97.0  # the scenario's tempi (tests/link_scenario.py)
 MATCH_US = 30_000.0  # an onset this close to a beat belongs to it (steps are 125 ms or more apart here)
 

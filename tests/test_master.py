@@ -11,10 +11,10 @@ import numpy.typing as npt
 import pytest
 from conftest import require
 
-from rtgen import synth as synth_mod
 from rtgen.cli import main
 from rtgen.errors import SoundfontError
-from rtgen.master import (
+from rtgen.io import synth as synth_mod
+from rtgen.offline.master import (
     CEILING_DB,
     TARGET_LUFS,
     Layer,
@@ -27,7 +27,7 @@ from rtgen.master import (
     texture,
     to_float,
 )
-from rtgen.render import write_wav
+from rtgen.offline.render import write_wav
 
 RATE = 44100
 TONE_HZ = 15_000.0  # far above every part's fundamentals: a line of its own in the spectrum

@@ -1,4 +1,4 @@
-"""rtgen.midi_io against a real JACK server (the suite's own, see jack_harness)."""
+"""rtgen.io.ports against a real JACK server (the suite's own, see jack_harness)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 import rtmidi
 from jack_harness import MIDI_TYPE, jack_connect, jack_ports, wait_for_port
 
-from rtgen import midi_io
 from rtgen.errors import PortError
-from rtgen.sinks import MidiOutSink
+from rtgen.io import ports as midi_io
+from rtgen.io.sinks import MidiOutSink
 
 pytestmark = pytest.mark.jack
 

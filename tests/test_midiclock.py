@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from rtgen.midiclock import (
+from rtgen.timing.midiclock import (
     CLOCK,
     CONTINUE,
     SONG_POSITION,

@@ -10,7 +10,7 @@ import mido
 import pytest
 
 from rtgen.errors import RtgenError
-from rtgen.midifile import TICKS_PER_BEAT, build_midi, pan_cc, save_atomic, volume_cc
+from rtgen.midi.midifile import TICKS_PER_BEAT, build_midi, pan_cc, save_atomic, volume_cc
 
 
 def absolute(track: mido.MidiTrack) -> list[tuple[int, mido.Message]]:

@@ -11,7 +11,14 @@ REPO = Path(__file__).resolve().parent.parent
 SCRIPT = """
 import importlib, pkgutil, sys
 import rtgen
-names = ["rtgen.engine", "rtgen.model", "rtgen.voicing", "rtgen.render", "rtgen.synth", "rtgen.cli"]
+names = [
+    "rtgen.generation.engine",
+    "rtgen.generation.model",
+    "rtgen.arrange.voicing",
+    "rtgen.offline.render",
+    "rtgen.io.synth",
+    "rtgen.cli",
+]
 names += [m.name for m in pkgutil.walk_packages(rtgen.__path__, "rtgen.")]
 for name in dict.fromkeys(n for n in names if not n.endswith("__main__")):
     importlib.import_module(name)

@@ -15,7 +15,7 @@ from conftest import RecordingController
 from pythonosc.osc_message import OscMessage
 from pythonosc.osc_message_builder import OscMessageBuilder
 
-from rtgen import osc
+from rtgen.control import osc
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -175,7 +175,7 @@ def test_readme_table_is_current() -> None:
     readme = REPO / "README.md"
     text = readme.read_text()
     assert osc.TABLE_START in text and osc.TABLE_END in text, "README.md lost its osc-table markers"
-    assert osc.rewrite_readme(text) == text, "run: python -m rtgen.osc --write-readme README.md"
+    assert osc.rewrite_readme(text) == text, "run: python -m rtgen.control.osc --write-readme README.md"
 
 
 def test_rewrite_replaces_only_between_the_markers() -> None:

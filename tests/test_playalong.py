@@ -423,9 +423,9 @@ def test_accompany_follows_the_midi_clock_on_the_players_grid(start_daemon: Any,
     assert statistics.median(offsets["struck"]) <= bounds["struck"], (offsets, decided)
     assert min(measured) >= -1_000_000, offsets
 
+    from rtgen.arrange.performer import accompany_offline
     from rtgen.config import Config
-    from rtgen.model import Model
-    from rtgen.performer import accompany_offline
+    from rtgen.generation.model import Model
 
     offline = accompany_offline(Model.load(model_dir), Config(), melody, velocity, position, seed=1)
     human = ct.resolve_holds(tune["chord"], ct.CHORD_HOLD, ct.CHORD_NC)

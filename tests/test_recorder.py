@@ -11,7 +11,7 @@ import mido
 import pytest
 from jack_harness import sounding_notes
 
-from rtgen.sinks import PLAYER_TRACK, RecorderSink
+from rtgen.io.sinks import PLAYER_TRACK, RecorderSink
 
 BEAT = 500_000_000  # ns per beat at 120 BPM
 

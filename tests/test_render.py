@@ -11,11 +11,11 @@ import pytest
 from conftest import require
 
 from rtgen import contract as ct
-from rtgen import synth as synth_mod
 from rtgen.cli import main
 from rtgen.errors import SoundfontError
-from rtgen.midifile import pan_cc, volume_cc
-from rtgen.render import GENERATED_MARKER, PRIME_MARKER, TICKS_PER_STEP, load_prime, render_steps, to_midi
+from rtgen.io import synth as synth_mod
+from rtgen.midi.midifile import pan_cc, volume_cc
+from rtgen.offline.render import GENERATED_MARKER, PRIME_MARKER, TICKS_PER_STEP, load_prime, render_steps, to_midi
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +77,7 @@ def test_part_tracks_use_the_shared_pan_and_volume_mapping(model_dir: Path) -> N
     from dataclasses import replace
 
     from rtgen.config import Config
-    from rtgen.model import Model
+    from rtgen.generation.model import Model
 
     cfg = Config()
     p = cfg.parts
@@ -177,7 +177,7 @@ def test_render_with_a_pipeline_trained_model(tiny_model_dir: Path, nottingham_d
 
 
 def test_piano_roll_shows_every_part_the_drums_and_the_sections(model_dir: Path, tmp_path: Path) -> None:
-    from rtgen.pianoroll import DRUM_CHANNEL, read_roll
+    from rtgen.offline.pianoroll import DRUM_CHANNEL, read_roll
 
     out, png = tmp_path / "form.mid", tmp_path / "form.png"
     assert render(model_dir, out, "--form", "intro:2 A:2 B:2 A:2 outro:2", "--png", str(png)) == 0

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from rtgen.clock import FakeTime, StepClock
+from rtgen.arrange.voicing import NoteEvent
 from rtgen.config import PartsConfig
-from rtgen.daemon import Play, Player, SetPart, SetTempo, Stop
-from rtgen.scheduler import Scheduler
-from rtgen.voicing import NoteEvent
+from rtgen.io.scheduler import Scheduler
+from rtgen.live.daemon import Play, Player, SetPart, SetTempo, Stop
+from rtgen.timing.clock import FakeTime, StepClock
 
 
 class RecordingSink:
@@ -176,9 +176,9 @@ def random_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def make_player(model_dir: Path, tempo: float, sink: RecordingSink, ft: FakeTime, seed: int = 3) -> Player:
-    from rtgen.engine import Engine, Params
-    from rtgen.model import Model
-    from rtgen.voicing import Voicer
+    from rtgen.arrange.voicing import Voicer
+    from rtgen.generation.engine import Engine, Params
+    from rtgen.generation.model import Model
 
     params = Params()
     sched = Scheduler([sink], now_ns=ft.now_ns)
@@ -218,7 +218,7 @@ def test_loop_is_deterministic_for_a_seed(random_model: Path) -> None:
 
 
 def test_seed_command_reseeds_every_part_the_drums_too(random_model: Path) -> None:
-    from rtgen.daemon import SetSeed
+    from rtgen.live.daemon import SetSeed
 
     runs = []
     for seed, command in ((11, None), (3, SetSeed(11)), (3, None)):
@@ -362,13 +362,13 @@ def test_a_controller_sweep_from_the_loop_is_applied_off_it_and_coalesced(random
     while player.params.density != pytest.approx(1.19) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert player.params.density == pytest.approx(1.19)
-    from rtgen.engine import _mask_key
+    from rtgen.generation.engine import _mask_key
 
     assert _mask_key(player.params) in player.engine._mask_cache  # built before it was published
 
 
 def test_the_input_is_polled_fast_while_it_matters_and_slowly_while_nobody_plays(random_model: Path) -> None:
-    from rtgen.daemon import IDLE_POLL_NS, PLAYER_ACTIVE_NS, POLL_NS, SetMode
+    from rtgen.live.daemon import IDLE_POLL_NS, PLAYER_ACTIVE_NS, POLL_NS, SetMode
 
     player = make_player(random_model, 120.0, RecordingSink(), FakeTime())
     assert player._poll_interval(0) == 0  # no input at all: nothing to poll

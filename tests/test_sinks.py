@@ -10,9 +10,8 @@ import pytest
 from conftest import require
 from jack_harness import is_note_off, sounding_notes
 
-from rtgen import midi_io
-from rtgen.notes import NoteTracker
-from rtgen.sinks import (
+from rtgen.io import ports as midi_io
+from rtgen.io.sinks import (
     CC_ALL_NOTES_OFF,
     CC_ALL_SOUND_OFF,
     MidiOutSink,
@@ -21,6 +20,7 @@ from rtgen.sinks import (
     SynthSink,
     panic_messages,
 )
+from rtgen.midi.notes import NoteTracker
 
 
 def test_note_tracker_follows_messages_as_a_receiver_does() -> None:
@@ -204,9 +204,9 @@ def test_recorder_close_reports_unwritable_path(tmp_path: Path) -> None:
 
 def _synth_or_skip():  # type: ignore[no-untyped-def]
     try:
-        from rtgen.synth import Synth, find_soundfont
+        from rtgen.io.synth import Synth, find_soundfont
     except ImportError as err:
-        require(False, f"rtgen.synth ({err})")
+        require(False, f"rtgen.io.synth ({err})")
         raise
     from rtgen.errors import SoundfontError
 

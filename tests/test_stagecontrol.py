@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from pythonosc.osc_message_builder import OscMessageBuilder
 
-from rtgen import osc, stagecontrol
 from rtgen.config import Config
+from rtgen.control import osc, stagecontrol
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -59,7 +59,7 @@ def dgram(widget: dict[str, Any], args: list[Any]) -> bytes:
 def test_the_committed_session_is_current() -> None:
     committed = (REPO / stagecontrol.DOCS_PATH).read_text()
     assert committed == stagecontrol.render(stagecontrol.session(Config())), (
-        f"run: python -m rtgen.stagecontrol --write {stagecontrol.DOCS_PATH}"
+        f"run: python -m rtgen.control.stagecontrol --write {stagecontrol.DOCS_PATH}"
     )
     assert stagecontrol.main(["--check", str(REPO / stagecontrol.DOCS_PATH)]) == 0
 

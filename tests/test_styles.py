@@ -12,17 +12,17 @@ import mido
 import pytest
 
 from rtgen import contract as ct
+from rtgen.arrange.voicing import BASS_HIGH, BASS_LOW, CHORD_HIGH, CHORD_LOW, NoteEvent, Voicer
 from rtgen.cli import main
-from rtgen.clock import FakeTime, StepClock
 from rtgen.config import Config, PartConfig, PartsConfig, config_from_dict
-from rtgen.daemon import Player, SetPartEnabled, SetStyle
-from rtgen.engine import Engine, Params, Step
 from rtgen.errors import ConfigError
-from rtgen.model import Model
-from rtgen.render import TICKS_PER_STEP
-from rtgen.scheduler import Scheduler
-from rtgen.styles import styles
-from rtgen.voicing import BASS_HIGH, BASS_LOW, CHORD_HIGH, CHORD_LOW, NoteEvent, Voicer
+from rtgen.generation.engine import Engine, Params, Step
+from rtgen.generation.model import Model
+from rtgen.io.scheduler import Scheduler
+from rtgen.live.daemon import Player, SetPartEnabled, SetStyle
+from rtgen.offline.render import TICKS_PER_STEP
+from rtgen.patterns.styles import styles
+from rtgen.timing.clock import FakeTime, StepClock
 
 OFF = PartConfig(enabled=False)
 

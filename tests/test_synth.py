@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from conftest import require
 
-from rtgen import synth as synth_mod
 from rtgen.errors import AudioError, SoundfontError
-from rtgen.synth import Synth, find_soundfont
+from rtgen.io import synth as synth_mod
+from rtgen.io.synth import Synth, find_soundfont
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +159,7 @@ def test_soundfont_swaps_between_two_fonts_free_the_old_one_after_its_voices() -
 def test_a_font_loaded_a_chunk_at_a_time_sounds_exactly_as_fluidsynths_own_load(
     soundfont: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """Swapped fonts are read through :class:`~rtgen.synth.ChunkedFiles` (no read() over READ_CHUNK: a long one
+    """Swapped fonts are read through :class:`~rtgen.io.synth.ChunkedFiles` (no read() over READ_CHUNK: a long one
     holds off the real-time thread on a kernel without full preemption). Their samples are FluidSynth's own."""
     monkeypatch.setattr(synth_mod, "READ_CHUNK", 64 * 1024)  # a read per 64 KB of samples
     reads: list[int] = []

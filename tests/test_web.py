@@ -1,7 +1,7 @@
 """The web control surface: its server over a real WebSocket, and the page in headless Chromium against a daemon.
 
-The first tests run :class:`rtgen.web.server.WebServer` on 127.0.0.1 with the real OSC table and the real
-:class:`rtgen.osc.Feedback` (its sender thread, UDP on loopback), steering a recording controller as
+The first tests run :class:`rtgen.control.web.server.WebServer` on 127.0.0.1 with the real OSC table and the real
+:class:`rtgen.control.osc.Feedback` (its sender thread, UDP on loopback), steering a recording controller as
 ``tests/test_osc.py`` does. The last one starts ``rtgen run --web`` on a JACK test server, opens the page in
 Debian's Chromium (driven by Playwright), watches the piano roll move in screenshots, clicks controls and reads
 the result back over real OSC UDP with ``/rtgen/status``.
@@ -26,11 +26,12 @@ from typing import Any
 import pytest
 from conftest import RecordingController, require
 
-from rtgen import config, osc
-from rtgen.web.server import HIDDEN, WebServer, control_table
+from rtgen import config
+from rtgen.control import osc
+from rtgen.control.web.server import HIDDEN, WebServer, control_table
 
 REPO = Path(__file__).resolve().parent.parent
-# the page's part colours (rtgen/web/static/app.js COLORS)
+# the page's part colours (rtgen/control/web/static/app.js COLORS)
 COLORS = {"melody": (0x4F, 0xC3, 0xF7), "chords": (0x81, 0xC7, 0x84), "bass": (0xFF, 0xB7, 0x4D),
           "drums": (0xE5, 0x73, 0x73)}  # fmt: skip
 
@@ -190,8 +191,8 @@ def test_a_taken_port_fails_with_the_fix() -> None:
 def test_the_cli_option_and_config_enable_the_page() -> None:
     from rtgen.cli import build_parser
     from rtgen.commands.run import build_config
-    from rtgen.daemon import Daemon
     from rtgen.errors import RtgenError
+    from rtgen.live.daemon import Daemon
 
     parser = build_parser()
     cfg = build_config(parser.parse_args(["run", "--config", str(REPO / "config.toml"), "--web"]))
@@ -247,9 +248,9 @@ def test_the_page_shows_the_roll_moving_and_its_clicks_steer_the_daemon(
     from test_daemon import Peer, free_udp_port
     from test_playalong import status, wait_status
 
-    from rtgen.bench import BenchJackServer, _Daemon
-    from rtgen.benchjack import JackRecorder, _grid_figures
-    from rtgen.clock import LatenessHistogram
+    from rtgen.bench.jackrun import JackRecorder, _grid_figures
+    from rtgen.bench.runner import BenchJackServer, _Daemon
+    from rtgen.timing.clock import LatenessHistogram
 
     name = f"rtgen-web-{os.getpid()}"
     server = BenchJackServer(name, log_dir=tmp_path).start()

@@ -45,8 +45,8 @@ import numpy.typing as npt
 
 from rtgen import contract as ct
 from rtgen.contract import Chord, Key, TimeSignature
-from rtgen.model import Model
-from rtgen.sampling import sample
+from rtgen.generation.model import Model
+from rtgen.generation.sampling import sample
 
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
@@ -75,7 +75,7 @@ ACCOMPANISTS = {
     "rule_online": "rule, key from the melody so far (online)",
     "chord_model": "chord model online (chord_t sampled before melody_t)",
     "bayes": "Bayes at the step: p(c_t \\| past) x p(m_t \\| c_t, past), top-{k} chords",
-    "model": "the model's accompanist (rtgen.performer.accompany_offline)",
+    "model": "the model's accompanist (rtgen.arrange.performer.accompany_offline)",
 }
 """Row labels of the report, in order."""
 
@@ -525,12 +525,12 @@ def _bayes_step(
 def engine_chords(
     model: Model, tune: Tune, *, seed: int = 0, temperature: float = 0.9, top_p: float = 0.95
 ) -> IntArray:
-    """The chord model online through the real :class:`rtgen.engine.Engine` (a check on :func:`online_model`).
+    """The chord model online through the real :class:`~rtgen.generation.engine.Engine` (checks :func:`online_model`).
 
     The engine counts bars from step 0 in the tune's first meter, so its phrase position differs from the
     data's in a tune with a pickup bar.
     """
-    from rtgen.engine import Engine, Params
+    from rtgen.generation.engine import Engine, Params
 
     params = Params(temperature=temperature, top_p=top_p, time_signature=_meter_at(tune, 0))
     engine = Engine(model, params, seed=seed)
@@ -554,15 +554,15 @@ def _meter_at(tune: Tune, t: int) -> TimeSignature:
 
 
 def performer_chords(model: Model, tunes: Sequence[Tune], *, seed: int = 0) -> list[IntArray] | str:
-    """The daemon's own accompanist (``rtgen.performer.accompany_offline``), or why it cannot run.
+    """The daemon's own accompanist (``rtgen.arrange.performer.accompany_offline``), or why it cannot run.
 
     Daemon defaults (``rtgen.config.Config()``) except key lock off and the full pitch range, so the
     player's melody is never masked. Tune ``i`` is played with seed ``seed + i``.
     """
     try:
-        from rtgen.performer import accompany_offline
+        from rtgen.arrange.performer import accompany_offline
     except ImportError as err:
-        return f"rtgen.performer.accompany_offline is not available ({err})"
+        return f"rtgen.arrange.performer.accompany_offline is not available ({err})"
     if not getattr(model, "can_harmonise", False):
         return f"model {model.name} has no harmoniser (harmony.onnx, token contract v2)"
     from rtgen.config import Config
@@ -594,8 +594,8 @@ def chord_tone_share(tunes: Sequence[Tune], melodies: Sequence[npt.ArrayLike]) -
 
 def improvise_tones(model: Model, tunes: Sequence[Tune], *, seed: int = 0) -> dict[str, Any]:
     """The daemon's improvise path over each tune's human chords: chord-tone share on strong beats, model vs data."""
+    from rtgen.arrange.performer import improvise_offline
     from rtgen.config import Config
-    from rtgen.performer import improvise_offline
 
     config = Config()
     melodies = []
@@ -622,7 +622,7 @@ def evaluate_accompaniment(
     """Score every accompanist on one split of prepared data.
 
     Args:
-        model_dir: model folder (or a loaded :class:`~rtgen.model.Model`).
+        model_dir: model folder (or a loaded :class:`~rtgen.generation.model.Model`).
         data: prepared-data folder.
         split: ``test`` for the report; ``valid`` to tune parameters without looking at test.
         seed: sampling seed of the model accompanists (tune ``i`` uses ``seed + i``).
@@ -688,7 +688,7 @@ def evaluate_accompaniment(
 
 def _daemon_sampling() -> tuple[float, float]:
     from rtgen.config import Config
-    from rtgen.engine import Params
+    from rtgen.generation.engine import Params
 
     p = Params.from_config(Config().generation)
     return p.temperature, p.top_p

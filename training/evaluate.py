@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from rtgen import contract
 from rtgen.errors import ModelError
-from rtgen.model import Model
+from rtgen.generation.model import Model
 from training import stats
 from training.accompaniment import evaluate_accompaniment
 from training.accompaniment import report_markdown as accompaniment_markdown
@@ -198,7 +198,7 @@ class Render:
 def render(model: Model, bars: int, seed: int) -> Render:
     """Let the engine play ``bars`` bars of 4/4 alone at temperature 1, top-p 1, full pitch range, no key lock."""
     from rtgen.config import GenerationConfig
-    from rtgen.engine import Engine, Params
+    from rtgen.generation.engine import Engine, Params
 
     gen = GenerationConfig(
         seed=seed, temperature=1.0, top_p=1.0, time_signature="4/4", key="off", density=1.0,
@@ -644,7 +644,7 @@ def _pct(x: float | None) -> str:
 
 def kept_sections(report: Path, new_text: str) -> str:
     """The ``## `` sections of an existing report that ``new_text`` does not have (written by other tools,
-    e.g. ``python -m rtgen.form``'s Song form section), to append after it."""
+    e.g. ``python -m rtgen.arrange.form``'s Song form section), to append after it."""
     try:
         old = report.read_text()
     except OSError:

@@ -110,7 +110,7 @@ def table(result: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark, print the table and write (or print) the JSON."""
-    from rtgen.bench import run_bench
+    from rtgen.bench.runner import run_bench
     from rtgen.config import default_config_path, load_config
     from rtgen.errors import ConfigError
 

@@ -28,8 +28,8 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the checks and print them; 0 if nothing failed, 1 otherwise."""
-    from rtgen import doctor
     from rtgen.config import default_config_path, load_config
+    from rtgen.ops import doctor
 
     cfg = load_config(args.config if args.config else default_config_path())
     if args.model:

@@ -33,8 +33,8 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Write the session; 0 on success."""
     from rtgen.config import default_config_path, load_config
+    from rtgen.control.stagecontrol import DEFAULT_FEEDBACK_PORT, render, session
     from rtgen.errors import ConfigError
-    from rtgen.stagecontrol import DEFAULT_FEEDBACK_PORT, render, session
 
     port = DEFAULT_FEEDBACK_PORT if args.feedback_port is None else args.feedback_port
     if not 1 <= port <= 65535:

@@ -24,8 +24,8 @@ def register(subparsers: Any) -> None:
 
 def collect(backend: str | None) -> dict[str, dict[str, Any]]:
     """``{backend: {"available": bool, "inputs": [...], "outputs": [...], "error": str}}``."""
-    from rtgen import midi_io
     from rtgen.errors import PortError
+    from rtgen.io import ports as midi_io
 
     names = [backend] if backend else midi_io.compiled_backends()
     result: dict[str, dict[str, Any]] = {}

@@ -91,15 +91,15 @@ def build_config(args: argparse.Namespace) -> Config:
 def run(args: argparse.Namespace) -> int:
     """Render and print one summary line."""
     from rtgen.errors import ConfigError
-    from rtgen.midifile import save_atomic
-    from rtgen.model import Model
-    from rtgen.render import load_prime, render_steps, to_midi
+    from rtgen.generation.model import Model
+    from rtgen.midi.midifile import save_atomic
+    from rtgen.offline.render import load_prime, render_steps, to_midi
 
     if args.bars < 1:
         raise ConfigError(f"--bars must be at least 1, got {args.bars}")
     form = None
     if args.form is not None:
-        from rtgen.form import parse_form
+        from rtgen.arrange.form import parse_form
 
         try:
             form = parse_form(args.form)
@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     if (args.layer or args.master or args.lofi) and args.wav is None:
         raise ConfigError("--layer, --master and --lofi work on the audio: add --wav FILE.wav")
     if args.layer:
-        from rtgen.master import parse_layer
+        from rtgen.offline.master import parse_layer
 
         try:
             layers = [parse_layer(text) for text in args.layer]
@@ -131,12 +131,12 @@ def run(args: argparse.Namespace) -> int:
     save_atomic(mid, args.out)
     written = [str(args.out)]
     if args.wav is not None:
-        from rtgen.render import midi_to_audio, write_wav
-        from rtgen.synth import Synth, find_soundfont
+        from rtgen.io.synth import Synth, find_soundfont
+        from rtgen.offline.render import midi_to_audio, write_wav
 
         s = cfg.synth
         soundfont = find_soundfont(cfg.resolve(s.soundfont) if s.soundfont else None)
-        from rtgen.master import finish
+        from rtgen.offline.master import finish
 
         with Synth(soundfont, sample_rate=s.sample_rate, gain=s.gain, reverb=s.reverb, chorus=s.chorus) as synth:
             frames = midi_to_audio(mid, synth)
@@ -146,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
         write_wav(args.wav, frames, s.sample_rate)
         written.append(f"{args.wav} ({report.summary()})")
     if args.png is not None:
-        from rtgen.pianoroll import plot_pianoroll
+        from rtgen.offline.pianoroll import plot_pianoroll
 
         g = cfg.generation
         key = rendered.params.key.name if rendered.params.key is not None else "off"

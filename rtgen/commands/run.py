@@ -124,8 +124,8 @@ def build_config(args: argparse.Namespace) -> Config:
 
 def run(args: argparse.Namespace) -> int:
     """Start the daemon and play until stopped; 0 on a clean stop."""
-    from rtgen.daemon import Daemon
-    from rtgen.status import StatusReporter, use_json_logging
+    from rtgen.live.daemon import Daemon
+    from rtgen.live.status import StatusReporter, use_json_logging
 
     cfg = build_config(args)
     if cfg.daemon.log_json:

@@ -49,7 +49,7 @@ def register(subparsers: Any) -> None:
 def _service(args: argparse.Namespace) -> Any:
     from rtgen.config import default_config_path
     from rtgen.errors import ConfigError
-    from rtgen.service import DEFAULT_NAME, Service, rtgen_command
+    from rtgen.ops.service import DEFAULT_NAME, Service, rtgen_command
 
     config = args.config if args.config is not None else default_config_path()
     if config is None:
@@ -73,7 +73,7 @@ def _service(args: argparse.Namespace) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     """Carry out the action; 0 on success (status: 0 installed, 1 not installed)."""
-    from rtgen.service import install, status, uninstall
+    from rtgen.ops.service import install, status, uninstall
 
     service = _service(args)
     if args.action == "install" and args.print_only:

@@ -1,0 +1,1 @@
+"""Playing the decisions as a band: the voicer, song form, and the performer that wires them."""

@@ -1,0 +1,1 @@
+"""Steering: OSC, the web page and controller layouts."""

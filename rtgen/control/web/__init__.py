@@ -1,0 +1,1 @@
+"""The web control surface (``rtgen run --web``): see :mod:`rtgen.control.web.server`."""

@@ -1,0 +1,428 @@
+"""The web control surface: a page over HTTP and a WebSocket, served off the real-time thread.
+
+One thread of its own runs an asyncio loop with a ``websockets`` server on one TCP port: ``GET /`` (and the
+page's script and style) from the package's ``static/`` folder, ``GET /api/addresses`` (the OSC address table
+with the widget each address gets), ``GET /api/status`` and the WebSocket at ``/ws``.
+
+Both directions speak OSC as JSON, ``{"address": "/rtgen/tempo", "args": [120]}``:
+
+* the page sends one message per frame; it goes through :meth:`rtgen.control.osc.OscControl.handle`, the OSC table's
+  own validators and handlers, so it becomes the same typed command on the same queue as a UDP message would;
+  an error comes back as ``/rtgen/error``;
+* the server sends a JSON *array* of messages per frame: the OSC feedback (``/rtgen/note``, ``/rtgen/beat``,
+  ``/rtgen/chord``, ``/rtgen/section``, ``/rtgen/error``, ``/rtgen/jack``) and ``/rtgen/status`` ten times a
+  second, its one argument the status object itself.
+
+The feedback comes the way an OSC client gets it: while a page is open, the server subscribes a UDP socket of
+its own on 127.0.0.1 to the daemon's :class:`~rtgen.control.osc.Feedback`, whose sender thread already keeps sockets
+away from the real-time thread. Nothing here runs on, or waits for, the real-time thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import email.utils
+import ipaddress
+import itertools
+import json
+import logging
+import socket
+import threading
+from importlib import resources
+from typing import Any
+
+from websockets.asyncio.server import ServerConnection, broadcast, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from rtgen.config import MODES, PART_NAMES, GenerationConfig, PartConfig
+from rtgen.contract import NOTE_NAMES, SCALES
+from rtgen.control import osc
+from rtgen.errors import RtgenError
+
+log = logging.getLogger(__name__)
+
+STATUS_INTERVAL_S = 0.1
+CLOSE_TIMEOUT_S = 1.0
+MAX_MESSAGE_BYTES = 64 * 1024  # a control message is a few dozen bytes; a page sending more is not ours
+MAX_CLIENTS = 8
+HIDDEN = frozenset({f"{osc.PREFIX}/status", f"{osc.PREFIX}/subscribe", f"{osc.PREFIX}/unsubscribe"})
+STATIC = {
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/index.html": ("index.html", "text/html; charset=utf-8"),
+    "/app.js": ("app.js", "text/javascript; charset=utf-8"),
+    "/style.css": ("style.css", "text/css; charset=utf-8"),
+}
+_LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def _config_range(cls: type, name: str) -> list[float]:
+    """The ``_range`` metadata of config field ``name`` (the numbers the config file and OSC accept)."""
+    meta = next(f.metadata for f in dataclasses.fields(cls) if f.name == name)
+    lo, hi = meta["range"]
+    return [lo, hi]
+
+
+def _widget(address: str, types: str) -> dict[str, Any]:
+    """How the page draws the control of ``address``: a specific widget where one fits, else a generic one."""
+    name = address.removeprefix(f"{osc.PREFIX}/")
+    gen = {"tempo": 1.0, "temperature": 0.05, "top_p": 0.05, "density": 0.05, "swing": 0.05}
+    if name in gen:
+        return {"kind": "range", "range": _config_range(GenerationConfig, name), "step": gen[name], "state": name}
+    if name == "mode":
+        return {"kind": "choice", "choices": list(MODES), "state": "mode"}
+    if name == "key":
+        return {"kind": "key", "tonics": list(NOTE_NAMES), "scales": list(SCALES), "state": "key"}
+    part_ranges = {"instrument": ("program", 1.0), "volume": ("volume", 0.01), "pan": ("pan", 0.01)}
+    if name in part_ranges:
+        field, step = part_ranges[name]
+        return {"kind": "part-range", "parts": list(PART_NAMES), "range": _config_range(PartConfig, field),
+                "step": step, "state": field}  # fmt: skip
+    if name == "style":
+        from rtgen.patterns.styles import style_names
+
+        return {"kind": "part-choice", "choices": {p: list(style_names(p)) for p in PART_NAMES}, "state": "style"}
+    if name == "part/enable":
+        return {"kind": "part-toggle", "parts": list(PART_NAMES), "state": "enabled"}
+    if name == "section":
+        return {"kind": "text", "presets": ["A", "B", "C", "D"], "placeholder": "section", "state": "section"}
+    if name == "record/start":
+        return {"kind": "text", "placeholder": "session.mid", "state": "recording"}
+    if not types:
+        return {"kind": "button"}
+    if types == "i":
+        return {"kind": "number", "placeholder": name}
+    return {"kind": "text", "placeholder": name}
+
+
+def control_table() -> list[dict[str, Any]]:
+    """The OSC address table (as :func:`rtgen.control.osc.address_table` declares it) with each address's widget.
+
+    Served at ``/api/addresses``; the page builds its controls from it. Addresses a page has no use for
+    (status, subscribe, unsubscribe) are left out.
+    """
+    return [
+        {"address": a, "types": t, "description": d, "control": _widget(a, t)}
+        for a, t, d in osc.address_table()
+        if a not in HIDDEN
+    ]
+
+
+def _is_loopback(host: str) -> bool:
+    if host in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _host_name(header: str) -> str:
+    """``127.0.0.1`` of ``127.0.0.1:9080``, ``::1`` of ``[::1]:9080``."""
+    if header.startswith("["):
+        return header[1 : header.find("]")] if "]" in header else header
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+class _PageReplies:
+    """:class:`rtgen.control.osc.Replies` for the page: a reply goes to the page that sent the message."""
+
+    def __init__(self, server: WebServer) -> None:
+        self.server = server
+
+    def reply(self, target: tuple[str, int], address: str, args: list[Any]) -> None:
+        """Queue ``address args`` to the page ``target`` = ("web", client id); safe from any thread."""
+        self.server.send_to(target[1], {"address": address, "args": args})
+
+    def subscribe(self, host: str, port: int) -> bool:
+        """``/rtgen/subscribe`` from a page subscribes that UDP peer to the daemon's feedback, as over OSC."""
+        return self.server.feedback.subscribe(host, port)
+
+    def unsubscribe(self, host: str, port: int) -> None:
+        """``/rtgen/unsubscribe``, as over OSC."""
+        self.server.feedback.unsubscribe(host, port)
+
+
+class _FeedbackProtocol(asyncio.DatagramProtocol):
+    def __init__(self, server: WebServer) -> None:
+        self.server = server
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        self.server.feedback_datagram(data, addr)
+
+
+class WebServer:
+    """The page, its API and its WebSocket on ``host:port``, run by an asyncio loop on a thread of its own.
+
+    Args:
+        host: bind address (127.0.0.1 unless a phone on the network is to steer).
+        port: TCP port (0 = any free port; see :attr:`port`).
+        controller: what the commands steer (the daemon), through the OSC table.
+        feedback: the daemon's OSC feedback, which the server subscribes to while a page is open.
+
+    Raises:
+        OSError: the port cannot be bound (the message names host and port and how to choose another).
+    """
+
+    def __init__(self, host: str, port: int, controller: osc.Controller, feedback: osc.Feedback) -> None:
+        try:
+            self.sock = socket.create_server((host, port), family=_family(host), reuse_port=False)
+        except OSError as err:
+            raise OSError(
+                f"cannot bind the web port {host}:{port}: {err}; choose another with --web PORT or [web] port"
+            ) from err
+        self.host = host
+        self.controller = controller
+        self.feedback = feedback
+        self.control = osc.OscControl(controller, _PageReplies(self))
+        self.files = {path: (resources.files("rtgen.control.web").joinpath("static", name).read_bytes(), ctype)
+                      for path, (name, ctype) in STATIC.items()}  # fmt: skip
+        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.udp.bind(("127.0.0.1", 0))
+        self.udp.setblocking(False)
+        self.clients: dict[int, ServerConnection] = {}
+        self.feedback_received = 0
+        self.commands = 0
+        self.rejected = 0
+        self._ids = itertools.count(1)
+        self._outbox: list[dict[str, Any]] = []
+        self._direct: dict[int, list[dict[str, Any]]] = {}
+        self._flush_scheduled = False
+        self._subscribed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    @property
+    def port(self) -> int:
+        """The bound TCP port."""
+        return int(self.sock.getsockname()[1])
+
+    @property
+    def url(self) -> str:
+        """The page's address (``http://127.0.0.1:9080/``)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/"
+
+    # --- life cycle -------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Serve on a background thread; returns once the server accepts connections.
+
+        Raises:
+            RtgenError: the server did not come up (the reason is in the message).
+        """
+        self._thread = threading.Thread(target=self._run, name="rtgen-web", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(10.0) or self._error is not None:
+            raise RtgenError(f"the web server did not start: {self._error or 'timed out'}")
+        log.info("web control surface on %s", self.url)
+
+    def close(self) -> None:
+        """Close every page's connection, stop the loop and unsubscribe from the feedback (idempotent)."""
+        loop, stop = self._loop, self._stop
+        if self._thread is not None and loop is not None and stop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop already ended
+                loop.call_soon_threadsafe(stop.set)
+            self._thread.join(timeout=5.0)
+        self._thread = None
+        self._unsubscribe()
+        self.sock.close()
+        self.udp.close()
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as err:  # reported by start(); after start-up, logged
+            self._error = err
+            if self._ready.is_set():
+                log.exception("the web server stopped")
+            self._ready.set()
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        transport, _ = await self._loop.create_datagram_endpoint(lambda: _FeedbackProtocol(self), sock=self.udp)
+        try:
+            server = await serve(
+                self._session, sock=self.sock, process_request=self._http, max_size=MAX_MESSAGE_BYTES,
+                ping_interval=20, ping_timeout=20, server_header=None, close_timeout=1,
+            )  # fmt: skip
+            status = asyncio.create_task(self._publish_status())
+            self._ready.set()
+            await self._stop.wait()
+            status.cancel()
+            server.close()
+            # an HTTP client that keeps its connection open must not hold up the daemon's exit
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(server.wait_closed(), CLOSE_TIMEOUT_S)
+        finally:
+            transport.close()
+
+    # --- HTTP -------------------------------------------------------------------------------------
+    def _http(self, connection: ServerConnection, request: Request) -> Response | None:
+        """Serve the page and the API; let ``/ws`` through to the WebSocket handshake."""
+        host = request.headers.get("Host", "")
+        if _is_loopback(self.host) and not _is_loopback(_host_name(host)):
+            # a page of another site whose name resolves to 127.0.0.1 (DNS rebinding) must not steer
+            return connection.respond(403, f"host {host!r} not allowed\n")
+        path = request.path.split("?", 1)[0]
+        if path == "/ws":
+            origin = request.headers.get("Origin")
+            if origin is not None and origin != f"http://{host}":
+                return connection.respond(403, f"origin {origin!r} not allowed\n")  # another site's page
+            if len(self.clients) >= MAX_CLIENTS:
+                return connection.respond(503, f"at most {MAX_CLIENTS} pages at once\n")
+            return None
+        if path == "/api/addresses":
+            return _response(json.dumps(control_table()).encode(), "application/json")
+        if path == "/api/status":
+            try:
+                state = self.controller.status()
+            except RtgenError as err:
+                return connection.respond(503, f"{err}\n")
+            return _response(json.dumps(state, sort_keys=True).encode(), "application/json")
+        found = self.files.get(path)
+        if found is None:
+            return connection.respond(404, f"no such page: {path}\n")
+        return _response(*found)
+
+    # --- the WebSocket ----------------------------------------------------------------------------
+    async def _session(self, connection: ServerConnection) -> None:
+        """One page: register it, subscribe to the feedback if it is the first, run its messages."""
+        cid = next(self._ids)
+        self.clients[cid] = connection
+        self._subscribe()
+        log.info("web page %d connected from %s", cid, connection.remote_address)
+        try:
+            await connection.send(json.dumps([self._status_message()]))
+            async for raw in connection:
+                self._command(cid, raw)
+        except ConnectionClosed:
+            pass
+        finally:
+            del self.clients[cid]
+            self._direct.pop(cid, None)
+            if not self.clients:
+                self._unsubscribe()
+            log.info("web page %d disconnected", cid)
+
+    def _command(self, cid: int, raw: str | bytes) -> None:
+        """One message from a page: ``{"address": ..., "args": [...]}`` through the OSC table."""
+        self.commands += 1
+        try:
+            msg = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as err:
+            self._reject(cid, f"not JSON: {err}")
+            return
+        address = msg.get("address") if isinstance(msg, dict) else None
+        args = msg.get("args", []) if isinstance(msg, dict) else None
+        if not isinstance(address, str) or not isinstance(args, list):
+            self._reject(cid, 'expected {"address": "/rtgen/...", "args": [...]}')
+            return
+        if address == f"{osc.PREFIX}/status":  # a page gets the status object itself, not a JSON string
+            self.send_to(cid, self._status_message())
+            return
+        self.control.handle(address, args, ("web", cid))
+
+    def _reject(self, cid: int, reason: str) -> None:
+        self.rejected += 1
+        log.warning("web page %d: %s", cid, reason)
+        self.send_to(cid, {"address": f"{osc.PREFIX}/error", "args": [f"?: {reason}"]})
+
+    def send_to(self, cid: int, message: dict[str, Any]) -> None:
+        """Queue ``message`` to page ``cid`` (thread-safe: background loaders reply from their own thread)."""
+        loop = self._loop
+        if loop is None:
+            return
+
+        def put() -> None:
+            self._direct.setdefault(cid, []).append(message)
+            self._schedule_flush()
+
+        with contextlib.suppress(RuntimeError):  # the loop is closing
+            loop.call_soon_threadsafe(put)
+
+    def _broadcast(self, message: dict[str, Any]) -> None:
+        self._outbox.append(message)
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        # what arrives in one loop iteration (a chord's notes) goes out as one frame
+        if not self._flush_scheduled and self._loop is not None:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._outbox:
+            frame = json.dumps(self._outbox)
+            self._outbox = []
+            broadcast(self.clients.values(), frame)
+        for cid, messages in self._direct.items():
+            connection = self.clients.get(cid)
+            if connection is not None and messages:
+                broadcast([connection], json.dumps(messages))
+        self._direct.clear()
+
+    # --- feedback and status ----------------------------------------------------------------------
+    def _subscribe(self) -> None:
+        if not self._subscribed:
+            self._subscribed = self.feedback.subscribe(*self.udp.getsockname()[:2])
+            if not self._subscribed:
+                log.warning("web: the OSC feedback has no room for another subscriber; the roll stays empty")
+
+    def _unsubscribe(self) -> None:
+        if self._subscribed:
+            with contextlib.suppress(OSError):
+                self.feedback.unsubscribe(*self.udp.getsockname()[:2])
+            self._subscribed = False
+
+    def feedback_datagram(self, data: bytes, addr: tuple[Any, int]) -> None:
+        """An OSC feedback datagram from the daemon: forwarded to every page as JSON."""
+        if addr[1] != self.feedback.sock.getsockname()[1] or not _is_loopback(str(addr[0])):
+            return  # anyone on this machine can send to our port; only the daemon's feedback counts
+        try:
+            for dgram in osc.split_datagram(data):
+                address, args = osc.parse_message(dgram)
+                self.feedback_received += 1
+                self._broadcast({"address": address, "args": args})
+        except ValueError as err:
+            log.warning("web: cannot parse a feedback datagram: %s", err)
+
+    def _status_message(self) -> dict[str, Any]:
+        try:
+            state: dict[str, Any] = self.controller.status()
+        except RtgenError as err:
+            state = {"error": str(err)}
+        state["web"] = {"pages": len(self.clients), "feedback": self.feedback_received, "commands": self.commands,
+                        "errors": self.control.errors + self.rejected}  # fmt: skip
+        return {"address": f"{osc.PREFIX}/status", "args": [state]}
+
+    async def _publish_status(self) -> None:
+        while True:
+            await asyncio.sleep(STATUS_INTERVAL_S)
+            if self.clients:
+                self._broadcast(self._status_message())
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def _response(body: bytes, content_type: str) -> Response:
+    headers = Headers(
+        [
+            ("Date", email.utils.formatdate(usegmt=True)),
+            ("Connection", "close"),
+            ("Content-Length", str(len(body))),
+            ("Content-Type", content_type),
+            ("Cache-Control", "no-cache"),
+            ("X-Content-Type-Options", "nosniff"),
+        ]
+    )
+    return Response(200, "OK", headers, body)

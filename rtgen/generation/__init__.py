@@ -1,0 +1,1 @@
+"""Deciding the music: ONNX models, sampling, the engine, and the conductors (one per mode)."""

@@ -1,0 +1,320 @@
+"""Conductors: one per mode, deciding per part and per step who plays.
+
+Each part (melody, chords, bass) at each step is either *sampled* by the models or
+*observed* from the player, and either *voiced* (rtgen plays it) or not. The
+voicer never echoes an observed part back. A conductor also says whether a step is
+*reactive*: decided only once the player's notes for that step are known (the
+step's grid time plus a short window, or at once when the player's onset arrives),
+instead of one step ahead.
+
+=================  ==================  =================  ==========  ========
+mode               melody              chords             bass        reactive
+=================  ==================  =================  ==========  ========
+autonomous         sampled, voiced     sampled, voiced    voiced      no
+accompany          observed            harmonised, voiced voiced      yes
+improvise          sampled, voiced     observed           silent      yes (no window)
+call-and-response  listen: observed    harmonised         silent      yes
+                   answer: sampled     sampled, voiced    voiced      no
+=================  ==================  =================  ==========  ========
+
+The drums (a part of the voicer, not of the engine) play wherever rtgen plays chords and bass and
+in improvise; they are silent while call-and-response listens.
+
+Pure: the daemon feeds what it heard; the same conductors drive ``evaluate`` offline.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol
+
+from rtgen import contract as ct
+from rtgen.config import MODES, AccompanyConfig, CallResponseConfig, ImproviseConfig
+from rtgen.timing.transport import Position
+
+
+@dataclass(frozen=True, slots=True)
+class Heard:
+    """What the player did at one step, quantised to the grid (for the models' conditioning only).
+
+    Attributes:
+        melody: the player's melody token (NOTE_ON on an onset, HOLD while the note sounds, REST).
+        velocity: MIDI velocity of the onset, if any.
+        chord: the player's chord token (HOLD while it stays, a CHORD token on a change, N.C.).
+    """
+
+    melody: int = ct.MEL_REST
+    velocity: int | None = None
+    chord: int = ct.CHORD_HOLD
+
+    @property
+    def onset(self) -> bool:
+        """The player struck a note at this step."""
+        return self.melody >= ct.MEL_NOTE_OFFSET
+
+    @property
+    def active(self) -> bool:
+        """The player is playing (an onset or a held note)."""
+        return self.melody != ct.MEL_REST
+
+
+NOBODY = Heard()
+"""Nothing heard (autonomous play, or a silent player)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Who plays at one step.
+
+    Attributes:
+        observe_melody: feed the player's melody to the models (instead of sampling one).
+        observe_chords: feed the player's chords (instead of sampling them).
+        harmonise: sample the chord with the harmoniser, which hears this step's melody.
+        voiced: the parts rtgen plays at this step (a subset of melody, chords, bass, drums).
+        reactive: decide this step when the player's notes for it are known, not one step ahead.
+        window_ms: how long past the grid time a reactive step waits for the player.
+        key: a key lock for this step that overrides the parameters' (the answer in the call's key).
+        tone_fit: log-odds bonus for sampled melody onsets on chord tones on strong beats (improvise).
+        temperature_scale: the step samples at the parameters' temperature times this.
+        hold: with ``harmonise``, log-odds bonus for keeping the sounding chord.
+        enter: a silent sampled melody starts a note at this step (the first step of an answer).
+    """
+
+    observe_melody: bool = False
+    observe_chords: bool = False
+    harmonise: bool = False
+    voiced: frozenset[str] = frozenset(("melody", "chords", "bass", "drums"))
+    reactive: bool = False
+    window_ms: float = 0.0
+    key: ct.Key | None = None
+    tone_fit: float = 0.0
+    temperature_scale: float = 1.0
+    hold: float = 0.0
+    enter: bool = False
+
+
+class Conductor(Protocol):
+    """Decides the :class:`Plan` of each step; :meth:`heard` tells it what the player did there."""
+
+    mode: str
+
+    def plan(self, pos: Position) -> Plan:
+        """The plan for the step at ``pos`` (called before the step is decided)."""
+        ...
+
+    def heard(self, pos: Position, heard: Heard) -> None:
+        """What the player did at ``pos`` (called once per step, after :meth:`plan`)."""
+        ...
+
+    def interrupt(self) -> bool:
+        """The player started to play while rtgen was answering: True if rtgen must fall silent now."""
+        ...
+
+
+_ALL = frozenset(("melody", "chords", "bass", "drums"))
+_BACKING = frozenset(("chords", "bass", "drums"))  # the drummer keeps time whenever rtgen backs the player
+_NONE: frozenset[str] = frozenset()
+
+
+class Autonomous:
+    """rtgen plays every part by itself."""
+
+    mode = "autonomous"
+    _PLAN = Plan()
+
+    def plan(self, pos: Position) -> Plan:
+        """Every part sampled and voiced, one step ahead."""
+        return self._PLAN
+
+    def heard(self, pos: Position, heard: Heard) -> None:
+        """The player is not listened to."""
+
+    def interrupt(self) -> bool:
+        """Never."""
+        return False
+
+
+class Accompany:
+    """The player plays the melody; rtgen harmonises it as it hears it (chords and bass).
+
+    Args:
+        config: the reactive window and the fit bonus.
+    """
+
+    mode = "accompany"
+
+    def __init__(self, config: AccompanyConfig | None = None) -> None:
+        cfg = config or AccompanyConfig()
+        self.fit = cfg.fit
+        self._plan = Plan(observe_melody=True, harmonise=True, voiced=_BACKING, reactive=True,
+                          window_ms=cfg.reactive_window_ms, temperature_scale=cfg.temperature_scale,
+                          hold=cfg.hold)  # fmt: skip
+
+    def plan(self, pos: Position) -> Plan:
+        """Melody observed, chords from the harmoniser, decided reactively."""
+        return self._plan
+
+    def heard(self, pos: Position, heard: Heard) -> None:
+        """Nothing to track: every step is the same plan."""
+
+    def interrupt(self) -> bool:
+        """Never."""
+        return False
+
+
+class Improvise:
+    """The player holds chords; rtgen plays a melody over them, landing on chord tones on strong beats.
+
+    Args:
+        tone_fit: the log-odds bonus for chord tones on strong beats.
+    """
+
+    mode = "improvise"
+
+    def __init__(self, tone_fit: float = 1.0) -> None:
+        self._PLAN = Plan(observe_chords=True, voiced=frozenset(("melody", "drums")), reactive=True, window_ms=0.0,
+                          tone_fit=tone_fit)  # fmt: skip
+
+    def plan(self, pos: Position) -> Plan:
+        """Chords observed (recognised live), melody sampled, decided at the grid time."""
+        return self._PLAN
+
+    def heard(self, pos: Position, heard: Heard) -> None:
+        """Nothing to track."""
+
+    def interrupt(self) -> bool:
+        """Never."""
+        return False
+
+
+class CallAndResponse:
+    """The player plays a phrase; after a silence rtgen answers, continuing it, then listens again.
+
+    While listening the models are fed the player's melody (and harmonise it silently), so the
+    answer continues from the call. The answer lasts as long as the call (or ``answer_bars``
+    bars), in the call's key (estimated from its notes unless a key lock is set), and stops the
+    moment the player plays again.
+
+    Args:
+        config: the silence that ends a call and the answer's length.
+        fit: the harmoniser's fit bonus while listening.
+    """
+
+    mode = "call-and-response"
+
+    def __init__(self, config: CallResponseConfig | None = None, fit: float = 2.0) -> None:
+        cfg = config or CallResponseConfig()
+        self.silence_beats = cfg.silence_beats
+        self.answer_bars = cfg.answer_bars
+        self.fit = fit
+        self.answering = False
+        self._listen = Plan(observe_melody=True, harmonise=True, voiced=_NONE, reactive=True, window_ms=0.0)
+        self.reset()
+
+    def reset(self) -> None:
+        """Listen from scratch."""
+        self.answering = False
+        self._entering = False
+        self.call_steps = 0  # from the call's first onset to its last sounding step
+        self.silence_steps = 0
+        self.answer_left = 0
+        self.answers = 0
+        self._weights = [0.0] * 12  # pitch-class weights of the call (for its key)
+        self._key: ct.Key | None = None
+
+    @property
+    def call_key(self) -> ct.Key | None:
+        """The key of the last call (None before any)."""
+        return self._key
+
+    def plan(self, pos: Position) -> Plan:
+        """Listening: observe and harmonise silently, reactively. Answering: play everything, one step ahead."""
+        if not self.answering:
+            return self._listen
+        return Plan(voiced=_ALL, key=self._key, enter=self._entering)
+
+    def heard(self, pos: Position, heard: Heard) -> None:
+        """Count the call, the silence after it and the answer's steps."""
+        beat = max(1, pos.beat_steps)
+        if self.answering:
+            self._entering = False
+            self.answer_left -= 1
+            if self.answer_left <= 0:
+                self.answering = False
+                self.call_steps = self.silence_steps = 0
+                self._weights = [0.0] * 12
+            return
+        if heard.active:
+            if heard.onset:
+                pitch = ct.melody_pitch(heard.melody)
+                if pitch is not None:
+                    self._weights[pitch % 12] += 1.0
+            self.call_steps += self.silence_steps + 1 if self.call_steps else 1
+            self.silence_steps = 0
+            return
+        if self.call_steps == 0:
+            return  # silence before any call
+        self.silence_steps += 1
+        if self.silence_steps >= math.ceil(self.silence_beats * beat):
+            self.answering = True
+            self._entering = True  # the answer's first step starts a note: an answer that waits is no answer
+            self.answers += 1
+            bars = self.answer_bars
+            self.answer_left = bars * pos.bar_steps if bars > 0 else self.call_steps
+            self._key = estimate_key(self._weights)
+
+    def interrupt(self) -> bool:
+        """The player plays while rtgen answers: the answer ends now and a new call starts."""
+        if not self.answering:
+            return False
+        self.answering = False
+        self.answer_left = 0
+        self.call_steps = self.silence_steps = 0
+        self._weights = [0.0] * 12
+        return True
+
+
+def make_conductor(mode: str, accompany: AccompanyConfig | None = None,
+                   call_response: CallResponseConfig | None = None,
+                   improvise: ImproviseConfig | None = None) -> Conductor:  # fmt: skip
+    """The conductor for ``mode`` (one of :data:`rtgen.config.MODES`)."""
+    if mode == "autonomous":
+        return Autonomous()
+    if mode == "accompany":
+        return Accompany(accompany)
+    if mode == "improvise":
+        return Improvise((improvise or ImproviseConfig()).tone_fit)
+    if mode == "call-and-response":
+        return CallAndResponse(call_response, fit=(accompany or AccompanyConfig()).fit)
+    raise ValueError(f"unknown mode {mode!r}; allowed: {', '.join(MODES)}")
+
+
+# Krumhansl-Kessler key profiles (probe-tone ratings), tonic first.
+_MAJOR_PROFILE = (6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88)
+_MINOR_PROFILE = (6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17)
+
+
+def estimate_key(weights: list[float] | tuple[float, ...]) -> ct.Key | None:
+    """The major or minor key whose Krumhansl-Kessler profile best correlates with pitch-class ``weights``.
+
+    Returns:
+        The key, or None when no note was heard.
+    """
+    if not any(weights):
+        return None
+    n = 12
+    mean_w = sum(weights) / n
+    dw = [w - mean_w for w in weights]
+    best: tuple[float, int, str] | None = None
+    for scale, profile in (("major", _MAJOR_PROFILE), ("minor", _MINOR_PROFILE)):
+        mean_p = sum(profile) / n
+        dp = [p - mean_p for p in profile]
+        norm_p = math.sqrt(sum(d * d for d in dp))
+        norm_w = math.sqrt(sum(d * d for d in dw)) or 1.0
+        for tonic in range(n):
+            r = sum(dw[(tonic + i) % n] * dp[i] for i in range(n)) / (norm_w * norm_p)
+            if best is None or r > best[0]:
+                best = (r, tonic, scale)
+    assert best is not None
+    return ct.Key(best[1], best[2])

@@ -1,0 +1,415 @@
+"""The live input stage: the player's MIDI in, turned into state the real-time thread can read.
+
+Data path::
+
+    rtmidi thread                      real-time thread (the daemon's loop)
+    open_input(..., InputQueue()) ──▶  queue.drain() ──▶ PlayerTracker.feed(t_ns, msg) ──▶ [Control, ...]
+                                                         tracker.sounding() / melody_note() / chord(now_ns)
+                                                         tracker.take_onsets()
+
+:class:`InputQueue` is the rtmidi callback: it only copies the bytes with the arrival
+time ``open_input`` stamped, enqueues them (``SimpleQueue.put``) and optionally wakes the loop. :class:`PlayerTracker`
+runs on the real-time thread: per message it does a few integer comparisons and set
+operations, never logs and never raises (bad bytes are counted in ``bad``). Chord
+recognition (numpy template matching) runs lazily in :meth:`PlayerTracker.chord`, at
+most once per change of the sounding notes.
+
+Control Change mapping (``[cc]`` in the config; 0 = unmapped), 0..127 onto:
+
+* ``temperature`` 0.05..3, piecewise geometric: 0..64 → 0.05..0.9 and 64..127 → 0.9..3,
+  so the middle of the wheel is the default 0.9 and each step changes the temperature
+  by a constant *ratio* (what the ear hears) within each half;
+* ``top_p`` 0.05..1 and ``swing`` 0..0.75, linear;
+* ``density`` 0..4, piecewise linear: 0..64 → 0..1 (thinner) and 64..127 → 1..4 (busier);
+* ``mode``: four ranges of 32 → ``autonomous``, ``accompany``, ``improvise``,
+  ``call-and-response``, emitted only when the range changes;
+* ``panic``: emitted once when the value rises through 64.
+"""
+
+from __future__ import annotations
+
+import queue
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+from rtgen.config import MODES, CcConfig, Config
+from rtgen.contract import CHORD_NC, Chord, recognize_chord
+
+Message = tuple[int, ...]
+
+CONTINUOUS_CONTROLS = ("temperature", "top_p", "density", "swing")
+"""Controls whose value is a number scaled from the CC value (see :func:`scale_cc`)."""
+
+CONTROL_RANGES: dict[str, tuple[float, float]] = {
+    "temperature": (0.05, 3.0),
+    "top_p": (0.05, 1.0),
+    "density": (0.0, 4.0),
+    "swing": (0.0, 0.75),
+}
+"""Output range of each continuous control (the ``[generation]`` ranges)."""
+
+SUSTAIN_CC = 64
+ALL_SOUND_OFF_CC = 120
+ALL_NOTES_OFF_CC = 123
+
+_DEFAULT_TEMPERATURE = 0.9
+# Bytes per channel message, indexed by the status nibble (0x8n..0xEn); 0 = not a channel message.
+_LENGTH = (0, 0, 0, 0, 0, 0, 0, 0, 3, 3, 3, 3, 2, 2, 3, 0)
+
+
+class Control(NamedTuple):
+    """A mapped controller moved: ``Control("temperature", 1.2)``, ``Control("mode", "accompany")``.
+
+    ``panic`` carries the value 1.0.
+    """
+
+    name: str
+    value: float | str
+
+
+class Onset(NamedTuple):
+    """A note the player struck, with its arrival time on ``time.perf_counter_ns``."""
+
+    t_ns: int
+    pitch: int
+    velocity: int
+
+
+def scale_cc(name: str, value: int) -> float:
+    """Map a CC value onto a continuous control's range (see the module docstring for the curves).
+
+    Args:
+        name: one of :data:`CONTINUOUS_CONTROLS`.
+        value: the CC value; anything outside 0..127 is clamped first.
+
+    Returns:
+        The control value, clamped to :data:`CONTROL_RANGES` ``[name]``.
+
+    Raises:
+        ValueError: ``name`` is not a continuous control.
+    """
+    if name not in CONTROL_RANGES:
+        raise ValueError(f"control must be one of {', '.join(CONTINUOUS_CONTROLS)}, got {name!r}")
+    lo, hi = CONTROL_RANGES[name]
+    v = min(max(int(value), 0), 127)
+    if name == "temperature":
+        mid = _DEFAULT_TEMPERATURE
+        out = lo * (mid / lo) ** (v / 64) if v <= 64 else mid * (hi / mid) ** ((v - 64) / 63)
+    elif name == "density":
+        out = v / 64 if v <= 64 else 1.0 + 3.0 * (v - 64) / 63
+    else:
+        out = lo + (hi - lo) * v / 127
+    return min(max(out, lo), hi)
+
+
+def mode_for_cc(value: int) -> str:
+    """The playing mode selected by a mode CC value: four ranges of 32 (clamped to 0..127)."""
+    return MODES[min(max(int(value), 0), 127) >> 5]
+
+
+def nearest_step(t_ns: int, step_start_ns: int, step_ns: int) -> tuple[int, int]:
+    """Quantise a time to the nearest grid step.
+
+    Args:
+        t_ns: the time to quantise (e.g. an onset's arrival).
+        step_start_ns: start of step 0.
+        step_ns: length of one step (> 0).
+
+    Returns:
+        ``(steps, offset_ns)``: the nearest step counted from ``step_start_ns`` (negative before
+        it) and how far ``t_ns`` lies from that step's start (negative = early). A time exactly
+        half-way goes to the later step.
+
+    Raises:
+        ValueError: ``step_ns`` is not positive.
+    """
+    if step_ns <= 0:
+        raise ValueError(f"step_ns must be positive, got {step_ns}")
+    half = step_ns // 2
+    steps, rest = divmod(t_ns - step_start_ns + half, step_ns)
+    return steps, rest - half
+
+
+class InputQueue:
+    """The rtmidi callback: enqueue ``(t_ns, bytes)`` and wake the loop; drained by the real-time thread.
+
+    Pass an instance as ``callback`` to :func:`rtgen.io.ports.open_input`.
+
+    Args:
+        on_arrival: called after every put, on rtmidi's thread (e.g. ``threading.Event.set``
+            to wake the loop); it must not block.
+
+    Attributes:
+        received: messages enqueued so far (written only by the callback thread).
+    """
+
+    def __init__(self, on_arrival: Callable[[], None] | None = None) -> None:
+        self._queue: queue.SimpleQueue[tuple[int, Message]] = queue.SimpleQueue()
+        self._put = self._queue.put
+        self._get = self._queue.get_nowait
+        self._on_arrival = on_arrival
+        self.received = 0
+
+    def __call__(self, message: Sequence[int], t_ns: int) -> None:
+        """Enqueue one message with its arrival time (``perf_counter_ns``)."""
+        self._put((t_ns, tuple(message)))
+        self.received += 1
+        if self._on_arrival is not None:
+            self._on_arrival()
+
+    def drain(self, limit: int = 256) -> list[tuple[int, Message]]:
+        """Take up to ``limit`` queued ``(t_ns, message)`` pairs, oldest first; never blocks."""
+        out: list[tuple[int, Message]] = []
+        if self._queue.empty():
+            return out
+        get = self._get
+        try:
+            for _ in range(limit):
+                out.append(get())
+        except queue.Empty:
+            pass
+        return out
+
+    def __len__(self) -> int:
+        """Messages waiting (approximate while the callback thread is putting)."""
+        return self._queue.qsize()
+
+
+class PlayerTracker:
+    """What the player is doing, fed one MIDI message at a time on the real-time thread.
+
+    Keys held, notes sustained by the pedal, the latest onsets, the melody line, the
+    recognised chord and the mapped controllers. Chord recognition waits for the sounding
+    notes to settle (``settle_ms``) so a rolled chord is one chord; when the hands lift
+    (or a single note remains) the last chord is kept, as the listener still hears it ring.
+
+    Args:
+        channel: 1..16 to listen to one channel, 0 for omni.
+        settle_ms: how long the sounding notes must stay unchanged before the chord is re-recognised.
+        cc: the controller mapping (default: :class:`~rtgen.config.CcConfig` defaults).
+        history: how many recent onsets :attr:`onsets` keeps.
+
+    Attributes:
+        onsets: recent :class:`Onset` s, oldest first (bounded by ``history``).
+        last_onset_ns: arrival of the latest note-on, or None.
+        last_release_ns: when the last sounding note ended (silence started), or None.
+        pedal: the sustain pedal (CC 64 >= 64) is down.
+        bad: malformed messages dropped (wrong length, data bytes > 127, not bytes at all).
+        filtered: channel messages dropped by the channel filter.
+
+    Raises:
+        ValueError: ``channel`` outside 0..16, ``settle_ms`` negative or ``history`` < 1.
+    """
+
+    def __init__(
+        self, *, channel: int = 0, settle_ms: float = 40.0, cc: CcConfig | None = None, history: int = 64
+    ) -> None:
+        if not 0 <= channel <= 16:
+            raise ValueError(f"channel must be in range 0..16 (0 = omni), got {channel}")
+        if settle_ms < 0:
+            raise ValueError(f"settle_ms must be >= 0, got {settle_ms}")
+        if history < 1:
+            raise ValueError(f"history must be >= 1, got {history}")
+        self._channel = channel - 1  # -1: omni
+        self.settle_ns = int(settle_ms * 1_000_000)
+        cc = cc if cc is not None else CcConfig()
+        # CC number -> names of the controls mapped to it; scaled values precomputed per CC value.
+        self._cc_map: list[tuple[str, ...]] = [() for _ in range(128)]
+        for name in (*CONTINUOUS_CONTROLS, "mode", "panic"):
+            number = getattr(cc, name)
+            if number:
+                self._cc_map[number] = (*self._cc_map[number], name)
+        self._tables = {name: tuple(scale_cc(name, v) for v in range(128)) for name in CONTINUOUS_CONTROLS}
+        self.onsets: deque[Onset] = deque(maxlen=history)
+        self.bad = 0
+        self.filtered = 0
+        self.reset()
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> PlayerTracker:
+        """A tracker for ``[input]`` (channel, settle_ms) and ``[cc]``."""
+        return cls(channel=cfg.input.channel, settle_ms=cfg.input.settle_ms, cc=cfg.cc)
+
+    def reset(self) -> None:
+        """Forget every note, the pedal, the chord, the onsets and the controller edges (counters stay)."""
+        self._held: set[int] = set()
+        self._sustained: set[int] = set()
+        self._struck: list[int] = []  # sounding pitches in the order struck; the last is the melody
+        self.pedal = False
+        self.onsets.clear()
+        self._untaken = 0
+        self.last_onset_ns: int | None = None
+        self.last_release_ns: int | None = None
+        self._version = 0  # bumped whenever the sounding set changes
+        self._changed_ns = 0
+        self._sounding: tuple[int, ...] = ()
+        self._sounding_version = 0
+        self._chord: Chord | None = None
+        self._chord_version = 0
+        self._mode = -1
+        self._panic_high = False
+
+    # -- reading (real-time thread) --------------------------------------------------------------------------
+
+    @property
+    def held(self) -> frozenset[int]:
+        """Pitches whose keys are down."""
+        return frozenset(self._held)
+
+    def sounding(self) -> tuple[int, ...]:
+        """Pitches held or sustained by the pedal, ascending."""
+        if self._sounding_version != self._version:
+            self._sounding = tuple(sorted(self._held | self._sustained))
+            self._sounding_version = self._version
+        return self._sounding
+
+    @property
+    def is_silent(self) -> bool:
+        """No note is held or sustained."""
+        return not self._held and not self._sustained
+
+    def melody_note(self) -> int | None:
+        """The player's melody as a monophonic line: the latest struck note still sounding, or None."""
+        return self._struck[-1] if self._struck else None
+
+    def take_onsets(self) -> list[Onset]:
+        """Onsets not taken before, oldest first (each onset is returned once)."""
+        n = min(self._untaken, len(self.onsets))
+        self._untaken = 0
+        if n == 0:
+            return []
+        return list(self.onsets)[-n:]
+
+    def chord(self, now_ns: int) -> Chord | None:
+        """The player's chord at ``now_ns``, or None before any chord was recognised.
+
+        The sounding notes are matched (:func:`rtgen.contract.recognize_chord`) once they have
+        been unchanged for ``settle_ns``; until then the previous chord stays, so a rolled or
+        arpeggiated chord never shows up as its partial chords. Fewer than two pitch classes
+        (one note, or hands lifted) keep the previous chord: it is still ringing for the listener.
+        """
+        if self._chord_version != self._version and now_ns - self._changed_ns >= self.settle_ns:
+            self._chord_version = self._version
+            chord = recognize_chord(self.sounding())
+            if chord is not None:
+                self._chord = chord
+        return self._chord
+
+    def chord_token(self, now_ns: int) -> int:
+        """:meth:`chord` as a contract CHORD token, or ``CHORD_NC`` before any chord was recognised."""
+        chord = self.chord(now_ns)
+        return CHORD_NC if chord is None else chord.token
+
+    # -- feeding (real-time thread) --------------------------------------------------------------------------
+
+    def feed(self, t_ns: int, message: Sequence[int]) -> list[Control]:
+        """Take one message the player sent; returns the mapped controllers it moved (usually none).
+
+        System messages (status >= 0xF0) are ignored here. Malformed messages are counted in
+        :attr:`bad` and dropped; this never raises.
+        """
+        try:
+            status = message[0]
+            if status >= 0xF0:
+                if status > 0xFF:
+                    self.bad += 1
+                return []
+            if status < 0x80 or len(message) != _LENGTH[status >> 4]:
+                self.bad += 1
+                return []
+            d1 = message[1]
+            d2 = message[2] if len(message) == 3 else 0
+            if not (0 <= d1 <= 127 and 0 <= d2 <= 127):
+                self.bad += 1
+                return []
+        except (TypeError, IndexError):
+            self.bad += 1
+            return []
+        if self._channel >= 0 and status & 0x0F != self._channel:
+            self.filtered += 1
+            return []
+        kind = status & 0xF0
+        if kind == 0x90:
+            if d2:
+                self._note_on(d1, d2, t_ns)
+            else:
+                self._note_off(d1, t_ns)
+        elif kind == 0x80:
+            self._note_off(d1, t_ns)
+        elif kind == 0xB0:
+            names = self._cc_map[d1]
+            if names:
+                return self._controls(names, d2)
+            if d1 == SUSTAIN_CC:  # a [cc] mapping onto 64 wins: that controller is a knob, not a pedal
+                self._sustain(d2 >= 64, t_ns)
+            elif d1 in (ALL_NOTES_OFF_CC, ALL_SOUND_OFF_CC):
+                self._all_off(t_ns)
+        return []
+
+    def _note_on(self, pitch: int, velocity: int, t_ns: int) -> None:
+        if pitch not in self._held and pitch not in self._sustained:
+            self._version += 1
+            self._changed_ns = t_ns
+        self._held.add(pitch)
+        self._sustained.discard(pitch)
+        struck = self._struck
+        if pitch in struck:
+            struck.remove(pitch)
+        struck.append(pitch)
+        self.onsets.append(Onset(t_ns, pitch, velocity))
+        self._untaken += 1
+        self.last_onset_ns = t_ns
+
+    def _note_off(self, pitch: int, t_ns: int) -> None:
+        if pitch not in self._held:
+            return  # a key pressed before we started listening, or a double note-off
+        self._held.discard(pitch)
+        if self.pedal:
+            self._sustained.add(pitch)
+            return
+        self._struck.remove(pitch)
+        self._ended(t_ns)
+
+    def _ended(self, t_ns: int) -> None:
+        self._version += 1
+        self._changed_ns = t_ns
+        if not self._held and not self._sustained:
+            self.last_release_ns = t_ns
+
+    def _sustain(self, down: bool, t_ns: int) -> None:
+        if down == self.pedal:
+            return
+        self.pedal = down
+        if down or not self._sustained:
+            return
+        struck = self._struck
+        for pitch in self._sustained:
+            struck.remove(pitch)
+        self._sustained.clear()
+        self._ended(t_ns)
+
+    def _all_off(self, t_ns: int) -> None:
+        # Players send it as their own panic: everything stops sounding, the pedal notwithstanding.
+        if self._held or self._sustained:
+            self._held.clear()
+            self._sustained.clear()
+            self._struck.clear()
+            self._ended(t_ns)
+
+    def _controls(self, names: tuple[str, ...], value: int) -> list[Control]:
+        out: list[Control] = []
+        for name in names:
+            if name == "mode":
+                index = value >> 5
+                if index != self._mode:
+                    self._mode = index
+                    out.append(Control("mode", MODES[index]))
+            elif name == "panic":
+                high = value >= 64
+                if high and not self._panic_high:
+                    out.append(Control("panic", 1.0))
+                self._panic_high = high
+            else:
+                out.append(Control(name, self._tables[name][value]))
+        return out

@@ -1,0 +1,540 @@
+"""Where timed MIDI goes: MIDI out, the internal synth, the session recorder.
+
+Every sink takes raw MIDI messages (status byte, data bytes) from the real-time
+thread, at the moment they are due, with the ``perf_counter_ns`` time of sending.
+``send`` is on the hot path: no file I/O, no logging per event, no allocation
+beyond what the backend needs. Each sink tracks the notes it has sounding so that
+``panic()`` can send a note-off for each of them before all-notes-off (CC123) and
+all-sound-off (CC120) on every channel; receivers that ignore CC123 still let go.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import queue
+import tempfile
+import threading
+import time
+from array import array
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+
+from rtgen.errors import RtgenError
+from rtgen.midi.notes import NoteTracker
+
+if TYPE_CHECKING:
+    from rtgen.io.ports import MidiOutput
+    from rtgen.io.synth import Synth
+
+log = logging.getLogger(__name__)
+
+NOTE_OFF = 0x80
+NOTE_ON = 0x90
+CONTROL_CHANGE = 0xB0
+PROGRAM_CHANGE = 0xC0
+PITCH_BEND = 0xE0
+CC_ALL_SOUND_OFF = 120
+CC_ALL_NOTES_OFF = 123
+CHANNELS = 16
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """A destination for timed MIDI (all sinks are of this one kind)."""
+
+    name: str
+
+    def send(self, message: Sequence[int], time_ns: int) -> None:
+        """Deliver raw MIDI bytes now; ``time_ns`` is ``time.perf_counter_ns()`` when sent."""
+        ...
+
+    def panic(self) -> None:
+        """Note-offs for every note this sink knows is sounding, then CC123 + CC120 on all 16 channels."""
+        ...
+
+    def close(self) -> None:
+        """Release the sink (ports, synth, files); idempotent."""
+        ...
+
+
+def panic_messages(sounding: Sequence[tuple[int, int]]) -> list[list[int]]:
+    """Note-offs for ``sounding`` then CC123 (all notes off) and CC120 (all sound off) on all 16 channels."""
+    msgs = [[NOTE_OFF | ch, pitch, 0] for ch, pitch in sounding]
+    for ch in range(CHANNELS):
+        msgs.append([CONTROL_CHANGE | ch, CC_ALL_NOTES_OFF, 0])
+        msgs.append([CONTROL_CHANGE | ch, CC_ALL_SOUND_OFF, 0])
+    return msgs
+
+
+class _ErrorCounter:
+    """Counts send failures and logs the first (then every 1000th) so a dying port cannot flood the log."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.count = 0
+
+    def hit(self, err: BaseException) -> None:
+        self.count += 1
+        if self.count == 1 or self.count % 1000 == 0:
+            log.warning("sink %s: send failed (%d so far): %s", self.name, self.count, err)
+
+
+class MidiOutSink:
+    """Sends to a :class:`rtgen.io.ports.MidiOutput` (virtual or named port).
+
+    Attributes:
+        name: ``"midi:<port name>"``.
+        errors: number of messages the port refused (counted, logged sparsely, never raised).
+    """
+
+    def __init__(self, output: MidiOutput, *, close_output: bool = True) -> None:
+        self.output = output
+        self.name = f"midi:{output.name}"
+        self.notes = NoteTracker()
+        self._send = output.send
+        self._track = self.notes.track
+        self._close_output = close_output
+        self._errors = _ErrorCounter(self.name)
+        self._closed = False
+
+    @property
+    def errors(self) -> int:
+        """Messages that failed to send."""
+        return self._errors.count
+
+    @property
+    def overflowed(self) -> int:
+        """Messages the port dropped because a stalled JACK server had no room for them."""
+        return self.output.overflowed
+
+    def send(self, message: Sequence[int], time_ns: int) -> None:
+        """Send ``message`` to the port now and track its note state."""
+        try:
+            sent = self._send(message)
+        except (OSError, ValueError, TypeError) as err:  # rtmidi errors derive from OSError
+            self._errors.hit(err)
+            return
+        if sent is not False:  # a dropped note-off leaves its note in the book: the next panic releases it
+            self._track(message)
+
+    def panic(self) -> None:
+        """Note-offs for the sounding notes, then CC123 + CC120 on every channel."""
+        if self._closed:
+            return
+        for msg in panic_messages(self.notes.sounding()):
+            try:
+                self._send(msg)
+            except (OSError, ValueError) as err:
+                self._errors.hit(err)
+        self.notes.clear()
+
+    def close(self) -> None:
+        """Close the port (without sending anything: call :meth:`panic` first)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._close_output:
+            self.output.close()
+
+
+class SynthSink:
+    """Plays messages on a :class:`rtgen.io.synth.Synth` (note on/off, CC, program change).
+
+    Attributes:
+        name: ``"synth"``.
+        errors: messages the synth refused.
+    """
+
+    def __init__(self, synth: Synth, *, close_synth: bool = True, name: str = "synth") -> None:
+        self.synth = synth
+        self.name = name
+        self.notes = NoteTracker()
+        self._close_synth = close_synth
+        self._errors = _ErrorCounter(name)
+        self._closed = False
+        self._note_on = synth.note_on
+        self._note_off = synth.note_off
+        self._cc = synth.cc
+        self._program = synth.program
+
+    @property
+    def errors(self) -> int:
+        """Messages that failed."""
+        return self._errors.count
+
+    def send(self, message: Sequence[int], time_ns: int) -> None:
+        """Translate one MIDI message into the matching synth call."""
+        if self._closed or not message:
+            return
+        status = message[0]
+        kind = status & 0xF0
+        ch = status & 0x0F
+        try:
+            if kind == NOTE_ON and len(message) >= 3:
+                if message[2]:
+                    self._note_on(ch, message[1], message[2])
+                else:
+                    self._note_off(ch, message[1])
+            elif kind == NOTE_OFF and len(message) >= 3:
+                self._note_off(ch, message[1])
+            elif kind == CONTROL_CHANGE and len(message) >= 3:
+                self._cc(ch, message[1], message[2])
+            elif kind == PROGRAM_CHANGE and len(message) >= 2:
+                self._program(ch, message[1])
+            else:
+                return  # pitch bend, aftertouch, system messages: not used by rtgen's parts
+        except (RtgenError, OSError, ValueError, TypeError) as err:
+            self._errors.hit(err)
+            return
+        self.notes.track(message)
+
+    def panic(self) -> None:
+        """Note-offs for the sounding notes, then the synth's all-notes-off (CC123 + CC120 on every channel)."""
+        if self._closed:
+            return
+        for ch, pitch in self.notes.sounding():
+            self.send([NOTE_OFF | ch, pitch, 0], 0)
+        try:
+            self.synth.all_notes_off()  # CC123 + CC120 on all 16 channels
+        except (RtgenError, OSError, ValueError) as err:
+            self._errors.hit(err)
+        self.notes.clear()
+
+    def close(self) -> None:
+        """Close the synth (when this sink owns it)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._close_synth:
+            self.synth.close()
+
+
+# Recorder records: two int64 per event in a preallocated array ('q'): the time in ns, then
+# (source << 32) | (length << 24) | (status << 16) | (data1 << 8) | data2; a tempo record carries
+# round(bpm * 1e6) in the low 32 bits instead of a message.
+_SOURCE_PARTS = 0
+_SOURCE_PLAYER = 1
+_SOURCE_TEMPO = 2
+_BPM_SCALE = 1_000_000
+PLAYER_TRACK = "player"
+_UNDECODED: Any = object()
+
+
+class RecorderSink:
+    """Records the session, both sides: the generated parts and the player's input.
+
+    :meth:`close` writes a type-1 Standard MIDI File (through :mod:`rtgen.midi.midifile`, atomically):
+    track 0 has the tempo map (from :meth:`set_tempo`) and the time signature, then one track per
+    MIDI channel the parts used, named by ``track_names``, then a ``"player"`` track with what
+    :meth:`record_input` got (kept apart from the parts even on a shared channel). Times are
+    converted from ``perf_counter_ns`` to ticks through the recorded tempo map, so the file lines
+    up with the beat even when the tempo changed. Notes still sounding at close get a real
+    note-off at the last recorded time; CC123/CC120 are left out of the file (every note has its
+    note-off there, and all-notes-off would only add noise).
+
+    Memory stays bounded however long the session: :meth:`send` and :meth:`record_input` write
+    two integers into a preallocated buffer; a full buffer goes through a queue to a writer thread
+    that appends it to a spool file next to ``path`` (or in the temp folder) and hands the buffer
+    back. The real-time thread never does file I/O and never waits. ``close`` reads the spool back.
+
+    Threads: ``send``, ``record_input``, ``set_tempo`` and ``panic`` belong to one thread (the
+    real-time thread, which also drains the input queue). ``close`` may be called from any thread
+    once that thread has stopped calling them (the daemon detaches the sink first); it is
+    idempotent. To start recording mid-session, construct a recorder with ``start_ns`` = the
+    ``perf_counter_ns`` of beat 0 of the current bar and add it to the sinks; note-offs of notes
+    that began before it are left out.
+
+    Args:
+        path: the ``.mid`` file to write.
+        tempo: the tempo (BPM) at the start.
+        start_ns: ``perf_counter_ns`` of beat 0 (default: the first recorded message).
+        ticks_per_beat: MIDI file resolution.
+        time_signature: ``(numerator, denominator)`` written to the tempo track.
+        track_names: 0-based channel -> track name (e.g. ``{0: "melody", 1: "chords", 2: "bass"}``).
+        buffer_events: events per in-memory buffer (16 bytes each).
+        buffers: buffers preallocated (one fills while the writer thread spools the others).
+        spool_dir: where the spool file goes (default: next to ``path``, else the temp folder).
+
+    Attributes:
+        notes: the generated notes sounding (a :class:`~rtgen.midi.notes.NoteTracker`).
+        player_notes: the player's notes sounding.
+        buffers_allocated: buffers created so far (stays at ``buffers`` unless the writer fell behind).
+        spooled_events: events written to the spool file so far.
+        tempo: the latest tempo of the tempo map (BPM).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        tempo: float,
+        *,
+        start_ns: int | None = None,
+        ticks_per_beat: int = 480,
+        time_signature: tuple[int, int] = (4, 4),
+        track_names: Mapping[int, str] | None = None,
+        buffer_events: int = 8192,
+        buffers: int = 4,
+        spool_dir: str | Path | None = None,
+    ) -> None:
+        if tempo <= 0:
+            raise ValueError(f"tempo must be > 0 BPM, got {tempo}")
+        if buffer_events < 1 or buffers < 1:
+            raise ValueError(f"buffer_events and buffers must be >= 1, got {buffer_events} and {buffers}")
+        self.path = Path(path)
+        self.name = f"record:{self.path.name}"
+        self.ticks_per_beat = ticks_per_beat
+        self.time_signature = time_signature
+        self.track_names = dict(track_names or {})
+        self.notes = NoteTracker()
+        self.player_notes = NoteTracker()
+        self.buffers_allocated = 0
+        self.spooled_events = 0
+        self._tempo0 = self.tempo = float(tempo)
+        self._start_ns = start_ns
+        self._buffer_slots = 2 * buffer_events
+        self._pool_size = buffers
+        self._free: queue.SimpleQueue[array[int]] = queue.SimpleQueue()
+        for _ in range(buffers - 1):
+            self._free.put(self._new_buffer())
+        self._buf = self._new_buffer()
+        self._n = 0  # slots used in self._buf
+        self._full: queue.SimpleQueue[array[int] | None] = queue.SimpleQueue()
+        self._spool_dir = Path(spool_dir) if spool_dir is not None else None
+        self._spool: BinaryIO | None = None
+        self._spool_path: Path | None = None
+        self._unspooled: list[array[int]] = []  # buffers the writer could not spool (kept, not lost)
+        self._closed = False
+        self._close_lock = threading.Lock()
+        self._writer = threading.Thread(target=self._write_loop, name=f"rtgen-{self.name}", daemon=True)
+        self._writer.start()
+
+    # --- real-time thread ------------------------------------------------------------------
+    def _new_buffer(self) -> array[int]:
+        self.buffers_allocated += 1
+        return array("q", bytes(8 * self._buffer_slots))
+
+    def _append(self, time_ns: int, word: int) -> None:
+        buf = self._buf
+        i = self._n
+        buf[i] = time_ns
+        buf[i + 1] = word
+        i += 2
+        if i == self._buffer_slots:
+            self._full.put(buf)  # SimpleQueue.put never blocks
+            try:
+                self._buf = self._free.get_nowait()
+            except queue.Empty:
+                self._buf = self._new_buffer()  # the writer fell behind: one more buffer, never a wait
+            i = 0
+        self._n = i
+
+    def _record(self, message: Sequence[int], time_ns: int, source: int, notes: NoteTracker) -> None:
+        n = len(message)
+        if self._closed or n == 0 or n > 3:
+            return
+        status = message[0]
+        if status < 0x80 or status >= 0xF0:
+            return  # system messages (clock, sysex) have no place in the file's parts
+        kind = status & 0xF0
+        d1 = message[1] & 0x7F if n > 1 else 0
+        d2 = message[2] & 0x7F if n > 2 else 0
+        if kind == NOTE_ON and d2:
+            notes.on(status & 0x0F, d1)
+        elif kind in (NOTE_OFF, NOTE_ON):
+            if not notes.release(status & 0x0F, d1):
+                return  # a note that began before the recording (or was already released)
+        elif kind == CONTROL_CHANGE and d1 in (CC_ALL_NOTES_OFF, CC_ALL_SOUND_OFF):
+            return
+        if self._start_ns is None:
+            self._start_ns = time_ns
+        self._append(time_ns, (source << 32) | (n << 24) | (status << 16) | (d1 << 8) | d2)
+
+    def send(self, message: Sequence[int], time_ns: int) -> None:
+        """Record a generated message at ``time_ns`` (two integers into the buffer; nothing else)."""
+        self._record(message, time_ns, _SOURCE_PARTS, self.notes)
+
+    def record_input(self, message: Sequence[int], time_ns: int) -> None:
+        """Record a message of the player's MIDI input (its own ``"player"`` track in the file)."""
+        self._record(message, time_ns, _SOURCE_PLAYER, self.player_notes)
+
+    def set_tempo(self, tempo: float, time_ns: int) -> None:
+        """Record a tempo change (BPM) taking effect at ``time_ns``."""
+        if tempo <= 0:
+            raise ValueError(f"tempo must be > 0 BPM, got {tempo}")
+        if self._closed:
+            return
+        self.tempo = float(tempo)
+        self._append(time_ns, (_SOURCE_TEMPO << 32) | min(0xFFFFFFFF, round(tempo * _BPM_SCALE)))
+
+    def panic(self) -> None:
+        """Record note-offs now for the generated notes sounding (CC123/CC120 stay out of the file)."""
+        if self._closed or self._start_ns is None:
+            return
+        now = time.perf_counter_ns()
+        for ch, pitch in self.notes.sounding():
+            self.send((NOTE_OFF | ch, pitch, 0), now)
+
+    # --- writer thread ---------------------------------------------------------------------
+    def _open_spool(self) -> BinaryIO:
+        folders = [self._spool_dir] if self._spool_dir is not None else [self.path.parent, None]
+        err: OSError | None = None
+        for folder in folders:
+            try:
+                if folder is not None:
+                    folder.mkdir(parents=True, exist_ok=True)
+                fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".spool", dir=folder)
+            except OSError as e:
+                err = e
+                continue
+            self._spool_path = Path(name)
+            return os.fdopen(fd, "w+b")
+        assert err is not None
+        raise err
+
+    def _write_loop(self) -> None:
+        failed = False
+        while True:
+            buf = self._full.get()
+            if buf is None:
+                return
+            if not failed:
+                try:
+                    if self._spool is None:
+                        self._spool = self._open_spool()
+                    self._spool.write(memoryview(buf))
+                except OSError as err:
+                    # a failed write may have left part of the buffer: the spool is trusted up to
+                    # spooled_events, and everything from here on stays in memory, in order
+                    failed = True
+                    log.warning("recorder %s: cannot spool to disk (%s); keeping the session in memory", self.name, err)
+            if failed:
+                self._unspooled.append(buf)
+                continue
+            self.spooled_events += len(buf) // 2
+            if self._free.qsize() < self._pool_size:
+                self._free.put(buf)  # extra buffers from a burst are let go: the pool never ratchets up
+
+    # --- closing ---------------------------------------------------------------------------
+    def _records(self) -> npt.NDArray[np.int64]:
+        """Every record in order (spool, buffers the spool refused, the buffer being filled): (N, 2)."""
+        parts: list[npt.NDArray[np.int64]] = []
+        if self._spool is not None:
+            self._spool.flush()
+            self._spool.seek(0)
+            parts.append(np.fromfile(self._spool, dtype=np.int64, count=2 * self.spooled_events))
+        parts += [np.frombuffer(b, dtype=np.int64) for b in self._unspooled]
+        parts.append(np.frombuffer(self._buf, dtype=np.int64)[: self._n].copy())
+        return np.concatenate(parts).reshape(-1, 2)
+
+    def _tick_map(
+        self, tempi: list[tuple[int, float]]
+    ) -> tuple[Callable[[npt.NDArray[np.int64]], npt.NDArray[np.int64]], list[tuple[int, float]]]:
+        """``ns -> tick`` (vectorised) through the tempo map, and the map as (tick, bpm)."""
+        start = self._start_ns or 0
+        segments: list[tuple[int, float]] = [(0, self._tempo0)]  # (ns from start, bpm), sorted
+        for t, bpm in tempi:
+            rel = max(0, t - start)
+            if rel <= segments[-1][0]:
+                segments[-1] = (segments[-1][0], bpm)  # same instant (or out of order): the later call wins
+            else:
+                segments.append((rel, bpm))
+        tpb = self.ticks_per_beat
+        starts = [0.0]  # tick at each segment start
+        for (t0, bpm), (t1, _) in itertools.pairwise(segments):
+            starts.append(starts[-1] + (t1 - t0) * bpm * tpb / 60e9)
+        seg_ns = np.array([t for t, _ in segments], dtype=np.int64)
+        seg_bpm = np.array([b for _, b in segments])
+        seg_tick = np.array(starts)
+
+        def to_ticks(ns: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+            rel = np.maximum(ns - start, 0)
+            i = np.searchsorted(seg_ns, rel, side="right") - 1
+            return np.rint(seg_tick[i] + (rel - seg_ns[i]) * seg_bpm[i] * (tpb / 60e9)).astype(np.int64)
+
+        return to_ticks, [(round(s), bpm) for s, (_, bpm) in zip(starts, segments, strict=True)]
+
+    def close(self) -> None:
+        """Write the file (type 1) and remove the spool; idempotent, callable from any thread.
+
+        Raises:
+            RtgenError: naming the file, when it cannot be written.
+        """
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._full.put(None)
+            self._writer.join()
+            try:
+                self._write_file()
+            finally:
+                if self._spool is not None:
+                    self._spool.close()
+                if self._spool_path is not None:
+                    with contextlib.suppress(OSError):
+                        self._spool_path.unlink()
+                self._unspooled.clear()
+
+    def _write_file(self) -> None:
+        import mido
+
+        from rtgen.midi.midifile import build_midi, save_atomic
+
+        records = self._records()
+        times, words = records[:, 0], records[:, 1]
+        source = words >> 32
+        is_tempo = source == _SOURCE_TEMPO
+        tempi = [
+            (int(t), int(w & 0xFFFFFFFF) / _BPM_SCALE) for t, w in zip(times[is_tempo], words[is_tempo], strict=True)
+        ]
+        times, words, source = times[~is_tempo], words[~is_tempo], source[~is_tempo]
+        if len(times):
+            last = int(times.max())
+            closing = [(_SOURCE_PARTS, ch, p) for ch, p in self.notes.sounding()]
+            closing += [(_SOURCE_PLAYER, ch, p) for ch, p in self.player_notes.sounding()]
+            if closing:
+                extra = np.array(
+                    [(src << 32) | (3 << 24) | ((NOTE_OFF | ch) << 16) | (p << 8) for src, ch, p in closing]
+                )
+                times = np.concatenate([times, np.full(len(extra), last, dtype=np.int64)])
+                words = np.concatenate([words, extra])
+                source = np.concatenate([source, extra >> 32])
+            self.notes.clear()
+            self.player_notes.clear()
+        to_ticks, tempo_map = self._tick_map(tempi)
+        ticks = to_ticks(times).tolist()
+        parts: dict[int, list[tuple[int, mido.Message]]] = {}
+        player: list[tuple[int, mido.Message]] = []
+        decoded: dict[int, mido.Message | None] = {}  # a session repeats few distinct messages: decode each once
+        for tick, word, src in zip(ticks, words.tolist(), source.tolist(), strict=True):
+            body = word & 0xFFFFFFFF
+            msg = decoded.get(body, _UNDECODED)
+            if msg is _UNDECODED:
+                data = [(body >> 16) & 0xFF, (body >> 8) & 0x7F, body & 0x7F][: body >> 24]
+                try:
+                    msg = mido.Message.from_bytes(data)
+                except (ValueError, TypeError) as err:
+                    log.debug("recorder: dropping malformed message %r: %s", data, err)
+                    msg = None
+                decoded[body] = msg
+            if msg is None:
+                continue
+            if src == _SOURCE_PLAYER:
+                player.append((tick, msg))
+            else:
+                parts.setdefault((body >> 16) & 0x0F, []).append((tick, msg))
+        tracks = [(self.track_names.get(ch, f"channel {ch + 1}"), parts[ch]) for ch in sorted(parts)]
+        if player:
+            tracks.append((PLAYER_TRACK, player))
+        mid = build_midi(
+            tracks, tempo_map=tempo_map, time_signature=self.time_signature, ticks_per_beat=self.ticks_per_beat
+        )
+        save_atomic(mid, self.path, what="session recording")
+        log.info("recorded %d events to %s", len(ticks), self.path)

@@ -1,0 +1,1 @@
+"""The real-time instrument: the loop and the daemon's wiring."""

@@ -1,0 +1,1 @@
+"""MIDI as data: message bytes, sounding-note books, standard MIDI files, MIDI to tokens."""

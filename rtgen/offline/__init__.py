@@ -1,0 +1,1 @@
+"""Offline: render, master and piano rolls."""

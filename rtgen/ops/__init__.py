@@ -1,0 +1,1 @@
+"""Running it: the health check and the service."""

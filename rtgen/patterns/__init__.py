@@ -1,0 +1,1 @@
+"""The pattern libraries (accompaniment styles, drum grooves): data the config schema validates against."""

@@ -1,1 +1,0 @@
-"""The web control surface (``rtgen run --web``): see :mod:`rtgen.web.server`."""
