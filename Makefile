@@ -27,11 +27,13 @@ test: setup-dev
 	$(VENV)/bin/ruff check rtgen training tests
 	$(VENV)/bin/ruff format --check rtgen training tests
 	$(VENV)/bin/mypy rtgen
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
 lint: setup-dev
 	$(VENV)/bin/ruff check rtgen training tests
 	$(VENV)/bin/mypy rtgen
+	$(VENV)/bin/lint-imports
 
 train: setup-dev
 	$(VENV)/bin/rtgen-train all --midi-dir $(NOTTINGHAM) --out exported_models/default --work runs/default

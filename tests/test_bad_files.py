@@ -25,7 +25,7 @@ from test_daemon import Daemon, Peer
 from rtgen.cli import main as rtgen_main
 from rtgen.errors import ModelError
 from rtgen.generation.model import Model
-from training import midi_extract
+from rtgen.midi import extract as midi_extract
 from training import prepare as P  # noqa: N812
 
 GOOD_TUNES = ("ashover1.mid", "jigs1.mid", "jigs2.mid")

@@ -15,8 +15,8 @@ import symusic
 from conftest import SPLIT_MAP, require
 
 from rtgen import contract as C  # noqa: N812
+from rtgen.midi.extract import extract_file
 from training import prepare as P  # noqa: N812
-from training.midi_extract import extract_file
 
 ARRAY_NAMES = ("melody", "velocity", "chord", "position", "phrase")
 
@@ -376,5 +376,5 @@ def test_prepare_does_not_import_torch() -> None:
     import subprocess
     import sys
 
-    code = "import sys, training.prepare, training.midi_extract; sys.exit('torch' in sys.modules)"
+    code = "import sys, training.prepare, rtgen.midi.extract; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent.parent).returncode == 0

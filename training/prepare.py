@@ -1,6 +1,6 @@
 """``rtgen-train prepare``: a folder of MIDI files -> memory-mapped token arrays per split.
 
-Output layout and manifest: docs/internals.md §1. Extraction heuristics: :mod:`training.midi_extract`.
+Output layout and manifest: docs/internals.md §1. Extraction heuristics: :mod:`rtgen.midi.extract`.
 
 File selection, in order:
 
@@ -18,7 +18,7 @@ File selection, in order:
 
 Files are parsed in parallel (one process per core); a file that cannot be read or yields nothing useful is
 skipped and counted by reason, never fatal: zero-length, too large (never read), not MIDI and truncated files are
-told apart before anything reads them whole (:func:`training.midi_extract.sniff`), so they are not hashed either.
+told apart before anything reads them whole (:func:`rtgen.midi.extract.sniff`), so they are not hashed either.
 The output is written to a temporary folder and renamed into place, so an interrupted run leaves no half
 dataset. A run whose inputs (file list, sizes, times, limit, split map, contract and extractor versions and
 source code) match an existing manifest returns at once (``--force`` redoes it). This module never imports torch.
@@ -48,8 +48,8 @@ import numpy.typing as npt
 
 from rtgen import contract as C  # noqa: N812
 from rtgen.errors import RtgenError
-from training import midi_extract
-from training.midi_extract import EXTRACTOR_VERSION, extract_file, tokens_from_score
+from rtgen.midi import extract as midi_extract
+from rtgen.midi.extract import EXTRACTOR_VERSION, extract_file, tokens_from_score
 
 __all__ = ["PrepareSummary", "extract_file", "prepare", "register", "tokens_from_score"]
 

@@ -31,6 +31,7 @@ from rtgen.generation.conductor import NOBODY
 from rtgen.generation.engine import Engine, Params, Step
 from rtgen.generation.model import Model
 from rtgen.io.synth import Synth
+from rtgen.midi.extract import extract_file
 from rtgen.midi.midifile import TICKS_PER_BEAT, build_midi, pan_cc, volume_cc
 from rtgen.timing.transport import Transport
 
@@ -328,8 +329,8 @@ def write_wav(path: Path, frames: npt.NDArray[np.int16], sample_rate: int) -> No
 def load_prime(path: Path) -> tuple[dict[str, npt.NDArray[np.int64]], ct.TimeSignature | None]:
     """Token arrays (melody, velocity, chord, position) of a MIDI file, and its first time signature.
 
-    Uses the training pipeline's extractor (``training.midi_extract``, no torch) when it is
-    installed, else a small built-in one (skyline melody of the highest track, chords of the others).
+    The same extractor as training's (:func:`rtgen.midi.extract.extract_file`): a prime is heard as the
+    models learnt their data.
 
     Raises:
         RtgenError: the file is missing, unreadable or has no usable melody.
@@ -348,59 +349,7 @@ def load_prime(path: Path) -> tuple[dict[str, npt.NDArray[np.int64]], ct.TimeSig
             except ValueError:
                 ts = None
             break
-    try:
-        from training.midi_extract import extract_file
-    except ImportError:
-        tokens: dict[str, npt.NDArray[np.int64]] | str = _extract_with_mido(midi, ts or ct.TimeSignature())
-    else:
-        tokens = extract_file(path)
+    tokens = extract_file(path)
     if isinstance(tokens, str):
         raise RtgenError(f"cannot use {path} as a prime: {tokens}")
     return {k: np.asarray(v, dtype=np.int64) for k, v in tokens.items()}, ts
-
-
-def _extract_with_mido(midi: mido.MidiFile, ts: ct.TimeSignature) -> dict[str, npt.NDArray[np.int64]] | str:
-    """Minimal extractor: melody = skyline of the highest-pitched track, chords = onset groups of the others."""
-    tpq = midi.ticks_per_beat
-    tracks: list[list[tuple[int, int, int, int]]] = []  # (on_step, off_step, pitch, velocity)
-    for tr in midi.tracks:
-        now = 0
-        open_: dict[tuple[int, int], tuple[int, int]] = {}
-        notes = []
-        for msg in tr:
-            now += msg.time
-            if msg.type not in ("note_on", "note_off") or msg.channel == 9:
-                continue
-            step = (now * ct.STEPS_PER_BEAT * 2 + tpq) // (2 * tpq)
-            key = (msg.channel, msg.note)
-            if msg.type == "note_on" and msg.velocity > 0:
-                open_[key] = (step, msg.velocity)
-            elif key in open_:
-                on, vel = open_.pop(key)
-                notes.append((on, max(step, on + 1), msg.note, vel))
-        if notes:
-            tracks.append(notes)
-    if not tracks:
-        return "empty"
-    tracks.sort(key=lambda n: -float(np.mean([p for _, _, p, _ in n])))
-    length = max(off for tr in tracks for _, off, _, _ in tr)
-    melody = np.full(length, ct.MEL_REST, dtype=np.int64)
-    velocity = np.full(length, ct.DEFAULT_VELOCITY_BIN, dtype=np.int64)
-    for on, off, pitch, vel in sorted(tracks[0], key=lambda n: (n[0], -n[2])):
-        if melody[on] >= ct.MEL_NOTE_OFFSET:
-            continue  # skyline: the highest note of an onset wins
-        melody[on] = ct.melody_note_on(pitch)
-        melody[on + 1 : off] = ct.MEL_HOLD
-        velocity[on:] = int(ct.velocity_bin(vel))
-    chord = np.full(length, ct.CHORD_HOLD, dtype=np.int64)
-    chord[0] = ct.CHORD_NC
-    groups: dict[int, list[int]] = {}
-    for tr in tracks[1:]:
-        for on, _, pitch, _ in tr:
-            groups.setdefault(on, []).append(pitch)
-    for on in sorted(groups):
-        c = ct.recognize_chord(groups[on])
-        if c is not None and on < length:
-            chord[on] = c.token
-    position = np.arange(length) % ts.bar_steps
-    return {"melody": melody, "velocity": velocity, "chord": chord, "position": position}
