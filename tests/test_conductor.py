@@ -21,7 +21,7 @@ from rtgen.generation.conductor import (
     estimate_key,
     make_conductor,
 )
-from rtgen.generation.engine import Engine, Params
+from rtgen.generation.engine import Engine, Params, Steer
 from rtgen.generation.model import Model
 from rtgen.timing.transport import Position, Transport
 
@@ -108,7 +108,7 @@ def test_an_answer_comes_in_at_once_whatever_the_model_would_rather_do(model: Mo
     plain = 0
     for seed in range(40):
         engine.reset(seed)
-        pitch = engine.step(enter=True).pitch
+        pitch = engine.step(steer=Steer(enter=True)).pitch
         assert pitch is not None and pitch % 12 in key.pitch_classes, pitch
         engine.reset(seed)
         plain += engine.step().pitch is not None

@@ -23,7 +23,7 @@ from rtgen.arrange.voicing import (
 from rtgen.config import GenerationConfig, PartConfig, PartsConfig
 from rtgen.contract import Key, TimeSignature
 from rtgen.errors import ModelError
-from rtgen.generation.engine import Engine, Params, Step
+from rtgen.generation.engine import Engine, Params, Steer, Step
 from rtgen.generation.model import Model
 from rtgen.generation.sampling import mask_bias, sample, sample_batch
 
@@ -172,7 +172,7 @@ def test_hold_only_while_sounding(model: Model) -> None:
             sounding = True
     assert any(s.melody_token == ct.MEL_HOLD for s in steps)
     # chord HOLD resolves to the previous chord; at step 0 it means N.C.
-    first = Engine(model, Params(), seed=0).step(chord=ct.CHORD_HOLD)
+    first = Engine(model, Params(), seed=0).step(steer=Steer(chord=ct.CHORD_HOLD))
     assert first.chord_now == ct.CHORD_NC
     prev = ct.CHORD_NC
     for s in steps:
@@ -183,15 +183,15 @@ def test_hold_only_while_sounding(model: Model) -> None:
 def test_observed_tokens_pass_through(model: Model) -> None:
     e = Engine(model, Params(), seed=0)
     g7 = ct.Chord.parse("G7").token
-    s = e.step(chord=g7, melody=ct.melody_note_on(67), velocity=100)
+    s = e.step(steer=Steer(chord=g7, melody=ct.melody_note_on(67), velocity=100))
     assert (s.chord_token, s.chord_now, s.pitch, s.velocity) == (g7, g7, 67, 100)
-    s = e.step(chord=ct.CHORD_HOLD, melody=ct.MEL_HOLD)
+    s = e.step(steer=Steer(chord=ct.CHORD_HOLD, melody=ct.MEL_HOLD))
     assert (s.chord_now, s.melody_token) == (g7, ct.MEL_HOLD)
-    s = e.step(melody=ct.MEL_REST)  # chord sampled, melody observed
+    s = e.step(steer=Steer(melody=ct.MEL_REST))  # chord sampled, melody observed
     assert s.melody_token == ct.MEL_REST
-    assert e.step(melody=ct.MEL_HOLD).melody_token == ct.MEL_REST  # HOLD after REST is REST
+    assert e.step(steer=Steer(melody=ct.MEL_HOLD)).melody_token == ct.MEL_REST  # HOLD after REST is REST
     with pytest.raises(ValueError, match="chord token"):
-        e.step(chord=ct.CHORD_VOCAB_SIZE)
+        e.step(steer=Steer(chord=ct.CHORD_VOCAB_SIZE))
 
 
 def test_prime_then_continue_and_lookback(model: Model) -> None:
@@ -351,7 +351,7 @@ def test_v1_model_plays_but_cannot_accompany(tmp_path: Path) -> None:
     engine = Engine(old, Params(), seed=1)
     engine.step()
     with pytest.raises(ModelError, match=r"no harmony\.onnx.*cannot accompany"):
-        engine.step(melody=ct.melody_note_on(60), harmonise=True)
+        engine.step(steer=Steer(melody=ct.melody_note_on(60), harmonise=True))
 
 
 def test_harmonise_hears_the_melody_and_fit_favours_chord_tones(model_dir: Path) -> None:
@@ -364,7 +364,7 @@ def test_harmonise_hears_the_melody_and_fit_favours_chord_tones(model_dir: Path)
     rng = np.random.default_rng(0)
     for i in range(128):
         pitch = int(rng.integers(60, 72))
-        step = engine.step(melody=ct.melody_note_on(pitch), harmonise=True, fit=50.0)
+        step = engine.step(steer=Steer(melody=ct.melody_note_on(pitch), harmonise=True, fit=50.0))
         assert step.chord_now != ct.CHORD_NC
         if step.position % step.beat_steps == 0:
             on_beats += 1
@@ -381,7 +381,7 @@ def test_snapshot_restore_replays_the_same_step(model_dir: Path) -> None:
         engine.step()
     snap = engine.snapshot()
     first = engine.step()
-    engine.step(melody=ct.melody_note_on(64), harmonise=True)
+    engine.step(steer=Steer(melody=ct.melody_note_on(64), harmonise=True))
     engine.restore(snap)
     again = engine.step()
     assert again == first
@@ -404,10 +404,10 @@ def test_feed_query_peek(model_dir: Path) -> None:
     engine = Engine(Model.load(model_dir), Params(temperature=1.0), seed=9)
     fed = engine.feed(None, ct.melody_note_on(62), ct.Chord.parse("D").token, velocity=90)
     assert fed.melody_token == ct.melody_note_on(62) and fed.chord_name == "D" and fed.velocity == 90
-    a = engine.peek(melody=ct.melody_note_on(66), harmonise=True)
-    b = engine.peek(melody=ct.melody_note_on(66), harmonise=True)
+    a = engine.peek(steer=Steer(melody=ct.melody_note_on(66), harmonise=True))
+    b = engine.peek(steer=Steer(melody=ct.melody_note_on(66), harmonise=True))
     assert a == b and engine.index == 1
-    assert engine.query(melody=ct.melody_note_on(66), harmonise=True) == a and engine.index == 2
+    assert engine.query(steer=Steer(melody=ct.melody_note_on(66), harmonise=True)) == a and engine.index == 2
 
 
 def test_prepared_params_need_no_mask_building_at_the_step(model: Model, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,7 +2,7 @@
 
 The musical claims (returns resemble each other more than different sections do, the piece ends on the
 tonic) are checked on renders of the shipped model; the mechanics (exact replay without variation, the
-cue landing on the next phrase boundary) on a random model and the real Player with a fake clock; the
+cue landing on the next phrase boundary) on a random model and the real live loop with a fake clock; the
 live path end to end on the daemon through JACK and UDP OSC.
 """
 
@@ -31,7 +31,8 @@ from rtgen.arrange.form import FormSection, dominant_chord, parse_form, section_
 from rtgen.cli import main
 from rtgen.config import Config, load_config
 from rtgen.io.scheduler import Scheduler
-from rtgen.live.daemon import Player, SetSection
+from rtgen.live.commands import SetSection
+from rtgen.live.loop import LiveLoop
 from rtgen.offline.render import TICKS_PER_STEP, render_steps
 from rtgen.timing.clock import FakeTime, StepClock
 
@@ -191,9 +192,9 @@ def test_without_variation_a_return_is_the_first_hearing_again(random_model: Pat
     assert rep2.same_chords == 1.0 and rep2.same_melody is not None and rep2.same_melody < 1.0
 
 
-# --- live: the real Player with a fake clock --------------------------------------------------------------------
+# --- live: the real live loop with a fake clock --------------------------------------------------------------------
 class FeedbackLog:
-    """Stands in for the OSC sender: keeps the section messages the Player sends to subscribers."""
+    """Stands in for the OSC sender: keeps the section messages the loop sends to subscribers."""
 
     subscribers = (("127.0.0.1", 9),)
 
@@ -216,7 +217,7 @@ class FeedbackLog:
         raise AssertionError(text)
 
 
-def live_player(model_dir: Path, ft: FakeTime, sink: RecordingSink, cue: str = "phrase") -> tuple[Player, Any]:
+def live_loop(model_dir: Path, ft: FakeTime, sink: RecordingSink, cue: str = "phrase") -> tuple[LiveLoop, Any]:
     from rtgen.arrange.voicing import Voicer
     from rtgen.generation.engine import Engine, Params
     from rtgen.generation.model import Model
@@ -225,7 +226,7 @@ def live_player(model_dir: Path, ft: FakeTime, sink: RecordingSink, cue: str = "
     cfg = cfg.replace("form", cue=cue)
     params = Params()
     fb = FeedbackLog()
-    player = Player(
+    loop = LiveLoop(
         Engine(Model.load(model_dir), params, seed=5),
         Voicer(cfg.parts, seed=5),
         Scheduler([sink], now_ns=ft.now_ns),
@@ -235,7 +236,7 @@ def live_player(model_dir: Path, ft: FakeTime, sink: RecordingSink, cue: str = "
         feedback=fb,  # type: ignore[arg-type]
         config=cfg,
     )
-    return player, fb
+    return loop, fb
 
 
 BAR_NS = 16 * 50_000_000  # 300 BPM, sixteenths
@@ -244,23 +245,23 @@ BAR_NS = 16 * 50_000_000  # 300 BPM, sixteenths
 def test_a_live_section_cue_lands_on_the_next_phrase_boundary_and_a_return_replays(random_model: Path) -> None:
     ft = FakeTime()
     sink = RecordingSink()
-    player, fb = live_player(random_model, ft, sink)
+    loop, fb = live_loop(random_model, ft, sink)
     cues = [(int(1.3 * BAR_NS), "A"), (int(10.5 * BAR_NS), "B"), (int(17.2 * BAR_NS), "A")]
     cued: list[tuple[int, Any]] = []
 
     def hook(t: int, m: tuple[int, ...]) -> None:
         while cues and t >= cues[0][0]:
             _, name = cues.pop(0)
-            player.command(SetSection(name))
-            cued.append((player.bar, name))
+            loop.command(SetSection(name))
+            cued.append((loop.bar, name))
 
     sink.hook = hook
-    player.run(33 * BAR_NS / 1e9, start_ns=0)
+    loop.run(33 * BAR_NS / 1e9, start_ns=0)
     assert [name for _, name in cued] == ["A", "B", "A"]
     # each lands on the first phrase boundary (bar 8k, 0-based) after the bar playing when it was cued
     expected = [(name, (bar // ct.PHRASE_BARS + 1) * ct.PHRASE_BARS + 1) for bar, name in cued]
     assert fb.sections == expected == [("A", 9), ("B", 17), ("A", 25)]
-    assert player.section == "A" and player.section_bar == 24
+    assert loop.section == "A" and loop.section_bar == 24
     assert sounding(sink.events) == set()  # every note-on got its own note-off (CC 123 counts for nothing)
 
     def melody_bar(bar: int) -> list[tuple[int, int]]:
@@ -275,16 +276,16 @@ def test_a_live_section_cue_lands_on_the_next_phrase_boundary_and_a_return_repla
 def test_with_cue_bar_a_section_starts_at_the_next_bar_line(random_model: Path) -> None:
     ft = FakeTime()
     sink = RecordingSink()
-    player, fb = live_player(random_model, ft, sink, cue="bar")
+    loop, fb = live_loop(random_model, ft, sink, cue="bar")
     sent: list[int] = []
 
     def hook(t: int, m: tuple[int, ...]) -> None:
         if t >= int(2.4 * BAR_NS) and not sent:
-            sent.append(player.bar)
-            player.command(SetSection("verse"))
+            sent.append(loop.bar)
+            loop.command(SetSection("verse"))
 
     sink.hook = hook
-    player.run(5 * BAR_NS / 1e9, start_ns=0)
+    loop.run(5 * BAR_NS / 1e9, start_ns=0)
     assert sent == [2] and fb.sections == [("verse", 4)]
     assert sounding(sink.events) == set()
 

@@ -2,7 +2,7 @@
 swap path (loader thread, command to the real-time thread, reaper) into the real loop.
 
 Real components: small real ONNX models (tests/model_factory.py), the real FluidSynth with the ``file``
-audio driver (a real audio thread, into /dev/null), the real Player on the internal clock. Every message
+audio driver (a real audio thread, into /dev/null), the real live loop on the internal clock. Every message
 is booked by a note ledger (swapbench.NoteLedger): each note-on needs its own note-off, CC 123 does not
 count. Timing figures are printed, never asserted (the bench owns them).
 """

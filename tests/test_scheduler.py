@@ -10,31 +10,28 @@ import pytest
 from rtgen.arrange.voicing import NoteEvent
 from rtgen.config import PartsConfig
 from rtgen.io.scheduler import Scheduler
-from rtgen.live.daemon import Play, Player, SetPart, SetTempo, Stop
+from rtgen.io.sinks import BaseSink
+from rtgen.live.commands import Play, SetPart, SetTempo, Stop
+from rtgen.live.loop import LiveLoop
 from rtgen.timing.clock import FakeTime, StepClock
 
 
-class RecordingSink:
+class RecordingSink(BaseSink):
     """Keeps every (time, message) it is sent."""
 
-    name = "recording"
-
     def __init__(self, hook: object = None) -> None:
+        super().__init__("recording")
         self.events: list[tuple[int, tuple[int, ...]]] = []
         self.panics = 0
-        self.closed = False
         self.hook = hook
 
-    def send(self, message: Sequence[int], time_ns: int) -> None:
+    def _send(self, message: Sequence[int], time_ns: int) -> None:
         self.events.append((time_ns, tuple(message)))
         if callable(self.hook):
             self.hook(time_ns, tuple(message))
 
-    def panic(self) -> None:
+    def _panic(self) -> None:
         self.panics += 1
-
-    def close(self) -> None:
-        self.closed = True
 
 
 def sounding(events: list[tuple[int, tuple[int, ...]]]) -> set[tuple[int, int]]:
@@ -156,8 +153,6 @@ def test_panic_calls_every_sink() -> None:
 
 def test_a_failing_sink_does_not_stop_the_others() -> None:
     class Broken(RecordingSink):
-        name = "broken"
-
         def send(self, message: Sequence[int], time_ns: int) -> None:
             raise OSError("port gone")
 
@@ -175,7 +170,7 @@ def random_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_random_model(tmp_path_factory.mktemp("model") / "random")
 
 
-def make_player(model_dir: Path, tempo: float, sink: RecordingSink, ft: FakeTime, seed: int = 3) -> Player:
+def make_loop(model_dir: Path, tempo: float, sink: RecordingSink, ft: FakeTime, seed: int = 3) -> LiveLoop:
     from rtgen.arrange.voicing import Voicer
     from rtgen.generation.engine import Engine, Params
     from rtgen.generation.model import Model
@@ -183,7 +178,7 @@ def make_player(model_dir: Path, tempo: float, sink: RecordingSink, ft: FakeTime
     params = Params()
     sched = Scheduler([sink], now_ns=ft.now_ns)
     clock = StepClock(tempo, time_source=ft)
-    return Player(
+    return LiveLoop(
         Engine(Model.load(model_dir), params, seed=seed),
         Voicer(PartsConfig(), seed=seed),
         sched,
@@ -196,15 +191,15 @@ def make_player(model_dir: Path, tempo: float, sink: RecordingSink, ft: FakeTime
 def test_loop_plays_three_parts_on_the_grid_and_leaves_nothing_sounding(random_model: Path) -> None:
     ft = FakeTime()
     sink = RecordingSink()
-    player = make_player(random_model, 240.0, sink, ft)
-    player.run(4.0, start_ns=0)
+    loop = make_loop(random_model, 240.0, sink, ft)
+    loop.run(4.0, start_ns=0)
     step = 62_500_000
     ons = [(t, m) for t, m in sink.events if m[0] & 0xF0 == 0x90 and m[2] > 0]
     assert {m[0] & 0x0F for _, m in ons} == {0, 1, 2, 9}  # drums on channel 10
     assert all(t % step == 0 for t, _ in ons)  # no swing, no humanize: exactly on the grid
-    assert player.clock.stats.steps == 64
+    assert loop.clock.stats.steps == 64
     assert sounding(sink.events) == set()
-    assert player.scheduler.errors.max_late_ns == 0
+    assert loop.scheduler.errors.max_late_ns == 0
 
 
 def test_loop_is_deterministic_for_a_seed(random_model: Path) -> None:
@@ -212,22 +207,22 @@ def test_loop_is_deterministic_for_a_seed(random_model: Path) -> None:
     for _ in range(2):
         ft = FakeTime()
         sink = RecordingSink()
-        make_player(random_model, 300.0, sink, ft, seed=11).run(2.0, start_ns=0)
+        make_loop(random_model, 300.0, sink, ft, seed=11).run(2.0, start_ns=0)
         runs.append(sink.events)
     assert runs[0] == runs[1]
 
 
 def test_seed_command_reseeds_every_part_the_drums_too(random_model: Path) -> None:
-    from rtgen.live.daemon import SetSeed
+    from rtgen.live.commands import SetSeed
 
     runs = []
     for seed, command in ((11, None), (3, SetSeed(11)), (3, None)):
         ft = FakeTime()
         sink = RecordingSink()
-        player = make_player(random_model, 300.0, sink, ft, seed=seed)
+        loop = make_loop(random_model, 300.0, sink, ft, seed=seed)
         if command is not None:
-            player.command(command)
-        player.run(2.0, start_ns=0)
+            loop.command(command)
+        loop.run(2.0, start_ns=0)
         runs.append([(t, m) for t, m in sink.events if m[0] & 0xF0 == 0x90 and m[2] > 0])
     # the command comes in after the first step went out: from the second step on (50 ms) it is seed 11's
     drums = [[(t, m) for t, m in run if m[0] & 0x0F == 9 and t >= 50_000_000] for run in runs]
@@ -237,19 +232,19 @@ def test_seed_command_reseeds_every_part_the_drums_too(random_model: Path) -> No
 def test_tempo_command_changes_the_grid_from_the_next_step(random_model: Path) -> None:
     ft = FakeTime()
     sink = RecordingSink()
-    player = make_player(random_model, 120.0, sink, ft)
+    loop = make_loop(random_model, 120.0, sink, ft)
     sent = []
 
     def hook(t: int, m: tuple[int, ...]) -> None:
         if t >= 1_000_000_000 and not sent:
             sent.append(t)
-            player.command(SetTempo(240.0))
+            loop.command(SetTempo(240.0))
 
     sink.hook = hook
-    player.run(3.0, start_ns=0)
+    loop.run(3.0, start_ns=0)
     # at 120 BPM steps are 125 ms; the command arrives during step 8 (t = 1 s) and applies from step 9
-    assert player.clock.deadline(9) == 9 * 125_000_000
-    assert player.clock.deadline(10) == 9 * 125_000_000 + 62_500_000
+    assert loop.clock.deadline(9) == 9 * 125_000_000
+    assert loop.clock.deadline(10) == 9 * 125_000_000 + 62_500_000
     ons = sorted({t for t, m in sink.events if m[0] & 0xF0 == 0x90 and m[2] > 0})
     assert all(t % 125_000_000 == 0 for t in ons if t <= 9 * 125_000_000)
     assert all((t - 9 * 125_000_000) % 62_500_000 == 0 for t in ons if t >= 9 * 125_000_000)
@@ -264,17 +259,17 @@ def test_stop_play_and_instrument_commands(random_model: Path) -> None:
             t = super().wait_until(deadline_ns, max_sleep_ns=max_sleep_ns)
             if t >= 500_000_000 and "stop" not in done:
                 done.append("stop")
-                player.command(Stop())
-                player.command(SetPart("chords", program=40))
+                loop.command(Stop())
+                loop.command(SetPart("chords", program=40))
             elif t >= 1_500_000_000 and "play" not in done:
                 done.append("play")
-                player.command(Play())
+                loop.command(Play())
             return t
 
     ft = ScriptedTime()
     sink = RecordingSink()
-    player = make_player(random_model, 240.0, sink, ft)
-    player.run(3.0, start_ns=0)
+    loop = make_loop(random_model, 240.0, sink, ft)
+    loop.run(3.0, start_ns=0)
     msgs = [m for _, m in sink.events]
     assert (0xC1, 40) in msgs  # chords are on channel 2 (0-based 1)
     i_stop = msgs.index((0xC1, 40))
@@ -336,18 +331,18 @@ def test_a_long_stall_resumes_on_the_grid_without_a_burst(random_model: Path) ->
 
     ft = StallOnce()
     sink = RecordingSink()
-    player = make_player(random_model, 240.0, sink, ft)
-    player.scheduler.drop_late_ns = 20_000_000
-    player.run(6.0, start_ns=0)
+    loop = make_loop(random_model, 240.0, sink, ft)
+    loop.scheduler.drop_late_ns = 20_000_000
+    loop.run(6.0, start_ns=0)
     step = 62_500_000
     ons = sorted(t for t, m in sink.events if m[0] & 0xF0 == 0x90 and m[2] > 0)
-    assert player.skipped_steps == 48  # 3.03 s at 62.5 ms per step
+    assert loop.skipped_steps == 48  # 3.03 s at 62.5 ms per step
     assert not [t for t in ons if 1_000_000_000 < t < 4_000_000_000]  # nothing played in the freeze
     late = [t for t in ons if t > 4_000_000_000]
     assert late and all(t % step == 0 for t in late)  # back on the original grid
-    assert player.clock.stats.steps == 96 - 48
-    assert player.next_k == 96  # every step of the 6 s counted: the bar lines did not move
-    assert player.transport.next_step == 96 + (player.pending is not None)  # (the next one decided ahead)
+    assert loop.clock.stats.steps == 96 - 48
+    assert loop.next_k == 96  # every step of the 6 s counted: the bar lines did not move
+    assert loop.transport.next_step == 96 + (loop.pending is not None)  # (the next one decided ahead)
     assert sounding(sink.events) == set()
 
 
@@ -355,30 +350,31 @@ def test_a_controller_sweep_from_the_loop_is_applied_off_it_and_coalesced(random
     """CC74 sweeps arrive on the real-time thread: the params (and their masks) are made on a helper thread."""
     import time
 
-    player = make_player(random_model, 120.0, RecordingSink(), FakeTime())
+    loop = make_loop(random_model, 120.0, RecordingSink(), FakeTime())
     for i in range(100):
-        player._control("density", 0.2 + i / 100)
+        loop._control("density", 0.2 + i / 100)
     deadline = time.monotonic() + 10
-    while player.params.density != pytest.approx(1.19) and time.monotonic() < deadline:
+    while loop.params.density != pytest.approx(1.19) and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert player.params.density == pytest.approx(1.19)
+    assert loop.params.density == pytest.approx(1.19)
     from rtgen.generation.engine import _mask_key
 
-    assert _mask_key(player.params) in player.engine._mask_cache  # built before it was published
+    assert _mask_key(loop.params) in loop.engine._mask_cache  # built before it was published
 
 
 def test_the_input_is_polled_fast_while_it_matters_and_slowly_while_nobody_plays(random_model: Path) -> None:
-    from rtgen.live.daemon import IDLE_POLL_NS, PLAYER_ACTIVE_NS, POLL_NS, SetMode
+    from rtgen.live.commands import SetMode
+    from rtgen.live.listening import IDLE_POLL_NS, PLAYER_ACTIVE_NS, POLL_NS
 
-    player = make_player(random_model, 120.0, RecordingSink(), FakeTime())
-    assert player._poll_interval(0) == 0  # no input at all: nothing to poll
-    player.poll_ns = POLL_NS
+    loop = make_loop(random_model, 120.0, RecordingSink(), FakeTime())
+    assert loop._poll_interval(0) == 0  # no input at all: nothing to poll
+    loop.poll_ns = POLL_NS
     t = 10 * PLAYER_ACTIVE_NS
-    assert player._poll_interval(t) == IDLE_POLL_NS  # autonomous, nobody playing
-    player._input(t, (0xB0, 1, 64))  # a knob turns
-    assert player._poll_interval(t + 1) == POLL_NS
-    assert player._poll_interval(t + PLAYER_ACTIVE_NS + 1) == IDLE_POLL_NS
-    player._input(t, (0xFE,))  # active sensing is not a player
-    assert player._poll_interval(t + PLAYER_ACTIVE_NS + 1) == IDLE_POLL_NS
-    player._apply(SetMode("accompany"))
-    assert player._poll_interval(t + PLAYER_ACTIVE_NS + 1) == POLL_NS  # listening modes always poll fast
+    assert loop._poll_interval(t) == IDLE_POLL_NS  # autonomous, nobody playing
+    loop._input(t, (0xB0, 1, 64))  # a knob turns
+    assert loop._poll_interval(t + 1) == POLL_NS
+    assert loop._poll_interval(t + PLAYER_ACTIVE_NS + 1) == IDLE_POLL_NS
+    loop._input(t, (0xFE,))  # active sensing is not a player
+    assert loop._poll_interval(t + PLAYER_ACTIVE_NS + 1) == IDLE_POLL_NS
+    loop._apply(SetMode("accompany"))
+    assert loop._poll_interval(t + PLAYER_ACTIVE_NS + 1) == POLL_NS  # listening modes always poll fast

@@ -19,7 +19,9 @@ from rtgen.errors import ConfigError
 from rtgen.generation.engine import Engine, Params, Step
 from rtgen.generation.model import Model
 from rtgen.io.scheduler import Scheduler
-from rtgen.live.daemon import Player, SetPartEnabled, SetStyle
+from rtgen.io.sinks import BaseSink
+from rtgen.live.commands import SetPartEnabled, SetStyle
+from rtgen.live.loop import LiveLoop
 from rtgen.offline.render import TICKS_PER_STEP
 from rtgen.patterns.styles import styles
 from rtgen.timing.clock import FakeTime, StepClock
@@ -258,26 +260,19 @@ def test_config_and_cli_name_the_styles(model_dir: Path, tmp_path: Path, capsys:
     assert "parts.chords.style must be one of" in capsys.readouterr().err
 
 
-# --- live: the Player with a recording sink, styles switched and parts muted while it plays -------------------
-class RecordingSink:
-    """Every (time, message) it is sent; ``hook`` sees each one (to steer the player at given times)."""
-
-    name = "recording"
+# --- live: the loop with a recording sink, styles switched and parts muted while it plays -------------------
+class RecordingSink(BaseSink):
+    """Every (time, message) it is sent; ``hook`` sees each one (to steer the loop at given times)."""
 
     def __init__(self) -> None:
+        super().__init__("recording")
         self.events: list[tuple[int, tuple[int, ...]]] = []
         self.hook: object = None
 
-    def send(self, message: Sequence[int], time_ns: int) -> None:
+    def _send(self, message: Sequence[int], time_ns: int) -> None:
         self.events.append((time_ns, tuple(message)))
         if callable(self.hook):
             self.hook(time_ns)
-
-    def panic(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 def sounding_at(events: list[tuple[int, tuple[int, ...]]], t_ns: int, channel: int) -> set[int]:
@@ -300,7 +295,7 @@ def test_live_style_switches_and_mutes_leave_nothing_hanging(model_dir: Path) ->
     ft = FakeTime()
     sink = RecordingSink()
     params = Params()
-    player = Player(
+    loop = LiveLoop(
         Engine(Model.load(model_dir), params, seed=5),
         Voicer(Config().parts, seed=5),
         Scheduler([sink], now_ns=ft.now_ns),
@@ -325,10 +320,10 @@ def test_live_style_switches_and_mutes_leave_nothing_hanging(model_dir: Path) ->
         while plan and t >= plan[0][0]:
             _, cmd = plan.pop(0)
             sent.append((t, len(sink.events), cmd))
-            player.command(cmd)
+            loop.command(cmd)
 
     sink.hook = hook
-    player.run(4.5, start_ns=0)
+    loop.run(4.5, start_ns=0)
     assert not plan, "every command was sent while playing"
     events = sink.events
     at = {cmd: t for t, _, cmd in sent}
@@ -371,5 +366,5 @@ def test_live_style_switches_and_mutes_leave_nothing_hanging(model_dir: Path) ->
     # every note-on has its own note-off (the end of the run releases the rest with real note-offs)
     for channel in range(16):
         assert sounding_at(events, 10**15, channel) == set()
-    assert player.scheduler.dropped_offs == 0
-    assert player.parts.drums.enabled and player.parts.chords.style == "strum" and player.parts.bass.style == "walking"
+    assert loop.scheduler.dropped_offs == 0
+    assert loop.parts.drums.enabled and loop.parts.chords.style == "strum" and loop.parts.bass.style == "walking"

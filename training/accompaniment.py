@@ -530,7 +530,7 @@ def engine_chords(
     The engine counts bars from step 0 in the tune's first meter, so its phrase position differs from the
     data's in a tune with a pickup bar.
     """
-    from rtgen.generation.engine import Engine, Params
+    from rtgen.generation.engine import Engine, Params, Steer
 
     params = Params(temperature=temperature, top_p=top_p, time_signature=_meter_at(tune, 0))
     engine = Engine(model, params, seed=seed)
@@ -541,7 +541,7 @@ def engine_chords(
             p = None
         if p is not None:
             params = p
-        s = engine.step(p, melody=int(tune.melody[t]), velocity=ct.bin_velocity(int(tune.velocity[t])))
+        s = engine.step(p, steer=Steer(melody=int(tune.melody[t]), velocity=ct.bin_velocity(int(tune.velocity[t]))))
         out[t] = s.chord_now
     return out
 

@@ -14,9 +14,7 @@ on a tune (the human melody as the player) for ``rtgen-train evaluate``.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -46,11 +44,9 @@ class Performer:
         self.conductor = conductor
         self.parts = parts
         self._voiced: frozenset[str] = frozenset(PART_NAMES)
-        self.fit = float(getattr(conductor, "fit", 0.0))
+        self.fit = conductor.fit
         engine.follow_harmony = conductor.mode == "call-and-response"  # it answers, then harmonises again
         self._scaled_cache: tuple[Params, float, Params] | None = None
-        # a voicer that reads section boundaries (a drummer's fills) takes them as keywords
-        self._voice_sections = "section_end" in inspect.signature(voicer.voice).parameters
 
     @property
     def mode(self) -> str:
@@ -60,7 +56,7 @@ class Performer:
     def set_conductor(self, conductor: Conductor) -> list[NoteEvent]:
         """Switch mode; returns note-offs for parts the new mode does not voice (apply them now)."""
         self.conductor = conductor
-        self.fit = float(getattr(conductor, "fit", 0.0))
+        self.fit = conductor.fit
         self.engine.follow_harmony = conductor.mode == "call-and-response"
         return self._voice_only(conductor.plan(Position(0, 0, 0)).voiced)
 
@@ -110,7 +106,7 @@ class Performer:
             plan: the plan, if the caller already asked the conductor for it.
             section_start: the step lies in the first bar of a song-form section (see :mod:`rtgen.arrange.form`).
             section_end: the step lies in the last bar before another section or the end; both go to
-                ``Voicer.voice`` as keywords (the drummer's fill into the next section) when it takes them.
+                :meth:`~rtgen.arrange.voicing.Voicer.voice` (the drummer's fill into the next section).
 
         Returns:
             The engine's step and the note events of the voiced parts (offs first), relative to the step's start.
@@ -120,27 +116,10 @@ class Performer:
             params = dataclasses.replace(params, key=plan.key)
         if plan.temperature_scale != 1.0:
             params = self._scaled(params, plan.temperature_scale)
-        melody = heard.melody if plan.observe_melody else None
-        chord = heard.chord if plan.observe_chords else None
-        step = self.engine.step(
-            params,
-            at=pos,
-            melody=melody,
-            velocity=heard.velocity if plan.observe_melody else None,
-            chord=chord,
-            harmonise=plan.harmonise and melody is not None,
-            fit=self.fit if plan.harmonise else 0.0,
-            tone_fit=plan.tone_fit,
-            hold=plan.hold,
-            enter=plan.enter,
-        )
+        step = self.engine.step(params, at=pos, steer=plan.steering(heard, self.fit))
         self.conductor.heard(pos, heard)
         offs = self._voice_only(plan.voiced)
-        if self._voice_sections:
-            voice: Any = self.voicer.voice  # the keywords exist only on a section-aware voicer
-            events = voice(step, params, section_start=section_start, section_end=section_end)
-        else:
-            events = self.voicer.voice(step, params)
+        events = self.voicer.voice(step, params, section_start=section_start, section_end=section_end)
         return step, offs + events if offs else events
 
 

@@ -132,13 +132,14 @@ def bench_schedule(
     from rtgen.arrange.voicing import Voicer
     from rtgen.generation.engine import Engine, Params
     from rtgen.generation.model import Model
-    from rtgen.live.daemon import NullSink, Player
+    from rtgen.io.sinks import NullSink
+    from rtgen.live.loop import LiveLoop
 
     params = Params()
     sched = Scheduler([NullSink()], keep_history=True)
     clock = StepClock(tempo)
     clock.stats = LatenessStats(late_threshold_ns=clock.stats.late_threshold_ns, keep_history=True)
-    player = Player(
+    player = LiveLoop(
         Engine(Model.load(model_dir, threads=1), params, seed=seed),
         Voicer(PartsConfig(), seed=seed),
         sched,

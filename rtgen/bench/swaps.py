@@ -1,6 +1,6 @@
 """Hot swaps while playing: the schedule error and the steps of the real loop while models or soundfonts change.
 
-Both measurements run the real :class:`~rtgen.live.daemon.Player` (internal clock, real engine and voicer) and
+Both measurements run the real :class:`~rtgen.live.loop.LiveLoop` (internal clock, real engine and voicer) and
 swap through the daemon's own :meth:`~rtgen.live.daemon.Daemon.swap_model` /
 :meth:`~rtgen.live.daemon.Daemon.swap_soundfont`
 (the loader thread, the command to the real-time thread, the reaper), with every message counted by a
@@ -22,13 +22,14 @@ from typing import Any
 
 from rtgen.bench.runner import percentiles_us
 from rtgen.config import Config, PartsConfig
-from rtgen.io.scheduler import Scheduler, SinkLike
+from rtgen.io.scheduler import Scheduler
+from rtgen.io.sinks import BaseSink, Sink
 from rtgen.timing.clock import LatenessStats, StepClock, realtime_loop
 
 NOTE_ON, NOTE_OFF, CONTROL_CHANGE = 0x90, 0x80, 0xB0
 
 
-class NoteLedger:
+class NoteLedger(BaseSink):
     """A sink that books every note-on against its own note-off (CC 123 all-notes-off does not count).
 
     Attributes:
@@ -39,14 +40,14 @@ class NoteLedger:
     """
 
     def __init__(self, name: str = "ledger") -> None:
-        self.name = name
+        super().__init__(name)
         self.note_ons = 0
         self.note_offs = 0
         self.stray_offs = 0
         self._lock = threading.Lock()  # the loop sends; a test may read while it plays
         self._sounding: Counter[tuple[int, int]] = Counter()
 
-    def send(self, message: Sequence[int], time_ns: int) -> None:
+    def _send(self, message: Sequence[int], time_ns: int) -> None:
         """Book one message."""
         if len(message) < 3:
             return
@@ -69,11 +70,8 @@ class NoteLedger:
         with self._lock:
             return sorted(self._sounding.elements())
 
-    def panic(self) -> None:
+    def _panic(self) -> None:
         """Nothing to do: a panic's CC 123 must not hide a missing note-off."""
-
-    def close(self) -> None:
-        """Nothing to close."""
 
 
 def drop_page_cache(path: Path) -> bool:
@@ -92,20 +90,21 @@ def drop_page_cache(path: Path) -> bool:
     return True
 
 
-def swap_rig(model_dir: Path, bpm: float, sinks: list[SinkLike], *, seed: int = 0) -> tuple[Any, Any]:
-    """A daemon around a real Player (internal clock, real engine) playing into ``sinks``, for swaps.
+def swap_rig(model_dir: Path, bpm: float, sinks: list[Sink], *, seed: int = 0) -> tuple[Any, Any]:
+    """A daemon around a real live loop (internal clock, real engine) playing into ``sinks``, for swaps.
 
     The daemon is not opened (no ports, no OSC): its :meth:`~rtgen.live.daemon.Daemon.swap_model` and
-    :meth:`~rtgen.live.daemon.Daemon.swap_soundfont` (set ``daemon.synth`` first) drive the player, and
+    :meth:`~rtgen.live.daemon.Daemon.swap_soundfont` (set ``daemon.synth`` first) drive the loop, and
     :meth:`~rtgen.live.daemon.Daemon.close` ends the loader and closes the sinks.
 
     Returns:
-        ``(daemon, player)``; run the player with ``player.run(seconds)`` on the thread that plays.
+        ``(daemon, loop)``; run the loop with ``loop.run(seconds)`` on the thread that plays.
     """
     from rtgen.arrange.voicing import Voicer
     from rtgen.generation.engine import Engine, Params
     from rtgen.generation.model import Model
-    from rtgen.live.daemon import Daemon, Player
+    from rtgen.live.daemon import Daemon
+    from rtgen.live.loop import LiveLoop
 
     config = Config()
     params = Params()
@@ -113,13 +112,13 @@ def swap_rig(model_dir: Path, bpm: float, sinks: list[SinkLike], *, seed: int = 
     clock = StepClock(bpm)
     clock.stats = LatenessStats(late_threshold_ns=clock.stats.late_threshold_ns, keep_history=True)
     model = Model.load(model_dir, threads=1)
-    player = Player(Engine(model, params, seed=seed), Voicer(PartsConfig(), seed=seed), sched, clock, params,
+    loop = LiveLoop(Engine(model, params, seed=seed), Voicer(PartsConfig(), seed=seed), sched, clock, params,
                     PartsConfig(), config=config)  # fmt: skip
     daemon = Daemon(config)
-    daemon.player = player
+    daemon.loop = loop
     daemon.model = model
-    daemon.sinks = list(sinks)
-    return daemon, player
+    daemon.outputs.sinks = list(sinks)
+    return daemon, loop
 
 
 def _play(player: Any, seconds: float, driver: Callable[[], None], realtime_priority: int) -> dict[str, Any]:

@@ -136,21 +136,21 @@ def run(args: argparse.Namespace) -> int:
     reporter = StatusReporter(tty_line=tty, json_lines=cfg.daemon.log_json)
     daemon = Daemon(cfg, status=reporter)
     daemon.open()
-    player = daemon.player
+    loop = daemon.loop
     outputs = ", ".join(s.name for s in daemon.sinks)
     osc = f"OSC on {cfg.osc.host}:{daemon.osc.port}" if daemon.osc is not None else "OSC off"
     if daemon.web is not None:
         osc += f"; web page {daemon.web.url}"
     if not cfg.daemon.quiet and not cfg.daemon.log_json:
         print(
-            f"rtgen: playing {player.model_name if player else '?'} at {cfg.generation.tempo:g} BPM to {outputs}; "
+            f"rtgen: playing {loop.model_name if loop else '?'} at {cfg.generation.tempo:g} BPM to {outputs}; "
             f"{osc}; Ctrl-C stops",
             file=sys.stderr,
             flush=True,
         )
     code = daemon.run()
-    if not cfg.daemon.quiet and not cfg.daemon.log_json and player is not None:
-        s = player.clock.stats
+    if not cfg.daemon.quiet and not cfg.daemon.log_json and loop is not None:
+        s = loop.clock.stats
         print(
             f"rtgen: stopped after {s.steps} steps, {s.late_steps} late (max {s.max_late_ns / 1e6:.2f} ms)",
             file=sys.stderr,

@@ -31,6 +31,7 @@ from typing import Protocol
 
 from rtgen import contract as ct
 from rtgen.config import MODES, AccompanyConfig, CallResponseConfig, ImproviseConfig
+from rtgen.generation.engine import Steer
 from rtgen.timing.transport import Position
 
 
@@ -93,11 +94,36 @@ class Plan:
     hold: float = 0.0
     enter: bool = False
 
+    def steering(self, heard: Heard, fit: float = 0.0) -> Steer:
+        """How the engine is steered at this step, given what the player did (``fit``: the harmoniser's bonus for
+        chords holding the player's onset)."""
+        melody = heard.melody if self.observe_melody else None
+        return Steer(
+            melody=melody,
+            velocity=heard.velocity if self.observe_melody else None,
+            chord=heard.chord if self.observe_chords else None,
+            harmonise=self.harmonise and melody is not None,
+            fit=fit if self.harmonise else 0.0,
+            tone_fit=self.tone_fit,
+            hold=self.hold,
+            enter=self.enter,
+        )
+
 
 class Conductor(Protocol):
-    """Decides the :class:`Plan` of each step; :meth:`heard` tells it what the player did there."""
+    """Decides the :class:`Plan` of each step; :meth:`heard` tells it what the player did there.
+
+    Attributes:
+        mode: the mode it conducts (one of :data:`rtgen.config.MODES`).
+        needs_harmoniser: its plans ask the engine to harmonise the player's melody (a contract-v2 model).
+        answering: rtgen is playing an answer to the player now (call-and-response; False elsewhere).
+        fit: the harmoniser's log-odds bonus for chords holding the player's onset (0 where nothing is harmonised).
+    """
 
     mode: str
+    needs_harmoniser: bool
+    answering: bool
+    fit: float
 
     def plan(self, pos: Position) -> Plan:
         """The plan for the step at ``pos`` (called before the step is decided)."""
@@ -121,6 +147,9 @@ class Autonomous:
     """rtgen plays every part by itself."""
 
     mode = "autonomous"
+    needs_harmoniser = False
+    answering = False
+    fit = 0.0
     _PLAN = Plan()
 
     def plan(self, pos: Position) -> Plan:
@@ -143,6 +172,8 @@ class Accompany:
     """
 
     mode = "accompany"
+    needs_harmoniser = True
+    answering = False
 
     def __init__(self, config: AccompanyConfig | None = None) -> None:
         cfg = config or AccompanyConfig()
@@ -171,6 +202,9 @@ class Improvise:
     """
 
     mode = "improvise"
+    needs_harmoniser = False
+    answering = False
+    fit = 0.0
 
     def __init__(self, tone_fit: float = 1.0) -> None:
         self._PLAN = Plan(observe_chords=True, voiced=frozenset(("melody", "drums")), reactive=True, window_ms=0.0,
@@ -202,6 +236,7 @@ class CallAndResponse:
     """
 
     mode = "call-and-response"
+    needs_harmoniser = True
 
     def __init__(self, config: CallResponseConfig | None = None, fit: float = 2.0) -> None:
         cfg = config or CallResponseConfig()
@@ -273,6 +308,14 @@ class CallAndResponse:
         self.call_steps = self.silence_steps = 0
         self._weights = [0.0] * 12
         return True
+
+
+def needs_harmoniser(mode: str) -> bool:
+    """Whether ``mode``'s conductor asks the engine to harmonise the player's melody (a contract-v2 model)."""
+    conductors: dict[str, type[Conductor]] = {c.mode: c for c in (Autonomous, Accompany, Improvise, CallAndResponse)}
+    if mode not in conductors:
+        raise ValueError(f"unknown mode {mode!r}; allowed: {', '.join(MODES)}")
+    return conductors[mode].needs_harmoniser
 
 
 def make_conductor(mode: str, accompany: AccompanyConfig | None = None,

@@ -94,6 +94,40 @@ class Params:
 
 
 @dataclass(frozen=True)
+class Steer:
+    """How one step is steered: what is observed (the player's), and what the conductor asks of what is sampled.
+
+    Attributes:
+        melody: an observed melody token (the player's); ``None`` samples it.
+        velocity: MIDI velocity of an observed onset (default: the model's most likely bin).
+        chord: an observed chord token; ``None`` samples it.
+        harmonise: with an observed ``melody`` and no ``chord``, choose the chord with the harmoniser,
+            which hears the melody up to this step (needs a contract-v2 model); otherwise the chord model
+            guesses it from the past. The chord changes only on a strong beat or on a counted beat with a
+            melody onset (harmonic rhythm as in the data, about one change per bar).
+        fit: with ``harmonise``, a log-odds bonus for the chords that contain the pitch class of an
+            onset at this step.
+        hold: with ``harmonise``, a log-odds bonus for keeping the sounding chord (harmonic rhythm).
+        tone_fit: on a strong beat, a log-odds bonus for sampled melody onsets on tones of the sounding
+            chord (improvising over a player's chords lands on them as a musician would).
+        enter: a sampled melody that is silent starts a note at this step (an answer comes in on time).
+    """
+
+    melody: int | None = None
+    velocity: int | None = None
+    chord: int | None = None
+    harmonise: bool = False
+    fit: float = 0.0
+    tone_fit: float = 0.0
+    hold: float = 0.0
+    enter: bool = False
+
+
+FREE = Steer()
+"""Nothing observed, nothing asked: the models play the step by themselves."""
+
+
+@dataclass(frozen=True)
 class Step:
     """What the engine produced (or observed) at one grid step.
 
@@ -367,43 +401,20 @@ class Engine:
         return masks
 
     # --- one step --------------------------------------------------------------
-    def step(
-        self,
-        params: Params | None = None,
-        *,
-        at: Position | None = None,
-        melody: int | None = None,
-        velocity: int | None = None,
-        chord: int | None = None,
-        harmonise: bool = False,
-        fit: float = 0.0,
-        tone_fit: float = 0.0,
-        hold: float = 0.0,
-        enter: bool = False,
-    ) -> Step:
-        """Produce the next step: observe what is given, sample the rest (chord first, then melody).
+    def step(self, params: Params | None = None, *, at: Position | None = None, steer: Steer = FREE) -> Step:
+        """Produce the next step: observe what ``steer`` gives, sample the rest (chord first, then melody).
 
         Args:
             params: parameters for this step (and the following ones); ``None`` keeps the current.
             at: the step's position, from the transport; ``None`` counts steps under ``params.time_signature``
                 (offline use).
-            melody: an observed melody token (the player's); ``None`` samples it.
-            velocity: MIDI velocity of an observed onset (default: the model's most likely bin).
-            chord: an observed chord token; ``None`` samples it.
-            harmonise: with an observed ``melody`` and no ``chord``, choose the chord with the harmoniser,
-                which hears the melody up to this step (needs a contract-v2 model); otherwise the chord model
-                guesses it from the past. The chord changes only on a strong beat or on a counted beat with a
-                melody onset (harmonic rhythm as in the data, about one change per bar).
-            fit: with ``harmonise``, a log-odds bonus for the chords that contain the pitch class of an
-                onset at this step.
-            hold: with ``harmonise``, a log-odds bonus for keeping the sounding chord (harmonic rhythm).
-            tone_fit: on a strong beat, a log-odds bonus for sampled melody onsets on tones of the sounding
-                chord (improvising over a player's chords lands on them as a musician would).
-            enter: a sampled melody that is silent starts a note at this step (an answer comes in on time).
+            steer: what is observed and how the sampling is steered (see :class:`Steer`).
 
         Returns:
             The step, with resolved chord and MIDI velocity.
         """
+        melody, velocity, chord = steer.melody, steer.velocity, steer.chord
+        harmonise, fit, tone_fit, hold, enter = steer.harmonise, steer.fit, steer.tone_fit, steer.hold, steer.enter
         if params is not None:
             self.params = params
         p = self.params
@@ -561,18 +572,17 @@ class Engine:
     def feed(self, at: Position | None, melody: int, chord: int, velocity: int | None = None,
              params: Params | None = None) -> Step:  # fmt: skip
         """The models hear a step that was played (every token observed, nothing sampled)."""
-        return self.step(params, at=at, melody=melody, velocity=velocity, chord=chord)
+        return self.step(params, at=at, steer=Steer(melody=melody, velocity=velocity, chord=chord))
 
-    def query(self, at: Position | None = None, params: Params | None = None, **observed: Any) -> Step:
-        """Decide the next step: sample what ``observed`` (``melody``, ``chord``, ``velocity``, ``harmonise``,
-        ``fit``, ``hold``, ``tone_fit``) does not give; see :meth:`step`."""
-        return self.step(params, at=at, **observed)
+    def query(self, at: Position | None = None, params: Params | None = None, steer: Steer = FREE) -> Step:
+        """Decide the next step: sample what ``steer`` does not give; see :meth:`step`."""
+        return self.step(params, at=at, steer=steer)
 
-    def peek(self, at: Position | None = None, params: Params | None = None, **observed: Any) -> Step:
+    def peek(self, at: Position | None = None, params: Params | None = None, steer: Steer = FREE) -> Step:
         """What :meth:`query` would decide, leaving the engine as it was (a what-if on a snapshot)."""
         snap = self.snapshot()
         try:
-            return self.step(params, at=at, **observed)
+            return self.step(params, at=at, steer=steer)
         finally:
             self.restore(snap)
 
@@ -608,7 +618,7 @@ class Engine:
         steps = []
         for i in range(mel.size):
             v = ct.bin_velocity(int(np.clip(vel[i], 0, ct.NUM_VELOCITY_BINS - 1)))
-            steps.append(self.step(params, melody=int(mel[i]), velocity=v, chord=int(ch[i])))
+            steps.append(self.step(params, steer=Steer(melody=int(mel[i]), velocity=v, chord=int(ch[i]))))
             params = None
         return steps
 

@@ -165,12 +165,14 @@ class MidiOutput:
         virtual: True for a port we created.
         dropped: messages dropped while detached (the MIDI server was gone).
         overflowed: messages dropped because the JACK client's ring buffer was full.
+        period_ns: the JACK server's period when on JACK (a message goes out at the next one), else 0.
     """
 
     def __init__(self, midi_out: Any, name: str, backend: str, virtual: bool) -> None:
         self._out = midi_out
         self._send: Callable[[Sequence[int]], bool | None] = midi_out.send_message
         self._jack = RtmidiJack.of(midi_out) if backend == "jack" else None
+        self.period_ns = self._jack.period_ns() if self._jack is not None else 0
         # held for one send, and by detach/attach while they swap the client: the client is never
         # closed while the real-time thread is inside it
         self._lock = threading.Lock()
@@ -224,6 +226,7 @@ class MidiOutput:
             self._out = out
             self._send = send
             self._jack = jack
+        self.period_ns = other.period_ns
 
     def close(self) -> None:
         """Close the port and the client; sends nothing itself (use the sink's ``panic`` first)."""

@@ -200,6 +200,14 @@ class RtmidiJack:
                 return None
         return cls(rt, data, client, output, name)
 
+    def period_ns(self) -> int:
+        """The server's period (buffer size over sample rate) in nanoseconds; 0 for a closed client."""
+        if not self._client:
+            return 0
+        lib = load_libjack()
+        rate = int(lib.jack_get_sample_rate(self._client))
+        return int(lib.jack_get_buffer_size(self._client)) * 1_000_000_000 // rate if rate > 0 else 0
+
     def room(self) -> int:
         """Bytes the ring buffer can take now (0 for an input or a closed client): a send needs its length + 4."""
         ring = self._ring

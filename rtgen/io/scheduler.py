@@ -13,9 +13,9 @@ import heapq
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
-from rtgen.io.sinks import CC_ALL_NOTES_OFF, CONTROL_CHANGE, NOTE_OFF, NOTE_ON
+from rtgen.io.sinks import CC_ALL_NOTES_OFF, CONTROL_CHANGE, NOTE_OFF, NOTE_ON, Sink
 from rtgen.midi.notes import NoteTracker
 from rtgen.timing.clock import LatenessHistogram, LatenessStats
 
@@ -23,24 +23,6 @@ if TYPE_CHECKING:
     from rtgen.arrange.voicing import NoteEvent
 
 log = logging.getLogger(__name__)
-
-
-class SinkLike(Protocol):
-    """What the scheduler needs from a sink (see :class:`rtgen.io.sinks.Sink`)."""
-
-    name: str
-
-    def send(self, message: Sequence[int], time_ns: int) -> None:
-        """Send raw MIDI bytes; ``time_ns`` is ``perf_counter_ns`` at sending."""
-        ...
-
-    def panic(self) -> None:
-        """All notes off, all sound off, on every channel."""
-        ...
-
-    def close(self) -> None:
-        """Release the sink."""
-        ...
 
 
 NoteListener = Callable[[str | None, int, int, int], None]
@@ -66,14 +48,14 @@ class Scheduler:
 
     def __init__(
         self,
-        sinks: Sequence[SinkLike],
+        sinks: Sequence[Sink],
         *,
         now_ns: Callable[[], int] = time.perf_counter_ns,
         on_note: NoteListener | None = None,
         keep_history: bool = False,
         drop_late_ns: int | None = None,
     ) -> None:
-        self.sinks: list[SinkLike] = list(sinks)
+        self.sinks: list[Sink] = list(sinks)
         self.now_ns = now_ns
         self.on_note = on_note
         self.book = NoteTracker()
@@ -164,11 +146,11 @@ class Scheduler:
         return True
 
     # --- immediate sends ----------------------------------------------------
-    def send_now(self, message: Sequence[int], part: str | None = None, *, exclude: SinkLike | None = None) -> bool:
+    def send_now(self, message: Sequence[int], part: str | None = None, *, exclude: Sink | None = None) -> bool:
         """Send ``message`` to every sink (but ``exclude``) right now, through the note-off book."""
         return self._dispatch(tuple(int(b) for b in message), part, self.now_ns(), exclude)
 
-    def _dispatch(self, msg: tuple[int, ...], part: str | None, now: int, exclude: SinkLike | None = None) -> bool:
+    def _dispatch(self, msg: tuple[int, ...], part: str | None, now: int, exclude: Sink | None = None) -> bool:
         status = msg[0]
         kind = status & 0xF0
         channel = status & 0x0F

@@ -47,12 +47,37 @@ CHANNELS = 16
 
 @runtime_checkable
 class Sink(Protocol):
-    """A destination for timed MIDI (all sinks are of this one kind)."""
+    """A destination for timed MIDI: MIDI out, the synth, the recorder, a test's list (all of this one kind).
+
+    Attributes:
+        name: for logs and the status (``midi:<port>``, ``synth``, ``record:<file>``).
+        live: someone hears it as it is sent (False for a file: its timing is kept to the nanosecond anyway).
+    """
 
     name: str
+    live: bool
+
+    @property
+    def quantum_ns(self) -> int:
+        """The output's own time grid (a JACK period, an audio period): a note sounds at its next step; 0: at once."""
+        ...
+
+    @property
+    def overflowed(self) -> int:
+        """Messages the output dropped for want of room (a stalled JACK server)."""
+        ...
+
+    @property
+    def errors(self) -> int:
+        """Messages the output refused."""
+        ...
 
     def send(self, message: Sequence[int], time_ns: int) -> None:
         """Deliver raw MIDI bytes now; ``time_ns`` is ``time.perf_counter_ns()`` when sent."""
+        ...
+
+    def set_tempo(self, bpm: float, time_ns: int) -> None:
+        """The tempo changes at ``time_ns`` (the recorder's tempo map; nothing for a port)."""
         ...
 
     def panic(self) -> None:
@@ -73,20 +98,80 @@ def panic_messages(sounding: Sequence[tuple[int, int]]) -> list[list[int]]:
     return msgs
 
 
-class _ErrorCounter:
-    """Counts send failures and logs the first (then every 1000th) so a dying port cannot flood the log."""
+class BaseSink:
+    """The common part of every sink (as mido's ``BasePort``): the closed guard, the error count, the defaults.
+
+    Subclasses implement ``_send`` (and ``_panic``, ``_close``); a failure they catch goes to :meth:`_failed`,
+    which counts it and logs the first (then every 1000th), so a dying port cannot flood the log.
+    """
+
+    live = True
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.count = 0
+        self.closed = False
+        self._error_count = 0
 
-    def hit(self, err: BaseException) -> None:
-        self.count += 1
-        if self.count == 1 or self.count % 1000 == 0:
-            log.warning("sink %s: send failed (%d so far): %s", self.name, self.count, err)
+    @property
+    def quantum_ns(self) -> int:
+        """Sends sound at once (see :class:`Sink`)."""
+        return 0
+
+    @property
+    def overflowed(self) -> int:
+        """Nothing dropped for want of room."""
+        return 0
+
+    @property
+    def errors(self) -> int:
+        """Messages that failed to send."""
+        return self._error_count
+
+    def _failed(self, err: BaseException) -> None:
+        self._error_count += 1
+        if self._error_count == 1 or self._error_count % 1000 == 0:
+            log.warning("sink %s: send failed (%d so far): %s", self.name, self._error_count, err)
+
+    def send(self, message: Sequence[int], time_ns: int) -> None:
+        """Deliver ``message`` now (nothing once closed)."""
+        if not self.closed:
+            self._send(message, time_ns)
+
+    def set_tempo(self, bpm: float, time_ns: int) -> None:
+        """A port keeps no tempo."""
+
+    def panic(self) -> None:
+        """Release what this sink has sounding (nothing once closed)."""
+        if not self.closed:
+            self._panic()
+
+    def close(self) -> None:
+        """Close once; later calls do nothing."""
+        if not self.closed:
+            self.closed = True
+            self._close()
+
+    def _send(self, message: Sequence[int], time_ns: int) -> None:
+        raise NotImplementedError
+
+    def _panic(self) -> None:
+        """Nothing sounds."""
+
+    def _close(self) -> None:
+        """Nothing to release."""
 
 
-class MidiOutSink:
+class NullSink(BaseSink):
+    """A sink that drops everything (the benchmarks' loop without an output)."""
+
+    def __init__(self) -> None:
+        super().__init__("null")
+
+    def _send(self, message: Sequence[int], time_ns: int) -> None:
+        """Drop ``message``."""
+
+
+class MidiOutSink(BaseSink):
     """Sends to a :class:`rtgen.io.ports.MidiOutput` (virtual or named port).
 
     Attributes:
@@ -95,56 +180,48 @@ class MidiOutSink:
     """
 
     def __init__(self, output: MidiOutput, *, close_output: bool = True) -> None:
+        super().__init__(f"midi:{output.name}")
         self.output = output
-        self.name = f"midi:{output.name}"
         self.notes = NoteTracker()
-        self._send = output.send
+        self._port_send = output.send
         self._track = self.notes.track
         self._close_output = close_output
-        self._errors = _ErrorCounter(self.name)
-        self._closed = False
 
     @property
-    def errors(self) -> int:
-        """Messages that failed to send."""
-        return self._errors.count
+    def quantum_ns(self) -> int:
+        """The JACK period when the port is on JACK (its messages go out at the next period), else 0."""
+        return self.output.period_ns
 
     @property
     def overflowed(self) -> int:
         """Messages the port dropped because a stalled JACK server had no room for them."""
         return self.output.overflowed
 
-    def send(self, message: Sequence[int], time_ns: int) -> None:
-        """Send ``message`` to the port now and track its note state."""
+    def _send(self, message: Sequence[int], time_ns: int) -> None:
         try:
-            sent = self._send(message)
+            sent = self._port_send(message)
         except (OSError, ValueError, TypeError) as err:  # rtmidi errors derive from OSError
-            self._errors.hit(err)
+            self._failed(err)
             return
         if sent is not False:  # a dropped note-off leaves its note in the book: the next panic releases it
             self._track(message)
 
-    def panic(self) -> None:
+    def _panic(self) -> None:
         """Note-offs for the sounding notes, then CC123 + CC120 on every channel."""
-        if self._closed:
-            return
         for msg in panic_messages(self.notes.sounding()):
             try:
-                self._send(msg)
+                self._port_send(msg)
             except (OSError, ValueError) as err:
-                self._errors.hit(err)
+                self._failed(err)
         self.notes.clear()
 
-    def close(self) -> None:
+    def _close(self) -> None:
         """Close the port (without sending anything: call :meth:`panic` first)."""
-        if self._closed:
-            return
-        self._closed = True
         if self._close_output:
             self.output.close()
 
 
-class SynthSink:
+class SynthSink(BaseSink):
     """Plays messages on a :class:`rtgen.io.synth.Synth` (note on/off, CC, program change).
 
     Attributes:
@@ -153,25 +230,23 @@ class SynthSink:
     """
 
     def __init__(self, synth: Synth, *, close_synth: bool = True, name: str = "synth") -> None:
+        super().__init__(name)
         self.synth = synth
-        self.name = name
         self.notes = NoteTracker()
         self._close_synth = close_synth
-        self._errors = _ErrorCounter(name)
-        self._closed = False
         self._note_on = synth.note_on
         self._note_off = synth.note_off
         self._cc = synth.cc
         self._program = synth.program
 
     @property
-    def errors(self) -> int:
-        """Messages that failed."""
-        return self._errors.count
+    def quantum_ns(self) -> int:
+        """The synth's audio period: a note sounds at the start of the next one."""
+        return self.synth.period_ns
 
-    def send(self, message: Sequence[int], time_ns: int) -> None:
+    def _send(self, message: Sequence[int], time_ns: int) -> None:
         """Translate one MIDI message into the matching synth call."""
-        if self._closed or not message:
+        if not message:
             return
         status = message[0]
         kind = status & 0xF0
@@ -191,27 +266,22 @@ class SynthSink:
             else:
                 return  # pitch bend, aftertouch, system messages: not used by rtgen's parts
         except (RtgenError, OSError, ValueError, TypeError) as err:
-            self._errors.hit(err)
+            self._failed(err)
             return
         self.notes.track(message)
 
-    def panic(self) -> None:
+    def _panic(self) -> None:
         """Note-offs for the sounding notes, then the synth's all-notes-off (CC123 + CC120 on every channel)."""
-        if self._closed:
-            return
         for ch, pitch in self.notes.sounding():
-            self.send([NOTE_OFF | ch, pitch, 0], 0)
+            self._send([NOTE_OFF | ch, pitch, 0], 0)
         try:
             self.synth.all_notes_off()  # CC123 + CC120 on all 16 channels
         except (RtgenError, OSError, ValueError) as err:
-            self._errors.hit(err)
+            self._failed(err)
         self.notes.clear()
 
-    def close(self) -> None:
+    def _close(self) -> None:
         """Close the synth (when this sink owns it)."""
-        if self._closed:
-            return
-        self._closed = True
         if self._close_synth:
             self.synth.close()
 
@@ -227,8 +297,8 @@ PLAYER_TRACK = "player"
 _UNDECODED: Any = object()
 
 
-class RecorderSink:
-    """Records the session, both sides: the generated parts and the player's input.
+class RecorderSink(BaseSink):
+    """Records the session, both sides: the generated parts and the player's input (a file: not ``live``).
 
     :meth:`close` writes a type-1 Standard MIDI File (through :mod:`rtgen.midi.midifile`, atomically):
     track 0 has the tempo map (from :meth:`set_tempo`) and the time signature, then one track per
@@ -270,6 +340,8 @@ class RecorderSink:
         tempo: the latest tempo of the tempo map (BPM).
     """
 
+    live = False
+
     def __init__(
         self,
         path: str | Path,
@@ -288,7 +360,7 @@ class RecorderSink:
         if buffer_events < 1 or buffers < 1:
             raise ValueError(f"buffer_events and buffers must be >= 1, got {buffer_events} and {buffers}")
         self.path = Path(path)
-        self.name = f"record:{self.path.name}"
+        super().__init__(f"record:{self.path.name}")
         self.ticks_per_beat = ticks_per_beat
         self.time_signature = time_signature
         self.track_names = dict(track_names or {})
@@ -310,7 +382,6 @@ class RecorderSink:
         self._spool: BinaryIO | None = None
         self._spool_path: Path | None = None
         self._unspooled: list[array[int]] = []  # buffers the writer could not spool (kept, not lost)
-        self._closed = False
         self._close_lock = threading.Lock()
         self._writer = threading.Thread(target=self._write_loop, name=f"rtgen-{self.name}", daemon=True)
         self._writer.start()
@@ -337,7 +408,7 @@ class RecorderSink:
 
     def _record(self, message: Sequence[int], time_ns: int, source: int, notes: NoteTracker) -> None:
         n = len(message)
-        if self._closed or n == 0 or n > 3:
+        if self.closed or n == 0 or n > 3:
             return
         status = message[0]
         if status < 0x80 or status >= 0xF0:
@@ -368,14 +439,14 @@ class RecorderSink:
         """Record a tempo change (BPM) taking effect at ``time_ns``."""
         if tempo <= 0:
             raise ValueError(f"tempo must be > 0 BPM, got {tempo}")
-        if self._closed:
+        if self.closed:
             return
         self.tempo = float(tempo)
         self._append(time_ns, (_SOURCE_TEMPO << 32) | min(0xFFFFFFFF, round(tempo * _BPM_SCALE)))
 
     def panic(self) -> None:
         """Record note-offs now for the generated notes sounding (CC123/CC120 stay out of the file)."""
-        if self._closed or self._start_ns is None:
+        if self.closed or self._start_ns is None:
             return
         now = time.perf_counter_ns()
         for ch, pitch in self.notes.sounding():
@@ -467,9 +538,9 @@ class RecorderSink:
             RtgenError: naming the file, when it cannot be written.
         """
         with self._close_lock:
-            if self._closed:
+            if self.closed:
                 return
-            self._closed = True
+            self.closed = True
             self._full.put(None)
             self._writer.join()
             try:

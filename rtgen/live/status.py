@@ -11,7 +11,10 @@ import logging
 import sys
 import threading
 import time
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from rtgen.live.daemon import Daemon
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +83,7 @@ class StatusReporter:
             self.stream.write(json.dumps(data, default=str) + "\n")
             self.stream.flush()
 
-    def start(self, daemon: Any) -> None:
+    def start(self, daemon: Daemon) -> None:
         """Start reporting on ``daemon`` (a :class:`rtgen.live.daemon.Daemon`)."""
         self.event(
             "start",
@@ -93,7 +96,7 @@ class StatusReporter:
             self._thread = threading.Thread(target=self._run, args=(daemon,), name="rtgen-status", daemon=True)
             self._thread.start()
 
-    def stop(self, daemon: Any) -> None:
+    def stop(self, daemon: Daemon) -> None:
         """Stop the thread, clear the line, write the final stats."""
         self._stop.set()
         if self._thread is not None:
@@ -103,14 +106,14 @@ class StatusReporter:
             self.stream.write("\r" + " " * self._width + "\r")
             self.stream.flush()
             self._width = 0
-        player = daemon.player
-        if player is not None:
-            self.event("stop", **player.clock.stats.as_dict())
+        loop = daemon.loop
+        if loop is not None:
+            self.event("stop", **loop.clock.stats.as_dict())
 
     @staticmethod
-    def line(daemon: Any) -> str:
+    def line(daemon: Daemon) -> str:
         """The status line text: bar:beat, chord, tempo, temperature, late steps."""
-        p = daemon.player
+        p = daemon.loop
         if p is None:
             return ""
         state = "playing" if p.playing else "stopped"
@@ -119,7 +122,7 @@ class StatusReporter:
             f"temp {p.params.temperature:.2f}  late {p.clock.stats.late_steps}  {state}"
         )
 
-    def _run(self, daemon: Any) -> None:
+    def _run(self, daemon: Daemon) -> None:
         last_stats = time.monotonic()
         while not self._stop.wait(self.interval):
             try:
@@ -131,7 +134,7 @@ class StatusReporter:
                     self._width = len(text)
                 if self.json_lines and time.monotonic() - last_stats >= self.stats_every:
                     last_stats = time.monotonic()
-                    p = daemon.player
+                    p = daemon.loop
                     if p is not None:
                         self.event(
                             "stats", tempo=p.clock.tempo, bar=p.bar + 1, chord=p.chord_name, **p.clock.stats.as_dict()

@@ -30,7 +30,15 @@ NS_PER_S = 1_000_000_000
 
 
 class TimeSource(Protocol):
-    """Where time comes from: the real clock or a fake one in tests."""
+    """Where time comes from: the real clock or a fake one in tests.
+
+    Attributes:
+        simulated: waiting jumps to the deadline (a test's clock); False: real time passes.
+        spin_ns: how long before a deadline a waiter stops sleeping and spins (0: it never spins).
+    """
+
+    simulated: bool
+    spin_ns: int
 
     def now_ns(self) -> int:
         """Current time in nanoseconds (monotonic)."""
@@ -47,6 +55,8 @@ class RealTime:
     Args:
         spin_ns: how long before a deadline to stop sleeping and start spinning.
     """
+
+    simulated = False
 
     def __init__(self, spin_ns: int = 1_000_000) -> None:
         self.spin_ns = spin_ns
@@ -79,6 +89,9 @@ class FakeTime:
     Args:
         start_ns: the initial time.
     """
+
+    simulated = True  # waiting costs nothing: the loop jumps from deadline to deadline
+    spin_ns = 0
 
     def __init__(self, start_ns: int = 0) -> None:
         self.t = start_ns

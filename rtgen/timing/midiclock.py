@@ -36,6 +36,8 @@ START: Final = 0xFA
 CONTINUE: Final = 0xFB
 STOP: Final = 0xFC
 SONG_POSITION: Final = 0xF2
+CLOCK_STATUSES: Final = frozenset((CLOCK, START, CONTINUE, STOP, SONG_POSITION))
+"""The system messages a followed MIDI clock is made of."""
 
 PPQN: Final = 24
 """MIDI clock ticks per quarter note."""

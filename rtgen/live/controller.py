@@ -1,0 +1,258 @@
+"""The controller facade: what OSC and the web page may ask of the running daemon (called on their threads).
+
+Each call checks its arguments at once (so the sender gets its error reply), then hands the change to the
+loop: a command on its queue, or a new params value. Slow work (loading a model or a soundfont, writing a
+recording) runs on a thread of its own; the loop only switches pointers.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from rtgen.config import MODES, Config
+from rtgen.errors import RtgenError, SoundfontError
+from rtgen.generation.conductor import needs_harmoniser
+from rtgen.live import loaders
+from rtgen.live.commands import (
+    Panic,
+    Play,
+    RecordStart,
+    RecordStop,
+    SetMode,
+    SetPart,
+    SetPartEnabled,
+    SetSection,
+    SetSeed,
+    SetStyle,
+    SetSwing,
+    SetTempo,
+    Stop,
+    SwapModel,
+    UseSoundfont,
+)
+from rtgen.live.opening import make_recorder
+from rtgen.patterns.styles import style_names
+
+if TYPE_CHECKING:
+    from rtgen.control.osc import OscServer
+    from rtgen.io.sinks import RecorderSink
+    from rtgen.io.synth import Synth
+    from rtgen.live.loop import LiveLoop
+
+log = logging.getLogger(__name__)
+
+Reply = Callable[[str], None]
+"""Sends a text back to whoever asked (an OSC reply, the page's message)."""
+
+
+class Controller:
+    """The calls of :class:`rtgen.control.osc.Controller`, on the daemon's loop (see the module docstring)."""
+
+    config: Config
+    loop: LiveLoop | None
+    osc: OscServer | None
+    _loader: loaders.BackgroundLoader
+    _closers: list[threading.Thread]
+
+    @property
+    def synth(self) -> Synth | None:
+        """The internal synth, when it plays."""
+        raise NotImplementedError
+
+    def _live(self) -> LiveLoop:
+        if self.loop is None:
+            raise RtgenError("the daemon is not running")
+        return self.loop
+
+    def status(self) -> dict[str, Any]:
+        """The full state as JSON-ready data (see :func:`rtgen.live.snapshot.snapshot`)."""
+        raise NotImplementedError
+
+    def play(self) -> None:
+        """Start playing."""
+        self._live().command(Play(), urgent=True)
+
+    def stop(self) -> None:
+        """Stop playing (notes released now)."""
+        self._live().command(Stop(), urgent=True)
+
+    def panic(self) -> None:
+        """Release everything."""
+        self._live().command(Panic(), urgent=True)
+
+    def set_tempo(self, bpm: float) -> None:
+        """Tempo from the next step on (following Link: proposed to the session)."""
+        loop = self._live()
+        refusal = loop.source.tempo_refusal
+        if refusal is not None:
+            raise ValueError(refusal)
+        loop.command(SetTempo(bpm))
+
+    def set_params(self, **changes: Any) -> None:
+        """Swap generation parameters."""
+        self._live().set_params(**changes)
+
+    def set_mode(self, mode: str) -> None:
+        """Switch mode (the model must have a harmoniser for the modes that harmonise the player)."""
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; allowed: {', '.join(MODES)}")
+        loop = self._live()
+        if needs_harmoniser(mode) and not loop.engine.can_harmonise:
+            loop.engine.model.require_harmony(mode)
+        if mode != "autonomous" and loop.tracker is None:
+            raise ValueError(f"mode {mode} listens to a player, but the MIDI input is off ([input] enabled)")
+        loop.command(SetMode(mode), urgent=True)
+
+    def set_instrument(self, part: str, program: int) -> None:
+        """Program change for a part."""
+        self._live().command(SetPart(part, program=program), urgent=True)
+
+    def set_volume(self, part: str, volume: float) -> None:
+        """CC7 for a part."""
+        self._live().command(SetPart(part, volume=volume), urgent=True)
+
+    def set_pan(self, part: str, pan: float) -> None:
+        """CC10 for a part."""
+        self._live().command(SetPart(part, pan=pan), urgent=True)
+
+    def set_style(self, part: str, style: str) -> None:
+        """Play ``part`` in ``style``: its notes are released at once, the style starts at its next onset."""
+        allowed = style_names(part)
+        if style not in allowed:
+            raise ValueError(f"unknown {part} style {style!r}; allowed: {', '.join(allowed)}")
+        self._live().command(SetStyle(part, style), urgent=True)
+
+    def set_part_enabled(self, part: str, enabled: bool) -> None:
+        """Mute (False) or unmute (True) a part; muting releases its notes at once with real note-offs."""
+        self._live().command(SetPartEnabled(part, bool(enabled)), urgent=True)
+
+    def set_key(self, key: str) -> None:
+        """Key lock (or "off")."""
+        from rtgen.contract import Key
+
+        self._live().set_params(key=None if key.strip().lower() == "off" else Key.parse(key))
+
+    def set_seed(self, seed: int) -> None:
+        """Re-seed (restarts the piece at the next step)."""
+        self._live().command(SetSeed(seed))
+
+    def set_swing(self, swing: float) -> None:
+        """Swing amount."""
+        self._live().command(SetSwing(swing))
+
+    def set_section(self, name: str) -> None:
+        """Cue a song-form section (raises ValueError for a name that is not allowed)."""
+        from rtgen.arrange.form import check_section_name
+
+        self._live().command(SetSection(check_section_name(name)))
+
+    def record_start(self, path: str) -> None:
+        """Start recording both sides to ``path`` (a .mid file, written safely when recording stops)."""
+        loop = self._live()
+        if loop.recorder is not None:
+            raise ValueError(f"already recording to {loop.recorder.path}; send /rtgen/record/stop first")
+        target = self.config.resolve(path)
+        if target.suffix.lower() not in (".mid", ".midi"):
+            raise ValueError(f"the recording must be a .mid file, got {target.name!r}")
+        if target.parent.exists() and not target.parent.is_dir():
+            raise ValueError(f"cannot record into {target.parent}: not a folder")
+        loop.command(RecordStart(make_recorder(self.config, target, loop.tempo)), urgent=True)
+
+    def record_stop(self, reply: Reply | None = None) -> None:
+        """Stop recording; the file is written in the background (temporary file, then rename)."""
+
+        def done(rec: RecorderSink | None) -> None:  # on the real-time thread: hand the writing to a thread
+            if rec is None:
+                if reply is not None:
+                    reply("/rtgen/record/stop: not recording")
+                return
+            t = threading.Thread(target=close_recorder, args=(rec, reply), name="rtgen-recorder", daemon=True)
+            self._closers.append(t)
+            t.start()
+
+        self._live().command(RecordStop(done), urgent=True)
+
+    def _failed(self, text: str, reply: Reply | None) -> None:
+        log.error("%s", text)
+        if self.osc is not None:
+            self.osc.feedback.error(text)
+        if reply is not None:
+            reply(text)
+
+    def swap_model(self, path: str, reply: Reply | None = None) -> None:
+        """Load and check ``path`` (a folder, relative to the config file, or a model name) on the loader
+        thread; the RT thread switches at the next bar line.
+
+        Loads run one at a time; a request still waiting is replaced by a newer one (its ``reply`` is told).
+        A folder that fails to load is refused with the reason (``reply``, the log, ``/rtgen/error``) and
+        the current model keeps playing.
+        """
+        loop = self._live()
+        target = self.config.model_folder(path)
+
+        def load() -> None:
+            from rtgen.generation.model import Model
+
+            try:
+                model = Model.load(target)
+                if loop.performer.conductor.needs_harmoniser:
+                    model.require_harmony(loop.mode)
+                steps = loop.engine.bind(model)  # here, not at the bar line on the RT thread
+                steps.warm_up()
+            except Exception as err:
+                self._failed(f"/rtgen/model: cannot load {target}: {err}; keeping {loop.model_name}", reply)
+                return
+            loop.command(SwapModel(model, steps))
+
+        def superseded() -> None:
+            if reply is not None:
+                reply(f"/rtgen/model: {target} not loaded: a newer /rtgen/model request replaced it")
+
+        self._loader.submit("model", load, superseded)
+
+    def swap_soundfont(self, path: str, reply: Reply | None = None) -> None:
+        """Load another soundfont on the loader thread; the RT thread switches to it between two sends.
+
+        Loads run one at a time (a newer request replaces one still waiting) and never hold the playing
+        synth's lock; the old font is freed off the RT thread.
+        """
+        loop = self._live()
+        synth = self.synth
+        if synth is None:
+            self._failed(
+                "/rtgen/soundfont: the internal synth is not running (start with --synth and an audio device)", reply
+            )
+            return
+        target = self.config.resolve(path)
+
+        def work() -> None:
+            from rtgen.io.synth import find_soundfont
+
+            try:
+                sf = find_soundfont(target)
+                sfid = synth.load_soundfont(sf)  # the slow part, off the real-time thread
+            except (SoundfontError, OSError) as err:
+                self._failed(f"/rtgen/soundfont: {err}", reply)
+                return
+            loop.command(UseSoundfont(synth, sfid, sf))  # switched on the RT thread, between two sends
+
+        def superseded() -> None:
+            if reply is not None:
+                reply(f"/rtgen/soundfont: {target} not loaded: a newer /rtgen/soundfont request replaced it")
+
+        self._loader.submit("soundfont", work, superseded)
+
+
+def close_recorder(rec: RecorderSink, reply: Reply | None = None) -> None:
+    """Write a detached recording (off the real-time thread); errors are logged and replied, never raised."""
+    try:
+        rec.close()
+    except Exception as err:
+        log.error("cannot write the recording %s: %s", rec.path, err)
+        if reply is not None:
+            reply(f"/rtgen/record/stop: {err}")
+        return
+    log.info("recording written to %s", rec.path)

@@ -1,0 +1,82 @@
+"""Following a clock: the events of a followed source (a DAW's MIDI clock, a Link session) move the loop.
+
+``start``/``continue`` release what sounds and play from the source's position, ``stop`` releases
+everything, ``locate`` moves the transport, and ``step`` says when the next step starts. A recording made
+while following keeps the followed tempo map, so its bars line up with the DAW's.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from rtgen import contract as ct
+from rtgen.live.state import LoopState
+
+log = logging.getLogger(__name__)
+
+TEMPO_MAP_BEATS = 1 / 64  # a recording's steps stay this close (in beats) to a followed clock's in its tempo map
+
+
+class Following(LoopState):
+    """The loop's room for a followed clock's events (see the module docstring)."""
+
+    def _clock_event(self, kind: str, step: int, t_ns: int) -> None:
+        """An event of the followed clock."""
+        if kind != "step":
+            self._tempo_anchor = None  # the recording's tempo map starts a segment at the next step
+        if kind in ("start", "continue"):
+            self._discard_pending()
+            self.scheduler.release_all()
+            self.performer.release_all()
+            if kind == "start":
+                self._restart = True
+            self.transport.locate(step)
+            self.playing = True
+            self._step_start = None
+            self._plan_next(None)
+            log.info("transport: %s at step %d", kind, step)
+        elif kind == "stop":
+            self._discard_pending()
+            self.playing = False
+            released = self.scheduler.stop()
+            self.performer.release_all()
+            self._step_start = None
+            log.info("transport: stop at step %d, %d notes released", step, released)
+        elif kind == "locate":
+            self._discard_pending()
+            self.transport.locate(step)
+            if self.playing:
+                self._plan_next(None)
+        elif kind == "step" and self.playing:
+            if step != self.transport.next_step and (self.pending is None or self.pending.pos.step != step):
+                self._discard_pending()
+                self.transport.locate(step)
+                self._plan_next(None)
+            self._step_start = t_ns
+            self._follow_tempo(step, t_ns)
+
+    def _follow_tempo(self, step: int, t_ns: int) -> None:
+        """Keep the recording's tempo map on the grid of the followed clock.
+
+        The map's last segment starts at an earlier step. When the time it gives this step is more than
+        :data:`TEMPO_MAP_BEATS` off, that segment gets the tempo it really had (this step lands on its beat)
+        and a new one starts here at the followed tempo. The file's bars line up with what was played in a
+        DAW, and the jitter of the ticks stays out of the map.
+        """
+        rec = self.recorder
+        if rec is None:
+            return
+        bpm = self.source.tempo_bpm
+        anchor = self._tempo_anchor
+        if anchor is None or step <= anchor[0] or t_ns <= anchor[1]:
+            rec.set_tempo(float(bpm or rec.tempo), t_ns)
+            self._tempo_anchor = (step, t_ns)
+            return
+        beats = (step - anchor[0]) / ct.STEPS_PER_BEAT
+        elapsed_min = (t_ns - anchor[1]) / 60e9
+        if abs(elapsed_min * rec.tempo - beats) <= TEMPO_MAP_BEATS:
+            return
+        played = beats / elapsed_min
+        rec.set_tempo(played, anchor[1])  # the segment's own start: its tempo is replaced
+        rec.set_tempo(float(bpm or played), t_ns)
+        self._tempo_anchor = (step, t_ns)

@@ -1,0 +1,253 @@
+"""JACK supervision: a server that dies and comes back, and ports the server stopped serving.
+
+A thread of its own (never the real-time one) watches the JACK server through a port-less client. When the
+server goes (or one of our ports is stuck: an output whose waiting messages the server has not taken, a
+client on a departed client's futex), every note is released, every JACK client of ours is closed, and
+once a server answers again the ports are opened as at start-up and put in place of the dead ones: tempo,
+mode, parts and position are kept, and the peers hear the parts' programs and volumes again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from rtgen.config import PART_NAMES
+from rtgen.errors import PortError
+from rtgen.io.ports import JackWatch, MidiInput, MidiOutput, open_input, open_output
+from rtgen.live.commands import Panic, SetPart
+
+if TYPE_CHECKING:
+    from rtgen.live.daemon import Daemon
+
+log = logging.getLogger(__name__)
+
+JACK_RETRY_S = 0.5  # while the JACK server is gone, look for it again this often
+JACK_REOPEN_S = 10.0  # the server is back: keep trying to reopen the ports this long, then give up and exit
+JACK_STUCK_S = 2.0  # an output whose waiting messages the server has not taken for this long is reopened
+
+JackPort = MidiOutput | MidiInput
+
+
+class StalePortsError(Exception):
+    """Reopened ports that libjack will never let the server run (see :mod:`rtgen.io.rtmidijack`)."""
+
+
+class JackSupervisor:
+    """Watches the JACK server of ``daemon``'s ports (see the module docstring).
+
+    Attributes:
+        state: ``ok``, ``gone``, ``stuck`` or ``failed`` while the server is watched, None otherwise.
+        losses: how often the server (or a port of ours) was lost.
+        period_ns: the server's period (0: not watched).
+    """
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.state: str | None = None
+        self.losses = 0
+        self.period_ns = 0
+        self._thread: threading.Thread | None = None
+
+    def ports(self) -> list[JackPort]:
+        """Our MIDI ports on JACK (output first, as opened)."""
+        d = self.daemon
+        ports: list[JackPort | None] = [s.output for s in d.midi_sinks]
+        ports.append(d.input)
+        return [p for p in ports if p is not None and p.backend == "jack"]
+
+    def start(self) -> None:
+        """Watch from a thread of its own when a MIDI port is on JACK."""
+        if not self.ports():
+            return
+        try:
+            watch = JackWatch.open(f"{self.daemon.config.midi.client_name}-watch")
+        except PortError as err:
+            log.warning("cannot watch the JACK server (%s): if it dies, rtgen will not notice", err)
+            return
+        if watch is None:
+            log.warning("cannot watch the JACK server (no client could open): if it dies, rtgen will not notice")
+            return
+        self.state = "ok"
+        self.period_ns = watch.period_ns()
+        self._thread = threading.Thread(target=self._supervise, args=(watch,), name="rtgen-jack", daemon=True)
+        self._thread.start()
+
+    def join(self, timeout: float) -> None:
+        """Wait for the thread to end (the daemon's closing event is set)."""
+        if self._thread is not None:
+            self._thread.join(timeout=timeout)
+            self._thread = None
+
+    def _supervise(self, watch: JackWatch) -> None:
+        """The supervisor thread: notice the server's loss, wait for it, reopen the ports."""
+        closing = self.daemon.closing
+        current: JackWatch | None = watch
+        stale = stale_ports(self.ports())
+        if stale is not None:  # reopening at start-up met the same race again under a polling peer: say it only
+            log.warning("jack: %s; if the port stays silent, restart rtgen", stale)
+        trouble = None
+        try:
+            while current is not None:
+                while trouble is None and not current.lost.wait(0.1):
+                    if closing.is_set():
+                        current.close()
+                        return
+                    trouble = self._stuck_output()
+                current = self._lost(current, trouble)
+                trouble = None
+        except Exception:  # pragma: no cover - the music goes on without supervision
+            log.exception("the JACK supervisor failed; a server that dies again will not be noticed")
+
+    def _stuck_output(self) -> str | None:
+        """Why an output is stuck (the server has taken none of its waiting messages for a while), or None."""
+        now = time.monotonic()
+        for port in self.ports():
+            jack = port.jack
+            waited = jack.waiting_s(now) if jack is not None else 0.0  # an input waits for nothing: 0
+            if waited >= JACK_STUCK_S:
+                return f"the server has taken no MIDI from {port.name} for {waited:.1f} s"
+        return None
+
+    def tell(self, state: str, text: str, *, error: bool = False) -> None:
+        """Log ``text``; OSC ``/rtgen/jack s`` (and ``/rtgen/error s``) to subscribers; a JSON status event."""
+        self.state = state
+        if error:
+            log.error("%s", text)
+        else:
+            log.warning("%s", text)
+        d = self.daemon
+        if d.osc is not None:
+            d.osc.feedback.broadcast("/rtgen/jack", [state])
+            if error or state == "gone":
+                d.osc.feedback.error(text)
+        if d.status_reporter is not None:
+            d.status_reporter.event("jack", state=state, message=text)
+
+    def _lost(self, watch: JackWatch, trouble: str | None = None) -> JackWatch | None:
+        """The server is gone (or ``trouble`` with our ports): release the notes, free our clients, wait, reopen.
+
+        Returns:
+            The new watch, or None (closing, or the ports cannot be reopened).
+        """
+        d = self.daemon
+        server = os.environ.get("JACK_DEFAULT_SERVER", "default")
+        loop = d.loop
+        self.losses += 1
+        playing_on = "; the synth plays on" if d.synth is not None else ""
+        kept = f"tempo, mode, parts and position kept{playing_on}"
+        if trouble is None:
+            self.tell("gone", f"jack: server {server!r} gone, retrying ({kept})")
+        else:
+            self.tell("stuck", f"jack: {trouble}; reopening the ports ({kept})")
+        closers = [port.detach() for port in self.ports()]  # from now on sends drop, reads are empty
+        if loop is not None:
+            loop.command(Panic(), urgent=True)  # the note-offs reach the synth and the recording
+        watch.close()
+        for close in closers:  # every client of ours must be gone before libjack may open a new one
+            close()
+        waited = time.monotonic()
+        idle_told = False
+        while True:
+            if d.closing.wait(JACK_RETRY_S):
+                return None
+            new = JackWatch.open(watch.name)
+            if new is not None and not new.cycling():
+                new.close()  # a server that runs no cycles would hold python-rtmidi's opens (and the GIL)
+                new = None
+                if not idle_told:
+                    idle_told = True
+                    log.warning(
+                        "jack: server %r is there but runs no cycles (a client of it is stuck?); waiting", server
+                    )
+            if new is None:
+                if time.monotonic() - waited >= 30:
+                    waited = time.monotonic()
+                    log.warning("jack: still waiting for server %r", server)
+                continue
+            try:
+                names = self._reopen_ports()
+            except StalePortsError as err:
+                new.close()  # with every client closed libjack forgets the stale futex; try again
+                log.warning("jack: %s; opening the ports again", err)
+                continue
+            except PortError as err:
+                new.close()
+                d.fatal = PortError(
+                    f"the JACK server {server!r} came back, but rtgen cannot reopen its MIDI ports: {err}"
+                )
+                self.tell("failed", str(d.fatal), error=True)
+                if loop is not None:
+                    loop.request_stop()
+                return None
+            break
+        if loop is not None:
+            for name in PART_NAMES:  # the peers on the new server have heard no program or volume
+                part = loop.parts.get(name)
+                if part.enabled:
+                    loop.command(SetPart(name, program=part.program, volume=part.volume, pan=part.pan))
+        self.tell("ok", f"jack: server {server!r} back, ports reopened ({', '.join(names)})")
+        return new
+
+    def _reopen_ports(self) -> list[str]:
+        """Open our JACK ports again as at start-up and put them in place of the dead ones; their names.
+
+        Retries for :data:`JACK_REOPEN_S` (a port named with ``--midi-out``/``--midi-in`` may come later).
+
+        Raises:
+            PortError: a port still cannot be opened (the last reason).
+        """
+        d = self.daemon
+        cfg = d.config
+        deadline = time.monotonic() + JACK_REOPEN_S
+        while True:
+            fresh: list[tuple[JackPort, JackPort]] = []
+            try:
+                for port in self.ports():
+                    if isinstance(port, MidiOutput):
+                        new_out = open_output("jack", cfg.midi.out or None, cfg.midi.client_name,
+                                              cfg.midi.virtual_port_name)  # fmt: skip
+                        fresh.append((port, new_out))
+                    else:
+                        new_in = open_input("jack", cfg.input.port or None, None, cfg.midi.client_name,
+                                            cfg.input.virtual_port_name, clock=cfg.clock.source == "midi")  # fmt: skip
+                        fresh.append((port, new_in))
+                    # at once: the server stalls behind a stale client, and the next open would wait with the GIL
+                    stale = stale_ports([fresh[-1][1]])
+                    if stale is not None:
+                        for _, new in fresh:
+                            new.close()
+                        raise StalePortsError(stale)
+            except PortError as err:
+                for _, new in fresh:
+                    new.close()
+                if time.monotonic() >= deadline or d.closing.is_set():
+                    raise
+                log.info("jack: cannot reopen the ports yet (%s); retrying", err)
+                d.closing.wait(JACK_RETRY_S)
+                continue
+            for port, new in fresh:
+                _attach(port, new)
+            return [new.name for _, new in fresh]
+
+
+def _attach(port: JackPort, new: JackPort) -> None:
+    """``port`` goes on through ``new``'s client (opened as ``port`` was, so of its kind)."""
+    if isinstance(port, MidiOutput):
+        assert isinstance(new, MidiOutput)
+        port.attach(new)
+    else:
+        assert isinstance(new, MidiInput)
+        port.attach(new)
+
+
+def stale_ports(ports: list[JackPort]) -> str | None:
+    """Why a just-opened port will never be served (libjack gave it a departed client's futex), or None."""
+    for port in ports:
+        jack = port.jack
+        if jack is not None and jack.futex_is_current() is False:
+            return f"libjack gave {port.name} a departed client's futex (a jack2 race), so the server cannot run it"
+    return None

@@ -1,0 +1,94 @@
+"""The status snapshot: the daemon's whole state as JSON-ready data (``/rtgen/status``, the web page, JSON logs).
+
+Read without locks from other threads: the loop keeps writing, so a snapshot may be a step stale, never torn
+in a way that matters (each field is one attribute read).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from rtgen.config import PART_NAMES
+from rtgen.timing.clock import LatenessHistogram
+
+if TYPE_CHECKING:
+    from rtgen.live.daemon import Daemon
+    from rtgen.live.loop import LiveLoop
+
+
+def snapshot(daemon: Daemon, loop: LiveLoop) -> dict[str, Any]:
+    """The state of ``daemon`` playing ``loop``."""
+    p = loop
+    params = p.params
+    stats = p.clock.stats
+    sends = p.scheduler.errors
+    histogram = sends.histogram
+    assert histogram is not None  # the scheduler's stats keep one
+    parts = {
+        n: {
+            "channel": p.parts.get(n).channel,
+            "program": p.parts.get(n).program,
+            "volume": p.parts.get(n).volume,
+            "pan": p.parts.get(n).pan,
+            "enabled": p.parts.get(n).enabled,
+            "style": p.parts.get(n).style,
+        }
+        for n in PART_NAMES
+    }
+    tracker = p.tracker
+    cued = p.arranger.cued  # read once: the real-time thread may start the section meanwhile
+    jack = daemon.jack
+    return {
+        "playing": p.playing,
+        "mode": p.mode,
+        "answering": p.performer.conductor.answering,
+        "tempo": p.tempo,
+        "clock": p.source.name,
+        "link": p.source.stats(),
+        "clock_out": bool(p.clock_out.sinks),
+        "bar": p.bar + 1,
+        "beat": p.beat + 1,
+        "chord": p.chord_name,
+        "section": p.section,
+        "section_bar": p.section_bar + 1 if p.section is not None else None,
+        "section_cued": cued[0] if cued is not None else None,
+        "section_cued_bar": cued[1] + 1 if cued is not None else None,
+        "temperature": params.temperature,
+        "top_p": params.top_p,
+        "density": params.density,
+        "key": params.key.name if params.key is not None else "off",
+        "swing": p.swing,
+        "seed": p.engine.seed,
+        "model": p.model_name,
+        "can_accompany": bool(p.engine.can_harmonise),
+        "realtime": daemon.realtime,
+        "parts": parts,
+        "input": daemon.input.name if daemon.input is not None else None,
+        "player_sounding": list(tracker.sounding()) if tracker is not None else [],
+        "recording": str(p.recorder.path) if p.recorder is not None else None,
+        "steps": stats.steps,
+        "late_steps": stats.late_steps,
+        "max_late_us": stats.max_late_ns / 1000,
+        "schedule_error_us": {
+            **LatenessHistogram.percentiles_us(histogram.counts),
+            "max": sends.max_late_ns / 1000,
+        },
+        "schedule_error_histogram": list(histogram.counts),
+        "midi_overflowed": sum(s.overflowed for s in p.scheduler.sinks),
+        "dropped_late_notes": p.scheduler.dropped_late,
+        "skipped_steps": p.skipped_steps,
+        "output_quantum_us": p.output_quantum_ns / 1000,
+        "spin_us": p.spin_ns / 1000 if p.spin_ns is not None else None,
+        "worst_wakeup_us": p.spin_tuner.worst_ns / 1000 if p.spin_tuner is not None else None,
+        "reactive_steps": p.reactive_decisions,
+        "reactive_on_onset": p.early_decisions,  # of those, decided on the player's note before the window's end
+        "sent": p.scheduler.sent,
+        "sounding": p.scheduler.book.count(),
+        "outputs": [s.name for s in p.scheduler.sinks],
+        "osc_errors": daemon.osc.control.errors if daemon.osc is not None else 0,
+        "engine_errors": p.engine_errors,
+        "command_errors": p.command_errors,
+        "input_received": daemon.input.received if daemon.input is not None else 0,
+        "jack": jack.state,
+        "jack_losses": jack.losses,
+    }
