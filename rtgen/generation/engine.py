@@ -413,14 +413,53 @@ class Engine:
         Returns:
             The step, with resolved chord and MIDI velocity.
         """
-        melody, velocity, chord = steer.melody, steer.velocity, steer.chord
-        harmonise, fit, tone_fit, hold, enter = steer.harmonise, steer.fit, steer.tone_fit, steer.hold, steer.enter
         if params is not None:
             self.params = params
         p = self.params
         if self._pending_model is not None:
             self._use_pending_model()
+        index = self.index
+        at = self._place(at, p)
+        masks = self._masks(p)
+        self._set_inputs(at)
+        sounding = self._prev_sounding != ct.MEL_REST
+        melody = steer.melody
+        if melody is not None:
+            melody = _check_token(melody, ct.MELODY_VOCAB_SIZE, "melody")
+            if melody == ct.MEL_HOLD and not sounding:
+                melody = ct.MEL_REST
+        # chord first (or, accompanying, the chord for the melody heard at this step), then the melody on it
+        chord_tok, harmonised = self._choose_chord(p, masks, at, melody, steer)
+        chord_now = self._prev_chord_now if chord_tok == ct.CHORD_HOLD else chord_tok
+        self._feeds["chord_now"][0] = chord_now
+        mel_logits, vel_logits = self._steps.run_note()
+        if melody is None:
+            mel_tok = self._sample_melody(p, masks, at, mel_logits[0], sounding, chord_now, steer)
+        else:
+            mel_tok = melody
+        vel = self._velocity(p, mel_tok, vel_logits, steer.velocity, sampled=melody is None)
+        if not harmonised and self.follow_harmony and self._steps.can_harmonise:
+            self._feed_harmony(mel_tok)  # keep the harmoniser's state current for a later accompaniment
+        self._prev_melody = mel_tok
+        self._prev_chord = chord_tok
+        self._prev_chord_now = chord_now
+        self._hist_melody[index % _HISTORY] = mel_tok
+        self._hist_chord[index % _HISTORY] = chord_tok
+        self.index = index + 1
+        return Step(
+            index=index,
+            bar=at.bar,
+            position=at.position,
+            chord_token=chord_tok,
+            chord_now=chord_now,
+            melody_token=mel_tok,
+            velocity=vel,
+            bar_steps=at.bar_steps,
+            beat_steps=at.beat_steps,
+        )
 
+    def _place(self, at: Position | None, p: Params) -> Position:
+        """The step's position (counted here when none is given); a new bar is remembered for the lookback."""
         index = self.index
         if at is None:
             if p.time_signature != self._transport.time_signature:
@@ -429,16 +468,18 @@ class Engine:
             self._ts = self._transport.time_signature
         else:
             self._ts = p.time_signature
-        position = at.position
         if at.bar != self._last_bar or index == 0:
             # a new bar (the transport's): its start and length feed the lookback inputs
             self._last_bar = at.bar
-            self._bar_start = index - position
+            self._bar_start = index - at.position
             self._bars.append((self._bar_start, at.bar_steps))
         self._bar = at.bar
         self._bar_len, self._beat_len = at.bar_steps, at.beat_steps
+        return at
 
-        masks = self._masks(p)
+    def _set_inputs(self, at: Position) -> None:
+        """The graphs' inputs: the previous tokens, the position, and the same step 1, 2, 4 and 8 bars back."""
+        position = at.position
         f = self._feeds
         f["prev_melody"][0] = self._prev_melody
         f["prev_sounding"][0] = self._prev_sounding
@@ -462,112 +503,85 @@ class Engine:
             lb_mel[j] = ct.MEL_REST
             lb_ch[j] = ct.CHORD_NC
 
-        sounding = self._prev_sounding != ct.MEL_REST
-        if melody is not None:
-            melody = _check_token(melody, ct.MELODY_VOCAB_SIZE, "melody")
-            if melody == ct.MEL_HOLD and not sounding:
-                melody = ct.MEL_REST
-
-        # Chord first (or, accompanying, chord for the melody heard at this step).
+    def _choose_chord(
+        self, p: Params, masks: _Masks, at: Position, melody: int | None, steer: Steer
+    ) -> tuple[int, bool]:
+        """The chord token of this step (observed, harmonised, or sampled), and whether the harmoniser chose it."""
         chord_logits = self._steps.run_chord()
-        if chord is None:
-            held_ok = self._prev_chord_now == ct.CHORD_NC or bool(masks.chord_allowed[self._prev_chord_now])
-            bias: FloatArray | None = masks.chord if held_ok else masks.chord_no_hold
-            temperature = p.temperature
-            harmonised = harmonise and melody is not None
-            if harmonised:
-                assert melody is not None
-                held = self._prev_chord_now
-                onset = self._feed_harmony(melody)
-                # the chord may change on a strong beat, or on a beat where the player strikes a note
-                decide = at.strong or (onset is not None and at.on_beat) or not held_ok
-                if not decide:
-                    chord_logits = _HOLD_ONLY
-                    bias = None
-                else:
-                    z = self._steps.harmony_logits[0].astype(np.float64) + masks.chord
-                    z[ct.CHORD_HOLD] = -np.inf  # the harmoniser names the chord that sounds; HOLD is decided here
-                    if fit > 0 and onset is not None:
-                        z += self._fit_bias(fit)[onset % 12]
-                    if hold > 0 and np.isfinite(z[held]):
-                        z[held] += hold
-                    chord_logits = z
-                    bias = None
-            chord_tok = sample(
-                chord_logits,
-                self.rng,
-                temperature=temperature,
-                top_p=p.top_p,
-                bias=bias,
-                fallback=ct.CHORD_HOLD if held_ok else ct.CHORD_NC,
-            )
-            if harmonised and chord_tok == self._prev_chord_now:
-                chord_tok = ct.CHORD_HOLD
-        else:
-            chord_tok = _check_token(chord, ct.CHORD_VOCAB_SIZE, "chord")
-            harmonised = False
-        chord_now = self._prev_chord_now if chord_tok == ct.CHORD_HOLD else chord_tok
-
-        # Then melody, conditioned on the chord sounding now.
-        f["chord_now"][0] = chord_now
-        mel_logits, vel_logits = self._steps.run_note()
-        if melody is None:
-            mel_logits = mel_logits[0]
-            if not sounding:
-                # HOLD after REST means REST: give HOLD's probability to REST instead of dropping it.
-                mel_logits = mel_logits.astype(np.float64)
-                mel_logits[ct.MEL_REST] = np.logaddexp(mel_logits[ct.MEL_REST], mel_logits[ct.MEL_HOLD])
-            mel_bias = masks.melody_sounding if sounding else masks.melody_enter if enter else masks.melody_silent
-            if tone_fit > 0 and chord_now >= ct.CHORD_OFFSET and at.strong:
-                mel_bias = mel_bias + self._tone_bias(chord_now, tone_fit)
-            mel_tok = sample(
-                mel_logits,
-                self.rng,
-                temperature=p.temperature,
-                top_p=p.top_p,
-                bias=mel_bias,
-                fallback=ct.MEL_HOLD if sounding else ct.MEL_REST,
-            )
-        else:
-            mel_tok = melody
-
-        if mel_tok >= ct.MEL_NOTE_OFFSET:
-            if velocity is not None:
-                vel_bin = int(ct.velocity_bin(int(velocity)))
-                vel = int(np.clip(velocity, 1, 127))
+        if steer.chord is not None:
+            return _check_token(steer.chord, ct.CHORD_VOCAB_SIZE, "chord"), False
+        held_ok = self._prev_chord_now == ct.CHORD_NC or bool(masks.chord_allowed[self._prev_chord_now])
+        bias: FloatArray | None = masks.chord if held_ok else masks.chord_no_hold
+        harmonised = steer.harmonise and melody is not None
+        if harmonised:
+            assert melody is not None
+            held = self._prev_chord_now
+            onset = self._feed_harmony(melody)
+            # the chord may change on a strong beat, or on a beat where the player strikes a note
+            decide = at.strong or (onset is not None and at.on_beat) or not held_ok
+            if not decide:
+                chord_logits = _HOLD_ONLY
+                bias = None
             else:
-                if melody is None:
-                    vel_bin = sample(vel_logits, self.rng, temperature=p.temperature, top_p=p.top_p)
-                else:
-                    vel_bin = int(np.argmax(vel_logits[0]))
-                vel = _BIN_VELOCITY[vel_bin]
-            self._prev_vel_bin = vel_bin
-            self._prev_sounding = mel_tok
-        else:
-            vel = _BIN_VELOCITY[self._prev_vel_bin]
+                z = self._steps.harmony_logits[0].astype(np.float64) + masks.chord
+                z[ct.CHORD_HOLD] = -np.inf  # the harmoniser names the chord that sounds; HOLD is decided here
+                if steer.fit > 0 and onset is not None:
+                    z += self._fit_bias(steer.fit)[onset % 12]
+                if steer.hold > 0 and np.isfinite(z[held]):
+                    z[held] += steer.hold
+                chord_logits = z
+                bias = None
+        chord_tok = sample(
+            chord_logits,
+            self.rng,
+            temperature=p.temperature,
+            top_p=p.top_p,
+            bias=bias,
+            fallback=ct.CHORD_HOLD if held_ok else ct.CHORD_NC,
+        )
+        if harmonised and chord_tok == self._prev_chord_now:
+            chord_tok = ct.CHORD_HOLD
+        return chord_tok, harmonised
+
+    def _sample_melody(self, p: Params, masks: _Masks, at: Position, mel_logits: FloatArray, sounding: bool,
+                       chord_now: int, steer: Steer) -> int:  # fmt: skip
+        """A melody token sampled on the chord sounding now (what the masks and ``steer`` allow)."""
+        if not sounding:
+            # HOLD after REST means REST: give HOLD's probability to REST instead of dropping it.
+            mel_logits = mel_logits.astype(np.float64)
+            mel_logits[ct.MEL_REST] = np.logaddexp(mel_logits[ct.MEL_REST], mel_logits[ct.MEL_HOLD])
+        mel_bias = masks.melody_sounding if sounding else masks.melody_enter if steer.enter else masks.melody_silent
+        if steer.tone_fit > 0 and chord_now >= ct.CHORD_OFFSET and at.strong:
+            mel_bias = mel_bias + self._tone_bias(chord_now, steer.tone_fit)
+        return sample(
+            mel_logits,
+            self.rng,
+            temperature=p.temperature,
+            top_p=p.top_p,
+            bias=mel_bias,
+            fallback=ct.MEL_HOLD if sounding else ct.MEL_REST,
+        )
+
+    def _velocity(
+        self, p: Params, mel_tok: int, vel_logits: npt.NDArray[np.floating[Any]], velocity: int | None, *, sampled: bool
+    ) -> int:
+        """The MIDI velocity of this step (an onset's: observed, sampled, or the most likely bin), remembered."""
+        if mel_tok < ct.MEL_NOTE_OFFSET:
             if mel_tok == ct.MEL_REST:
                 self._prev_sounding = ct.MEL_REST
-        if not harmonised and self.follow_harmony and self._steps.can_harmonise:
-            self._feed_harmony(mel_tok)  # keep the harmoniser's state current for a later accompaniment
-        self._prev_melody = mel_tok
-        self._prev_chord = chord_tok
-        self._prev_chord_now = chord_now
-        hist_mel[index % _HISTORY] = mel_tok
-        hist_ch[index % _HISTORY] = chord_tok
-
-        out = Step(
-            index=index,
-            bar=at.bar,
-            position=position,
-            chord_token=chord_tok,
-            chord_now=chord_now,
-            melody_token=mel_tok,
-            velocity=vel,
-            bar_steps=at.bar_steps,
-            beat_steps=at.beat_steps,
-        )
-        self.index = index + 1
-        return out
+            return int(_BIN_VELOCITY[self._prev_vel_bin])
+        if velocity is not None:
+            vel_bin = int(ct.velocity_bin(int(velocity)))
+            vel = int(np.clip(velocity, 1, 127))
+        else:
+            if sampled:
+                vel_bin = sample(vel_logits, self.rng, temperature=p.temperature, top_p=p.top_p)
+            else:
+                vel_bin = int(np.argmax(vel_logits[0]))
+            vel = int(_BIN_VELOCITY[vel_bin])
+        self._prev_vel_bin = vel_bin
+        self._prev_sounding = mel_tok
+        return vel
 
     def feed(self, at: Position | None, melody: int, chord: int, velocity: int | None = None,
              params: Params | None = None) -> Step:  # fmt: skip
