@@ -233,7 +233,13 @@ class Daemon(Controller):
 
     def status(self) -> dict[str, Any]:
         """The full state as JSON-ready data (read without locks: a snapshot may be a step stale)."""
-        return snapshot(self, self._live())
+        return snapshot(
+            self._live(),
+            realtime=self.realtime,
+            player_input=self.input,
+            osc_errors=self.osc.control.errors if self.osc is not None else 0,
+            jack=self.jack,
+        )
 
     def close(self) -> None:
         """Release every note, close inputs and sinks (the recording is written), stop OSC (idempotent)."""

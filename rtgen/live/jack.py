@@ -13,7 +13,7 @@ import logging
 import os
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from rtgen.config import PART_NAMES
 from rtgen.errors import PortError
@@ -21,7 +21,13 @@ from rtgen.io.ports import JackWatch, MidiInput, MidiOutput, open_input, open_ou
 from rtgen.live.commands import Panic, SetPart
 
 if TYPE_CHECKING:
-    from rtgen.live.daemon import Daemon
+    from rtgen.config import Config
+    from rtgen.control.osc import OscServer
+    from rtgen.errors import RtgenError
+    from rtgen.io.sinks import MidiOutSink
+    from rtgen.io.synth import Synth
+    from rtgen.live.loop import LiveLoop
+    from rtgen.live.status import StatusReporter
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +36,28 @@ JACK_REOPEN_S = 10.0  # the server is back: keep trying to reopen the ports this
 JACK_STUCK_S = 2.0  # an output whose waiting messages the server has not taken for this long is reopened
 
 JackPort = MidiOutput | MidiInput
+
+
+class JackHost(Protocol):
+    """What the supervisor reads and sets of the daemon (:class:`rtgen.live.daemon.Daemon`)."""
+
+    config: Config
+    loop: LiveLoop | None
+    input: MidiInput | None
+    osc: OscServer | None
+    status_reporter: StatusReporter | None
+    closing: threading.Event
+    fatal: RtgenError | None
+
+    @property
+    def midi_sinks(self) -> list[MidiOutSink]:
+        """The MIDI outputs."""
+        ...
+
+    @property
+    def synth(self) -> Synth | None:
+        """The internal synth, when it plays."""
+        ...
 
 
 class StalePortsError(Exception):
@@ -45,7 +73,7 @@ class JackSupervisor:
         period_ns: the server's period (0: not watched).
     """
 
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: JackHost) -> None:
         self.daemon = daemon
         self.state: str | None = None
         self.losses = 0

@@ -12,12 +12,15 @@ from rtgen.config import PART_NAMES
 from rtgen.timing.clock import LatenessHistogram
 
 if TYPE_CHECKING:
-    from rtgen.live.daemon import Daemon
+    from rtgen.io.ports import MidiInput
+    from rtgen.live.jack import JackSupervisor
     from rtgen.live.loop import LiveLoop
 
 
-def snapshot(daemon: Daemon, loop: LiveLoop) -> dict[str, Any]:
-    """The state of ``daemon`` playing ``loop``."""
+def snapshot(
+    loop: LiveLoop, *, realtime: bool, player_input: MidiInput | None, osc_errors: int, jack: JackSupervisor
+) -> dict[str, Any]:
+    """The state of ``loop`` and of what the daemon around it opened (its input, the JACK watch)."""
     p = loop
     params = p.params
     stats = p.clock.stats
@@ -37,7 +40,6 @@ def snapshot(daemon: Daemon, loop: LiveLoop) -> dict[str, Any]:
     }
     tracker = p.tracker
     cued = p.arranger.cued  # read once: the real-time thread may start the section meanwhile
-    jack = daemon.jack
     return {
         "playing": p.playing,
         "mode": p.mode,
@@ -61,9 +63,9 @@ def snapshot(daemon: Daemon, loop: LiveLoop) -> dict[str, Any]:
         "seed": p.engine.seed,
         "model": p.model_name,
         "can_accompany": bool(p.engine.can_harmonise),
-        "realtime": daemon.realtime,
+        "realtime": realtime,
         "parts": parts,
-        "input": daemon.input.name if daemon.input is not None else None,
+        "input": player_input.name if player_input is not None else None,
         "player_sounding": list(tracker.sounding()) if tracker is not None else [],
         "recording": str(p.recorder.path) if p.recorder is not None else None,
         "steps": stats.steps,
@@ -85,10 +87,10 @@ def snapshot(daemon: Daemon, loop: LiveLoop) -> dict[str, Any]:
         "sent": p.scheduler.sent,
         "sounding": p.scheduler.book.count(),
         "outputs": [s.name for s in p.scheduler.sinks],
-        "osc_errors": daemon.osc.control.errors if daemon.osc is not None else 0,
+        "osc_errors": osc_errors,
         "engine_errors": p.engine_errors,
         "command_errors": p.command_errors,
-        "input_received": daemon.input.received if daemon.input is not None else 0,
+        "input_received": player_input.received if player_input is not None else 0,
         "jack": jack.state,
         "jack_losses": jack.losses,
     }

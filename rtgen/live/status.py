@@ -11,10 +11,25 @@ import logging
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 if TYPE_CHECKING:
-    from rtgen.live.daemon import Daemon
+    from rtgen.config import Config
+    from rtgen.io.sinks import Sink
+    from rtgen.live.loop import LiveLoop
+
+
+class Reported(Protocol):
+    """What the reporter reads of the daemon (:class:`rtgen.live.daemon.Daemon`)."""
+
+    config: Config
+    loop: LiveLoop | None
+
+    @property
+    def sinks(self) -> list[Sink]:
+        """Every output."""
+        ...
+
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +98,7 @@ class StatusReporter:
             self.stream.write(json.dumps(data, default=str) + "\n")
             self.stream.flush()
 
-    def start(self, daemon: Daemon) -> None:
+    def start(self, daemon: Reported) -> None:
         """Start reporting on ``daemon`` (a :class:`rtgen.live.daemon.Daemon`)."""
         self.event(
             "start",
@@ -96,7 +111,7 @@ class StatusReporter:
             self._thread = threading.Thread(target=self._run, args=(daemon,), name="rtgen-status", daemon=True)
             self._thread.start()
 
-    def stop(self, daemon: Daemon) -> None:
+    def stop(self, daemon: Reported) -> None:
         """Stop the thread, clear the line, write the final stats."""
         self._stop.set()
         if self._thread is not None:
@@ -111,7 +126,7 @@ class StatusReporter:
             self.event("stop", **loop.clock.stats.as_dict())
 
     @staticmethod
-    def line(daemon: Daemon) -> str:
+    def line(daemon: Reported) -> str:
         """The status line text: bar:beat, chord, tempo, temperature, late steps."""
         p = daemon.loop
         if p is None:
@@ -122,7 +137,7 @@ class StatusReporter:
             f"temp {p.params.temperature:.2f}  late {p.clock.stats.late_steps}  {state}"
         )
 
-    def _run(self, daemon: Daemon) -> None:
+    def _run(self, daemon: Reported) -> None:
         last_stats = time.monotonic()
         while not self._stop.wait(self.interval):
             try:
