@@ -35,6 +35,18 @@ from typing import NamedTuple
 
 from rtgen.config import MODES, CcConfig, Config
 from rtgen.contract import CHORD_NC, Chord, recognize_chord
+from rtgen.midi.messages import (
+    CC_ALL_NOTES_OFF,
+    CC_ALL_SOUND_OFF,
+    CC_SUSTAIN,
+    CHANNEL_MASK,
+    CONTROL_CHANGE,
+    KIND_MASK,
+    NOTE_OFF,
+    NOTE_ON,
+    SWITCH_ON,
+    SYSTEM,
+)
 
 Message = tuple[int, ...]
 
@@ -48,10 +60,6 @@ CONTROL_RANGES: dict[str, tuple[float, float]] = {
     "swing": (0.0, 0.75),
 }
 """Output range of each continuous control (the ``[generation]`` ranges)."""
-
-SUSTAIN_CC = 64
-ALL_SOUND_OFF_CC = 120
-ALL_NOTES_OFF_CC = 123
 
 _DEFAULT_TEMPERATURE = 0.9
 # Bytes per channel message, indexed by the status nibble (0x8n..0xEn); 0 = not a channel message.
@@ -311,11 +319,11 @@ class PlayerTracker:
         """
         try:
             status = message[0]
-            if status >= 0xF0:
+            if status >= SYSTEM:
                 if status > 0xFF:
                     self.bad += 1
                 return []
-            if status < 0x80 or len(message) != _LENGTH[status >> 4]:
+            if status < NOTE_OFF or len(message) != _LENGTH[status >> 4]:
                 self.bad += 1
                 return []
             d1 = message[1]
@@ -326,24 +334,24 @@ class PlayerTracker:
         except (TypeError, IndexError):
             self.bad += 1
             return []
-        if self._channel >= 0 and status & 0x0F != self._channel:
+        if self._channel >= 0 and status & CHANNEL_MASK != self._channel:
             self.filtered += 1
             return []
-        kind = status & 0xF0
-        if kind == 0x90:
+        kind = status & KIND_MASK
+        if kind == NOTE_ON:
             if d2:
                 self._note_on(d1, d2, t_ns)
             else:
                 self._note_off(d1, t_ns)
-        elif kind == 0x80:
+        elif kind == NOTE_OFF:
             self._note_off(d1, t_ns)
-        elif kind == 0xB0:
+        elif kind == CONTROL_CHANGE:
             names = self._cc_map[d1]
             if names:
                 return self._controls(names, d2)
-            if d1 == SUSTAIN_CC:  # a [cc] mapping onto 64 wins: that controller is a knob, not a pedal
-                self._sustain(d2 >= 64, t_ns)
-            elif d1 in (ALL_NOTES_OFF_CC, ALL_SOUND_OFF_CC):
+            if d1 == CC_SUSTAIN:  # a [cc] mapping onto 64 wins: that controller is a knob, not a pedal
+                self._sustain(d2 >= SWITCH_ON, t_ns)
+            elif d1 in (CC_ALL_NOTES_OFF, CC_ALL_SOUND_OFF):
                 self._all_off(t_ns)
         return []
 
@@ -406,7 +414,7 @@ class PlayerTracker:
                     self._mode = index
                     out.append(Control("mode", MODES[index]))
             elif name == "panic":
-                high = value >= 64
+                high = value >= SWITCH_ON
                 if high and not self._panic_high:
                     out.append(Control("panic", 1.0))
                 self._panic_high = high
