@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from rtgen import contract as ct
-from rtgen.config import MODES, AccompanyConfig, CallResponseConfig, ImproviseConfig
+from rtgen.config import AccompanyConfig, CallResponseConfig, ImproviseConfig, check_mode
 from rtgen.timing.transport import Position
 
 
@@ -278,16 +278,19 @@ class CallAndResponse:
 def make_conductor(mode: str, accompany: AccompanyConfig | None = None,
                    call_response: CallResponseConfig | None = None,
                    improvise: ImproviseConfig | None = None) -> Conductor:  # fmt: skip
-    """The conductor for ``mode`` (one of :data:`rtgen.config.MODES`)."""
+    """The conductor for ``mode`` (one of :data:`rtgen.config.MODES`).
+
+    Raises:
+        ValueError: an unknown mode; the message lists the modes.
+    """
+    check_mode(mode)
     if mode == "autonomous":
         return Autonomous()
     if mode == "accompany":
         return Accompany(accompany)
     if mode == "improvise":
         return Improvise((improvise or ImproviseConfig()).tone_fit)
-    if mode == "call-and-response":
-        return CallAndResponse(call_response, fit=(accompany or AccompanyConfig()).fit)
-    raise ValueError(f"unknown mode {mode!r}; allowed: {', '.join(MODES)}")
+    return CallAndResponse(call_response, fit=(accompany or AccompanyConfig()).fit)
 
 
 # Krumhansl-Kessler key profiles (probe-tone ratings), tonic first.

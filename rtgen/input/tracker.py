@@ -33,7 +33,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
-from rtgen.config import MODES, CcConfig, Config
+from rtgen.config import MODES, CcConfig, Config, GenerationConfig, field_range
 from rtgen.contract import CHORD_NC, Chord, recognize_chord
 from rtgen.midi.messages import (
     CC_ALL_NOTES_OFF,
@@ -54,14 +54,12 @@ CONTINUOUS_CONTROLS = ("temperature", "top_p", "density", "swing")
 """Controls whose value is a number scaled from the CC value (see :func:`scale_cc`)."""
 
 CONTROL_RANGES: dict[str, tuple[float, float]] = {
-    "temperature": (0.05, 3.0),
-    "top_p": (0.05, 1.0),
-    "density": (0.0, 4.0),
-    "swing": (0.0, 0.75),
+    name: field_range(GenerationConfig, name) for name in CONTINUOUS_CONTROLS
 }
-"""Output range of each continuous control (the ``[generation]`` ranges)."""
+"""Output range of each continuous control: the config schema's ``[generation]`` range."""
 
-_DEFAULT_TEMPERATURE = 0.9
+_DEFAULT_TEMPERATURE = GenerationConfig.temperature  # the middle of the wheel
+_DEFAULT_DENSITY = GenerationConfig.density
 # Bytes per channel message, indexed by the status nibble (0x8n..0xEn); 0 = not a channel message.
 _LENGTH = (0, 0, 0, 0, 0, 0, 0, 0, 3, 3, 3, 3, 2, 2, 3, 0)
 
@@ -105,7 +103,8 @@ def scale_cc(name: str, value: int) -> float:
         mid = _DEFAULT_TEMPERATURE
         out = lo * (mid / lo) ** (v / 64) if v <= 64 else mid * (hi / mid) ** ((v - 64) / 63)
     elif name == "density":
-        out = v / 64 if v <= 64 else 1.0 + 3.0 * (v - 64) / 63
+        mid = _DEFAULT_DENSITY
+        out = lo + (mid - lo) * v / 64 if v <= 64 else mid + (hi - mid) * (v - 64) / 63
     else:
         out = lo + (hi - lo) * v / 127
     return min(max(out, lo), hi)
