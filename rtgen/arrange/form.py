@@ -33,8 +33,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from rtgen import contract as ct
-from rtgen.generation.conductor import Heard, Plan, estimate_key
+from rtgen.generation.conductor import Heard, Plan
 from rtgen.generation.engine import Engine, Params, Step
+from rtgen.generation.keys import estimate_key
 from rtgen.timing.transport import Position, Transport
 
 if TYPE_CHECKING:
