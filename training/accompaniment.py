@@ -48,6 +48,7 @@ from rtgen.contract import Chord, Key, TimeSignature
 from rtgen.generation.keys import estimate_key
 from rtgen.generation.model import Model
 from rtgen.generation.sampling import sample
+from training.prepared import load_split, read_manifest
 
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
@@ -218,12 +219,8 @@ def load_tunes(data: Path, split: str = "test", limit: int | None = None) -> tup
     Raises:
         DataError: the prepared data is missing or malformed.
     """
-    import json
-
-    from training.evaluate import load_split
-
     s = load_split(data, split)
-    manifest = json.loads((Path(data) / "manifest.json").read_text())
+    manifest = read_manifest(data)
     source = manifest.get("source")
     files = ((manifest.get("splits") or {}).get(split) or {}).get("files") or []
     n = s.sequences if limit is None else min(limit, s.sequences)
