@@ -104,19 +104,6 @@ class Model:
                 "(rtgen-train all), or use the shipped model"
             )
 
-    def harmony_step(self, feeds: dict[str, np.ndarray], state: FloatArray) -> tuple[FloatArray, FloatArray]:
-        """Run the harmoniser one step on ``contract.HARMONY_MODEL_INPUTS`` arrays (batch B).
-
-        Returns:
-            ``(harmony_logits (B, V), state_out)``: logits of the chord sounding at the step.
-        """
-        self.require_harmony()
-        assert self._harmony is not None
-        run_feeds = {name: feeds[name] for name in contract.HARMONY_MODEL_INPUTS[:-1]}
-        run_feeds["state"] = state
-        logits, new_state = self._harmony.run(["harmony_logits", "state_out"], run_feeds)
-        return logits, new_state
-
     @classmethod
     def load(cls, path: str | Path, *, threads: int = 1) -> Model:
         """Load and check a model folder.

@@ -13,11 +13,8 @@ from typing import Final
 # Channel voice messages (the status byte's high nibble).
 NOTE_OFF: Final = 0x80
 NOTE_ON: Final = 0x90
-POLY_PRESSURE: Final = 0xA0
 CONTROL_CHANGE: Final = 0xB0
 PROGRAM_CHANGE: Final = 0xC0
-CHANNEL_PRESSURE: Final = 0xD0
-PITCH_BEND: Final = 0xE0
 
 KIND_MASK: Final = 0xF0
 CHANNEL_MASK: Final = 0x0F
@@ -31,7 +28,6 @@ CLOCK: Final = 0xF8
 START: Final = 0xFA
 CONTINUE: Final = 0xFB
 STOP: Final = 0xFC
-ACTIVE_SENSING: Final = 0xFE
 
 CLOCK_MESSAGES: Final = frozenset({CLOCK, START, CONTINUE, STOP, SONG_POSITION})
 """The status bytes a MIDI clock follower reads (:class:`rtgen.timing.midiclock.ClockFollower`)."""
