@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from rtgen import contract as C  # noqa: N812 (short alias, used on every line)
 from rtgen import library
 from rtgen.errors import ModelError, RtgenError
-from training.dataset import INPUT_KEYS, LOOKBACK_KEYS, Split, read_manifest
+from training.dataset import INPUT_KEYS, LOOKBACK_KEYS, Split
 from training.model import (
     _CHORD_INPUTS,
     _MELODY_INPUTS,
@@ -39,6 +39,7 @@ from training.model import (
     NoteModel,
     _Recurrent,
 )
+from training.prepared import read_manifest
 
 log = logging.getLogger(__name__)
 

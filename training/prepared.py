@@ -24,20 +24,23 @@ ARRAYS = ("melody", "velocity", "chord", "position", "phrase")
 
 
 def read_manifest(data: Path) -> dict[str, Any]:
-    """The manifest of the prepared-data folder ``data``, checked to speak this token contract.
+    """The manifest of the prepared-data folder ``data`` (the one reader), checked to be rtgen data of this
+    token contract.
 
     Raises:
-        DataError: no readable manifest there, or data of another token contract.
+        DataError: (an ``RtgenError``) no readable rtgen manifest there, or data of another token contract.
     """
     path = Path(data) / MANIFEST_FILE
     try:
         manifest = json.loads(path.read_text())
+    except FileNotFoundError as err:
+        raise DataError(f"no prepared data at {data} (missing {path}); run `rtgen-train prepare --out {data}`") from err
     except (OSError, ValueError) as err:
         raise DataError(
             f"{data} is not a prepared-data folder ({path}: {err}); run rtgen-train prepare --out {data}"
         ) from err
-    if not isinstance(manifest, dict):
-        raise DataError(f"{path} is not a JSON object; run rtgen-train prepare --out {data}")
+    if not isinstance(manifest, dict) or manifest.get("format") != "rtgen-data":
+        raise DataError(f"{path} is not an rtgen data manifest; run rtgen-train prepare --out {data}")
     if manifest.get("contract_version") != contract.CONTRACT_VERSION:
         raise DataError(
             f"{data} was prepared for token contract v{manifest.get('contract_version')}, this code speaks "
