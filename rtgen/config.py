@@ -27,12 +27,53 @@ MODES = ("autonomous", "accompany", "improvise", "call-and-response")
 CLOCK_SOURCES = ("internal", "midi", "link")
 
 
+def check_mode(mode: str) -> str:
+    """``mode`` if it is one of :data:`MODES`.
+
+    Raises:
+        ValueError: another name; the message lists the modes.
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; allowed: {', '.join(MODES)}")
+    return mode
+
+
 def _range(lo: float, hi: float) -> dict[str, Any]:
     return {"range": (lo, hi)}
 
 
 def _choices(*values: str) -> dict[str, Any]:
     return {"choices": values}
+
+
+def _metadata(cls: type, name: str) -> Mapping[str, Any]:
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            return f.metadata
+    raise KeyError(f"{cls.__name__} has no field {name!r}")
+
+
+def field_range(cls: type, name: str) -> tuple[Any, Any]:
+    """The ``(lo, hi)`` a config field allows (the config file, OSC, controllers and the web page all use it).
+
+    Args:
+        cls: a config section, e.g. :class:`GenerationConfig`.
+        name: one of its fields, e.g. ``"tempo"``.
+
+    Raises:
+        KeyError: no such field, or it has no range.
+    """
+    lo, hi = _metadata(cls, name)["range"]
+    return lo, hi
+
+
+def field_choices(cls: type, name: str) -> tuple[str, ...]:
+    """The values a config field allows (e.g. ``field_choices(DaemonConfig, "mode")`` is :data:`MODES`).
+
+    Raises:
+        KeyError: no such field, or it has no fixed choices.
+    """
+    return tuple(_metadata(cls, name)["choices"])
 
 
 @dataclass(frozen=True)
@@ -367,11 +408,12 @@ def _build(cls: type, table: Mapping[str, Any], prefix: str) -> Any:
 def _check(obj: Any, prefix: str) -> None:
     """Cross-field and parsed-value checks."""
     if isinstance(obj, PartConfig):
-        from rtgen.patterns.styles import style_names
+        from rtgen.patterns.styles import UnknownStyleError, check_style
 
-        allowed = style_names(prefix.rpartition(".")[2])
-        if obj.style not in allowed:
-            raise ConfigError(f"{prefix}.style must be one of {', '.join(allowed)}, got {obj.style!r}")
+        try:
+            check_style(prefix.rpartition(".")[2], obj.style)
+        except UnknownStyleError as err:
+            raise ConfigError(f"{prefix}.style must be one of {', '.join(err.allowed)}, got {obj.style!r}") from err
     if isinstance(obj, GenerationConfig):
         if obj.pitch_low > obj.pitch_high:
             raise ConfigError(

@@ -156,17 +156,6 @@ def melody_pitch(token: int) -> int | None:
     return PITCH_MIN + token - MEL_NOTE_OFFSET
 
 
-def melody_token_name(token: int) -> str:
-    """Readable name: ``REST``, ``HOLD`` or the note name with octave (``D5``)."""
-    if token == MEL_REST:
-        return "REST"
-    if token == MEL_HOLD:
-        return "HOLD"
-    pitch = melody_pitch(token)
-    assert pitch is not None
-    return f"{NOTE_NAMES[pitch % 12]}{pitch // 12 - 1}"
-
-
 # --- velocity ----------------------------------------------------------------
 def velocity_bin(velocity: int | npt.ArrayLike) -> npt.NDArray[np.int64] | int:
     """Bin index of a MIDI velocity (1..127); works on scalars and arrays."""

@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+
+def brief(value: Any, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters: an error quoting untrusted input (a fuzzer's 60 kB string)
+    must not carry it whole."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} chars)"
+
 
 class RtgenError(Exception):
     """Base class: the CLI prints the message (no traceback) and exits non-zero."""

@@ -27,6 +27,39 @@ SHIPPED_MODELS_DIR = Path(__file__).resolve().parent / "data" / "models"
 DEFAULT_MODEL = "default"
 MODELS_ENV = "RTGEN_MODELS"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+META_FILE = "meta.json"
+"""A model folder's manifest: name, token contract, file hashes, architecture, metrics."""
+_REEXPORT = "re-export the model with rtgen-train export"
+
+
+def read_meta(folder: Path) -> dict[str, Any]:
+    """The parsed :data:`META_FILE` of a model folder: the one reader (it checks nothing inside).
+
+    Raises:
+        ModelError: the file is missing or unreadable, not JSON or not a JSON object; the message names it.
+    """
+    path = Path(folder) / META_FILE
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise ModelError(f"no {META_FILE} in {folder}; export a model there first (`rtgen-train export`)") from err
+    except (OSError, ValueError) as err:  # ValueError: bad JSON or not UTF-8
+        raise ModelError(f"cannot read {path}: {err}; {_REEXPORT}") from err
+    if not isinstance(meta, dict):
+        raise ModelError(f"{path} is not a JSON object; {_REEXPORT}")
+    return meta
+
+
+def write_meta(folder: Path, meta: dict[str, Any]) -> None:
+    """Write ``meta`` as the folder's :data:`META_FILE`, atomically (a crash leaves the old file or the new).
+
+    Raises:
+        OSError: the folder cannot be written.
+    """
+    path = Path(folder) / META_FILE
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
 
 
 def xdg_dir(variable: str, fallback: str) -> Path:
@@ -90,14 +123,9 @@ def read_entry(path: Path, origin: str, name: str | None = None) -> ModelEntry:
     meta: dict[str, Any] = {}
     problem = ""
     try:
-        data = json.loads((path / "meta.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        problem = f"meta.json cannot be read: {err}"
-    else:
-        if isinstance(data, dict):
-            meta = data
-        else:
-            problem = "meta.json is not a JSON object"
+        meta = read_meta(path)
+    except ModelError as err:
+        problem = str(err)
     entry = ModelEntry(name or path.name, path, origin, meta, problem)
     if not problem:
         version = entry.contract_version
@@ -111,7 +139,7 @@ def _folders(root: Path) -> list[tuple[str, Path]]:
     """``(name, folder)`` of the model folders in ``root``; a folder may be a symlink, named by the link."""
     if not root.is_dir():
         return []
-    found = (p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / "meta.json").is_file())
+    found = (p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / META_FILE).is_file())
     return sorted((p.name, p.resolve()) for p in found)
 
 
@@ -136,7 +164,7 @@ def find_model(name: str, user_dir: Path) -> ModelEntry | None:
     """The model called ``name``: shipped first, then the user's; ``None`` if there is none."""
     for root, origin in ((SHIPPED_MODELS_DIR, "shipped"), (user_dir, "user")):
         path = root / name
-        if is_name(name) and (path / "meta.json").is_file():
+        if is_name(name) and (path / META_FILE).is_file():
             return read_entry(path.resolve(), origin, name)
     return None
 
@@ -188,6 +216,6 @@ def output_folder(spec: str, user_dir: Path) -> Path:
     """
     if Path(spec).exists() or not is_name(spec):
         return Path(spec)
-    if (SHIPPED_MODELS_DIR / spec / "meta.json").is_file():
+    if (SHIPPED_MODELS_DIR / spec / META_FILE).is_file():
         raise ModelError(f"{spec} is the name of a shipped model; choose another name, or give a path such as ./{spec}")
     return user_dir / spec

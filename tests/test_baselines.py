@@ -9,6 +9,7 @@ import pytest
 
 from rtgen import contract as C  # noqa: N812 (the project's short alias)
 from training import evaluate as ev
+from training import prepared
 from training.dedup import WindowIndex, bar_windows, window_key
 from training.ngram import KneserNey, Stream, fit_select_score, select_order
 
@@ -21,14 +22,16 @@ def n(pitch: int) -> int:
     return C.melody_note_on(pitch)
 
 
-def _split(tunes: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> ev.Split:
-    """An evaluate.Split from (melody, chord, position) per tune."""
+def _split(tunes: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> prepared.Split:
+    """A prepared.Split from (melody, chord, position) per tune."""
     mel, ch, pos = (np.concatenate([t[k] for t in tunes]).astype(np.int64) for k in range(3))
     offsets = np.concatenate([[0], np.cumsum([t[0].size for t in tunes])]).astype(np.int64)
-    return ev.Split(mel, np.full(mel.size, 4, dtype=np.int64), ch, pos, (np.cumsum(pos == 0) % C.PHRASE_BARS), offsets)
+    return prepared.Split(
+        mel, np.full(mel.size, 4, dtype=np.int64), ch, pos, (np.cumsum(pos == 0) % C.PHRASE_BARS), offsets
+    )
 
 
-def _chord_tunes(rng: np.random.Generator, tunes: int, bars: int, shift: int = 0) -> ev.Split:
+def _chord_tunes(rng: np.random.Generator, tunes: int, bars: int, shift: int = 0) -> prepared.Split:
     """A random chord every 4 steps; the melody plays its root (C4..B4) at the change, all ``shift`` semitones up."""
     out = []
     for _ in range(tunes):

@@ -18,10 +18,10 @@ from rtgen.generation.conductor import (
     CallAndResponse,
     Heard,
     Improvise,
-    estimate_key,
     make_conductor,
 )
 from rtgen.generation.engine import Engine, Params, Steer
+from rtgen.generation.keys import estimate_key
 from rtgen.generation.model import Model
 from rtgen.timing.transport import Position, Transport
 
@@ -127,6 +127,7 @@ def test_estimate_key() -> None:
     key = estimate_key(w)
     assert key is not None and key.name == "A minor"
     assert estimate_key([0.0] * 12) is None
+    assert estimate_key([1.0] * 12) == ct.Key(0, "major")  # no profile fits better: ties go to major, lowest tonic
 
 
 def test_positions_from_bars_with_pickup() -> None:

@@ -15,7 +15,7 @@ import pytest
 from rtgen import contract as C  # noqa: N812 (the project's short alias)
 from rtgen.generation.model import Model
 from training import evaluate as ev
-from training import stats
+from training import prepared, stats
 
 REQUIRED_KEYS = {
     "note_nll", "note_nll_ngram", "chord_nll", "chord_nll_ngram", "copy_rate", "self_repetition",
@@ -106,7 +106,7 @@ def _write_data(folder: Path, seed: int = 0) -> Path:
     """A tiny prepared-data folder (docs/internals.md §1) with varied sequence lengths."""
     rng = np.random.default_rng(seed)
     for split, lengths in (("train", [40, 24, 33]), ("valid", [20, 17]), ("test", [30, 5, 19, 12])):
-        parts: dict[str, list[np.ndarray]] = {k: [] for k in ev.ARRAYS}
+        parts: dict[str, list[np.ndarray]] = {k: [] for k in prepared.ARRAYS}
         for length in lengths:
             mel = rng.choice([R, H, H, n(60), n(62), n(64), n(67)], length)
             ch = np.where(np.arange(length) % 8 == 0, rng.choice([chord("C"), chord("G7"), chord("Am")], length), 0)
@@ -118,7 +118,7 @@ def _write_data(folder: Path, seed: int = 0) -> Path:
             parts["phrase"].append(((np.arange(length) + 2) // 12) % C.PHRASE_BARS)
         d = folder / split
         d.mkdir(parents=True)
-        for k, dtype in zip(ev.ARRAYS, (np.int16, np.uint8, np.int16, np.uint8, np.uint8), strict=True):
+        for k, dtype in zip(prepared.ARRAYS, (np.int16, np.uint8, np.int16, np.uint8, np.uint8), strict=True):
             np.save(d / f"{k}.npy", np.concatenate(parts[k]).astype(dtype))
         np.save(d / "offsets.npy", np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
     (folder / "manifest.json").write_text(json.dumps({"format": "rtgen-data", "contract_version": C.CONTRACT_VERSION}))
@@ -141,7 +141,7 @@ def _log_softmax_at(logits: np.ndarray, target: int) -> float:
 
 def test_batched_nll_equals_one_sequence_at_a_time(random_model: Path, tmp_path: Path) -> None:
     data = _write_data(tmp_path / "data")
-    test = ev.load_split(data, "test")
+    test = prepared.load_split(data, "test")
     model = Model.load(random_model)
     batched = ev.model_nll(model, test, batch=3, progress=False)  # 4 sequences: two batches, shrinking
     for i in range(test.sequences):

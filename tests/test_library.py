@@ -129,7 +129,7 @@ def test_models_list_and_info(home: Path, tmp_path: Path, monkeypatch, capsys: p
     assert by_name["default"]["origin"] == "shipped" and by_name["mine"]["origin"] == "user"
     assert by_name["mine"]["path"] == str(mine.resolve()) and by_name["mine"]["contract"] == 2
     assert by_name["mine"]["params"] > 100_000 and by_name["mine"]["problem"] == ""
-    assert "cannot be read" in by_name["broken"]["problem"]
+    assert "cannot read" in by_name["broken"]["problem"] and "meta.json" in by_name["broken"]["problem"]
 
     meta = json.loads((SHIPPED / "meta.json").read_text())
     assert main(["models", "info", "default"]) == 0

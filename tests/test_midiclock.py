@@ -6,12 +6,8 @@ import random
 
 import pytest
 
+from rtgen.midi.messages import CLOCK, CONTINUE, SONG_POSITION, START, STOP
 from rtgen.timing.midiclock import (
-    CLOCK,
-    CONTINUE,
-    SONG_POSITION,
-    START,
-    STOP,
     ClockEvent,
     ClockFollower,
     spp,

@@ -11,15 +11,8 @@ from conftest import require
 from jack_harness import is_note_off, sounding_notes
 
 from rtgen.io import ports as midi_io
-from rtgen.io.sinks import (
-    CC_ALL_NOTES_OFF,
-    CC_ALL_SOUND_OFF,
-    MidiOutSink,
-    RecorderSink,
-    Sink,
-    SynthSink,
-    panic_messages,
-)
+from rtgen.io.sinks import MidiOutSink, RecorderSink, Sink, SynthSink
+from rtgen.midi.messages import CC_ALL_NOTES_OFF, CC_ALL_SOUND_OFF, panic_messages
 from rtgen.midi.notes import NoteTracker
 
 

@@ -45,8 +45,10 @@ import numpy.typing as npt
 
 from rtgen import contract as ct
 from rtgen.contract import Chord, Key, TimeSignature
+from rtgen.generation.keys import estimate_key
 from rtgen.generation.model import Model
 from rtgen.generation.sampling import sample
+from training.prepared import load_split, read_manifest
 
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
@@ -57,10 +59,6 @@ BAYES_TOP_K = 16
 On 60 valid tunes with the shipped model, top-4/8/16/32/all-170 gave hit 0.65/0.65/0.62/0.64/0.65 and F1
 0.57/0.57/0.54/0.54/0.55 (one seed: differences within sampling noise) at 2/3/6/13/65 s: 16 keeps the
 tail without the cost of scoring all 170."""
-
-KS_MAJOR = (6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88)
-KS_MINOR = (6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17)
-"""Krumhansl-Kessler key profiles (tonic first)."""
 
 _MAJ, _MIN = 0, 1  # indices into contract.QUALITIES
 RULE_MAJOR = ((0, _MAJ), (7, _MAJ), (5, _MAJ), (9, _MIN), (2, _MIN), (4, _MIN))
@@ -221,12 +219,8 @@ def load_tunes(data: Path, split: str = "test", limit: int | None = None) -> tup
     Raises:
         DataError: the prepared data is missing or malformed.
     """
-    import json
-
-    from training.evaluate import load_split
-
     s = load_split(data, split)
-    manifest = json.loads((Path(data) / "manifest.json").read_text())
+    manifest = read_manifest(data)
     source = manifest.get("source")
     files = ((manifest.get("splits") or {}).get(split) or {}).get("files") or []
     n = s.sequences if limit is None else min(limit, s.sequences)
@@ -327,26 +321,10 @@ def best_triad(tune: Tune) -> IntArray:
     return np.full(tune.steps, _TRIADS[int(np.argmax(hits))], dtype=np.int64)
 
 
-_KS = np.array([np.roll(KS_MAJOR, k) for k in range(12)] + [np.roll(KS_MINOR, k) for k in range(12)])
-_KS_CENTRED = _KS - _KS.mean(axis=1, keepdims=True)
-_KS_CENTRED /= np.linalg.norm(_KS_CENTRED, axis=1, keepdims=True)
-
-
-def estimate_key(histogram: npt.ArrayLike) -> Key:
-    """Krumhansl-Schmuckler: the major or minor key whose profile correlates best with a pitch-class histogram.
-
-    Args:
-        histogram: 12 weights (e.g. sounding steps per pitch class), C first.
-
-    Returns:
-        ``Key(tonic, "major" | "minor")``; C major for an empty histogram; major wins exact ties.
-    """
-    h = np.asarray(histogram, dtype=np.float64)
-    hc = h - h.mean()
-    if not np.any(hc):
-        return Key(0, "major") if not np.any(h) else Key(int(np.argmax(h)), "major")
-    best = int(np.argmax(_KS_CENTRED @ hc))
-    return Key(best % 12, "major" if best < 12 else "minor")
+def rule_key(histogram: npt.ArrayLike) -> Key:
+    """The key the rule harmonises in (:func:`rtgen.generation.keys.estimate_key`); C major when the histogram
+    is empty, which no counted step sees (a counted step's own note is in it)."""
+    return estimate_key(histogram) or Key(0, "major")
 
 
 def _pc_durations(tune: Tune) -> npt.NDArray[np.float64]:
@@ -375,12 +353,12 @@ def rule(tune: Tune, *, online: bool = False) -> IntArray:
     """
     durations = _pc_durations(tune)
     counted, pcs = tune.counted, tune.pitch_class
-    fixed = None if online else rule_chords(estimate_key(durations.sum(axis=0)))
+    fixed = None if online else rule_chords(rule_key(durations.sum(axis=0)))
     cumulative = np.cumsum(durations, axis=0) if online else None
     out = np.empty(tune.steps, dtype=np.int64)
     current = ct.CHORD_NC
     for t in np.flatnonzero(counted):
-        cands = fixed if cumulative is None else rule_chords(estimate_key(cumulative[t]))
+        cands = fixed if cumulative is None else rule_chords(rule_key(cumulative[t]))
         assert cands is not None
         pc = int(pcs[t])
         current = next((c for c in cands if _PCS[c, pc]), current)

@@ -38,27 +38,6 @@ INPUT_KEYS = (*C.COMMON_INPUTS, "chord_now", "melody_now", "sounding_now")
 TARGET_KEYS = ("chord", "melody", "velocity")
 
 
-def read_manifest(data: Path) -> dict[str, object]:
-    """The manifest of a prepared data folder; raises RtgenError if it is missing or not rtgen data."""
-    path = Path(data) / "manifest.json"
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError as err:
-        raise RtgenError(
-            f"no prepared data at {data} (missing {path}); run `rtgen-train prepare --out {data}`"
-        ) from err
-    except json.JSONDecodeError as err:
-        raise RtgenError(f"{path} is not valid JSON ({err}); prepare the data again") from err
-    if manifest.get("format") != "rtgen-data":
-        raise RtgenError(f"{path} is not an rtgen data manifest (format={manifest.get('format')!r})")
-    if manifest.get("contract_version") != C.CONTRACT_VERSION:
-        raise RtgenError(
-            f"{data} was prepared for token contract {manifest.get('contract_version')}, this code speaks "
-            f"{C.CONTRACT_VERSION}; prepare the data again"
-        )
-    return manifest
-
-
 @dataclass
 class Window:
     """One window of a sequence: flat start index, length, and transposition."""

@@ -9,7 +9,6 @@ re-rendered when the exporter provides ``write_model_card``.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import time
@@ -21,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 from tqdm import tqdm
 
-from rtgen import contract
+from rtgen import contract, library
 from rtgen.errors import ModelError
 from rtgen.generation.model import Model
 from training import stats
@@ -30,11 +29,10 @@ from training.accompaniment import report_markdown as accompaniment_markdown
 from training.dedup import WINDOW_BARS, WindowIndex
 from training.ngram import OrderSelection, Stream, fit_select_score, select_order
 from training.prepare import DataError
+from training.prepared import ARRAYS, SPLITS, Split, load_split, manifest_files
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "valid", "test")
-ARRAYS = ("melody", "velocity", "chord", "position", "phrase")
 TARGETS = {"note_ratio": 0.75, "chord_ratio": 0.90, "note_ratio_strongest": 0.75, "chord_ratio_strongest": 0.90,
            "copy_rate": 0.02}  # fmt: skip
 """Pass when the value is at most the target."""
@@ -44,70 +42,6 @@ MAX_NGRAM_ORDER = 32
 """Highest n-gram order tried; valid picks the order. Capping it low would flatter our models."""
 BATCH = 512
 """Sequences run together through onnxruntime (the dynamic batch axis)."""
-
-
-@dataclass(frozen=True)
-class Split:
-    """One split of prepared data (docs/internals.md §1), as int64 arrays.
-
-    Attributes:
-        melody, velocity, chord, position, phrase: flat arrays, one entry per step.
-        offsets: ``(n_sequences + 1,)`` start of each sequence.
-    """
-
-    melody: npt.NDArray[np.int64]
-    velocity: npt.NDArray[np.int64]
-    chord: npt.NDArray[np.int64]
-    position: npt.NDArray[np.int64]
-    phrase: npt.NDArray[np.int64]
-    offsets: npt.NDArray[np.int64]
-
-    @property
-    def sequences(self) -> int:
-        """Number of sequences."""
-        return int(self.offsets.size - 1)
-
-    def seq(self, name: str, i: int) -> npt.NDArray[np.int64]:
-        """Array ``name`` of sequence ``i``."""
-        arr: npt.NDArray[np.int64] = getattr(self, name)
-        return arr[self.offsets[i] : self.offsets[i + 1]]
-
-    def stream(self, name: str) -> Stream:
-        """The ``melody`` or ``chord`` stream with positions, for the n-gram."""
-        return Stream(getattr(self, name), self.position, self.offsets)
-
-
-def load_split(data: Path, split: str) -> Split:
-    """Load one split of a prepared-data folder.
-
-    Raises:
-        DataError: the folder, the manifest or an array is missing or unreadable.
-    """
-    folder = Path(data) / split
-    manifest_path = Path(data) / "manifest.json"
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise DataError(
-            f"{data} is not a prepared-data folder ({manifest_path}: {err}); run rtgen-train prepare --out {data}"
-        ) from err
-    if manifest.get("contract_version") != contract.CONTRACT_VERSION:
-        raise DataError(
-            f"{data} was prepared for token contract v{manifest.get('contract_version')}, this code speaks "
-            f"v{contract.CONTRACT_VERSION}; run rtgen-train prepare --out {data} again"
-        )
-    arrays: dict[str, npt.NDArray[np.int64]] = {}
-    for name in (*ARRAYS, "offsets"):
-        path = folder / f"{name}.npy"
-        try:
-            arrays[name] = np.load(path, mmap_mode="r").astype(np.int64)
-        except (OSError, ValueError) as err:
-            raise DataError(f"cannot read {path}: {err}; re-run rtgen-train prepare --out {data}") from err
-    n = int(arrays["offsets"][-1])
-    bad = [k for k in ARRAYS if arrays[k].shape != (n,)]
-    if bad:
-        raise DataError(f"{folder}: arrays {bad} do not have offsets[-1] = {n} steps; re-run rtgen-train prepare")
-    return Split(**arrays)
 
 
 # --- model NLL -------------------------------------------------------------------------------------------
@@ -529,7 +463,7 @@ def evaluate(
     vs = compare(nll, base_nll, streams, fair, test)
     for k, v in base_info.items():
         v |= {"test_nll": vs["note" if v["stream"] == "melody" else "chord"]["baselines"][k]}
-    dups = near_duplicates(train, test, valid, _manifest_files(data))
+    dups = near_duplicates(train, test, valid, manifest_files(data))
     without = compare(nll, base_nll, streams, fair, test, keep=~dups.pop("mask"))
     t_baselines = time.perf_counter() - t0
 
@@ -623,19 +557,10 @@ def evaluate(
 def _previous_metrics(model_dir: Path) -> dict[str, Any]:
     """``metrics.test`` of a model folder's meta.json (empty when there is none)."""
     try:
-        found = json.loads((model_dir / "meta.json").read_text()).get("metrics", {}).get("test", {})
-    except (OSError, json.JSONDecodeError, AttributeError):
+        found = library.read_meta(model_dir).get("metrics", {}).get("test", {})
+    except (ModelError, AttributeError):
         return {}
     return found if isinstance(found, dict) else {}
-
-
-def _manifest_files(data: Path) -> dict[str, list[str]]:
-    """File names per split from the prepared data's manifest (empty where it lists none)."""
-    try:
-        splits = json.loads((Path(data) / "manifest.json").read_text()).get("splits", {})
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return {k: list(v.get("files", [])) for k, v in splits.items() if isinstance(v, dict)}
 
 
 def _pct(x: float | None) -> str:
@@ -660,16 +585,10 @@ def kept_sections(report: Path, new_text: str) -> str:
 
 def _record(model_dir: Path, metrics: dict[str, Any]) -> None:
     """Write ``metrics.test`` into meta.json (atomically), EVALUATION.md, and re-render the model card."""
-    meta_path = model_dir / "meta.json"
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ModelError(f"cannot read {meta_path}: {err}; re-export the model with rtgen-train export") from err
+    meta = library.read_meta(model_dir)
     meta.setdefault("metrics", {})["test"] = metrics
-    tmp = meta_path.with_suffix(".json.tmp")
     try:
-        tmp.write_text(json.dumps(meta, indent=2) + "\n")
-        tmp.replace(meta_path)
+        library.write_meta(model_dir, meta)
         report = model_dir / "EVALUATION.md"
         text = report_markdown(meta.get("name") or model_dir.name, metrics)
         report.write_text(text + kept_sections(report, text))

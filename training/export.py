@@ -23,8 +23,9 @@ import torch
 from torch import Tensor, nn
 
 from rtgen import contract as C  # noqa: N812 (short alias, used on every line)
+from rtgen import library
 from rtgen.errors import ModelError, RtgenError
-from training.dataset import INPUT_KEYS, LOOKBACK_KEYS, Split, read_manifest
+from training.dataset import INPUT_KEYS, LOOKBACK_KEYS, Split
 from training.model import (
     _CHORD_INPUTS,
     _MELODY_INPUTS,
@@ -38,6 +39,7 @@ from training.model import (
     NoteModel,
     _Recurrent,
 )
+from training.prepared import read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -526,7 +528,7 @@ def export(
         "exported": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "files": {f: {"sha256": sha256(out / f), "bytes": (out / f).stat().st_size} for f in ONNX_FILES},
     }  # fmt: skip
-    _write_meta(out, meta)
+    library.write_meta(out, meta)
     write_model_card(out)
     log.info(
         "exported %s in %.1f s: parity max diff chord %.1e note %.1e",
@@ -535,31 +537,14 @@ def export(
     return meta
 
 
-def _write_meta(model_dir: Path, meta: dict[str, Any]) -> None:
-    tmp = model_dir / "meta.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=2) + "\n")
-    tmp.replace(model_dir / "meta.json")
-
-
-def read_meta(model_dir: Path) -> dict[str, Any]:
-    """meta.json of a model folder; raises ModelError if missing or broken."""
-    path = Path(model_dir) / "meta.json"
-    try:
-        return json.loads(path.read_text())  # type: ignore[no-any-return]
-    except FileNotFoundError as err:
-        raise ModelError(f"no meta.json in {model_dir}; export a model there first (`rtgen-train export`)") from err
-    except json.JSONDecodeError as err:
-        raise ModelError(f"{path} is not valid JSON ({err}); export the model again") from err
-
-
 def record_timings(model_dir: Path, timings: dict[str, float]) -> None:
     """Merge phase timings (seconds) into meta.json ``timings`` and re-render the model card.
 
     The sha256 entries cover the .onnx files only, so they stay valid.
     """
-    meta = read_meta(model_dir)
+    meta = library.read_meta(model_dir)
     meta["timings"] = {**meta.get("timings", {}), **{k: round(float(v), 2) for k, v in timings.items()}}
-    _write_meta(Path(model_dir), meta)
+    library.write_meta(Path(model_dir), meta)
     write_model_card(model_dir)
 
 
@@ -572,7 +557,7 @@ def _fmt(x: Any, digits: int = 3) -> str:
 def write_model_card(model_dir: Path) -> Path:
     """Render ``MODEL_CARD.md`` from meta.json (call again after adding metrics or timings)."""
     model_dir = Path(model_dir)
-    meta = read_meta(model_dir)
+    meta = library.read_meta(model_dir)
     m, d, tr = meta.get("model", {}), meta.get("data", {}), meta.get("training", {})
     files = d.get("files", {})
     valid = tr.get("valid_nll") or {}

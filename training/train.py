@@ -35,8 +35,9 @@ from tqdm import tqdm
 
 from rtgen import contract as C  # noqa: N812 (short alias, used on every line)
 from rtgen.errors import RtgenError
-from training.dataset import IGNORE, Split, eval_plan, read_manifest
+from training.dataset import IGNORE, Split, eval_plan
 from training.model import ModelConfig, Models, harmony_target
+from training.prepared import read_manifest
 
 log = logging.getLogger(__name__)
 

@@ -28,20 +28,16 @@ import itertools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from rtgen import contract as ct
-from rtgen.generation.conductor import Heard, Plan, estimate_key
+from rtgen.generation.conductor import Heard, Plan
 from rtgen.generation.engine import Engine, Params, Step
+from rtgen.generation.keys import estimate_key
 from rtgen.timing.transport import Position, Transport
 
-if TYPE_CHECKING:
-    pass
-
 INTRO = "intro"
-OUTRO = "outro"
 CUES = ("phrase", "bar")
 MAX_SECTION_NAME = 32
 MAX_FORM_BARS = 4096
@@ -177,11 +173,6 @@ class Arranger:
     def occurrence_bar(self) -> int:
         """The bar the current section started on (0-based)."""
         return self._start_bar
-
-    @property
-    def returning(self) -> bool:
-        """The current section has been heard before (it replays its memory)."""
-        return not self._recording and self.section in self.memory
 
     def begin(self, name: str, bar: int, *, bars: int | None = None, role: str = "") -> None:
         """Start section ``name`` at bar ``bar`` (its first step is the next one steered).

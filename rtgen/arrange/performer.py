@@ -22,7 +22,7 @@ import numpy.typing as npt
 from rtgen import contract as ct
 from rtgen.arrange.voicing import NoteEvent, Voicer
 from rtgen.config import PART_NAMES, Config, PartsConfig
-from rtgen.generation.conductor import NOBODY, Conductor, Heard, Plan, make_conductor
+from rtgen.generation.conductor import NOBODY, Conductor, Heard, Plan, make_conductor, needs_harmoniser
 from rtgen.generation.engine import Engine, Params, Step
 from rtgen.generation.model import Model
 from rtgen.timing.transport import Position
@@ -188,7 +188,7 @@ def accompany_offline(
     Returns:
         The resolved chord token (N.C. or a chord) sounding at each step.
     """
-    if mode in ("accompany", "call-and-response"):
+    if needs_harmoniser(mode):
         model.require_harmony(mode)
     mel = np.asarray(melody, dtype=np.int64).ravel()
     vel = None if velocity_bins is None else np.asarray(velocity_bins, dtype=np.int64).ravel()

@@ -40,7 +40,7 @@ from rtgen.config import PART_NAMES, PartConfig, PartsConfig
 from rtgen.generation.engine import Params, Step
 from rtgen.midi.notes import NoteTracker
 from rtgen.patterns.drums import Drummer
-from rtgen.patterns.styles import BassStyle, ChordStyle, style_names, styles
+from rtgen.patterns.styles import BassStyle, ChordStyle, check_style, styles
 
 CHORD_LOW = 52  # E3
 CHORD_HIGH = 72  # C5
@@ -433,9 +433,7 @@ class Voicer:
         Raises:
             ValueError: an unknown style for the part (the allowed ones are named).
         """
-        allowed = style_names(part)
-        if style not in allowed:
-            raise ValueError(f"unknown {part} style {style!r}; allowed: {', '.join(allowed)}")
+        check_style(part, style)
         current = self.parts.get(part)
         return self.set_parts(dataclasses.replace(self.parts, **{part: dataclasses.replace(current, style=style)}))
 

@@ -38,8 +38,8 @@ from pythonosc.osc_message import OscMessage
 from pythonosc.osc_message_builder import OscMessageBuilder
 from pythonosc.osc_server import BlockingOSCUDPServer
 
-from rtgen.config import MODES, PART_NAMES
-from rtgen.errors import RtgenError
+from rtgen.config import PART_NAMES, DaemonConfig, GenerationConfig, PartConfig, field_choices, field_range
+from rtgen.errors import RtgenError, brief
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,8 @@ class OscArg:
     """One argument of an address: the single source of its type and of the values it allows.
 
     :meth:`OscControl.handle` enforces it before the handler runs; generated controllers
-    (:mod:`rtgen.control.stagecontrol`) take their ranges and choices from it.
+    (:mod:`rtgen.control.stagecontrol`) take their ranges and choices from it. An argument that sets a
+    config field takes them from the config schema (:func:`setting`).
 
     Attributes:
         name: what the argument is, as error replies name it.
@@ -117,7 +118,16 @@ class OscArg:
         if self.lo is not None and self.hi is not None:
             _check_range(self.name, value, self.lo, self.hi)
         if self.choices is not None and value not in self.choices:
-            raise OscArgError(f"unknown {self.name} {_brief(value)}; allowed: {', '.join(self.choices)}")
+            raise OscArgError(f"unknown {self.name} {brief(value)}; allowed: {', '.join(self.choices)}")
+
+
+def setting(section: type, name: str, type_tag: str) -> OscArg:
+    """The argument that sets config field ``section.name``: its range or choices are the config schema's
+    (:func:`rtgen.config.field_range`, :func:`rtgen.config.field_choices`), the one place they are declared."""
+    if type_tag == "s":
+        return OscArg(name, type_tag, choices=field_choices(section, name))
+    lo, hi = field_range(section, name)
+    return OscArg(name, type_tag, lo, hi)
 
 
 PART = OscArg("part", "s", choices=PART_NAMES)
@@ -135,15 +145,9 @@ def osc_handler(address: str, *args: OscArg) -> Callable[[Callable[..., Any]], C
     return mark
 
 
-def _brief(value: Any, limit: int = 80) -> str:
-    """``repr(value)``, cut to ``limit`` characters (a fuzzer's 60 kB string must not come back whole)."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} chars)"
-
-
 def _check_range(name: str, value: float, lo: float, hi: float) -> float:
     if not lo <= value <= hi:
-        raise OscArgError(f"{name} must be in range {lo}..{hi}, got {_brief(value)}")
+        raise OscArgError(f"{name} must be in range {lo}..{hi}, got {brief(value)}")
     return value
 
 
@@ -167,7 +171,7 @@ def _unpack(data: bytes, depth: int, out: list[bytes]) -> None:
         out.append(data)
         return
     if not data.startswith(_BUNDLE_PREFIX):
-        raise ValueError(f"{len(data)} bytes starting {_brief(data[:8])} are neither an OSC message nor a bundle")
+        raise ValueError(f"{len(data)} bytes starting {brief(data[:8])} are neither an OSC message nor a bundle")
     if depth >= MAX_BUNDLE_DEPTH:
         raise ValueError(f"bundles nested more than {MAX_BUNDLE_DEPTH} deep")
     index = len(_BUNDLE_PREFIX) + 8  # the time tag
@@ -271,22 +275,22 @@ class OscControl:
     def _convert(types: str, args: Sequence[Any]) -> list[Any]:
         if len(args) != len(types):
             want = " ".join(types) or "no arguments"
-            raise OscArgError(f"expected {len(types)} argument(s) ({want}), got {len(args)}: {_brief(list(args))}")
+            raise OscArgError(f"expected {len(types)} argument(s) ({want}), got {len(args)}: {brief(list(args))}")
         out: list[Any] = []
         for i, (t, a) in enumerate(zip(types, args, strict=True)):
             if t == "f":
                 if isinstance(a, bool) or not isinstance(a, int | float) or a != a:
-                    raise OscArgError(f"argument {i + 1} must be a number (f), got {_brief(a)}")
+                    raise OscArgError(f"argument {i + 1} must be a number (f), got {brief(a)}")
                 out.append(float(a))
             elif t == "i":
                 if isinstance(a, float) and a.is_integer():
                     a = int(a)
                 if isinstance(a, bool) or not isinstance(a, int):
-                    raise OscArgError(f"argument {i + 1} must be an integer (i), got {_brief(a)}")
+                    raise OscArgError(f"argument {i + 1} must be an integer (i), got {brief(a)}")
                 out.append(a)
             elif t == "s":
                 if not isinstance(a, str):
-                    raise OscArgError(f"argument {i + 1} must be a string (s), got {_brief(a)}")
+                    raise OscArgError(f"argument {i + 1} must be a string (s), got {brief(a)}")
                 out.append(a)
         return out
 
@@ -298,7 +302,7 @@ class OscControl:
 
     def _error(self, sender: tuple[str, int] | None, address: str, reason: str) -> None:
         self.errors += 1
-        text = f"{address if len(address) <= 100 else _brief(address)}: {reason}"
+        text = f"{address if len(address) <= 100 else brief(address)}: {reason}"
         if len(text) > MAX_REPLY_CHARS:
             text = f"{text[: MAX_REPLY_CHARS - 30]}... ({len(text)} chars)"
         now = time.monotonic()
@@ -328,7 +332,7 @@ class OscControl:
         """Release all notes and send all-notes-off + all-sound-off on every channel; keeps playing."""
         self.controller.panic()
 
-    @osc_handler("tempo", OscArg("tempo", "f", 20.0, 400.0))
+    @osc_handler("tempo", setting(GenerationConfig, "tempo", "f"))
     def tempo(self, sender: tuple[str, int] | None, bpm: float) -> None:
         """Tempo in BPM, 20..400; takes effect at the next step boundary (`--clock link`: proposed to the Link
         session)."""
@@ -337,17 +341,17 @@ class OscControl:
         except ValueError as err:  # following a MIDI clock: the DAW sets the tempo
             raise OscArgError(str(err)) from err
 
-    @osc_handler("temperature", OscArg("temperature", "f", 0.05, 3.0))
+    @osc_handler("temperature", setting(GenerationConfig, "temperature", "f"))
     def temperature(self, sender: tuple[str, int] | None, value: float) -> None:
         """Sampling temperature, 0.05..3 (lower = safer, higher = wilder)."""
         self.controller.set_params(temperature=value)
 
-    @osc_handler("top_p", OscArg("top_p", "f", 0.05, 1.0))
+    @osc_handler("top_p", setting(GenerationConfig, "top_p", "f"))
     def top_p(self, sender: tuple[str, int] | None, value: float) -> None:
         """Nucleus sampling threshold, 0.05..1."""
         self.controller.set_params(top_p=value)
 
-    @osc_handler("mode", OscArg("mode", "s", choices=MODES))
+    @osc_handler("mode", setting(DaemonConfig, "mode", "s"))
     def mode(self, sender: tuple[str, int] | None, mode: str) -> None:
         """Mode: autonomous, accompany (your melody, rtgen's chords and bass), improvise (your chords,
         rtgen's melody) or call-and-response; switches with every note released."""
@@ -356,18 +360,18 @@ class OscControl:
         except (ValueError, RtgenError) as err:  # e.g. a model without a harmoniser cannot accompany
             raise OscArgError(str(err)) from err
 
-    @osc_handler("instrument", PART, OscArg("program", "i", 0, 127))
+    @osc_handler("instrument", PART, setting(PartConfig, "program", "i"))
     def instrument(self, sender: tuple[str, int] | None, part: str, program: int) -> None:
         """GM program 0..127 for a part (melody|chords|bass|drums, where it picks the kit): Program Change on its
         channel + synth program."""
         self.controller.set_instrument(part, program)
 
-    @osc_handler("volume", PART, OscArg("volume", "f", 0.0, 1.0))
+    @osc_handler("volume", PART, setting(PartConfig, "volume", "f"))
     def volume(self, sender: tuple[str, int] | None, part: str, volume: float) -> None:
         """Volume 0..1 of a part (melody|chords|bass|drums): CC7 on its channel (MIDI out and synth)."""
         self.controller.set_volume(part, volume)
 
-    @osc_handler("pan", PART, OscArg("pan", "f", -1.0, 1.0))
+    @osc_handler("pan", PART, setting(PartConfig, "pan", "f"))
     def pan(self, sender: tuple[str, int] | None, part: str, pan: float) -> None:
         """Pan -1 (left)..1 (right) of a part (melody|chords|bass|drums): CC10 on its channel."""
         self.controller.set_pan(part, pan)
@@ -377,11 +381,12 @@ class OscControl:
         """Style of a part: chords block, arpeggio-up, arpeggio-down, arpeggio-updown, strum, waltz, jig; bass
         root, root-fifth, waltz, jig, walking; drums a groove family; auto = the meter's default. The part's
         notes are released first."""
-        from rtgen.patterns.styles import style_names
+        from rtgen.patterns.styles import check_style
 
-        allowed = style_names(part)
-        if style not in allowed:
-            raise OscArgError(f"unknown {part} style {_brief(style)}; allowed: {', '.join(allowed)}")
+        try:
+            check_style(part, style)
+        except ValueError as err:
+            raise OscArgError(str(err)) from err
         self.controller.set_style(part, style)
 
     @osc_handler("part/enable", PART, OscArg("enabled", "i", 0, 1))
@@ -402,17 +407,17 @@ class OscControl:
                 raise OscArgError(str(err)) from err
         self.controller.set_key(key)
 
-    @osc_handler("density", OscArg("density", "f", 0.0, 4.0))
+    @osc_handler("density", setting(GenerationConfig, "density", "f"))
     def density(self, sender: tuple[str, int] | None, value: float) -> None:
         """Note density 0..4 (>1 more notes, <1 fewer)."""
         self.controller.set_params(density=value)
 
-    @osc_handler("seed", OscArg("seed", "i", 0, 2**31 - 1))
+    @osc_handler("seed", setting(GenerationConfig, "seed", "i"))
     def seed(self, sender: tuple[str, int] | None, seed: int) -> None:
         """Random seed 0..2^31-1: restarts the piece from a fresh state with this seed (same seed, same music)."""
         self.controller.set_seed(seed)
 
-    @osc_handler("swing", OscArg("swing", "f", 0.0, 0.75))
+    @osc_handler("swing", setting(GenerationConfig, "swing", "f"))
     def swing(self, sender: tuple[str, int] | None, value: float) -> None:
         """Swing 0..0.75: delays every second sixteenth by this fraction of a step."""
         self.controller.set_swing(value)
@@ -473,7 +478,7 @@ class OscControl:
         try:  # IPv4 only: feedback goes out of the server's AF_INET socket
             socket.getaddrinfo(host, port, family=socket.AF_INET, type=socket.SOCK_DGRAM)
         except (OSError, UnicodeError, ValueError) as err:  # a name IDNA cannot encode raises UnicodeError
-            raise OscArgError(f"cannot resolve host {_brief(host)} as IPv4: {err}") from err
+            raise OscArgError(f"cannot resolve host {brief(host)} as IPv4: {err}") from err
         if not self.feedback.subscribe(host, port):
             raise OscArgError(f"too many subscribers (max {MAX_SUBSCRIBERS})")
 

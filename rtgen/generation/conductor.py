@@ -30,8 +30,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from rtgen import contract as ct
-from rtgen.config import MODES, AccompanyConfig, CallResponseConfig, ImproviseConfig
+from rtgen.config import AccompanyConfig, CallResponseConfig, ImproviseConfig, check_mode
 from rtgen.generation.engine import Steer
+from rtgen.generation.keys import estimate_key
 from rtgen.timing.transport import Position
 
 
@@ -313,51 +314,22 @@ class CallAndResponse:
 def needs_harmoniser(mode: str) -> bool:
     """Whether ``mode``'s conductor asks the engine to harmonise the player's melody (a contract-v2 model)."""
     conductors: dict[str, type[Conductor]] = {c.mode: c for c in (Autonomous, Accompany, Improvise, CallAndResponse)}
-    if mode not in conductors:
-        raise ValueError(f"unknown mode {mode!r}; allowed: {', '.join(MODES)}")
-    return conductors[mode].needs_harmoniser
+    return conductors[check_mode(mode)].needs_harmoniser
 
 
 def make_conductor(mode: str, accompany: AccompanyConfig | None = None,
                    call_response: CallResponseConfig | None = None,
                    improvise: ImproviseConfig | None = None) -> Conductor:  # fmt: skip
-    """The conductor for ``mode`` (one of :data:`rtgen.config.MODES`)."""
+    """The conductor for ``mode`` (one of :data:`rtgen.config.MODES`).
+
+    Raises:
+        ValueError: an unknown mode; the message lists the modes.
+    """
+    check_mode(mode)
     if mode == "autonomous":
         return Autonomous()
     if mode == "accompany":
         return Accompany(accompany)
     if mode == "improvise":
         return Improvise((improvise or ImproviseConfig()).tone_fit)
-    if mode == "call-and-response":
-        return CallAndResponse(call_response, fit=(accompany or AccompanyConfig()).fit)
-    raise ValueError(f"unknown mode {mode!r}; allowed: {', '.join(MODES)}")
-
-
-# Krumhansl-Kessler key profiles (probe-tone ratings), tonic first.
-_MAJOR_PROFILE = (6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88)
-_MINOR_PROFILE = (6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17)
-
-
-def estimate_key(weights: list[float] | tuple[float, ...]) -> ct.Key | None:
-    """The major or minor key whose Krumhansl-Kessler profile best correlates with pitch-class ``weights``.
-
-    Returns:
-        The key, or None when no note was heard.
-    """
-    if not any(weights):
-        return None
-    n = 12
-    mean_w = sum(weights) / n
-    dw = [w - mean_w for w in weights]
-    best: tuple[float, int, str] | None = None
-    for scale, profile in (("major", _MAJOR_PROFILE), ("minor", _MINOR_PROFILE)):
-        mean_p = sum(profile) / n
-        dp = [p - mean_p for p in profile]
-        norm_p = math.sqrt(sum(d * d for d in dp))
-        norm_w = math.sqrt(sum(d * d for d in dw)) or 1.0
-        for tonic in range(n):
-            r = sum(dw[(tonic + i) % n] * dp[i] for i in range(n)) / (norm_w * norm_p)
-            if best is None or r > best[0]:
-                best = (r, tonic, scale)
-    assert best is not None
-    return ct.Key(best[1], best[2])
+    return CallAndResponse(call_response, fit=(accompany or AccompanyConfig()).fit)

@@ -9,7 +9,6 @@ onnxruntime sessions, once.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
-from rtgen import contract
+from rtgen import contract, library
 from rtgen.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -42,7 +41,7 @@ def _model_folders_near(path: Path) -> list[str]:
     found: list[str] = []
     for parent in (path, path.parent):
         if parent.is_dir():
-            found.extend(str(p.parent) for p in sorted(parent.glob("*/meta.json")))
+            found.extend(str(p.parent) for p in sorted(parent.glob(f"*/{library.META_FILE}")))
     return sorted(set(found))
 
 
@@ -105,19 +104,6 @@ class Model:
                 "(rtgen-train all), or use the shipped model"
             )
 
-    def harmony_step(self, feeds: dict[str, np.ndarray], state: FloatArray) -> tuple[FloatArray, FloatArray]:
-        """Run the harmoniser one step on ``contract.HARMONY_MODEL_INPUTS`` arrays (batch B).
-
-        Returns:
-            ``(harmony_logits (B, V), state_out)``: logits of the chord sounding at the step.
-        """
-        self.require_harmony()
-        assert self._harmony is not None
-        run_feeds = {name: feeds[name] for name in contract.HARMONY_MODEL_INPUTS[:-1]}
-        run_feeds["state"] = state
-        logits, new_state = self._harmony.run(["harmony_logits", "state_out"], run_feeds)
-        return logits, new_state
-
     @classmethod
     def load(cls, path: str | Path, *, threads: int = 1) -> Model:
         """Load and check a model folder.
@@ -136,16 +122,11 @@ class Model:
             raise ModelError(f"cannot use {str(path)!r} as a model folder: {err}") from err
         if not path.is_dir():
             raise ModelError(_missing_message(path, f"model folder {path} does not exist"))
-        meta_path = path / "meta.json"
+        meta_path = path / library.META_FILE
         if not meta_path.is_file():
             raise ModelError(_missing_message(path, f"model folder {path} has no meta.json"))
         reexport = "re-export the model with rtgen-train export"
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as err:  # ValueError: bad JSON or not UTF-8
-            raise ModelError(f"cannot read {meta_path}: {err}; {reexport}") from err
-        if not isinstance(meta, dict):
-            raise ModelError(f"{meta_path} is not a JSON object; {reexport}")
+        meta = library.read_meta(path)
         block = meta.get("contract")
         version = block.get("version") if isinstance(block, dict) else None
         speaks = f"v{', v'.join(map(str, contract.COMPATIBLE_VERSIONS))}"

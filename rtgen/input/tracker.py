@@ -33,8 +33,20 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
-from rtgen.config import MODES, CcConfig, Config
+from rtgen.config import MODES, CcConfig, Config, GenerationConfig, field_range
 from rtgen.contract import CHORD_NC, Chord, recognize_chord
+from rtgen.midi.messages import (
+    CC_ALL_NOTES_OFF,
+    CC_ALL_SOUND_OFF,
+    CC_SUSTAIN,
+    CHANNEL_MASK,
+    CONTROL_CHANGE,
+    KIND_MASK,
+    NOTE_OFF,
+    NOTE_ON,
+    SWITCH_ON,
+    SYSTEM,
+)
 
 Message = tuple[int, ...]
 
@@ -42,18 +54,12 @@ CONTINUOUS_CONTROLS = ("temperature", "top_p", "density", "swing")
 """Controls whose value is a number scaled from the CC value (see :func:`scale_cc`)."""
 
 CONTROL_RANGES: dict[str, tuple[float, float]] = {
-    "temperature": (0.05, 3.0),
-    "top_p": (0.05, 1.0),
-    "density": (0.0, 4.0),
-    "swing": (0.0, 0.75),
+    name: field_range(GenerationConfig, name) for name in CONTINUOUS_CONTROLS
 }
-"""Output range of each continuous control (the ``[generation]`` ranges)."""
+"""Output range of each continuous control: the config schema's ``[generation]`` range."""
 
-SUSTAIN_CC = 64
-ALL_SOUND_OFF_CC = 120
-ALL_NOTES_OFF_CC = 123
-
-_DEFAULT_TEMPERATURE = 0.9
+_DEFAULT_TEMPERATURE = GenerationConfig.temperature  # the middle of the wheel
+_DEFAULT_DENSITY = GenerationConfig.density
 # Bytes per channel message, indexed by the status nibble (0x8n..0xEn); 0 = not a channel message.
 _LENGTH = (0, 0, 0, 0, 0, 0, 0, 0, 3, 3, 3, 3, 2, 2, 3, 0)
 
@@ -97,7 +103,8 @@ def scale_cc(name: str, value: int) -> float:
         mid = _DEFAULT_TEMPERATURE
         out = lo * (mid / lo) ** (v / 64) if v <= 64 else mid * (hi / mid) ** ((v - 64) / 63)
     elif name == "density":
-        out = v / 64 if v <= 64 else 1.0 + 3.0 * (v - 64) / 63
+        mid = _DEFAULT_DENSITY
+        out = lo + (mid - lo) * v / 64 if v <= 64 else mid + (hi - mid) * (v - 64) / 63
     else:
         out = lo + (hi - lo) * v / 127
     return min(max(out, lo), hi)
@@ -311,11 +318,11 @@ class PlayerTracker:
         """
         try:
             status = message[0]
-            if status >= 0xF0:
+            if status >= SYSTEM:
                 if status > 0xFF:
                     self.bad += 1
                 return []
-            if status < 0x80 or len(message) != _LENGTH[status >> 4]:
+            if status < NOTE_OFF or len(message) != _LENGTH[status >> 4]:
                 self.bad += 1
                 return []
             d1 = message[1]
@@ -326,24 +333,24 @@ class PlayerTracker:
         except (TypeError, IndexError):
             self.bad += 1
             return []
-        if self._channel >= 0 and status & 0x0F != self._channel:
+        if self._channel >= 0 and status & CHANNEL_MASK != self._channel:
             self.filtered += 1
             return []
-        kind = status & 0xF0
-        if kind == 0x90:
+        kind = status & KIND_MASK
+        if kind == NOTE_ON:
             if d2:
                 self._note_on(d1, d2, t_ns)
             else:
                 self._note_off(d1, t_ns)
-        elif kind == 0x80:
+        elif kind == NOTE_OFF:
             self._note_off(d1, t_ns)
-        elif kind == 0xB0:
+        elif kind == CONTROL_CHANGE:
             names = self._cc_map[d1]
             if names:
                 return self._controls(names, d2)
-            if d1 == SUSTAIN_CC:  # a [cc] mapping onto 64 wins: that controller is a knob, not a pedal
-                self._sustain(d2 >= 64, t_ns)
-            elif d1 in (ALL_NOTES_OFF_CC, ALL_SOUND_OFF_CC):
+            if d1 == CC_SUSTAIN:  # a [cc] mapping onto 64 wins: that controller is a knob, not a pedal
+                self._sustain(d2 >= SWITCH_ON, t_ns)
+            elif d1 in (CC_ALL_NOTES_OFF, CC_ALL_SOUND_OFF):
                 self._all_off(t_ns)
         return []
 
@@ -406,7 +413,7 @@ class PlayerTracker:
                     self._mode = index
                     out.append(Control("mode", MODES[index]))
             elif name == "panic":
-                high = value >= 64
+                high = value >= SWITCH_ON
                 if high and not self._panic_high:
                     out.append(Control("panic", 1.0))
                 self._panic_high = high

@@ -32,6 +32,7 @@ import rtmidi
 from rtgen.errors import PortError
 from rtgen.io.native import captured_stderr
 from rtgen.io.rtmidijack import SIZE_PREFIX, RtmidiJack, ShutdownCallback, close_client, load_libjack
+from rtgen.midi.messages import CHANNELS, all_notes_off
 
 log = logging.getLogger(__name__)
 
@@ -377,7 +378,7 @@ class MidiInput:
             self._in = None
             self._jack = None
             if midi_in is not None:
-                self._injected = [(0xB0 | ch, 123, 0) for ch in range(16)]
+                self._injected = [all_notes_off(ch) for ch in range(CHANNELS)]
         return lambda: jack.close() if jack is not None else close_client(midi_in)
 
     def attach(self, other: MidiInput) -> None:

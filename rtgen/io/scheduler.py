@@ -15,7 +15,8 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
-from rtgen.io.sinks import CC_ALL_NOTES_OFF, CONTROL_CHANGE, NOTE_OFF, NOTE_ON, Sink
+from rtgen.io.sinks import Sink
+from rtgen.midi.messages import CHANNEL_MASK, CHANNELS, KIND_MASK, NOTE_OFF, NOTE_ON, all_notes_off
 from rtgen.midi.notes import NoteTracker
 from rtgen.timing.clock import LatenessHistogram, LatenessStats
 
@@ -79,9 +80,9 @@ class Scheduler:
     def add(self, time_ns: int, message: Sequence[int], part: str | None = None) -> None:
         """Queue ``message`` (raw MIDI bytes) to be sent at ``time_ns``."""
         msg = tuple(int(b) for b in message)
-        kind = msg[0] & 0xF0
+        kind = msg[0] & KIND_MASK
         if kind in (NOTE_ON, NOTE_OFF) and len(msg) >= 2:
-            key = ((msg[0] & 0x0F) << 7) | msg[1]
+            key = ((msg[0] & CHANNEL_MASK) << 7) | msg[1]
             last = self._last_key_time.get(key)
             if last is not None and time_ns < last:
                 time_ns = last
@@ -117,11 +118,11 @@ class Scheduler:
         while queue and queue[0][0] <= now_ns:
             t, _, msg, part = heapq.heappop(queue)
             sent_at = self.now_ns()
-            kind = msg[0] & 0xF0
+            kind = msg[0] & KIND_MASK
             if kind == NOTE_ON and msg[2] > 0:
                 if drop is not None and sent_at - t > drop:
                     self.dropped_late += 1
-                    key = ((msg[0] & 0x0F) << 7) | msg[1]
+                    key = ((msg[0] & CHANNEL_MASK) << 7) | msg[1]
                     self._dropped_keys[key] = self._dropped_keys.get(key, 0) + 1
                     continue
             elif kind in (NOTE_OFF, NOTE_ON) and self._dropped_keys and self._owed_off(msg):
@@ -135,7 +136,7 @@ class Scheduler:
 
     def _owed_off(self, msg: tuple[int, ...]) -> bool:
         """This note-off belongs to a dropped note-on (swallow it)."""
-        key = ((msg[0] & 0x0F) << 7) | msg[1]
+        key = ((msg[0] & CHANNEL_MASK) << 7) | msg[1]
         owed = self._dropped_keys.get(key, 0)
         if owed <= 0:
             return False
@@ -152,8 +153,8 @@ class Scheduler:
 
     def _dispatch(self, msg: tuple[int, ...], part: str | None, now: int, exclude: Sink | None = None) -> bool:
         status = msg[0]
-        kind = status & 0xF0
-        channel = status & 0x0F
+        kind = status & KIND_MASK
+        channel = status & CHANNEL_MASK
         if kind == NOTE_ON and msg[2] > 0:
             self.book.on(channel, msg[1])
             self.channels_used.add(channel)
@@ -196,10 +197,10 @@ class Scheduler:
         """
         if channels is None:
             self.clear_pending()
-            wanted = set(range(16))
+            wanted = set(range(CHANNELS))
         else:
             wanted = set(channels)
-            kept = [e for e in self._queue if (e[2][0] & 0x0F) not in wanted or (e[2][0] & 0xF0) >= 0xA0]
+            kept = [e for e in self._queue if (e[2][0] & CHANNEL_MASK) not in wanted or (e[2][0] & KIND_MASK) > NOTE_ON]
             heapq.heapify(kept)
             self._queue = kept
             for key in [k for k in self._dropped_keys if (k >> 7) in wanted]:
@@ -216,7 +217,7 @@ class Scheduler:
         """Stop: note-offs for every sounding note now, then CC123 (all notes off) on used channels."""
         n = self.release_all()
         for channel in sorted(self.channels_used):
-            self._dispatch((CONTROL_CHANGE | channel, CC_ALL_NOTES_OFF, 0), None, self.now_ns())
+            self._dispatch(all_notes_off(channel), None, self.now_ns())
         return n
 
     def panic(self) -> int:

@@ -27,6 +27,19 @@ import numpy as np
 import numpy.typing as npt
 
 from rtgen.errors import RtgenError
+from rtgen.midi.messages import (
+    CC_ALL_NOTES_OFF,
+    CC_ALL_SOUND_OFF,
+    CHANNEL_MASK,
+    CONTROL_CHANGE,
+    DATA_MASK,
+    KIND_MASK,
+    NOTE_OFF,
+    NOTE_ON,
+    PROGRAM_CHANGE,
+    SYSTEM,
+    panic_messages,
+)
 from rtgen.midi.notes import NoteTracker
 
 if TYPE_CHECKING:
@@ -34,15 +47,6 @@ if TYPE_CHECKING:
     from rtgen.io.synth import Synth
 
 log = logging.getLogger(__name__)
-
-NOTE_OFF = 0x80
-NOTE_ON = 0x90
-CONTROL_CHANGE = 0xB0
-PROGRAM_CHANGE = 0xC0
-PITCH_BEND = 0xE0
-CC_ALL_SOUND_OFF = 120
-CC_ALL_NOTES_OFF = 123
-CHANNELS = 16
 
 
 @runtime_checkable
@@ -87,15 +91,6 @@ class Sink(Protocol):
     def close(self) -> None:
         """Release the sink (ports, synth, files); idempotent."""
         ...
-
-
-def panic_messages(sounding: Sequence[tuple[int, int]]) -> list[list[int]]:
-    """Note-offs for ``sounding`` then CC123 (all notes off) and CC120 (all sound off) on all 16 channels."""
-    msgs = [[NOTE_OFF | ch, pitch, 0] for ch, pitch in sounding]
-    for ch in range(CHANNELS):
-        msgs.append([CONTROL_CHANGE | ch, CC_ALL_NOTES_OFF, 0])
-        msgs.append([CONTROL_CHANGE | ch, CC_ALL_SOUND_OFF, 0])
-    return msgs
 
 
 class BaseSink:
@@ -249,8 +244,8 @@ class SynthSink(BaseSink):
         if not message:
             return
         status = message[0]
-        kind = status & 0xF0
-        ch = status & 0x0F
+        kind = status & KIND_MASK
+        ch = status & CHANNEL_MASK
         try:
             if kind == NOTE_ON and len(message) >= 3:
                 if message[2]:
@@ -411,15 +406,15 @@ class RecorderSink(BaseSink):
         if self.closed or n == 0 or n > 3:
             return
         status = message[0]
-        if status < 0x80 or status >= 0xF0:
+        if status < NOTE_OFF or status >= SYSTEM:
             return  # system messages (clock, sysex) have no place in the file's parts
-        kind = status & 0xF0
-        d1 = message[1] & 0x7F if n > 1 else 0
-        d2 = message[2] & 0x7F if n > 2 else 0
+        kind = status & KIND_MASK
+        d1 = message[1] & DATA_MASK if n > 1 else 0
+        d2 = message[2] & DATA_MASK if n > 2 else 0
         if kind == NOTE_ON and d2:
-            notes.on(status & 0x0F, d1)
+            notes.on(status & CHANNEL_MASK, d1)
         elif kind in (NOTE_OFF, NOTE_ON):
-            if not notes.release(status & 0x0F, d1):
+            if not notes.release(status & CHANNEL_MASK, d1):
                 return  # a note that began before the recording (or was already released)
         elif kind == CONTROL_CHANGE and d1 in (CC_ALL_NOTES_OFF, CC_ALL_SOUND_OFF):
             return

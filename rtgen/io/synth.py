@@ -26,6 +26,7 @@ import numpy.typing as npt
 
 from rtgen.errors import AudioError, SoundfontError
 from rtgen.io.native import captured_stderr
+from rtgen.midi.messages import CC_ALL_NOTES_OFF, CC_ALL_SOUND_OFF, CHANNELS
 from rtgen.midi.notes import NoteTracker
 
 log = logging.getLogger(__name__)
@@ -302,7 +303,9 @@ class Synth:
             "audio.period-size": 256,
         }
         with quiet_stderr():
-            self._synth = fluidsynth.Synth(gain=float(gain), samplerate=float(sample_rate), channels=16, **settings)
+            self._synth = fluidsynth.Synth(
+                gain=float(gain), samplerate=float(sample_rate), channels=CHANNELS, **settings
+            )
             self._sfid = self._synth.sfload(str(self.soundfont))
         if self._sfid < 0:
             self._synth.delete()
@@ -322,8 +325,8 @@ class Synth:
         self._retired: queue.SimpleQueue[int | None] = queue.SimpleQueue()
         self._reaper: threading.Thread | None = None
         self.fonts_freed = 0
-        self._programs = [0] * 16
-        for ch in range(16):
+        self._programs = [0] * CHANNELS
+        for ch in range(CHANNELS):
             self.program(ch, 0)
 
     # --- control ---------------------------------------------------------------
@@ -382,7 +385,7 @@ class Synth:
         """The private synth that reads soundfont files (made on first use; no audio, never played)."""
         if self._loader is None:
             with quiet_stderr():
-                loader = self._fl.Synth(gain=0.0, samplerate=float(self.sample_rate), channels=16)
+                loader = self._fl.Synth(gain=0.0, samplerate=float(self.sample_rate), channels=CHANNELS)
             files = ChunkedFiles()
             if files.install(_lib(self._fl), loader.synth, loader.settings):
                 self._loader_files = files
@@ -451,9 +454,9 @@ class Synth:
         for channel, pitch in self._sounding.sounding():
             lib.fluid_synth_noteoff(live, channel, pitch)
         self._sounding.clear()
-        for ch in range(16):
-            lib.fluid_synth_cc(live, ch, 123, 0)
-            lib.fluid_synth_cc(live, ch, 120, 0)
+        for ch in range(CHANNELS):
+            lib.fluid_synth_cc(live, ch, CC_ALL_NOTES_OFF, 0)
+            lib.fluid_synth_cc(live, ch, CC_ALL_SOUND_OFF, 0)
 
     @property
     def active_voices(self) -> int:

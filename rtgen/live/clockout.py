@@ -7,7 +7,8 @@ from collections import deque
 from collections.abc import Sequence
 
 from rtgen.io.sinks import Sink
-from rtgen.timing.midiclock import CLOCK, start_messages, stop_message, ticks_for_step
+from rtgen.midi.messages import CLOCK
+from rtgen.timing.midiclock import start_messages, stop_message, ticks_for_step
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from rtgen.config import MODES, Config
+from rtgen.config import Config, check_mode
 from rtgen.errors import RtgenError, SoundfontError
 from rtgen.generation.conductor import needs_harmoniser
 from rtgen.live import loaders
@@ -34,7 +34,7 @@ from rtgen.live.commands import (
     UseSoundfont,
 )
 from rtgen.live.opening import make_recorder
-from rtgen.patterns.styles import style_names
+from rtgen.patterns.styles import check_style
 
 if TYPE_CHECKING:
     from rtgen.control.osc import OscServer
@@ -97,8 +97,7 @@ class Controller:
 
     def set_mode(self, mode: str) -> None:
         """Switch mode (the model must have a harmoniser for the modes that harmonise the player)."""
-        if mode not in MODES:
-            raise ValueError(f"unknown mode {mode!r}; allowed: {', '.join(MODES)}")
+        check_mode(mode)
         loop = self._live()
         if needs_harmoniser(mode) and not loop.engine.can_harmonise:
             loop.engine.model.require_harmony(mode)
@@ -120,9 +119,7 @@ class Controller:
 
     def set_style(self, part: str, style: str) -> None:
         """Play ``part`` in ``style``: its notes are released at once, the style starts at its next onset."""
-        allowed = style_names(part)
-        if style not in allowed:
-            raise ValueError(f"unknown {part} style {style!r}; allowed: {', '.join(allowed)}")
+        check_style(part, style)
         self._live().command(SetStyle(part, style), urgent=True)
 
     def set_part_enabled(self, part: str, enabled: bool) -> None:

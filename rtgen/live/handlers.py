@@ -13,9 +13,8 @@ import queue
 from collections.abc import Callable
 from typing import Any
 
-from rtgen.config import MODES, PART_NAMES, PartConfig, PartsConfig
+from rtgen.config import PART_NAMES, PartConfig, PartsConfig, check_mode
 from rtgen.errors import RtgenError
-from rtgen.io.sinks import CONTROL_CHANGE, PROGRAM_CHANGE
 from rtgen.live import loaders
 from rtgen.live.commands import (
     Command,
@@ -36,8 +35,9 @@ from rtgen.live.commands import (
     UseSoundfont,
 )
 from rtgen.live.state import LoopState
+from rtgen.midi.messages import CC_PAN, CC_VOLUME, CONTROL_CHANGE, PROGRAM_CHANGE
 from rtgen.midi.midifile import pan_cc, volume_cc
-from rtgen.patterns.styles import style_names
+from rtgen.patterns.styles import check_style
 
 log = logging.getLogger(__name__)
 
@@ -124,14 +124,12 @@ class Handling(LoopState):
         if cmd.program is not None:
             sched.send_now((PROGRAM_CHANGE | ch, cmd.program))
         if cmd.volume is not None:
-            sched.send_now((CONTROL_CHANGE | ch, 7, volume_cc(cmd.volume)))
+            sched.send_now((CONTROL_CHANGE | ch, CC_VOLUME, volume_cc(cmd.volume)))
         if cmd.pan is not None:
-            sched.send_now((CONTROL_CHANGE | ch, 10, pan_cc(cmd.pan)))
+            sched.send_now((CONTROL_CHANGE | ch, CC_PAN, pan_cc(cmd.pan)))
 
     def _on_style(self, cmd: SetStyle) -> None:
-        allowed = style_names(cmd.part)
-        if cmd.style not in allowed:
-            raise ValueError(f"unknown {cmd.part} style {cmd.style!r}; allowed: {', '.join(allowed)}")
+        check_style(cmd.part, cmd.style)
         if self.parts.get(cmd.part).style != cmd.style:
             self._silence_part(cmd.part)
             self._set_parts(replace_part(self.parts, cmd.part, style=cmd.style))
@@ -159,9 +157,7 @@ class Handling(LoopState):
         self.voicer.swing = self.swing
 
     def _on_mode(self, cmd: SetMode) -> None:
-        mode = cmd.mode
-        if mode not in MODES:
-            raise ValueError(f"unknown mode {mode!r}; allowed: {', '.join(MODES)}")
+        mode = check_mode(cmd.mode)
         if mode == self.mode:
             return
         conductor = self._conductor(mode)
@@ -256,8 +252,8 @@ class Handling(LoopState):
     def _send_part_setup(self, part: PartConfig) -> None:
         ch = part.channel - 1
         self.scheduler.send_now((PROGRAM_CHANGE | ch, part.program))
-        self.scheduler.send_now((CONTROL_CHANGE | ch, 7, volume_cc(part.volume)))
-        self.scheduler.send_now((CONTROL_CHANGE | ch, 10, pan_cc(part.pan)))
+        self.scheduler.send_now((CONTROL_CHANGE | ch, CC_VOLUME, volume_cc(part.volume)))
+        self.scheduler.send_now((CONTROL_CHANGE | ch, CC_PAN, pan_cc(part.pan)))
 
 
 _HANDLERS: dict[type, Callable[[Handling, Any], None]] = {

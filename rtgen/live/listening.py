@@ -11,6 +11,7 @@ from __future__ import annotations
 from rtgen.config import PART_NAMES
 from rtgen.live.commands import Panic, SetMode, SetSwing
 from rtgen.live.state import LoopState
+from rtgen.midi.messages import SYSTEM
 
 POLL_NS = 1_000_000  # the player's input is polled this often (at most this much added to its latency)
 IDLE_POLL_NS = 20_000_000  # ... and this often while nobody plays in autonomous mode (each poll is a wake-up)
@@ -44,7 +45,7 @@ class Listening(LoopState):
 
     def _input(self, t_ns: int, msg: tuple[int, ...]) -> None:
         status = msg[0] if msg else 0
-        if status >= 0xF0:
+        if status >= SYSTEM:
             for ev in self.source.feed(msg, t_ns):
                 self._clock_event(ev.kind, ev.step, ev.t_ns)
             return

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-NOTE_OFF = 0x80
-NOTE_ON = 0x90
-CONTROL_CHANGE = 0xB0
-CC_ALL_SOUND_OFF = 120
-CC_ALL_NOTES_OFF = 123
-CHANNELS = 16
+from rtgen.midi.messages import (
+    CC_ALL_NOTES_OFF,
+    CC_ALL_SOUND_OFF,
+    CHANNEL_MASK,
+    CONTROL_CHANGE,
+    DATA_MASK,
+    KIND_MASK,
+    NOTE_OFF,
+    NOTE_ON,
+)
 
 
 class NoteTracker:
@@ -70,13 +74,13 @@ class NoteTracker:
         if len(message) < 3:
             return
         status = message[0]
-        kind = status & 0xF0
+        kind = status & KIND_MASK
         if kind == NOTE_ON and message[2]:
-            self.on(status & 0x0F, message[1] & 0x7F)
+            self.on(status & CHANNEL_MASK, message[1] & DATA_MASK)
         elif kind in (NOTE_OFF, NOTE_ON):
-            self._counts.pop(((status & 0x0F) << 7) | (message[1] & 0x7F), None)
+            self._counts.pop(((status & CHANNEL_MASK) << 7) | (message[1] & DATA_MASK), None)
         elif all_notes_off and kind == CONTROL_CHANGE and message[1] in (CC_ALL_NOTES_OFF, CC_ALL_SOUND_OFF):
-            self.clear_channel(status & 0x0F)
+            self.clear_channel(status & CHANNEL_MASK)
 
     def sounding(self, channel: int | None = None) -> list[tuple[int, int]]:
         """The sounding (channel, pitch) pairs (one per key), in channel then pitch order."""

@@ -32,6 +32,7 @@ from rtgen.generation.engine import Engine, Params, Step
 from rtgen.generation.model import Model
 from rtgen.io.synth import Synth
 from rtgen.midi.extract import extract_file
+from rtgen.midi.messages import CC_PAN, CC_VOLUME
 from rtgen.midi.midifile import TICKS_PER_BEAT, build_midi, pan_cc, volume_cc
 from rtgen.timing.transport import Transport
 
@@ -249,8 +250,8 @@ def to_midi(rendered: Rendered, config: Config) -> mido.MidiFile:
         ch = cfg.channel - 1
         events = [
             (0, mido.Message("program_change", channel=ch, program=cfg.program)),
-            (0, mido.Message("control_change", channel=ch, control=7, value=volume_cc(cfg.volume))),
-            (0, mido.Message("control_change", channel=ch, control=10, value=pan_cc(cfg.pan))),
+            (0, mido.Message("control_change", channel=ch, control=CC_VOLUME, value=volume_cc(cfg.volume))),
+            (0, mido.Message("control_change", channel=ch, control=CC_PAN, value=pan_cc(cfg.pan))),
         ]
         for tick, _, ev in ordered:
             if ev.part != part:

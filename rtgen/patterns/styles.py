@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
+from rtgen.errors import brief
 from rtgen.patterns.drums import Meter, meter_of
 
 STYLE_AUTO = "auto"
@@ -188,6 +189,26 @@ def styles() -> StyleLibrary:
     """The packaged styles (``rtgen/data/styles.toml``), loaded once."""
     text = resources.files("rtgen").joinpath("data/styles.toml").read_text(encoding="utf-8")
     return parse_styles(tomllib.loads(text))
+
+
+class UnknownStyleError(ValueError):
+    """A part was asked to play a style it does not have; :attr:`allowed` lists the ones it has."""
+
+    def __init__(self, part: str, style: str, allowed: tuple[str, ...]) -> None:
+        super().__init__(f"unknown {part} style {brief(style)}; allowed: {', '.join(allowed)}")
+        self.allowed = allowed
+
+
+def check_style(part: str, style: str) -> str:
+    """``style`` if ``part`` may play it (one of :func:`style_names`); the one check of a style name.
+
+    Raises:
+        UnknownStyleError: (a ``ValueError``) naming the part, the style and the allowed ones.
+    """
+    allowed = style_names(part)
+    if style not in allowed:
+        raise UnknownStyleError(part, style, allowed)
+    return style
 
 
 def style_names(part: str) -> tuple[str, ...]:

@@ -20,33 +20,13 @@ import time
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Final, Protocol
+from typing import Final
 
 from rtgen.contract import STEPS_PER_BEAT
 
 log = logging.getLogger(__name__)
 
 NS_PER_S = 1_000_000_000
-
-
-class TimeSource(Protocol):
-    """Where time comes from: the real clock or a fake one in tests.
-
-    Attributes:
-        simulated: waiting jumps to the deadline (a test's clock); False: real time passes.
-        spin_ns: how long before a deadline a waiter stops sleeping and spins (0: it never spins).
-    """
-
-    simulated: bool
-    spin_ns: int
-
-    def now_ns(self) -> int:
-        """Current time in nanoseconds (monotonic)."""
-        ...
-
-    def wait_until(self, deadline_ns: int) -> int:
-        """Block until ``deadline_ns``; returns the time at wake-up."""
-        ...
 
 
 class RealTime:
@@ -211,7 +191,6 @@ class LatenessStats:
     late_steps: int = 0
     max_late_ns: int = 0
     total_late_ns: int = 0
-    last_late_ns: int = 0
     history: list[int] = field(default_factory=list)
     keep_history: bool = False
     histogram: LatenessHistogram | None = None
@@ -219,7 +198,6 @@ class LatenessStats:
     def add(self, late_ns: int) -> None:
         """Record one wake-up ``late_ns`` after its deadline (negative = early)."""
         self.steps += 1
-        self.last_late_ns = late_ns
         self.total_late_ns += late_ns
         if late_ns > self.max_late_ns:
             self.max_late_ns = late_ns

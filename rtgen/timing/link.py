@@ -224,11 +224,6 @@ class LinkFollower:
         """When :meth:`poll` has something to do next (``perf_counter_ns``)."""
         return self._next_poll
 
-    @property
-    def clock_map(self) -> ClockMap | None:
-        """The map between Link's clock and ``perf_counter_ns`` (None before :meth:`open`)."""
-        return self._map
-
     def stats(self) -> dict[str, Any]:
         """JSON-ready state for ``/rtgen/status``: peers, tempo, playing, and what the captures cost."""
         n = self.captures

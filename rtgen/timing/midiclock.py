@@ -30,14 +30,7 @@ from collections.abc import Sequence
 from typing import Final, Literal, NamedTuple
 
 from rtgen.contract import STEPS_PER_BEAT
-
-CLOCK: Final = 0xF8
-START: Final = 0xFA
-CONTINUE: Final = 0xFB
-STOP: Final = 0xFC
-SONG_POSITION: Final = 0xF2
-CLOCK_STATUSES: Final = frozenset((CLOCK, START, CONTINUE, STOP, SONG_POSITION))
-"""The system messages a followed MIDI clock is made of."""
+from rtgen.midi.messages import CLOCK, CONTINUE, DATA_MASK, SONG_POSITION, START, STOP
 
 PPQN: Final = 24
 """MIDI clock ticks per quarter note."""
@@ -224,7 +217,7 @@ class ClockFollower:
             self._running = False
             return [ClockEvent("stop", self.position, t_ns)]
         if status == SONG_POSITION:
-            if len(message) < 3 or not 0 <= message[1] < 0x80 or not 0 <= message[2] < 0x80:
+            if len(message) < 3 or not 0 <= message[1] <= DATA_MASK or not 0 <= message[2] <= DATA_MASK:
                 self.dropped += 1
                 return []
             # The spec wants SPP only while stopped; a DAW that sends it while running
@@ -344,7 +337,7 @@ def spp(position_steps: int) -> list[int]:
         ValueError: if it is outside 0..16383.
     """
     pos = _check_position(position_steps)
-    return [SONG_POSITION, pos & 0x7F, pos >> 7]
+    return [SONG_POSITION, pos & DATA_MASK, pos >> 7]
 
 
 def start_messages(position_steps: int) -> list[list[int]]:

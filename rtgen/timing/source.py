@@ -13,10 +13,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from rtgen.midi.messages import CLOCK_MESSAGES
 from rtgen.timing.clock import StepClock
 from rtgen.timing.link import IDLE_POLL_NS as LINK_IDLE_POLL_NS
 from rtgen.timing.link import LinkFollower
-from rtgen.timing.midiclock import CLOCK_STATUSES, ClockEvent, ClockFollower
+from rtgen.timing.midiclock import ClockEvent, ClockFollower
 
 
 class ClockSource(Protocol):
@@ -187,7 +188,7 @@ class MidiClockIn:
 
     def feed(self, message: Sequence[int], t_ns: int) -> list[ClockEvent]:
         """Clock, Start, Continue, Stop and Song Position messages move the transport."""
-        if message and message[0] in CLOCK_STATUSES:
+        if message and message[0] in CLOCK_MESSAGES:
             return self.follower.feed(message, t_ns)
         return []
 

@@ -50,11 +50,6 @@ class Position:
         """The step carries a strong beat (see :func:`rtgen.contract.strong_positions`)."""
         return self.position in strong_positions(self.bar_steps, self.beat_steps)
 
-    @property
-    def last_in_bar(self) -> bool:
-        """The step ends its bar."""
-        return self.position + 1 >= self.bar_steps
-
 
 class Transport:
     """Counts steps into bars and beats under a (changeable) time signature.

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import email.utils
 import ipaddress
 import itertools
@@ -38,7 +37,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from rtgen.config import MODES, PART_NAMES, GenerationConfig, PartConfig
+from rtgen.config import MODES, PART_NAMES, GenerationConfig, PartConfig, field_range
 from rtgen.contract import NOTE_NAMES, SCALES
 from rtgen.control import osc
 from rtgen.errors import RtgenError
@@ -59,19 +58,12 @@ STATIC = {
 _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
-def _config_range(cls: type, name: str) -> list[float]:
-    """The ``_range`` metadata of config field ``name`` (the numbers the config file and OSC accept)."""
-    meta = next(f.metadata for f in dataclasses.fields(cls) if f.name == name)
-    lo, hi = meta["range"]
-    return [lo, hi]
-
-
 def _widget(address: str, types: str) -> dict[str, Any]:
     """How the page draws the control of ``address``: a specific widget where one fits, else a generic one."""
     name = address.removeprefix(f"{osc.PREFIX}/")
     gen = {"tempo": 1.0, "temperature": 0.05, "top_p": 0.05, "density": 0.05, "swing": 0.05}
     if name in gen:
-        return {"kind": "range", "range": _config_range(GenerationConfig, name), "step": gen[name], "state": name}
+        return {"kind": "range", "range": list(field_range(GenerationConfig, name)), "step": gen[name], "state": name}
     if name == "mode":
         return {"kind": "choice", "choices": list(MODES), "state": "mode"}
     if name == "key":
@@ -79,7 +71,7 @@ def _widget(address: str, types: str) -> dict[str, Any]:
     part_ranges = {"instrument": ("program", 1.0), "volume": ("volume", 0.01), "pan": ("pan", 0.01)}
     if name in part_ranges:
         field, step = part_ranges[name]
-        return {"kind": "part-range", "parts": list(PART_NAMES), "range": _config_range(PartConfig, field),
+        return {"kind": "part-range", "parts": list(PART_NAMES), "range": list(field_range(PartConfig, field)),
                 "step": step, "state": field}  # fmt: skip
     if name == "style":
         from rtgen.patterns.styles import style_names
