@@ -91,7 +91,8 @@ class OscLoad:
         """Ask ``/rtgen/status`` on a fresh socket and return the parsed state.
 
         Raises:
-            RtgenError: no answer within ``timeout``.
+            TimeoutError: nothing came back within ``timeout``.
+            RtgenError: only other messages came back until ``timeout``.
         """
         from pythonosc.osc_message import OscMessage
 
