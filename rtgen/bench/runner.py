@@ -11,7 +11,7 @@ playing) and :mod:`rtgen.bench.webpage` (the daemon with its web page open). The
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +25,17 @@ from rtgen.bench.webpage import bench_web_page
 from rtgen.errors import RtgenError
 
 
-def _skipped(what: str, err: Exception) -> dict[str, Any]:
-    return {f"{what}_skipped": f"{type(err).__name__}: {err}"}
+def _phase(
+    what: str, seconds: float, option: str, missing: dict[str, Any], measure: Callable[[], dict[str, Any]]
+) -> dict[str, Any]:
+    """What a phase adds to the result: its figures, or ``missing`` and ``WHAT_skipped`` with the reason
+    (given 0 seconds, or failed with an :class:`RtgenError`: no JACK, no browser, a daemon that did not play)."""
+    if seconds <= 0:
+        return {**missing, f"{what}_skipped": f"{option} 0"}
+    try:
+        return measure()
+    except RtgenError as err:
+        return {**missing, f"{what}_skipped": f"{type(err).__name__}: {err}"}
 
 
 def run_bench(
@@ -68,20 +77,14 @@ def run_bench(
         "private_memory_mb": memory,
     }
     period_us = round(PERIOD_FRAMES * 1e6 / SAMPLE_RATE, 1)
-    if jack_seconds > 0:
-        try:
-            result.update(bench_jack_grid(model_dir, seconds=jack_seconds))
-        except RtgenError as err:
-            result.update(jack_grid_dev_us=None, **_skipped("jack_grid", err))
-    else:
-        result.update(jack_grid_dev_us=None, jack_grid_skipped="--jack-seconds 0")
-    if load_seconds > 0:
-        try:
-            result["osc_load"] = bench_osc_load(model_dir, seconds=load_seconds)
-        except RtgenError as err:
-            result.update(osc_load=None, **_skipped("osc_load", err))
-    else:
-        result.update(osc_load=None, osc_load_skipped="--load-seconds 0")
+    result.update(
+        _phase("jack_grid", jack_seconds, "--jack-seconds", {"jack_grid_dev_us": None},
+               lambda: bench_jack_grid(model_dir, seconds=jack_seconds))
+    )  # fmt: skip
+    result.update(
+        _phase("osc_load", load_seconds, "--load-seconds", {"osc_load": None},
+               lambda: {"osc_load": bench_osc_load(model_dir, seconds=load_seconds)})
+    )  # fmt: skip
     if reactive_seconds > 0:
         reactive = bench_reactive(reactive_model or model_dir, seconds=reactive_seconds)
     else:
@@ -92,13 +95,10 @@ def run_bench(
         result.update(bench_soundfont_swaps(model_dir, list(soundfonts), seconds=swap_seconds))
     else:
         result.update(soundfont_swap_schedule_error_us=None, soundfont_swap_skipped="--swap-seconds 0")
-    if web_seconds > 0:
-        try:
-            result["web_page"] = bench_web_page(model_dir, seconds=web_seconds)
-        except RtgenError as err:
-            result.update(web_page=None, **_skipped("web_page", err))
-    else:
-        result.update(web_page=None, web_page_skipped="--web-seconds 0")
+    result.update(
+        _phase("web_page", web_seconds, "--web-seconds", {"web_page": None},
+               lambda: {"web_page": bench_web_page(model_dir, seconds=web_seconds)})
+    )  # fmt: skip
     result["targets"] = targets(result)
     result["machine"] = machine()
     result["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
