@@ -34,3 +34,7 @@ class SoundfontError(RtgenError, FileNotFoundError):
 
 class AudioError(RtgenError, OSError):
     """The synth's audio driver cannot start."""
+
+
+class JackError(RtgenError, RuntimeError):
+    """A JACK server or JACK tool of the bench or the tests failed; the message carries its log or output."""

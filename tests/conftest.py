@@ -61,7 +61,7 @@ def tiny_model_dir(nottingham_dir: Path, tmp_path_factory: pytest.TempPathFactor
     return out
 
 
-# --- JACK (the suite's own server; see tests/jack_harness.py) --------------------------------------------------
+# --- JACK (the suite's own server; see rtgen/bench/harness.py) --------------------------------------------------
 
 
 @pytest.fixture(scope="session")
@@ -69,7 +69,7 @@ def jack_server() -> Iterator[str]:
     """A private JACK server (dummy backend, 48 kHz, 256 frames) for the whole session; yields its name.
 
     Sets ``JACK_DEFAULT_SERVER`` and ``JACK_NO_START_SERVER=1`` in ``os.environ`` so that
-    rtmidi clients in this process and subprocesses (use ``jack_harness.daemon_env``) find it.
+    rtmidi clients in this process and subprocesses (use ``rtgen.bench.harness.daemon_env``) find it.
     The server is stopped at the end of the session, also when tests fail.
     """
     yield from serve_jack()
@@ -77,18 +77,18 @@ def jack_server() -> Iterator[str]:
 
 def serve_jack(name: str | None = None, *, sync: bool = True) -> Iterator[str]:
     """Start a private JACK server, point this process's clients at it, yield its name, stop it (a fixture body)."""
-    import jack_harness
+    from rtgen.bench import harness
 
-    require(jack_harness.jackd_path() is not None, "jackd (apt-get install jackd2)")
-    require(jack_harness.jack_tools_available(), "jack_lsp/jack_connect (apt-get install jackd2)")
+    require(harness.jackd_path() is not None, "jackd (apt-get install jackd2)")
+    require(harness.jack_tools_available(), "jack_lsp/jack_connect (apt-get install jackd2)")
     saved = {k: os.environ.get(k) for k in ("JACK_DEFAULT_SERVER", "JACK_NO_START_SERVER")}
-    server = jack_harness.JackServer.start(name, sync=sync)
+    server = harness.JackServer(name, sync=sync).start()
     os.environ["JACK_DEFAULT_SERVER"] = server.name
     os.environ["JACK_NO_START_SERVER"] = "1"
     try:
         yield server.name
     finally:
-        server.stop()
+        server.close()
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
@@ -99,7 +99,7 @@ def serve_jack(name: str | None = None, *, sync: bool = True) -> Iterator[str]:
 @pytest.fixture
 def jack_recorder(jack_server: str) -> Iterator[Callable[[str], Any]]:
     """A factory: ``jack_recorder("rtgen:out")`` returns an open MidiRecorder, closed after the test."""
-    from jack_harness import MidiRecorder
+    from rtgen.bench.harness import MidiRecorder
 
     opened: list[MidiRecorder] = []
 

@@ -5,7 +5,7 @@ Not a test module: ``test_link.py`` runs ``python tests/link_scenario.py OUT.jso
 In there it starts:
 
 * a real-time JACK server of its own (``jackd -R -P 70 -d dummy -r 48000 -p 256``, see
-  :class:`rtgen.bench.runner.BenchJackServer`);
+  :class:`rtgen.bench.harness.JackServer`);
 * a second, real Link peer in this process (the same ``linkpython-extern`` binding): start/stop sync
   on, 120 BPM; it starts the transport on a bar line, sets 97 BPM two bars later, plays four bars
   more and stops;
@@ -46,8 +46,8 @@ from pythonosc.osc_message import OscMessage  # noqa: E402
 from pythonosc.osc_message_builder import OscMessageBuilder  # noqa: E402
 from pythonosc.udp_client import SimpleUDPClient  # noqa: E402
 
-from rtgen.bench.jackrun import JackRecorder, _cpu_seconds  # noqa: E402
-from rtgen.bench.runner import BenchJackServer, jack_env  # noqa: E402
+from rtgen.bench.harness import JackRecorder, JackServer, daemon_command, daemon_env  # noqa: E402
+from rtgen.bench.measure import cpu_seconds  # noqa: E402
 from rtgen.timing.link import ClockMap  # noqa: E402
 
 QUANTUM = 4.0
@@ -104,7 +104,7 @@ def main(out_path: Path, scenario: str) -> int:
     name = f"rtgen-link-{os.getpid()}"
     client = f"rtgen-link-{os.getpid()}"
     result: dict[str, Any] = {"errors": [], "scenario": scenario}
-    server = BenchJackServer(name, log_dir=tmp).start()
+    server = JackServer(name, log_dir=tmp, realtime=True, sync=False).start()
     result["jack_mode"] = server.mode
     peer = Peer(FIRST_BPM)
     rec: StampingRecorder | None = None
@@ -114,11 +114,9 @@ def main(out_path: Path, scenario: str) -> int:
         rec = StampingRecorder(name, f"{client}-rec")
         config = tmp / "daemon.toml"
         config.write_text(f'[midi]\nclient_name = "{client}"\n')
-        env = jack_env(name)
-        env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        env["PYTHONUNBUFFERED"] = "1"
+        env = daemon_env(name)
         cmd = [
-            sys.executable, "-m", "rtgen", "run", "--config", str(config), "--model",
+            *daemon_command("run"), "--config", str(config), "--model",
             str(REPO / "exported_models" / "default"), "--backend", "jack", "--no-synth", "--no-input",
             "--clock", "link", "--tempo", str(FIRST_BPM), "--osc-port", str(OSC_PORT),
             "--duration", "60", "--record", str(tmp / "daemon.mid"),
@@ -180,7 +178,8 @@ def _sounding_in_recording(path: Path) -> list[list[int]] | None:
     """(channel, pitch) left sounding in the daemon's own ``--record`` file, counting real note-offs: beside
     the JACK recorder's, it tells a note-off rtgen never sent from one lost on the way (None: no file)."""
     import mido
-    from jack_harness import sounding_notes
+
+    from rtgen.bench.harness import sounding_notes
 
     if not path.exists():
         return None
@@ -238,9 +237,9 @@ def _follow(peer: Peer, result: dict[str, Any]) -> None:
 
 def _lead(peer: Peer, result: dict[str, Any], pid: int) -> None:
     """rtgen leads: ``/rtgen/play`` starts the session, ``/rtgen/stop`` stops it."""
-    cpu0, wall0 = _cpu_seconds(pid), time.monotonic()
+    cpu0, wall0 = cpu_seconds(pid), time.monotonic()
     time.sleep(1.0)  # the session is stopped: rtgen must be silent, and idle
-    result["stopped_cpu_percent"] = 100 * (_cpu_seconds(pid) - cpu0) / (time.monotonic() - wall0)
+    result["stopped_cpu_percent"] = 100 * (cpu_seconds(pid) - cpu0) / (time.monotonic() - wall0)
     osc = SimpleUDPClient("127.0.0.1", OSC_PORT)
     result["play_sent_us"] = peer.clock.micros()
     osc.send_message("/rtgen/play", [])
@@ -306,18 +305,17 @@ class StampingRecorder(JackRecorder):
         self.samples: list[tuple[int, int, int]] = []  # (frame_time, perf ns before, perf ns after)
         super().__init__(server, name)
 
-    def _process(self, frames: int) -> None:
+    def process(self, frames: int) -> None:
         t0 = time.perf_counter_ns()
         now_frame = self.client.frame_time
         t1 = time.perf_counter_ns()
         self.samples.append((now_frame, t0, t1))
-        super()._process(frames)
+        super().process(frames)
 
     def stamped(self) -> list[tuple[int, bytes]]:
         """Every event as ``(perf_counter_ns, message)``."""
-        with self._lock:
-            samples = np.array(self.samples, dtype=np.int64)
-            events = list(self.events)
+        samples = np.array(list(self.samples), dtype=np.int64)  # list(): one step, while the callback appends
+        events = list(self.events)
         width = samples[:, 2] - samples[:, 1]
         narrow = samples[width <= max(50_000, 2 * int(np.median(width)))]
         frames = narrow[:, 0]

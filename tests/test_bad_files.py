@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 from conftest import serve_jack
-from jack_harness import daemon_command, daemon_env, note_ons, sounding_notes
 from test_daemon import Daemon, Peer
 
+from rtgen.bench.harness import daemon_command, daemon_env, note_ons, sounding_notes
 from rtgen.cli import main as rtgen_main
 from rtgen.errors import ModelError
 from rtgen.generation.model import Model

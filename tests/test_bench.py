@@ -78,7 +78,7 @@ def test_bench_measures_the_reactive_latency_through_jack(model_dir: Path, tmp_p
 def test_grid_deviation_is_the_jitter_around_the_best_fitting_grid() -> None:
     import numpy as np
 
-    from rtgen.bench.jackrun import grid_deviation_us
+    from rtgen.bench.measure import grid_deviation_us
 
     rate, step_us = 48_000, 125_000.0
     k = np.array([0, 1, 2, 4, 8, 9, 13, 20])

@@ -17,9 +17,10 @@ from typing import Any
 
 import pytest
 from conftest import require
-from jack_harness import MidiRecorder, daemon_command, daemon_env, is_note_off, note_ons, sounding_notes
 from pythonosc.osc_message import OscMessage
 from pythonosc.osc_message_builder import OscMessageBuilder
+
+from rtgen.bench.harness import MidiRecorder, daemon_command, daemon_env, is_note_off, note_ons, sounding_notes
 
 pytestmark = pytest.mark.jack
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 from conftest import require
-from jack_harness import daemon_command, daemon_env, wait_for_port
 
+from rtgen.bench.harness import daemon_command, daemon_env, wait_for_port
 from rtgen.commands import doctor as doctor_cmd
 from rtgen.commands import ports as ports_cmd
 from rtgen.contract import CONTRACT_VERSION

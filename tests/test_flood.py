@@ -21,10 +21,11 @@ from pathlib import Path
 
 import pytest
 from conftest import serve_jack
-from jack_harness import jack_connect, note_ons, sounding_notes, wait_for_port
 from test_daemon import Daemon, Peer
 from test_jack_restart import first_status
 from test_playalong import daemon_input, start_recording, status
+
+from rtgen.bench.harness import jack_connect, note_ons, sounding_notes, wait_for_port
 
 pytestmark = pytest.mark.jack
 

@@ -23,11 +23,11 @@ from typing import Any
 import mido
 import pytest
 from conftest import serve_jack
-from jack_harness import note_ons, sounding_notes
 from test_scheduler import RecordingSink, sounding
 
 from rtgen import contract as ct
 from rtgen.arrange.form import FormSection, dominant_chord, parse_form, section_similarity, tonic_chord
+from rtgen.bench.harness import note_ons, sounding_notes
 from rtgen.cli import main
 from rtgen.config import Config, load_config
 from rtgen.io.scheduler import Scheduler

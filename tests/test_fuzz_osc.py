@@ -30,11 +30,11 @@ import pytest
 from conftest import serve_jack
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-from jack_harness import note_ons, sounding_notes
 from pythonosc.osc_message import OscMessage
 from pythonosc.osc_message_builder import OscMessageBuilder
 from test_daemon import Daemon
 
+from rtgen.bench.harness import note_ons, sounding_notes
 from rtgen.config import MODES
 from rtgen.contract import STEPS_PER_BEAT
 from rtgen.control import osc

@@ -160,7 +160,7 @@ def test_overlapping_soundfont_requests_the_last_wins(synth_rig: tuple[Any, Any,
     order = [FLUIDR3, TIMGM, FLUIDR3, TIMGM, FLUIDR3, TIMGM]
     for font in order:
         daemon.swap_soundfont(str(font), replies.append)  # back to back: all but the running one wait
-    assert daemon._loader.wait_idle(60)
+    assert daemon.loader.wait_idle(60)
     deadline = time.monotonic() + 10
     while synth.soundfont != order[-1] and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -178,14 +178,14 @@ def test_close_during_a_soundfont_load(synth_rig: tuple[Any, Any, Any, NoteLedge
     daemon, _player, synth, _ledger = synth_rig  # the player is not running: nothing applies the font
     daemon.swap_soundfont(str(FLUIDR3))  # 20-500 ms to load 148 MB
     deadline = time.monotonic() + 5
-    while daemon._loader.running is None and time.monotonic() < deadline:
+    while daemon.loader.running is None and time.monotonic() < deadline:
         time.sleep(0.0005)
-    running = daemon._loader.running
+    running = daemon.loader.running
     daemon.close()  # waits for the running load, then closes the sinks
     assert running == "soundfont"
-    loader_thread = daemon._loader.thread
+    loader_thread = daemon.loader.thread
     assert loader_thread is not None and not loader_thread.is_alive()
-    assert not daemon._loader.busy
+    assert not daemon.loader.busy
     synth.close()  # frees the font that was loaded and never used
     with pytest.raises(SoundfontError, match="closed"):
         synth.load_soundfont(TIMGM)
@@ -221,11 +221,11 @@ def test_close_during_a_model_load(model_set: dict[str, Path]) -> None:
     player.request_stop()
     t.join(30)
     daemon.close()
-    loader_thread = daemon._loader.thread
+    loader_thread = daemon.loader.thread
     assert loader_thread is not None and not loader_thread.is_alive()
     assert not ledger.stuck()
     with pytest.raises(RuntimeError, match="closed"):
-        daemon._loader.submit("model", lambda: None)
+        daemon.loader.submit("model", lambda: None)
 
 
 def test_loader_runs_one_at_a_time_and_replaces_waiting_requests() -> None:

@@ -396,7 +396,7 @@ def test_run_cli_rejects_unknown_clock_source(capsys: pytest.CaptureFixture[str]
 
 @pytest.mark.jack
 def test_tracker_hears_a_real_jack_keyboard(jack_server: str) -> None:
-    from jack_harness import jack_connect, wait_for_port
+    from rtgen.bench.harness import jack_connect, wait_for_port
 
     woke = threading.Event()
     q = InputQueue(on_arrival=woke.set)

@@ -28,7 +28,10 @@ from typing import Any
 
 import pytest
 from conftest import require
-from jack_harness import (
+from test_daemon import Daemon, Peer
+from test_playalong import Feedback, daemon_input, start_recording, status
+
+from rtgen.bench.harness import (
     JackServer,
     MidiRecorder,
     jack_port_names,
@@ -38,8 +41,6 @@ from jack_harness import (
     sounding_notes,
     wait_for_port,
 )  # fmt: skip
-from test_daemon import Daemon, Peer
-from test_playalong import Feedback, daemon_input, start_recording, status
 
 pytestmark = pytest.mark.jack
 
@@ -53,7 +54,7 @@ class Server:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.current: JackServer | None = JackServer.start(name, sync=False)
+        self.current: JackServer | None = JackServer(name, sync=False).start()
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """End jackd with ``sig`` (SIGKILL: it leaves its registry entry and semaphores behind)."""
@@ -66,14 +67,14 @@ class Server:
     def restart(self) -> None:
         """Start a server of the same name again."""
         assert self.current is None
-        self.current = JackServer.start(self.name, sync=False)
+        self.current = JackServer(self.name, sync=False).start()
 
     def stop(self) -> None:
         """Stop the server politely; a killed one is started again first, so that it leaves no registry entry."""
         if self.current is None:
             self.restart()
         assert self.current is not None
-        self.current.stop()
+        self.current.close()
         self.current = None
 
 

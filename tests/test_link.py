@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import REPO, require
-from jack_harness import is_note_off, sounding_notes
 
+from rtgen.bench.harness import is_note_off, sounding_notes
 from rtgen.timing.link import ClockMap
 
 NAMESPACE_SETUP = "ip link set lo up && ip link set lo multicast on && ip route add 224.0.0.0/4 dev lo"

@@ -1,4 +1,4 @@
-"""rtgen.io.ports against a real JACK server (the suite's own, see jack_harness)."""
+"""rtgen.io.ports against a real JACK server (the suite's own, see rtgen.bench.harness)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import rtmidi
-from jack_harness import MIDI_TYPE, jack_connect, jack_ports, wait_for_port
 
+from rtgen.bench.harness import MIDI_TYPE, jack_connect, jack_ports, wait_for_port
 from rtgen.errors import PortError
 from rtgen.io import ports as midi_io
 from rtgen.io.sinks import MidiOutSink

@@ -28,7 +28,11 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import NOTTINGHAM_MIDI, SPLIT_MAP, require, serve_jack
-from jack_harness import (
+from pythonosc.osc_message import OscMessage
+from test_daemon import Daemon, Peer
+
+from rtgen import contract as ct
+from rtgen.bench.harness import (
     PERIOD_NS,
     MidiRecorder,
     is_note_off,
@@ -38,10 +42,6 @@ from jack_harness import (
     sounding_notes,
     wait_for_port,
 )  # fmt: skip
-from pythonosc.osc_message import OscMessage
-from test_daemon import Daemon, Peer
-
-from rtgen import contract as ct
 
 pytestmark = pytest.mark.jack
 

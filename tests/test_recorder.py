@@ -9,8 +9,8 @@ from pathlib import Path
 
 import mido
 import pytest
-from jack_harness import sounding_notes
 
+from rtgen.bench.harness import sounding_notes
 from rtgen.io.sinks import PLAYER_TRACK, RecorderSink
 
 BEAT = 500_000_000  # ns per beat at 120 BPM

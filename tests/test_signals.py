@@ -21,10 +21,11 @@ from pathlib import Path
 import mido
 import pytest
 from conftest import serve_jack
-from jack_harness import jack_port_names, note_ons, sounding_notes
 from test_daemon import Daemon, Peer
 from test_jack_restart import first_status
 from test_playalong import start_recording, wait_status
+
+from rtgen.bench.harness import jack_port_names, note_ons, sounding_notes
 
 pytestmark = pytest.mark.jack
 

@@ -8,8 +8,8 @@ import mido
 import numpy as np
 import pytest
 from conftest import require
-from jack_harness import is_note_off, sounding_notes
 
+from rtgen.bench.harness import is_note_off, sounding_notes
 from rtgen.io import ports as midi_io
 from rtgen.io.sinks import MidiOutSink, RecorderSink, Sink, SynthSink
 from rtgen.midi.messages import CC_ALL_NOTES_OFF, CC_ALL_SOUND_OFF, panic_messages

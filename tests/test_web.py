@@ -248,19 +248,19 @@ def test_the_page_shows_the_roll_moving_and_its_clicks_steer_the_daemon(
     from test_daemon import Peer, free_udp_port
     from test_playalong import status, wait_status
 
-    from rtgen.bench.jackrun import JackRecorder, _grid_figures
-    from rtgen.bench.runner import BenchJackServer, _Daemon
+    from rtgen.bench.harness import DaemonProcess, JackRecorder, JackServer
+    from rtgen.bench.measure import grid_figures
     from rtgen.timing.clock import LatenessHistogram
 
     name = f"rtgen-web-{os.getpid()}"
-    server = BenchJackServer(name, log_dir=tmp_path).start()
+    server = JackServer(name, log_dir=tmp_path, realtime=True, sync=False).start()
     realtime = server.mode == "realtime"  # else a SCHED_FIFO daemon would starve a non-real-time server
     recorder = JackRecorder(name, f"{name}-rec")
     port, osc_port = free_tcp_port(), free_udp_port()
     args = ("--no-synth", "--no-input", "--quiet", "--tempo", str(TEMPO), "--seed", "1", "--midi-out",
             recorder.port_name, "--osc-port", str(osc_port), "--web", str(port))  # fmt: skip
     extra = "" if realtime else "[daemon]\nrealtime_priority = 0\n"
-    d = _Daemon(name, shipped_model_dir, f"{name}-daemon", tmp_path, 120.0, args, extra)
+    d = DaemonProcess(name, shipped_model_dir, f"{name}-daemon", tmp_path, 120.0, args, extra)
     peer = Peer(osc_port)
     try:
         deadline = time.monotonic() + 60
@@ -337,11 +337,11 @@ def test_the_page_shows_the_roll_moving_and_its_clicks_steer_the_daemon(
         server.close()
     out = d.log_tail(100_000)
     onsets = np.unique([f for f, m in events if len(m) == 3 and m[0] & 0xF0 == 0x90 and m[2] > 0])
-    grid = _grid_figures(onsets, recorder.rate, TEMPO)
+    grid = grid_figures(onsets, recorder.rate, TEMPO)
     late = after["late_steps"] - before["late_steps"]
     steps = after["steps"] - before["steps"]
     base_onsets = np.unique([f for f, m in base_events if len(m) == 3 and m[0] & 0xF0 == 0x90 and m[2] > 0])
-    base_grid = _grid_figures(base_onsets, recorder.rate, TEMPO)
+    base_grid = grid_figures(base_onsets, recorder.rate, TEMPO)
     base_late = base_after["late_steps"] - base_before["late_steps"]
     base_steps = base_after["steps"] - base_before["steps"]
 

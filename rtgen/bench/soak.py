@@ -29,12 +29,13 @@ from typing import Any
 
 import numpy as np
 
-from rtgen.bench.jackrun import JackRecorder, _free_udp_port, _OscLoad, _uss_mb
-from rtgen.bench.runner import JACK_PERIOD, JACK_RATE, BenchJackServer, _Daemon, _jack_clients_env, machine
+from rtgen.bench.harness import DaemonProcess, JackRecorder, JackServer, is_note_on, jack_clients_env, track_notes
+from rtgen.bench.measure import free_udp_port, machine, process_private_mb
+from rtgen.bench.oscload import OscLoad
+from rtgen.config import MODES
 from rtgen.errors import RtgenError
-from rtgen.midi.notes import NoteTracker
+from rtgen.midi.messages import CHANNEL_MASK, KIND_MASK, NOTE_OFF, NOTE_ON
 
-MODES = ("autonomous", "accompany", "improvise", "call-and-response")
 KEYS = ("off", "C major", "G major", "D major", "A minor", "E minor", "F major")
 MELODY = (72, 74, 76, 77, 79, 77, 76, 74)
 TRIAD = (48, 52, 55)
@@ -75,26 +76,26 @@ class _Player:
             in_bar = beat % 16  # four bars of four beats: play the first two
             if in_bar == 0:
                 for p in TRIAD:
-                    self.out.send_message([0x90, p, 70])
+                    self.out.send_message([NOTE_ON, p, 70])
             if in_bar < 8:
                 pitch = MELODY[in_bar % len(MELODY)]
-                self.out.send_message([0x90, pitch, 90])
+                self.out.send_message([NOTE_ON, pitch, 90])
                 self.notes_sent += 1
             if in_bar == 8:
                 for p in TRIAD:
-                    self.out.send_message([0x80, p, 0])
+                    self.out.send_message([NOTE_OFF, p, 0])
             beat += 1
             wait = t0 + beat * self.beat_s - time.perf_counter() - self.beat_s / 2
             if wait > 0 and self._stop.wait(wait) and in_bar < 8:
-                self.out.send_message([0x80, pitch, 0])
+                self.out.send_message([NOTE_OFF, pitch, 0])
                 break
             if in_bar < 8:
-                self.out.send_message([0x80, pitch, 0])
+                self.out.send_message([NOTE_OFF, pitch, 0])
             wait = t0 + beat * self.beat_s - time.perf_counter()
             if wait > 0 and self._stop.wait(wait):
                 break
         for p in TRIAD:
-            self.out.send_message([0x80, p, 0])
+            self.out.send_message([NOTE_OFF, p, 0])
 
     def stop(self) -> None:
         """Stop playing (every note of the player released)."""
@@ -109,7 +110,7 @@ class _Player:
         self.out.delete()
 
 
-def _random_change(load: _OscLoad, rng: np.random.Generator) -> None:
+def _random_change(load: OscLoad, rng: np.random.Generator) -> None:
     kind = int(rng.integers(7))
     part = str(rng.choice(("melody", "chords", "bass")))
     msgs = [
@@ -122,7 +123,7 @@ def _random_change(load: _OscLoad, rng: np.random.Generator) -> None:
         ("/rtgen/pan", part, float(rng.uniform(-1, 1))),
     ]
     address, *args = msgs[kind]
-    load.sock.sendto(load.message(str(address), *args), load.target)
+    load.send(str(address), *args)
 
 
 def drift_us(arrivals_ns: np.ndarray, step_ns: float, edge_s: float = 60.0) -> float:
@@ -140,17 +141,17 @@ def soak(model_dir: Path, minutes: float = 30.0, tempo: float = 200.0, seed: int
     seconds = minutes * 60.0
     name = f"rtgen-soak-{os.getpid()}"
     rng = np.random.default_rng(seed)
-    port = _free_udp_port()
+    port = free_udp_port()
     result: dict[str, Any] = {"minutes": minutes, "tempo": tempo, "modes": list(MODES), "model": str(model_dir)}
     memory: list[tuple[float, float]] = []
     statuses: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="rtgen-soak-") as tmp:
         # synchronous: a client that misses a cycle on a loaded machine must not lose MIDI (the stuck-note count)
-        server = BenchJackServer(name, JACK_RATE, JACK_PERIOD, Path(tmp), sync=True)
+        server = JackServer(name, log_dir=Path(tmp), realtime=True, sync=True)
         server.start()
         result["jack_mode"] = server.mode
         try:
-            with _jack_clients_env(name):
+            with jack_clients_env(name):
                 player = _Player(name, tempo)  # before the recorder's callback is active: see _Player
             recorder = JackRecorder(name, f"{name}-rec")
             try:
@@ -158,14 +159,10 @@ def soak(model_dir: Path, minutes: float = 30.0, tempo: float = 200.0, seed: int
                     "--no-synth", "--mode", MODES[0], "--clock", "internal", "--quiet", "--tempo", str(tempo),
                     "--midi-out", recorder.port_name, "--osc-port", str(port),
                 )  # fmt: skip
-                daemon = _Daemon(name, model_dir, f"{name}-daemon", Path(tmp), seconds + 120, args)
-                load = _OscLoad(port, 1.0, seed)
+                daemon = DaemonProcess(name, model_dir, f"{name}-daemon", Path(tmp), seconds + 120, args)
+                load = OscLoad(port, 1.0, seed)
                 try:
-                    deadline = time.monotonic() + 60
-                    while recorder.first_note_on_ns is None:
-                        if daemon.proc.poll() is not None or time.monotonic() > deadline:
-                            raise RtgenError(f"the daemon did not start playing: {daemon.log_tail()}")
-                        time.sleep(0.01)
+                    daemon.wait_first_note(recorder, 60)
                     target = daemon.find_port("in", 30, lambda: [p.name for p in recorder.client.get_ports()])
                     recorder.client.connect(player.port_name, target)  # cffi lets the GIL go while it waits
                     player.start()
@@ -177,11 +174,11 @@ def soak(model_dir: Path, minutes: float = 30.0, tempo: float = 200.0, seed: int
                         want = min(len(MODES) - 1, int(elapsed / (seconds / len(MODES))))
                         if want != mode_i:
                             mode_i = want
-                            load.sock.sendto(load.message("/rtgen/mode", MODES[mode_i]), load.target)
+                            load.send("/rtgen/mode", MODES[mode_i])
                         _random_change(load, rng)
                         if elapsed >= next_status:
                             next_status += 10.0
-                            memory.append((round(elapsed, 1), _uss_mb(daemon.proc.pid)))
+                            memory.append((round(elapsed, 1), process_private_mb(daemon.proc.pid)))
                             status = load.status()
                             statuses.append({k: status[k] for k in ("steps", "late_steps", "max_late_us", "mode")})
                         time.sleep(max(0.0, 1.0 - (time.monotonic() - t0 - elapsed)))
@@ -198,19 +195,9 @@ def soak(model_dir: Path, minutes: float = 30.0, tempo: float = 200.0, seed: int
             result["jack_xruns"] = server.xruns()
         finally:
             server.close()
-    book = NoteTracker()
-    for _, msg in recorder.events:
-        if len(msg) == 3 and msg[0] & 0xF0 in (0x80, 0x90):
-            if msg[0] & 0xF0 == 0x90 and msg[2] > 0:
-                book.on(msg[0] & 0x0F, msg[1])
-            else:
-                book.off(msg[0] & 0x0F, msg[1])
-    ons = [
-        (f, a)
-        for (f, m), a in zip(recorder.events, recorder.arrivals_ns, strict=True)
-        if len(m) == 3 and m[0] & 0xF0 == 0x90 and m[2] > 0
-    ]
-    arrivals = np.unique(np.array([a for _, a in ons], dtype=np.int64))
+    book = track_notes(m for _, m in recorder.events)
+    ons = [a for (_, m), a in zip(recorder.events, recorder.arrivals_ns, strict=True) if is_note_on(m)]
+    arrivals = np.unique(np.array(ons, dtype=np.int64))
     step_ns = 60e9 / (tempo * 4)
     # medians of the first and last fifth after the warm-up minute: a transient allocation (a soundfont-less
     # status burst, a malloc arena of a new thread) is not a leak; growth that stays is
@@ -239,7 +226,10 @@ def soak(model_dir: Path, minutes: float = 30.0, tempo: float = 200.0, seed: int
             f"{ch}:{pitch}": [
                 (f, m.hex())
                 for f, m in recorder.events
-                if len(m) == 3 and m[0] & 0x0F == ch and m[1] == pitch and m[0] & 0xF0 in (0x80, 0x90)
+                if len(m) == 3
+                and m[0] & CHANNEL_MASK == ch
+                and m[1] == pitch
+                and m[0] & KIND_MASK in (NOTE_OFF, NOTE_ON)
             ][-6:]
             for ch, pitch in book.notes()
         },

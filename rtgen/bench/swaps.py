@@ -11,6 +11,7 @@ thread rendering in real time, no sound card needed).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import threading
@@ -20,13 +21,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from rtgen.bench.runner import percentiles_us
+from rtgen.bench.measure import percentiles_us
 from rtgen.config import Config, PartsConfig
 from rtgen.io.scheduler import Scheduler
 from rtgen.io.sinks import BaseSink, Sink
+from rtgen.midi.messages import CHANNEL_MASK, KIND_MASK, NOTE_OFF, NOTE_ON
 from rtgen.timing.clock import LatenessStats, StepClock, realtime_loop
-
-NOTE_ON, NOTE_OFF, CONTROL_CHANGE = 0x90, 0x80, 0xB0
 
 
 class NoteLedger(BaseSink):
@@ -51,7 +51,7 @@ class NoteLedger(BaseSink):
         """Book one message."""
         if len(message) < 3:
             return
-        kind, key = message[0] & 0xF0, (message[0] & 0x0F, message[1])
+        kind, key = message[0] & KIND_MASK, (message[0] & CHANNEL_MASK, message[1])
         with self._lock:
             if kind == NOTE_ON and message[2] > 0:
                 self.note_ons += 1
@@ -229,7 +229,7 @@ def measure_soundfont_swaps(
                     drop_page_cache(font)
                 t0 = time.perf_counter()
                 daemon.swap_soundfont(str(font), replies.append)
-                daemon._loader.wait_idle(60)
+                daemon.loader.wait_idle(60)
                 t1 = time.perf_counter()
                 while synth.soundfont != font and time.perf_counter() - t1 < 5 and not replies:
                     time.sleep(0.0005)
@@ -303,10 +303,10 @@ def measure_model_swaps(
             t0 = time.perf_counter()
             daemon.swap_model(str(target), replies.append)
             if wait:
-                daemon._loader.wait_idle(60)
+                daemon.loader.wait_idle(60)
                 load_ms.append(round((time.perf_counter() - t0) * 1000, 1))
                 time.sleep(max(0.0, gap - (time.perf_counter() - t0)))
-        daemon._loader.wait_idle(60)
+        daemon.loader.wait_idle(60)
 
     try:
         result = _play(player, seconds, driver, realtime_priority)
@@ -325,3 +325,34 @@ def measure_model_swaps(
         final_model=final,
     )
     return result
+
+
+def bench_soundfont_swaps(model_dir: Path, soundfonts: list[Path], seconds: float = 20.0) -> dict[str, Any]:
+    """Schedule error while the internal synth loads another soundfont mid-play (see :mod:`rtgen.bench.swaps`)."""
+    fonts = soundfonts or system_soundfonts()
+    if len(fonts) < 2:
+        return {
+            "soundfont_swap_schedule_error_us": None,
+            "soundfont_swap_skipped": f"two soundfonts needed, found {[str(f) for f in fonts]}",
+        }
+    swaps = measure_soundfont_swaps(
+        fonts[:2], seconds=seconds, bpm=300.0, swaps=max(2, int(seconds)), model_dir=model_dir
+    )
+    # the same rig without a swap: what the synth's own note-ons cost (FluidR3's 20-130 us each, in a row)
+    still = measure_soundfont_swaps(fonts[1::-1], seconds=seconds / 2, bpm=300.0, swaps=0, model_dir=model_dir)
+    return {
+        "soundfont_swap_schedule_error_us": swaps.get("schedule_error_us"),
+        "soundfont_swap": swaps,
+        "soundfont_still_schedule_error_us": still.get("schedule_error_us"),
+        "soundfont_still": still,
+    }
+
+
+def system_soundfonts() -> list[Path]:
+    """Distinct ``.sf2`` files of the usual system folder, the smallest first (Debian: TimGM6mb, FluidR3)."""
+    folder = Path("/usr/share/sounds/sf2")
+    seen: dict[Path, Path] = {}
+    with contextlib.suppress(OSError):
+        for p in sorted(folder.glob("*.sf2")):
+            seen.setdefault(p.resolve(), p)
+    return sorted(seen.values(), key=lambda p: p.stat().st_size)

@@ -31,16 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from rtgen.bench.jackrun import (
-    JackRecorder,
-    _cpu_seconds,
-    _free_udp_port,
-    _grid_figures,
-    _OscLoad,
-    _wait_first_note,
-    recorded_server,
-)
-from rtgen.bench.runner import JACK_PERIOD, JACK_RATE, _Daemon
+from rtgen.bench.harness import PERIOD_FRAMES, SAMPLE_RATE, DaemonProcess, JackRecorder, recorded_server
+from rtgen.bench.measure import cpu_seconds, free_tcp_port, free_udp_port, grid_figures, process_tree_cpu_s
+from rtgen.bench.oscload import OscLoad
 from rtgen.errors import RtgenError
 from rtgen.timing.clock import LatenessHistogram
 
@@ -58,14 +51,6 @@ def chromium() -> str | None:
         if found := shutil.which(name):
             return found
     return None
-
-
-def _free_tcp_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class _FeedReader:
@@ -93,24 +78,6 @@ class _FeedReader:
         self._thread.join(5)
 
 
-def _process_tree_cpu_s(root: int) -> float:
-    """CPU seconds (user + system) of ``root`` and every process below it that is still running."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            children.setdefault(ppid, []).append(int(entry.name))
-    total, todo = 0.0, [root]
-    while todo:
-        pid = todo.pop()
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            total += _cpu_seconds(pid)
-        todo.extend(children.get(pid, []))
-    return total
-
-
 @contextlib.contextmanager
 def _browser(path: str, url: str, work: Path) -> Iterator[subprocess.Popen[bytes]]:
     """Headless Chromium showing ``url`` (a profile of its own, its output in ``work/chromium.log``)."""
@@ -130,7 +97,7 @@ def _browser(path: str, url: str, work: Path) -> Iterator[subprocess.Popen[bytes
 
 def bench_web_page(
     model_dir: Path, seconds: float = 15.0, tempo: float = WEB_TEMPO, *, browser: str | None = None,
-    jack_rate: int = JACK_RATE, period: int = JACK_PERIOD, startup_timeout: float = 60.0,
+    jack_rate: int = SAMPLE_RATE, period: int = PERIOD_FRAMES, startup_timeout: float = 60.0,
 ) -> dict[str, Any]:  # fmt: skip
     """The three windows of the module docstring, ``seconds`` each; the browser's is left out, with the reason,
     when no Chromium is found (``browser``: its path, default :func:`chromium`).
@@ -141,10 +108,10 @@ def bench_web_page(
     browser = browser or chromium()
     name = f"rtgen-web-{os.getpid()}"
     result: dict[str, Any] = {"tempo": tempo, "seconds": seconds}
-    osc_port, web_port = _free_udp_port(), _free_tcp_port()
+    osc_port, web_port = free_udp_port(), free_tcp_port()
     with (
         tempfile.TemporaryDirectory(prefix="rtgen-webbench-") as tmp,
-        recorded_server(name, jack_rate, period, Path(tmp)) as (server, recorder),
+        recorded_server(name, Path(tmp), jack_rate, period) as (server, recorder),
     ):
         work = Path(tmp)
         result["jack_mode"] = server.mode
@@ -154,10 +121,10 @@ def bench_web_page(
             "--osc-port", str(osc_port), "--web", str(web_port),
         )  # fmt: skip
         extra = "" if server.mode == "realtime" else "[daemon]\nrealtime_priority = 0\n"
-        daemon = _Daemon(name, model_dir, f"{name}-daemon", work, 3 * seconds + 2 * startup_timeout, args, extra)
-        osc = _OscLoad(osc_port, 1.0)
+        daemon = DaemonProcess(name, model_dir, f"{name}-daemon", work, 3 * seconds + 2 * startup_timeout, args, extra)
+        osc = OscLoad(osc_port, 1.0)
         try:
-            _wait_first_note(recorder, daemon, startup_timeout)
+            daemon.wait_first_note(recorder, startup_timeout)
             time.sleep(SETTLE_S)  # past the start-up: the first steps' xruns are not the page's
             window = _Window(daemon, recorder, osc, tempo)
             result["none"] = window.measure(seconds)
@@ -190,16 +157,16 @@ def _browser_window(browser: str, url: str, work: Path, window: _Window, seconds
                 raise RtgenError(f"the page did not connect: {daemon.log_tail()}\nchromium: {log}")
             time.sleep(0.05)
         time.sleep(2.0)  # the page's first layout and its controls
-        cpu0 = _process_tree_cpu_s(proc.pid)
+        cpu0 = process_tree_cpu_s(proc.pid)
         figures = window.measure(seconds)
-        figures["browser_cpu_percent"] = round(100 * (_process_tree_cpu_s(proc.pid) - cpu0) / figures["window_s"], 1)
+        figures["browser_cpu_percent"] = round(100 * (process_tree_cpu_s(proc.pid) - cpu0) / figures["window_s"], 1)
     return figures
 
 
 class _Window:
     """One measured window of the running daemon: its own figures from /rtgen/status, the recorder's grid."""
 
-    def __init__(self, daemon: _Daemon, recorder: JackRecorder, osc: _OscLoad, tempo: float) -> None:
+    def __init__(self, daemon: DaemonProcess, recorder: JackRecorder, osc: OscLoad, tempo: float) -> None:
         self.daemon, self.recorder, self.osc, self.tempo = daemon, recorder, osc, tempo
 
     def measure(self, seconds: float) -> dict[str, Any]:
@@ -207,11 +174,11 @@ class _Window:
         rec = self.recorder
         before = self.osc.status()
         first, xruns = len(rec.events), len(rec.xruns_ns)
-        cpu0, t0 = _cpu_seconds(self.daemon.proc.pid), time.monotonic()
+        cpu0, t0 = cpu_seconds(self.daemon.proc.pid), time.monotonic()
         time.sleep(seconds)
         after = self.osc.status()
         wall = time.monotonic() - t0
-        cpu = _cpu_seconds(self.daemon.proc.pid) - cpu0
+        cpu = cpu_seconds(self.daemon.proc.pid) - cpu0
         onsets = np.unique(rec.note_on_frames(first))
         hist = zip(after["schedule_error_histogram"], before["schedule_error_histogram"], strict=True)
         counts = [a - b for a, b in hist]
@@ -220,7 +187,7 @@ class _Window:
             "steps": after["steps"] - before["steps"],
             "late_steps": after["late_steps"] - before["late_steps"],
             "schedule_error_us": _with_max(LatenessHistogram.percentiles_us(counts, (50.0, 99.0, 100.0))),
-            "jack_grid_dev_us": _grid_figures(onsets, rec.rate, self.tempo),
+            "jack_grid_dev_us": grid_figures(onsets, rec.rate, self.tempo),
             "jack_xruns": len(rec.xruns_ns) - xruns,
             "daemon_cpu_percent": round(100 * cpu / wall, 1),
             "realtime": after["realtime"],

@@ -318,7 +318,7 @@ class Synth:
         # Soundfont swaps: loads (and their stderr capture) one at a time, each into the loader synth;
         # fonts loaded and not yet used by handle; fonts replaced, waiting for the reaper thread to free them.
         self._load_lock = threading.Lock()
-        self._loader: Any | None = None
+        self.loader: Any | None = None
         self._loader_files: ChunkedFiles | None = None  # the loader synth's file callbacks (kept alive with it)
         self._staged: dict[int, int] = {}
         self._handles = 0
@@ -383,7 +383,7 @@ class Synth:
 
     def _loader_synth(self) -> Any:
         """The private synth that reads soundfont files (made on first use; no audio, never played)."""
-        if self._loader is None:
+        if self.loader is None:
             with quiet_stderr():
                 loader = self._fl.Synth(gain=0.0, samplerate=float(self.sample_rate), channels=CHANNELS)
             files = ChunkedFiles()
@@ -391,8 +391,8 @@ class Synth:
                 self._loader_files = files
             else:
                 log.warning("FluidSynth took no file callbacks: soundfonts load with its own reads")
-            self._loader = loader
-        return self._loader
+            self.loader = loader
+        return self.loader
 
     def _retire_font(self, sfont: int) -> None:
         self._retired.put(sfont)
@@ -548,13 +548,13 @@ class Synth:
             self._live = None
             self._synth.delete()  # frees the font in use
             self._audio_driver = None
-            if self._loader is not None:
+            if self.loader is not None:
                 lib = _lib(self._fl)
                 for sfont in self._staged.values():  # loaded, never used: freed with the loader synth
-                    lib.fluid_synth_add_sfont(self._loader.synth, sfont)
+                    lib.fluid_synth_add_sfont(self.loader.synth, sfont)
                 self._staged.clear()
-                self._loader.delete()
-                self._loader = None
+                self.loader.delete()
+                self.loader = None
 
     def __enter__(self) -> Synth:
         return self

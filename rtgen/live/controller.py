@@ -54,7 +54,7 @@ class Controller:
     config: Config
     loop: LiveLoop | None
     osc: OscServer | None
-    _loader: loaders.BackgroundLoader
+    loader: loaders.BackgroundLoader
     _closers: list[threading.Thread]
 
     @property
@@ -208,7 +208,7 @@ class Controller:
             if reply is not None:
                 reply(f"/rtgen/model: {target} not loaded: a newer /rtgen/model request replaced it")
 
-        self._loader.submit("model", load, superseded)
+        self.loader.submit("model", load, superseded)
 
     def swap_soundfont(self, path: str, reply: Reply | None = None) -> None:
         """Load another soundfont on the loader thread; the RT thread switches to it between two sends.
@@ -240,7 +240,7 @@ class Controller:
             if reply is not None:
                 reply(f"/rtgen/soundfont: {target} not loaded: a newer /rtgen/soundfont request replaced it")
 
-        self._loader.submit("soundfont", work, superseded)
+        self.loader.submit("soundfont", work, superseded)
 
 
 def close_recorder(rec: RecorderSink, reply: Reply | None = None) -> None:

@@ -68,7 +68,7 @@ class Daemon(Controller):
         self.closing = threading.Event()
         self.fatal: RtgenError | None = None  # why the supervisor ended the run (raised by run())
         self.jack = JackSupervisor(self)
-        self._loader = loaders.BackgroundLoader()  # model and soundfont loads, one at a time, newest wins
+        self.loader = loaders.BackgroundLoader()  # model and soundfont loads, one at a time, newest wins
         self._closers: list[threading.Thread] = []
         self._signals = SignalStop(self._request_stop)
 
@@ -256,7 +256,7 @@ class Daemon(Controller):
             except Exception as err:
                 log.warning("closing the MIDI input failed: %s", err)
             self.input = None
-        self._loader.close()  # a running load ends first: the synth is not deleted under it
+        self.loader.close()  # a running load ends first: the synth is not deleted under it
         if self.loop is not None:
             self.loop.scheduler.close()  # closes every sink, the recorder (written safely) included
             self.loop = None

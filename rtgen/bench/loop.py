@@ -1,0 +1,118 @@
+"""One engine step, and the real clock + scheduler loop into a null sink (phases of ``rtgen bench``).
+
+``inference_us``: one engine step (chord model + note model + sampling + masks), one
+onnxruntime thread, after a warm-up. ``schedule_error_us``: actual send time minus
+deadline for every event of the real real-time loop (real clock, real engine, real
+voicer) at 300 BPM sixteenths into a null sink. Plus late steps and the CPU % of the
+process during the loop.
+"""
+
+from __future__ import annotations
+
+import gc
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rtgen.bench.measure import percentiles_us
+from rtgen.config import PartsConfig
+from rtgen.io.scheduler import Scheduler
+from rtgen.timing.clock import LatenessStats, StepClock, release_realtime, request_realtime
+
+
+def bench_inference(
+    model_dir: Path, steps: int = 2000, warmup: int = 200, seed: int = 0, realtime_priority: int = 10
+) -> dict[str, float]:
+    """Time ``steps`` engine steps (after ``warmup``) with one thread, as the daemon's loop runs them.
+
+    Like the loop: SCHED_FIFO ``realtime_priority`` where allowed (0: normal scheduling) and the heap frozen,
+    so another process or a full collection does not land in the figure; ``realtime`` says which it was.
+    """
+    from rtgen.generation.engine import Engine, Params
+    from rtgen.generation.model import Model
+
+    engine = Engine(Model.load(model_dir, threads=1), Params(), seed=seed)
+    for _ in range(warmup):
+        engine.step()
+    times = np.empty(steps, dtype=np.int64)
+    clock = time.perf_counter_ns
+    gc.collect()
+    gc.freeze()
+    realtime = request_realtime(realtime_priority)
+    try:
+        for i in range(steps):
+            t = clock()
+            engine.step()
+            times[i] = clock() - t
+    finally:
+        if realtime:
+            release_realtime()
+        gc.unfreeze()
+    return {**percentiles_us(times), "realtime": realtime}
+
+
+def bench_schedule(
+    model_dir: Path, seconds: float = 60.0, tempo: float = 300.0, seed: int = 0, realtime_priority: int = 10
+) -> dict[str, Any]:
+    """Run the real-time loop for ``seconds`` at ``tempo`` (sixteenths) into a null sink.
+
+    The loop asks for SCHED_FIFO ``realtime_priority`` as the daemon does (``realtime`` in the result says
+    whether it was granted).
+    """
+    from rtgen.arrange.voicing import Voicer
+    from rtgen.generation.engine import Engine, Params
+    from rtgen.generation.model import Model
+    from rtgen.io.sinks import NullSink
+    from rtgen.live.loop import LiveLoop
+
+    params = Params()
+    sched = Scheduler([NullSink()], keep_history=True)
+    clock = StepClock(tempo)
+    clock.stats = LatenessStats(late_threshold_ns=clock.stats.late_threshold_ns, keep_history=True)
+    loop = LiveLoop(
+        Engine(Model.load(model_dir, threads=1), params, seed=seed),
+        Voicer(PartsConfig(), seed=seed),
+        sched,
+        clock,
+        params,
+        PartsConfig(),
+    )
+    realtime = request_realtime(realtime_priority)
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    real0, mono0 = time.time_ns(), time.perf_counter_ns()
+    ru0 = resource.getrusage(resource.RUSAGE_SELF)
+    try:
+        loop.run(seconds)
+    finally:
+        if realtime:
+            release_realtime()
+    cpu = time.process_time() - cpu0
+    wall = time.perf_counter() - wall0
+    real1, mono1 = time.time_ns(), time.perf_counter_ns()
+    ru1 = resource.getrusage(resource.RUSAGE_SELF)
+    errors = np.asarray(sched.errors.history, dtype=np.float64)
+    edge = max(1, min(200, errors.size // 10))
+    # Drift: how far the send-time error moved from the start to the end of the run (deadlines are
+    # absolute, so a drifting schedule shows up here); and the performance counter against the wall clock.
+    drift_us = float(np.median(errors[-edge:]) - np.median(errors[:edge])) / 1000 if errors.size else 0.0
+    return {
+        "realtime": realtime,
+        "schedule_drift_us": round(drift_us, 1),
+        "perf_counter_vs_wall_clock_us": round(((mono1 - mono0) - (real1 - real0)) / 1000, 1),
+        "tempo": tempo,
+        "seconds": round(wall, 2),
+        "schedule_error_us": percentiles_us(sched.errors.history),
+        "step_wakeup_late_us": percentiles_us(clock.stats.history),
+        "events": sched.sent,
+        "steps": clock.stats.steps,
+        "late_steps": clock.stats.late_steps,
+        "late_events": sched.errors.late_steps,
+        "late_threshold_us": clock.stats.late_threshold_ns / 1000,
+        "cpu_percent": round(100.0 * cpu / wall, 1) if wall > 0 else 0.0,
+        "spin_us": loop.spin_tuner.spin_ns / 1000 if loop.spin_tuner is not None else None,
+        "worst_wakeup_us": loop.spin_tuner.worst_ns / 1000 if loop.spin_tuner is not None else None,
+        "involuntary_context_switches": ru1.ru_nivcsw - ru0.ru_nivcsw,
+    }
