@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import functools
+import itertools
 import logging
 import os
 from pathlib import Path
@@ -118,6 +120,9 @@ def _declare(lib: ctypes.CDLL) -> None:
         ("jack_last_frame_time", ctypes.c_uint32, [vp]),
         ("jack_port_name", ctypes.c_char_p, [vp]),
         ("jack_port_unregister", i32, [vp, vp]),
+        ("jack_port_get_all_connections", ctypes.POINTER(ctypes.c_char_p), [vp, vp]),
+        ("jack_connect", i32, [vp, ctypes.c_char_p, ctypes.c_char_p]),
+        ("jack_free", None, [vp]),
         ("jack_ringbuffer_write_space", size, [vp]),
         ("jack_ringbuffer_read_space", size, [vp]),
     ):
@@ -246,6 +251,63 @@ class RtmidiJack:
             if len(fields) == 6 and fields[5] == path:
                 return int(fields[4]) == inode
         return False
+
+    def wake_pending(self) -> bool | None:
+        """Is this client's wake-up signalled but not taken? None when that cannot be told here.
+
+        The server (or the client before ours in the graph) wakes a client each cycle by setting the futex in
+        ``/dev/shm/jack_sem.<uid>_<server>_<client>`` to 1; the client's process thread takes it back to 0
+        within microseconds. A client whose thread waits on another futex (a departed client's, see the module
+        docstring), or whose thread died or sleeps on a futex unmapped under it, never takes it: the value stays
+        1 for good. Read from outside the client (one ``pread``), so it tells what :meth:`futex_is_current`
+        cannot: libjack's table can be right again while the thread still sleeps on the departed client's futex.
+        """
+        if not self._client:
+            return None
+        server = os.environ.get("JACK_DEFAULT_SERVER") or "default"
+        try:
+            fd = os.open(f"/dev/shm/jack_sem.{os.getuid()}_{server}_{self.client_name}", os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            raw = os.pread(fd, 4, 0)  # jack2's FutexData {int futex; ...}
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        return len(raw) == 4 and int.from_bytes(raw, "little", signed=True) != 0
+
+    def connections(self) -> list[str]:
+        """Full names of the ports connected to this client's port (read from the server's graph)."""
+        port = _pointer(self._data + _PORT) if self._client else 0
+        if not port:
+            return []
+        lib = load_libjack()
+        names = lib.jack_port_get_all_connections(self._client, port)
+        if not names:
+            return []
+        found = []
+        for i in itertools.count():
+            if not names[i]:
+                break
+            found.append(names[i].decode(errors="replace"))
+        lib.jack_free(ctypes.cast(names, ctypes.c_void_p))
+        return found
+
+    def connect(self, peers: list[str]) -> list[str]:
+        """Connect this client's port to ``peers`` (the sources of an input, the destinations of an output); the
+        ones that failed (a peer gone meanwhile)."""
+        port = _pointer(self._data + _PORT) if self._client else 0
+        if not port:
+            return list(peers)
+        lib = load_libjack()
+        own = lib.jack_port_name(port)
+        failed = []
+        for peer in peers:
+            src, dst = (own, peer.encode()) if self._output else (peer.encode(), own)
+            if lib.jack_connect(self._client, src, dst) not in (0, errno.EEXIST):
+                failed.append(peer)
+        return failed
 
     def close(self) -> None:
         """Close the port and the client through ctypes (the GIL released), then let python-rtmidi free the rest.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import threading
 import time
 from typing import TYPE_CHECKING, Protocol
@@ -34,6 +35,9 @@ log = logging.getLogger(__name__)
 JACK_RETRY_S = 0.5  # while the JACK server is gone, look for it again this often
 JACK_REOPEN_S = 10.0  # the server is back: keep trying to reopen the ports this long, then give up and exit
 JACK_STUCK_S = 2.0  # an output whose waiting messages the server has not taken for this long is reopened
+JACK_UNSERVED_S = 1.0  # a port whose client's wake-up has stayed untaken this long (~190 cycles) is reopened
+JACK_OPEN_CHECK_S = 0.2  # a just-opened client must take a wake-up within this long (~37 cycles at 256/48k)
+JACK_REOPEN_TRIES = 6  # reopens in a row that meet the client race again before rtgen keeps what it has (and says so)
 
 JackPort = MidiOutput | MidiInput
 
@@ -114,19 +118,18 @@ class JackSupervisor:
         """The supervisor thread: notice the server's loss, wait for it, reopen the ports."""
         closing = self.daemon.closing
         current: JackWatch | None = watch
-        stale = stale_ports(self.ports())
-        if stale is not None:  # reopening at start-up met the same race again under a polling peer: say it only
-            log.warning("jack: %s; if the port stays silent, restart rtgen", stale)
-        trouble = None
+        trouble = stale_ports(self.ports())  # a client that came and went while ours opened: reopen at once
+        waiting_since: dict[str, float] = {}
         try:
             while current is not None:
                 while trouble is None and not current.lost.wait(0.1):
                     if closing.is_set():
                         current.close()
                         return
-                    trouble = self._stuck_output()
+                    trouble = self._stuck_output() or self._unserved_port(waiting_since)
                 current = self._lost(current, trouble)
                 trouble = None
+                waiting_since.clear()
         except Exception:  # pragma: no cover - the music goes on without supervision
             log.exception("the JACK supervisor failed; a server that dies again will not be noticed")
 
@@ -138,6 +141,30 @@ class JackSupervisor:
             waited = jack.waiting_s(now) if jack is not None else 0.0  # an input waits for nothing: 0
             if waited >= JACK_STUCK_S:
                 return f"the server has taken no MIDI from {port.name} for {waited:.1f} s"
+        return None
+
+    def _unserved_port(self, waiting_since: dict[str, float]) -> str | None:
+        """Why a port is never run by the server (its client's wake-up stays untaken), or None.
+
+        Sampled every 0.1 s: a client that runs takes its wake-up within microseconds of each cycle, so
+        :data:`JACK_UNSERVED_S` of samples that all find it waiting is a client whose thread waits elsewhere
+        (see :meth:`~rtgen.io.rtmidijack.RtmidiJack.wake_pending`): an input that hears nothing, however its
+        peer plays. Nobody playing changes nothing: the server wakes every client every cycle.
+        ``waiting_since`` maps a client to the first sample of its current run of waiting ones.
+        """
+        now = time.monotonic()
+        for port in self.ports():
+            jack = port.jack
+            if jack is None or not jack.wake_pending():
+                if jack is not None:
+                    waiting_since.pop(jack.client_name, None)
+                continue
+            since = waiting_since.setdefault(jack.client_name, now)
+            if now - since >= JACK_UNSERVED_S:
+                return (
+                    f"the server has not run {port.name} for {now - since:.1f} s (its JACK client waits on another "
+                    "futex: a jack2 race with a client that came and went)"
+                )
         return None
 
     def tell(self, state: str, text: str, *, error: bool = False) -> None:
@@ -171,6 +198,8 @@ class JackSupervisor:
             self.tell("gone", f"jack: server {server!r} gone, retrying ({kept})")
         else:
             self.tell("stuck", f"jack: {trouble}; reopening the ports ({kept})")
+        # the same server: its peers stay, and what a patchbay (or the user) connected is connected again
+        links = {id(p): p.jack.connections() for p in self.ports() if trouble is not None and p.jack is not None}
         closers = [port.detach() for port in self.ports()]  # from now on sends drop, reads are empty
         if loop is not None:
             loop.command(Panic(), urgent=True)  # the note-offs reach the synth and the recording
@@ -179,9 +208,13 @@ class JackSupervisor:
             close()
         waited = time.monotonic()
         idle_told = False
+        tries = 0
+        # a poller's period is not ours: a random first delay keeps the reopen off its beat
+        delay = JACK_RETRY_S if trouble is None else random.uniform(0.05, 0.3)
         while True:
-            if d.closing.wait(JACK_RETRY_S):
+            if d.closing.wait(delay):
                 return None
+            delay = JACK_RETRY_S
             new = JackWatch.open(watch.name)
             if new is not None and not new.cycling():
                 new.close()  # a server that runs no cycles would hold python-rtmidi's opens (and the GIL)
@@ -196,11 +229,13 @@ class JackSupervisor:
                     waited = time.monotonic()
                     log.warning("jack: still waiting for server %r", server)
                 continue
+            tries += 1
             try:
-                names = self._reopen_ports()
+                names = self._reopen_ports(check=tries < JACK_REOPEN_TRIES)
             except StalePortsError as err:
                 new.close()  # with every client closed libjack forgets the stale futex; try again
-                log.warning("jack: %s; opening the ports again", err)
+                delay = random.uniform(0.5, 1.5) * JACK_RETRY_S * 2 ** min(tries - 1, 3)  # a random back-off
+                log.info("jack: %s; opening the ports again in %.1f s", err, delay)
                 continue
             except PortError as err:
                 new.close()
@@ -212,18 +247,32 @@ class JackSupervisor:
                     loop.request_stop()
                 return None
             break
+        for port in self.ports():
+            peers = links.get(id(port))
+            if peers and port.jack is not None:
+                lost = port.jack.connect(peers)
+                if lost:
+                    log.info("jack: %s could not be connected again to %s", port.name, ", ".join(lost))
         if loop is not None:
             for name in PART_NAMES:  # the peers on the new server have heard no program or volume
                 part = loop.parts.get(name)
                 if part.enabled:
                     loop.command(SetPart(name, program=part.program, volume=part.volume, pan=part.pan))
-        self.tell("ok", f"jack: server {server!r} back, ports reopened ({', '.join(names)})")
+        if tries >= JACK_REOPEN_TRIES:
+            self.tell("ok", f"jack: ports reopened ({', '.join(names)}), but the JACK client race met them {tries} "
+                            "times in a row: if rtgen does not hear the player, restart it", error=True)  # fmt: skip
+        elif trouble is None:
+            self.tell("ok", f"jack: server {server!r} back, ports reopened ({', '.join(names)})")
+        else:
+            self.tell("ok", f"jack: ports reopened ({', '.join(names)}), connections kept")
         return new
 
-    def _reopen_ports(self) -> list[str]:
+    def _reopen_ports(self, *, check: bool = True) -> list[str]:
         """Open our JACK ports again as at start-up and put them in place of the dead ones; their names.
 
         Retries for :data:`JACK_REOPEN_S` (a port named with ``--midi-out``/``--midi-in`` may come later).
+        With ``check``, each new client must be run by the server (:func:`unserved_after_open`), or every
+        new client is closed again and :class:`StalePortsError` raised.
 
         Raises:
             PortError: a port still cannot be opened (the last reason).
@@ -244,8 +293,8 @@ class JackSupervisor:
                                             cfg.input.virtual_port_name, clock=cfg.clock.source == "midi")  # fmt: skip
                         fresh.append((port, new_in))
                     # at once: the server stalls behind a stale client, and the next open would wait with the GIL
-                    stale = stale_ports([fresh[-1][1]])
-                    if stale is not None:
+                    stale = stale_ports([fresh[-1][1]]) or unserved_after_open(fresh[-1][1])
+                    if stale is not None and check:
                         for _, new in fresh:
                             new.close()
                         raise StalePortsError(stale)
@@ -278,4 +327,17 @@ def stale_ports(ports: list[JackPort]) -> str | None:
         jack = port.jack
         if jack is not None and jack.futex_is_current() is False:
             return f"libjack gave {port.name} a departed client's futex (a jack2 race), so the server cannot run it"
+    return None
+
+
+def unserved_after_open(port: JackPort) -> str | None:
+    """Why a just-opened port is not run by the server (no wake-up taken in :data:`JACK_OPEN_CHECK_S`), or None."""
+    jack = port.jack
+    if jack is None:
+        return None
+    deadline = time.monotonic() + JACK_OPEN_CHECK_S
+    while jack.wake_pending():
+        if time.monotonic() >= deadline:
+            return f"the server cannot run the reopened {port.name} (its JACK client waits on another futex)"
+        time.sleep(0.005)
     return None
