@@ -55,9 +55,9 @@ def test_install_writes_a_systemd_user_unit_that_verifies(tmp_path: Path) -> Non
     config.write_text("")
     s = make(tmp_path, svc.LINUX, config, JACK_DEFAULT_SERVER="studio")
     lines = svc.install(s)
-    assert s.path == tmp_path / "xdg" / "systemd" / "user" / "rtgen.ops.service", "XDG_CONFIG_HOME is honoured"
+    assert s.path == tmp_path / "xdg" / "systemd" / "user" / "rtgen.service", "XDG_CONFIG_HOME is honoured"
     assert s.path.is_file() and f"wrote {s.path}" in lines
-    assert "systemctl --user enable --now rtgen.ops.service" in "\n".join(lines), "no session: it says what to run"
+    assert "systemctl --user enable --now rtgen.service" in "\n".join(lines), "no session: it says what to run"
     text = s.path.read_text()
     quoted = '"' + str(config).replace("%", "%%") + '"'  # one word, and % is not a specifier
     assert f"ExecStart={' '.join(s.command)} run --config {quoted} --log-json" in text.splitlines()
