@@ -141,10 +141,10 @@ class Daemon(Controller):
             self.input = player.port if player is not None else None
             source: ClockSource = InternalClock(clock)
             if player is not None and player.clock is not None:
-                source = MidiClockIn(player.clock, clock)
+                source = MidiClockIn(player.clock)
             elif cfg.clock.source == "link":
                 self.link = open_link(cfg, params)
-                source = LinkClock(self.link, clock)
+                source = LinkClock(self.link)
             clock_out: list[Sink] = []
             if cfg.clock.send:
                 if not source.leads:

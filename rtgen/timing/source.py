@@ -137,42 +137,67 @@ class InternalClock:
         return None
 
 
-class MidiClockIn:
-    """A DAW's MIDI clock on the player's input: nothing plays before its Start; the tempo is the DAW's.
-
-    Args:
-        follower: turns 24-ppqn ticks, Start/Stop/Continue and Song Position into step events.
-        clock: the tempo to report before the first ticks have told one.
-    """
-
-    name = "midi"
-    leads = False
-    starts_playing = False
-    idle_poll_ns = 0
-    tempo_refusal: str | None = "the tempo follows the MIDI clock (clock.source = midi); change it in the DAW"
-
-    def __init__(self, follower: ClockFollower, clock: StepClock) -> None:
-        self.follower = follower
-        self.clock = clock
+class _Followed(Protocol):
+    """What a followed clock tells (a :class:`~rtgen.timing.midiclock.ClockFollower`, a ``LinkFollower``)."""
 
     @property
     def step_ns(self) -> float:
         """One step at the followed tempo."""
-        return self.follower.step_ns
+        ...
 
     @property
     def tempo_bpm(self) -> float | None:
-        """The followed tempo (None before two ticks)."""
-        return self.follower.tempo_bpm
+        """The followed tempo, once known."""
+        ...
+
+
+class _Following:
+    """The part every followed source shares: steps are announced, never known ahead; the tempo is theirs."""
+
+    leads = False
+    starts_playing = False
+
+    def __init__(self, follower: _Followed) -> None:
+        self._followed = follower
+
+    @property
+    def step_ns(self) -> float:
+        """One step at the followed tempo."""
+        return self._followed.step_ns
+
+    @property
+    def tempo_bpm(self) -> float | None:
+        """The followed tempo (None until the source has told it)."""
+        return self._followed.tempo_bpm
+
+    def deadline(self, step: int) -> int:
+        """Not known ahead: a followed source announces each step when it comes."""
+        raise ValueError(f"a followed clock announces its steps; step {step} has no deadline")
+
+    def stats(self) -> dict[str, Any] | None:
+        """No figures of its own."""
+        return None
+
+
+class MidiClockIn(_Following):
+    """A DAW's MIDI clock on the player's input: nothing plays before its Start; the tempo is the DAW's.
+
+    Args:
+        follower: turns 24-ppqn ticks, Start/Stop/Continue and Song Position into step events.
+    """
+
+    name = "midi"
+    idle_poll_ns = 0
+    tempo_refusal: str | None = "the tempo follows the MIDI clock (clock.source = midi); change it in the DAW"
+
+    def __init__(self, follower: ClockFollower) -> None:
+        super().__init__(follower)
+        self.follower = follower
 
     @property
     def next_poll_ns(self) -> None:
         """Nothing to poll: the clock comes on the input."""
         return None
-
-    def deadline(self, step: int) -> int:
-        """Not known ahead: a followed step starts on its tick."""
-        raise ValueError("a MIDI clock announces its steps; it has no deadlines")
 
     def set_tempo(self, bpm: float, at_step: int, now_ns: int) -> bool:
         """Refused: the DAW sets the tempo."""
@@ -196,47 +221,26 @@ class MidiClockIn:
         """Nothing to poll."""
         return []
 
-    def stats(self) -> None:
-        """No figures of its own."""
-        return None
 
-
-class LinkClock:
+class LinkClock(_Following):
     """An Ableton Link session: its tempo, its bar phase and (with start/stop sync) its transport.
 
     Args:
         follower: the session (opened by the caller, who closes it).
-        clock: the tempo to report before the session has told one.
     """
 
     name = "link"
-    leads = False
-    starts_playing = False
     idle_poll_ns = LINK_IDLE_POLL_NS
     tempo_refusal: str | None = None
 
-    def __init__(self, follower: LinkFollower, clock: StepClock) -> None:
+    def __init__(self, follower: LinkFollower) -> None:
+        super().__init__(follower)
         self.follower = follower
-        self.clock = clock
-
-    @property
-    def step_ns(self) -> float:
-        """One step at the session's tempo."""
-        return self.follower.step_ns
-
-    @property
-    def tempo_bpm(self) -> float | None:
-        """The session's tempo."""
-        return self.follower.tempo_bpm
 
     @property
     def next_poll_ns(self) -> int:
         """The capture that announces the next step (or the idle poll while stopped)."""
         return self.follower.next_poll_ns
-
-    def deadline(self, step: int) -> int:
-        """Not known ahead: the session's grid announces each step."""
-        raise ValueError("a Link session announces its steps; it has no deadlines")
 
     def set_tempo(self, bpm: float, at_step: int, now_ns: int) -> bool:
         """Proposed to the session: every peer follows, rtgen too at its next step."""
