@@ -191,3 +191,43 @@ def test_piano_roll_shows_every_part_the_drums_and_the_sections(model_dir: Path,
     ons = sum(1 for t in mid.tracks for m in t if m.type == "note_on" and m.velocity > 0)
     assert sum(len(notes) for _, notes in roll.parts) + len(roll.drums) == ons  # each note drawn once
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("form", [None, "A:2 B:2"])
+def test_every_style_and_meter_ends_on_the_final_root_held_and_a_chord_tone(
+    shipped_model_dir: Path, form: str | None
+) -> None:
+    """A piece ends with the bass on the final chord's root from the last downbeat (held, not walked) and the
+    melody on a chord tone: every bass and chords style, in every meter the styles know."""
+    import dataclasses
+
+    from rtgen.arrange.form import parse_form
+    from rtgen.config import Config
+    from rtgen.generation.model import Model
+    from rtgen.patterns.styles import style_names
+
+    model = Model.load(shipped_model_dir)
+    cases = [(ts, "bass", s) for ts in ("4/4", "3/4", "6/8", "2/4", "5/4") for s in style_names("bass")]
+    cases += [(ts, "chords", s) for ts in ("4/4", "3/4", "6/8") for s in style_names("chords")]
+    wrong = []
+    for seed, (ts, part, style) in enumerate(cases):
+        cfg = Config().replace("generation", time_signature=ts)
+        cfg = cfg.replace("parts", **{part: dataclasses.replace(cfg.parts.get(part), style=style)})
+        r = render_steps(model, cfg, 3, seed, form=parse_form(form) if form else None)
+        last = r.steps[-1]
+        bar_start = (last.index - last.position) * TICKS_PER_STEP
+        chord = ct.Chord.from_token(last.chord_now) if last.chord_now >= ct.CHORD_OFFSET else None
+        bass = [(t, ev) for t, _, ev in r.events if ev.on and ev.part == "bass"]
+        melody = [ev for _, _, ev in r.events if ev.on and ev.part == "melody"]
+        in_last_bar = [ev for t, ev in bass if t >= bar_start - TICKS_PER_STEP // 2]  # humanize may pull it early
+        case = f"{ts} {part}={style} seed {seed}: final chord {ct.chord_token_name(last.chord_now)}"
+        if chord is None or not bass or not melody:
+            wrong.append(f"{case}: no final chord, bass or melody")
+            continue
+        if bass[-1][1].pitch % 12 != chord.root:
+            wrong.append(f"{case}: the last bass note is {bass[-1][1].pitch}")
+        if not in_last_bar or in_last_bar[0].pitch % 12 != chord.root or len({ev.pitch for ev in in_last_bar}) > 1:
+            wrong.append(f"{case}: the last bar's bass walks: {[ev.pitch for ev in in_last_bar]}")
+        if melody[-1].pitch % 12 not in chord.pitch_classes:
+            wrong.append(f"{case}: the last melody note {melody[-1].pitch} is not a chord tone")
+    assert not wrong, "\n".join(wrong)

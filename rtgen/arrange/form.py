@@ -38,6 +38,8 @@ from rtgen.generation.keys import estimate_key
 from rtgen.timing.transport import Position, Transport
 
 INTRO = "intro"
+PIECE = "piece"
+"""The one section of a render without a form."""
 CUES = ("phrase", "bar")
 MAX_SECTION_NAME = 32
 MAX_FORM_BARS = 4096

@@ -96,7 +96,8 @@ class Performer:
         return self.voicer.release_all()
 
     def perform(self, pos: Position, params: Params, heard: Heard = NOBODY, plan: Plan | None = None, *,
-                section_start: bool = False, section_end: bool = False) -> tuple[Step, list[NoteEvent]]:  # fmt: skip
+                section_start: bool = False, section_end: bool = False,
+                ending: bool = False) -> tuple[Step, list[NoteEvent]]:  # fmt: skip
         """Decide and voice one step.
 
         Args:
@@ -107,6 +108,7 @@ class Performer:
             section_start: the step lies in the first bar of a song-form section (see :mod:`rtgen.arrange.form`).
             section_end: the step lies in the last bar before another section or the end; both go to
                 :meth:`~rtgen.arrange.voicing.Voicer.voice` (the drummer's fill into the next section).
+            ending: the step lies in the piece's last bar (the bass ends on the root, held).
 
         Returns:
             The engine's step and the note events of the voiced parts (offs first), relative to the step's start.
@@ -119,7 +121,7 @@ class Performer:
         step = self.engine.step(params, at=pos, steer=plan.steering(heard, self.fit))
         self.conductor.heard(pos, heard)
         offs = self._voice_only(plan.voiced)
-        events = self.voicer.voice(step, params, section_start=section_start, section_end=section_end)
+        events = self.voicer.voice(step, params, section_start=section_start, section_end=section_end, ending=ending)
         return step, offs + events if offs else events
 
 

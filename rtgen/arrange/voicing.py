@@ -224,8 +224,8 @@ class Voicer:
             events.append(NoteEvent(step_offset, ms + spread_ms * len(events), True, part, ch, p, velocity))
         return events
 
-    def voice(self, step: Step, params: Params, *, section_start: bool = False,
-              section_end: bool = False) -> list[NoteEvent]:  # fmt: skip
+    def voice(self, step: Step, params: Params, *, section_start: bool = False, section_end: bool = False,
+              ending: bool = False) -> list[NoteEvent]:  # fmt: skip
         """Note events for one step: note-offs first, then note-ons.
 
         Args:
@@ -235,6 +235,8 @@ class Voicer:
                 phrases from there.
             section_end: the step lies in the last bar of a section: the drummer plays a fill in it (and a
                 crash on the next downbeat).
+            ending: the step lies in the piece's last bar: the bass plays each chord's root where it starts
+                and holds it (no walk, no fifth), so the piece ends on the root, in every style.
 
         Returns:
             The events of this step (possibly none).
@@ -262,7 +264,7 @@ class Voicer:
         if self.parts.chords.enabled:
             self._voice_chords(step, chords_style, step_offset, offs, ons)
         if self.parts.bass.enabled:
-            self._voice_bass(step, bass_style, step_offset, offs, ons)
+            self._voice_bass(step, bass_style, step_offset, offs, ons, ending=ending)
         cfg = self.parts.drums
         if cfg.enabled:
             hits = self.drummer.hits(step.bar, step.position, step.bar_steps, step.beat_steps, params.density)
@@ -352,7 +354,7 @@ class Voicer:
             ons += self._ons("chords", cfg, [pitch], vel, step_offset, ms)
 
     def _voice_bass(self, step: Step, style: BassStyle, step_offset: float, offs: list[NoteEvent],
-                    ons: list[NoteEvent]) -> None:  # fmt: skip
+                    ons: list[NoteEvent], *, ending: bool = False) -> None:  # fmt: skip
         cfg = self.parts.bass
         now = step.chord_now
         if now == ct.CHORD_NC:
@@ -363,6 +365,8 @@ class Voicer:
         downbeat = step.position == 0
         change = now != self._bass_chord
         tone = style.pattern((step.bar_steps, step.beat_steps)).get(step.position)
+        if ending:  # the last bar: the root on its downbeat and where a chord starts, held to the end
+            tone = "root" if downbeat else None
         if change or tone is not None or (step.chord_token != ct.CHORD_HOLD and not self._sounding["bass"]):
             chord = ct.Chord.from_token(now)
             pitch = self._bass_tone(chord, "root" if change or tone is None else tone, step.bar, cfg.octave)

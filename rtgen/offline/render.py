@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from rtgen import contract as ct
-from rtgen.arrange.form import INTRO, Arranger, FormSection, estimate_piece_key
+from rtgen.arrange.form import INTRO, PIECE, Arranger, FormSection, estimate_piece_key
 from rtgen.arrange.voicing import NoteEvent, Voicer
 from rtgen.config import PART_NAMES, Config
 from rtgen.contract import Key
@@ -164,14 +164,12 @@ def render_steps(
         params = _play_form(
             performer, transport, params, form, seed, start_bar, steps, place, sections, config.form.vary
         )
-    else:
-        while True:
-            pos = transport.advance()
-            if pos.bar >= start_bar + bars:
-                break
-            step, evs = performer.perform(pos, params)
-            steps.append(step)
-            place(step, evs)
+    elif bars > 0:
+        # a piece without a form is one section: its last bars cadence into the key the model is in (not locked)
+        _play_form(
+            performer, transport, params, [FormSection(PIECE, bars)], seed, start_bar, steps, place, [], 0.0,
+            lock_key=False, cue_sections=False,
+        )  # fmt: skip
     end = steps[-1] if steps else None
     end_index = end.index + 1 if end else 0
     final = Step(end_index, 0, 0, ct.CHORD_NC, ct.CHORD_NC, ct.MEL_REST, 0)
@@ -191,15 +189,25 @@ def _play_form(
     place: Callable[[Step, list[NoteEvent]], None],
     sections: list[tuple[int, str]],
     vary: float,
+    *,
+    lock_key: bool = True,
+    cue_sections: bool = True,
 ) -> Params:
-    """Play ``form`` from ``start_bar`` through ``performer``; returns the parameters used (key lock set)."""
+    """Play ``form`` from ``start_bar`` through ``performer``; returns the parameters used.
+
+    The piece's key is the configured lock, else the key of the first section as the model would play it:
+    locked for the whole piece (``lock_key``), or only told to the arranger for the intro and the cadence.
+    The last bar is the piece's ending (the bass on the final root, held). ``cue_sections``: the voicer hears
+    where sections start and end (the drummer's phrases and fills).
+    """
     arranger = Arranger(seed=seed, vary=vary)
-    if params.key is None:
+    key = params.key
+    if key is None:
         body = next((s for s in form if s.name.lower() != INTRO), form[0])
         key = estimate_piece_key(performer.engine, params, body.bars)
-        if key is not None:
+        if key is not None and lock_key:
             params = dataclasses.replace(params, key=key)
-    arranger.key = params.key
+    arranger.key = key
     arranger.prepare_ending(params)
     total = sum(s.bars for s in form)
     arranger.end_at(start_bar + total - 1)
@@ -216,11 +224,14 @@ def _play_form(
             sections.append((len(steps), sec.name))
             index += 1
         plan, heard, step_params = arranger.steer(pos, performer.plan(pos), NOBODY, params)
-        cue = arranger.cue_for(pos)
+        cue = arranger.cue_for(pos) if cue_sections else None
         start, end = (cue.start, cue.end) if cue is not None else (False, False)
         if start and pos.position == 0:
             performer.engine.lookback_floor = performer.engine.index  # a new section does not copy the last one
-        step, evs = performer.perform(pos, step_params, heard, plan, section_start=start, section_end=end)
+        ending = pos.bar == start_bar + total - 1
+        step, evs = performer.perform(
+            pos, step_params, heard, plan, section_start=start, section_end=end, ending=ending
+        )
         arranger.played(pos, step)
         steps.append(step)
         place(step, evs)
