@@ -81,7 +81,14 @@ def _sha256(path: Path) -> str:
 
 
 def make_random_model(
-    directory: Path, hidden: int = 32, layers: int = 1, seed: int = 0, *, name: str = "random", contract: int = 2
+    directory: Path,
+    hidden: int = 32,
+    layers: int = 1,
+    seed: int = 0,
+    *,
+    name: str = "random",
+    contract: int = 2,
+    quiet: bool = False,
 ) -> Path:
     """Write ``chord.onnx``, ``note.onnx``, ``harmony.onnx`` and ``meta.json`` of a random model into ``directory``.
 
@@ -92,6 +99,8 @@ def make_random_model(
         seed: torch seed for the weights.
         name: the model name in meta.json.
         contract: token contract version; 1 writes no harmoniser (an old model folder).
+        quiet: a model that would rather rest: REST, N.C. and HOLD get a large bias (a model trained on too
+            little, unusual data sits there).
 
     Returns:
         ``directory``.
@@ -106,6 +115,11 @@ def make_random_model(
         for m in (chord, note):
             for head in m.heads:
                 head.weight.mul_(3.0)
+        if quiet:
+            note.heads[0].bias[ct.MEL_REST] += 12.0
+            note.heads[0].bias[ct.MEL_HOLD] += 12.0
+            chord.heads[0].bias[ct.CHORD_NC] += 12.0
+            chord.heads[0].bias[ct.CHORD_HOLD] += 12.0
     _export(chord, ct.CHORD_MODEL_INPUTS, ct.CHORD_MODEL_OUTPUTS, hidden, layers, directory / "chord.onnx")
     _export(note, ct.NOTE_MODEL_INPUTS, ct.NOTE_MODEL_OUTPUTS, hidden, layers, directory / "note.onnx")
     files = ["chord.onnx", "note.onnx"]

@@ -231,3 +231,30 @@ def test_every_style_and_meter_ends_on_the_final_root_held_and_a_chord_tone(
         if melody[-1].pitch % 12 not in chord.pitch_classes:
             wrong.append(f"{case}: the last melody note {melody[-1].pitch} is not a chord tone")
     assert not wrong, "\n".join(wrong)
+
+
+def test_a_model_that_would_rather_rest_is_woken_after_two_bars(tmp_path: Path) -> None:
+    """A part the model keeps silent for two bars starts again on the next beat (the sampler wakes it, the
+    voicer plays it): every render of 16 bars holds melody, chords and bass, with no silence of three bars."""
+    from model_factory import make_random_model
+
+    from rtgen.config import Config
+    from rtgen.generation.model import Model
+
+    model = Model.load(make_random_model(tmp_path / "quiet", quiet=True))
+    cfg = Config()
+    for seed in range(4):
+        r = render_steps(model, cfg, 16, seed)
+        bar_steps = r.steps[-1].bar_steps
+        onsets: dict[str, list[int]] = {"melody": [], "chords": [], "bass": []}
+        for tick, _, ev in r.events:
+            if ev.on and ev.part in onsets:
+                onsets[ev.part].append(tick // TICKS_PER_STEP)
+        for part, steps in onsets.items():
+            assert steps, f"seed {seed}: no {part} at all"
+        sounding = [s.index for s in r.steps if s.pitch is not None or s.melody_token == ct.MEL_HOLD]
+        gaps = np.diff([0, *sounding, len(r.steps)])
+        assert gaps.max() <= 2 * bar_steps + bar_steps, f"seed {seed}: the melody rested {gaps.max()} steps"
+        chords = [s.index for s in r.steps if s.chord_now != ct.CHORD_NC]
+        gaps = np.diff([0, *chords, len(r.steps)])
+        assert gaps.max() <= 2 * bar_steps + bar_steps, f"seed {seed}: no chord for {gaps.max()} steps"

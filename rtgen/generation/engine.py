@@ -174,8 +174,10 @@ class _Masks:
     melody_sounding: FloatArray  # a note sounds: HOLD allowed
     melody_silent: FloatArray  # nothing sounds: HOLD is folded into REST
     melody_enter: FloatArray  # nothing sounds and a note must start (an answer's first step)
+    chord_wake: FloatArray  # N.C. has lasted: a chord must start (neither HOLD nor N.C.)
 
 
+WAKE_BARS = 2  # a sampled part silent this long starts again on the next counted beat (the melody, the chords)
 MASK_CACHE_SIZE = 256  # mask sets kept (a fader sweep of density makes one per value)
 
 
@@ -204,7 +206,10 @@ def _build_masks(params: Params) -> _Masks:
     melody_enter = melody_silent.copy()
     if allowed[ct.MEL_NOTE_OFFSET :].any():  # with no note allowed (density 0, an empty range) silence it is
         melody_enter[ct.MEL_REST] = -np.inf
-    return _Masks(chord, chord_no_hold, chord_allowed, melody_sounding, melody_silent, melody_enter)
+    chord_wake = chord_no_hold.copy()
+    if chord_allowed[ct.CHORD_OFFSET :].any():  # a key lock that allows no chord: silence it is
+        chord_wake[ct.CHORD_NC] = -np.inf
+    return _Masks(chord, chord_no_hold, chord_allowed, melody_sounding, melody_silent, melody_enter, chord_wake)
 
 
 class Engine:
@@ -261,6 +266,8 @@ class Engine:
         self._prev_vel_bin = ct.DEFAULT_VELOCITY_BIN
         self._prev_chord = ct.CHORD_NC
         self._prev_chord_now = ct.CHORD_NC
+        self._melody_quiet = 0  # steps since a melody note last sounded
+        self._chords_quiet = 0  # steps since a chord last sounded
 
     def _set_time_signature(self, ts: TimeSignature) -> None:
         # bar_steps goes through Fraction: compute it once per meter change, not several times per step.
@@ -321,7 +328,8 @@ class Engine:
             note_state=st.note_state.copy(),
             harmony_state=st.harmony_state.copy(),
             scalars=(self.index, self._bar, self._bar_start, self._last_bar, self._prev_melody,
-                     self._prev_sounding, self._prev_vel_bin, self._prev_chord, self._prev_chord_now),
+                     self._prev_sounding, self._prev_vel_bin, self._prev_chord, self._prev_chord_now,
+                     self._melody_quiet, self._chords_quiet),
             bars=tuple(self._bars),
             rng=self.rng.bit_generator.state,
             model=self.model,
@@ -337,7 +345,8 @@ class Engine:
         st.note_state[...] = snap.note_state
         st.harmony_state[...] = snap.harmony_state
         (self.index, self._bar, self._bar_start, self._last_bar, self._prev_melody, self._prev_sounding,
-         self._prev_vel_bin, self._prev_chord, self._prev_chord_now) = snap.scalars  # fmt: skip
+         self._prev_vel_bin, self._prev_chord, self._prev_chord_now, self._melody_quiet,
+         self._chords_quiet) = snap.scalars  # fmt: skip
         self._bars.clear()
         self._bars.extend(snap.bars)
         self.rng.bit_generator.state = snap.rng
@@ -443,6 +452,8 @@ class Engine:
         self._prev_melody = mel_tok
         self._prev_chord = chord_tok
         self._prev_chord_now = chord_now
+        self._melody_quiet = 0 if self._prev_sounding != ct.MEL_REST else self._melody_quiet + 1
+        self._chords_quiet = 0 if chord_now != ct.CHORD_NC else self._chords_quiet + 1
         self._hist_melody[index % _HISTORY] = mel_tok
         self._hist_chord[index % _HISTORY] = chord_tok
         self.index = index + 1
@@ -512,6 +523,8 @@ class Engine:
             return _check_token(steer.chord, ct.CHORD_VOCAB_SIZE, "chord"), False
         held_ok = self._prev_chord_now == ct.CHORD_NC or bool(masks.chord_allowed[self._prev_chord_now])
         bias: FloatArray | None = masks.chord if held_ok else masks.chord_no_hold
+        if self._prev_chord_now == ct.CHORD_NC and self._wakes(self._chords_quiet, at):
+            bias = masks.chord_wake  # the chords have rested long enough: one starts on this beat
         harmonised = steer.harmonise and melody is not None
         if harmonised:
             assert melody is not None
@@ -550,7 +563,8 @@ class Engine:
             # HOLD after REST means REST: give HOLD's probability to REST instead of dropping it.
             mel_logits = mel_logits.astype(np.float64)
             mel_logits[ct.MEL_REST] = np.logaddexp(mel_logits[ct.MEL_REST], mel_logits[ct.MEL_HOLD])
-        mel_bias = masks.melody_sounding if sounding else masks.melody_enter if steer.enter else masks.melody_silent
+        enter = steer.enter or (not sounding and self._wakes(self._melody_quiet, at))
+        mel_bias = masks.melody_sounding if sounding else masks.melody_enter if enter else masks.melody_silent
         if steer.tone_fit > 0 and chord_now >= ct.CHORD_OFFSET and at.strong:
             mel_bias = mel_bias + self._tone_bias(chord_now, steer.tone_fit)
         return sample(
@@ -561,6 +575,11 @@ class Engine:
             bias=mel_bias,
             fallback=ct.MEL_HOLD if sounding else ct.MEL_REST,
         )
+
+    @staticmethod
+    def _wakes(quiet_steps: int, at: Position) -> bool:
+        """A sampled part quiet for :data:`WAKE_BARS` bars starts again on this step (a counted beat)."""
+        return quiet_steps >= WAKE_BARS * at.bar_steps and at.on_beat
 
     def _velocity(
         self, p: Params, mel_tok: int, vel_logits: npt.NDArray[np.floating[Any]], velocity: int | None, *, sampled: bool
