@@ -480,6 +480,7 @@ def evaluate(
         "ngram_order_melody": mel_sel.order,
         "ngram_order_chord": ch_sel.order,
         "test_steps": int(test.offsets[-1]),
+        "train_steps": int(train.offsets[-1]),
         "test_sequences": test.sequences,
     }
     metrics["note_ratio"] = metrics["note_nll"] / metrics["note_nll_ngram"]
@@ -542,6 +543,7 @@ def evaluate(
         "melody": {str(k): round(v, 4) for k, v in mel_sel.valid_nll.items()},
         "chord": {str(k): round(v, 4) for k, v in ch_sel.valid_nll.items()},
     }
+    metrics["verdict"] = verdict(metrics)
     metrics = _json_safe(metrics)
     _record(model, metrics)
     print(
@@ -551,7 +553,36 @@ def evaluate(
         f"note {metrics['note_ratio_strongest']:.2f}, chord {metrics['chord_ratio_strongest']:.2f}; "
         f"copy rate {_pct(metrics['copy_rate'])} -> {model / 'EVALUATION.md'}"
     )
+    print(f"evaluate: {metrics['verdict']}")
     return metrics
+
+
+def verdict(m: dict[str, Any]) -> str:
+    """In plain words: is the model better than counting (the n-grams on the same data), and what to try if not.
+
+    Better means a lower NLL than the n-gram over the same tokens and than the strongest baseline that sees what
+    the model sees, for the melody and for the chords.
+    """
+    parts = {"melody": ("note_ratio", "note_ratio_strongest"), "chords": ("chord_ratio", "chord_ratio_strongest")}
+    worse = []
+    for part, keys in parts.items():
+        ratios = [m[k] for k in keys if isinstance(m.get(k), float) and math.isfinite(m[k])]
+        if not ratios or max(ratios) >= 1.0:
+            worse.append(f"{part} ({', '.join(f'{r:.2f}' for r in ratios) or 'not measured'} of the n-gram's NLL)")
+    steps = m.get("train_steps")
+    if not worse:
+        best = max(m["note_ratio_strongest"], m["chord_ratio_strongest"])
+        return (
+            f"better than the n-gram on the same data: at most {best:.2f} of the strongest baseline's NLL "
+            "(melody and chords)"
+        )
+    data = f" ({steps:,} training steps)" if isinstance(steps, int) else ""
+    return (
+        f"WORSE than counting: {'; '.join(worse)}. The model has not learnt more than an n-gram of the same "
+        f"data{data}. Try: more MIDI files of the kind you want; a smaller model for little data "
+        "(rtgen-train train --hidden 128 --layers 1 --dropout 0.3); a longer budget (rtgen-train train "
+        "--max-minutes 30); then rtgen-train export and evaluate again."
+    )
 
 
 def _previous_metrics(model_dir: Path) -> dict[str, Any]:
@@ -629,6 +660,8 @@ def report_markdown(name: str, m: dict[str, Any]) -> str:
         ratio = m[a] / m[b] if m.get(a) is not None and m.get(b) else None
         lines.append(f"| {label} | {_fmt(m.get(a))} | {_fmt(m.get(b))} | {_fmt(ratio, 2)} |")
     lines.append(f"| velocity, NOTE_ON steps | {_fmt(m.get('velocity_nll_onset'))} | | |")
+    if m.get("verdict"):
+        lines += ["", f"**Verdict:** {m['verdict']}"]
     if m.get("baselines") and m.get("vs_baselines"):
         lines += ["", *baselines_markdown(m["baselines"], m["vs_baselines"])]
     if m.get("near_duplicates"):
