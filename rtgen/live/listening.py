@@ -9,6 +9,7 @@ mode, their onsets to the next reactive step; system messages go to the clock so
 from __future__ import annotations
 
 from rtgen.config import PART_NAMES
+from rtgen.input.tracker import LEARNED
 from rtgen.live.commands import Panic, SetMode, SetSwing
 from rtgen.live.state import LoopState
 from rtgen.midi.messages import SYSTEM
@@ -75,8 +76,10 @@ class Listening(LoopState):
         self._plan_next(self._step_start)
 
     def _control(self, name: str, value: float | str) -> None:
-        """A mapped CC from the player's controller."""
-        if name == "panic":
+        """A mapped CC from the player's controller (or MIDI learn's news)."""
+        if name == LEARNED:
+            self._learned(str(value))
+        elif name == "panic":
             self._apply(Panic())
         elif name == "mode":
             self._apply(SetMode(str(value)))
