@@ -423,7 +423,7 @@ class PlayerTracker:
         elif kind == CONTROL_CHANGE:
             learning = self.learning
             if learning is not None and LEARNABLE_CCS[0] <= d1 <= LEARNABLE_CCS[1]:
-                self._map = self._map.mapped(learning, d1)  # built once per learn, then swapped
+                self._map = self._map.mapped(learning, d1)  # built once per learn (~10 us), then swapped
                 self.learning = None
                 return [Control(LEARNED, learning)]
             names = self._map.by_number[d1]

@@ -249,9 +249,11 @@ class Handling(LoopState):
         assert tracker is not None
         number = getattr(tracker.mapping.config, name)
         done, self._learn_done = self._learn_done, None
-        if done is not None:
-            done(number)
-        self._cc_changed(name, number)
+        try:
+            if done is not None:
+                done(number)
+        finally:
+            self._cc_changed(name, number)
 
     def _cc_changed(self, name: str, number: int) -> None:
         """Tell the subscribers and whoever saves the mapping (both only enqueue)."""
