@@ -210,3 +210,57 @@ def test_feedback_learned_goes_to_subscribers() -> None:
         fb.close()
         sub.close()
         fb.sock.close()
+
+
+# --- the loop ------------------------------------------------------------------------------------------------------
+class FeedbackLog:
+    """The loop's feedback, recorded (what /rtgen/learned the subscribers would get)."""
+
+    subscribers = (("127.0.0.1", 1),)
+
+    def __init__(self) -> None:
+        self.learned_: list[tuple[str, int]] = []
+
+    def learned(self, control: str, cc: int) -> None:
+        self.learned_.append((control, cc))
+
+    def error(self, text: str) -> None:
+        raise AssertionError(text)
+
+
+def test_the_loop_learns_on_its_thread_and_tells_the_sender_the_subscribers_and_the_saver(tmp_path: Path) -> None:
+    from model_factory import make_random_model
+
+    from rtgen.arrange.voicing import Voicer
+    from rtgen.config import PartsConfig
+    from rtgen.generation.engine import Engine, Params
+    from rtgen.generation.model import Model
+    from rtgen.io.scheduler import Scheduler
+    from rtgen.live.commands import Learn, Unlearn
+    from rtgen.live.loop import LiveLoop
+    from rtgen.timing.clock import StepClock
+
+    params = Params()
+    feedback = FeedbackLog()
+    tracker = PlayerTracker()
+    loop = LiveLoop(
+        Engine(Model.load(make_random_model(tmp_path / "random")), params, seed=1), Voicer(PartsConfig()),
+        Scheduler([]), StepClock(120.0), params, PartsConfig(), feedback=feedback, tracker=tracker,  # type: ignore[arg-type]
+    )  # fmt: skip
+    saved: list[CcConfig] = []
+    loop.on_cc_changed = saved.append
+    replies: list[int] = []
+    loop.command(Learn("density", replies.append))
+    loop.command(Learn("swing", replies.append))  # replaces the armed one
+    loop._drain()
+    assert tracker.learning == "swing" and replies == []
+    loop._input(1, (0xB0, 74, 127))  # density's CC: learned away from it
+    assert replies == [74] and feedback.learned_ == [("swing", 74)]
+    assert saved[-1] == CcConfig(swing=74, density=0) and tracker.mapping.config == saved[-1]
+    assert loop.swing == 0.0, "the learning CC moves nothing"
+    loop._input(2, (0xB0, 74, 127))
+    assert loop.swing == 0.75
+    loop.command(Unlearn("swing"))
+    loop._drain()
+    assert feedback.learned_[-1] == ("swing", 0) and saved[-1] == CcConfig(swing=0, density=0)
+    assert loop.command_errors == 0
