@@ -8,6 +8,7 @@ repository root documents every key with its default.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import tomllib
 import types
@@ -225,6 +226,24 @@ class CcConfig:
     swing: int = field(default=0, metadata=_range(0, 119))
     mode: int = field(default=85, metadata=_range(0, 119))  # 0..127 in four ranges, one per mode
     panic: int = field(default=102, metadata=_range(0, 119))  # any value >= 64
+
+
+CC_CONTROLS = tuple(f.name for f in dataclasses.fields(CcConfig))
+"""The controls a CC can be mapped to (``[cc]``'s keys; MIDI learn arms one of them)."""
+
+LEARNABLE_CCS = (1, 119)
+"""The CC numbers MIDI learn takes: ``[cc]``'s range without 0 (0 = not mapped; 120..127 are channel mode messages)."""
+
+
+def check_cc_control(name: str) -> str:
+    """``name`` if it is one of :data:`CC_CONTROLS`.
+
+    Raises:
+        ValueError: another name; the message lists the controls.
+    """
+    if name not in CC_CONTROLS:
+        raise ValueError(f"unknown control {name!r}; allowed: {', '.join(CC_CONTROLS)}")
+    return name
 
 
 @dataclass(frozen=True)
@@ -477,3 +496,84 @@ def default_config_path() -> Path | None:
         if candidate.is_file():
             return candidate.resolve()
     return None
+
+
+def with_user_cc(cfg: Config, user_path: Path | None = None) -> Config:
+    """``cfg`` with the ``[cc]`` table of the user config (:func:`user_config_path`) applied over its own.
+
+    MIDI learn saves the player's controller mapping there (:func:`write_cc_table`), so it follows the player
+    whichever config file ``rtgen run`` was given. Only ``[cc]`` is read; the user config's other tables
+    matter only when it is the config file itself.
+
+    Raises:
+        ConfigError: the user config is not TOML, or its ``[cc]`` has a bad key or value (the file is named).
+    """
+    path = user_path if user_path is not None else user_config_path()
+    try:
+        with path.open("rb") as f:
+            table = tomllib.load(f).get("cc")
+    except FileNotFoundError:
+        return cfg
+    except (OSError, tomllib.TOMLDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read the learned [cc] table: {err}") from err
+    if not table:
+        return cfg
+    try:
+        return cfg.replace("cc", **table)
+    except (ConfigError, TypeError) as err:
+        raise ConfigError(f"{path}: {err}") from err
+
+
+def write_cc_table(path: Path, cc: CcConfig) -> None:
+    """Write ``cc`` as the ``[cc]`` table of the TOML file ``path``, creating the file (and its folder) if missing.
+
+    Only ``[cc]`` changes: every other table, every comment and the keys' own comments stay as they were
+    (``tomlkit``). Every control is written, an unmapped one as 0 (a missing key would mean its default).
+    The new file replaces the old atomically (a temporary file beside it, then ``os.replace``), so a reader
+    or a crash never sees half a file.
+
+    Raises:
+        ConfigError: the existing file is not TOML or its ``cc`` is not a table.
+        OSError: the file cannot be written.
+    """
+    import os
+    import tempfile
+
+    import tomlkit
+    from tomlkit.exceptions import TOMLKitError
+    from tomlkit.items import InlineTable, Table
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        text = ""
+    try:
+        doc = tomlkit.parse(text)
+    except TOMLKitError as err:
+        raise ConfigError(f"{path} is not valid TOML, the learned [cc] table is not saved: {err}") from err
+    table = doc.get("cc")
+    if table is None:
+        table = tomlkit.table()
+        if not text:
+            doc.add(tomlkit.comment("rtgen: the player's controller mapping, saved by MIDI learn (/rtgen/learn)"))
+        doc.add("cc", table)
+    elif not isinstance(table, Table | InlineTable):
+        raise ConfigError(f"{path}: cc must be a table, got {table!r}; the learned mapping is not saved")
+    for name in CC_CONTROLS:
+        value = getattr(cc, name)
+        if table.get(name) != value:
+            table[name] = value  # an existing key keeps its comment
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(tomlkit.dumps(doc))
+            f.flush()
+            os.fsync(f.fileno())
+        if path.exists():
+            os.chmod(tmp, path.stat().st_mode & 0o7777)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

@@ -96,6 +96,21 @@ def serve_jack(name: str | None = None, *, sync: bool = True) -> Iterator[str]:
                 os.environ[k] = v
 
 
+@pytest.fixture(autouse=True, scope="session")
+def private_user_config(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """An empty ``XDG_CONFIG_HOME`` for the whole session (tests that need one set their own): ``rtgen run`` applies
+    the user config's ``[cc]`` table (MIDI learn's) over any ``--config``, and the tester's must not reach a test."""
+    saved = os.environ.get("XDG_CONFIG_HOME")
+    os.environ["XDG_CONFIG_HOME"] = str(tmp_path_factory.mktemp("xdg-config"))
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("XDG_CONFIG_HOME", None)
+        else:
+            os.environ["XDG_CONFIG_HOME"] = saved
+
+
 @pytest.fixture
 def jack_recorder(jack_server: str) -> Iterator[Callable[[str], Any]]:
     """A factory: ``jack_recorder("rtgen:out")`` returns an open MidiRecorder, closed after the test."""

@@ -801,3 +801,78 @@ def test_unknown_midi_in_lists_the_input_ports(start_daemon: Any) -> None:
     assert code != 0
     assert "nosuchport" in out and "Traceback" not in out
     assert "input port" in out and f"{name}:out" in out, out
+
+
+# --- 8. MIDI learn ---------------------------------------------------------------------------------------------------
+def wait_state(peer: Peer, test: Any, timeout: float = 3.0) -> dict[str, Any]:
+    """Poll /rtgen/status until ``test(state)`` (or timeout); returns the last state."""
+    deadline = time.monotonic() + timeout
+    state = status(peer)
+    while not test(state) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        state = status(peer)
+    return state
+
+
+def wait_file(path: Path, text: str, timeout: float = 5.0) -> str:
+    """``path``'s text once it contains ``text`` (or whatever it holds at the timeout)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = path.read_text() if path.is_file() else ""
+        if text in found or time.monotonic() >= deadline:
+            return found
+        time.sleep(0.05)
+
+
+def test_midi_learn_maps_a_cc_sent_by_the_player_and_survives_a_restart(
+    start_daemon: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))  # the daemons' user config
+    user = tmp_path / "xdg" / "rtgen" / "config.toml"
+    user.parent.mkdir(parents=True)
+    user.write_text("# my rig\n[cc]\ntop_p = 21  # the knob\n")  # CC 21 moves top_p until it is learned away
+
+    d = start_daemon()
+    kb = Keyboard(d)
+    peer = Peer(d.osc_port)
+    try:
+        assert status(peer)["cc"]["top_p"] == 21, "the user config's [cc] applies over --config"
+        peer.send("/rtgen/learn", "tempo")
+        errors = peer.wait_for("/rtgen/error")
+        assert errors and "allowed: temperature, top_p, density, swing, mode, panic" in errors[-1][0], errors
+        peer.send("/rtgen/learn", "temperature")
+        assert wait_status(peer, "learning", "temperature")["learning"] == "temperature"
+        kb.send(0xB0, 21, 100)
+        learned = peer.wait_for("/rtgen/learned")
+        assert learned == [["temperature", 21]], peer.received
+        state = wait_status(peer, "learning", None)
+        assert state["cc"]["temperature"] == 21 and state["cc"]["top_p"] == 0, state["cc"]
+        assert state["temperature"] == pytest.approx(0.9), "the learning CC itself moves nothing"
+        kb.send(0xB0, 21, 0)
+        assert wait_state(peer, lambda s: s["temperature"] == pytest.approx(0.05))["temperature"] == pytest.approx(0.05)
+        text = wait_file(user, "temperature = 21")
+        assert "temperature = 21" in text and "top_p = 0  # the knob" in text and "# my rig" in text, text
+        finish(d)
+    finally:
+        peer.close()
+        kb.close()
+
+    d = start_daemon()  # the same XDG_CONFIG_HOME: the learned mapping is back
+    kb = Keyboard(d)
+    peer = Peer(d.osc_port)
+    try:
+        state = status(peer)
+        assert state["cc"]["temperature"] == 21 and state["learning"] is None, state["cc"]
+        kb.send(0xB0, 21, 127)
+        assert wait_state(peer, lambda s: s["temperature"] == pytest.approx(3.0))["temperature"] == pytest.approx(3.0)
+        peer.send("/rtgen/unlearn", "temperature")
+        assert wait_state(peer, lambda s: s["cc"]["temperature"] == 0)["cc"]["temperature"] == 0
+        assert "temperature = 0" in wait_file(user, "temperature = 0")
+        kb.send(0xB0, 21, 0)
+        time.sleep(0.3)
+        assert status(peer)["temperature"] == pytest.approx(3.0), "CC 21 is unmapped"
+        finish(d)
+    finally:
+        peer.close()
+        kb.close()
+    assert "Traceback" not in d.output()

@@ -385,3 +385,77 @@ def test_the_page_shows_the_roll_moving_and_its_clicks_steer_the_daemon(
     # Chromium on a shared 2-core VM does to the JACK server's cycles as well as the page's effect on rtgen.
     # Its median still says that the messages go out in the cycle after their send
     assert grid["p50"] <= recorder.period * 1e6 / recorder.rate + 1000, (grid, base_grid)
+
+
+class LearningController(RecordingController):
+    """A controller that learns as the daemon does: learn arms, a CC the test "moves" maps it, unlearn removes it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.learning: str | None = None
+        self.cc = {name: getattr(config.CcConfig(), name) for name in config.CC_CONTROLS}
+
+    def learn(self, name: str, done: Any = None) -> None:
+        self.calls.append(("learn", (name,)))
+        self.learning = name
+
+    def unlearn(self, name: str) -> None:
+        self.calls.append(("unlearn", (name,)))
+        self.cc[name] = 0
+
+    def status(self) -> dict[str, Any]:
+        state = {"mode": "autonomous", "key": "off", "bar": 1, "beat": 1, "steps": 0, "late_steps": 0, "parts": {}}
+        return {**super().status(), **state, "learning": self.learning, "cc": dict(self.cc)}
+
+
+def test_the_page_learn_buttons_arm_show_the_cc_and_unlearn() -> None:
+    """The learn button beside a control in Chromium: it sends /rtgen/learn, shows the armed state and then the
+    learned CC from the status, and its × sends /rtgen/unlearn (the daemon's side is tested on JACK)."""
+    require(chromium_path() is not None, "chromium (apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        require(False, "playwright (pip install playwright; it drives Debian's chromium, no browser download)")
+    ctl = LearningController()
+    feedback = osc.Feedback()
+    feedback.start()
+    server = WebServer("127.0.0.1", 0, ctl, feedback)  # type: ignore[arg-type]
+    server.start()
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox"], headless=True)
+            page = browser.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(server.url)
+            page.wait_for_selector("#conn.on", timeout=15_000)
+            learn = page.locator("button[data-learn='temperature']")
+            learn.wait_for(timeout=5_000)
+            assert page.locator("button[data-learn]").count() == len(config.CC_CONTROLS), "one beside each control"
+            page.wait_for_function("document.querySelector(\"button[data-learn='temperature']\").textContent == 'CC 1'")
+            learn.click()
+            page.wait_for_function("document.querySelector(\"button[data-learn='temperature']\").textContent"
+                                   " == 'move a knob…'")  # fmt: skip
+            assert "armed" in (learn.get_attribute("class") or "")
+            ctl.cc.update(temperature=21, top_p=0)  # the player moved CC 21 (what the daemon's loop does)
+            ctl.learning = None
+            feedback.learned("temperature", 21)
+            page.wait_for_function(
+                "document.querySelector(\"button[data-learn='temperature']\").textContent == 'CC 21'"
+            )
+            page.wait_for_function("document.getElementById('toast').textContent == 'temperature learned: CC 21'")
+            assert page.locator("button[data-learn='top_p']").text_content() == "learn"
+            assert page.locator("button[data-unlearn='top_p']").is_hidden()
+            page.click("button[data-unlearn='temperature']")
+            page.wait_for_function(
+                "document.querySelector(\"button[data-learn='temperature']\").textContent == 'learn'"
+            )
+            browser.close()
+    finally:
+        server.close()
+        feedback.close()
+    assert errors == [], errors
+    assert [c for c in ctl.calls if c[0] in ("learn", "unlearn")] == [
+        ("learn", ("temperature",)),
+        ("unlearn", ("temperature",)),
+    ]

@@ -16,7 +16,9 @@ from rtgen.config import (
     Config,
     default_config_path,
     load_config,
+    user_config_path,
     with_style,
+    with_user_cc,
 )
 
 log = logging.getLogger(__name__)
@@ -92,7 +94,7 @@ def _set(cfg: Config, section: str, **values: Any) -> Config:
 def build_config(args: argparse.Namespace) -> Config:
     """The config file with the command-line options applied (validated key by key)."""
     path = args.config if args.config is not None else default_config_path()
-    cfg = load_config(path)
+    cfg = with_user_cc(load_config(path))  # the controller mapping MIDI learn saved
     if args.model is not None:
         cfg = cfg.with_model(args.model)
     cfg = _set(
@@ -134,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger("rtgen").setLevel(logging.INFO if not cfg.daemon.quiet else logging.WARNING)
     tty = sys.stderr.isatty() and not cfg.daemon.quiet and not cfg.daemon.log_json
     reporter = StatusReporter(tty_line=tty, json_lines=cfg.daemon.log_json)
-    daemon = Daemon(cfg, status=reporter)
+    daemon = Daemon(cfg, status=reporter, cc_file=user_config_path())
     daemon.open()
     loop = daemon.loop
     outputs = ", ".join(s.name for s in daemon.sinks)

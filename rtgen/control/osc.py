@@ -10,7 +10,7 @@ Every bad datagram -- garbage bytes, unknown address, wrong type or count, value
 out of range -- is logged (rate-limited) and answered with ``/rtgen/error s``
 (``"<address>: <reason>"``) to the sender. Nothing raised here reaches the clock.
 
-Feedback (``/rtgen/beat``, ``/rtgen/chord``, ``/rtgen/note``, ``/rtgen/error``) goes
+Feedback (``/rtgen/beat``, ``/rtgen/chord``, ``/rtgen/note``, ``/rtgen/learned``, ``/rtgen/error``) goes
 to subscribers from a sender thread fed by a queue, so the real-time thread never
 touches a socket.
 """
@@ -38,7 +38,7 @@ from pythonosc.osc_message import OscMessage
 from pythonosc.osc_message_builder import OscMessageBuilder
 from pythonosc.osc_server import BlockingOSCUDPServer
 
-from rtgen.config import PART_NAMES, DaemonConfig, GenerationConfig, PartConfig, field_choices, field_range
+from rtgen.config import CC_CONTROLS, PART_NAMES, DaemonConfig, GenerationConfig, PartConfig, field_choices, field_range
 from rtgen.errors import RtgenError, brief
 
 log = logging.getLogger(__name__)
@@ -80,6 +80,8 @@ class Controller(Protocol):
     def record_start(self, path: str) -> None: ...
     def set_section(self, name: str) -> None: ...
     def record_stop(self, reply: Callable[[str], None] | None = None) -> None: ...
+    def learn(self, name: str, done: Callable[[int], None] | None = None) -> None: ...
+    def unlearn(self, name: str) -> None: ...
     def status(self) -> dict[str, Any]: ...
 
 
@@ -463,6 +465,29 @@ class OscControl:
         """Stop recording: the file is written in the background (temporary file, then rename)."""
         self.controller.record_stop(self._replier(sender))
 
+    @osc_handler("learn", OscArg("control", "s", choices=CC_CONTROLS))
+    def learn(self, sender: tuple[str, int] | None, control: str) -> None:
+        """MIDI learn: the next CC moved on the player's input is mapped to CONTROL (temperature, top_p, density,
+        swing, mode, panic), taken from any other control, and saved in the user config's [cc] table; the reply
+        and the feedback say /rtgen/learned s i (control, CC). A newer /rtgen/learn replaces the armed one."""
+
+        def done(cc: int) -> None:  # on the real-time thread: only enqueues
+            if sender is not None:
+                self.feedback.reply(sender, f"{PREFIX}/learned", [control, cc])
+
+        try:
+            self.controller.learn(control, done)
+        except ValueError as err:
+            raise OscArgError(str(err)) from err
+
+    @osc_handler("unlearn", OscArg("control", "s", choices=CC_CONTROLS))
+    def unlearn(self, sender: tuple[str, int] | None, control: str) -> None:
+        """Remove CONTROL's CC mapping, live and in the user config's [cc] table (feedback: /rtgen/learned s 0)."""
+        try:
+            self.controller.unlearn(control)
+        except ValueError as err:
+            raise OscArgError(str(err)) from err
+
     @osc_handler("status")
     def status(self, sender: tuple[str, int] | None) -> None:
         """Reply to the sender with /rtgen/status s: the full state as one JSON object
@@ -570,6 +595,10 @@ class Feedback:
     def section(self, name: str, bar: int) -> None:
         """``/rtgen/section s i`` (the section that starts, its first bar, 1-based)."""
         self.broadcast(f"{PREFIX}/section", [name, bar])
+
+    def learned(self, control: str, cc: int) -> None:
+        """``/rtgen/learned s i`` (the control, its CC number; 0 = unmapped)."""
+        self.broadcast(f"{PREFIX}/learned", [control, cc])
 
     def error(self, text: str) -> None:
         """``/rtgen/error s`` to every subscriber."""
@@ -701,7 +730,7 @@ def markdown_table() -> str:
         "wrong type or count, out-of-range value, unparsable datagram -- is answered with `/rtgen/error s` "
         '(`"<address>: <reason>"`) to the sender. Feedback to subscribers: `/rtgen/beat i i` (bar, beat, 1-based), '
         "`/rtgen/chord s`, `/rtgen/note s i i` (part, pitch, velocity), `/rtgen/section s i` (section, first bar), "
-        "`/rtgen/error s`."
+        "`/rtgen/learned s i` (control, CC; 0 = unmapped), `/rtgen/error s`."
     )
     return "\n".join(lines)
 

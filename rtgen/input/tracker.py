@@ -24,16 +24,32 @@ Control Change mapping (``[cc]`` in the config; 0 = unmapped), 0..127 onto:
 * ``mode``: four ranges of 32 → ``autonomous``, ``accompany``, ``improvise``,
   ``call-and-response``, emitted only when the range changes;
 * ``panic``: emitted once when the value rises through 64.
+
+The mapping is a :class:`CcMap`, an immutable value the tracker holds by one reference: a new mapping
+(MIDI learn, :meth:`PlayerTracker.set_mapping`) is built whole, then swapped in. MIDI learn: while a control
+is armed (:attr:`PlayerTracker.learning`), the next CC in ``LEARNABLE_CCS`` on a channel the tracker listens to
+is mapped to it (and taken from any other control), and :meth:`PlayerTracker.feed` returns
+``Control("learned", name)``; that CC does not move anything itself.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
-from rtgen.config import MODES, CcConfig, Config, GenerationConfig, field_range
+from rtgen.config import (
+    CC_CONTROLS,
+    LEARNABLE_CCS,
+    MODES,
+    CcConfig,
+    Config,
+    GenerationConfig,
+    check_cc_control,
+    field_range,
+)
 from rtgen.contract import CHORD_NC, Chord, recognize_chord
 from rtgen.midi.messages import (
     CC_ALL_NOTES_OFF,
@@ -64,14 +80,59 @@ _DEFAULT_DENSITY = GenerationConfig.density
 _LENGTH = (0, 0, 0, 0, 0, 0, 0, 0, 3, 3, 3, 3, 2, 2, 3, 0)
 
 
+LEARNED = "learned"
+"""The name of the :class:`Control` that says MIDI learn mapped a CC: its value is the control's name."""
+
+
 class Control(NamedTuple):
     """A mapped controller moved: ``Control("temperature", 1.2)``, ``Control("mode", "accompany")``.
 
-    ``panic`` carries the value 1.0.
+    ``panic`` carries the value 1.0; ``Control(LEARNED, "temperature")`` says the armed control was just
+    mapped (its CC is in :attr:`PlayerTracker.mapping`).
     """
 
     name: str
     value: float | str
+
+
+@dataclasses.dataclass(frozen=True)
+class CcMap:
+    """The controller mapping as the real-time thread reads it: an immutable value, swapped whole.
+
+    Attributes:
+        config: the mapping as ``[cc]`` writes it (0 = not mapped).
+        by_number: for each CC number 0..127, the names of the controls mapped to it.
+    """
+
+    config: CcConfig
+    by_number: tuple[tuple[str, ...], ...]
+
+    @classmethod
+    def of(cls, cc: CcConfig) -> CcMap:
+        """The map of ``[cc]`` (several controls may share a CC)."""
+        by_number: list[tuple[str, ...]] = [() for _ in range(128)]
+        for name in CC_CONTROLS:
+            number = getattr(cc, name)
+            if number:
+                by_number[number] = (*by_number[number], name)
+        return cls(cc, tuple(by_number))
+
+    def mapped(self, name: str, number: int) -> CcMap:
+        """A copy with control ``name`` on CC ``number`` (0 = unmapped), which no other control keeps.
+
+        Raises:
+            ValueError: ``name`` is not a control or ``number`` is outside 0..119.
+        """
+        check_cc_control(name)
+        if not 0 <= number <= LEARNABLE_CCS[1]:
+            raise ValueError(f"CC number must be in range 0..{LEARNABLE_CCS[1]}, got {number}")
+        changes = {n: 0 for n in CC_CONTROLS if number and n != name and getattr(self.config, n) == number}
+        changes[name] = number
+        return CcMap.of(dataclasses.replace(self.config, **changes))
+
+    def as_dict(self) -> dict[str, int]:
+        """``{control: CC number}`` (0 = not mapped), as the status shows it."""
+        return {name: getattr(self.config, name) for name in CC_CONTROLS}
 
 
 class Onset(NamedTuple):
@@ -220,13 +281,9 @@ class PlayerTracker:
             raise ValueError(f"history must be >= 1, got {history}")
         self._channel = channel - 1  # -1: omni
         self.settle_ns = int(settle_ms * 1_000_000)
-        cc = cc if cc is not None else CcConfig()
-        # CC number -> names of the controls mapped to it; scaled values precomputed per CC value.
-        self._cc_map: list[tuple[str, ...]] = [() for _ in range(128)]
-        for name in (*CONTINUOUS_CONTROLS, "mode", "panic"):
-            number = getattr(cc, name)
-            if number:
-                self._cc_map[number] = (*self._cc_map[number], name)
+        self._map = CcMap.of(cc if cc is not None else CcConfig())
+        self.learning: str | None = None
+        # scaled values precomputed per CC value
         self._tables = {name: tuple(scale_cc(name, v) for v in range(128)) for name in CONTINUOUS_CONTROLS}
         self.onsets: deque[Onset] = deque(maxlen=history)
         self.bad = 0
@@ -256,6 +313,25 @@ class PlayerTracker:
         self._chord_version = 0
         self._mode = -1
         self._panic_high = False
+
+    # -- the controller mapping -------------------------------------------------------------------------------
+
+    @property
+    def mapping(self) -> CcMap:
+        """The controller mapping in force (an immutable value; read it once)."""
+        return self._map
+
+    def set_mapping(self, mapping: CcMap) -> None:
+        """Swap in another mapping (one reference assignment: the next message reads it)."""
+        self._map = mapping
+
+    def learn(self, name: str | None) -> None:
+        """Arm MIDI learn for control ``name`` (replacing any armed one), or disarm it (None).
+
+        Raises:
+            ValueError: ``name`` is not one of :data:`~rtgen.config.CC_CONTROLS`.
+        """
+        self.learning = None if name is None else check_cc_control(name)
 
     # -- reading (real-time thread) --------------------------------------------------------------------------
 
@@ -345,7 +421,12 @@ class PlayerTracker:
         elif kind == NOTE_OFF:
             self._note_off(d1, t_ns)
         elif kind == CONTROL_CHANGE:
-            names = self._cc_map[d1]
+            learning = self.learning
+            if learning is not None and LEARNABLE_CCS[0] <= d1 <= LEARNABLE_CCS[1]:
+                self._map = self._map.mapped(learning, d1)  # built once per learn (~10 us), then swapped
+                self.learning = None
+                return [Control(LEARNED, learning)]
+            names = self._map.by_number[d1]
             if names:
                 return self._controls(names, d2)
             if d1 == CC_SUSTAIN:  # a [cc] mapping onto 64 wins: that controller is a knob, not a pedal

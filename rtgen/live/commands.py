@@ -126,7 +126,25 @@ class RecordStop:
     done: Callable[[RecorderSink | None], None] | None = None
 
 
+@dataclass(frozen=True)
+class Learn:
+    """MIDI learn: the next CC the player moves is mapped to control ``name`` (replaces an armed learn).
+
+    ``done`` gets the CC number once it is learned, on the real-time thread (it must only enqueue).
+    """
+
+    name: str
+    done: Callable[[int], None] | None = None
+
+
+@dataclass(frozen=True)
+class Unlearn:
+    """Remove control ``name``'s CC mapping (and disarm it if it waits to learn)."""
+
+    name: str
+
+
 Command = (
     Play | Stop | Panic | SetTempo | SetPart | SetStyle | SetPartEnabled | SetSeed | SetSwing | SetMode | SwapModel
-    | UseSoundfont | RecordStart | RecordStop | SetSection
+    | UseSoundfont | RecordStart | RecordStop | SetSection | Learn | Unlearn
 )  # fmt: skip

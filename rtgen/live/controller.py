@@ -12,11 +12,12 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from rtgen.config import Config, check_mode
+from rtgen.config import Config, check_cc_control, check_mode
 from rtgen.errors import RtgenError, SoundfontError
 from rtgen.generation.conductor import needs_harmoniser
 from rtgen.live import loaders
 from rtgen.live.commands import (
+    Learn,
     Panic,
     Play,
     RecordStart,
@@ -31,6 +32,7 @@ from rtgen.live.commands import (
     SetTempo,
     Stop,
     SwapModel,
+    Unlearn,
     UseSoundfont,
 )
 from rtgen.live.opening import make_recorder
@@ -145,6 +147,32 @@ class Controller:
         from rtgen.arrange.form import check_section_name
 
         self._live().command(SetSection(check_section_name(name)))
+
+    def learn(self, name: str, done: Callable[[int], None] | None = None) -> None:
+        """Arm MIDI learn for control ``name``: the next CC the player moves is mapped to it (live at once, then
+        saved to the user config's ``[cc]`` off the real-time thread); ``done`` gets the CC number, called on the
+        real-time thread (it must only enqueue). A newer learn replaces the armed one.
+
+        Raises:
+            ValueError: an unknown control (the message lists them), or the MIDI input is off.
+        """
+        check_cc_control(name)
+        loop = self._live()
+        if loop.tracker is None:
+            raise ValueError("MIDI learn listens to the player's input, but it is off ([input] enabled)")
+        loop.command(Learn(name, done), urgent=True)
+
+    def unlearn(self, name: str) -> None:
+        """Remove control ``name``'s CC mapping, live and in the user config's ``[cc]``.
+
+        Raises:
+            ValueError: an unknown control (the message lists them), or the MIDI input is off.
+        """
+        check_cc_control(name)
+        loop = self._live()
+        if loop.tracker is None:
+            raise ValueError("MIDI learn listens to the player's input, but it is off ([input] enabled)")
+        loop.command(Unlearn(name), urgent=True)
 
     def record_start(self, path: str) -> None:
         """Start recording both sides to ``path`` (a .mid file, written safely when recording stops)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rtgen import logs
@@ -21,6 +22,7 @@ from rtgen.io.sinks import RecorderSink
 from rtgen.live import loaders
 from rtgen.live.controller import Controller
 from rtgen.live.jack import JackSupervisor
+from rtgen.live.learning import CcSaver
 from rtgen.live.loop import LiveLoop
 from rtgen.live.opening import Outputs, open_link, open_outputs, open_player_input
 from rtgen.live.signals import SignalStop
@@ -51,10 +53,14 @@ class Daemon(Controller):
     Args:
         config: the validated configuration (CLI overrides already applied).
         status: optional status reporter (TTY line / JSON log), see :mod:`rtgen.live.status`.
+        cc_file: where MIDI learn saves the ``[cc]`` table (``rtgen run``: the user config); None: learned
+            mappings are live only.
     """
 
-    def __init__(self, config: Config, *, status: StatusReporter | None = None) -> None:
+    def __init__(self, config: Config, *, status: StatusReporter | None = None, cc_file: Path | None = None) -> None:
         self.config = config
+        self.cc_file = cc_file
+        self.cc_saver: CcSaver | None = None
         self.status_reporter = status
         self.outputs = Outputs()
         self.osc: OscServer | None = None
@@ -159,6 +165,9 @@ class Daemon(Controller):
                 clock_out=clock_out, thru=cfg.input.thru and player is not None,
             )  # fmt: skip
             self.loop.recorder = next((s for s in self.sinks if isinstance(s, RecorderSink)), None)
+            if self.cc_file is not None and player is not None:
+                self.cc_saver = CcSaver(self.cc_file, feedback.error if feedback is not None else None)
+                self.loop.on_cc_changed = self.cc_saver.save
             self._signals.catch()
         except BaseException:
             self.close()
@@ -262,6 +271,9 @@ class Daemon(Controller):
             self.loop = None
         else:
             self.outputs.close()
+        if self.cc_saver is not None:
+            self.cc_saver.close()  # a learned mapping still queued is written
+            self.cc_saver = None
         for t in self._closers:
             t.join(timeout=30)
         self._closers = []

@@ -18,6 +18,7 @@ from rtgen.errors import RtgenError
 from rtgen.live import loaders
 from rtgen.live.commands import (
     Command,
+    Learn,
     Panic,
     Play,
     RecordStart,
@@ -32,6 +33,7 @@ from rtgen.live.commands import (
     SetTempo,
     Stop,
     SwapModel,
+    Unlearn,
     UseSoundfont,
 )
 from rtgen.live.state import LoopState
@@ -220,6 +222,50 @@ class Handling(LoopState):
         if cmd.done is not None:
             cmd.done(rec)
 
+    # --- MIDI learn ---------------------------------------------------------------------------------------
+    def _on_learn(self, cmd: Learn) -> None:
+        tracker = self.tracker
+        if tracker is None:
+            raise RtgenError("MIDI learn needs the player's input, which is off ([input] enabled)")
+        tracker.learn(cmd.name)
+        self._learn_done = cmd.done
+        log.info("MIDI learn: move a controller for %s", cmd.name)
+
+    def _on_unlearn(self, cmd: Unlearn) -> None:
+        tracker = self.tracker
+        if tracker is None:
+            raise RtgenError("MIDI learn needs the player's input, which is off ([input] enabled)")
+        if tracker.learning == cmd.name:
+            tracker.learn(None)
+            self._learn_done = None
+        mapping = tracker.mapping
+        if getattr(mapping.config, cmd.name) != 0:
+            tracker.set_mapping(mapping.mapped(cmd.name, 0))
+        self._cc_changed(cmd.name, 0)
+
+    def _learned(self, name: str) -> None:
+        """The tracker mapped the armed control ``name`` to the CC just moved."""
+        tracker = self.tracker
+        assert tracker is not None
+        number = getattr(tracker.mapping.config, name)
+        done, self._learn_done = self._learn_done, None
+        try:
+            if done is not None:
+                done(number)
+        finally:
+            self._cc_changed(name, number)
+
+    def _cc_changed(self, name: str, number: int) -> None:
+        """Tell the subscribers and whoever saves the mapping (both only enqueue)."""
+        if number:
+            log.info("MIDI learn: %s on CC %d", name, number)
+        else:
+            log.info("MIDI learn: %s unmapped", name)
+        if self.feedback is not None:
+            self.feedback.learned(name, number)
+        if self.on_cc_changed is not None and self.tracker is not None:
+            self.on_cc_changed(self.tracker.mapping.config)
+
     # --- helpers -----------------------------------------------------------------------------------------
     def _release_voicer(self) -> None:
         # the scheduler's book has already sent the offs; this only resets the voicer's own state
@@ -272,6 +318,8 @@ _HANDLERS: dict[type, Callable[[Handling, Any], None]] = {
     UseSoundfont: Handling._on_soundfont,
     RecordStart: Handling._on_record_start,
     RecordStop: Handling._on_record_stop,
+    Learn: Handling._on_learn,
+    Unlearn: Handling._on_unlearn,
 }
 """Each command type's handler (one per type of :data:`~rtgen.live.commands.Command`)."""
 

@@ -8,10 +8,15 @@ mode, their onsets to the next reactive step; system messages go to the clock so
 
 from __future__ import annotations
 
+import logging
+
 from rtgen.config import PART_NAMES
+from rtgen.input.tracker import LEARNED
 from rtgen.live.commands import Panic, SetMode, SetSwing
 from rtgen.live.state import LoopState
 from rtgen.midi.messages import SYSTEM
+
+log = logging.getLogger(__name__)
 
 POLL_NS = 1_000_000  # the player's input is polled this often (at most this much added to its latency)
 IDLE_POLL_NS = 20_000_000  # ... and this often while nobody plays in autonomous mode (each poll is a wake-up)
@@ -75,8 +80,14 @@ class Listening(LoopState):
         self._plan_next(self._step_start)
 
     def _control(self, name: str, value: float | str) -> None:
-        """A mapped CC from the player's controller."""
-        if name == "panic":
+        """A mapped CC from the player's controller (or MIDI learn's news)."""
+        if name == LEARNED:  # the CC is mapped already; a failing callback must not stop the loop
+            try:
+                self._learned(str(value))
+            except Exception:
+                self.command_errors += 1
+                log.exception("MIDI learn: telling about %s failed", value)
+        elif name == "panic":
             self._apply(Panic())
         elif name == "mode":
             self._apply(SetMode(str(value)))

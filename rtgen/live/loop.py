@@ -132,6 +132,8 @@ class LiveLoop(Deciding, Listening, Following, Handling):
         self.pending_steps = None
         self.model_name = engine.model.name
         self.on_model_swapped = None
+        self.on_cc_changed = None
+        self._learn_done = None
         self.recorder = None
         self.reactive_decisions = 0
         self.command_errors = 0

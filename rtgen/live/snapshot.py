@@ -67,6 +67,8 @@ def snapshot(
         "parts": parts,
         "input": player_input.name if player_input is not None else None,
         "player_sounding": list(tracker.sounding()) if tracker is not None else [],
+        "learning": tracker.learning if tracker is not None else None,
+        "cc": tracker.mapping.as_dict() if tracker is not None else {},
         "recording": str(p.recorder.path) if p.recorder is not None else None,
         "steps": stats.steps,
         "late_steps": stats.late_steps,

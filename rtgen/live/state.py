@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from rtgen.arrange.form import Arranger
     from rtgen.arrange.performer import Performer
     from rtgen.arrange.voicing import NoteEvent, Voicer
-    from rtgen.config import Config, PartsConfig
+    from rtgen.config import CcConfig, Config, PartsConfig
     from rtgen.control.osc import Feedback
     from rtgen.generation.conductor import Conductor, Plan
     from rtgen.generation.engine import Engine, EngineState, Params, Step
@@ -87,6 +87,8 @@ class LoopState:
     pending_steps: StepBinding | None
     model_name: str
     on_model_swapped: Callable[[Model], None] | None
+    on_cc_changed: Callable[[CcConfig], None] | None  # MIDI learn changed the mapping (called here: only enqueue)
+    _learn_done: Callable[[int], None] | None
     recorder: RecorderSink | None
     reactive_decisions: int
     early_decisions: int
@@ -148,4 +150,7 @@ class LoopState:
         raise NotImplementedError
 
     def _conductor(self, mode: str) -> Conductor:
+        raise NotImplementedError
+
+    def _learned(self, name: str) -> None:
         raise NotImplementedError

@@ -10,8 +10,8 @@ Both directions speak OSC as JSON, ``{"address": "/rtgen/tempo", "args": [120]}`
   own validators and handlers, so it becomes the same typed command on the same queue as a UDP message would;
   an error comes back as ``/rtgen/error``;
 * the server sends a JSON *array* of messages per frame: the OSC feedback (``/rtgen/note``, ``/rtgen/beat``,
-  ``/rtgen/chord``, ``/rtgen/section``, ``/rtgen/error``, ``/rtgen/jack``) and ``/rtgen/status`` ten times a
-  second, its one argument the status object itself.
+  ``/rtgen/chord``, ``/rtgen/section``, ``/rtgen/learned``, ``/rtgen/error``, ``/rtgen/jack``) and
+  ``/rtgen/status`` ten times a second, its one argument the status object itself.
 
 The feedback comes the way an OSC client gets it: while a page is open, the server subscribes a UDP socket of
 its own on 127.0.0.1 to the daemon's :class:`~rtgen.control.osc.Feedback`, whose sender thread already keeps sockets
@@ -37,7 +37,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from rtgen.config import MODES, PART_NAMES, GenerationConfig, PartConfig, field_range
+from rtgen.config import CC_CONTROLS, MODES, PART_NAMES, GenerationConfig, PartConfig, field_range
 from rtgen.contract import NOTE_NAMES, SCALES
 from rtgen.control import osc
 from rtgen.errors import RtgenError
@@ -81,6 +81,8 @@ def _widget(address: str, types: str) -> dict[str, Any]:
         return {"kind": "part-toggle", "parts": list(PART_NAMES), "state": "enabled"}
     if name == "section":
         return {"kind": "text", "presets": ["A", "B", "C", "D"], "placeholder": "section", "state": "section"}
+    if name in ("learn", "unlearn"):  # a button beside each control the player's CCs can move
+        return {"kind": name, "controls": list(CC_CONTROLS), "state": "cc"}
     if name == "record/start":
         return {"kind": "text", "placeholder": "session.mid", "state": "recording"}
     if not types:

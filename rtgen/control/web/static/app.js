@@ -49,6 +49,7 @@ function handle(m) {
     case "/rtgen/chord": text("s-chord", a[0]); break;
     case "/rtgen/section": text("s-section", a[0]); break;
     case "/rtgen/status": onStatus(a[0]); break;
+    case "/rtgen/learned": toast(a[1] ? `${a[0]} learned: CC ${a[1]}` : `${a[0]}: no CC`, "info"); break;
     case "/rtgen/error": toast(a[0]); break;
     case "/rtgen/jack": toast(`JACK server ${a[0]}`); break;
   }
@@ -239,17 +240,42 @@ function textRow(address, ctl, parse) {
   return row;
 }
 
+// MIDI learn: "learn" arms the control (the next CC moved on the player's input is mapped to it); the button
+// shows its CC, and "×" removes the mapping (/rtgen/unlearn)
+function learnButtons(name) {
+  const learn = el("button", { class: "learn", "data-learn": name, title: `MIDI learn: move a knob for ${name}`,
+    onclick: () => send("/rtgen/learn", [name]) }, "learn");
+  const forget = el("button", { class: "learn", "data-unlearn": name, title: `remove ${name}'s CC`,
+    onclick: () => send("/rtgen/unlearn", [name]) }, "×");
+  syncers.push((s) => {
+    const cc = s.cc ? s.cc[name] : 0;
+    const armed = s.learning === name;
+    learn.classList.toggle("armed", armed);
+    const label = armed ? "move a knob…" : cc ? `CC ${cc}` : "learn";
+    if (learn.textContent !== label) learn.textContent = label;
+    forget.hidden = !cc || armed;
+  });
+  return el("span", { class: "learn-box" }, learn, forget);
+}
+
 function build(table) {
   const byName = Object.fromEntries(table.map((e) => [e.address, e]));
   const done = new Set(TRANSPORT);
+  const learnable = new Set(byName["/rtgen/learn"] ? byName["/rtgen/learn"].control.controls : []);
+  for (const a of ["/rtgen/learn", "/rtgen/unlearn"]) done.add(a);
   const play = card("Play");
   for (const a of ["/rtgen/mode", "/rtgen/tempo", "/rtgen/temperature", "/rtgen/top_p", "/rtgen/density",
     "/rtgen/swing", "/rtgen/key"]) {
     const e = byName[a];
     if (!e) continue;
     done.add(a);
-    play.append(widget(e));
+    const w = widget(e), name = shortName(a);
+    if (!learnable.has(name)) play.append(w);
+    else if (w.classList.contains("row")) { w.querySelector("label").after(learnButtons(name)); play.append(w); }
+    else play.append(el("div", { class: "row" }, el("label", {}, name), learnButtons(name)), w);
   }
+  const panic = document.querySelector("#transport button[data-address='/rtgen/panic']");
+  if (panic && learnable.has("panic")) panic.after(learnButtons("panic"));
   const parts = table.filter((e) => e.control.kind.startsWith("part-"));
   const names = parts.length ? (parts[0].control.parts || Object.keys(parts[0].control.choices)) : [];
   for (const part of names) {
@@ -326,9 +352,10 @@ function partWidget(e, part) {
 function text(id, value) { const e = document.getElementById(id); if (e.textContent !== value) e.textContent = value; }
 
 let toastTimer = 0;
-function toast(message) {
+function toast(message, kind = "error") {
   const t = document.getElementById("toast");
   t.textContent = message;
+  t.classList.toggle("info", kind === "info");
   t.classList.add("show");
   clearTimeout(toastTimer);
   toastTimer = setTimeout(() => t.classList.remove("show"), 4000);
