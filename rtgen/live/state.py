@@ -103,6 +103,7 @@ class LoopState:
     _waiting: Plan | None  # a reactive step waiting for the player
     _decide_by: int
     _tempo_anchor: tuple[int, int] | None
+    _tempo_off: int | None  # since when the recording's tempo map has been off the followed clock's steps
     _last_input_ns: int
 
     @property
