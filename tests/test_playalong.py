@@ -824,8 +824,9 @@ def test_mode_switches_over_osc_and_cc_leave_no_note_sounding(start_daemon: Any)
 
 
 # --- 7. recording both sides ---------------------------------------------------------------------------------------
-def check_recording(path: Path, player_pitches: list[int]) -> None:
-    """A type-1 file with the player's notes (in order), chords and bass, a tempo and a time signature."""
+def check_recording(path: Path, player_pitches: list[int], tempo: float = 300.0) -> None:
+    """A type-1 file with the player's notes (in order), chords and bass, a tempo and a time signature; rtgen's
+    notes on the file's own 16th grid (the first recorded step is on it: issue 19 part 7)."""
     import mido
 
     assert path.is_file(), f"no recording at {path}"
@@ -840,6 +841,15 @@ def check_recording(path: Path, player_pitches: list[int]) -> None:
     assert pitches("chords") and pitches("bass"), "no accompaniment recorded"
     metas = {m.type for tr in mid.tracks for m in tr if m.is_meta}
     assert {"set_tempo", "time_signature"} <= metas, metas
+    _, onsets = file_onsets(path)
+    step_ticks = mid.ticks_per_beat // 4
+    mine = np.array([t for name, ts in onsets.items() if name != "player" for t in ts])
+    off_grid = (mine + step_ticks // 2) % step_ticks - step_ticks // 2
+    # accompany's steps wait for the player (the reactive window) and sound that much after their grid time
+    window = REACTIVE_WINDOW_NS / 1e9 * tempo / 60 * mid.ticks_per_beat
+    print(f"{path.name}: rtgen's notes off the 16th grid by {off_grid.min()}..{off_grid.max()} ticks "
+          f"(reactive window {window:.0f})")  # fmt: skip
+    assert off_grid.min() >= -10 and off_grid.max() <= window + 10, off_grid
 
 
 def test_recording_both_sides_on_signal_and_over_osc(start_daemon: Any, tmp_path: Path) -> None:
