@@ -152,6 +152,7 @@ class LiveLoop(Deciding, Listening, Following, Handling):
         self.poll_ns = POLL_NS if input_queue is not None else 0
         self._tempo_anchor = None  # (step, time) where the recording was located or its tempo segment starts
         self._tempo_off = None
+        self._tempo_told = False
         self._last_input_ns = -PLAYER_ACTIVE_NS  # the player's latest channel message (fast polling after it)
         form = self.config.form
         self.arranger = Arranger(seed=engine.seed, vary=form.vary, cue=form.cue)
