@@ -845,11 +845,13 @@ def check_recording(path: Path, player_pitches: list[int], tempo: float = 300.0)
     step_ticks = mid.ticks_per_beat // 4
     mine = np.array([t for name, ts in onsets.items() if name != "player" for t in ts])
     off_grid = (mine + step_ticks // 2) % step_ticks - step_ticks // 2
-    # accompany's steps wait for the player (the reactive window) and sound that much after their grid time
-    window = REACTIVE_WINDOW_NS / 1e9 * tempo / 60 * mid.ticks_per_beat
+    # accompany's steps wait for the player (the reactive window) and sound that much after their grid time, and
+    # a loaded 2-core machine holds the loop off for a few ms more
+    ms = tempo / 60 * mid.ticks_per_beat / 1000  # ticks per ms
+    window = REACTIVE_WINDOW_NS / 1e6 * ms
     print(f"{path.name}: rtgen's notes off the 16th grid by {off_grid.min()}..{off_grid.max()} ticks "
           f"(reactive window {window:.0f})")  # fmt: skip
-    assert off_grid.min() >= -10 and off_grid.max() <= window + 10, off_grid
+    assert off_grid.min() >= -2 * ms and off_grid.max() <= window + 10 * ms, off_grid
 
 
 def test_recording_both_sides_on_signal_and_over_osc(start_daemon: Any, tmp_path: Path) -> None:
