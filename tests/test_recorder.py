@@ -241,3 +241,14 @@ def test_a_first_step_mid_bar_starts_the_file_at_its_bar_line(tmp_path: Path) ->
         (960, "note_on", 0, 62),
         (960, "note_off", 0, 62),  # sounding at close: released at the last time
     ]
+
+
+def test_a_note_just_before_the_first_bar_line_needs_no_pickup_bar(tmp_path: Path) -> None:
+    """Humanized a few ms early, the first step's note goes to tick 0 (no empty bar before the take)."""
+    path = tmp_path / "early.mid"
+    rec = RecorderSink(path, 120.0, track_names={0: "melody"})
+    rec.send([0x90, 60, 90], 10 * BEAT - 5_000_000)
+    rec.locate(0, 10 * BEAT)
+    rec.send([0x80, 60, 0], 10 * BEAT + BEAT // 4)
+    rec.close()
+    assert notes(track(mido.MidiFile(path), "melody")) == [(0, "note_on", 0, 60), (120, "note_off", 0, 60)]

@@ -552,7 +552,8 @@ class RecorderSink(BaseSink):
             step0 = locates[0][1]
             phase = (step0 * step_ticks) % bar_ticks  # the first step's place in its bar
             before = 0.0 if first_note_ns is None else max(0.0, (origin_ns - first_note_ns) * bpm0 * per_ns)
-            pickup_bars = max(0, math.ceil((before - phase) / bar_ticks - 1e-9))
+            # a note less than half a step early for the first bar line (humanized) goes to tick 0, not a bar early
+            pickup_bars = max(0, math.ceil((before - phase - step_ticks / 2) / bar_ticks))
             origin_tick = pickup_bars * bar_ticks + phase
             base = origin_tick - step0 * step_ticks
         anchors = [(origin_ns, origin_tick, bpm0)]
