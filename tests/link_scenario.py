@@ -159,6 +159,7 @@ def main(out_path: Path, scenario: str) -> int:
         result["jack_xruns"] = server.xruns()
         result["daemon_record_sounding"] = _sounding_in_recording(tmp / "daemon.mid")
         result["daemon_record_tempi"] = _tempi_in_recording(tmp / "daemon.mid")
+        result["daemon_record_onsets"] = _onsets_in_recording(tmp / "daemon.mid")
     except Exception as err:  # reported to the test with the daemon's log
         result["errors"].append(f"{type(err).__name__}: {err}")
     finally:
@@ -194,6 +195,23 @@ def _tempi_in_recording(path: Path) -> list[float] | None:
     if not path.exists():
         return None
     return [round(mido.tempo2bpm(m.tempo), 3) for m in mido.MidiFile(path).tracks[0] if m.type == "set_tempo"]
+
+
+def _onsets_in_recording(path: Path) -> tuple[int, list[int]] | None:
+    """The ticks per beat and the absolute tick of every note-on of the daemon's ``--record`` file (None: no file)."""
+    import mido
+
+    if not path.exists():
+        return None
+    mid = mido.MidiFile(path)
+    onsets: list[int] = []
+    for track in mid.tracks:
+        tick = 0
+        for m in track:
+            tick += m.time
+            if m.type == "note_on" and m.velocity > 0:
+                onsets.append(tick)
+    return mid.ticks_per_beat, sorted(onsets)
 
 
 def _first_bar_at_or_after(peer: Peer, t_us: int) -> int:

@@ -163,6 +163,16 @@ def test_joins_and_follows_the_peer_beat_for_beat(session: dict[str, Any]) -> No
     tempi = session["daemon_record_tempi"]
     assert tempi is not None and tempi[0] == pytest.approx(FIRST_BPM, abs=0.01), tempi
     assert any(abs(t - SECOND_BPM) <= 0.01 for t in tempi[1:]), tempi
+    # ... and its bar 1 is the session's first bar line: every note on the file's own 16th grid (issue 19 part 7)
+    recorded = session["daemon_record_onsets"]
+    assert recorded is not None and recorded[1], recorded
+    tpb, onsets = recorded[0], np.array(recorded[1])
+    step_ticks = tpb // 4
+    off_grid = (onsets + step_ticks // 2) % step_ticks - step_ticks // 2
+    print(
+        f"rtgen's recording: first note-on at tick {onsets[0]}, off the 16th grid by {off_grid.min()}..{off_grid.max()}"
+    )
+    assert np.abs(off_grid).max() <= 8, off_grid  # the tempo map's tolerance (1/64 beat: 7.5 ticks)
     assert session["status_playing"]["link"]["peers"] == 1
 
 

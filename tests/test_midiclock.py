@@ -180,6 +180,23 @@ def test_a_faulty_tick_does_not_move_the_estimate(fault: str) -> None:
     assert f.outliers >= 1
 
 
+def test_a_stall_that_bunches_ticks_at_one_time_leaves_a_tempo() -> None:
+    """A listener stalled for a beat reads the ticks that came meanwhile all at once, with one time: twelve
+    zero intervals are half a window of them, which once made the median 0 a "tempo jump" (and tempo_bpm a
+    division by zero). A tempo is never made of intervals of no length."""
+    times = clock_times([100.0] * (24 * 4))
+    stall = times[48:72]
+    times[48:72] = [stall[-1]] * len(stall)
+    f = ClockFollower()
+    f.feed([START], T0 - MS)
+    for t in times:
+        f.feed([CLOCK], t)
+        bpm = f.tempo_bpm
+        assert bpm is None or 0 < bpm < 1000, bpm
+        assert f.step_ns > 0
+    assert f.tempo_bpm == pytest.approx(100.0, rel=0.02)
+
+
 def test_steps_per_beat_sets_the_ticks_per_step() -> None:
     f = ClockFollower(steps_per_beat=2)
     assert f.ticks_per_step == 12

@@ -511,12 +511,13 @@ def test_clock_follow_tempo_and_continue_after_song_position(start_daemon: Any, 
     assert note_ons([m for t, m in events if t > continue_sent]), "nothing played after Continue"
     assert resumed["bar"] == 3, f"SPP to step 32 is bar 3; status says {resumed['bar']}.{resumed['beat']}"
     assert sounding_notes([m for _, m in events]) == set()
-    # the recording's tempo map is the followed clock's (the daemon was started at 300 BPM), without the jitter
+    # the recording's tempo map is the followed clock's from its start (the daemon was started at 300 BPM, and
+    # nothing was played in the wait for the Start), without the jitter
     import mido
 
     tempi = [mido.tempo2bpm(m.tempo) for m in mido.MidiFile(recording).tracks[0] if m.type == "set_tempo"]
     print(f"recording tempo map: {[round(t, 2) for t in tempi]}")
-    assert tempi[0] == pytest.approx(300.0) and abs(tempi[-1] - bpm) <= 0.01 * bpm, tempi
+    assert all(abs(t - bpm) <= 0.03 * bpm for t in tempi), tempi
     assert len(tempi) <= 12, f"the ticks' jitter went into the tempo map: {tempi}"
     mid = mido.MidiFile(recording)
     step_ticks = mid.ticks_per_beat // 4
@@ -525,12 +526,106 @@ def test_clock_follow_tempo_and_continue_after_song_position(start_daemon: Any, 
         tick += m.time
         if m.type == "note_on" and m.velocity > 0:
             ons.append(tick)
-    steps_before_stop = n // 6  # the grid goes on from where it was after the Stop, the SPP and the Continue
-    rel = np.array(ons) - ons[0]
-    off_grid = ((rel + step_ticks // 2) % step_ticks - step_ticks // 2)[rel <= steps_before_stop * step_ticks]
+    # absolute positions: the Start's first tick is the file's tick 0, and after the Stop, the SPP to step 32 and
+    # the Continue the file goes on at step 32's place in a bar (the place of step 32 itself had gone by)
+    ons_arr = np.array(ons)
+    after = ons_arr[ons_arr > n // 6 * step_ticks]
+    print(f"recording's first note-on at tick {ons[0]}; after the Continue from {after.min() if after.size else None}")
+    assert ons[0] <= 12, ons[:4]
+    off_grid = (ons_arr + step_ticks // 2) % step_ticks - step_ticks // 2
     print(f"recording's note-ons off the step grid: max {np.abs(off_grid).max()} ticks of {step_ticks}")
-    # within the map's tolerance (1/64 beat: 7.5 ticks) plus the clock's ±2 ms jitter and the humanizing
+    # within the map's tolerance (1/64 beat: 7.5 ticks) plus the clock's ±2 ms jitter
     assert np.abs(off_grid).max() <= 12, off_grid
+    assert after.size and (after.min() - 32 * step_ticks) % (16 * step_ticks) <= 12, after[:4]
+
+
+def file_onsets(path: Path) -> tuple[int, dict[str, list[int]]]:
+    """The file's ticks per beat, and the absolute tick of every note-on of each track (by track name)."""
+    import mido
+
+    mid = mido.MidiFile(path)
+    out: dict[str, list[int]] = {}
+    for tr in mid.tracks:
+        tick = 0
+        for m in tr:
+            tick += m.time
+            if m.type == "note_on" and m.velocity > 0:
+                out.setdefault(tr.name, []).append(tick)
+    return mid.ticks_per_beat, out
+
+
+def test_recording_while_following_lines_up_with_the_files_own_bars(start_daemon: Any, tmp_path: Path) -> None:
+    """Issue 19 part 7: bar 1 of a recording made while following a MIDI clock is on the clock's grid.
+
+    The daemon starts at 110 BPM and waits; the player plays a note during the wait, then the clock starts
+    (100 BPM, ~2 s after the daemon plays) and the player plays on steps of the clock (one between two steps).
+    Absolute positions in the file: the first followed step on a bar line (the note played in the wait is a
+    pickup of whole bars before it), every note of rtgen's on the file's 16th grid, the player's where the
+    sender put them relative to the clock.
+    """
+    recording = tmp_path / "jam.mid"
+    d = start_daemon("--mode", "accompany", "--clock", "midi", "--record", str(recording), tempo=110.0)
+    kb = Keyboard(d)
+    bpm = 100.0
+    step_ns = 60e9 / (bpm * 4)
+    n = 6 * 16 * 3  # three bars of ticks
+    try:
+        t0 = time.perf_counter_ns() + 2_000_000_000  # the Start, ~2 s after the daemon plays
+        ticks = clock_schedule(t0 + 20_000_000, bpm, n)
+        steps = {0: 60, 4: 64, 8: 67, 14: 72, 16: 60, 22: 65, 24: 69, 32: 67, 36: 64}  # step -> pitch
+        between = 26.5  # one note half a step after a step
+        player: list[tuple[int, Message]] = [(t0 - 900_000_000, (0x90, 55, 80)), (t0 - 700_000_000, (0x80, 55, 0))]
+        for s, pitch in steps.items():
+            player += [(ticks[6 * s], (0x90, pitch, 90)), (ticks[6 * s] + round(2.5 * step_ns), (0x80, pitch, 0))]
+        half = ticks[6 * int(between)] + round((between % 1) * step_ns)
+        player += [(half, (0x90, 62, 90)), (half + round(step_ns), (0x80, 62, 0))]
+        kb.play(sorted([(t0, (START,)), *((t, (CLOCK,)) for t in ticks), *player]))
+        kb.join(20)
+        time.sleep(0.2)
+        kb.send(STOP)
+        time.sleep(0.3)
+        finish(d)
+    finally:
+        kb.close()
+    # a tick this process sent late moves the followed grid (the DAW's clock was late): the tempo map follows it
+    # and the steps around it are no measure of the file's grid; only the steps before the first one count
+    late = np.array([t for t, m in kb.sent if m == (CLOCK,)]) - np.array(ticks)
+    late_at = np.flatnonzero(late > 8_000_000)  # 6 ticks: the tempo map's own tolerance
+    steady = int(late_at[0]) // 6 - 1 if late_at.size else n // 6
+    print(f"the test's clock was sent at most {late.max() / 1e6:.1f} ms late; steady for {steady} steps")
+    assert steady >= 16, f"this process sent its clock late from step {steady + 1} on (a loaded machine): rerun"
+    tpb, onsets = file_onsets(recording)
+    step_ticks, bar_ticks = tpb // 4, 4 * tpb
+    played = onsets.get("player", [])
+    assert len(played) == len(steps) + 2, f"the player's notes: {played}\n{d.output()}"
+    first = played[1]  # the note sent with the Start's first tick: the first followed step
+    origin = round(first / bar_ticks) * bar_ticks
+    measured = origin + steady * step_ticks  # the file's ticks before this are measured
+    mine = np.array(sorted(t for name, ts in onsets.items() if name != "player" for t in ts))
+    mine = mine[mine < measured]
+    assert len(mine) >= 12, f"too few notes of rtgen's: {onsets}\n{d.output()}"
+    off_grid = (mine + step_ticks // 2) % step_ticks - step_ticks // 2
+    print(f"first followed step at tick {first} (bar {first / bar_ticks + 1:.2f}); rtgen's notes off the 16th grid: "
+          f"max {np.abs(off_grid).max()} ticks of {step_ticks}; pickup note at {played[0]}")  # fmt: skip
+    assert abs(first - origin) <= 3 and 0 <= played[0] < origin, (first, played[0])
+    # the pickup is at the first step's tempo, measured over that one step (1 % off: 8 ticks)
+    assert first - played[0] == pytest.approx(0.92e9 / step_ns * step_ticks, abs=12), played[0]
+    # within the tempo map's tolerance (1/64 beat: 7.5 ticks) and a late poll's stamp of a tick (a few ms on a
+    # loaded 2-core machine); a step nobody played on is decided when accompany's reactive window ends, and its
+    # notes sound (and are recorded) that much later. Before issue 19 part 7 the whole take sat a random
+    # fraction of a step off the grid (up to 60 ticks), the Start's first step anywhere in a bar
+    window = REACTIVE_WINDOW_NS / step_ns * step_ticks
+    assert off_grid.min() >= -15 and off_grid.max() <= 15 + window, (off_grid, window)
+    assert np.median(np.abs(off_grid)) <= 4, off_grid
+    assert mine.min() >= origin - 1, f"rtgen played before the Start: {mine.min()}"
+    import mido
+
+    tempi = [mido.tempo2bpm(m.tempo) for m in mido.MidiFile(recording).tracks[0] if m.type == "set_tempo"]
+    assert abs(tempi[0] - bpm) <= 0.02 * bpm, f"the wait is not at the followed tempo: {tempi}"
+    expected = sorted([origin + s * step_ticks for s in steps] + [origin + round(between * step_ticks)])
+    got = sorted(played[1:])
+    pairs = [(a, b) for a, b in zip(got, expected, strict=True) if b < measured]
+    assert len(pairs) >= 4 and max(abs(a - b) for a, b in pairs) <= 12, pairs
 
 
 # --- 3. leading a DAW: clock out ----------------------------------------------------------------------------------
@@ -729,8 +824,9 @@ def test_mode_switches_over_osc_and_cc_leave_no_note_sounding(start_daemon: Any)
 
 
 # --- 7. recording both sides ---------------------------------------------------------------------------------------
-def check_recording(path: Path, player_pitches: list[int]) -> None:
-    """A type-1 file with the player's notes (in order), chords and bass, a tempo and a time signature."""
+def check_recording(path: Path, player_pitches: list[int], tempo: float = 300.0) -> None:
+    """A type-1 file with the player's notes (in order), chords and bass, a tempo and a time signature; rtgen's
+    notes on the file's own 16th grid (the first recorded step is on it: issue 19 part 7)."""
     import mido
 
     assert path.is_file(), f"no recording at {path}"
@@ -745,6 +841,17 @@ def check_recording(path: Path, player_pitches: list[int]) -> None:
     assert pitches("chords") and pitches("bass"), "no accompaniment recorded"
     metas = {m.type for tr in mid.tracks for m in tr if m.is_meta}
     assert {"set_tempo", "time_signature"} <= metas, metas
+    _, onsets = file_onsets(path)
+    step_ticks = mid.ticks_per_beat // 4
+    mine = np.array([t for name, ts in onsets.items() if name != "player" for t in ts])
+    off_grid = (mine + step_ticks // 2) % step_ticks - step_ticks // 2
+    # accompany's steps wait for the player (the reactive window) and sound that much after their grid time, and
+    # a loaded 2-core machine holds the loop off for a few ms more
+    ms = tempo / 60 * mid.ticks_per_beat / 1000  # ticks per ms
+    window = REACTIVE_WINDOW_NS / 1e6 * ms
+    print(f"{path.name}: rtgen's notes off the 16th grid by {off_grid.min()}..{off_grid.max()} ticks "
+          f"(reactive window {window:.0f})")  # fmt: skip
+    assert off_grid.min() >= -2 * ms and off_grid.max() <= window + 10 * ms, off_grid
 
 
 def test_recording_both_sides_on_signal_and_over_osc(start_daemon: Any, tmp_path: Path) -> None:

@@ -181,3 +181,74 @@ def test_a_spool_that_cannot_be_written_keeps_the_session_in_memory(tmp_path: Pa
     assert rec.spooled_events == 0
     got = notes(mido.MidiFile(path).tracks[1])
     assert len(got) == 100 and got[-1] == (49 * 480 + 240, "note_off", 0, 64)
+
+
+def test_located_steps_sit_on_the_files_grid_with_a_pickup_of_whole_bars(tmp_path: Path) -> None:
+    """Issue 19 part 7: the file's grid is the transport's. A note played 1.5 beats before the first located
+    step becomes a pickup of one whole bar (that step is on bar 2's line, at the tempo it was located with);
+    setup messages from long before go to tick 0; a Continue from a song position that has gone by goes on at
+    the same place in a later bar; a locate ahead goes to the transport's place."""
+    path = tmp_path / "located.mid"
+    step = BEAT // 4  # 120 BPM
+    t0 = 100 * BEAT
+    rec = RecorderSink(path, 110.0, track_names={0: "melody"})  # the wait is not at 110 BPM in the file
+    rec.send([0xC0, 5], t0 - 60 * BEAT)  # the parts' setup at start-up, a minute before the Start
+    rec.record_input([0x90, 55, 80], t0 - 3 * BEAT // 2)  # the player, waiting for the Start
+    rec.record_input([0x80, 55, 0], t0 - BEAT)
+    rec.locate(0, t0)
+    rec.set_tempo(120.0, t0)
+    rec.send([0x90, 60, 90], t0)
+    rec.send([0x80, 60, 0], t0 + 5 * step)
+    rec.send([0x90, 62, 90], t0 + 6 * step)  # step 6
+    rec.send([0x80, 62, 0], t0 + 8 * step)
+    # Stop at step 8, then a Continue from step 4 two seconds later: the same place in the next free bar
+    t1 = t0 + 8 * step + 4 * BEAT
+    rec.locate(4, t1)
+    rec.send([0x90, 64, 90], t1)
+    rec.send([0x80, 64, 0], t1 + step)
+    # a Song Position far ahead (step 100) at once: the transport's own place
+    t2 = t1 + 2 * step
+    rec.locate(100, t2)
+    rec.send([0x90, 65, 90], t2)
+    rec.send([0x80, 65, 0], t2 + step)
+    rec.close()
+    mid = mido.MidiFile(path)
+    bar = 4 * 480
+    on = [(t, n) for t, kind, _, n in notes(track(mid, "melody")) if kind == "note_on"]
+    # bar 2 (tick 1920) had step 0; the Continue's step 4 goes 4 steps into bar 4 (bar 3 had gone by), and from
+    # there on step 0 of the transport is bar 4's line
+    assert on == [(bar, 60), (bar + 6 * 120, 62), (3 * bar + 4 * 120, 64), (3 * bar + 100 * 120, 65)]
+    assert notes(track(mid, PLAYER_TRACK))[0] == (bar - 720, "note_on", 0, 55)
+    assert [(m.program, m.time) for m in track(mid, "melody") if m.type == "program_change"] == [(5, 0)]
+    tempi = [round(mido.tempo2bpm(m.tempo)) for m in mid.tracks[0] if m.type == "set_tempo"]
+    assert tempi == [120]
+
+
+def test_a_first_step_mid_bar_starts_the_file_at_its_bar_line(tmp_path: Path) -> None:
+    """A recording located first at step 6 (started over OSC mid-bar, or a Continue) puts it at 6 steps into
+    bar 1; what came just before it (the rest of the step before) stays before it, on the same grid."""
+    path = tmp_path / "midbar.mid"
+    step = BEAT // 4
+    rec = RecorderSink(path, 120.0, track_names={0: "melody"})
+    rec.send([0x90, 60, 90], 50 * BEAT - step // 2)  # a swung note of step 5
+    rec.locate(6, 50 * BEAT)
+    rec.send([0x80, 60, 0], 50 * BEAT)
+    rec.send([0x90, 62, 90], 50 * BEAT + 2 * step)
+    rec.close()
+    assert notes(track(mido.MidiFile(path), "melody")) == [
+        (660, "note_on", 0, 60),
+        (720, "note_off", 0, 60),
+        (960, "note_on", 0, 62),
+        (960, "note_off", 0, 62),  # sounding at close: released at the last time
+    ]
+
+
+def test_a_note_just_before_the_first_bar_line_needs_no_pickup_bar(tmp_path: Path) -> None:
+    """Humanized a few ms early, the first step's note goes to tick 0 (no empty bar before the take)."""
+    path = tmp_path / "early.mid"
+    rec = RecorderSink(path, 120.0, track_names={0: "melody"})
+    rec.send([0x90, 60, 90], 10 * BEAT - 5_000_000)
+    rec.locate(0, 10 * BEAT)
+    rec.send([0x80, 60, 0], 10 * BEAT + BEAT // 4)
+    rec.close()
+    assert notes(track(mido.MidiFile(path), "melody")) == [(0, "note_on", 0, 60), (120, "note_off", 0, 60)]

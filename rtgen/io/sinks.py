@@ -11,8 +11,8 @@ all-sound-off (CC120) on every channel; receivers that ignore CC123 still let go
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
+import math
 import os
 import queue
 import tempfile
@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
+from rtgen.contract import STEPS_PER_BEAT
 from rtgen.errors import RtgenError
 from rtgen.midi.messages import (
     CC_ALL_NOTES_OFF,
@@ -283,10 +284,11 @@ class SynthSink(BaseSink):
 
 # Recorder records: two int64 per event in a preallocated array ('q'): the time in ns, then
 # (source << 32) | (length << 24) | (status << 16) | (data1 << 8) | data2; a tempo record carries
-# round(bpm * 1e6) in the low 32 bits instead of a message.
+# round(bpm * 1e6) in the low 32 bits instead of a message, a locate record the transport's step.
 _SOURCE_PARTS = 0
 _SOURCE_PLAYER = 1
 _SOURCE_TEMPO = 2
+_SOURCE_LOCATE = 3
 _BPM_SCALE = 1_000_000
 PLAYER_TRACK = "player"
 _UNDECODED: Any = object()
@@ -309,17 +311,27 @@ class RecorderSink(BaseSink):
     that appends it to a spool file next to ``path`` (or in the temp folder) and hands the buffer
     back. The real-time thread never does file I/O and never waits. ``close`` reads the spool back.
 
-    Threads: ``send``, ``record_input``, ``set_tempo`` and ``panic`` belong to one thread (the
-    real-time thread, which also drains the input queue). ``close`` may be called from any thread
-    once that thread has stopped calling them (the daemon detaches the sink first); it is
-    idempotent. To start recording mid-session, construct a recorder with ``start_ns`` = the
-    ``perf_counter_ns`` of beat 0 of the current bar and add it to the sinks; note-offs of notes
-    that began before it are left out.
+    The file's grid is the transport's: :meth:`locate` says which step of the transport starts
+    when (the live loop calls it at the first step it records, and again after each Start,
+    Continue or Song Position of a followed clock). The first located step's bar line is the
+    file's bar 1, or a later bar line when something was played before it: the player's notes
+    during the wait for a DAW's Start become a pickup of whole bars (at the tempo of that first
+    step), so nothing is lost and every step sits on the file's own 16th grid. After a later
+    locate, step ``s`` goes to the tick ``s`` steps from the transport's step 0, as the DAW shows
+    it; when that place has already gone by (a new Start, a loop back) the take goes on at the
+    next tick with the same place in the bar. Without a locate, ``start_ns`` (or the first
+    recorded message) is tick 0.
+
+    Threads: ``send``, ``record_input``, ``set_tempo``, ``locate`` and ``panic`` belong to one
+    thread (the real-time thread, which also drains the input queue). ``close`` may be called from
+    any thread once that thread has stopped calling them (the daemon detaches the sink first); it
+    is idempotent. To start recording mid-session, add a new recorder to the sinks and locate it
+    at the next step; note-offs of notes that began before it are left out.
 
     Args:
         path: the ``.mid`` file to write.
         tempo: the tempo (BPM) at the start.
-        start_ns: ``perf_counter_ns`` of beat 0 (default: the first recorded message).
+        start_ns: ``perf_counter_ns`` of tick 0 when nothing is located (default: the first recorded message).
         ticks_per_beat: MIDI file resolution.
         time_signature: ``(numerator, denominator)`` written to the tempo track.
         track_names: 0-based channel -> track name (e.g. ``{0: "melody", 1: "chords", 2: "bass"}``).
@@ -439,6 +451,19 @@ class RecorderSink(BaseSink):
         self.tempo = float(tempo)
         self._append(time_ns, (_SOURCE_TEMPO << 32) | min(0xFFFFFFFF, round(tempo * _BPM_SCALE)))
 
+    def locate(self, step: int, time_ns: int) -> None:
+        """The transport's song position ``step`` (a 16th since its step 0) starts at ``time_ns``.
+
+        The file's grid follows (see the class docstring): two integers into the buffer, nothing else.
+        """
+        if step < 0:
+            raise ValueError(f"song position must be >= 0 steps, got {step}")
+        if self.closed:
+            return
+        if self._start_ns is None:
+            self._start_ns = time_ns
+        self._append(time_ns, (_SOURCE_LOCATE << 32) | min(0xFFFFFFFF, step))
+
     def panic(self) -> None:
         """Record note-offs now for the generated notes sounding (CC123/CC120 stay out of the file)."""
         if self.closed or self._start_ns is None:
@@ -500,31 +525,74 @@ class RecorderSink(BaseSink):
         return np.concatenate(parts).reshape(-1, 2)
 
     def _tick_map(
-        self, tempi: list[tuple[int, float]]
+        self, tempi: list[tuple[int, float]], locates: list[tuple[int, int]], first_note_ns: int | None
     ) -> tuple[Callable[[npt.NDArray[np.int64]], npt.NDArray[np.int64]], list[tuple[int, float]]]:
-        """``ns -> tick`` (vectorised) through the tempo map, and the map as (tick, bpm)."""
-        start = self._start_ns or 0
-        segments: list[tuple[int, float]] = [(0, self._tempo0)]  # (ns from start, bpm), sorted
-        for t, bpm in tempi:
-            rel = max(0, t - start)
-            if rel <= segments[-1][0]:
-                segments[-1] = (segments[-1][0], bpm)  # same instant (or out of order): the later call wins
-            else:
-                segments.append((rel, bpm))
+        """``ns -> tick`` (vectorised) through the tempo map and the locates, and the map as (tick, bpm).
+
+        The map is a list of anchors (ns, tick, bpm): from an anchor on, ticks run at its tempo. The first is
+        the origin (the first locate, else the start); before it, ticks run back at its tempo (clamped at 0).
+        ``first_note_ns`` is the earliest note-on: the pickup before the first locate holds it.
+        """
         tpb = self.ticks_per_beat
-        starts = [0.0]  # tick at each segment start
-        for (t0, bpm), (t1, _) in itertools.pairwise(segments):
-            starts.append(starts[-1] + (t1 - t0) * bpm * tpb / 60e9)
-        seg_ns = np.array([t for t, _ in segments], dtype=np.int64)
-        seg_bpm = np.array([b for _, b in segments])
-        seg_tick = np.array(starts)
+        per_ns = tpb / 60e9  # ticks per ns per BPM
+        num, den = self.time_signature
+        bar_ticks = tpb * num * 4 / den
+        step_ticks = tpb / STEPS_PER_BEAT
+        origin_ns = locates[0][0] if locates else (self._start_ns or 0)
+        segments: list[tuple[int, float]] = [(origin_ns, self._tempo0)]  # (ns, bpm), sorted
+        for t, bpm in tempi:
+            if t <= segments[-1][0]:
+                segments[-1] = (segments[-1][0], bpm)  # same instant (or earlier): the later call wins
+            else:
+                segments.append((t, bpm))
+        bpm0 = segments[0][1]
+        origin_tick = 0.0
+        base = 0.0  # the tick of the transport's step 0
+        if locates:
+            step0 = locates[0][1]
+            phase = (step0 * step_ticks) % bar_ticks  # the first step's place in its bar
+            before = 0.0 if first_note_ns is None else max(0.0, (origin_ns - first_note_ns) * bpm0 * per_ns)
+            # a note less than half a step early for the first bar line (humanized) goes to tick 0, not a bar early
+            pickup_bars = max(0, math.ceil((before - phase - step_ticks / 2) / bar_ticks))
+            origin_tick = pickup_bars * bar_ticks + phase
+            base = origin_tick - step0 * step_ticks
+        anchors = [(origin_ns, origin_tick, bpm0)]
+        # the later changes in time order; at one instant a locate places the tick before a tempo changes the rate
+        changes = sorted(
+            [(t, 0, float(step)) for t, step in locates[1:]] + [(t, 1, bpm) for t, bpm in segments[1:]],
+            key=lambda c: (c[0], c[1]),
+        )
+        for t, kind, value in changes:
+            ns, tick, bpm = anchors[-1]
+            natural = tick + (t - ns) * bpm * per_ns
+            if kind == 1:
+                anchors.append((t, natural, value))
+                continue
+            wanted = base + value * step_ticks
+            if wanted < natural - step_ticks / 2:  # that place has gone by: the same place in a later bar
+                shift = math.ceil((natural - step_ticks / 2 - wanted) / bar_ticks) * bar_ticks
+                base += shift
+                wanted += shift
+            anchors.append((t, wanted, bpm))
+        seg_ns = np.array([a[0] for a in anchors], dtype=np.int64)
+        seg_tick = np.array([a[1] for a in anchors])
+        seg_bpm = np.array([a[2] for a in anchors])
 
         def to_ticks(ns: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-            rel = np.maximum(ns - start, 0)
-            i = np.searchsorted(seg_ns, rel, side="right") - 1
-            return np.rint(seg_tick[i] + (rel - seg_ns[i]) * seg_bpm[i] * (tpb / 60e9)).astype(np.int64)
+            i = np.maximum(np.searchsorted(seg_ns, ns, side="right") - 1, 0)
+            ticks = seg_tick[i] + (ns - seg_ns[i]) * seg_bpm[i] * per_ns
+            return np.maximum(np.rint(ticks), 0).astype(np.int64)
 
-        return to_ticks, [(round(s), bpm) for s, (_, bpm) in zip(starts, segments, strict=True)]
+        tempo_map: list[tuple[int, float]] = [(0, bpm0)]
+        for _, tick, bpm in anchors[1:]:
+            at = max(round(tick), tempo_map[-1][0])
+            if bpm == tempo_map[-1][1]:
+                continue
+            if at == tempo_map[-1][0]:
+                tempo_map[-1] = (at, bpm)
+            else:
+                tempo_map.append((at, bpm))
+        return to_ticks, tempo_map
 
     def close(self) -> None:
         """Write the file (type 1) and remove the spool; idempotent, callable from any thread.
@@ -560,7 +628,13 @@ class RecorderSink(BaseSink):
         tempi = [
             (int(t), int(w & 0xFFFFFFFF) / _BPM_SCALE) for t, w in zip(times[is_tempo], words[is_tempo], strict=True)
         ]
-        times, words, source = times[~is_tempo], words[~is_tempo], source[~is_tempo]
+        is_locate = source == _SOURCE_LOCATE
+        locates = [(int(t), int(w & 0xFFFFFFFF)) for t, w in zip(times[is_locate], words[is_locate], strict=True)]
+        keep = ~(is_tempo | is_locate)
+        times, words, source = times[keep], words[keep], source[keep]
+        status = (words >> 16) & 0xFF
+        is_on = ((status & KIND_MASK) == NOTE_ON) & ((words & DATA_MASK) > 0)
+        first_note_ns = int(times[is_on].min()) if is_on.any() else None
         if len(times):
             last = int(times.max())
             closing = [(_SOURCE_PARTS, ch, p) for ch, p in self.notes.sounding()]
@@ -574,7 +648,7 @@ class RecorderSink(BaseSink):
                 source = np.concatenate([source, extra >> 32])
             self.notes.clear()
             self.player_notes.clear()
-        to_ticks, tempo_map = self._tick_map(tempi)
+        to_ticks, tempo_map = self._tick_map(tempi, locates, first_note_ns)
         ticks = to_ticks(times).tolist()
         parts: dict[int, list[tuple[int, mido.Message]]] = {}
         player: list[tuple[int, mido.Message]] = []

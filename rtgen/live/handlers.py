@@ -83,6 +83,7 @@ class Handling(LoopState):
             return  # the followed source starts the music (Link: on its next bar; MIDI clock: the DAW)
         self.playing = True
         self._restart = True
+        self._tempo_anchor = None  # a recording goes on at step 0's place in a bar
         self.transport.locate(0)
         start = self.source.deadline(self.next_k)
         self._step_start = start

@@ -152,7 +152,9 @@ class LiveLoop(Deciding, Listening, Following, Handling):
         self._waiting = None
         self._decide_by = 0
         self.poll_ns = POLL_NS if input_queue is not None else 0
-        self._tempo_anchor = None  # (step, time) where the recording's tempo segment starts
+        self._tempo_anchor = None  # (step, time) where the recording was located or its tempo segment starts
+        self._tempo_off = None
+        self._tempo_told = False
         self._last_input_ns = -PLAYER_ACTIVE_NS  # the player's latest channel message (fast polling after it)
         form = self.config.form
         self.arranger = Arranger(seed=engine.seed, vary=form.vary, cue=form.cue)
@@ -281,6 +283,11 @@ class LiveLoop(Deciding, Listening, Following, Handling):
             start = self._skip_ahead(now, start)
         self.clock.stats.add(now - start)
         pending = self.pending
+        if self._tempo_anchor is None and self.recorder is not None and self.source.leads:
+            # a recording's first step (rtgen leads; a followed clock's step event locates it)
+            step_no = pending.pos.step if pending is not None and pending.k == self.next_k else self.transport.next_step
+            self.recorder.locate(step_no, start)
+            self._tempo_anchor = (step_no, start)
         if pending is not None and pending.k == self.next_k:
             if not pending.queued:  # a followed clock: the step's tick has come, queue on it
                 self.scheduler.add_notes(pending.events, start, self._step_ns())

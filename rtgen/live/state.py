@@ -105,6 +105,8 @@ class LoopState:
     _waiting: Plan | None  # a reactive step waiting for the player
     _decide_by: int
     _tempo_anchor: tuple[int, int] | None
+    _tempo_off: int | None  # since when the recording's tempo map has been off the followed clock's steps
+    _tempo_told: bool  # the recording's tempo segment has the source's tempo (not a guess before it told one)
     _last_input_ns: int
 
     @property

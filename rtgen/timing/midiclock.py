@@ -270,8 +270,9 @@ class ClockFollower:
             self._offset += d - round(replacement)
         self._add_sample(t - self._offset)
         est = self._est
-        if median is not None and est is not None and n_iv >= len(self._iv) >> 1 and 4 * abs(median - est) > est:
-            # the raw intervals have moved on: a tempo jump, not an outlier
+        if median and est is not None and n_iv >= len(self._iv) >> 1 and 4 * abs(median - est) > est:
+            # the raw intervals have moved on: a tempo jump, not an outlier (ticks read at once after a stall
+            # of the listener have no interval between them: never a tempo)
             self._fallback = float(median)
             self._clear_window()
             self._offset = t
