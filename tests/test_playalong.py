@@ -461,6 +461,8 @@ def test_accompany_follows_the_midi_clock_on_the_players_grid(start_daemon: Any,
 
 
 # --- 2. following a jittery MIDI clock ---------------------------------------------------------------------------
+
+
 def test_clock_follow_tempo_and_continue_after_song_position(start_daemon: Any, tmp_path: Path) -> None:
     recording = tmp_path / "followed.mid"
     d = start_daemon("--clock", "midi", "--record", str(recording))
@@ -510,7 +512,9 @@ def test_clock_follow_tempo_and_continue_after_song_position(start_daemon: Any, 
     continue_sent = next(t for t, m in kb.sent if m == (CONTINUE,))
     assert note_ons([m for t, m in events if t > continue_sent]), "nothing played after Continue"
     assert resumed["bar"] == 3, f"SPP to step 32 is bar 3; status says {resumed['bar']}.{resumed['beat']}"
-    assert sounding_notes([m for _, m in events]) == set()
+    left = sounding_notes([m for _, m in events])
+    # the daemon's log says what each transport event released (a note-off rtgen never sent, or one lost later)
+    assert not left, f"notes left sounding: {sorted(left)}; the daemon's log:\n{d.output()[-3000:]}"
     # the recording's tempo map is the followed clock's from its start (the daemon was started at 300 BPM, and
     # nothing was played in the wait for the Start), without the jitter
     import mido
