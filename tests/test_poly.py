@@ -129,3 +129,24 @@ def test_tiny_run_trains_resumes_and_is_scored(
     line = json.loads(capsys.readouterr().out.strip())
     assert line["frames"] == 4648
     assert line["nll_per_frame"] == pytest.approx(again["test"]["nll_per_frame"], rel=1e-9)
+
+
+def test_score_is_tcn_music_test_evaluate(jsb: dict[str, list[np.ndarray]]) -> None:
+    """``score`` (batched, padded) equals TCN's ``evaluate()`` written out: batch 1, ``x = seq[:-1]``,
+    ``y = seq[1:]``, ``loss = -trace(y log(p)^T + (1 - y) log(1 - p)^T)``, ``total_loss / count``."""
+    model = tiny("bernoulli", seed=3)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(0.1)  # keep the sigmoids off 0 and 1, where TCN's unclamped log(p) would be inf
+    total_loss, count = 0.0, 0
+    for seq in jsb["test"][:20]:
+        data_line = torch.tensor(seq, dtype=torch.float64)
+        x, y = data_line[:-1], data_line[1:]
+        u, _ = model.state(x.float().unsqueeze(0))
+        output = torch.sigmoid(model.logits(u, y.float().unsqueeze(0))).squeeze(0).double()
+        loss = -torch.trace(y @ torch.log(output).t() + (1 - y) @ torch.log(1 - output).t())
+        total_loss += float(loss)
+        count += output.size(0)
+    total, frames = score(model, jsb["test"][:20])
+    assert frames == count
+    assert total / frames == pytest.approx(total_loss / count, rel=1e-6)
