@@ -177,10 +177,13 @@ def train(
             bar.set_postfix(nll=f"{tot / n:.3f}", fps=f"{n / (time.perf_counter() - t0):.0f}")
         bar.close()
         seconds = time.perf_counter() - t0
+        t1 = time.perf_counter()
         v_total, v_count = score(model, rolls["valid"])
         valid = v_total / v_count
+        valid_seconds = time.perf_counter() - t1
         history.append({"epoch": epoch, "train": tot / n, "valid": valid, "seconds": seconds,
-                        "frames_per_s": n / seconds, "lr": opt.param_groups[0]["lr"]})  # fmt: skip
+                        "frames_per_s": n / seconds, "lr": opt.param_groups[0]["lr"],
+                        "valid_seconds": valid_seconds})  # fmt: skip
         train_s += seconds
         if valid < best:
             best, since_best, since_lr = valid, 0, 0
@@ -203,6 +206,7 @@ def train(
     best_model = poly.load(out)
     figures: dict[str, Any] = {"params": poly.n_params(best_model), "epochs": len(history),
                                "train_minutes": train_s / 60,
+                               "with_valid_minutes": (train_s + sum(h.get("valid_seconds", 0.0) for h in history)) / 60,
                                "frames_per_s": n_train * len(history) / train_s if train_s else 0.0}  # fmt: skip
     for split in ("valid", "test"):
         total, count = score(best_model, rolls[split])
