@@ -9,6 +9,7 @@ re-rendered when the exporter provides ``write_model_card``.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import time
@@ -21,7 +22,7 @@ import numpy.typing as npt
 from tqdm import tqdm
 
 from rtgen import contract, library
-from rtgen.errors import ModelError
+from rtgen.errors import ModelError, RtgenError
 from rtgen.generation.model import Model
 from training import stats
 from training.accompaniment import evaluate_accompaniment
@@ -779,7 +780,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     """Add the ``evaluate`` subcommand to ``rtgen-train``."""
     p = subparsers.add_parser("evaluate", help="test NLL vs an n-gram baseline, musical statistics of renders")
     p.add_argument("--model", type=Path, required=True, help="model folder to evaluate (meta.json is updated)")
-    p.add_argument("--data", type=Path, required=True, help="prepared-data folder (rtgen-train prepare --out)")
+    p.add_argument("--data", type=Path, default=None, help="prepared-data folder (rtgen-train prepare --out)")
+    p.add_argument("--roll", type=Path, default=None,
+                   help="a polyphonic benchmark .mat file: score the polyphonic model in --model on its test split "
+                   "and print one JSON line (nll_per_frame, frames) instead")  # fmt: skip
     p.add_argument("--bars", type=int, default=64, help="bars per render (default: 64)")
     p.add_argument("--renders", type=int, default=8, help="renders for the musical statistics (default: 8)")
     p.add_argument("--seed", type=int, default=0, help="first render seed (default: 0)")
@@ -791,6 +795,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.roll is not None:
+        from training.poly_bench import evaluate_roll
+
+        print(json.dumps(evaluate_roll(args.model, args.roll)))
+        return 0
+    if args.data is None:
+        raise RtgenError("evaluate needs --data (a prepared-data folder) or --roll (a benchmark .mat file)")
     evaluate(
         model=args.model, data=args.data, bars=args.bars, renders=args.renders, seed=args.seed,
         max_order=args.max_order, accompaniment=not args.keep_accompaniment,
