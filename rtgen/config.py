@@ -28,15 +28,19 @@ MODES = ("autonomous", "accompany", "improvise", "call-and-response")
 CLOCK_SOURCES = ("internal", "midi", "link")
 
 
+def _one_of(value: str, allowed: tuple[str, ...], what: str) -> str:
+    if value not in allowed:
+        raise ValueError(f"unknown {what} {value!r}; allowed: {', '.join(allowed)}")
+    return value
+
+
 def check_mode(mode: str) -> str:
     """``mode`` if it is one of :data:`MODES`.
 
     Raises:
         ValueError: another name; the message lists the modes.
     """
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; allowed: {', '.join(MODES)}")
-    return mode
+    return _one_of(mode, MODES, "mode")
 
 
 def _range(lo: float, hi: float) -> dict[str, Any]:
@@ -241,9 +245,7 @@ def check_cc_control(name: str) -> str:
     Raises:
         ValueError: another name; the message lists the controls.
     """
-    if name not in CC_CONTROLS:
-        raise ValueError(f"unknown control {name!r}; allowed: {', '.join(CC_CONTROLS)}")
-    return name
+    return _one_of(name, CC_CONTROLS, "control")
 
 
 @dataclass(frozen=True)

@@ -538,14 +538,6 @@ class JackWatch:
             return None
         return cls(lib, client, name)
 
-    def period_ns(self) -> int:
-        """The server's period (buffer size over sample rate) in nanoseconds; 0 once closed."""
-        client = self._client
-        if client is None:
-            return 0
-        rate = int(self._lib.jack_get_sample_rate(client))
-        return int(self._lib.jack_get_buffer_size(client)) * 1_000_000_000 // rate if rate > 0 else 0
-
     def cycling(self, within_s: float = 0.5) -> bool:
         """The server runs its cycles (its frame time moves within ``within_s``); False once closed."""
         client = self._client

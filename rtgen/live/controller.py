@@ -156,11 +156,7 @@ class Controller:
         Raises:
             ValueError: an unknown control (the message lists them), or the MIDI input is off.
         """
-        check_cc_control(name)
-        loop = self._live()
-        if loop.tracker is None:
-            raise ValueError("MIDI learn listens to the player's input, but it is off ([input] enabled)")
-        loop.command(Learn(name, done), urgent=True)
+        self._learning(name).command(Learn(name, done), urgent=True)
 
     def unlearn(self, name: str) -> None:
         """Remove control ``name``'s CC mapping, live and in the user config's ``[cc]``.
@@ -168,11 +164,15 @@ class Controller:
         Raises:
             ValueError: an unknown control (the message lists them), or the MIDI input is off.
         """
+        self._learning(name).command(Unlearn(name), urgent=True)
+
+    def _learning(self, name: str) -> LiveLoop:
+        """The loop, once ``name`` is a control a CC can move and the player's input is on (else ValueError)."""
         check_cc_control(name)
         loop = self._live()
         if loop.tracker is None:
             raise ValueError("MIDI learn listens to the player's input, but it is off ([input] enabled)")
-        loop.command(Unlearn(name), urgent=True)
+        return loop
 
     def record_start(self, path: str) -> None:
         """Start recording both sides to ``path`` (a .mid file, written safely when recording stops)."""

@@ -74,14 +74,12 @@ class JackSupervisor:
     Attributes:
         state: ``ok``, ``gone``, ``stuck`` or ``failed`` while the server is watched, None otherwise.
         losses: how often the server (or a port of ours) was lost.
-        period_ns: the server's period (0: not watched).
     """
 
     def __init__(self, daemon: JackHost) -> None:
         self.daemon = daemon
         self.state: str | None = None
         self.losses = 0
-        self.period_ns = 0
         self._thread: threading.Thread | None = None
 
     def ports(self) -> list[JackPort]:
@@ -104,7 +102,6 @@ class JackSupervisor:
             log.warning("cannot watch the JACK server (no client could open): if it dies, rtgen will not notice")
             return
         self.state = "ok"
-        self.period_ns = watch.period_ns()
         self._thread = threading.Thread(target=self._supervise, args=(watch,), name="rtgen-jack", daemon=True)
         self._thread.start()
 
