@@ -109,10 +109,11 @@ class Daemon:
             "--osc-port", str(self.osc_port), "--tempo", str(tempo), "--seed", "1", "--quiet", *extra,
         ]  # fmt: skip
         self._log = self.log.open("wb")  # with -v below: INFO lines too, read when a test fails
+        command = daemon_command("-v", *args)
+        command[1:1] = ["-X", "faulthandler"]  # SIGABRT (see _stop_stuck) dumps every thread's stack into the log
         self.proc = subprocess.Popen(
-            daemon_command("-v", *args), env=daemon_env(server), stdout=self._log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )  # fmt: skip
+            command, env=daemon_env(server), stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
         self.port = f"{self.client}:out"
 
     def output(self) -> str:
@@ -142,9 +143,17 @@ class Daemon:
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
+            self._stop_stuck()
+            raise AssertionError(f"daemon did not exit within {timeout} s; output:\n{self.output()}") from None
+
+    def _stop_stuck(self) -> None:
+        """End a daemon that did not stop by itself, its threads' stacks in the log first."""
+        self.proc.send_signal(signal.SIGABRT)
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(5)
-            raise AssertionError(f"daemon did not exit within {timeout} s; output:\n{self.output()}") from None
 
     def close(self) -> None:
         if self.proc.poll() is None:

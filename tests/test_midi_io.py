@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import signal
@@ -189,6 +190,24 @@ def _jackd_pid(server: str) -> int:
     raise AssertionError(f"no jackd process for server {server!r}")
 
 
+def _wait_stopped(pid: int, timeout: float = 10.0) -> None:
+    """Wait until every thread of ``pid`` is stopped: SIGSTOP lands a little after ``kill`` returns.
+
+    Until then the server can still run a cycle or two and empty part of the ring buffer.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        states = []
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError):
+                stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+                states.append(stat.rsplit(")", 1)[1].split()[0])
+        if states and all(s in "tT" for s in states):
+            return
+        assert time.monotonic() < deadline, f"jackd {pid} not stopped: thread states {states}"
+        time.sleep(0.005)
+
+
 @pytest.mark.timeout(60)
 def test_a_send_never_waits_for_a_jack_server_that_stopped_serving_us(jack_server: str) -> None:
     """python-rtmidi alone spins (GIL held) on a full ring buffer: the whole process would stop with the server."""
@@ -205,6 +224,8 @@ def test_a_send_never_waits_for_a_jack_server_that_stopped_serving_us(jack_serve
         pid = _jackd_pid(jack_server)
         os.kill(pid, signal.SIGSTOP)  # the server runs no cycle: nobody empties the ring buffer
         try:
+            _wait_stopped(pid)
+            time.sleep(0.05)  # a cycle the server woke us for just before may still be emptying the buffer
             sends = room // 7 + 500  # 3 bytes and RtMidi's 4-byte length per message
             for _ in range(sends):
                 out.send([0x90, 60, 1])
