@@ -14,9 +14,9 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
-from types import FrameType
 
 from rtgen.errors import RtgenError
+from rtgen.live.signals import Terminated, on_startup_signal, take_startup_signal
 
 COMMANDS = ("run", "render", "ports", "doctor", "bench", "models", "layout", "service")
 
@@ -29,16 +29,6 @@ def build_parser() -> argparse.ArgumentParser:
     for name in COMMANDS:
         importlib.import_module(f"rtgen.commands.{name}").register(sub)
     return parser
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM before a command took over signals: unwinds like Ctrl-C, so what was opened is closed."""
-
-    signum = signal.SIGTERM
-
-
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise Terminated()
 
 
 def _interrupt_behind(err: BaseException) -> KeyboardInterrupt | None:
@@ -66,9 +56,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.getsignal(signal.SIGTERM) if main_thread else None
-    if previous is signal.SIG_DFL:  # otherwise SIGTERM during start-up kills the process with its ports open
-        signal.signal(signal.SIGTERM, _terminate)
+    # the defaults: SIGTERM would kill the process with its ports open; Python's KeyboardInterrupt could be lost
+    defaults = {signal.SIGTERM: signal.SIG_DFL, signal.SIGINT: signal.default_int_handler}
+    replaced = {}
+    if main_thread:
+        for sig, default in defaults.items():
+            if signal.getsignal(sig) is default:
+                replaced[sig] = signal.signal(sig, on_startup_signal)
     try:
         return int(args.func(args) or 0)
     except RtgenError as err:
@@ -89,8 +83,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             # signal must not kill the interpreter's teardown and turn a clean exit into a crash
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        elif previous is signal.SIG_DFL:
-            signal.signal(signal.SIGTERM, previous)
+        else:
+            for sig, handler in replaced.items():
+                signal.signal(sig, handler)
+        take_startup_signal()
 
 
 if __name__ == "__main__":

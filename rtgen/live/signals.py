@@ -3,6 +3,11 @@
 The handler runs on the main thread, which is the real-time loop's, between any two bytecodes, possibly
 while the loop holds the lock of its wake-up event: it only writes the signal number to a pipe. A helper
 thread reads it and asks the loop to stop (which releases every note and writes the recording).
+
+Before that, during start-up, :func:`on_startup_signal` unwinds the start-up with an exception and also
+notes the signal: a library that imports an optional module under ``try: ... except ImportError`` can
+swallow the exception (a C extension's import turns it into ImportError), and the start-up then goes on.
+:meth:`SignalStop.catch` finds the noted signal and stops the loop as soon as it runs.
 """
 
 from __future__ import annotations
@@ -16,6 +21,34 @@ from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger(__name__)
+
+_startup_signals: list[int] = []
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM before a command took over signals: unwinds like Ctrl-C, so what was opened is closed."""
+
+    signum = signal.SIGTERM
+
+
+def on_startup_signal(signum: int, frame: object) -> None:
+    """The SIGINT/SIGTERM handler until a command takes over: note the signal, then unwind the start-up.
+
+    Raises:
+        Terminated: for SIGTERM.
+        KeyboardInterrupt: for SIGINT.
+    """
+    _startup_signals.append(signum)
+    if signum == signal.SIGTERM:
+        raise Terminated()
+    raise KeyboardInterrupt()
+
+
+def take_startup_signal() -> int | None:
+    """The first signal :func:`on_startup_signal` saw and nobody handled yet (forgetting them all), or None."""
+    first = _startup_signals[0] if _startup_signals else None
+    _startup_signals.clear()
+    return first
 
 
 class SignalStop:
@@ -42,6 +75,10 @@ class SignalStop:
         self._thread.start()
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._previous[sig] = signal.signal(sig, self._on_signal)
+        early = take_startup_signal()
+        if early is not None:  # its exception was swallowed on the way (see the module docstring)
+            log.info("%s came during start-up", signal.Signals(early).name)
+            self._on_signal(early, None)
 
     def _on_signal(self, signum: int, frame: object) -> None:
         fds = self._fds
