@@ -10,7 +10,7 @@ import pytest
 import rtmidi
 
 from rtgen.commands import run as run_cmd
-from rtgen.config import MODES, CcConfig, load_config
+from rtgen.config import MODES, CcConfig, config_from_dict, load_config
 from rtgen.contract import CHORD_NC, Chord
 from rtgen.errors import ConfigError
 from rtgen.input.tracker import (
@@ -110,7 +110,8 @@ def test_sustain_pedal_keeps_released_notes_until_it_lifts() -> None:
     tracker.feed(300 * MS, cc(64, 10))
     assert not tracker.pedal
     assert tracker.sounding() == (E,) and tracker.held == frozenset({E})
-    assert tracker.melody_note() == E
+    # the chord's top G was the melody until the pedal lifted; E struck again under it is harmony
+    assert tracker.melody_note() is None and tracker.harmony() == (E,)
     tracker.feed(400 * MS, off(E))
     assert tracker.sounding() == () and tracker.is_silent and tracker.last_release_ns == 400 * MS
     assert tracker.melody_note() is None
@@ -160,21 +161,112 @@ def test_channel_filter_applies_to_controllers() -> None:
         PlayerTracker(channel=17)
 
 
-def test_melody_note_follows_the_latest_held_note() -> None:
+def test_melody_note_follows_a_single_line_and_rests_with_it() -> None:
     tracker = PlayerTracker()
     assert tracker.melody_note() is None
-    tracker.feed(0, on(C))
-    tracker.feed(1, on(E))
+    for t, p in enumerate((C, E, G, E)):  # one note at a time, each released before the next
+        tracker.feed(t * 100 * MS, on(p, 90))
+        assert tracker.melody_note() == p and tracker.melody_onset == Onset(t * 100 * MS, p, 90)
+        tracker.feed(t * 100 * MS + 90 * MS, off(p))
+        assert tracker.melody_note() is None
+    assert tracker.harmony() == () and tracker.left_chord() is None
+    assert tracker.melody_onset == Onset(300 * MS, E, 90)  # kept after the note ends: a short note is still heard
+    assert tracker.last_onset_ns == 300 * MS
+
+
+def test_legato_steps_take_the_line_up_and_down() -> None:
+    tracker = PlayerTracker()
+    tracker.feed(0, on(G))
+    tracker.feed(100 * MS, on(G + 2))  # up, before G is released
+    tracker.feed(110 * MS, off(G))
+    assert tracker.melody_note() == G + 2
+    tracker.feed(200 * MS, on(G))  # a step down, struck alone while A is still down
+    assert tracker.melody_note() == G
+    tracker.feed(210 * MS, off(G + 2))
+    tracker.feed(300 * MS, on(E))  # a third down: still legato
     assert tracker.melody_note() == E
-    tracker.feed(2, on(G))
-    tracker.feed(3, off(G))
-    assert tracker.melody_note() == E  # back to the latest note still down
-    tracker.feed(4, on(C))  # struck again: C is the newest
-    assert tracker.melody_note() == C
-    tracker.feed(5, off(C))
-    tracker.feed(6, off(E))
-    assert tracker.melody_note() is None
-    assert tracker.last_onset_ns == 4
+    tracker.feed(400 * MS, on(C - 12))  # far below the held line: the left hand's
+    assert tracker.melody_note() == E and tracker.harmony() == (C - 12,)  # G, left by the line, is neither
+
+
+def test_the_top_of_notes_struck_together_is_the_melody_whatever_their_order() -> None:
+    for order in ((48, 52, 55, C), (C, 48, 52, 55), (52, C, 55, 48)):
+        tracker = PlayerTracker()
+        for i, p in enumerate(order):
+            tracker.feed(i * MS, on(p))
+        assert tracker.melody_note() == C, order
+        assert tracker.melody_onset is not None and tracker.melody_onset.pitch == C
+        assert tracker.harmony() == (48, 52, 55)
+        assert tracker.left_chord() == Chord.parse("C") and tracker.left_chord_token() == Chord.parse("C").token
+
+
+def test_an_inner_voice_never_steals_the_line() -> None:
+    tracker = PlayerTracker()
+    for p in (48, 52, 55, G + 12):  # left hand C major, right hand G5
+        tracker.feed(0, on(p))
+    tracker.feed(300 * MS, on(C + 12))  # an inner voice a fifth under the held G: harmony
+    assert tracker.melody_note() == G + 12
+    tracker.feed(400 * MS, off(G + 12))  # the line ends: the inner voice still held does not take it
+    assert tracker.melody_note() is None and C + 12 in tracker.harmony()
+    tracker.feed(500 * MS, on(81))  # above every held key: the tune again
+    assert tracker.melody_note() == 81
+
+
+def test_a_lone_left_hand_note_never_becomes_the_melody() -> None:
+    tracker = PlayerTracker()
+    beat = 500 * MS
+    for b, tune in enumerate((C, C, G, G)):  # the left hand strikes C major on every beat with the tune's note
+        t = b * beat
+        for p in (tune, 48, 52, 55):
+            tracker.feed(t + MS, on(p))
+        assert tracker.melody_note() == tune
+        for p in (tune, 48, 52, 55):
+            tracker.feed(t + beat - 20 * MS, off(p))
+    t = 4 * beat
+    tracker.feed(t, on(48))  # the left hand alone on a beat, the right hand resting
+    assert tracker.melody_note() is None and tracker.melody_onset is not None and tracker.melody_onset.pitch == G
+    assert tracker.harmony() == (48,) and tracker.left_chord() is None  # one note is no clear chord
+    tracker.feed(t + 100 * MS, on(55))  # the left hand's top note, alone, is no melody either
+    assert tracker.melody_note() is None and tracker.left_chord() == Chord.parse("C")
+    tracker.feed(t + 200 * MS, on(60))  # the tune comes back above the left hand
+    assert tracker.melody_note() == 60
+
+
+def test_a_legato_step_that_was_a_chords_first_note_goes_back() -> None:
+    tracker = PlayerTracker()
+    tracker.feed(0, on(G))
+    tracker.feed(300 * MS, on(E))  # alone for now: a step down
+    assert tracker.melody_note() == E
+    tracker.feed(305 * MS, on(C))  # ... but a chord under the held G
+    assert tracker.melody_note() == G and tracker.melody_onset == Onset(0, G, 100)
+    assert tracker.harmony() == (C, E)
+
+
+def test_a_fixed_split_gives_each_hand_its_notes() -> None:
+    tracker = PlayerTracker()
+    tracker.set_split(60)
+    tracker.feed(0, on(55))  # under the split, alone: the left hand's
+    assert tracker.melody_note() is None and tracker.harmony() == (55,)
+    tracker.feed(1 * MS, on(48))
+    tracker.feed(2 * MS, on(52))
+    tracker.feed(100 * MS, on(G))
+    tracker.feed(200 * MS, on(C))  # at the split: the right hand's, its latest note is the melody
+    assert tracker.melody_note() == C and tracker.harmony() == (48, 52, 55)
+    tracker.feed(300 * MS, off(C))
+    assert tracker.melody_note() == G  # the right hand's latest note still down
+    assert tracker.left_chord() == Chord.parse("C")
+    tracker.set_split(None)  # back to the skyline: the sounding notes are sorted again at once
+    assert tracker.melody_note() == G and tracker.harmony() == (48, 52, 55)
+    tracker.set_split(50)
+    assert tracker.melody_note() == G and tracker.harmony() == (48,)
+    with pytest.raises(ValueError, match=r"0\.\.127"):
+        tracker.set_split(128)
+
+
+def test_split_from_the_config() -> None:
+    cfg = config_from_dict({"input": {"split": "F#3"}})
+    assert cfg.input.parsed_split() == 54 and PlayerTracker.from_config(cfg).split == 54
+    assert PlayerTracker.from_config(config_from_dict({})).split is None
 
 
 def test_take_onsets_consumes_each_onset_once_and_history_is_bounded() -> None:
