@@ -225,7 +225,7 @@ class AccompanyConfig:
     fit: float = field(default=2.0, metadata=_range(0.0, 10.0))  # log-odds bonus for chords holding the note
     temperature_scale: float = field(default=0.5, metadata=_range(0.05, 2.0))  # chords sample at T x this
     hold: float = field(default=0.5, metadata=_range(0.0, 10.0))  # log-odds bonus for keeping the chord
-    left_hand: float = field(default=6.0, metadata=_range(0.0, 20.0))  # log-odds bonus for the left hand's chord
+    left_hand: float = field(default=8.0, metadata=_range(0.0, 20.0))  # log-odds bonus for the left hand's chord
 
 
 @dataclass(frozen=True)
