@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from rtgen import library
-from rtgen.contract import Key, TimeSignature, parse_note
+from rtgen.contract import Key, TimeSignature, note_name, parse_note
 from rtgen.errors import ConfigError
 
 PART_NAMES = ("melody", "chords", "bass", "drums")
@@ -58,6 +58,11 @@ def parse_split(text: str) -> int | None:
         return parse_note(text)
     except ValueError as err:
         raise ValueError(f"{err}; or {SPLIT_AUTO!r}") from err
+
+
+def split_name(split: int | None) -> str:
+    """``auto``, or the note name of a split point (60: ``C4``); the inverse of :func:`parse_split`."""
+    return SPLIT_AUTO if split is None else note_name(split)
 
 
 def _range(lo: float, hi: float) -> dict[str, Any]:
