@@ -16,6 +16,7 @@ from rtgen.errors import ConfigError
 from rtgen.input.tracker import (
     CONTINUOUS_CONTROLS,
     CONTROL_RANGES,
+    LEFT_RING_NS,
     Control,
     InputQueue,
     Onset,
@@ -169,7 +170,7 @@ def test_melody_note_follows_a_single_line_and_rests_with_it() -> None:
         assert tracker.melody_note() == p and tracker.melody_onset == Onset(t * 100 * MS, p, 90)
         tracker.feed(t * 100 * MS + 90 * MS, off(p))
         assert tracker.melody_note() is None
-    assert tracker.harmony() == () and tracker.left_chord() is None
+    assert tracker.harmony() == () and tracker.left_chord(400 * MS) is None
     assert tracker.melody_onset == Onset(300 * MS, E, 90)  # kept after the note ends: a short note is still heard
     assert tracker.last_onset_ns == 300 * MS
 
@@ -197,7 +198,8 @@ def test_the_top_of_notes_struck_together_is_the_melody_whatever_their_order() -
         assert tracker.melody_note() == C, order
         assert tracker.melody_onset is not None and tracker.melody_onset.pitch == C
         assert tracker.harmony() == (48, 52, 55)
-        assert tracker.left_chord() == Chord.parse("C") and tracker.left_chord_token() == Chord.parse("C").token
+        assert tracker.left_chord(10 * MS) == Chord.parse("C")
+        assert tracker.left_chord_token(10 * MS) == Chord.parse("C").token
 
 
 def test_an_inner_voice_never_steals_the_line() -> None:
@@ -225,11 +227,35 @@ def test_a_lone_left_hand_note_never_becomes_the_melody() -> None:
     t = 4 * beat
     tracker.feed(t, on(48))  # the left hand alone on a beat, the right hand resting
     assert tracker.melody_note() is None and tracker.melody_onset is not None and tracker.melody_onset.pitch == G
-    assert tracker.harmony() == (48,) and tracker.left_chord() is None  # one note is no clear chord
+    assert tracker.harmony() == (48,) and tracker.left_chord(t) == Chord.parse("C")  # a bass note under it
     tracker.feed(t + 100 * MS, on(55))  # the left hand's top note, alone, is no melody either
-    assert tracker.melody_note() is None and tracker.left_chord() == Chord.parse("C")
+    assert tracker.melody_note() is None and tracker.left_chord(t + 100 * MS) == Chord.parse("C")
     tracker.feed(t + 200 * MS, on(60))  # the tune comes back above the left hand
     assert tracker.melody_note() == 60
+
+
+def test_the_left_hands_chord_rings_briefly_then_needs_two_pitch_classes() -> None:
+    tracker = PlayerTracker()
+    c_major, a_minor = Chord.parse("C"), Chord.parse("Am")
+    for p in (72, 48, 52, 55):
+        tracker.feed(0, on(p))
+    assert tracker.left_chord(0) == c_major
+    for p in (48, 52, 55):
+        tracker.feed(500 * MS, off(p))
+    assert tracker.harmony() == () and tracker.left_chord(500 * MS + LEFT_RING_NS) == c_major  # it rings
+    tracker.feed(550 * MS, on(45))  # struck again a little late, a note at a time
+    assert tracker.left_chord(550 * MS) == c_major
+    tracker.feed(551 * MS, on(48))
+    assert tracker.left_chord(551 * MS) == a_minor
+    for p in (45, 48):
+        tracker.feed(1000 * MS, off(p))
+    assert tracker.left_chord(1000 * MS + LEFT_RING_NS + 1) is None  # the left hand rests: no chord
+    tracker.feed(3000 * MS, on(48))  # back after the rest with one note: no chord from before the rest
+    assert tracker.left_chord(3000 * MS) is None
+    tracker.feed(3001 * MS, on(55))
+    assert tracker.left_chord(3001 * MS) == Chord(0, c_major.quality)
+    tracker.feed(3500 * MS, cc(123, 0))
+    assert tracker.left_chord(3500 * MS + LEFT_RING_NS + 1) is None
 
 
 def test_a_legato_step_that_was_a_chords_first_note_goes_back() -> None:
@@ -254,7 +280,7 @@ def test_a_fixed_split_gives_each_hand_its_notes() -> None:
     assert tracker.melody_note() == C and tracker.harmony() == (48, 52, 55)
     tracker.feed(300 * MS, off(C))
     assert tracker.melody_note() == G  # the right hand's latest note still down
-    assert tracker.left_chord() == Chord.parse("C")
+    assert tracker.left_chord(300 * MS) == Chord.parse("C")
     tracker.set_split(None)  # back to the skyline: the sounding notes are sorted again at once
     assert tracker.melody_note() == G and tracker.harmony() == (48, 52, 55)
     tracker.set_split(50)

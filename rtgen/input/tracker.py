@@ -93,6 +93,8 @@ TOGETHER_NS = 40_000_000
 """Notes struck within this time of each other are struck together (a chord): only its top note can be the melody."""
 LEGATO_SEMITONES = 4
 """A note struck alone this close under the melody's held note takes the line (a legato step down)."""
+LEFT_RING_NS = 200_000_000
+"""The left hand's chord is still heard this long after its notes end (it rings; it is struck again)."""
 
 
 LEARNED = "learned"
@@ -338,8 +340,10 @@ class PlayerTracker:
         self.melody_onset: Onset | None = None  # the onset of the latest note that took the line (kept after it ends)
         self._harmony: set[int] = set()  # sounding pitches that are harmony (the left hand, inner voices)
         self._hands_version = 0  # bumped whenever the harmony notes change
+        self._left_notes: tuple[int, ...] = ()  # the latest harmony notes of two pitch classes or more
         self._left: Chord | None = None
         self._left_version = -1
+        self._left_quiet_ns: int | None = None  # when the last harmony note ended (None while one sounds)
         self._legato_from: tuple[int, Onset | None] | None = None  # the line before a legato step, for a revert
         # the left hand's register: its chords' top notes (a chord = harmony notes struck together)
         self._group_ns = -(1 << 62)
@@ -411,25 +415,32 @@ class PlayerTracker:
             line = next((p for p in reversed(self._struck) if p >= split), None)
         self._line = line
         self._harmony = {p for p in sounding if p != line and (split is None or p < split)}
-        self._hands_version += 1
+        self._left_notes, self._left_quiet_ns = (), None  # the left hand is heard afresh
+        self._harmony_changed(grew=True)
         self._legato_from = None
 
-    def left_chord(self) -> Chord | None:
-        """The chord of the harmony notes sounding now (the left hand's, held or under the pedal), or None when it
-        is not clear: fewer than two pitch classes under the melody.
+    def left_chord(self, now_ns: int) -> Chord | None:
+        """The chord the harmony notes make (the left hand's, held or under the pedal) at ``now_ns``, or None when
+        none is clear.
 
         Recognised (:func:`rtgen.contract.recognize_chord`) as the notes stand, without :meth:`chord`'s settle
         window: the accompanist decides a step when the player's notes for it are known, and a block chord struck
-        with the tune's note is heard whole; a chord rolled slowly is heard as far as it has come.
+        with the tune's note is heard whole (a chord rolled slowly, as far as it has come). A single pitch class
+        keeps the chord before it (a bass note under the chord still ringing, as the training data reads it);
+        when the harmony notes have all ended the chord rings on for :data:`LEFT_RING_NS` (a chord struck again,
+        or one whose notes come a little after the tune's), then there is none until two pitch classes sound.
         """
+        quiet = self._left_quiet_ns
+        if quiet is not None and now_ns - quiet > LEFT_RING_NS:
+            return None
         if self._left_version != self._hands_version:
             self._left_version = self._hands_version
-            self._left = recognize_chord(tuple(self._harmony)) if self._harmony else None
+            self._left = recognize_chord(self._left_notes) if self._left_notes else None
         return self._left
 
-    def left_chord_token(self) -> int:
+    def left_chord_token(self, now_ns: int) -> int:
         """:meth:`left_chord` as a contract CHORD token, or ``CHORD_NC`` when the left hand holds no clear chord."""
-        chord = self.left_chord()
+        chord = self.left_chord(now_ns)
         return CHORD_NC if chord is None else chord.token
 
     def take_onsets(self) -> list[Onset]:
@@ -574,14 +585,25 @@ class PlayerTracker:
         self.melody_onset = onset
         if onset.pitch in self._harmony:
             self._harmony.discard(onset.pitch)
-            self._hands_version += 1
+            self._harmony_changed()
+
+    def _harmony_changed(self, grew: bool = False) -> None:
+        self._hands_version += 1
+        harmony = self._harmony
+        # a chord is named as it is struck: the notes left while the hand lifts are what rings of it, no new chord
+        if grew and len(harmony) >= 2 and len({p % 12 for p in harmony}) >= 2:
+            self._left_notes = tuple(harmony)
 
     def _to_harmony(self, pitch: int, t_ns: int) -> None:
         """``pitch`` (struck at ``t_ns``) sounds under the melody: the left hand's, or an inner voice."""
         if self._line == pitch:
             self._line = None
+        quiet = self._left_quiet_ns
+        if quiet is not None and t_ns - quiet > LEFT_RING_NS:
+            self._left_notes = ()  # the left hand comes back after a rest: nothing rings from before it
+        self._left_quiet_ns = None
         self._harmony.add(pitch)
-        self._hands_version += 1
+        self._harmony_changed(grew=True)
         if t_ns - self._group_ns > TOGETHER_NS:
             if self._group_size >= 2:
                 self._prev_group_top = self._group_top
@@ -598,12 +620,14 @@ class PlayerTracker:
             return max(self._group_top, self._prev_group_top or 0)
         return self._prev_group_top
 
-    def _silenced(self, pitch: int) -> None:
-        """``pitch`` stopped sounding: it leaves the harmony; the melody, if it was, rests (``auto``) or falls
-        back to the right hand's latest struck note still sounding (a fixed split)."""
+    def _silenced(self, pitch: int, t_ns: int) -> None:
+        """``pitch`` stopped sounding at ``t_ns``: it leaves the harmony; the melody, if it was, rests (``auto``)
+        or falls back to the right hand's latest struck note still sounding (a fixed split)."""
         if pitch in self._harmony:
             self._harmony.discard(pitch)
-            self._hands_version += 1
+            self._harmony_changed()
+            if not self._harmony:
+                self._left_quiet_ns = t_ns
         if self._line == pitch:
             split = self.split
             self._line = None if split is None else next((p for p in reversed(self._struck) if p >= split), None)
@@ -616,7 +640,7 @@ class PlayerTracker:
             self._sustained.add(pitch)
             return
         self._struck.remove(pitch)
-        self._silenced(pitch)
+        self._silenced(pitch, t_ns)
         self._ended(t_ns)
 
     def _ended(self, t_ns: int) -> None:
@@ -635,7 +659,7 @@ class PlayerTracker:
         for pitch in self._sustained:
             struck.remove(pitch)
         for pitch in self._sustained:
-            self._silenced(pitch)
+            self._silenced(pitch, t_ns)
         self._sustained.clear()
         self._ended(t_ns)
 
@@ -646,8 +670,10 @@ class PlayerTracker:
             self._sustained.clear()
             self._struck.clear()
             self._line = None
-            self._harmony.clear()
-            self._hands_version += 1
+            if self._harmony:
+                self._harmony.clear()
+                self._harmony_changed()
+                self._left_quiet_ns = t_ns
             self._ended(t_ns)
 
     def _controls(self, names: tuple[str, ...], value: int) -> list[Control]:

@@ -98,7 +98,7 @@ class Deciding(LoopState):
         chord = tracker.chord_token(now)
         chord_tok = ct.CHORD_HOLD if chord == self._last_player_chord else chord
         self._last_player_chord = chord
-        left = tracker.left_chord_token()
+        left = tracker.left_chord_token(now)
         if self._onsets:
             first = self._onsets[0].t_ns
             self._onsets.clear()

@@ -67,6 +67,7 @@ def snapshot(
         "parts": parts,
         "input": player_input.name if player_input is not None else None,
         "player_sounding": list(tracker.sounding()) if tracker is not None else [],
+        "player_melody": tracker.melody_note() if tracker is not None else None,
         "split": split_name(tracker.split) if tracker is not None else None,
         "learning": tracker.learning if tracker is not None else None,
         "cc": tracker.mapping.as_dict() if tracker is not None else {},
