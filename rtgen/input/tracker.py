@@ -264,8 +264,8 @@ class InputQueue:
 class PlayerTracker:
     """What the player is doing, fed one MIDI message at a time on the real-time thread.
 
-    Keys held, notes sustained by the pedal, the latest onsets, the melody line, the
-    recognised chord and the mapped controllers. Chord recognition waits for the sounding
+    Keys held, notes sustained by the pedal, the latest onsets, the melody line and the
+    harmony under it, the recognised chords and the mapped controllers. Chord recognition waits for the sounding
     notes to settle (``settle_ms``) so a rolled chord is one chord; when the hands lift
     (or a single note remains) the last chord is kept, as the listener still hears it ring.
 
@@ -282,6 +282,10 @@ class PlayerTracker:
         pedal: the sustain pedal (CC 64 >= 64) is down.
         bad: malformed messages dropped (wrong length, data bytes > 127, not bytes at all).
         filtered: channel messages dropped by the channel filter.
+        split: the split between the hands (a MIDI pitch: the right hand is it and above), or None: the top
+            line is the melody (see the module docstring); set it with :meth:`set_split`.
+        melody_onset: the onset of the latest note that took the melody (kept after the note ends, so a short
+            note is still heard at its step), or None.
 
     Raises:
         ValueError: ``channel`` outside 0..16, ``settle_ms`` negative or ``history`` < 1.
