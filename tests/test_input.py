@@ -552,3 +552,29 @@ def test_tracker_hears_a_real_jack_keyboard(jack_server: str) -> None:
     assert [o.t_ns for o in onsets] == times[1:4]
     assert tracker.chord(times[3] + 40 * MS - 1) is None  # the last change (G) has not settled yet
     assert tracker.chord(times[3] + 40 * MS) == Chord.parse("C")
+
+
+def test_a_steps_melody_onset_is_the_top_lines_whatever_came_first() -> None:
+    """The loop's ``_heard`` on a tracker fed two hands: the melody's onset, never a left-hand note's."""
+    from types import SimpleNamespace
+
+    from rtgen import contract as ct
+    from rtgen.live.deciding import Deciding
+
+    tracker = PlayerTracker()
+    loop = SimpleNamespace(tracker=tracker, _onsets=[], _last_player_chord=CHORD_NC)
+
+    def step(t: int, *msgs: tuple[int, ...]) -> tuple[int, int | None, int]:
+        for m in msgs:
+            tracker.feed(t, m)
+        loop._onsets.extend(tracker.take_onsets())
+        heard = Deciding._heard(loop, t + MS)  # type: ignore[arg-type]
+        return heard.melody, heard.velocity, heard.left
+
+    c_major = Chord.parse("C").token
+    assert step(0, on(48, 60), on(52, 60), on(55, 60), on(C, 90)) == (ct.melody_note_on(C), 90, c_major)
+    assert step(500 * MS, off(48), off(52), off(55), on(48, 60), on(52, 60), on(55, 60)) == (ct.MEL_HOLD, None, c_major)
+    lone = step(1000 * MS, off(C), off(48), off(52), off(55), on(48, 60))  # the left hand's C alone: no melody
+    assert lone == (ct.MEL_REST, None, c_major)
+    g_major = Chord.parse("G").token  # the tune first, the left hand's new chord after it
+    assert step(1500 * MS, off(48), on(G, 80), on(43), on(47), on(50)) == (ct.melody_note_on(G), 80, g_major)
