@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from rtgen import library
-from rtgen.contract import Key, TimeSignature
+from rtgen.contract import Key, TimeSignature, note_name, parse_note
 from rtgen.errors import ConfigError
 
 PART_NAMES = ("melody", "chords", "bass", "drums")
@@ -41,6 +41,28 @@ def check_mode(mode: str) -> str:
         ValueError: another name; the message lists the modes.
     """
     return _one_of(mode, MODES, "mode")
+
+
+SPLIT_AUTO = "auto"
+
+
+def parse_split(text: str) -> int | None:
+    """The split between the hands: ``None`` for ``auto`` (the top line), else the pitch of a note name (``C4``: 60).
+
+    Raises:
+        ValueError: neither ``auto`` nor a note name; the message says what is allowed.
+    """
+    if text.strip().lower() == SPLIT_AUTO:
+        return None
+    try:
+        return parse_note(text)
+    except ValueError as err:
+        raise ValueError(f"{err}; or {SPLIT_AUTO!r}") from err
+
+
+def split_name(split: int | None) -> str:
+    """``auto``, or the note name of a split point (60: ``C4``); the inverse of :func:`parse_split`."""
+    return SPLIT_AUTO if split is None else note_name(split)
 
 
 def _range(lo: float, hi: float) -> dict[str, Any]:
@@ -184,6 +206,11 @@ class InputConfig:
     channel: int = field(default=0, metadata=_range(0, 16))  # 1..16; 0 = omni (every channel)
     thru: bool = False  # echo the player to MIDI out and the synth, untouched
     settle_ms: float = field(default=40.0, metadata=_range(0.0, 500.0))  # a rolled chord counts as one chord
+    split: str = "auto"  # two hands: "auto" (the top line is the melody) or a note such as "C4" (it and above)
+
+    def parsed_split(self) -> int | None:
+        """The split point's MIDI pitch (the right hand is it and above), or ``None`` for ``auto``."""
+        return parse_split(self.split)
 
 
 @dataclass(frozen=True)
@@ -203,6 +230,7 @@ class AccompanyConfig:
     fit: float = field(default=2.0, metadata=_range(0.0, 10.0))  # log-odds bonus for chords holding the note
     temperature_scale: float = field(default=0.5, metadata=_range(0.05, 2.0))  # chords sample at T x this
     hold: float = field(default=0.5, metadata=_range(0.0, 10.0))  # log-odds bonus for keeping the chord
+    left_hand: float = field(default=8.0, metadata=_range(0.0, 20.0))  # log-odds bonus for the left hand's chord
 
 
 @dataclass(frozen=True)
@@ -448,6 +476,11 @@ def _check(obj: Any, prefix: str) -> None:
             obj.parsed_time_signature()
         except ValueError as err:
             raise ConfigError(f"{prefix}.time_signature: {err}") from err
+    if isinstance(obj, InputConfig):
+        try:
+            obj.parsed_split()
+        except ValueError as err:
+            raise ConfigError(f"{prefix}.split must be {SPLIT_AUTO!r} or a note such as 'C4': {err}") from err
 
 
 def config_from_dict(data: Mapping[str, Any], base_dir: Path = Path(".")) -> Config:

@@ -156,6 +156,30 @@ def melody_pitch(token: int) -> int | None:
     return PITCH_MIN + token - MEL_NOTE_OFFSET
 
 
+def parse_note(name: str) -> int:
+    """The MIDI pitch of a note name with its octave, middle C being ``C4`` (60): ``"F#3"`` is 54, ``"Bb2"`` 46.
+
+    Raises:
+        ValueError: not a letter A-G, an optional ``#``/``b`` and an octave -1..9, or outside MIDI's 0..127.
+    """
+    m = re.fullmatch(r"\s*([A-Ga-g])([#b]?)(-?\d)\s*", name)
+    if m is None:
+        raise ValueError(f"cannot parse note {name!r}: expected a letter A-G, optional #/b and an octave, such as C4")
+    pitch = _NAME_TO_PC[(m.group(1) + m.group(2)).upper()] + 12 * (int(m.group(3)) + 1)
+    if m.group(1).upper() == "B" and m.group(2) == "#":
+        pitch += 12  # B#3 sounds as C4
+    elif m.group(1).upper() == "C" and m.group(2) == "b":
+        pitch -= 12  # Cb4 sounds as B3
+    if not 0 <= pitch <= 127:
+        raise ValueError(f"note {name!r} is outside MIDI's range C-1..G9")
+    return pitch
+
+
+def note_name(pitch: int) -> str:
+    """The name of MIDI ``pitch`` with its octave, middle C (60) being ``C4``; the inverse of :func:`parse_note`."""
+    return f"{NOTE_NAMES[pitch % 12]}{pitch // 12 - 1}"
+
+
 # --- velocity ----------------------------------------------------------------
 def velocity_bin(velocity: int | npt.ArrayLike) -> npt.NDArray[np.int64] | int:
     """Bin index of a MIDI velocity (1..127); works on scalars and arrays."""

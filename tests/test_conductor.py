@@ -154,3 +154,49 @@ def test_accompany_offline_refuses_a_model_without_harmoniser(tmp_path: Path) ->
     old = Model.load(make_random_model(tmp_path / "v1", contract=1))
     with pytest.raises(ModelError, match="cannot accompany"):
         accompany_offline(old, Config(), [2] * 16, None, list(range(16)))
+
+
+def _issue_tune(repeats: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Issue #19's right hand in quarter notes, a rest ending each phrase: C C G G A A G - F F E E D D C -."""
+    melody: list[int] = []
+    for p in (60, 60, 67, 67, 69, 69, 67, None, 65, 65, 64, 64, 62, 62, 60, None):
+        melody += [ct.MEL_REST] * 4 if p is None else [ct.melody_note_on(p), ct.MEL_HOLD, ct.MEL_HOLD, ct.MEL_HOLD]
+    mel = np.array(melody * repeats)
+    return mel, np.arange(mel.size) % 16
+
+
+def test_the_left_hands_chord_draws_the_accompaniment(shipped_model_dir: Path) -> None:
+    model = Model.load(shipped_model_dir)
+    melody, position = _issue_tune()
+    c_major = ct.Chord.parse("C").token
+    beats = range(0, melody.size, 4)
+    for seed in range(4):
+        alone = accompany_offline(model, Config(), melody, None, position, seed=seed)
+        held = accompany_offline(model, Config(), melody, None, position, seed=seed, left=np.full(melody.size, c_major))
+        print(f"seed {seed}: the tune alone {[ct.chord_token_name(int(alone[i])) for i in beats]}")
+        # under the A (and the D) over the player's C E G: C major, not F (nor G)
+        assert [int(held[i]) for i in beats] == [c_major] * len(beats), [ct.chord_token_name(int(t)) for t in held]
+
+
+def test_no_left_hand_or_no_bonus_leaves_the_harmoniser_alone(model: Model) -> None:
+    melody, position = _issue_tune(1)
+    alone = accompany_offline(model, Config(), melody, None, position, seed=5)
+    nc = accompany_offline(model, Config(), melody, None, position, seed=5, left=np.full(melody.size, ct.CHORD_NC))
+    cfg = Config().replace("accompany", left_hand=0.0)
+    off = accompany_offline(model, cfg, melody, None, position, seed=5, left=np.full(melody.size, 30))
+    assert np.array_equal(alone, nc) and np.array_equal(alone, off)
+
+
+def test_a_left_hand_chord_change_is_followed_on_the_next_counted_beat(model: Model) -> None:
+    """A random model's harmoniser, a bonus no logit outweighs: the chord follows the left hand on counted beats."""
+    engine = Engine(model, Params(), seed=0)
+    tr = Transport()
+    c, f = ct.Chord.parse("C").token, ct.Chord.parse("F").token
+    sounding = []
+    for i in range(32):
+        left = c if i < 18 else f  # F comes on step 18, the half beat after beat 1 of bar 2 (no onset there)
+        melody = ct.melody_note_on(72) if i == 0 else ct.MEL_HOLD
+        steer = Steer(melody=melody, harmonise=True, guide=left, guide_bonus=1000.0)
+        sounding.append(engine.step(Params(), at=tr.advance(), steer=steer).chord_now)
+    assert sounding[:20] == [c] * 20  # held through F's first steps: they are not on a counted beat
+    assert sounding[20:] == [f] * 12

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from rtgen.config import Config, config_from_dict, default_config_path, load_config
+from rtgen.contract import note_name, parse_note
 from rtgen.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -40,6 +41,10 @@ def test_repo_config_toml_loads_and_equals_defaults() -> None:
         ({"parts": "loud"}, "parts", "table"),
         ({"web": {"port": 70000}}, "web.port", "0..65535"),
         ({"web": {"enabled": "yes"}}, "web.enabled", "true or false"),
+        ({"input": {"split": "H4"}}, "input.split", "'auto' or a note such as 'C4'"),
+        ({"input": {"split": "C10"}}, "input.split", "'auto'"),
+        ({"input": {"split": 60}}, "input.split", "string"),
+        ({"accompany": {"left_hand": 30.0}}, "accompany.left_hand", "0.0..20.0"),
     ],
 )
 def test_bad_values_name_the_key_and_what_is_allowed(data: dict, key: str, allowed: str) -> None:
@@ -78,3 +83,14 @@ def test_replace_validates_like_the_file() -> None:
         cfg.replace("generation", top_p=0.0)
     with pytest.raises(ConfigError, match=r"generation\.swing"):
         cfg.replace("generation", swing=0.9)
+
+
+@pytest.mark.parametrize(
+    ("text", "pitch"),
+    [("auto", None), ("AUTO", None), ("C4", 60), ("c4", 60), ("F#3", 54), ("Bb2", 46), ("B#3", 60), ("Cb4", 59),
+     ("C-1", 0), ("G9", 127)],
+)  # fmt: skip
+def test_split_names_a_note_middle_c_being_c4(text: str, pitch: int | None) -> None:
+    assert config_from_dict({"input": {"split": text}}).input.parsed_split() == pitch
+    if pitch is not None:
+        assert parse_note(note_name(pitch)) == pitch

@@ -10,12 +10,13 @@ import pytest
 import rtmidi
 
 from rtgen.commands import run as run_cmd
-from rtgen.config import MODES, CcConfig, load_config
+from rtgen.config import MODES, CcConfig, config_from_dict, load_config
 from rtgen.contract import CHORD_NC, Chord
 from rtgen.errors import ConfigError
 from rtgen.input.tracker import (
     CONTINUOUS_CONTROLS,
     CONTROL_RANGES,
+    LEFT_RING_NS,
     Control,
     InputQueue,
     Onset,
@@ -110,7 +111,8 @@ def test_sustain_pedal_keeps_released_notes_until_it_lifts() -> None:
     tracker.feed(300 * MS, cc(64, 10))
     assert not tracker.pedal
     assert tracker.sounding() == (E,) and tracker.held == frozenset({E})
-    assert tracker.melody_note() == E
+    # the chord's top G was the melody until the pedal lifted; E struck again under it is harmony
+    assert tracker.melody_note() is None and tracker.harmony() == (E,)
     tracker.feed(400 * MS, off(E))
     assert tracker.sounding() == () and tracker.is_silent and tracker.last_release_ns == 400 * MS
     assert tracker.melody_note() is None
@@ -160,21 +162,137 @@ def test_channel_filter_applies_to_controllers() -> None:
         PlayerTracker(channel=17)
 
 
-def test_melody_note_follows_the_latest_held_note() -> None:
+def test_melody_note_follows_a_single_line_and_rests_with_it() -> None:
     tracker = PlayerTracker()
     assert tracker.melody_note() is None
-    tracker.feed(0, on(C))
-    tracker.feed(1, on(E))
+    for t, p in enumerate((C, E, G, E)):  # one note at a time, each released before the next
+        tracker.feed(t * 100 * MS, on(p, 90))
+        assert tracker.melody_note() == p and tracker.melody_onset == Onset(t * 100 * MS, p, 90)
+        tracker.feed(t * 100 * MS + 90 * MS, off(p))
+        assert tracker.melody_note() is None
+    assert tracker.harmony() == () and tracker.left_chord(400 * MS) is None
+    assert tracker.melody_onset == Onset(300 * MS, E, 90)  # kept after the note ends: a short note is still heard
+    assert tracker.last_onset_ns == 300 * MS
+
+
+def test_legato_steps_take_the_line_up_and_down() -> None:
+    tracker = PlayerTracker()
+    tracker.feed(0, on(G))
+    tracker.feed(100 * MS, on(G + 2))  # up, before G is released
+    tracker.feed(110 * MS, off(G))
+    assert tracker.melody_note() == G + 2
+    tracker.feed(200 * MS, on(G))  # a step down, struck alone while A is still down
+    assert tracker.melody_note() == G
+    tracker.feed(210 * MS, off(G + 2))
+    tracker.feed(300 * MS, on(E))  # a third down: still legato
     assert tracker.melody_note() == E
-    tracker.feed(2, on(G))
-    tracker.feed(3, off(G))
-    assert tracker.melody_note() == E  # back to the latest note still down
-    tracker.feed(4, on(C))  # struck again: C is the newest
-    assert tracker.melody_note() == C
-    tracker.feed(5, off(C))
-    tracker.feed(6, off(E))
-    assert tracker.melody_note() is None
-    assert tracker.last_onset_ns == 4
+    tracker.feed(400 * MS, on(C - 12))  # far below the held line: the left hand's
+    assert tracker.melody_note() == E and tracker.harmony() == (C - 12,)  # G, left by the line, is neither
+
+
+def test_the_top_of_notes_struck_together_is_the_melody_whatever_their_order() -> None:
+    for order in ((48, 52, 55, C), (C, 48, 52, 55), (52, C, 55, 48)):
+        tracker = PlayerTracker()
+        for i, p in enumerate(order):
+            tracker.feed(i * MS, on(p))
+        assert tracker.melody_note() == C, order
+        assert tracker.melody_onset is not None and tracker.melody_onset.pitch == C
+        assert tracker.harmony() == (48, 52, 55)
+        assert tracker.left_chord(10 * MS) == Chord.parse("C")
+        assert tracker.left_chord_token(10 * MS) == Chord.parse("C").token
+
+
+def test_an_inner_voice_never_steals_the_line() -> None:
+    tracker = PlayerTracker()
+    for p in (48, 52, 55, G + 12):  # left hand C major, right hand G5
+        tracker.feed(0, on(p))
+    tracker.feed(300 * MS, on(C + 12))  # an inner voice a fifth under the held G: harmony
+    assert tracker.melody_note() == G + 12
+    tracker.feed(400 * MS, off(G + 12))  # the line ends: the inner voice still held does not take it
+    assert tracker.melody_note() is None and C + 12 in tracker.harmony()
+    tracker.feed(500 * MS, on(81))  # above every held key: the tune again
+    assert tracker.melody_note() == 81
+
+
+def test_a_lone_left_hand_note_never_becomes_the_melody() -> None:
+    tracker = PlayerTracker()
+    beat = 500 * MS
+    for b, tune in enumerate((C, C, G, G)):  # the left hand strikes C major on every beat with the tune's note
+        t = b * beat
+        for p in (tune, 48, 52, 55):
+            tracker.feed(t + MS, on(p))
+        assert tracker.melody_note() == tune
+        for p in (tune, 48, 52, 55):
+            tracker.feed(t + beat - 20 * MS, off(p))
+    t = 4 * beat
+    tracker.feed(t, on(48))  # the left hand alone on a beat, the right hand resting
+    assert tracker.melody_note() is None and tracker.melody_onset is not None and tracker.melody_onset.pitch == G
+    assert tracker.harmony() == (48,) and tracker.left_chord(t) == Chord.parse("C")  # a bass note under it
+    tracker.feed(t + 100 * MS, on(55))  # the left hand's top note, alone, is no melody either
+    assert tracker.melody_note() is None and tracker.left_chord(t + 100 * MS) == Chord.parse("C")
+    tracker.feed(t + 200 * MS, on(60))  # the tune comes back above the left hand
+    assert tracker.melody_note() == 60
+
+
+def test_the_left_hands_chord_rings_briefly_then_needs_two_pitch_classes() -> None:
+    tracker = PlayerTracker()
+    c_major, a_minor = Chord.parse("C"), Chord.parse("Am")
+    for p in (72, 48, 52, 55):
+        tracker.feed(0, on(p))
+    assert tracker.left_chord(0) == c_major
+    for p in (48, 52, 55):
+        tracker.feed(500 * MS, off(p))
+    assert tracker.harmony() == () and tracker.left_chord(500 * MS + LEFT_RING_NS) == c_major  # it rings
+    tracker.feed(550 * MS, on(45))  # struck again a little late, a note at a time
+    assert tracker.left_chord(550 * MS) == c_major
+    tracker.feed(551 * MS, on(48))
+    assert tracker.left_chord(551 * MS) == a_minor
+    for p in (45, 48):
+        tracker.feed(1000 * MS, off(p))
+    assert tracker.left_chord(1000 * MS + LEFT_RING_NS + 1) is None  # the left hand rests: no chord
+    tracker.feed(3000 * MS, on(48))  # back after the rest with one note: no chord from before the rest
+    assert tracker.left_chord(3000 * MS) is None
+    tracker.feed(3001 * MS, on(55))
+    assert tracker.left_chord(3001 * MS) == Chord(0, c_major.quality)
+    tracker.feed(3500 * MS, cc(123, 0))
+    assert tracker.left_chord(3500 * MS + LEFT_RING_NS + 1) is None
+
+
+def test_a_legato_step_that_was_a_chords_first_note_goes_back() -> None:
+    tracker = PlayerTracker()
+    tracker.feed(0, on(G))
+    tracker.feed(300 * MS, on(E))  # alone for now: a step down
+    assert tracker.melody_note() == E
+    tracker.feed(305 * MS, on(C))  # ... but a chord under the held G
+    assert tracker.melody_note() == G and tracker.melody_onset == Onset(0, G, 100)
+    assert tracker.harmony() == (C, E)
+
+
+def test_a_fixed_split_gives_each_hand_its_notes() -> None:
+    tracker = PlayerTracker()
+    tracker.set_split(60)
+    tracker.feed(0, on(55))  # under the split, alone: the left hand's
+    assert tracker.melody_note() is None and tracker.harmony() == (55,)
+    tracker.feed(1 * MS, on(48))
+    tracker.feed(2 * MS, on(52))
+    tracker.feed(100 * MS, on(G))
+    tracker.feed(200 * MS, on(C))  # at the split: the right hand's, its latest note is the melody
+    assert tracker.melody_note() == C and tracker.harmony() == (48, 52, 55)
+    tracker.feed(300 * MS, off(C))
+    assert tracker.melody_note() == G  # the right hand's latest note still down
+    assert tracker.left_chord(300 * MS) == Chord.parse("C")
+    tracker.set_split(None)  # back to the skyline: the sounding notes are sorted again at once
+    assert tracker.melody_note() == G and tracker.harmony() == (48, 52, 55)
+    tracker.set_split(50)
+    assert tracker.melody_note() == G and tracker.harmony() == (48,)
+    with pytest.raises(ValueError, match=r"0\.\.127"):
+        tracker.set_split(128)
+
+
+def test_split_from_the_config() -> None:
+    cfg = config_from_dict({"input": {"split": "F#3"}})
+    assert cfg.input.parsed_split() == 54 and PlayerTracker.from_config(cfg).split == 54
+    assert PlayerTracker.from_config(config_from_dict({})).split is None
 
 
 def test_take_onsets_consumes_each_onset_once_and_history_is_bounded() -> None:
@@ -434,3 +552,29 @@ def test_tracker_hears_a_real_jack_keyboard(jack_server: str) -> None:
     assert [o.t_ns for o in onsets] == times[1:4]
     assert tracker.chord(times[3] + 40 * MS - 1) is None  # the last change (G) has not settled yet
     assert tracker.chord(times[3] + 40 * MS) == Chord.parse("C")
+
+
+def test_a_steps_melody_onset_is_the_top_lines_whatever_came_first() -> None:
+    """The loop's ``_heard`` on a tracker fed two hands: the melody's onset, never a left-hand note's."""
+    from types import SimpleNamespace
+
+    from rtgen import contract as ct
+    from rtgen.live.deciding import Deciding
+
+    tracker = PlayerTracker()
+    loop = SimpleNamespace(tracker=tracker, _onsets=[], _last_player_chord=CHORD_NC)
+
+    def step(t: int, *msgs: tuple[int, ...]) -> tuple[int, int | None, int]:
+        for m in msgs:
+            tracker.feed(t, m)
+        loop._onsets.extend(tracker.take_onsets())
+        heard = Deciding._heard(loop, t + MS)  # type: ignore[arg-type]
+        return heard.melody, heard.velocity, heard.left
+
+    c_major = Chord.parse("C").token
+    assert step(0, on(48, 60), on(52, 60), on(55, 60), on(C, 90)) == (ct.melody_note_on(C), 90, c_major)
+    assert step(500 * MS, off(48), off(52), off(55), on(48, 60), on(52, 60), on(55, 60)) == (ct.MEL_HOLD, None, c_major)
+    lone = step(1000 * MS, off(C), off(48), off(52), off(55), on(48, 60))  # the left hand's C alone: no melody
+    assert lone == (ct.MEL_REST, None, c_major)
+    g_major = Chord.parse("G").token  # the tune first, the left hand's new chord after it
+    assert step(1500 * MS, off(48), on(G, 80), on(43), on(47), on(50)) == (ct.melody_note_on(G), 80, g_major)

@@ -71,8 +71,10 @@ def test_valid_messages_reach_the_controller(server: tuple[osc.OscServer, Record
     peer.send("/rtgen/seed", 7)
     peer.send("/rtgen/style", "chords", "waltz")
     peer.send("/rtgen/part/enable", "drums", 0)
+    peer.send("/rtgen/split", "C4")
+    peer.send("/rtgen/split", "auto")
     peer.send("/rtgen/stop")
-    calls = wait_calls(ctl, 12)
+    calls = wait_calls(ctl, 14)
     assert calls == [
         ("play", ()),
         ("set_tempo", (140.0,)),
@@ -85,6 +87,8 @@ def test_valid_messages_reach_the_controller(server: tuple[osc.OscServer, Record
         ("set_seed", (7,)),
         ("set_style", ("chords", "waltz")),
         ("set_part_enabled", ("drums", False)),
+        ("set_split", ("C4",)),
+        ("set_split", ("auto",)),
         ("stop", ()),
     ]
 
@@ -103,6 +107,8 @@ def test_valid_messages_reach_the_controller(server: tuple[osc.OscServer, Record
         ("/rtgen/style", ("chords", "polka"), "unknown chords style 'polka'; allowed: auto, block"),
         ("/rtgen/style", ("melody", "strum"), "unknown melody style 'strum'; allowed: auto"),
         ("/rtgen/part/enable", ("drums", 2), "range 0..1"),
+        ("/rtgen/split", ("H4",), "such as C4; or 'auto'"),
+        ("/rtgen/split", (60,), "must be a string"),
         ("/rtgen/nope", (), "unknown address"),
     ],
 )

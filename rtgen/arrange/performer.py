@@ -172,6 +172,7 @@ def accompany_offline(
     beat_steps: int = ct.STEPS_PER_BEAT,
     mode: str = "accompany",
     phrase: Sequence[int] | npt.ArrayLike | None = None,
+    left: Sequence[int] | npt.ArrayLike | None = None,
 ) -> npt.NDArray[np.int64]:
     """The daemon's accompany path on a whole tune: the melody is the player, the model accompanies.
 
@@ -186,6 +187,8 @@ def accompany_offline(
         mode: the conductor (``accompany``; others for comparisons).
         phrase: prepared data's bar-in-phrase tokens, to number the bars as the data does (a pickup bar
             is bar -1); default: bars counted from the first full bar.
+        left: the chord the player's left hand holds at each step (a CHORD token, N.C. where none is clear),
+            as :meth:`rtgen.input.tracker.PlayerTracker.left_chord_token` hears it live; default: no left hand.
 
     Returns:
         The resolved chord token (N.C. or a chord) sounding at each step.
@@ -201,11 +204,13 @@ def accompany_offline(
         make_conductor(mode, config.accompany, config.call_response, config.improvise),
         config.parts,
     )
+    lh = None if left is None else np.asarray(left, dtype=np.int64).ravel()
     out = np.empty(mel.size, dtype=np.int64)
     for i, pos in enumerate(positions_from_bars(position, beat_steps, first_bar=_first_bar(phrase))):
         tok = int(mel[i])
         v = ct.bin_velocity(int(vel[i])) if vel is not None and tok >= ct.MEL_NOTE_OFFSET else None
-        step, _ = performer.perform(pos, params, Heard(melody=tok, velocity=v))
+        heard = Heard(melody=tok, velocity=v, left=ct.CHORD_NC if lh is None else int(lh[i]))
+        step, _ = performer.perform(pos, params, heard)
         out[i] = step.chord_now
     return out
 

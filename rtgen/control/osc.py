@@ -38,7 +38,16 @@ from pythonosc.osc_message import OscMessage
 from pythonosc.osc_message_builder import OscMessageBuilder
 from pythonosc.osc_server import BlockingOSCUDPServer
 
-from rtgen.config import CC_CONTROLS, PART_NAMES, DaemonConfig, GenerationConfig, PartConfig, field_choices, field_range
+from rtgen.config import (
+    CC_CONTROLS,
+    PART_NAMES,
+    DaemonConfig,
+    GenerationConfig,
+    PartConfig,
+    field_choices,
+    field_range,
+    parse_split,
+)
 from rtgen.errors import RtgenError, brief
 
 log = logging.getLogger(__name__)
@@ -79,6 +88,7 @@ class Controller(Protocol):
     def swap_soundfont(self, path: str, reply: Callable[[str], None] | None = None) -> None: ...
     def record_start(self, path: str) -> None: ...
     def set_section(self, name: str) -> None: ...
+    def set_split(self, split: str) -> None: ...
     def record_stop(self, reply: Callable[[str], None] | None = None) -> None: ...
     def learn(self, name: str, done: Callable[[int], None] | None = None) -> None: ...
     def unlearn(self, name: str) -> None: ...
@@ -408,6 +418,16 @@ class OscControl:
             except ValueError as err:
                 raise OscArgError(str(err)) from err
         self.controller.set_key(key)
+
+    @osc_handler("split", OscArg("note", "s"))
+    def split(self, sender: tuple[str, int] | None, note: str) -> None:
+        """Two hands: NOTE such as "C4" (middle C) and above is the right hand's tune, below it the left hand's chords;
+        "auto": the top line is the melody, the notes under it the harmony."""
+        try:
+            parse_split(note)
+            self.controller.set_split(note)
+        except ValueError as err:
+            raise OscArgError(str(err)) from err
 
     @osc_handler("density", setting(GenerationConfig, "density", "f"))
     def density(self, sender: tuple[str, int] | None, value: float) -> None:

@@ -11,7 +11,7 @@ instead of one step ahead.
 mode               melody              chords             bass        reactive
 =================  ==================  =================  ==========  ========
 autonomous         sampled, voiced     sampled, voiced    voiced      no
-accompany          observed            harmonised, voiced voiced      yes
+accompany          observed (top)      harmonised, voiced voiced      yes
 improvise          sampled, voiced     observed           silent      yes (no window)
 call-and-response  listen: observed    harmonised         silent      yes
                    answer: sampled     sampled, voiced    voiced      no
@@ -44,11 +44,13 @@ class Heard:
         melody: the player's melody token (NOTE_ON on an onset, HOLD while the note sounds, REST).
         velocity: MIDI velocity of the onset, if any.
         chord: the player's chord token (HOLD while it stays, a CHORD token on a change, N.C.).
+        left: the chord the player's left hand holds under the melody (a CHORD token), N.C. when none is clear.
     """
 
     melody: int = ct.MEL_REST
     velocity: int | None = None
     chord: int = ct.CHORD_HOLD
+    left: int = ct.CHORD_NC
 
     @property
     def onset(self) -> bool:
@@ -81,6 +83,7 @@ class Plan:
         temperature_scale: the step samples at the parameters' temperature times this.
         hold: with ``harmonise``, log-odds bonus for keeping the sounding chord.
         enter: a silent sampled melody starts a note at this step (the first step of an answer).
+        left_hand: with ``harmonise``, log-odds bonus for the chord the player's left hand holds.
     """
 
     observe_melody: bool = False
@@ -94,6 +97,7 @@ class Plan:
     temperature_scale: float = 1.0
     hold: float = 0.0
     enter: bool = False
+    left_hand: float = 0.0
 
     def steering(self, heard: Heard, fit: float = 0.0) -> Steer:
         """How the engine is steered at this step, given what the player did (``fit``: the harmoniser's bonus for
@@ -108,6 +112,8 @@ class Plan:
             tone_fit=self.tone_fit,
             hold=self.hold,
             enter=self.enter,
+            guide=heard.left if self.harmonise else None,
+            guide_bonus=self.left_hand if self.harmonise else 0.0,
         )
 
 
@@ -168,8 +174,11 @@ class Autonomous:
 class Accompany:
     """The player plays the melody; rtgen harmonises it as it hears it (chords and bass).
 
+    With two hands the melody is the top line, and the chord the left hand holds under it draws the harmoniser's
+    choice toward it (``[accompany] left_hand``); with no clear chord under the tune, the tune alone is harmonised.
+
     Args:
-        config: the reactive window and the fit bonus.
+        config: the reactive window, the fit, hold and left-hand bonuses.
     """
 
     mode = "accompany"
@@ -181,7 +190,7 @@ class Accompany:
         self.fit = cfg.fit
         self._plan = Plan(observe_melody=True, harmonise=True, voiced=_BACKING, reactive=True,
                           window_ms=cfg.reactive_window_ms, temperature_scale=cfg.temperature_scale,
-                          hold=cfg.hold)  # fmt: skip
+                          hold=cfg.hold, left_hand=cfg.left_hand)  # fmt: skip
 
     def plan(self, pos: Position) -> Plan:
         """Melody observed, chords from the harmoniser, decided reactively."""

@@ -111,6 +111,10 @@ class Steer:
         tone_fit: on a strong beat, a log-odds bonus for sampled melody onsets on tones of the sounding
             chord (improvising over a player's chords lands on them as a musician would).
         enter: a sampled melody that is silent starts a note at this step (an answer comes in on time).
+        guide: with ``harmonise``, a chord token the choice is drawn toward (the chord the player's left hand
+            holds), by the log-odds bonus ``guide_bonus``; on a counted beat where it differs from the sounding
+            chord the chord is decided again (the left hand changed chord).
+        guide_bonus: the log-odds bonus for ``guide`` (0: no guide).
     """
 
     melody: int | None = None
@@ -121,6 +125,8 @@ class Steer:
     tone_fit: float = 0.0
     hold: float = 0.0
     enter: bool = False
+    guide: int | None = None
+    guide_bonus: float = 0.0
 
 
 FREE = Steer()
@@ -530,8 +536,9 @@ class Engine:
             assert melody is not None
             held = self._prev_chord_now
             onset = self._feed_harmony(melody)
-            # the chord may change on a strong beat, or on a beat where the player strikes a note
-            decide = at.strong or (onset is not None and at.on_beat) or not held_ok
+            guide = steer.guide if steer.guide_bonus > 0 and (steer.guide or 0) >= ct.CHORD_OFFSET else None
+            # the chord may change on a strong beat, or on a beat where the player strikes a note or changes chord
+            decide = at.strong or (at.on_beat and (onset is not None or guide not in (None, held))) or not held_ok
             if not decide:
                 chord_logits = _HOLD_ONLY
                 bias = None
@@ -542,6 +549,8 @@ class Engine:
                     z += self._fit_bias(steer.fit)[onset % 12]
                 if steer.hold > 0 and np.isfinite(z[held]):
                     z[held] += steer.hold
+                if guide is not None and np.isfinite(z[guide]):  # a left-hand chord outside a key lock stays out
+                    z[guide] += steer.guide_bonus
                 chord_logits = z
                 bias = None
         chord_tok = sample(

@@ -25,6 +25,15 @@ Control Change mapping (``[cc]`` in the config; 0 = unmapped), 0..127 onto:
   ``call-and-response``, emitted only when the range changes;
 * ``panic``: emitted once when the value rises through 64.
 
+Two hands (``[input] split``): the melody is the top line and the notes under it are harmony. ``auto`` is a
+skyline with a little hysteresis: a note takes the line when it is the highest struck (notes struck within
+:data:`TOGETHER_NS` of each other are one chord: its top note is the melody), or when it is struck alone at most
+:data:`LEGATO_SEMITONES` under the line's held note (a legato step down); when the line's note ends, the notes
+still held under it do not take it, and a note struck while the line rests takes it only above every held key
+and above the top of the left hand's last chord. A fixed split (a MIDI pitch) makes the notes at and above it the
+right hand's tune (its latest struck note is the melody) and those below the left hand's chords.
+:meth:`PlayerTracker.left_chord` names the chord the harmony notes make.
+
 The mapping is a :class:`CcMap`, an immutable value the tracker holds by one reference: a new mapping
 (MIDI learn, :meth:`PlayerTracker.set_mapping`) is built whole, then swapped in. MIDI learn: while a control
 is armed (:attr:`PlayerTracker.learning`), the next CC in ``LEARNABLE_CCS`` on a channel the tracker listens to
@@ -78,6 +87,14 @@ _DEFAULT_TEMPERATURE = GenerationConfig.temperature  # the middle of the wheel
 _DEFAULT_DENSITY = GenerationConfig.density
 # Bytes per channel message, indexed by the status nibble (0x8n..0xEn); 0 = not a channel message.
 _LENGTH = (0, 0, 0, 0, 0, 0, 0, 0, 3, 3, 3, 3, 2, 2, 3, 0)
+
+
+TOGETHER_NS = 40_000_000
+"""Notes struck within this time of each other are struck together (a chord): only its top note can be the melody."""
+LEGATO_SEMITONES = 4
+"""A note struck alone this close under the melody's held note takes the line (a legato step down)."""
+LEFT_RING_NS = 200_000_000
+"""The left hand's chord is still heard this long after its notes end (it rings; it is struck again)."""
 
 
 LEARNED = "learned"
@@ -247,8 +264,8 @@ class InputQueue:
 class PlayerTracker:
     """What the player is doing, fed one MIDI message at a time on the real-time thread.
 
-    Keys held, notes sustained by the pedal, the latest onsets, the melody line, the
-    recognised chord and the mapped controllers. Chord recognition waits for the sounding
+    Keys held, notes sustained by the pedal, the latest onsets, the melody line and the
+    harmony under it, the recognised chords and the mapped controllers. Chord recognition waits for the sounding
     notes to settle (``settle_ms``) so a rolled chord is one chord; when the hands lift
     (or a single note remains) the last chord is kept, as the listener still hears it ring.
 
@@ -265,6 +282,10 @@ class PlayerTracker:
         pedal: the sustain pedal (CC 64 >= 64) is down.
         bad: malformed messages dropped (wrong length, data bytes > 127, not bytes at all).
         filtered: channel messages dropped by the channel filter.
+        split: the split between the hands (a MIDI pitch: the right hand is it and above), or None: the top
+            line is the melody (see the module docstring); set it with :meth:`set_split`.
+        melody_onset: the onset of the latest note that took the melody (kept after the note ends, so a short
+            note is still heard at its step), or None.
 
     Raises:
         ValueError: ``channel`` outside 0..16, ``settle_ms`` negative or ``history`` < 1.
@@ -280,6 +301,7 @@ class PlayerTracker:
         if history < 1:
             raise ValueError(f"history must be >= 1, got {history}")
         self._channel = channel - 1  # -1: omni
+        self.split: int | None = None  # None: auto (the skyline)
         self.settle_ns = int(settle_ms * 1_000_000)
         self._map = CcMap.of(cc if cc is not None else CcConfig())
         self.learning: str | None = None
@@ -292,8 +314,10 @@ class PlayerTracker:
 
     @classmethod
     def from_config(cls, cfg: Config) -> PlayerTracker:
-        """A tracker for ``[input]`` (channel, settle_ms) and ``[cc]``."""
-        return cls(channel=cfg.input.channel, settle_ms=cfg.input.settle_ms, cc=cfg.cc)
+        """A tracker for ``[input]`` (channel, settle_ms, split) and ``[cc]``."""
+        tracker = cls(channel=cfg.input.channel, settle_ms=cfg.input.settle_ms, cc=cfg.cc)
+        tracker.set_split(cfg.input.parsed_split())
+        return tracker
 
     def reset(self) -> None:
         """Forget every note, the pedal, the chord, the onsets and the controller edges (counters stay)."""
@@ -313,6 +337,23 @@ class PlayerTracker:
         self._chord_version = 0
         self._mode = -1
         self._panic_high = False
+        self._reset_hands()
+
+    def _reset_hands(self) -> None:
+        self._line: int | None = None  # the melody's pitch while it sounds
+        self.melody_onset: Onset | None = None  # the onset of the latest note that took the line (kept after it ends)
+        self._harmony: set[int] = set()  # sounding pitches that are harmony (the left hand, inner voices)
+        self._hands_version = 0  # bumped whenever the harmony notes change
+        self._left_notes: tuple[int, ...] = ()  # the latest harmony notes of two pitch classes or more
+        self._left: Chord | None = None
+        self._left_version = -1
+        self._left_quiet_ns: int | None = None  # when the last harmony note ended (None while one sounds)
+        self._legato_from: tuple[int, Onset | None] | None = None  # the line before a legato step, for a revert
+        # the left hand's register: its chords' top notes (a chord = harmony notes struck together)
+        self._group_ns = -(1 << 62)
+        self._group_top = 0
+        self._group_size = 0
+        self._prev_group_top: int | None = None
 
     # -- the controller mapping -------------------------------------------------------------------------------
 
@@ -353,8 +394,58 @@ class PlayerTracker:
         return not self._held and not self._sustained
 
     def melody_note(self) -> int | None:
-        """The player's melody as a monophonic line: the latest struck note still sounding, or None."""
-        return self._struck[-1] if self._struck else None
+        """The player's melody, the top line of two hands (see the module docstring), while it sounds; or None."""
+        return self._line
+
+    def harmony(self) -> tuple[int, ...]:
+        """The sounding pitches under the melody (the left hand's, and inner voices), ascending."""
+        return tuple(sorted(self._harmony))
+
+    def set_split(self, split: int | None) -> None:
+        """Split the hands at MIDI pitch ``split`` (the right hand is it and above), or ``None`` for the skyline.
+
+        The notes sounding now are sorted into the new hands at once.
+
+        Raises:
+            ValueError: ``split`` outside 0..127.
+        """
+        if split is not None and not 0 <= split <= 127:
+            raise ValueError(f"split must be a MIDI pitch in range 0..127 or None (auto), got {split}")
+        self.split = split
+        sounding = self._held | self._sustained
+        if split is None:
+            line = self._line if self._line in sounding else None
+        else:
+            line = next((p for p in reversed(self._struck) if p >= split), None)
+        self._line = line
+        self._harmony = {p for p in sounding if p != line and (split is None or p < split)}
+        self._left_notes, self._left_quiet_ns = (), None  # the left hand is heard afresh
+        self._harmony_changed(grew=True)
+        self._legato_from = None
+
+    def left_chord(self, now_ns: int) -> Chord | None:
+        """The chord the harmony notes make (the left hand's, held or under the pedal) at ``now_ns``, or None when
+        none is clear.
+
+        Recognised (:func:`rtgen.contract.recognize_chord`) as the notes stand, without :meth:`chord`'s settle
+        window: the accompanist decides a step when the player's notes for it are known, and a block chord struck
+        with the tune's note is heard whole (a chord rolled slowly, as far as it has come). A single pitch class
+        keeps the chord before it (a bass note under the chord still ringing, as the training data reads it);
+        when the harmony notes have all ended the chord rings on for :data:`LEFT_RING_NS` (a chord struck again,
+        or one whose notes come a little after the tune's), then there is none until two pitch classes sound.
+        """
+        quiet = self._left_quiet_ns
+        if quiet is not None and now_ns - quiet > LEFT_RING_NS:
+            return None
+        if self._left_version != self._hands_version:
+            self._left_version = self._hands_version
+            self._left = recognize_chord(self._left_notes) if self._left_notes else None
+        return self._left
+
+    def left_chord_token(self, now_ns: int) -> int:
+        """:meth:`left_chord` as a contract CHORD token, or ``CHORD_NC`` when the left hand holds no clear chord."""
+        chord = self.left_chord(now_ns)
+        return CHORD_NC if chord is None else chord.token
 
     def take_onsets(self) -> list[Onset]:
         """Onsets not taken before, oldest first (each onset is returned once)."""
@@ -445,9 +536,105 @@ class PlayerTracker:
         if pitch in struck:
             struck.remove(pitch)
         struck.append(pitch)
-        self.onsets.append(Onset(t_ns, pitch, velocity))
+        onset = Onset(t_ns, pitch, velocity)
+        previous = self.last_onset_ns
+        self.onsets.append(onset)
         self._untaken += 1
         self.last_onset_ns = t_ns
+        self._classify(onset, previous)
+
+    # -- two hands -------------------------------------------------------------------------------------------
+
+    def _classify(self, onset: Onset, previous_ns: int | None) -> None:
+        """Give a struck note to the melody or to the harmony (see the module docstring)."""
+        pitch, t_ns = onset.pitch, onset.t_ns
+        together = previous_ns is not None and t_ns - previous_ns <= TOGETHER_NS
+        legato, self._legato_from = self._legato_from, None
+        if self.split is not None:
+            if pitch >= self.split:
+                self._take(onset)
+            else:
+                self._to_harmony(pitch, t_ns)
+            return
+        line = self._line
+        if line is not None and line != pitch and line in self._held:  # the line's key is down
+            line_ns = self.melody_onset.t_ns if self.melody_onset is not None else t_ns
+            if pitch > line:
+                if t_ns - line_ns <= TOGETHER_NS:
+                    self._to_harmony(line, line_ns)  # struck together: the top note is the melody
+                self._take(onset)
+            elif legato is not None and together and legato[0] in self._held:
+                # the legato step was a chord's first note: the line goes back to the note it left
+                self._to_harmony(line, line_ns)
+                self._to_harmony(pitch, t_ns)
+                self._line, self.melody_onset = legato
+            elif t_ns - line_ns <= TOGETHER_NS:
+                self._to_harmony(pitch, t_ns)
+            elif not together and line - pitch <= LEGATO_SEMITONES and pitch > max(self._harmony, default=-1):
+                self._legato_from = (line, self.melody_onset)
+                self._take(onset)
+            else:
+                self._to_harmony(pitch, t_ns)
+            return
+        others = self._held - {pitch}
+        register = self._register(t_ns)
+        if (not others or pitch > max(others)) and (register is None or pitch > register):
+            self._take(onset)
+        else:
+            self._to_harmony(pitch, t_ns)
+
+    def _take(self, onset: Onset) -> None:
+        """``onset``'s note becomes the melody."""
+        self._line = onset.pitch
+        self.melody_onset = onset
+        if onset.pitch in self._harmony:
+            self._harmony.discard(onset.pitch)
+            self._harmony_changed()
+
+    def _harmony_changed(self, grew: bool = False) -> None:
+        self._hands_version += 1
+        harmony = self._harmony
+        # a chord is named as it is struck: the notes left while the hand lifts are what rings of it, no new chord
+        if grew and len(harmony) >= 2 and len({p % 12 for p in harmony}) >= 2:
+            self._left_notes = tuple(harmony)
+
+    def _to_harmony(self, pitch: int, t_ns: int) -> None:
+        """``pitch`` (struck at ``t_ns``) sounds under the melody: the left hand's, or an inner voice."""
+        if self._line == pitch:
+            self._line = None
+        quiet = self._left_quiet_ns
+        if quiet is not None and t_ns - quiet > LEFT_RING_NS:
+            self._left_notes = ()  # the left hand comes back after a rest: nothing rings from before it
+        self._left_quiet_ns = None
+        self._harmony.add(pitch)
+        self._harmony_changed(grew=True)
+        if t_ns - self._group_ns > TOGETHER_NS:
+            if self._group_size >= 2:
+                self._prev_group_top = self._group_top
+            self._group_ns, self._group_top, self._group_size = t_ns, pitch, 1
+        else:
+            self._group_top = max(self._group_top, pitch)
+            self._group_size += 1
+
+    def _register(self, t_ns: int) -> int | None:
+        """The top of the left hand's latest chord (a chord still being struck counts with the one before)."""
+        if self._group_size >= 2:
+            if t_ns - self._group_ns > TOGETHER_NS:
+                return self._group_top
+            return max(self._group_top, self._prev_group_top or 0)
+        return self._prev_group_top
+
+    def _silenced(self, pitch: int, t_ns: int) -> None:
+        """``pitch`` stopped sounding at ``t_ns``: it leaves the harmony; the melody, if it was, rests (``auto``)
+        or falls back to the right hand's latest struck note still sounding (a fixed split)."""
+        if pitch in self._harmony:
+            self._harmony.discard(pitch)
+            self._harmony_changed()
+            if not self._harmony:
+                self._left_quiet_ns = t_ns
+        if self._line == pitch:
+            split = self.split
+            self._line = None if split is None else next((p for p in reversed(self._struck) if p >= split), None)
 
     def _note_off(self, pitch: int, t_ns: int) -> None:
         if pitch not in self._held:
@@ -457,6 +644,7 @@ class PlayerTracker:
             self._sustained.add(pitch)
             return
         self._struck.remove(pitch)
+        self._silenced(pitch, t_ns)
         self._ended(t_ns)
 
     def _ended(self, t_ns: int) -> None:
@@ -474,6 +662,8 @@ class PlayerTracker:
         struck = self._struck
         for pitch in self._sustained:
             struck.remove(pitch)
+        for pitch in self._sustained:
+            self._silenced(pitch, t_ns)
         self._sustained.clear()
         self._ended(t_ns)
 
@@ -483,6 +673,11 @@ class PlayerTracker:
             self._held.clear()
             self._sustained.clear()
             self._struck.clear()
+            self._line = None
+            if self._harmony:
+                self._harmony.clear()
+                self._harmony_changed()
+                self._left_quiet_ns = t_ns
             self._ended(t_ns)
 
     def _controls(self, names: tuple[str, ...], value: int) -> list[Control]:

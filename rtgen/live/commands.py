@@ -82,6 +82,13 @@ class SetSwing:
 
 
 @dataclass(frozen=True)
+class SetSplit:
+    """Split the player's hands at MIDI pitch ``split`` (the right hand is it and above), or ``None``: the top line."""
+
+    split: int | None
+
+
+@dataclass(frozen=True)
 class SetMode:
     """Switch to another conductor (mode); nothing is left sounding from parts the new mode does not play."""
 
@@ -146,5 +153,5 @@ class Unlearn:
 
 Command = (
     Play | Stop | Panic | SetTempo | SetPart | SetStyle | SetPartEnabled | SetSeed | SetSwing | SetMode | SwapModel
-    | UseSoundfont | RecordStart | RecordStop | SetSection | Learn | Unlearn
+    | UseSoundfont | RecordStart | RecordStop | SetSection | Learn | Unlearn | SetSplit
 )  # fmt: skip

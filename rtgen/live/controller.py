@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from rtgen.config import Config, check_cc_control, check_mode
+from rtgen.config import Config, check_cc_control, check_mode, parse_split
 from rtgen.errors import RtgenError, SoundfontError
 from rtgen.generation.conductor import needs_harmoniser
 from rtgen.live import loaders
@@ -27,6 +27,7 @@ from rtgen.live.commands import (
     SetPartEnabled,
     SetSection,
     SetSeed,
+    SetSplit,
     SetStyle,
     SetSwing,
     SetTempo,
@@ -141,6 +142,19 @@ class Controller:
     def set_swing(self, swing: float) -> None:
         """Swing amount."""
         self._live().command(SetSwing(swing))
+
+    def set_split(self, split: str) -> None:
+        """Split the player's hands at a note such as ``"C4"`` (it and above: the right hand's tune), or ``"auto"``:
+        the top line is the melody.
+
+        Raises:
+            ValueError: neither ``auto`` nor a note name, or the player's input is off.
+        """
+        pitch = parse_split(split)
+        loop = self._live()
+        if loop.tracker is None:
+            raise ValueError("the split sorts the player's hands, but the input is off ([input] enabled)")
+        loop.command(SetSplit(pitch))
 
     def set_section(self, name: str) -> None:
         """Cue a song-form section (raises ValueError for a name that is not allowed)."""

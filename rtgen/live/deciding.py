@@ -90,19 +90,23 @@ class Deciding(LoopState):
         self._started(step, start)
 
     def _heard(self, now: int) -> Heard:
-        """What the player did for the step being decided (quantised: every onset not yet given to a step)."""
+        """What the player did for the step being decided (quantised: every onset not yet given to a step; of two
+        hands, the melody's onset is the top line's and the left hand's chord is heard apart)."""
         tracker = self.tracker
         if tracker is None:
             return NOBODY
         chord = tracker.chord_token(now)
         chord_tok = ct.CHORD_HOLD if chord == self._last_player_chord else chord
         self._last_player_chord = chord
+        left = tracker.left_chord_token(now)
         if self._onsets:
-            last = self._onsets[-1]
+            first = self._onsets[0].t_ns
             self._onsets.clear()
-            return Heard(ct.melody_note_on(last.pitch), last.velocity, chord_tok)
+            struck = tracker.melody_onset
+            if struck is not None and struck.t_ns >= first:
+                return Heard(ct.melody_note_on(struck.pitch), struck.velocity, chord_tok, left)
         melody = ct.MEL_HOLD if tracker.melody_note() is not None else ct.MEL_REST
-        return Heard(melody, None, chord_tok)
+        return Heard(melody, None, chord_tok, left)
 
     def _decide(self, k: int, plan: Plan, heard: Heard) -> Step | None:
         """Engine + voicer for clock step ``k`` at the transport's next position; events in ``_last_events``."""

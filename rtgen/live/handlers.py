@@ -28,6 +28,7 @@ from rtgen.live.commands import (
     SetPartEnabled,
     SetSection,
     SetSeed,
+    SetSplit,
     SetStyle,
     SetSwing,
     SetTempo,
@@ -158,6 +159,13 @@ class Handling(LoopState):
     def _on_swing(self, cmd: SetSwing) -> None:
         self.swing = float(cmd.swing)
         self.voicer.swing = self.swing
+
+    def _on_split(self, cmd: SetSplit) -> None:
+        tracker = self.tracker
+        if tracker is None:
+            raise RtgenError("the split sorts the player's hands, but the input is off ([input] enabled)")
+        tracker.set_split(cmd.split)
+        log.info("hands: %s", "the top line is the melody" if cmd.split is None else f"split at {cmd.split}")
 
     def _on_mode(self, cmd: SetMode) -> None:
         mode = check_mode(cmd.mode)
@@ -321,6 +329,7 @@ _HANDLERS: dict[type, Callable[[Handling, Any], None]] = {
     RecordStop: Handling._on_record_stop,
     Learn: Handling._on_learn,
     Unlearn: Handling._on_unlearn,
+    SetSplit: Handling._on_split,
 }
 """Each command type's handler (one per type of :data:`~rtgen.live.commands.Command`)."""
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from rtgen.config import PART_NAMES
+from rtgen.config import PART_NAMES, split_name
 from rtgen.timing.clock import LatenessHistogram
 
 if TYPE_CHECKING:
@@ -67,6 +67,8 @@ def snapshot(
         "parts": parts,
         "input": player_input.name if player_input is not None else None,
         "player_sounding": list(tracker.sounding()) if tracker is not None else [],
+        "player_melody": tracker.melody_note() if tracker is not None else None,
+        "split": split_name(tracker.split) if tracker is not None else None,
         "learning": tracker.learning if tracker is not None else None,
         "cc": tracker.mapping.as_dict() if tracker is not None else {},
         "recording": str(p.recorder.path) if p.recorder is not None else None,

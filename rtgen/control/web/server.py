@@ -79,6 +79,8 @@ def _widget(address: str, types: str) -> dict[str, Any]:
         return {"kind": "part-choice", "choices": {p: list(style_names(p)) for p in PART_NAMES}, "state": "style"}
     if name == "part/enable":
         return {"kind": "part-toggle", "parts": list(PART_NAMES), "state": "enabled"}
+    if name == "split":
+        return {"kind": "text", "presets": ["auto", "C4"], "placeholder": "C4", "state": "split"}
     if name == "section":
         return {"kind": "text", "presets": ["A", "B", "C", "D"], "placeholder": "section", "state": "section"}
     if name in ("learn", "unlearn"):  # a button beside each control the player's CCs can move
