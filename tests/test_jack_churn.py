@@ -1,14 +1,17 @@
-"""An input that never stays deaf: a client the server stops running is noticed and reopened.
+"""An input that never stays deaf: beside a client that churns JACK clients, and when the server stops running it.
 
 jack2's libjack can leave a client of ours waiting on a departed client's futex (see rtgen/io/rtmidijack.py): the
 server then never runs it, and an input that is not run hears nothing, with nothing said. The daemon's JACK
 supervisor reads each client's wake-up (:meth:`RtmidiJack.wake_pending`): one the server signals and the client
 never takes for a second is a client that waits elsewhere, and every port is reopened, connections kept, while the
-loop plays on. The race is rare on this machine, so the test makes the fault on purpose: the input's JACK thread is
+loop plays on. The first test is the issue's: 20 starts beside ``while :; do jack_lsp; done``, each must hear the
+player. The race is rare on this machine, so the second makes the fault on purpose: the input's JACK thread is
 stopped with ptrace (it then never takes its wake-up, exactly as a thread on the wrong futex), and the daemon must
-notice, say so once, reopen, connect the player again and hear it. (The issue's 20 starts beside a ``jack_lsp``
-churn loop is not in the suite: in one of four suite runs the race caught the test process's own player client,
-whose stalled cycles stopped the server answering, and the stuck server spoiled the JACK tests after it.)
+notice, say so once, reopen, connect the player again and hear it.
+
+Each test has a JACK server of its own, and the player is a process of its own: no client of the test process
+meets the churn (libjack keeps one state per process, and a stalled client of the suite's process once stopped
+a server answering and spoiled the JACK tests after it).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import ctypes
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,12 +31,13 @@ from conftest import serve_jack
 from test_daemon import Daemon, Peer
 from test_playalong import daemon_input, status
 
-from rtgen.bench.harness import jack_connect, wait_for_port
+from rtgen.bench.harness import daemon_env, jack_connect, jack_env, wait_for_port
 from rtgen.midi.messages import NOTE_OFF, NOTE_ON
 
 pytestmark = pytest.mark.jack
 
-HEARD_WITHIN_S = 8.0  # a note heard within this long of the first try (the player connected)
+STARTS = 20
+HEARD_WITHIN_S = 8.0  # detection (1 s) + a reopen (~0.5 s) + back-offs if the race meets the reopen too, with margin
 RECOVERED_WITHIN_S = 15.0  # the forced fault: detection, closing the stopped client, reopening; twice what it takes
 
 _PTRACE_DETACH, _PTRACE_SEIZE, _PTRACE_INTERRUPT = 17, 0x4206, 0x4207
@@ -49,13 +54,45 @@ def model_dir(shipped_model_dir: Path) -> Path:
     return shipped_model_dir
 
 
-def heard_within(player: object, peer: Peer, seconds: float, at_least: int = 1) -> int:
+_PLAYER = f"""
+import sys, rtmidi
+out = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, name=sys.argv[1])
+out.open_virtual_port("out")
+print("ready", flush=True)
+for line in sys.stdin:
+    out.send_message([{NOTE_ON}, 60, 100])
+    out.send_message([{NOTE_OFF}, 60, 0])
+"""
+
+
+class Player:
+    """A keyboard in a process of its own: a JACK client ``NAME:out`` that plays a note per :meth:`play`."""
+
+    def __init__(self, server: str, name: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _PLAYER, name], env=daemon_env(server), stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, text=True, start_new_session=True,
+        )  # fmt: skip
+        assert self.proc.stdout is not None and self.proc.stdout.readline().strip() == "ready", "no player"
+        self.port = wait_for_port(f"{name}:out").name
+
+    def play(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("n\n")
+        self.proc.stdin.flush()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+
+def heard_within(player: Player, peer: Peer, seconds: float, at_least: int = 1) -> int:
     """Play a note every 0.1 s until the daemon's status counts ``at_least`` input messages; the count."""
     deadline = time.monotonic() + seconds
     heard = 0
     while heard < at_least and time.monotonic() < deadline:
-        player.send_message([NOTE_ON, 60, 100])  # type: ignore[attr-defined]
-        player.send_message([NOTE_OFF, 60, 0])  # type: ignore[attr-defined]
+        player.play()
         time.sleep(0.1)
         heard = int(status(peer).get("input_received", 0))
     return heard
@@ -67,6 +104,35 @@ def stop_daemon(d: Daemon) -> None:
         with contextlib.suppress(subprocess.TimeoutExpired):
             d.proc.wait(10)
     d.close()
+
+
+def test_the_player_is_heard_in_every_start_beside_a_client_churn(
+    jack_server: str, model_dir: Path, tmp_path: Path
+) -> None:
+    player = Player(jack_server, f"churn-player-{os.getpid()}")  # opened before the churn: not this test's race
+    churn = subprocess.Popen(
+        ["sh", "-c", "while :; do jack_lsp >/dev/null 2>&1; done"], env=jack_env(jack_server), start_new_session=True
+    )
+    deaf: list[str] = []
+    reopened = 0
+    try:
+        for start in range(STARTS):
+            d = Daemon(jack_server, model_dir, tmp_path, tempo=120.0)
+            peer = Peer(d.osc_port)
+            try:
+                jack_connect(player.port, daemon_input(d))
+                if not heard_within(player, peer, HEARD_WITHIN_S):
+                    deaf.append(f"start {start + 1}:\n{d.output()[-3000:]}")
+                reopened += "ports reopened" in d.output()
+            finally:
+                peer.close()
+                stop_daemon(d)
+    finally:
+        os.killpg(churn.pid, signal.SIGKILL)
+        churn.wait()
+        player.close()
+    print(f"{STARTS} starts beside the churn, {reopened} of them reopened their ports")
+    assert not deaf, f"{len(deaf)} of {STARTS} starts did not hear the player:\n" + "\n".join(deaf)
 
 
 def _jack_thread(pid: int, client: str) -> int | None:
@@ -107,13 +173,9 @@ def stopped_thread(tid: int) -> Iterator[None]:
 def test_an_input_the_server_stops_running_is_reopened_and_hears_the_player_again(
     jack_server: str, model_dir: Path, tmp_path: Path
 ) -> None:
-    import rtmidi
-
     assert _SYS_FUTEX is not None, f"no futex syscall number known for {os.uname().machine}"
-    name = f"frozen-player-{os.getpid()}"
-    player = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, name=name)
-    player.open_virtual_port("out")
-    source = wait_for_port(f"{name}:out").name
+    player = Player(jack_server, f"frozen-player-{os.getpid()}")
+    source = player.port
     d = Daemon(jack_server, model_dir, tmp_path, tempo=120.0)
     peer = Peer(d.osc_port)
     try:
@@ -151,5 +213,4 @@ def test_an_input_the_server_stops_running_is_reopened_and_hears_the_player_agai
     finally:
         peer.close()
         stop_daemon(d)
-        player.close_port()
-        player.delete()
+        player.close()
