@@ -43,7 +43,7 @@ def test_bench_writes_the_figures(model_dir: Path, tmp_path: Path) -> None:
 def _own_bench_server() -> list[str]:
     """Command lines of jackd servers this process's bench started (named after its pid)."""
     out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=False).stdout
-    names = [f"-n rtgen-{kind}-{os.getpid()} " for kind in ("bench", "grid", "load", "web")]
+    names = [f"-n rtgen-{kind}-{os.getpid()} " for kind in ("bench", "grid", "load", "web", "cpu")]
     return [line for line in out.splitlines() if "jackd" in line and any(n in line for n in names)]
 
 
@@ -98,6 +98,7 @@ def test_bench_runs_the_daemon_through_jack_and_under_osc_load(model_dir: Path, 
     out = tmp_path / "bench.json"
     args = ["bench", "--model", str(model_dir), "--seconds", "1", "--steps", "200", "--reactive-seconds", "0"]
     args += ["--jack-seconds", "3", "--load-seconds", "3", "--swap-seconds", "0", "--web-seconds", "0", "--no-busy"]
+    args += ["--cpu-seconds", "0"]
     assert main([*args, "--json", str(out)]) == 0
     data = json.loads(out.read_text())
     grid = data["jack_grid_dev_us"]
@@ -107,7 +108,8 @@ def test_bench_runs_the_daemon_through_jack_and_under_osc_load(model_dir: Path, 
     runs = data["jack_grid"]["first_note_runs_ms"]
     assert len(runs) == 5 and all(0 < ms < 60_000 for ms in runs)
     assert data["first_note_ms"] == round(sorted(runs)[2], 1)  # the median start
-    assert 0 < data["cpu_percent_120bpm"] < 100
+    assert 0 < data["jack_grid"]["cpu_percent"] < 100
+    assert data["cpu_percent_120bpm"] is None and data["cpu_skipped"] == "--cpu-seconds 0"
     assert data["uss_mb"] > 10
     load = data["osc_load"]
     assert load is not None, data.get("osc_load_skipped")
@@ -139,4 +141,18 @@ def test_bench_plays_with_the_web_page_closed_fed_and_open_in_chromium(model_dir
     assert web["socket"]["feed_messages"] >= 3 * 10, web["socket"]  # status ten times a second, notes and beats
     assert web["browser"]["browser_cpu_percent"] > 0, web["browser"]  # the page ran (and drew) in Chromium
     assert data["targets"]["web_page_ok"] in (True, False)
+    assert not _own_bench_server()
+
+
+def test_the_cpu_phase_runs_the_daemon_as_a_user_starts_it_idle_and_playing(model_dir: Path) -> None:
+    """One short window of each at one tempo: the figures present and sane (no thresholds: rtgen bench's job)."""
+    require(shutil.which("jackd") is not None, "jackd (apt-get install jackd2)")
+    from rtgen.bench.cpu import bench_cpu
+
+    data = bench_cpu(model_dir, window_s=1.0, windows=1, tempos=(120.0,))
+    run = data["cpu"]["by_tempo"]["120"]
+    assert run["daemon_exit_code"] == 0
+    assert len(run["idle_windows"]) == len(run["playing_windows"]) == 1
+    assert 0 < run["idle"] < 100 and 0 < run["playing"] < 100
+    assert data["cpu_percent_120bpm"] == run["idle"]
     assert not _own_bench_server()

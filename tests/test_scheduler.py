@@ -364,7 +364,7 @@ def test_a_controller_sweep_from_the_loop_is_applied_off_it_and_coalesced(random
 
 def test_the_input_is_polled_fast_while_it_matters_and_slowly_while_nobody_plays(random_model: Path) -> None:
     from rtgen.live.commands import SetMode
-    from rtgen.live.listening import IDLE_POLL_NS, PLAYER_ACTIVE_NS, POLL_NS
+    from rtgen.live.listening import AUTONOMOUS_POLL_NS, IDLE_POLL_NS, PLAYER_ACTIVE_NS, POLL_NS
 
     loop = make_loop(random_model, 120.0, RecordingSink(), FakeTime())
     assert loop._poll_interval(0) == 0  # no input at all: nothing to poll
@@ -372,9 +372,12 @@ def test_the_input_is_polled_fast_while_it_matters_and_slowly_while_nobody_plays
     t = 10 * PLAYER_ACTIVE_NS
     assert loop._poll_interval(t) == IDLE_POLL_NS  # autonomous, nobody playing
     loop._input(t, (0xB0, 1, 64))  # a knob turns
-    assert loop._poll_interval(t + 1) == POLL_NS
+    assert POLL_NS < loop._poll_interval(t + 1) == AUTONOMOUS_POLL_NS < IDLE_POLL_NS  # nothing answers at once
     assert loop._poll_interval(t + PLAYER_ACTIVE_NS + 1) == IDLE_POLL_NS
     loop._input(t, (0xFE,))  # active sensing is not a player
     assert loop._poll_interval(t + PLAYER_ACTIVE_NS + 1) == IDLE_POLL_NS
     loop._apply(SetMode("accompany"))
     assert loop._poll_interval(t + PLAYER_ACTIVE_NS + 1) == POLL_NS  # listening modes always poll fast
+    loop._apply(SetMode("autonomous"))
+    loop.thru = True
+    assert loop._poll_interval(t + 1) == POLL_NS  # the player's notes pass through: as soon as they come

@@ -2,10 +2,11 @@
 
 The phases, each its own module: :mod:`rtgen.bench.loop` (one engine step; the real clock + scheduler
 loop), :mod:`rtgen.bench.jackrun` (the daemon through JACK: grid, first note, CPU, memory; under an OSC
-load), :mod:`rtgen.bench.reactive` (the reactive latency), :mod:`rtgen.bench.swaps` (soundfont swaps while
-playing) and :mod:`rtgen.bench.webpage` (the daemon with its web page open). They share
-:mod:`rtgen.bench.harness` (the JACK server, recorders, the daemon as a subprocess) and
-:mod:`rtgen.bench.measure` (figures, /proc readings, the machine); this module is on top of them all.
+load), :mod:`rtgen.bench.cpu` (the daemon's CPU as a user starts it), :mod:`rtgen.bench.reactive` (the
+reactive latency), :mod:`rtgen.bench.swaps` (soundfont swaps while playing) and :mod:`rtgen.bench.webpage`
+(the daemon with its web page open). They share :mod:`rtgen.bench.harness` (the JACK server, recorders, the
+daemon as a subprocess) and :mod:`rtgen.bench.measure` (figures, /proc readings, the machine); this module is
+on top of them all.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from rtgen.bench.cpu import bench_cpu
 from rtgen.bench.harness import PERIOD_FRAMES, SAMPLE_RATE
 from rtgen.bench.jackrun import bench_jack_grid, bench_osc_load
 from rtgen.bench.loop import bench_inference, bench_schedule
@@ -46,6 +48,7 @@ def run_bench(
     reactive_seconds: float = 32.0,
     reactive_model: Path | None = None,
     jack_seconds: float = 20.0,
+    cpu_seconds: float = 4.0,
     load_seconds: float = 30.0,
     swap_seconds: float = 20.0,
     web_seconds: float = 15.0,
@@ -55,7 +58,8 @@ def run_bench(
     """The full benchmark as JSON-ready data (a phase given 0 seconds is left out, with the reason).
 
     Phases: inference; the schedule at 300 BPM (with a second process keeping one core busy unless
-    ``busy`` is False); the daemon through JACK at 120 BPM (grid, first note, CPU, memory); the daemon
+    ``busy`` is False); the daemon through JACK at 120 BPM (grid, first note, CPU, memory); the daemon as a
+    user starts it at 60, 120 and 240 BPM, the player idle and playing (CPU, :mod:`rtgen.bench.cpu`); the daemon
     under an OSC load at 400 BPM; the reactive latency; soundfont swaps while playing; the daemon at 400 BPM
     with its web page's feed taken and with the page open in headless Chromium (:mod:`rtgen.bench.webpage`).
     """
@@ -80,6 +84,10 @@ def run_bench(
     result.update(
         _phase("jack_grid", jack_seconds, "--jack-seconds", {"jack_grid_dev_us": None},
                lambda: bench_jack_grid(model_dir, seconds=jack_seconds))
+    )  # fmt: skip
+    result.update(
+        _phase("cpu", cpu_seconds, "--cpu-seconds", {"cpu": None, "cpu_percent_120bpm": None},
+               lambda: bench_cpu(model_dir, window_s=cpu_seconds))
     )  # fmt: skip
     result.update(
         _phase("osc_load", load_seconds, "--load-seconds", {"osc_load": None},

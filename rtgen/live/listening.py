@@ -20,6 +20,9 @@ log = logging.getLogger(__name__)
 
 POLL_NS = 1_000_000  # the player's input is polled this often (at most this much added to its latency)
 IDLE_POLL_NS = 20_000_000  # ... and this often while nobody plays in autonomous mode (each poll is a wake-up)
+# ... and while the player plays along in autonomous mode, where nothing answers their notes at once: the
+# recording's time of a note is its poll's (a JACK period already puts up to 5.3 ms between key and poll)
+AUTONOMOUS_POLL_NS = 4_000_000
 PLAYER_ACTIVE_NS = 4_000_000_000  # the player counts as playing this long after their last channel message
 ONSETS_KEPT = 8  # only the latest onsets matter to the next step
 
@@ -46,7 +49,8 @@ class Listening(LoopState):
             return self.source.idle_poll_ns if not self.playing else 0
         if not self.source.leads or self.thru or self.mode != "autonomous":
             return self.poll_ns
-        return self.poll_ns if now - self._last_input_ns < PLAYER_ACTIVE_NS else max(self.poll_ns, IDLE_POLL_NS)
+        active = now - self._last_input_ns < PLAYER_ACTIVE_NS
+        return max(self.poll_ns, AUTONOMOUS_POLL_NS if active else IDLE_POLL_NS)
 
     def _input(self, t_ns: int, msg: tuple[int, ...]) -> None:
         status = msg[0] if msg else 0
