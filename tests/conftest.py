@@ -75,14 +75,16 @@ def jack_server() -> Iterator[str]:
     yield from serve_jack()
 
 
-def serve_jack(name: str | None = None, *, sync: bool = True) -> Iterator[str]:
-    """Start a private JACK server, point this process's clients at it, yield its name, stop it (a fixture body)."""
+def serve_jack(name: str | None = None, *, sync: bool = True, realtime: bool = False) -> Iterator[str]:
+    """Start a private JACK server, point this process's clients at it, yield its name, stop it (a fixture body).
+
+    ``realtime``: a SCHED_FIFO server (as the bench's), for a daemon that runs SCHED_FIFO too (FACTS.md)."""
     from rtgen.bench import harness
 
     require(harness.jackd_path() is not None, "jackd (apt-get install jackd2)")
     require(harness.jack_tools_available(), "jack_lsp/jack_connect (apt-get install jackd2)")
     saved = {k: os.environ.get(k) for k in ("JACK_DEFAULT_SERVER", "JACK_NO_START_SERVER")}
-    server = harness.JackServer(name, sync=sync).start()
+    server = harness.JackServer(name, sync=sync, realtime=realtime).start()
     os.environ["JACK_DEFAULT_SERVER"] = server.name
     os.environ["JACK_NO_START_SERVER"] = "1"
     try:
@@ -144,3 +146,7 @@ class RecordingController:
 
     def status(self) -> dict[str, Any]:
         return {"playing": True, "tempo": 123.0, "player_sounding": []}
+
+    def record_start(self, name: str) -> Path:
+        self.calls.append(("record_start", (name,)))
+        return Path("/recordings") / name

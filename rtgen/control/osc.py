@@ -28,7 +28,6 @@ import socketserver
 import struct
 import sys
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +39,7 @@ from pythonosc.osc_server import BlockingOSCUDPServer
 
 from rtgen.config import CC_CONTROLS, PART_NAMES, DaemonConfig, GenerationConfig, PartConfig, field_choices, field_range
 from rtgen.errors import RtgenError, brief
+from rtgen.logs import Folded
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,7 @@ MAX_DATAGRAM = 65535  # socketserver's UDP default (8192) would cut longer messa
 MAX_BUNDLE_DEPTH = 8
 MAX_REPLY_CHARS = 1000  # an error reply quoting a 60 kB argument would not fit in a datagram
 _BUNDLE_PREFIX = b"#bundle\x00"
+_FLOAT_MAX = sys.float_info.max  # a larger JSON integer (the page's) has no float
 _PARSED_TAGS = frozenset("ifdsbrmhtTFN[]")  # what python-osc reads; it skips others with a root-logger warning
 
 
@@ -75,11 +76,13 @@ class Controller(Protocol):
     def set_swing(self, swing: float) -> None: ...
     def set_style(self, part: str, style: str) -> None: ...
     def set_part_enabled(self, part: str, enabled: bool) -> None: ...
-    def swap_model(self, path: str, reply: Callable[[str], None] | None = None) -> None: ...
-    def swap_soundfont(self, path: str, reply: Callable[[str], None] | None = None) -> None: ...
-    def record_start(self, path: str) -> None: ...
+    def use_model(self, name: str, reply: Callable[[str], None] | None = None) -> None: ...
+    def use_soundfont(self, name: str, reply: Callable[[str], None] | None = None) -> None: ...
+    def record_start(self, name: str) -> Path: ...
     def set_section(self, name: str) -> None: ...
-    def record_stop(self, reply: Callable[[str], None] | None = None) -> None: ...
+    def record_stop(
+        self, reply: Callable[[str], None] | None = None, written: Callable[[str], None] | None = None
+    ) -> None: ...
     def learn(self, name: str, done: Callable[[int], None] | None = None) -> None: ...
     def unlearn(self, name: str) -> None: ...
     def status(self) -> dict[str, Any]: ...
@@ -234,8 +237,7 @@ class OscControl:
                 self.args[address] = method._osc_args  # type: ignore[attr-defined]
         self.errors = 0
         self.handled = 0
-        self._last_warn = 0.0
-        self._suppressed = 0
+        self._warnings = Folded(log)  # a flood of garbage must not flood the log
 
     # --- dispatch -------------------------------------------------------------
     def handle_datagram(self, data: bytes, sender: tuple[str, int] | None) -> None:
@@ -243,13 +245,13 @@ class OscControl:
         try:
             messages = split_datagram(data)
         except ValueError as err:
-            self._error(sender, "?", f"cannot parse OSC datagram ({len(data)} bytes): {err}")
+            self.error(sender, "?", f"cannot parse OSC datagram ({len(data)} bytes): {err}")
             return
         for dgram in messages:
             try:
                 address, params = parse_message(dgram)
             except ValueError as err:
-                self._error(sender, "?", f"cannot parse OSC message ({len(dgram)} bytes): {err}")
+                self.error(sender, "?", f"cannot parse OSC message ({len(dgram)} bytes): {err}")
                 continue
             self.handle(address, params, sender)
 
@@ -258,7 +260,7 @@ class OscControl:
         entry = self.handlers.get(address)
         if entry is None:
             known = ", ".join(sorted(self.handlers))
-            self._error(sender, address, f"unknown address; known: {known}")
+            self.error(sender, address, f"unknown address; known: {known}")
             return
         types, fn = entry
         try:
@@ -268,10 +270,10 @@ class OscControl:
             self.handled += 1
             fn(sender, *values)
         except OscArgError as err:
-            self._error(sender, address, str(err))
+            self.error(sender, address, str(err))
         except Exception as err:  # a bug in a handler must not kill the server thread
             log.exception("OSC handler for %s failed", address)
-            self._error(sender, address, f"internal error: {err}")
+            self.error(sender, address, f"internal error: {err}")
 
     @staticmethod
     def _convert(types: str, args: Sequence[Any]) -> list[Any]:
@@ -281,7 +283,7 @@ class OscControl:
         out: list[Any] = []
         for i, (t, a) in enumerate(zip(types, args, strict=True)):
             if t == "f":
-                if isinstance(a, bool) or not isinstance(a, int | float) or a != a:
+                if isinstance(a, bool) or not isinstance(a, int | float) or a != a or abs(a) > _FLOAT_MAX:
                     raise OscArgError(f"argument {i + 1} must be a number (f), got {brief(a)}")
                 out.append(float(a))
             elif t == "i":
@@ -302,19 +304,13 @@ class OscControl:
             return None
         return lambda text: self.feedback.reply(sender, f"{PREFIX}/error", [text])
 
-    def _error(self, sender: tuple[str, int] | None, address: str, reason: str) -> None:
+    def error(self, sender: tuple[str, int] | None, address: str, reason: str) -> None:
+        """Count, log (folded) and answer ``/rtgen/error s "<address>: <reason>"`` to ``sender``."""
         self.errors += 1
         text = f"{address if len(address) <= 100 else brief(address)}: {reason}"
         if len(text) > MAX_REPLY_CHARS:
             text = f"{text[: MAX_REPLY_CHARS - 30]}... ({len(text)} chars)"
-        now = time.monotonic()
-        if now - self._last_warn >= 1.0:  # rate-limit: a flood of garbage must not flood the log
-            extra = f" ({self._suppressed} more suppressed)" if self._suppressed else ""
-            log.warning("OSC error from %s: %s%s", sender, text, extra)
-            self._last_warn = now
-            self._suppressed = 0
-        else:
-            self._suppressed += 1
+        self._warnings.warning("OSC error from %s: %s", sender, text)
         if sender is not None:
             self.feedback.reply(sender, f"{PREFIX}/error", [text])
 
@@ -424,20 +420,27 @@ class OscControl:
         """Swing 0..0.75: delays every second sixteenth by this fraction of a step."""
         self.controller.set_swing(value)
 
-    @osc_handler("model", OscArg("path", "s"))
-    def model(self, sender: tuple[str, int] | None, path: str) -> None:
-        """Hot-swap the model (a folder or a model name): loaded and checked in the background, switched on a bar line;
-        on failure the old model keeps playing and /rtgen/error is sent."""
-        if not path.strip():
-            raise OscArgError("model path is empty")
-        self.controller.swap_model(path, self._replier(sender))
+    @osc_handler("model", OscArg("name", "s"))
+    def model(self, sender: tuple[str, int] | None, name: str) -> None:
+        """Hot-swap the model by its library name (rtgen models list; never a path): loaded and checked in the
+        background, switched on a bar line; on failure the old model keeps playing and /rtgen/error is sent."""
+        if not name.strip():
+            raise OscArgError("model name is empty")
+        try:
+            self.controller.use_model(name, self._replier(sender))
+        except ValueError as err:
+            raise OscArgError(str(err)) from err
 
-    @osc_handler("soundfont", OscArg("path", "s"))
-    def soundfont(self, sender: tuple[str, int] | None, path: str) -> None:
-        """Load another .sf2 soundfont into the internal synth (in the background)."""
-        if not path.strip():
-            raise OscArgError("soundfont path is empty")
-        self.controller.swap_soundfont(path, self._replier(sender))
+    @osc_handler("soundfont", OscArg("name", "s"))
+    def soundfont(self, sender: tuple[str, int] | None, name: str) -> None:
+        """Load another soundfont into the internal synth (in the background), by its file name in [synth] folders,
+        the configured soundfont's folder or the usual places (never a path)."""
+        if not name.strip():
+            raise OscArgError("soundfont name is empty")
+        try:
+            self.controller.use_soundfont(name, self._replier(sender))
+        except ValueError as err:
+            raise OscArgError(str(err)) from err
 
     @osc_handler("section", OscArg("name", "s"))
     def section(self, sender: tuple[str, int] | None, name: str) -> None:
@@ -450,20 +453,30 @@ class OscControl:
         except ValueError as err:
             raise OscArgError(str(err)) from err
 
-    @osc_handler("record/start", OscArg("path", "s"))
-    def record_start(self, sender: tuple[str, int] | None, path: str) -> None:
-        """Record the session (the player's input and every part) to a .mid file, written when recording stops."""
-        if not path.strip():
-            raise OscArgError("recording path is empty")
+    @osc_handler("record/start", OscArg("name", "s"))
+    def record_start(self, sender: tuple[str, int] | None, name: str) -> None:
+        """Record the session (the player's input and every part) to NAME.mid in the recordings folder ([record]
+        folder; a name, never a path; an existing file is kept and a numbered name used); replies /rtgen/recording s
+        with the file's path."""
+        if not name.strip():
+            raise OscArgError("recording name is empty")
         try:
-            self.controller.record_start(path)
+            path = self.controller.record_start(name)
         except ValueError as err:
             raise OscArgError(str(err)) from err
+        if sender is not None:
+            self.feedback.reply(sender, f"{PREFIX}/recording", [str(path)])
 
     @osc_handler("record/stop")
     def record_stop(self, sender: tuple[str, int] | None) -> None:
-        """Stop recording: the file is written in the background (temporary file, then rename)."""
-        self.controller.record_stop(self._replier(sender))
+        """Stop recording: the file is written in the background (temporary file, then rename); replies
+        /rtgen/recorded s with its path once written."""
+
+        def written(path: str) -> None:
+            if sender is not None:
+                self.feedback.reply(sender, f"{PREFIX}/recorded", [path])
+
+        self.controller.record_stop(self._replier(sender), written)
 
     @osc_handler("learn", OscArg("control", "s", choices=CC_CONTROLS))
     def learn(self, sender: tuple[str, int] | None, control: str) -> None:

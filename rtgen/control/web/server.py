@@ -29,6 +29,7 @@ import json
 import logging
 import socket
 import threading
+import time
 from importlib import resources
 from typing import Any
 
@@ -41,12 +42,17 @@ from rtgen.config import CC_CONTROLS, MODES, PART_NAMES, GenerationConfig, PartC
 from rtgen.contract import NOTE_NAMES, SCALES
 from rtgen.control import osc
 from rtgen.errors import RtgenError
+from rtgen.logs import Folded
 
 log = logging.getLogger(__name__)
 
 STATUS_INTERVAL_S = 0.1
 CLOSE_TIMEOUT_S = 1.0
-MAX_MESSAGE_BYTES = 64 * 1024  # a control message is a few dozen bytes; a page sending more is not ours
+MAX_FRAME_BYTES = 1024 * 1024  # the transport's limit: a larger frame closes the connection (1009)
+MAX_MESSAGE_CHARS = 8 * 1024  # a control message is a few dozen bytes: a longer one is answered, never parsed
+MAX_BRACKETS = 32  # "[" and "{" in a message: bounds its nesting before json.loads recurses into it
+FLOOD_RATE = 500.0  # messages a second read from one page (a fader sends ~60); a faster page is read no faster
+FLOOD_BURST = 100.0
 MAX_CLIENTS = 8
 HIDDEN = frozenset({f"{osc.PREFIX}/status", f"{osc.PREFIX}/subscribe", f"{osc.PREFIX}/unsubscribe"})
 STATIC = {
@@ -180,7 +186,7 @@ class WebServer:
         self.clients: dict[int, ServerConnection] = {}
         self.feedback_received = 0
         self.commands = 0
-        self.rejected = 0
+        self._flooding = Folded(log)
         self._ids = itertools.count(1)
         self._outbox: list[dict[str, Any]] = []
         self._direct: dict[int, list[dict[str, Any]]] = {}
@@ -243,7 +249,7 @@ class WebServer:
         transport, _ = await self._loop.create_datagram_endpoint(lambda: _FeedbackProtocol(self), sock=self.udp)
         try:
             server = await serve(
-                self._session, sock=self.sock, process_request=self._http, max_size=MAX_MESSAGE_BYTES,
+                self._session, sock=self.sock, process_request=self._http, max_size=MAX_FRAME_BYTES,
                 ping_interval=20, ping_timeout=20, server_header=None, close_timeout=1,
             )  # fmt: skip
             status = asyncio.create_task(self._publish_status())
@@ -294,7 +300,14 @@ class WebServer:
         log.info("web page %d connected from %s", cid, connection.remote_address)
         try:
             await connection.send(json.dumps([self._status_message()]))
+            budget, then = FLOOD_BURST, time.monotonic()
             async for raw in connection:
+                now = time.monotonic()
+                budget = min(FLOOD_BURST, budget + (now - then) * FLOOD_RATE) - 1.0
+                then = now
+                if budget < 0.0:  # a flood: read no faster than FLOOD_RATE (TCP holds the sender back)
+                    self._flooding.warning("web page %d sends more than %g messages a second", cid, FLOOD_RATE)
+                    await asyncio.sleep(-budget / FLOOD_RATE)
                 self._command(cid, raw)
         except ConnectionClosed:
             pass
@@ -306,27 +319,42 @@ class WebServer:
             log.info("web page %d disconnected", cid)
 
     def _command(self, cid: int, raw: str | bytes) -> None:
-        """One message from a page: ``{"address": ..., "args": [...]}`` through the OSC table."""
+        """One frame from a page, ``{"address": ..., "args": [...]}``, through the OSC table; never raises.
+
+        Every refused frame is answered: a binary frame, a message over :data:`MAX_MESSAGE_CHARS` or with more
+        than :data:`MAX_BRACKETS` brackets is refused before anything parses it.
+        """
         self.commands += 1
         try:
-            msg = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as err:
-            self._reject(cid, f"not JSON: {err}")
-            return
-        address = msg.get("address") if isinstance(msg, dict) else None
-        args = msg.get("args", []) if isinstance(msg, dict) else None
-        if not isinstance(address, str) or not isinstance(args, list):
-            self._reject(cid, 'expected {"address": "/rtgen/...", "args": [...]}')
-            return
-        if address == f"{osc.PREFIX}/status":  # a page gets the status object itself, not a JSON string
-            self.send_to(cid, self._status_message())
-            return
-        self.control.handle(address, args, ("web", cid))
+            reason = self._refusal(raw)
+            if reason is None:
+                msg = json.loads(raw)
+                address = msg.get("address") if isinstance(msg, dict) else None
+                args = msg.get("args", []) if isinstance(msg, dict) else None
+                if not isinstance(address, str) or not isinstance(args, list):
+                    reason = 'expected {"address": "/rtgen/...", "args": [...]}'
+                elif address == f"{osc.PREFIX}/status" and not args:  # the status object itself, not a JSON string
+                    self.send_to(cid, self._status_message())
+                else:
+                    self.control.handle(address, args, ("web", cid))
+        except (ValueError, RecursionError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            reason = f"not JSON: {err}"
+        except Exception as err:  # a bug must not close the page's connection (1011)
+            log.exception("web page %d: a message failed", cid)
+            reason = f"internal error: {err}"
+        if reason is not None:
+            self.control.error(("web", cid), "?", reason)
 
-    def _reject(self, cid: int, reason: str) -> None:
-        self.rejected += 1
-        log.warning("web page %d: %s", cid, reason)
-        self.send_to(cid, {"address": f"{osc.PREFIX}/error", "args": [f"?: {reason}"]})
+    @staticmethod
+    def _refusal(raw: str | bytes) -> str | None:
+        """Why the frame ``raw`` is refused unread, or None."""
+        if isinstance(raw, bytes):
+            return f"a binary frame ({len(raw)} bytes): send JSON text"
+        if len(raw) > MAX_MESSAGE_CHARS:
+            return f"a {len(raw)}-character message: at most {MAX_MESSAGE_CHARS}"
+        if raw.count("[") + raw.count("{") > MAX_BRACKETS:
+            return f"more than {MAX_BRACKETS} brackets: nested too deep"
+        return None
 
     def send_to(self, cid: int, message: dict[str, Any]) -> None:
         """Queue ``message`` to page ``cid`` (thread-safe: background loaders reply from their own thread)."""
@@ -394,7 +422,7 @@ class WebServer:
         except RtgenError as err:
             state = {"error": str(err)}
         state["web"] = {"pages": len(self.clients), "feedback": self.feedback_received, "commands": self.commands,
-                        "errors": self.control.errors + self.rejected}  # fmt: skip
+                        "errors": self.control.errors}  # fmt: skip
         return {"address": f"{osc.PREFIX}/status", "args": [state]}
 
     async def _publish_status(self) -> None:
