@@ -9,6 +9,8 @@ green by skipping.
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -150,3 +152,18 @@ class RecordingController:
     def record_start(self, name: str) -> Path:
         self.calls.append(("record_start", (name,)))
         return Path("/recordings") / name
+
+
+def run_in_namespace(setup: str, *argv: str | Path, timeout: float = 90.0) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` in a fresh network namespace (``unshare --net``) after the shell commands ``setup`` (``ip ...``),
+    so that nothing it binds or sends reaches this machine's network; skips when namespaces cannot be made here."""
+    works = shutil.which("unshare") is not None and shutil.which("ip") is not None
+    if works:
+        probe = ["unshare", "--net", "sh", "-c", setup]
+        works = subprocess.run(probe, capture_output=True, timeout=10, check=False).returncode == 0
+    require(works, "unshare --net with ip (util-linux, iproute2) and the right to use them")
+    shell = f'{setup} && exec "$@"'
+    return subprocess.run(
+        ["unshare", "--net", "sh", "-c", shell, "sh", *map(str, argv)],
+        capture_output=True, text=True, timeout=timeout, check=False,
+    )  # fmt: skip

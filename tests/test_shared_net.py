@@ -10,19 +10,21 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from test_web import addressed, ws_session
+from conftest import REPO, run_in_namespace
+from test_web import addressed, serving, ws_session
 
 from rtgen import config
-from rtgen.control import osc
 from rtgen.control.web.server import WebServer
 from rtgen.errors import ConfigError
 from rtgen.live.controller import Controller, recording_name, reserve_recording
 
+PEER = "10.77.0.1"  # the namespace's own address for "a peer on the network" (tests/shared_net_scenario.py)
 BAD_NAMES = ["../escape", "/tmp/abs.mid", "a/b.mid", "..", "sub\\dir.mid", ".hidden", "", "x" * 101, "a\x00b"]
 
 
@@ -74,15 +76,8 @@ def library(tmp_path: Path, shipped_model_dir: Path, monkeypatch: pytest.MonkeyP
 @pytest.fixture
 def page(library: config.Config) -> Iterator[tuple[WebServer, StandInController]]:
     ctl = StandInController(library)
-    feedback = osc.Feedback()
-    feedback.start()
-    server = WebServer("127.0.0.1", 0, ctl, feedback)
-    server.start()
-    try:
+    with serving("127.0.0.1", ctl) as (server, _):
         yield server, ctl
-    finally:
-        server.close()
-        feedback.close()
 
 
 def _files(root: Path) -> set[Path]:
@@ -169,3 +164,52 @@ def test_the_config_checks_the_allow_list() -> None:
         config.config_from_dict({"osc": {"allow": "10.0.0.1"}})
     assert dataclasses.asdict(config.Config().record) == {"folder": ""}
     assert json.dumps(config.Config().osc.allow) == "[]"
+
+
+# --- bound beyond loopback, in a private network namespace ------------------------------------------------------
+NAMESPACE_SETUP = f"ip link set lo up && ip addr add {PEER}/32 dev lo"
+
+
+@pytest.fixture(scope="module")
+def beyond_loopback(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """``tests/shared_net_scenario.py`` in a namespace of its own, the page and OSC on 0.0.0.0 there."""
+    out = tmp_path_factory.mktemp("shared-net") / "result.json"
+    proc = run_in_namespace(NAMESPACE_SETUP, sys.executable, REPO / "tests" / "shared_net_scenario.py", out, timeout=60)
+    assert proc.returncode == 0 and out.exists(), f"scenario failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
+    result: dict[str, Any] = json.loads(out.read_text())
+    assert not result["errors"], f"{result['errors']}\n{result['log']}"
+    return result
+
+
+def test_the_page_beyond_loopback_needs_the_pairing_token(beyond_loopback: dict[str, Any]) -> None:
+    r = beyond_loopback
+    assert r["pairing_url"].startswith("http://") and "?token=" in r["pairing_url"], r["pairing_url"]
+    assert r["no_token"] == {"/": 401, "/app.js": 401, "/api/status": 401, "/ws": 401}
+    assert r["wrong_token"] == 401 and r["wrong_cookie"] == 401
+    assert r["ws_without"] == 401
+    assert 1 <= r["log_lines_for_50_refused"] <= 2, "refusals are logged folded"
+    assert r["with_token"] == 200 and "HttpOnly" in r["set_cookie"] and "SameSite=Strict" in r["set_cookie"]
+    assert r["api_with_cookie"] == 200
+    assert "/rtgen/error" in r["ws_with_cookie"], r["ws_with_cookie"]  # the page's session steers ...
+    assert ["set_tempo", [101.0]] in r["ws_calls"], r["ws_calls"]  # ... and its commands arrive
+    assert r["unpaired"] >= 55
+
+
+def test_osc_beyond_loopback_takes_packets_only_from_the_allow_list(beyond_loopback: dict[str, Any]) -> None:
+    only = beyond_loopback["osc_loopback_only"]
+    assert only[PEER] == {"replies": [], "tempi": []}, "a packet from outside [osc] allow was not dropped"
+    assert only["127.0.0.1"] == {"replies": ["/rtgen/error"], "tempi": [122.0]}, "loopback always steers"
+    assert only["dropped"] == 2 and only["who"] == "loopback and 127.0.0.1/32"
+    peer = beyond_loopback["osc_peer_allowed"]
+    assert peer[PEER] == {"replies": ["/rtgen/error"], "tempi": [111.0]}, "an allowed peer steers"
+    assert peer["127.0.0.1"]["tempi"] == [122.0] and peer["dropped"] == 0
+    assert any("dropped: not loopback nor in [osc] allow" in line for line in beyond_loopback["log"])
+
+
+def test_the_pairing_url_is_printed_with_a_qr_code(capsys: pytest.CaptureFixture[str]) -> None:
+    from rtgen.commands.run import print_pairing
+
+    print_pairing("http://192.168.1.5:9080/?token=abc")
+    err = capsys.readouterr().err
+    assert "pair a phone with http://192.168.1.5:9080/?token=abc" in err
+    assert err.count("\n") > 15 and "█" in err, "no QR code"

@@ -124,6 +124,16 @@ def build_config(args: argparse.Namespace) -> Config:
     return cfg
 
 
+def print_pairing(url: str) -> None:
+    """The pairing URL of a page bound beyond loopback and its QR code for a phone's camera, on the terminal
+    (printed, not logged: the token is the session's key; printed even with --quiet, or nobody could pair)."""
+    import segno
+
+    print(f"rtgen: the web page is open to the network; pair a phone with {url}", file=sys.stderr, flush=True)
+    segno.make(url, error="l").terminal(out=sys.stderr, compact=True)
+    sys.stderr.flush()
+
+
 def run(args: argparse.Namespace) -> int:
     """Start the daemon and play until stopped; 0 on a clean stop."""
     from rtgen.live.daemon import Daemon
@@ -140,7 +150,9 @@ def run(args: argparse.Namespace) -> int:
     daemon.open()
     loop = daemon.loop
     outputs = ", ".join(s.name for s in daemon.sinks)
-    osc = f"OSC on {cfg.osc.host}:{daemon.osc.port}" if daemon.osc is not None else "OSC off"
+    osc = "OSC off"
+    if daemon.osc is not None:
+        osc = f"OSC on {cfg.osc.host}:{daemon.osc.port} (steered from {daemon.osc.who_may_steer})"
     if daemon.web is not None:
         osc += f"; web page {daemon.web.url}"
     if not cfg.daemon.quiet and not cfg.daemon.log_json:
@@ -150,6 +162,8 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
             flush=True,
         )
+    if daemon.web is not None and daemon.web.token is not None:
+        print_pairing(daemon.web.pairing_url)
     code = daemon.run()
     if not cfg.daemon.quiet and not cfg.daemon.log_json and loop is not None:
         s = loop.clock.stats

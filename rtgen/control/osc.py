@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import ipaddress
 import json
 import logging
 import queue
@@ -644,16 +645,21 @@ class _Handler(socketserver.BaseRequestHandler):
         server.control.handle_datagram(data, self.client_address)
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
 class OscServer(BlockingOSCUDPServer):
     """A blocking OSC UDP server on one thread of its own.
 
-    Every datagram is accepted (python-osc's sanity check would drop garbage silently)
-    and parsed by :meth:`OscControl.handle_datagram`, which answers errors.
+    Every datagram from loopback or from ``allow`` is accepted (python-osc's sanity check would drop garbage
+    silently) and parsed by :meth:`OscControl.handle_datagram`, which answers errors. A datagram from anyone else
+    is dropped unread and unanswered (counted in :attr:`dropped`, logged folded).
 
     Args:
         host: bind address (keep 127.0.0.1 unless steering from another device).
         port: UDP port (0 = any free port; see :attr:`port`).
         controller: what the handlers steer.
+        allow: the networks besides loopback that may steer (``[osc] allow``).
 
     Raises:
         OSError: the port cannot be bound (the message names host and port).
@@ -661,7 +667,7 @@ class OscServer(BlockingOSCUDPServer):
 
     max_packet_size = MAX_DATAGRAM
 
-    def __init__(self, host: str, port: int, controller: Controller) -> None:
+    def __init__(self, host: str, port: int, controller: Controller, allow: Sequence[Network] = ()) -> None:
         from pythonosc.dispatcher import Dispatcher
 
         try:
@@ -673,7 +679,19 @@ class OscServer(BlockingOSCUDPServer):
         self.RequestHandlerClass = _Handler
         self.feedback = Feedback(self.socket)
         self.control = OscControl(controller, self.feedback)
+        self.host = host
+        self.allow = tuple(allow)
+        self.dropped = 0
+        self._dropped_log = Folded(log)
         self._thread: threading.Thread | None = None
+
+    @property
+    def who_may_steer(self) -> str:
+        """Who may steer, in words (said at start)."""
+        others = ", ".join(str(n) for n in self.allow)
+        if not others:
+            return "loopback only" + (" ([osc] allow is empty)" if not is_loopback(self.host) else "")
+        return f"loopback and {others}" if not is_loopback(self.host) else "loopback only (bound to loopback)"
 
     @property
     def port(self) -> int:
@@ -681,8 +699,16 @@ class OscServer(BlockingOSCUDPServer):
         return int(self.server_address[1])
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
-        """Accept every datagram; bad ones get an error reply instead of silence."""
-        return True
+        """Accept every datagram from loopback or ``allow`` (bad ones get an error reply); drop the rest unread."""
+        try:
+            ip = ipaddress.ip_address(client_address[0])
+        except ValueError:
+            ip = None
+        if ip is not None and (ip.is_loopback or any(ip in n for n in self.allow)):
+            return True
+        self.dropped += 1
+        self._dropped_log.warning("OSC packet from %s dropped: not loopback nor in [osc] allow", client_address[0])
+        return False
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """Log instead of printing a traceback to stderr."""
@@ -690,6 +716,7 @@ class OscServer(BlockingOSCUDPServer):
 
     def start(self) -> None:
         """Serve on a background thread."""
+        log.info("OSC on %s:%d: steered from %s", self.host, self.port, self.who_may_steer)
         self.feedback.start()
         self._thread = threading.Thread(
             target=self.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True, name="rtgen-osc-server"
@@ -704,6 +731,16 @@ class OscServer(BlockingOSCUDPServer):
             self._thread = None
         self.feedback.close()
         self.server_close()
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address, or ``localhost``) is this machine's loopback."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 # --- documentation ------------------------------------------------------------

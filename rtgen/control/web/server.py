@@ -13,6 +13,11 @@ Both directions speak OSC as JSON, ``{"address": "/rtgen/tempo", "args": [120]}`
   ``/rtgen/chord``, ``/rtgen/section``, ``/rtgen/learned``, ``/rtgen/error``, ``/rtgen/jack``) and
   ``/rtgen/status`` ten times a second, its one argument the status object itself.
 
+Bound beyond loopback, every request needs the session's pairing token (:attr:`WebServer.token`, printed at
+start as a URL and a QR code): ``?token=...`` on the first page load, which sets a cookie the page's own requests
+and WebSocket then carry. Anything without it gets 401. On loopback no token is asked for; there the ``Host``
+header must name loopback (DNS rebinding) and a WebSocket's ``Origin`` must be the page's own.
+
 The feedback comes the way an OSC client gets it: while a page is open, the server subscribes a UDP socket of
 its own on 127.0.0.1 to the daemon's :class:`~rtgen.control.osc.Feedback`, whose sender thread already keeps sockets
 away from the real-time thread. Nothing here runs on, or waits for, the real-time thread.
@@ -23,13 +28,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
-import ipaddress
+import hmac
+import http.cookies
 import itertools
 import json
 import logging
+import secrets
 import socket
 import threading
 import time
+import urllib.parse
 from importlib import resources
 from typing import Any
 
@@ -61,7 +69,8 @@ STATIC = {
     "/app.js": ("app.js", "text/javascript; charset=utf-8"),
     "/style.css": ("style.css", "text/css; charset=utf-8"),
 }
-_LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+TOKEN_NAME = "token"  # the query parameter of the pairing URL, and the cookie the page then carries
+_UNROUTED = ("192.0.2.1", 9)  # TEST-NET-1: connecting a UDP socket there picks the outgoing address, sends nothing
 
 
 def _widget(address: str, types: str) -> dict[str, Any]:
@@ -111,15 +120,6 @@ def control_table() -> list[dict[str, Any]]:
     ]
 
 
-def _is_loopback(host: str) -> bool:
-    if host in _LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _host_name(header: str) -> str:
     """``127.0.0.1`` of ``127.0.0.1:9080``, ``::1`` of ``[::1]:9080``."""
     if header.startswith("["):
@@ -158,10 +158,13 @@ class WebServer:
     """The page, its API and its WebSocket on ``host:port``, run by an asyncio loop on a thread of its own.
 
     Args:
-        host: bind address (127.0.0.1 unless a phone on the network is to steer).
+        host: bind address (127.0.0.1 unless a phone on the network is to steer: then pairing is required).
         port: TCP port (0 = any free port; see :attr:`port`).
         controller: what the commands steer (the daemon), through the OSC table.
         feedback: the daemon's OSC feedback, which the server subscribes to while a page is open.
+
+    Attributes:
+        token: the pairing token every request needs when bound beyond loopback (kept for the session), or None.
 
     Raises:
         OSError: the port cannot be bound (the message names host and port and how to choose another).
@@ -175,6 +178,9 @@ class WebServer:
                 f"cannot bind the web port {host}:{port}: {err}; choose another with --web PORT or [web] port"
             ) from err
         self.host = host
+        self.token = None if osc.is_loopback(host) else secrets.token_urlsafe(16)
+        self.unpaired = 0
+        self._unpaired_log = Folded(log)
         self.controller = controller
         self.feedback = feedback
         self.control = osc.OscControl(controller, _PageReplies(self))
@@ -205,9 +211,19 @@ class WebServer:
 
     @property
     def url(self) -> str:
-        """The page's address (``http://127.0.0.1:9080/``)."""
+        """The page's address (``http://127.0.0.1:9080/``), without the token."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}/"
+
+    @property
+    def pairing_url(self) -> str:
+        """The address a phone opens: this machine's address on the network and the token
+        (``http://192.168.1.5:9080/?token=...``); the plain :attr:`url` on loopback."""
+        if self.token is None:
+            return self.url
+        host = _reachable_host(self.host)
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.port}/?{TOKEN_NAME}={self.token}"
 
     # --- life cycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -220,7 +236,8 @@ class WebServer:
         self._thread.start()
         if not self._ready.wait(10.0) or self._error is not None:
             raise RtgenError(f"the web server did not start: {self._error or 'timed out'}")
-        log.info("web control surface on %s", self.url)
+        paired = "every request needs the pairing token" if self.token else "loopback only, no token"
+        log.info("web control surface on %s (%s)", self.url, paired)
 
     def close(self) -> None:
         """Close every page's connection, stop the loop and unsubscribe from the feedback (idempotent)."""
@@ -267,10 +284,22 @@ class WebServer:
     def _http(self, connection: ServerConnection, request: Request) -> Response | None:
         """Serve the page and the API; let ``/ws`` through to the WebSocket handshake."""
         host = request.headers.get("Host", "")
-        if _is_loopback(self.host) and not _is_loopback(_host_name(host)):
+        if osc.is_loopback(self.host) and not osc.is_loopback(_host_name(host)):
             # a page of another site whose name resolves to 127.0.0.1 (DNS rebinding) must not steer
             return connection.respond(403, f"host {host!r} not allowed\n")
-        path = request.path.split("?", 1)[0]
+        path, _, query = request.path.partition("?")
+        cookie = None
+        if self.token is not None:
+            given = urllib.parse.parse_qs(query).get(TOKEN_NAME, [""])[0]
+            if given:
+                cookie = given  # the pairing URL: the page's own requests carry it from now on
+            else:
+                given = _cookie(request.headers.get("Cookie", ""))
+            if not hmac.compare_digest(given.encode(), self.token.encode()):
+                self.unpaired += 1
+                self._unpaired_log.warning("web: refused %s from %s without the pairing token", path[:100],
+                                           connection.remote_address)  # fmt: skip
+                return connection.respond(401, "this page needs the pairing token rtgen printed at start\n")
         if path == "/ws":
             origin = request.headers.get("Origin")
             if origin is not None and origin != f"http://{host}":
@@ -289,7 +318,7 @@ class WebServer:
         found = self.files.get(path)
         if found is None:
             return connection.respond(404, f"no such page: {path}\n")
-        return _response(*found)
+        return _response(*found, cookie=cookie)
 
     # --- the WebSocket ----------------------------------------------------------------------------
     async def _session(self, connection: ServerConnection) -> None:
@@ -406,7 +435,7 @@ class WebServer:
 
     def feedback_datagram(self, data: bytes, addr: tuple[Any, int]) -> None:
         """An OSC feedback datagram from the daemon: forwarded to every page as JSON."""
-        if addr[1] != self.feedback.sock.getsockname()[1] or not _is_loopback(str(addr[0])):
+        if addr[1] != self.feedback.sock.getsockname()[1] or not osc.is_loopback(str(addr[0])):
             return  # anyone on this machine can send to our port; only the daemon's feedback counts
         try:
             for dgram in osc.split_datagram(data):
@@ -436,7 +465,7 @@ def _family(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
-def _response(body: bytes, content_type: str) -> Response:
+def _response(body: bytes, content_type: str, cookie: str | None = None) -> Response:
     headers = Headers(
         [
             ("Date", email.utils.formatdate(usegmt=True)),
@@ -445,6 +474,33 @@ def _response(body: bytes, content_type: str) -> Response:
             ("Content-Type", content_type),
             ("Cache-Control", "no-cache"),
             ("X-Content-Type-Options", "nosniff"),
+            ("Referrer-Policy", "no-referrer"),  # the pairing URL's token must not leave in a Referer
         ]
     )
+    if cookie is not None:
+        headers["Set-Cookie"] = f"{TOKEN_NAME}={cookie}; Path=/; HttpOnly; SameSite=Strict"
     return Response(200, "OK", headers, body)
+
+
+def _cookie(header: str) -> str:
+    """The pairing token in a ``Cookie`` header, or ""."""
+    jar: http.cookies.SimpleCookie = http.cookies.SimpleCookie()
+    try:
+        jar.load(header)
+    except http.cookies.CookieError:
+        return ""
+    morsel = jar.get(TOKEN_NAME)
+    return morsel.value if morsel is not None else ""
+
+
+def _reachable_host(host: str) -> str:
+    """An address of this machine a phone can reach: ``host`` itself, or for a wildcard bind the address of the
+    interface the default route leaves by (no packet is sent), else the host name."""
+    if host not in ("0.0.0.0", "::", ""):
+        return host
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(_UNROUTED)
+            return str(probe.getsockname()[0])
+    except OSError:  # no route (an offline machine, a test's namespace)
+        return socket.gethostname()
