@@ -95,7 +95,7 @@ def web(result: dict[str, Any], lines: Lines) -> None:
         result["no_token"] = {p: http_status(f"{base}{p}")[0] for p in ("/", "/app.js", "/api/status", "/ws")}
         wrong = "A" * len(token)
         result["wrong_token"] = http_status(f"{base}/?token={wrong}")[0]
-        result["wrong_cookie"] = http_status(f"{base}/api/status", cookie=f"token={wrong}")[0]
+        result["wrong_cookie"] = http_status(f"{base}/api/status", cookie=f"rtgen_token={wrong}")[0]
         time.sleep(1.1)  # past the folding interval of the refusals above
         lines.lines.clear()
         for _ in range(50):
@@ -113,6 +113,36 @@ def web(result: dict[str, Any], lines: Lines) -> None:
         )
         result["ws_calls"] = ctl.calls[calls_before:]
         result["unpaired"] = server.unpaired
+        result["browser"] = browser(f"http://{PEER}:{server.port}/", token)
+
+
+def browser(url: str, token: str) -> str:
+    """What a phone's browser sees: the page without the token, then opened by the pairing URL (its WebSocket
+    must connect on the cookie alone)."""
+    import shutil
+
+    chromium = shutil.which("chromium")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        chromium = None
+    if chromium is None:
+        return "skipped: needs chromium and playwright"
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"], headless=True)
+        try:
+            page = b.new_page()
+            response = page.goto(url)
+            if response is None or response.status != 401:
+                return f"without the token: {response.status if response else None}"
+            page.goto(f"{url}?token={token}")
+            page.wait_for_selector("#conn.on", timeout=15_000)
+            page.reload()  # the cookie alone, without the token in the address
+            page.goto(url)
+            page.wait_for_selector("#conn.on", timeout=15_000)
+            return "connected"
+        finally:
+            b.close()
 
 
 def osc_allow(result: dict[str, Any], allow: list[str], key: str) -> None:

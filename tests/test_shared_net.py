@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO, run_in_namespace
+from conftest import REPO, require, run_in_namespace
 from test_web import addressed, serving, ws_session
 
 from rtgen import config
@@ -193,6 +193,13 @@ def test_the_page_beyond_loopback_needs_the_pairing_token(beyond_loopback: dict[
     assert "/rtgen/error" in r["ws_with_cookie"], r["ws_with_cookie"]  # the page's session steers ...
     assert ["set_tempo", [101.0]] in r["ws_calls"], r["ws_calls"]  # ... and its commands arrive
     assert r["unpaired"] >= 55
+
+
+def test_a_browser_pairs_by_the_url_and_then_steers_on_the_cookie(beyond_loopback: dict[str, Any]) -> None:
+    """Debian's Chromium through Playwright, in the namespace: 401 without the token, the page's WebSocket
+    connected after the pairing URL, and again at the bare address (the cookie alone)."""
+    require(not beyond_loopback["browser"].startswith("skipped"), beyond_loopback["browser"])
+    assert beyond_loopback["browser"] == "connected"
 
 
 def test_osc_beyond_loopback_takes_packets_only_from_the_allow_list(beyond_loopback: dict[str, Any]) -> None:

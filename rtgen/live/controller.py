@@ -7,6 +7,7 @@ recording) runs on a thread of its own; the loop only switches pointers.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -356,6 +357,9 @@ def close_recorder(rec: RecorderSink, reply: Reply | None = None, written: Reply
         rec.close()
     except Exception as err:
         log.error("cannot write the recording %s: %s", rec.path, err)
+        with contextlib.suppress(OSError):  # the empty file that reserved the name (reserve_recording)
+            if rec.path.stat().st_size == 0:
+                rec.path.unlink()
         if reply is not None:
             reply(f"/rtgen/record/stop: {err}")
         return

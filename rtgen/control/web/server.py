@@ -69,7 +69,8 @@ STATIC = {
     "/app.js": ("app.js", "text/javascript; charset=utf-8"),
     "/style.css": ("style.css", "text/css; charset=utf-8"),
 }
-TOKEN_NAME = "token"  # the query parameter of the pairing URL, and the cookie the page then carries
+TOKEN_NAME = "token"  # the query parameter of the pairing URL
+COOKIE_NAME = "rtgen_token"  # the cookie the page then carries (cookies are per host, not per port: not "token")
 _UNROUTED = ("192.0.2.1", 9)  # TEST-NET-1: connecting a UDP socket there picks the outgoing address, sends nothing
 
 
@@ -478,7 +479,7 @@ def _response(body: bytes, content_type: str, cookie: str | None = None) -> Resp
         ]
     )
     if cookie is not None:
-        headers["Set-Cookie"] = f"{TOKEN_NAME}={cookie}; Path=/; HttpOnly; SameSite=Strict"
+        headers["Set-Cookie"] = f"{COOKIE_NAME}={cookie}; Path=/; HttpOnly; SameSite=Strict"
     return Response(200, "OK", headers, body)
 
 
@@ -489,7 +490,7 @@ def _cookie(header: str) -> str:
         jar.load(header)
     except http.cookies.CookieError:
         return ""
-    morsel = jar.get(TOKEN_NAME)
+    morsel = jar.get(COOKIE_NAME)
     return morsel.value if morsel is not None else ""
 
 
