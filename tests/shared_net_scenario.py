@@ -49,7 +49,7 @@ def http_status(url: str, cookie: str | None = None) -> tuple[int, str | None]:
 
 
 def ws_attempt(url: str, headers: dict[str, str]) -> Any:
-    """The replies to a tempo and a wrong tempo over the WebSocket, or the handshake's failure."""
+    """The error replies to a tempo and a subscription over the WebSocket, or the handshake's failure."""
     from websockets.asyncio.client import connect
     from websockets.exceptions import InvalidStatus
 
@@ -57,11 +57,11 @@ def ws_attempt(url: str, headers: dict[str, str]) -> Any:
         try:
             async with connect(url, additional_headers=headers, open_timeout=5) as ws:
                 await ws.send(json.dumps({"address": "/rtgen/tempo", "args": [101]}))
-                await ws.send(json.dumps({"address": "/rtgen/tempo", "args": ["x"]}))
+                await ws.send(json.dumps({"address": "/rtgen/subscribe", "args": [PEER, 9]}))
                 got: list[Any] = []
                 while not any(m["address"] == "/rtgen/error" for m in got):
                     got.extend(json.loads(await asyncio.wait_for(ws.recv(), 5)))
-                return [m["address"] for m in got]
+                return [m["args"][0] for m in got if m["address"] == "/rtgen/error"]
         except InvalidStatus as err:
             return err.response.status_code
 
@@ -83,6 +83,21 @@ def osc_from(source: str, port: int, bpm: float) -> list[str]:
                 replies.append(OscMessage(s.recv(65535)).address)
         except TimeoutError:
             return replies
+
+
+def osc_subscribe(source: str, port: int, host: str) -> list[Any]:
+    """What ``source`` gets back within 0.5 s for ``/rtgen/subscribe host 9``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((source, 0))
+        s.settimeout(0.5)
+        b = OscMessageBuilder(address="/rtgen/subscribe")
+        b.add_arg(host)
+        b.add_arg(9)
+        s.sendto(b.build().dgram, (PEER, port))
+        try:
+            return OscMessage(s.recv(65535)).params
+        except TimeoutError:
+            return []
 
 
 def web(result: dict[str, Any], lines: Lines) -> None:
@@ -158,6 +173,9 @@ def osc_allow(result: dict[str, Any], allow: list[str], key: str) -> None:
             time.sleep(0.1)
             seen[source] = {"replies": replies, "tempi": [c[1][0] for c in ctl.calls if c[0] == "set_tempo"]}
             ctl.calls.clear()
+        seen["subscribe_other"] = osc_subscribe(PEER, server.port, "127.0.0.1")
+        seen["subscribe_self"] = osc_subscribe(PEER, server.port, PEER)
+        seen["subscribers"] = [list(t) for t in server.feedback.subscribers]
         seen["dropped"] = server.dropped
         seen["who"] = server.who_may_steer
         result[key] = seen

@@ -190,8 +190,9 @@ def test_the_page_beyond_loopback_needs_the_pairing_token(beyond_loopback: dict[
     assert 1 <= r["log_lines_for_50_refused"] <= 2, "refusals are logged folded"
     assert r["with_token"] == 200 and "HttpOnly" in r["set_cookie"] and "SameSite=Strict" in r["set_cookie"]
     assert r["api_with_cookie"] == 200
-    assert "/rtgen/error" in r["ws_with_cookie"], r["ws_with_cookie"]  # the page's session steers ...
-    assert ["set_tempo", [101.0]] in r["ws_calls"], r["ws_calls"]  # ... and its commands arrive
+    (error,) = r["ws_with_cookie"]  # the page's session steers, but subscribes nothing (feedback amplification)
+    assert "a page on the network gets the feedback over its WebSocket" in error, error
+    assert ["set_tempo", [101.0]] in r["ws_calls"], r["ws_calls"]
     assert r["unpaired"] >= 55
 
 
@@ -206,10 +207,13 @@ def test_osc_beyond_loopback_takes_packets_only_from_the_allow_list(beyond_loopb
     only = beyond_loopback["osc_loopback_only"]
     assert only[PEER] == {"replies": [], "tempi": []}, "a packet from outside [osc] allow was not dropped"
     assert only["127.0.0.1"] == {"replies": ["/rtgen/error"], "tempi": [122.0]}, "loopback always steers"
-    assert only["dropped"] == 2 and only["who"] == "loopback and 127.0.0.1/32"
+    assert only["subscribe_self"] == [] and only["subscribers"] == [], "a stranger subscribed"
+    assert only["dropped"] == 4 and only["who"] == "loopback and 127.0.0.1/32"
     peer = beyond_loopback["osc_peer_allowed"]
     assert peer[PEER] == {"replies": ["/rtgen/error"], "tempi": [111.0]}, "an allowed peer steers"
     assert peer["127.0.0.1"]["tempi"] == [122.0] and peer["dropped"] == 0
+    assert "may subscribe only itself" in peer["subscribe_other"][0], peer["subscribe_other"]
+    assert peer["subscribe_self"] == [] and peer["subscribers"] == [[PEER, 9]], "a peer subscribes itself"
     assert any("dropped: not loopback nor in [osc] allow" in line for line in beyond_loopback["log"])
 
 

@@ -513,11 +513,16 @@ class OscControl:
     @osc_handler("subscribe", OscArg("host", "s"), OscArg("port", "i", 1, 65535))
     def subscribe(self, sender: tuple[str, int] | None, host: str, port: int) -> None:
         """Send feedback to host:port from now on: /rtgen/beat i i (bar, beat), /rtgen/chord s,
-        /rtgen/note s i i (part, pitch, velocity), /rtgen/section s i (name, first bar), /rtgen/error s."""
+        /rtgen/note s i i (part, pitch, velocity), /rtgen/section s i (name, first bar), /rtgen/error s. A peer on
+        the network may subscribe only its own address."""
         try:  # IPv4 only: feedback goes out of the server's AF_INET socket
-            socket.getaddrinfo(host, port, family=socket.AF_INET, type=socket.SOCK_DGRAM)
+            found = socket.getaddrinfo(host, port, family=socket.AF_INET, type=socket.SOCK_DGRAM)
         except (OSError, UnicodeError, ValueError) as err:  # a name IDNA cannot encode raises UnicodeError
             raise OscArgError(f"cannot resolve host {brief(host)} as IPv4: {err}") from err
+        peer = sender[0] if sender is not None else "127.0.0.1"  # the page checks its own ("web", id) senders
+        if _is_address(peer) and not is_loopback(peer) and peer not in {str(f[4][0]) for f in found}:
+            # else anyone allowed to steer could aim the feedback's packets at a third machine or a local port
+            raise OscArgError(f"a peer on the network may subscribe only itself ({peer}), not {brief(host)}")
         if not self.feedback.subscribe(host, port):
             raise OscArgError(f"too many subscribers (max {MAX_SUBSCRIBERS})")
 
@@ -734,13 +739,23 @@ class OscServer(BlockingOSCUDPServer):
 
 
 def is_loopback(host: str) -> bool:
-    """Whether ``host`` (an address, or ``localhost``) is this machine's loopback."""
+    """Whether ``host`` (an address, IPv4-mapped or not, or ``localhost``) is this machine's loopback."""
     if host == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        ip = ipaddress.ip_address(host)
     except ValueError:
         return False
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+    return (mapped or ip).is_loopback
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 # --- documentation ------------------------------------------------------------

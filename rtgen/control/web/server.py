@@ -62,7 +62,8 @@ MAX_BRACKETS = 32  # "[" and "{" in a message: bounds its nesting before json.lo
 FLOOD_RATE = 500.0  # messages a second read from one page (a fader sends ~60); a faster page is read no faster
 FLOOD_BURST = 100.0
 MAX_CLIENTS = 8
-HIDDEN = frozenset({f"{osc.PREFIX}/status", f"{osc.PREFIX}/subscribe", f"{osc.PREFIX}/unsubscribe"})
+_SUBSCRIPTIONS = frozenset({f"{osc.PREFIX}/subscribe", f"{osc.PREFIX}/unsubscribe"})
+HIDDEN = frozenset({f"{osc.PREFIX}/status", *_SUBSCRIPTIONS})
 STATIC = {
     "/": ("index.html", "text/html; charset=utf-8"),
     "/index.html": ("index.html", "text/html; charset=utf-8"),
@@ -365,6 +366,8 @@ class WebServer:
                     reason = 'expected {"address": "/rtgen/...", "args": [...]}'
                 elif address == f"{osc.PREFIX}/status" and not args:  # the status object itself, not a JSON string
                     self.send_to(cid, self._status_message())
+                elif address in _SUBSCRIPTIONS and not self._from_loopback(cid):
+                    reason = "a page on the network gets the feedback over its WebSocket; it subscribes nothing"
                 else:
                     self.control.handle(address, args, ("web", cid))
         except (ValueError, RecursionError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
@@ -374,6 +377,10 @@ class WebServer:
             reason = f"internal error: {err}"
         if reason is not None:
             self.control.error(("web", cid), "?", reason)
+
+    def _from_loopback(self, cid: int) -> bool:
+        connection = self.clients.get(cid)
+        return connection is not None and osc.is_loopback(str(connection.remote_address[0]))
 
     @staticmethod
     def _refusal(raw: str | bytes) -> str | None:
