@@ -64,12 +64,15 @@ def register(subparsers: Any) -> None:
     p.add_argument("--no-synth", dest="synth", action="store_false", help="do not start the internal synth")
     p.add_argument("--soundfont", metavar="PATH", help="a .sf2 soundfont (config: synth.soundfont)")
     p.add_argument("--audio-driver", metavar="NAME", help="FluidSynth audio driver (config: synth.audio_driver)")
-    p.add_argument("--osc-host", help="OSC bind address (config: osc.host; default 127.0.0.1)")
+    p.add_argument(
+        "--osc-host", help="OSC bind address (config: osc.host; default 127.0.0.1; beyond loopback, osc.allow steers)"
+    )
     p.add_argument("--osc-port", type=int, help="OSC UDP port (config: osc.port; default 9000)")
     p.add_argument("--no-osc", dest="osc", action="store_false", default=None, help="no OSC control")
     p.add_argument(
         "--web", nargs="?", type=int, const=-1, metavar="PORT",
-        help="serve the web control page (config: web.port, default 9080; web.host 127.0.0.1)",
+        help="serve the web control page (config: web.port, default 9080; web.host 127.0.0.1; beyond loopback, "
+        "a pairing URL and QR code are printed)",
     )  # fmt: skip
     p.add_argument("--tempo", type=float, metavar="BPM", help="tempo (config: generation.tempo)")
     p.add_argument("--seed", type=int, metavar="N", help="random seed (config: generation.seed)")
