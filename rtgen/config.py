@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import ipaddress
 import tomllib
 import types
 import typing
@@ -178,6 +179,7 @@ class SynthConfig:
 
     enabled: bool = True
     soundfont: str = ""  # empty: auto-discover
+    folders: tuple[str, ...] = ()  # more folders of .sf2 files; the network picks soundfonts by name among them
     audio_driver: str = ""  # empty: FluidSynth's default for the platform
     sample_rate: int = field(default=44100, metadata=_range(8000, 192000))
     gain: float = field(default=0.5, metadata=_range(0.0, 5.0))
@@ -291,6 +293,11 @@ class OscConfig:
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = field(default=9000, metadata=_range(0, 65535))
+    allow: tuple[str, ...] = ()  # addresses or networks that may steer when bound beyond loopback; loopback always
+
+    def allowed_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """:attr:`allow` parsed (validated when the config is built)."""
+        return tuple(ipaddress.ip_network(a, strict=False) for a in self.allow)
 
 
 @dataclass(frozen=True)
@@ -300,6 +307,13 @@ class WebConfig:
     enabled: bool = False
     host: str = "127.0.0.1"
     port: int = field(default=9080, metadata=_range(0, 65535))  # 8080 is Open Stage Control's
+
+
+@dataclass(frozen=True)
+class RecordConfig:
+    """Recordings started over OSC or the web page: a name inside :attr:`folder` (the network chooses no path)."""
+
+    folder: str = ""  # empty: the music folder's rtgen/ ($XDG_MUSIC_DIR/rtgen, else ~/Music/rtgen)
 
 
 @dataclass(frozen=True)
@@ -326,6 +340,7 @@ class Config:
     midi: MidiConfig = MidiConfig()
     osc: OscConfig = OscConfig()
     web: WebConfig = WebConfig()
+    record: RecordConfig = RecordConfig()
     daemon: DaemonConfig = DaemonConfig()
     input: InputConfig = InputConfig()
     clock: ClockConfig = ClockConfig()
@@ -340,6 +355,13 @@ class Config:
         """Resolve a configured path against the config file's directory."""
         p = Path(path).expanduser()
         return p if p.is_absolute() else (self.base_dir / p).resolve()
+
+    @property
+    def recordings_dir(self) -> Path:
+        """Where recordings started over the network go: ``[record] folder``, else the music folder's ``rtgen/``."""
+        if self.record.folder:
+            return self.resolve(self.record.folder)
+        return library.xdg_dir("XDG_MUSIC_DIR", "Music") / "rtgen"
 
     @property
     def models_dir(self) -> Path:
@@ -406,6 +428,10 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, str):
             raise ConfigError(f"{key} must be a string, got {value!r}")
         return value
+    if tp == tuple[str, ...]:
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{key} must be a list of strings, got {value!r}")
+        return tuple(value)
     if tp is Path:
         if not isinstance(value, str | Path):
             raise ConfigError(f"{key} must be a path string, got {value!r}")
@@ -463,6 +489,15 @@ def _check(obj: Any, prefix: str) -> None:
             check_style(prefix.rpartition(".")[2], obj.style)
         except UnknownStyleError as err:
             raise ConfigError(f"{prefix}.style must be one of {', '.join(err.allowed)}, got {obj.style!r}") from err
+    if isinstance(obj, OscConfig):
+        for entry in obj.allow:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError as err:
+                raise ConfigError(
+                    f"{prefix}.allow: {entry!r} is not an address or network; allowed: addresses such as "
+                    f"192.168.1.20 or networks such as 192.168.1.0/24 (IPv4 or IPv6)"
+                ) from err
     if isinstance(obj, GenerationConfig):
         if obj.pitch_low > obj.pitch_high:
             raise ConfigError(

@@ -11,7 +11,9 @@ import contextlib
 import logging
 import logging.handlers
 import queue
+import time
 from collections.abc import Iterator
+from typing import Any
 
 
 class _DeferredHandler(logging.handlers.QueueHandler):
@@ -46,3 +48,30 @@ def off_thread() -> Iterator[None]:
         listener.stop()  # writes what is still queued
         for h in handlers:
             root.addHandler(h)
+
+
+class Folded:
+    """Warnings a flood could repeat, folded: at most one line per ``interval_s``; the next line written says how
+    many were held back (``... (41 more suppressed)``). Not thread-safe: one per thread that warns.
+
+    Args:
+        logger: where the lines go.
+        interval_s: the least time between two lines.
+    """
+
+    def __init__(self, logger: logging.Logger, interval_s: float = 1.0) -> None:
+        self.logger = logger
+        self.interval_s = interval_s
+        self._last = -interval_s
+        self._suppressed = 0
+
+    def warning(self, msg: str, *args: Any) -> None:
+        """Log ``msg % args`` as a warning unless one was written less than ``interval_s`` ago."""
+        now = time.monotonic()
+        if now - self._last < self.interval_s:
+            self._suppressed += 1
+            return
+        extra = f" ({self._suppressed} more suppressed)" if self._suppressed else ""
+        self.logger.warning(msg + "%s", *args, extra)
+        self._last = now
+        self._suppressed = 0

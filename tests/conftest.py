@@ -9,6 +9,8 @@ green by skipping.
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -75,14 +77,16 @@ def jack_server() -> Iterator[str]:
     yield from serve_jack()
 
 
-def serve_jack(name: str | None = None, *, sync: bool = True) -> Iterator[str]:
-    """Start a private JACK server, point this process's clients at it, yield its name, stop it (a fixture body)."""
+def serve_jack(name: str | None = None, *, sync: bool = True, realtime: bool = False) -> Iterator[str]:
+    """Start a private JACK server, point this process's clients at it, yield its name, stop it (a fixture body).
+
+    ``realtime``: a SCHED_FIFO server (as the bench's), for a daemon that runs SCHED_FIFO too (FACTS.md)."""
     from rtgen.bench import harness
 
     require(harness.jackd_path() is not None, "jackd (apt-get install jackd2)")
     require(harness.jack_tools_available(), "jack_lsp/jack_connect (apt-get install jackd2)")
     saved = {k: os.environ.get(k) for k in ("JACK_DEFAULT_SERVER", "JACK_NO_START_SERVER")}
-    server = harness.JackServer(name, sync=sync).start()
+    server = harness.JackServer(name, sync=sync, realtime=realtime).start()
     os.environ["JACK_DEFAULT_SERVER"] = server.name
     os.environ["JACK_NO_START_SERVER"] = "1"
     try:
@@ -144,3 +148,22 @@ class RecordingController:
 
     def status(self) -> dict[str, Any]:
         return {"playing": True, "tempo": 123.0, "player_sounding": []}
+
+    def record_start(self, name: str) -> Path:
+        self.calls.append(("record_start", (name,)))
+        return Path("/recordings") / name
+
+
+def run_in_namespace(setup: str, *argv: str | Path, timeout: float = 90.0) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` in a fresh network namespace (``unshare --net``) after the shell commands ``setup`` (``ip ...``),
+    so that nothing it binds or sends reaches this machine's network; skips when namespaces cannot be made here."""
+    works = shutil.which("unshare") is not None and shutil.which("ip") is not None
+    if works:
+        probe = ["unshare", "--net", "sh", "-c", setup]
+        works = subprocess.run(probe, capture_output=True, timeout=10, check=False).returncode == 0
+    require(works, "unshare --net with ip (util-linux, iproute2) and the right to use them")
+    shell = f'{setup} && exec "$@"'
+    return subprocess.run(
+        ["unshare", "--net", "sh", "-c", shell, "sh", *map(str, argv)],
+        capture_output=True, text=True, timeout=timeout, check=False,
+    )  # fmt: skip

@@ -213,10 +213,10 @@ def test_hot_swap_to_a_broken_model_replies_the_error_and_keeps_playing(
     try:
         assert rec.wait_until(lambda ev: len(note_ons([m for _, m in ev])) >= 3, timeout=20), d.output()
         for kind in sorted(BROKEN):
-            folder = _broken(good_model, tmp_path / "swaps", kind)
+            folder = _broken(good_model, tmp_path / "models", kind)  # the test daemon's model library
             _, names, says = BROKEN[kind]
             peer.received.clear()
-            peer.send("/rtgen/model", str(folder))
+            peer.send("/rtgen/model", folder.name)
             errors = peer.wait_for("/rtgen/error", timeout=20)
             assert errors, f"{kind}: no /rtgen/error reply; received {peer.received}\n{d.output()[-2000:]}"
             text = errors[0][0]

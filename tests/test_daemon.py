@@ -93,7 +93,7 @@ class Daemon:
     """``python -m rtgen run`` in a subprocess with its own JACK client name and OSC port."""
 
     def __init__(self, server: str, model: Path, tmp: Path, *extra: str, tempo: float = 300.0,
-                 listen: bool = True) -> None:  # fmt: skip
+                 listen: bool = True, realtime_priority: int = 0) -> None:  # fmt: skip
         self.client = f"rtgen-e2e-{os.getpid()}-{next(_names)}"
         self.osc_port = free_udp_port()
         config = tmp / f"{self.client}.toml"
@@ -101,7 +101,9 @@ class Daemon:
         # (FACTS.md), and a synchronous server then stalls; timing against a real-time server is rtgen bench's job
         config.write_text(
             f'[midi]\nclient_name = "{self.client}"\n[input]\nenabled = {str(listen).lower()}\n'
-            "[daemon]\nrealtime_priority = 0\n"
+            f"[daemon]\nrealtime_priority = {realtime_priority}\n"
+            # what the network may name: recordings go into tmp, models are found in tmp/models
+            f'[record]\nfolder = "{tmp}"\n[model]\nlibrary = "{tmp / "models"}"\n'
         )
         self.log = tmp / f"{self.client}.log"
         args = [
@@ -299,7 +301,7 @@ def test_osc_control_status_subscribe_instrument_tempo_and_errors(start_daemon: 
         text = " ".join(e[0] for e in errors)
         assert "unknown address" in text and "range" in text and "cowbell" in text
 
-        peer.send("/rtgen/model", str(d.log.parent / "no-such-model"))
+        peer.send("/rtgen/model", "no-such-model")
         errors = peer.wait_for("/rtgen/error", count=n_err + 6, timeout=10)
         assert any("no-such-model" in e[0] for e in errors), errors
         rec.clear()
@@ -318,7 +320,7 @@ def test_osc_control_status_subscribe_instrument_tempo_and_errors(start_daemon: 
 def test_model_hot_swap_keeps_playing_and_leaves_no_note_hanging(
     start_daemon: Any, model_dir: Path, tmp_path: Path
 ) -> None:
-    swapped = tmp_path / "swapped-model"
+    swapped = tmp_path / "models" / "swapped-model"  # the test daemon's model library
     shutil.copytree(model_dir, swapped)
     meta = json.loads((swapped / "meta.json").read_text())
     meta["name"] = "swapped"  # only the .onnx files are hashed
@@ -328,7 +330,7 @@ def test_model_hot_swap_keeps_playing_and_leaves_no_note_hanging(
     peer = Peer(d.osc_port)
     try:
         assert rec.wait_until(lambda ev: len(note_ons([m for _, m in ev])) >= 3, timeout=15), d.output()
-        peer.send("/rtgen/model", str(swapped))
+        peer.send("/rtgen/model", swapped.name)
         deadline = time.monotonic() + 15
         state: dict[str, Any] = {}
         while time.monotonic() < deadline and state.get("model") != "swapped":

@@ -16,7 +16,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import REPO, require
+from conftest import REPO, require, run_in_namespace
 
 from rtgen.bench.harness import is_note_off, sounding_notes
 from rtgen.timing.link import ClockMap
@@ -36,30 +35,13 @@ FIRST_BPM, SECOND_BPM = 120.0, 97.0  # the scenario's tempi (tests/link_scenario
 MATCH_US = 30_000.0  # an onset this close to a beat belongs to it (steps are 125 ms or more apart here)
 
 
-def _namespace_works() -> bool:
-    if shutil.which("unshare") is None or shutil.which("ip") is None:
-        return False
-    probe = subprocess.run(
-        ["unshare", "--net", "sh", "-c", NAMESPACE_SETUP], capture_output=True, timeout=10, check=False
-    )
-    return probe.returncode == 0
-
-
 def _run_scenario(scenario: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Run ``tests/link_scenario.py SCENARIO`` in a fresh network namespace; its result."""
-    require(_namespace_works(), "unshare --net with ip (util-linux, iproute2) and the right to use them")
     require(shutil.which("jackd") is not None, "jackd (apt-get install jackd2)")
     require(importlib.util.find_spec("link") is not None, "the Link binding (pip install linkpython-extern)")
     out = tmp_path_factory.mktemp("link") / f"{scenario}.json"
     script = REPO / "tests" / "link_scenario.py"
-    shell = f'{NAMESPACE_SETUP} && exec "$0" "$1" "$2" "$3"'
-    proc = subprocess.run(
-        ["unshare", "--net", "sh", "-c", shell, sys.executable, script, out, scenario],
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=False,
-    )
+    proc = run_in_namespace(NAMESPACE_SETUP, sys.executable, script, out, scenario)
     assert proc.returncode == 0 and out.exists(), f"scenario failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
     result: dict[str, Any] = json.loads(out.read_text())
     assert not result["errors"], f"{result['errors']}\ndaemon log:\n{result['daemon_log']}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Any
 
 from rtgen import logs
 
@@ -45,3 +46,21 @@ def test_records_are_written_off_the_calling_thread_and_all_of_them_on_exit() ->
         for h in old_handlers:
             root.addHandler(h)
         root.setLevel(old_level)
+
+
+def test_folded_warnings_write_one_line_an_interval_and_count_the_rest(monkeypatch: Any) -> None:
+    clock = [100.0]
+    monkeypatch.setattr(logs.time, "monotonic", lambda: clock[0])
+    logger = logging.getLogger("rtgen.test.folded")
+    collect = Collect()
+    logger.addHandler(collect)
+    try:
+        folded = logs.Folded(logger, interval_s=1.0)
+        for i in range(5000):
+            clock[0] += 0.0001  # 5,000 in half a second
+            folded.warning("bad message %d", i)
+        clock[0] += 1.0
+        folded.warning("bad message %d", 5000)
+    finally:
+        logger.removeHandler(collect)
+    assert [text for _, text in collect.seen] == ["bad message 0", "bad message 5000 (4999 more suppressed)"]

@@ -233,10 +233,10 @@ def test_long_messages_arrive_whole_and_errors_about_them_stay_short(
 ) -> None:
     srv, ctl = server
     peer = Peer(srv.port)
-    path = "/tmp/" + "m" * 20_000  # over socketserver's 8192-byte default, which cut it into garbage
-    peer.send("/rtgen/model", path)
+    name = "m" * 20_000  # over socketserver's 8192-byte default, which cut it into garbage
+    peer.send("/rtgen/model", name)
     calls = wait_calls(ctl, 1)
-    assert calls and calls[0][0] == "swap_model" and calls[0][1][0] == path
+    assert calls and calls[0][0] == "use_model" and calls[0][1][0] == name
     peer.send("/rtgen/tempo", "x" * 60_000)  # the reply used to quote it whole: too big for a datagram, never sent
     reply, params = peer.recv()
     assert reply == "/rtgen/error" and "must be a number" in params[0]

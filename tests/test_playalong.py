@@ -865,8 +865,7 @@ def check_recording(path: Path, player_pitches: list[int], tempo: float = 300.0)
 
 
 def test_recording_both_sides_on_signal_and_over_osc(start_daemon: Any, tmp_path: Path) -> None:
-    first, second = tmp_path / "takes" / "first.mid", tmp_path / "takes" / "second.mid"
-    first.parent.mkdir()
+    first, second = tmp_path / "first.mid", tmp_path / "second.mid"  # tmp_path: the test daemon's [record] folder
     d = start_daemon("--mode", "accompany", "--record", str(first))
     rec = start_recording(d)
     kb = Keyboard(d)
@@ -883,12 +882,12 @@ def test_recording_both_sides_on_signal_and_over_osc(start_daemon: Any, tmp_path
             time.sleep(0.05)
         assert first.is_file(), f"/rtgen/record/stop wrote nothing; {peer.received}\n{d.output()}"
         assert d.proc.poll() is None, "the daemon stopped"
-        peer.send("/rtgen/record/start", str(second))
+        peer.send("/rtgen/record/start", second.stem)  # into the test daemon's [record] folder, tmp_path
         assert wait_status(peer, "recording", str(second))["recording"] == str(second)
         kb.play(phrase(time.perf_counter_ns() + 100_000_000, notes2, beat_ns))
         kb.join(10)
         time.sleep(0.3)
-        assert not second.exists(), "written before recording stopped"
+        assert second.stat().st_size == 0, "written before recording stopped (the name is only reserved)"
         d.proc.send_signal(signal.SIGTERM)
         assert d.wait() == 0, d.output()
     finally:
@@ -897,7 +896,8 @@ def test_recording_both_sides_on_signal_and_over_osc(start_daemon: Any, tmp_path
         kb.close()
     check_recording(first, notes1)
     check_recording(second, notes2)
-    assert sorted(p.name for p in first.parent.iterdir()) == ["first.mid", "second.mid"], "a temporary file was left"
+    assert sorted(p.name for p in tmp_path.glob("*.mid*")) == ["first.mid", "second.mid"], "a temporary file was left"
+    assert not list(tmp_path.glob(".*.tmp")), "a temporary file was left"
 
 
 # --- 8. input errors -----------------------------------------------------------------------------------------------

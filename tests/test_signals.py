@@ -114,7 +114,7 @@ def test_a_signal_during_a_recording_started_over_osc_writes_it(
     peer = Peer(d.osc_port)
     try:
         first_status(peer, d)  # the OSC server answers
-        peer.send("/rtgen/record/start", str(path))
+        peer.send("/rtgen/record/start", path.name)  # into the test daemon's [record] folder, tmp_path
         assert wait_status(peer, "recording", str(path))["recording"] == str(path), d.output()
         signal_mid_note(d, rng, rng.choice((signal.SIGINT, signal.SIGTERM)), twice=trial == 1)
     finally:

@@ -10,6 +10,7 @@ the result back over real OSC UDP with ``/rtgen/status``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import os
@@ -36,18 +37,25 @@ COLORS = {"melody": (0x4F, 0xC3, 0xF7), "chords": (0x81, 0xC7, 0x84), "bass": (0
           "drums": (0xE5, 0x73, 0x73)}  # fmt: skip
 
 
-@pytest.fixture
-def web() -> Iterator[tuple[WebServer, RecordingController, osc.Feedback]]:
-    ctl = RecordingController()
+@contextlib.contextmanager
+def serving(host: str, ctl: Any) -> Iterator[tuple[WebServer, osc.Feedback]]:
+    """A :class:`WebServer` on ``host`` (any free port) steering ``ctl``, with the real OSC feedback."""
     feedback = osc.Feedback()
     feedback.start()
-    server = WebServer("127.0.0.1", 0, ctl, feedback)  # type: ignore[arg-type]
+    server = WebServer(host, 0, ctl, feedback)
     server.start()
     try:
-        yield server, ctl, feedback
+        yield server, feedback
     finally:
         server.close()
         feedback.close()
+
+
+@pytest.fixture
+def web() -> Iterator[tuple[WebServer, RecordingController, osc.Feedback]]:
+    ctl = RecordingController()
+    with serving("127.0.0.1", ctl) as (server, feedback):
+        yield server, ctl, feedback
 
 
 def ws_session(url: str, send: list[dict[str, Any]], until: Any, timeout: float = 5.0, **headers: str) -> list[Any]:

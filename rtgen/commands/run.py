@@ -64,12 +64,15 @@ def register(subparsers: Any) -> None:
     p.add_argument("--no-synth", dest="synth", action="store_false", help="do not start the internal synth")
     p.add_argument("--soundfont", metavar="PATH", help="a .sf2 soundfont (config: synth.soundfont)")
     p.add_argument("--audio-driver", metavar="NAME", help="FluidSynth audio driver (config: synth.audio_driver)")
-    p.add_argument("--osc-host", help="OSC bind address (config: osc.host; default 127.0.0.1)")
+    p.add_argument(
+        "--osc-host", help="OSC bind address (config: osc.host; default 127.0.0.1; beyond loopback, osc.allow steers)"
+    )
     p.add_argument("--osc-port", type=int, help="OSC UDP port (config: osc.port; default 9000)")
     p.add_argument("--no-osc", dest="osc", action="store_false", default=None, help="no OSC control")
     p.add_argument(
         "--web", nargs="?", type=int, const=-1, metavar="PORT",
-        help="serve the web control page (config: web.port, default 9080; web.host 127.0.0.1)",
+        help="serve the web control page (config: web.port, default 9080; web.host 127.0.0.1; beyond loopback, "
+        "a pairing URL and QR code are printed)",
     )  # fmt: skip
     p.add_argument("--tempo", type=float, metavar="BPM", help="tempo (config: generation.tempo)")
     p.add_argument("--seed", type=int, metavar="N", help="random seed (config: generation.seed)")
@@ -124,6 +127,16 @@ def build_config(args: argparse.Namespace) -> Config:
     return cfg
 
 
+def print_pairing(url: str) -> None:
+    """The pairing URL of a page bound beyond loopback and its QR code for a phone's camera, on the terminal
+    (printed, not logged: the token is the session's key; printed even with --quiet, or nobody could pair)."""
+    import segno
+
+    print(f"rtgen: the web page is open to the network; pair a phone with {url}", file=sys.stderr, flush=True)
+    segno.make(url, error="l").terminal(out=sys.stderr, compact=True)
+    sys.stderr.flush()
+
+
 def run(args: argparse.Namespace) -> int:
     """Start the daemon and play until stopped; 0 on a clean stop."""
     from rtgen.live.daemon import Daemon
@@ -140,7 +153,9 @@ def run(args: argparse.Namespace) -> int:
     daemon.open()
     loop = daemon.loop
     outputs = ", ".join(s.name for s in daemon.sinks)
-    osc = f"OSC on {cfg.osc.host}:{daemon.osc.port}" if daemon.osc is not None else "OSC off"
+    osc = "OSC off"
+    if daemon.osc is not None:
+        osc = f"OSC on {cfg.osc.host}:{daemon.osc.port} (steered from {daemon.osc.who_may_steer})"
     if daemon.web is not None:
         osc += f"; web page {daemon.web.url}"
     if not cfg.daemon.quiet and not cfg.daemon.log_json:
@@ -150,6 +165,8 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
             flush=True,
         )
+    if daemon.web is not None and daemon.web.token is not None:
+        print_pairing(daemon.web.pairing_url)
     code = daemon.run()
     if not cfg.daemon.quiet and not cfg.daemon.log_json and loop is not None:
         s = loop.clock.stats

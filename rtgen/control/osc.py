@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import ipaddress
 import json
 import logging
 import queue
@@ -28,7 +29,6 @@ import socketserver
 import struct
 import sys
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +49,7 @@ from rtgen.config import (
     parse_split,
 )
 from rtgen.errors import RtgenError, brief
+from rtgen.logs import Folded
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ MAX_DATAGRAM = 65535  # socketserver's UDP default (8192) would cut longer messa
 MAX_BUNDLE_DEPTH = 8
 MAX_REPLY_CHARS = 1000  # an error reply quoting a 60 kB argument would not fit in a datagram
 _BUNDLE_PREFIX = b"#bundle\x00"
+_FLOAT_MAX = sys.float_info.max  # a larger JSON integer (the page's) has no float
 _PARSED_TAGS = frozenset("ifdsbrmhtTFN[]")  # what python-osc reads; it skips others with a root-logger warning
 
 
@@ -84,12 +86,14 @@ class Controller(Protocol):
     def set_swing(self, swing: float) -> None: ...
     def set_style(self, part: str, style: str) -> None: ...
     def set_part_enabled(self, part: str, enabled: bool) -> None: ...
-    def swap_model(self, path: str, reply: Callable[[str], None] | None = None) -> None: ...
-    def swap_soundfont(self, path: str, reply: Callable[[str], None] | None = None) -> None: ...
-    def record_start(self, path: str) -> None: ...
+    def use_model(self, name: str, reply: Callable[[str], None] | None = None) -> None: ...
+    def use_soundfont(self, name: str, reply: Callable[[str], None] | None = None) -> None: ...
+    def record_start(self, name: str) -> Path: ...
     def set_section(self, name: str) -> None: ...
     def set_split(self, split: str) -> None: ...
-    def record_stop(self, reply: Callable[[str], None] | None = None) -> None: ...
+    def record_stop(
+        self, reply: Callable[[str], None] | None = None, written: Callable[[str], None] | None = None
+    ) -> None: ...
     def learn(self, name: str, done: Callable[[int], None] | None = None) -> None: ...
     def unlearn(self, name: str) -> None: ...
     def status(self) -> dict[str, Any]: ...
@@ -244,8 +248,7 @@ class OscControl:
                 self.args[address] = method._osc_args  # type: ignore[attr-defined]
         self.errors = 0
         self.handled = 0
-        self._last_warn = 0.0
-        self._suppressed = 0
+        self._warnings = Folded(log)  # a flood of garbage must not flood the log
 
     # --- dispatch -------------------------------------------------------------
     def handle_datagram(self, data: bytes, sender: tuple[str, int] | None) -> None:
@@ -253,13 +256,13 @@ class OscControl:
         try:
             messages = split_datagram(data)
         except ValueError as err:
-            self._error(sender, "?", f"cannot parse OSC datagram ({len(data)} bytes): {err}")
+            self.error(sender, "?", f"cannot parse OSC datagram ({len(data)} bytes): {err}")
             return
         for dgram in messages:
             try:
                 address, params = parse_message(dgram)
             except ValueError as err:
-                self._error(sender, "?", f"cannot parse OSC message ({len(dgram)} bytes): {err}")
+                self.error(sender, "?", f"cannot parse OSC message ({len(dgram)} bytes): {err}")
                 continue
             self.handle(address, params, sender)
 
@@ -268,7 +271,7 @@ class OscControl:
         entry = self.handlers.get(address)
         if entry is None:
             known = ", ".join(sorted(self.handlers))
-            self._error(sender, address, f"unknown address; known: {known}")
+            self.error(sender, address, f"unknown address; known: {known}")
             return
         types, fn = entry
         try:
@@ -278,10 +281,10 @@ class OscControl:
             self.handled += 1
             fn(sender, *values)
         except OscArgError as err:
-            self._error(sender, address, str(err))
+            self.error(sender, address, str(err))
         except Exception as err:  # a bug in a handler must not kill the server thread
             log.exception("OSC handler for %s failed", address)
-            self._error(sender, address, f"internal error: {err}")
+            self.error(sender, address, f"internal error: {err}")
 
     @staticmethod
     def _convert(types: str, args: Sequence[Any]) -> list[Any]:
@@ -291,7 +294,7 @@ class OscControl:
         out: list[Any] = []
         for i, (t, a) in enumerate(zip(types, args, strict=True)):
             if t == "f":
-                if isinstance(a, bool) or not isinstance(a, int | float) or a != a:
+                if isinstance(a, bool) or not isinstance(a, int | float) or a != a or abs(a) > _FLOAT_MAX:
                     raise OscArgError(f"argument {i + 1} must be a number (f), got {brief(a)}")
                 out.append(float(a))
             elif t == "i":
@@ -312,19 +315,13 @@ class OscControl:
             return None
         return lambda text: self.feedback.reply(sender, f"{PREFIX}/error", [text])
 
-    def _error(self, sender: tuple[str, int] | None, address: str, reason: str) -> None:
+    def error(self, sender: tuple[str, int] | None, address: str, reason: str) -> None:
+        """Count, log (folded) and answer ``/rtgen/error s "<address>: <reason>"`` to ``sender``."""
         self.errors += 1
         text = f"{address if len(address) <= 100 else brief(address)}: {reason}"
         if len(text) > MAX_REPLY_CHARS:
             text = f"{text[: MAX_REPLY_CHARS - 30]}... ({len(text)} chars)"
-        now = time.monotonic()
-        if now - self._last_warn >= 1.0:  # rate-limit: a flood of garbage must not flood the log
-            extra = f" ({self._suppressed} more suppressed)" if self._suppressed else ""
-            log.warning("OSC error from %s: %s%s", sender, text, extra)
-            self._last_warn = now
-            self._suppressed = 0
-        else:
-            self._suppressed += 1
+        self._warnings.warning("OSC error from %s: %s", sender, text)
         if sender is not None:
             self.feedback.reply(sender, f"{PREFIX}/error", [text])
 
@@ -444,20 +441,27 @@ class OscControl:
         """Swing 0..0.75: delays every second sixteenth by this fraction of a step."""
         self.controller.set_swing(value)
 
-    @osc_handler("model", OscArg("path", "s"))
-    def model(self, sender: tuple[str, int] | None, path: str) -> None:
-        """Hot-swap the model (a folder or a model name): loaded and checked in the background, switched on a bar line;
-        on failure the old model keeps playing and /rtgen/error is sent."""
-        if not path.strip():
-            raise OscArgError("model path is empty")
-        self.controller.swap_model(path, self._replier(sender))
+    @osc_handler("model", OscArg("name", "s"))
+    def model(self, sender: tuple[str, int] | None, name: str) -> None:
+        """Hot-swap the model by its library name (rtgen models list; never a path): loaded and checked in the
+        background, switched on a bar line; on failure the old model keeps playing and /rtgen/error is sent."""
+        if not name.strip():
+            raise OscArgError("model name is empty")
+        try:
+            self.controller.use_model(name, self._replier(sender))
+        except ValueError as err:
+            raise OscArgError(str(err)) from err
 
-    @osc_handler("soundfont", OscArg("path", "s"))
-    def soundfont(self, sender: tuple[str, int] | None, path: str) -> None:
-        """Load another .sf2 soundfont into the internal synth (in the background)."""
-        if not path.strip():
-            raise OscArgError("soundfont path is empty")
-        self.controller.swap_soundfont(path, self._replier(sender))
+    @osc_handler("soundfont", OscArg("name", "s"))
+    def soundfont(self, sender: tuple[str, int] | None, name: str) -> None:
+        """Load another soundfont into the internal synth (in the background), by its file name in [synth] folders,
+        the configured soundfont's folder or the usual places (never a path)."""
+        if not name.strip():
+            raise OscArgError("soundfont name is empty")
+        try:
+            self.controller.use_soundfont(name, self._replier(sender))
+        except ValueError as err:
+            raise OscArgError(str(err)) from err
 
     @osc_handler("section", OscArg("name", "s"))
     def section(self, sender: tuple[str, int] | None, name: str) -> None:
@@ -470,20 +474,30 @@ class OscControl:
         except ValueError as err:
             raise OscArgError(str(err)) from err
 
-    @osc_handler("record/start", OscArg("path", "s"))
-    def record_start(self, sender: tuple[str, int] | None, path: str) -> None:
-        """Record the session (the player's input and every part) to a .mid file, written when recording stops."""
-        if not path.strip():
-            raise OscArgError("recording path is empty")
+    @osc_handler("record/start", OscArg("name", "s"))
+    def record_start(self, sender: tuple[str, int] | None, name: str) -> None:
+        """Record the session (the player's input and every part) to NAME.mid in the recordings folder ([record]
+        folder; a name, never a path; an existing file is kept and a numbered name used); replies /rtgen/recording s
+        with the file's path."""
+        if not name.strip():
+            raise OscArgError("recording name is empty")
         try:
-            self.controller.record_start(path)
+            path = self.controller.record_start(name)
         except ValueError as err:
             raise OscArgError(str(err)) from err
+        if sender is not None:
+            self.feedback.reply(sender, f"{PREFIX}/recording", [str(path)])
 
     @osc_handler("record/stop")
     def record_stop(self, sender: tuple[str, int] | None) -> None:
-        """Stop recording: the file is written in the background (temporary file, then rename)."""
-        self.controller.record_stop(self._replier(sender))
+        """Stop recording: the file is written in the background (temporary file, then rename); replies
+        /rtgen/recorded s with its path once written."""
+
+        def written(path: str) -> None:
+            if sender is not None:
+                self.feedback.reply(sender, f"{PREFIX}/recorded", [path])
+
+        self.controller.record_stop(self._replier(sender), written)
 
     @osc_handler("learn", OscArg("control", "s", choices=CC_CONTROLS))
     def learn(self, sender: tuple[str, int] | None, control: str) -> None:
@@ -519,11 +533,16 @@ class OscControl:
     @osc_handler("subscribe", OscArg("host", "s"), OscArg("port", "i", 1, 65535))
     def subscribe(self, sender: tuple[str, int] | None, host: str, port: int) -> None:
         """Send feedback to host:port from now on: /rtgen/beat i i (bar, beat), /rtgen/chord s,
-        /rtgen/note s i i (part, pitch, velocity), /rtgen/section s i (name, first bar), /rtgen/error s."""
+        /rtgen/note s i i (part, pitch, velocity), /rtgen/section s i (name, first bar), /rtgen/error s. A peer on
+        the network may subscribe only its own address."""
         try:  # IPv4 only: feedback goes out of the server's AF_INET socket
-            socket.getaddrinfo(host, port, family=socket.AF_INET, type=socket.SOCK_DGRAM)
+            found = socket.getaddrinfo(host, port, family=socket.AF_INET, type=socket.SOCK_DGRAM)
         except (OSError, UnicodeError, ValueError) as err:  # a name IDNA cannot encode raises UnicodeError
             raise OscArgError(f"cannot resolve host {brief(host)} as IPv4: {err}") from err
+        peer = sender[0] if sender is not None else "127.0.0.1"  # the page checks its own ("web", id) senders
+        if _is_address(peer) and not is_loopback(peer) and peer not in {str(f[4][0]) for f in found}:
+            # else anyone allowed to steer could aim the feedback's packets at a third machine or a local port
+            raise OscArgError(f"a peer on the network may subscribe only itself ({peer}), not {brief(host)}")
         if not self.feedback.subscribe(host, port):
             raise OscArgError(f"too many subscribers (max {MAX_SUBSCRIBERS})")
 
@@ -651,16 +670,21 @@ class _Handler(socketserver.BaseRequestHandler):
         server.control.handle_datagram(data, self.client_address)
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
 class OscServer(BlockingOSCUDPServer):
     """A blocking OSC UDP server on one thread of its own.
 
-    Every datagram is accepted (python-osc's sanity check would drop garbage silently)
-    and parsed by :meth:`OscControl.handle_datagram`, which answers errors.
+    Every datagram from loopback or from ``allow`` is accepted (python-osc's sanity check would drop garbage
+    silently) and parsed by :meth:`OscControl.handle_datagram`, which answers errors. A datagram from anyone else
+    is dropped unread and unanswered (counted in :attr:`dropped`, logged folded).
 
     Args:
         host: bind address (keep 127.0.0.1 unless steering from another device).
         port: UDP port (0 = any free port; see :attr:`port`).
         controller: what the handlers steer.
+        allow: the networks besides loopback that may steer (``[osc] allow``).
 
     Raises:
         OSError: the port cannot be bound (the message names host and port).
@@ -668,7 +692,7 @@ class OscServer(BlockingOSCUDPServer):
 
     max_packet_size = MAX_DATAGRAM
 
-    def __init__(self, host: str, port: int, controller: Controller) -> None:
+    def __init__(self, host: str, port: int, controller: Controller, allow: Sequence[Network] = ()) -> None:
         from pythonosc.dispatcher import Dispatcher
 
         try:
@@ -680,7 +704,19 @@ class OscServer(BlockingOSCUDPServer):
         self.RequestHandlerClass = _Handler
         self.feedback = Feedback(self.socket)
         self.control = OscControl(controller, self.feedback)
+        self.host = host
+        self.allow = tuple(allow)
+        self.dropped = 0
+        self._dropped_log = Folded(log)
         self._thread: threading.Thread | None = None
+
+    @property
+    def who_may_steer(self) -> str:
+        """Who may steer, in words (said at start)."""
+        others = ", ".join(str(n) for n in self.allow)
+        if not others:
+            return "loopback only" + (" ([osc] allow is empty)" if not is_loopback(self.host) else "")
+        return f"loopback and {others}" if not is_loopback(self.host) else "loopback only (bound to loopback)"
 
     @property
     def port(self) -> int:
@@ -688,8 +724,16 @@ class OscServer(BlockingOSCUDPServer):
         return int(self.server_address[1])
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
-        """Accept every datagram; bad ones get an error reply instead of silence."""
-        return True
+        """Accept every datagram from loopback or ``allow`` (bad ones get an error reply); drop the rest unread."""
+        try:
+            ip = ipaddress.ip_address(client_address[0])
+        except ValueError:
+            ip = None
+        if ip is not None and (ip.is_loopback or any(ip in n for n in self.allow)):
+            return True
+        self.dropped += 1
+        self._dropped_log.warning("OSC packet from %s dropped: not loopback nor in [osc] allow", client_address[0])
+        return False
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """Log instead of printing a traceback to stderr."""
@@ -697,6 +741,7 @@ class OscServer(BlockingOSCUDPServer):
 
     def start(self) -> None:
         """Serve on a background thread."""
+        log.info("OSC on %s:%d: steered from %s", self.host, self.port, self.who_may_steer)
         self.feedback.start()
         self._thread = threading.Thread(
             target=self.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True, name="rtgen-osc-server"
@@ -711,6 +756,26 @@ class OscServer(BlockingOSCUDPServer):
             self._thread = None
         self.feedback.close()
         self.server_close()
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address, IPv4-mapped or not, or ``localhost``) is this machine's loopback."""
+    if host == "localhost":
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+    return (mapped or ip).is_loopback
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 # --- documentation ------------------------------------------------------------

@@ -18,6 +18,7 @@ import queue
 import sys
 import threading
 import types
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,12 +61,17 @@ _INSTALL_HINT = (
 )
 
 
+def _fonts(folder: Path) -> list[Path]:
+    """The ``*.sf2`` files in ``folder``, by name (none when it cannot be read)."""
+    try:
+        return sorted(p for p in folder.iterdir() if p.suffix.lower() == ".sf2" and p.is_file())
+    except OSError:
+        return []
+
+
 def _pick(folder: Path) -> Path | None:
     """The preferred soundfont in ``folder``, else the first ``*.sf2`` by name."""
-    try:
-        fonts = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".sf2" and p.is_file())
-    except OSError:
-        return None
+    fonts = _fonts(folder)
     for preferred in PREFERRED_SOUNDFONTS:
         for p in fonts:
             if p.name == preferred or preferred.lower() in p.name.lower():
@@ -112,6 +118,16 @@ def find_soundfont(configured: str | Path | None = None) -> Path:
             return found
         looked.append(f"{p}/*.sf2")
     raise SoundfontError("no soundfont found; looked in: " + ", ".join(looked) + ". " + _INSTALL_HINT)
+
+
+def soundfont_library(folders: Sequence[Path]) -> dict[str, Path]:
+    """The soundfonts the network may choose, by file name (``TimGM6mb.sf2``): every ``*.sf2`` in ``folders``
+    and then in :data:`SOUNDFONT_DIRS`; the first folder holding a name wins."""
+    found: dict[str, Path] = {}
+    for folder in (*folders, *(Path(d).expanduser() for d in SOUNDFONT_DIRS)):
+        for p in _fonts(folder):
+            found.setdefault(p.name, p)
+    return found
 
 
 def quiet_stderr() -> contextlib.AbstractContextManager[list[str]]:

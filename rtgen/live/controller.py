@@ -7,13 +7,18 @@ recording) runs on a thread of its own; the loop only switches pointers.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import re
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rtgen import library
 from rtgen.config import Config, check_cc_control, check_mode, parse_split
-from rtgen.errors import RtgenError, SoundfontError
+from rtgen.errors import RtgenError, SoundfontError, brief
 from rtgen.generation.conductor import needs_harmoniser
 from rtgen.live import loaders
 from rtgen.live.commands import (
@@ -49,6 +54,46 @@ log = logging.getLogger(__name__)
 
 Reply = Callable[[str], None]
 """Sends a text back to whoever asked (an OSC reply, the page's message)."""
+
+RECORDING_NAME = re.compile(r"\w[\w .+-]{0,99}")
+"""A recording's name over the network: no separator, no leading dot, at most 100 characters."""
+MAX_NUMBERED = 999
+
+
+def recording_name(name: str) -> str:
+    """``name`` as a file name in the recordings folder (``.mid`` added unless it ends in .mid or .midi).
+
+    Raises:
+        ValueError: ``name`` is a path, not a name (a separator, ``..``, a leading dot, an absolute path).
+    """
+    if not RECORDING_NAME.fullmatch(name) or ".." in name:
+        raise ValueError(
+            f"recording name {brief(name)} is not a plain name: use letters, digits, space and . _ + - "
+            "(no folders, no '..', at most 100 characters); it goes into the recordings folder ([record] folder)"
+        )
+    return name if Path(name).suffix.lower() in (".mid", ".midi") else f"{name}.mid"
+
+
+def reserve_recording(folder: Path, name: str) -> Path:
+    """Create the empty file ``folder/name`` (or ``stem-2.mid``, ``stem-3.mid``, ... when it exists) and
+    return it: an existing file is never overwritten, and the name stays ours until the recording replaces it.
+
+    Raises:
+        ValueError: the name is not a plain name (:func:`recording_name`), or the folder cannot be written.
+    """
+    file = Path(recording_name(name))
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for n in range(1, MAX_NUMBERED + 1):
+            target = folder / (file.name if n == 1 else f"{file.stem}-{n}{file.suffix}")
+            try:
+                os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            except FileExistsError:  # also a symlink there, dangling or not: never followed
+                continue
+            return target
+    except OSError as err:
+        raise ValueError(f"cannot record into {folder}: {err}") from err
+    raise ValueError(f"{folder} already holds {file.stem}-2 .. {file.stem}-{MAX_NUMBERED}; choose another name")
 
 
 class Controller:
@@ -188,27 +233,30 @@ class Controller:
             raise ValueError("MIDI learn listens to the player's input, but it is off ([input] enabled)")
         return loop
 
-    def record_start(self, path: str) -> None:
-        """Start recording both sides to ``path`` (a .mid file, written safely when recording stops)."""
+    def record_start(self, name: str) -> Path:
+        """Start recording both sides to the file ``name`` in the recordings folder (``[record] folder``);
+        returns the file, numbered when ``name`` exists (written safely when recording stops).
+
+        Raises:
+            ValueError: already recording; ``name`` is a path, not a name; the folder cannot be written.
+        """
         loop = self._live()
         if loop.recorder is not None:
             raise ValueError(f"already recording to {loop.recorder.path}; send /rtgen/record/stop first")
-        target = self.config.resolve(path)
-        if target.suffix.lower() not in (".mid", ".midi"):
-            raise ValueError(f"the recording must be a .mid file, got {target.name!r}")
-        if target.parent.exists() and not target.parent.is_dir():
-            raise ValueError(f"cannot record into {target.parent}: not a folder")
+        target = reserve_recording(self.config.recordings_dir, name)
         loop.command(RecordStart(make_recorder(self.config, target, loop.tempo)), urgent=True)
+        return target
 
-    def record_stop(self, reply: Reply | None = None) -> None:
-        """Stop recording; the file is written in the background (temporary file, then rename)."""
+    def record_stop(self, reply: Reply | None = None, written: Reply | None = None) -> None:
+        """Stop recording; the file is written in the background (temporary file, then rename), then its path
+        goes to ``written`` (an error to ``reply``)."""
 
         def done(rec: RecorderSink | None) -> None:  # on the real-time thread: hand the writing to a thread
             if rec is None:
                 if reply is not None:
                     reply("/rtgen/record/stop: not recording")
                 return
-            t = threading.Thread(target=close_recorder, args=(rec, reply), name="rtgen-recorder", daemon=True)
+            t = threading.Thread(target=close_recorder, args=(rec, reply, written), name="rtgen-recorder", daemon=True)
             self._closers.append(t)
             t.start()
 
@@ -220,6 +268,37 @@ class Controller:
             self.osc.feedback.error(text)
         if reply is not None:
             reply(text)
+
+    def use_model(self, name: str, reply: Reply | None = None) -> None:
+        """Switch to the library's model ``name`` (``rtgen models list``), as :meth:`swap_model` does: the
+        network names a model, it never gives a path.
+
+        Raises:
+            ValueError: no model of that name (the message lists the models).
+        """
+        entry = library.find_model(name, self.config.models_dir) if library.is_name(name) else None
+        if entry is None:
+            raise ValueError(f"no model named {brief(name)}; {library.describe_models(self.config.models_dir)}")
+        self.swap_model(str(entry.path), reply)
+
+    def use_soundfont(self, name: str, reply: Reply | None = None) -> None:
+        """Load the soundfont ``name`` (a ``.sf2`` file name in ``[synth] folders``, the configured soundfont's
+        folder or the usual places), as :meth:`swap_soundfont` does: the network never gives a path.
+
+        Raises:
+            ValueError: no soundfont of that name (the message lists them).
+        """
+        from rtgen.io.synth import soundfont_library
+
+        folders = [self.config.resolve(f) for f in self.config.synth.folders]
+        if self.config.synth.soundfont:
+            configured = self.config.resolve(self.config.synth.soundfont)
+            folders.append(configured if configured.is_dir() else configured.parent)
+        fonts = soundfont_library(folders)
+        path = fonts.get(name) or fonts.get(f"{name}.sf2")
+        if path is None:
+            raise ValueError(f"no soundfont named {brief(name)}; soundfonts: {', '.join(fonts) or 'none'}")
+        self.swap_soundfont(str(path), reply)
 
     def swap_model(self, path: str, reply: Reply | None = None) -> None:
         """Load and check ``path`` (a folder, relative to the config file, or a model name) on the loader
@@ -285,13 +364,19 @@ class Controller:
         self.loader.submit("soundfont", work, superseded)
 
 
-def close_recorder(rec: RecorderSink, reply: Reply | None = None) -> None:
-    """Write a detached recording (off the real-time thread); errors are logged and replied, never raised."""
+def close_recorder(rec: RecorderSink, reply: Reply | None = None, written: Reply | None = None) -> None:
+    """Write a detached recording (off the real-time thread); errors are logged and replied, never raised;
+    the written file's path goes to ``written``."""
     try:
         rec.close()
     except Exception as err:
         log.error("cannot write the recording %s: %s", rec.path, err)
+        with contextlib.suppress(OSError):  # the empty file that reserved the name (reserve_recording)
+            if rec.path.stat().st_size == 0:
+                rec.path.unlink()
         if reply is not None:
             reply(f"/rtgen/record/stop: {err}")
         return
     log.info("recording written to %s", rec.path)
+    if written is not None:
+        written(str(rec.path))

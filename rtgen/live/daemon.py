@@ -133,7 +133,7 @@ class Daemon(Controller):
             if cfg.osc.enabled:
                 from rtgen.control.osc import OscServer
 
-                self.osc = OscServer(cfg.osc.host, cfg.osc.port, self)
+                self.osc = OscServer(cfg.osc.host, cfg.osc.port, self, cfg.osc.allowed_networks())
                 feedback = self.osc.feedback
             if cfg.web.enabled:
                 self.web = self._open_web()

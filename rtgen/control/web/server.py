@@ -13,6 +13,11 @@ Both directions speak OSC as JSON, ``{"address": "/rtgen/tempo", "args": [120]}`
   ``/rtgen/chord``, ``/rtgen/section``, ``/rtgen/learned``, ``/rtgen/error``, ``/rtgen/jack``) and
   ``/rtgen/status`` ten times a second, its one argument the status object itself.
 
+Bound beyond loopback, every request needs the session's pairing token (:attr:`WebServer.token`, printed at
+start as a URL and a QR code): ``?token=...`` on the first page load, which sets a cookie the page's own requests
+and WebSocket then carry. Anything without it gets 401. On loopback no token is asked for; there the ``Host``
+header must name loopback (DNS rebinding) and a WebSocket's ``Origin`` must be the page's own.
+
 The feedback comes the way an OSC client gets it: while a page is open, the server subscribes a UDP socket of
 its own on 127.0.0.1 to the daemon's :class:`~rtgen.control.osc.Feedback`, whose sender thread already keeps sockets
 away from the real-time thread. Nothing here runs on, or waits for, the real-time thread.
@@ -23,12 +28,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
-import ipaddress
+import hmac
+import http.cookies
 import itertools
 import json
 import logging
+import secrets
 import socket
 import threading
+import time
+import urllib.parse
 from importlib import resources
 from typing import Any
 
@@ -41,21 +50,29 @@ from rtgen.config import CC_CONTROLS, MODES, PART_NAMES, GenerationConfig, PartC
 from rtgen.contract import NOTE_NAMES, SCALES
 from rtgen.control import osc
 from rtgen.errors import RtgenError
+from rtgen.logs import Folded
 
 log = logging.getLogger(__name__)
 
 STATUS_INTERVAL_S = 0.1
 CLOSE_TIMEOUT_S = 1.0
-MAX_MESSAGE_BYTES = 64 * 1024  # a control message is a few dozen bytes; a page sending more is not ours
+MAX_FRAME_BYTES = 1024 * 1024  # the transport's limit: a larger frame closes the connection (1009)
+MAX_MESSAGE_CHARS = 8 * 1024  # a control message is a few dozen bytes: a longer one is answered, never parsed
+MAX_BRACKETS = 32  # "[" and "{" in a message: bounds its nesting before json.loads recurses into it
+FLOOD_RATE = 500.0  # messages a second read from one page (a fader sends ~60); a faster page is read no faster
+FLOOD_BURST = 100.0
 MAX_CLIENTS = 8
-HIDDEN = frozenset({f"{osc.PREFIX}/status", f"{osc.PREFIX}/subscribe", f"{osc.PREFIX}/unsubscribe"})
+_SUBSCRIPTIONS = frozenset({f"{osc.PREFIX}/subscribe", f"{osc.PREFIX}/unsubscribe"})
+HIDDEN = frozenset({f"{osc.PREFIX}/status", *_SUBSCRIPTIONS})
 STATIC = {
     "/": ("index.html", "text/html; charset=utf-8"),
     "/index.html": ("index.html", "text/html; charset=utf-8"),
     "/app.js": ("app.js", "text/javascript; charset=utf-8"),
     "/style.css": ("style.css", "text/css; charset=utf-8"),
 }
-_LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+TOKEN_NAME = "token"  # the query parameter of the pairing URL
+COOKIE_NAME = "rtgen_token"  # the cookie the page then carries (cookies are per host, not per port: not "token")
+_UNROUTED = ("192.0.2.1", 9)  # TEST-NET-1: connecting a UDP socket there picks the outgoing address, sends nothing
 
 
 def _widget(address: str, types: str) -> dict[str, Any]:
@@ -107,15 +124,6 @@ def control_table() -> list[dict[str, Any]]:
     ]
 
 
-def _is_loopback(host: str) -> bool:
-    if host in _LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _host_name(header: str) -> str:
     """``127.0.0.1`` of ``127.0.0.1:9080``, ``::1`` of ``[::1]:9080``."""
     if header.startswith("["):
@@ -154,10 +162,13 @@ class WebServer:
     """The page, its API and its WebSocket on ``host:port``, run by an asyncio loop on a thread of its own.
 
     Args:
-        host: bind address (127.0.0.1 unless a phone on the network is to steer).
+        host: bind address (127.0.0.1 unless a phone on the network is to steer: then pairing is required).
         port: TCP port (0 = any free port; see :attr:`port`).
         controller: what the commands steer (the daemon), through the OSC table.
         feedback: the daemon's OSC feedback, which the server subscribes to while a page is open.
+
+    Attributes:
+        token: the pairing token every request needs when bound beyond loopback (kept for the session), or None.
 
     Raises:
         OSError: the port cannot be bound (the message names host and port and how to choose another).
@@ -171,6 +182,9 @@ class WebServer:
                 f"cannot bind the web port {host}:{port}: {err}; choose another with --web PORT or [web] port"
             ) from err
         self.host = host
+        self.token = None if osc.is_loopback(host) else secrets.token_urlsafe(16)
+        self.unpaired = 0
+        self._unpaired_log = Folded(log)
         self.controller = controller
         self.feedback = feedback
         self.control = osc.OscControl(controller, _PageReplies(self))
@@ -182,7 +196,7 @@ class WebServer:
         self.clients: dict[int, ServerConnection] = {}
         self.feedback_received = 0
         self.commands = 0
-        self.rejected = 0
+        self._flooding = Folded(log)
         self._ids = itertools.count(1)
         self._outbox: list[dict[str, Any]] = []
         self._direct: dict[int, list[dict[str, Any]]] = {}
@@ -201,9 +215,19 @@ class WebServer:
 
     @property
     def url(self) -> str:
-        """The page's address (``http://127.0.0.1:9080/``)."""
+        """The page's address (``http://127.0.0.1:9080/``), without the token."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}/"
+
+    @property
+    def pairing_url(self) -> str:
+        """The address a phone opens: this machine's address on the network and the token
+        (``http://192.168.1.5:9080/?token=...``); the plain :attr:`url` on loopback."""
+        if self.token is None:
+            return self.url
+        host = _reachable_host(self.host)
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.port}/?{TOKEN_NAME}={self.token}"
 
     # --- life cycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -216,7 +240,8 @@ class WebServer:
         self._thread.start()
         if not self._ready.wait(10.0) or self._error is not None:
             raise RtgenError(f"the web server did not start: {self._error or 'timed out'}")
-        log.info("web control surface on %s", self.url)
+        paired = "every request needs the pairing token" if self.token else "loopback only, no token"
+        log.info("web control surface on %s (%s)", self.url, paired)
 
     def close(self) -> None:
         """Close every page's connection, stop the loop and unsubscribe from the feedback (idempotent)."""
@@ -245,7 +270,7 @@ class WebServer:
         transport, _ = await self._loop.create_datagram_endpoint(lambda: _FeedbackProtocol(self), sock=self.udp)
         try:
             server = await serve(
-                self._session, sock=self.sock, process_request=self._http, max_size=MAX_MESSAGE_BYTES,
+                self._session, sock=self.sock, process_request=self._http, max_size=MAX_FRAME_BYTES,
                 ping_interval=20, ping_timeout=20, server_header=None, close_timeout=1,
             )  # fmt: skip
             status = asyncio.create_task(self._publish_status())
@@ -263,10 +288,22 @@ class WebServer:
     def _http(self, connection: ServerConnection, request: Request) -> Response | None:
         """Serve the page and the API; let ``/ws`` through to the WebSocket handshake."""
         host = request.headers.get("Host", "")
-        if _is_loopback(self.host) and not _is_loopback(_host_name(host)):
+        if osc.is_loopback(self.host) and not osc.is_loopback(_host_name(host)):
             # a page of another site whose name resolves to 127.0.0.1 (DNS rebinding) must not steer
             return connection.respond(403, f"host {host!r} not allowed\n")
-        path = request.path.split("?", 1)[0]
+        path, _, query = request.path.partition("?")
+        cookie = None
+        if self.token is not None:
+            given = urllib.parse.parse_qs(query).get(TOKEN_NAME, [""])[0]
+            if given:
+                cookie = given  # the pairing URL: the page's own requests carry it from now on
+            else:
+                given = _cookie(request.headers.get("Cookie", ""))
+            if not hmac.compare_digest(given.encode(), self.token.encode()):
+                self.unpaired += 1
+                self._unpaired_log.warning("web: refused %s from %s without the pairing token", path[:100],
+                                           connection.remote_address)  # fmt: skip
+                return connection.respond(401, "this page needs the pairing token rtgen printed at start\n")
         if path == "/ws":
             origin = request.headers.get("Origin")
             if origin is not None and origin != f"http://{host}":
@@ -285,7 +322,7 @@ class WebServer:
         found = self.files.get(path)
         if found is None:
             return connection.respond(404, f"no such page: {path}\n")
-        return _response(*found)
+        return _response(*found, cookie=cookie)
 
     # --- the WebSocket ----------------------------------------------------------------------------
     async def _session(self, connection: ServerConnection) -> None:
@@ -296,7 +333,14 @@ class WebServer:
         log.info("web page %d connected from %s", cid, connection.remote_address)
         try:
             await connection.send(json.dumps([self._status_message()]))
+            budget, then = FLOOD_BURST, time.monotonic()
             async for raw in connection:
+                now = time.monotonic()
+                budget = min(FLOOD_BURST, budget + (now - then) * FLOOD_RATE) - 1.0
+                then = now
+                if budget < 0.0:  # a flood: read no faster than FLOOD_RATE (TCP holds the sender back)
+                    self._flooding.warning("web page %d sends more than %g messages a second", cid, FLOOD_RATE)
+                    await asyncio.sleep(-budget / FLOOD_RATE)
                 self._command(cid, raw)
         except ConnectionClosed:
             pass
@@ -308,27 +352,48 @@ class WebServer:
             log.info("web page %d disconnected", cid)
 
     def _command(self, cid: int, raw: str | bytes) -> None:
-        """One message from a page: ``{"address": ..., "args": [...]}`` through the OSC table."""
+        """One frame from a page, ``{"address": ..., "args": [...]}``, through the OSC table; never raises.
+
+        Every refused frame is answered: a binary frame, a message over :data:`MAX_MESSAGE_CHARS` or with more
+        than :data:`MAX_BRACKETS` brackets is refused before anything parses it.
+        """
         self.commands += 1
         try:
-            msg = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as err:
-            self._reject(cid, f"not JSON: {err}")
-            return
-        address = msg.get("address") if isinstance(msg, dict) else None
-        args = msg.get("args", []) if isinstance(msg, dict) else None
-        if not isinstance(address, str) or not isinstance(args, list):
-            self._reject(cid, 'expected {"address": "/rtgen/...", "args": [...]}')
-            return
-        if address == f"{osc.PREFIX}/status":  # a page gets the status object itself, not a JSON string
-            self.send_to(cid, self._status_message())
-            return
-        self.control.handle(address, args, ("web", cid))
+            reason = self._refusal(raw)
+            if reason is None:
+                msg = json.loads(raw)
+                address = msg.get("address") if isinstance(msg, dict) else None
+                args = msg.get("args", []) if isinstance(msg, dict) else None
+                if not isinstance(address, str) or not isinstance(args, list):
+                    reason = 'expected {"address": "/rtgen/...", "args": [...]}'
+                elif address == f"{osc.PREFIX}/status" and not args:  # the status object itself, not a JSON string
+                    self.send_to(cid, self._status_message())
+                elif address in _SUBSCRIPTIONS and not self._from_loopback(cid):
+                    reason = "a page on the network gets the feedback over its WebSocket; it subscribes nothing"
+                else:
+                    self.control.handle(address, args, ("web", cid))
+        except (ValueError, RecursionError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            reason = f"not JSON: {err}"
+        except Exception as err:  # a bug must not close the page's connection (1011)
+            log.exception("web page %d: a message failed", cid)
+            reason = f"internal error: {err}"
+        if reason is not None:
+            self.control.error(("web", cid), "?", reason)
 
-    def _reject(self, cid: int, reason: str) -> None:
-        self.rejected += 1
-        log.warning("web page %d: %s", cid, reason)
-        self.send_to(cid, {"address": f"{osc.PREFIX}/error", "args": [f"?: {reason}"]})
+    def _from_loopback(self, cid: int) -> bool:
+        connection = self.clients.get(cid)
+        return connection is not None and osc.is_loopback(str(connection.remote_address[0]))
+
+    @staticmethod
+    def _refusal(raw: str | bytes) -> str | None:
+        """Why the frame ``raw`` is refused unread, or None."""
+        if isinstance(raw, bytes):
+            return f"a binary frame ({len(raw)} bytes): send JSON text"
+        if len(raw) > MAX_MESSAGE_CHARS:
+            return f"a {len(raw)}-character message: at most {MAX_MESSAGE_CHARS}"
+        if raw.count("[") + raw.count("{") > MAX_BRACKETS:
+            return f"more than {MAX_BRACKETS} brackets: nested too deep"
+        return None
 
     def send_to(self, cid: int, message: dict[str, Any]) -> None:
         """Queue ``message`` to page ``cid`` (thread-safe: background loaders reply from their own thread)."""
@@ -380,7 +445,7 @@ class WebServer:
 
     def feedback_datagram(self, data: bytes, addr: tuple[Any, int]) -> None:
         """An OSC feedback datagram from the daemon: forwarded to every page as JSON."""
-        if addr[1] != self.feedback.sock.getsockname()[1] or not _is_loopback(str(addr[0])):
+        if addr[1] != self.feedback.sock.getsockname()[1] or not osc.is_loopback(str(addr[0])):
             return  # anyone on this machine can send to our port; only the daemon's feedback counts
         try:
             for dgram in osc.split_datagram(data):
@@ -396,7 +461,7 @@ class WebServer:
         except RtgenError as err:
             state = {"error": str(err)}
         state["web"] = {"pages": len(self.clients), "feedback": self.feedback_received, "commands": self.commands,
-                        "errors": self.control.errors + self.rejected}  # fmt: skip
+                        "errors": self.control.errors}  # fmt: skip
         return {"address": f"{osc.PREFIX}/status", "args": [state]}
 
     async def _publish_status(self) -> None:
@@ -410,7 +475,7 @@ def _family(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
-def _response(body: bytes, content_type: str) -> Response:
+def _response(body: bytes, content_type: str, cookie: str | None = None) -> Response:
     headers = Headers(
         [
             ("Date", email.utils.formatdate(usegmt=True)),
@@ -419,6 +484,33 @@ def _response(body: bytes, content_type: str) -> Response:
             ("Content-Type", content_type),
             ("Cache-Control", "no-cache"),
             ("X-Content-Type-Options", "nosniff"),
+            ("Referrer-Policy", "no-referrer"),  # the pairing URL's token must not leave in a Referer
         ]
     )
+    if cookie is not None:
+        headers["Set-Cookie"] = f"{COOKIE_NAME}={cookie}; Path=/; HttpOnly; SameSite=Strict"
     return Response(200, "OK", headers, body)
+
+
+def _cookie(header: str) -> str:
+    """The pairing token in a ``Cookie`` header, or ""."""
+    jar: http.cookies.SimpleCookie = http.cookies.SimpleCookie()
+    try:
+        jar.load(header)
+    except http.cookies.CookieError:
+        return ""
+    morsel = jar.get(COOKIE_NAME)
+    return morsel.value if morsel is not None else ""
+
+
+def _reachable_host(host: str) -> str:
+    """An address of this machine a phone can reach: ``host`` itself, or for a wildcard bind the address of the
+    interface the default route leaves by (no packet is sent), else the host name."""
+    if host not in ("0.0.0.0", "::", ""):
+        return host
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(_UNROUTED)
+            return str(probe.getsockname()[0])
+    except OSError:  # no route (an offline machine, a test's namespace)
+        return socket.gethostname()

@@ -52,6 +52,8 @@ function handle(m) {
     case "/rtgen/learned": toast(a[1] ? `${a[0]} learned: CC ${a[1]}` : `${a[0]}: no CC`, "info"); break;
     case "/rtgen/error": toast(a[0]); break;
     case "/rtgen/jack": toast(`JACK server ${a[0]}`); break;
+    case "/rtgen/recording": toast(`recording to ${a[0]}`, "info"); break;
+    case "/rtgen/recorded": toast(`recording written: ${a[0]}`, "info"); break;
   }
 }
 
