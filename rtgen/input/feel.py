@@ -28,8 +28,8 @@ class PlayerFeel:
     Args:
         history: how many recent onsets the estimate looks at.
         min_onsets: how many it needs before it shortens the wait.
-        quantile: the share of onsets (0..1] a step waits for, counted from the earliest.
-        margin_ns: added to the quantile (the input's polling granularity).
+        quantile: the share of the onsets heard (0..1] that the bound covers at least, counted from the earliest.
+        margin_ns: added to the bound for a step's wait (the input's polling granularity).
 
     Raises:
         ValueError: a count below 1, ``min_onsets`` above ``history``, ``quantile`` outside (0, 1] or a negative
@@ -77,7 +77,7 @@ class PlayerFeel:
 
     @property
     def late_ns(self) -> int | None:
-        """How late past its grid step the player's note lands (the quantile, >= 0), or None before enough notes."""
+        """How late past its grid step the player's note lands (the bound, >= 0), or None before enough notes."""
         return self._late
 
     def wait_ns(self, window_ns: int) -> int:
