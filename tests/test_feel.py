@@ -230,3 +230,17 @@ def test_onsets_are_measured_from_the_nearest_grid_step(harmonising_model: Model
     loop = play(harmonising_model, player)
     assert loop.feel is not None and loop.feel.onsets == len(player)
     assert loop.feel.late_ns == 3 * MS
+
+
+def test_a_note_a_beat_old_counts_as_held_long_though_its_stamp_is_a_little_late(harmonising_model: Model) -> None:
+    """The step's start and the note are stamped when the input is read, on JACK's period: a note struck on the
+    beat before may look a few ms less than a beat old, and still counts (within half a step)."""
+    loop = play(harmonising_model, tune(lambda: 0, bars=2))
+    tracker = loop.tracker
+    assert tracker is not None
+    start = 100 * STEP_NS
+    tracker.feed(start - BEAT_NS + 5 * MS, (0x90, 60, 90))  # stamped a JACK period late
+    assert loop._holding_long(start)
+    assert not loop._holding_long(start - STEP_NS)  # three steps after the note: not a beat old
+    tracker.feed(start - MS, (0x80, 60, 0))
+    assert not loop._holding_long(start)  # nothing held

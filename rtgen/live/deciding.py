@@ -78,12 +78,16 @@ class Deciding(LoopState):
             self._decide_waiting(now)
 
     def _holding_long(self, start: int) -> bool:
-        """The player holds a note (or the pedal does) and struck nothing in the beat before ``start``."""
+        """The player holds a note (or the pedal does) and struck nothing in the beat before ``start``.
+
+        A beat within half a step: the note and the step's start are stamped when the input is read, through
+        JACK on its period, so a note struck exactly a beat before can look a little less than a beat old.
+        """
         tracker = self.tracker
         if tracker is None or tracker.melody_note() is None or tracker.last_onset_ns is None:
             return False
-        beat_ns = self.transport.peek().beat_steps * self._step_ns()
-        return tracker.last_onset_ns <= start - beat_ns
+        step_ns = self._step_ns()
+        return tracker.last_onset_ns <= start - (self.transport.peek().beat_steps - 0.5) * step_ns
 
     def _learn_feel(self, t_ns: int) -> None:
         """Tell the player's feel where an onset landed: its offset from the nearest grid step known.
