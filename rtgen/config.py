@@ -229,6 +229,7 @@ class AccompanyConfig:
     """``accompany`` mode: the player's melody in, chords and bass out."""
 
     reactive_window_ms: float = field(default=12.0, metadata=_range(0.0, 50.0))
+    adapt_window: bool = True  # wait only as long as this player's notes need (learned), within the window
     fit: float = field(default=2.0, metadata=_range(0.0, 10.0))  # log-odds bonus for chords holding the note
     temperature_scale: float = field(default=0.5, metadata=_range(0.05, 2.0))  # chords sample at T x this
     hold: float = field(default=0.5, metadata=_range(0.0, 10.0))  # log-odds bonus for keeping the chord

@@ -24,6 +24,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_bench_writes_the_figures(model_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     args = ["bench", "--model", str(model_dir), "--seconds", "2", "--steps", "2000", "--reactive-seconds", "0"]
+    args += ["--grid-seconds", "0"]
     args += ["--jack-seconds", "0", "--load-seconds", "0", "--swap-seconds", "0", "--web-seconds", "0"]
     code = main([*args, "--json", str(out)])
     assert code == 0
@@ -55,6 +56,7 @@ def test_bench_measures_the_reactive_latency_through_jack(model_dir: Path, tmp_p
     require(shutil.which("jackd") is not None, "jackd (apt-get install jackd2)")
     out = tmp_path / "bench.json"
     args = ["bench", "--model", str(model_dir), "--seconds", "1", "--steps", "200", "--reactive-seconds", "5"]
+    args += ["--grid-seconds", "0"]
     args += ["--jack-seconds", "0", "--load-seconds", "0", "--swap-seconds", "0", "--web-seconds", "0"]
     assert main([*args, "--out", str(out)]) == 0
     data = json.loads(out.read_text())
@@ -73,6 +75,49 @@ def test_bench_measures_the_reactive_latency_through_jack(model_dir: Path, tmp_p
     assert targets["reactive_latency_p99_us"] == pytest.approx(2 * 256 / 48000 * 1e6 + 1000, abs=0.1)
     assert targets["reactive_latency_ok"] in (True, False)
     assert not _own_bench_server()  # the bench stopped its JACK server
+
+
+def test_bench_times_the_chords_after_the_beat_for_a_tight_and_a_loose_player(model_dir: Path, tmp_path: Path) -> None:
+    """A short accompany-grid phase: both players measured, struck and held apart (no timing thresholds here)."""
+    require(shutil.which("jackd") is not None, "jackd (apt-get install jackd2)")
+    out = tmp_path / "bench.json"
+    args = ["bench", "--model", str(model_dir), "--seconds", "1", "--steps", "200", "--reactive-seconds", "0"]
+    args += ["--grid-seconds", "12", "--jack-seconds", "0", "--load-seconds", "0", "--swap-seconds", "0"]
+    assert main([*args, "--web-seconds", "0", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    grid = data["accompany_grid_us"]
+    assert grid is not None, data.get("accompany_grid_skipped")
+    assert "accompany_grid_fixed_us" not in data  # only with --grid-fixed
+    for player in ("tight", "jittered"):
+        figures = grid[player]
+        assert figures["n"] == figures["struck"]["n"] + figures["held"]["n"] >= 1, figures
+        assert 0 < figures["p50"] <= figures["p99"] <= figures["max"]
+        # 12 s at 120 BPM after a bar of clock: two lines of the tune, 16 notes; the daemon's JSON stop line was read
+        assert figures["notes"] == 16 and 1 <= figures["decided_on_note"] <= figures["reactive_steps"]
+    settings = data["accompany_grid"]
+    assert settings["tune"] == "Old Hundredth" and settings["jitter_ms"] == 15.0
+    assert {run["daemon_exit_code"] for run in settings["runs"].values()} == {0}
+    assert set(settings["runs"]) == {"tight_adaptive", "jittered_adaptive"}
+    targets = data["targets"]
+    assert targets["accompany_grid_tight_p99_us"] == targets["reactive_latency_p99_us"]
+    assert targets["accompany_grid_tight_ok"] in (True, False)
+    assert not _own_bench_server()
+
+
+def test_the_grid_players_schedule_is_the_tune_on_the_clock() -> None:
+    from rtgen.bench.reactive import OLD_HUNDREDTH, _player_schedule
+
+    tight, struck = _player_schedule(4.0, 120.0, 0.0, seed=1)  # a bar of clock, then 4 s of the tune
+    ticks = [t for t, m in tight if m == [0xF8]]
+    assert len(ticks) == 12 * 24 and ticks[1] - ticks[0] == round(60e9 / (120 * 24))
+    ons = [(t, m[1]) for t, m in tight if m[0] == 0x90]
+    assert [p for _, p in ons] == [p for p, _ in OLD_HUNDREDTH[: len(ons)]]
+    assert [t for t, _ in ons][:3] == [ticks[96], ticks[96 + 48], ticks[96 + 72]]  # a half note, then quarters
+    assert sorted(struck)[:3] == [16, 24, 28]
+    loose, _ = _player_schedule(4.0, 120.0, 15e6, seed=1)
+    offsets = [t - tt for (t, _), (tt, _) in zip([(t, m) for t, m in loose if m[0] == 0x90], ons, strict=True)]
+    assert max(abs(o) for o in offsets) <= 15_000_000 and len(set(offsets)) == len(offsets)
+    assert [t for t, _ in loose] == sorted(t for t, _ in loose)
 
 
 def test_grid_deviation_is_the_jitter_around_the_best_fitting_grid() -> None:
@@ -97,6 +142,7 @@ def test_bench_runs_the_daemon_through_jack_and_under_osc_load(model_dir: Path, 
     require(shutil.which("jackd") is not None, "jackd (apt-get install jackd2)")
     out = tmp_path / "bench.json"
     args = ["bench", "--model", str(model_dir), "--seconds", "1", "--steps", "200", "--reactive-seconds", "0"]
+    args += ["--grid-seconds", "0"]
     args += ["--jack-seconds", "3", "--load-seconds", "3", "--swap-seconds", "0", "--web-seconds", "0", "--no-busy"]
     args += ["--cpu-seconds", "0"]
     assert main([*args, "--json", str(out)]) == 0
@@ -126,6 +172,7 @@ def test_bench_plays_with_the_web_page_closed_fed_and_open_in_chromium(model_dir
     require(shutil.which("chromium") is not None, "chromium (apt-get install chromium)")
     out = tmp_path / "bench.json"
     args = ["bench", "--model", str(model_dir), "--seconds", "1", "--steps", "200", "--reactive-seconds", "0"]
+    args += ["--grid-seconds", "0"]
     args += ["--jack-seconds", "0", "--load-seconds", "0", "--swap-seconds", "0", "--web-seconds", "3", "--no-busy"]
     assert main([*args, "--json", str(out)]) == 0
     data = json.loads(out.read_text())

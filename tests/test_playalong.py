@@ -395,7 +395,7 @@ def test_accompany_follows_the_midi_clock_on_the_players_grid(start_daemon: Any,
     on_time = {i for i in range(len(step_ticks)) if max(step_behind[max(0, i - 1) : i + 1]) <= 2_000_000}
     assert len(on_time) >= 0.8 * len(step_ticks), f"the test's player sent {step_behind} ns behind its schedule"
     # a chord on a step where the player strikes a note is decided on that note; on a step where the player
-    # holds or rests, nothing can say that no note is coming: it is decided when the listening window ends.
+    # holds or rests, when the player's timing says no note is due any more: at the latest when the window ends.
     # Either way the chord goes out in the JACK cycle after its decision, and the tick came in the cycle after
     # its send: a cycle each, and one more where the recorder runs before the daemon's output in the graph
     bounds = {"struck": 3 * PERIOD_NS + 3_000_000, "held": REACTIVE_WINDOW_NS + 3 * PERIOD_NS + 3_000_000}

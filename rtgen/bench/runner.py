@@ -21,7 +21,7 @@ from rtgen.bench.harness import PERIOD_FRAMES, SAMPLE_RATE
 from rtgen.bench.jackrun import bench_jack_grid, bench_osc_load
 from rtgen.bench.loop import bench_inference, bench_schedule
 from rtgen.bench.measure import TARGET_P99_US, busy_core, machine, private_memory_mb
-from rtgen.bench.reactive import bench_reactive
+from rtgen.bench.reactive import bench_accompany_grid, bench_reactive
 from rtgen.bench.swaps import bench_soundfont_swaps
 from rtgen.bench.webpage import bench_web_page
 from rtgen.errors import RtgenError
@@ -47,6 +47,8 @@ def run_bench(
     *,
     reactive_seconds: float = 32.0,
     reactive_model: Path | None = None,
+    grid_seconds: float = 40.0,
+    grid_fixed: bool = False,
     jack_seconds: float = 20.0,
     cpu_seconds: float = 4.0,
     load_seconds: float = 30.0,
@@ -60,7 +62,8 @@ def run_bench(
     Phases: inference; the schedule at 300 BPM (with a second process keeping one core busy unless
     ``busy`` is False); the daemon through JACK at 120 BPM (grid, first note, CPU, memory); the daemon as a
     user starts it at 60, 120 and 240 BPM, the player idle and playing (CPU, :mod:`rtgen.bench.cpu`); the daemon
-    under an OSC load at 400 BPM; the reactive latency; soundfont swaps while playing; the daemon at 400 BPM
+    under an OSC load at 400 BPM; the reactive latency; chords on the beat for a tight and a loose player
+    (``grid_fixed``: also with the old fixed reactive window); soundfont swaps while playing; the daemon at 400 BPM
     with its web page's feed taken and with the page open in headless Chromium (:mod:`rtgen.bench.webpage`).
     """
     inference = bench_inference(model_dir, steps=inference_steps)
@@ -99,6 +102,10 @@ def run_bench(
         reactive = {"reactive_latency_us": None, "reactive_latency_skipped": "--reactive-seconds 0"}
     result.update(reactive)
     result["jack_period_us"] = result.get("jack_period_us", period_us)
+    result.update(
+        _phase("accompany_grid", grid_seconds, "--grid-seconds", {"accompany_grid_us": None},
+               lambda: bench_accompany_grid(reactive_model or model_dir, seconds=grid_seconds, fixed=grid_fixed))
+    )  # fmt: skip
     if swap_seconds > 0:
         result.update(bench_soundfont_swaps(model_dir, list(soundfonts), seconds=swap_seconds))
     else:
@@ -136,6 +143,8 @@ def targets(result: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = dict(TARGETS)
     out["jack_grid_dev_p99_us"] = round(period_us / 2 + 1000.0, 1)
     out["reactive_latency_p99_us"] = round(2 * period_us + 1000.0, 1)
+    out["accompany_grid_tight_p99_us"] = out["reactive_latency_p99_us"]
+    grid = result.get("accompany_grid_us") or {}
     swap = result.get("soundfont_swap_schedule_error_us")
     load = result.get("osc_load") or {}
     page = (result.get("web_page") or {}).get("browser") or {}
@@ -144,6 +153,9 @@ def targets(result: dict[str, Any]) -> dict[str, Any]:
         schedule_error_ok=ok(p99("schedule_error_us"), TARGET_P99_US),
         jack_grid_dev_ok=ok(p99("jack_grid_dev_us"), out["jack_grid_dev_p99_us"]),
         reactive_latency_ok=ok(p99("reactive_latency_us"), out["reactive_latency_p99_us"]),
+        accompany_grid_tight_ok=ok(
+            grid["tight"]["p99"] if grid.get("tight", {}).get("n") else None, out["accompany_grid_tight_p99_us"]
+        ),
         cpu_ok=ok(result.get("cpu_percent_120bpm"), 3.0),
         uss_ok=ok(result.get("uss_mb"), 120.0),
         first_note_ok=ok(result.get("first_note_ms"), 1000.0),

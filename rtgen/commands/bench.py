@@ -34,6 +34,15 @@ def register(subparsers: Any) -> None:
         default=32.0,
         help="length of the reactive latency run through JACK (default 32: 64 probes at 240 BPM; 0 skips it)",
     )
+    p.add_argument(
+        "--grid-seconds",
+        type=float,
+        default=40.0,
+        help="each accompany run of a tight and a loose player: chords after the beat (default 40; 0 skips them)",
+    )
+    p.add_argument(
+        "--grid-fixed", action="store_true", help="also run each player with the fixed reactive window (a comparison)"
+    )
     p.add_argument("--jack-seconds", type=float, default=20.0, help="daemon run at 120 BPM through JACK (0 skips)")
     p.add_argument(
         "--cpu-seconds", type=float, default=4.0,
@@ -95,6 +104,8 @@ def table(result: dict[str, Any]) -> str:
     t = result["targets"]
     load = result.get("osc_load") or {}
     web = result.get("web_page") or {}
+    grid = result.get("accompany_grid_us") or {}
+    fixed = result.get("accompany_grid_fixed_us") or {}
     rows = [
         ("inference (us, p50/p99/max)", result["inference_us"], f"p99 <= {t['inference_p99_us']:g}", t["inference_ok"]),
         ("schedule error, 300 BPM, busy core (us)", result["schedule_error_us"],
@@ -103,6 +114,11 @@ def table(result: dict[str, Any]) -> str:
          t["jack_grid_dev_ok"]),
         ("reactive latency (us)", result.get("reactive_latency_us"), f"p99 <= {t['reactive_latency_p99_us']:g}",
          t["reactive_latency_ok"]),
+        ("chords after the beat, tight player (us)", grid.get("tight"), f"p99 <= {t['accompany_grid_tight_p99_us']:g}",
+         t["accompany_grid_tight_ok"]),
+        ("  a player +-15 ms around the beat (us)", grid.get("jittered"), "-", None),
+        ("  tight, the fixed window (us)", fixed.get("tight"), "-", None),
+        ("  +-15 ms, the fixed window (us)", fixed.get("jittered"), "-", None),
         ("CPU at 120 BPM, idle (% of a core)", result.get("cpu_percent_120bpm"), "<= 3", t["cpu_ok"]),
         *_cpu_rows(result.get("cpu")),
         ("private memory (MB)", result.get("uss_mb"), "<= 120", t["uss_ok"]),
@@ -131,7 +147,8 @@ def run(args: argparse.Namespace) -> int:
     from rtgen.errors import ConfigError
 
     lengths = (
-        args.seconds, args.reactive_seconds, args.jack_seconds, args.cpu_seconds, args.load_seconds,
+        args.seconds, args.reactive_seconds, args.grid_seconds, args.jack_seconds, args.cpu_seconds,
+        args.load_seconds,
         args.swap_seconds, args.web_seconds,
     )  # fmt: skip
     if args.seconds <= 0 or args.steps < 1 or min(lengths) < 0:
@@ -145,6 +162,8 @@ def run(args: argparse.Namespace) -> int:
         inference_steps=args.steps,
         reactive_seconds=args.reactive_seconds,
         reactive_model=reactive,
+        grid_seconds=args.grid_seconds,
+        grid_fixed=args.grid_fixed,
         jack_seconds=args.jack_seconds,
         cpu_seconds=args.cpu_seconds,
         load_seconds=args.load_seconds,

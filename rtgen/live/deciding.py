@@ -62,11 +62,50 @@ class Deciding(LoopState):
         self.transport.locate(pending.pos.step)
 
     def _wait_or_decide(self, plan: Plan, start: int, now: int) -> None:
-        """A reactive step has reached its grid time: wait for the player within the window, or decide now."""
+        """A reactive step has reached its grid time: wait for the player within the window, or decide now.
+
+        With the player's feel learned (``accompany.adapt_window``) the step waits only as long as this
+        player's notes land late, and not at all when the player holds a note struck at least a beat ago and
+        their notes land on the grid (no onset is due).
+        """
         self._waiting = plan
-        self._decide_by = start + int(plan.window_ms * 1_000_000)
+        window = int(plan.window_ms * 1_000_000)
+        feel = self.feel
+        if feel is not None and window:
+            window = feel.held_wait_ns(window) if self._holding_long(start) else feel.wait_ns(window)
+        self._decide_by = start + window
         if now >= self._decide_by or self._onset_for_step():
             self._decide_waiting(now)
+
+    def _holding_long(self, start: int) -> bool:
+        """The player holds a note (or the pedal does) and struck nothing in the beat before ``start``.
+
+        A beat within half a step: the note and the step's start are stamped when the input is read, through
+        JACK on its period, so a note struck exactly a beat before can look a little less than a beat old.
+        """
+        tracker = self.tracker
+        if tracker is None or tracker.melody_note() is None or tracker.last_onset_ns is None:
+            return False
+        step_ns = self._step_ns()
+        return tracker.last_onset_ns <= start - (self.transport.peek().beat_steps - 0.5) * step_ns
+
+    def _learn_feel(self, t_ns: int) -> None:
+        """Tell the player's feel where an onset landed: its offset from the nearest grid step known.
+
+        The grid steps known are the last step started and the next one (its start once known: rtgen's
+        deadline, a followed clock's tick; else one step after the last). An onset further than half a step
+        from both (after a stop or a locate) says nothing about the player's timing.
+        """
+        feel = self.feel
+        last, nxt = self._last_start, self._step_start
+        if feel is None or (last is None and nxt is None):
+            return
+        step_ns = self._step_ns()
+        if nxt is None and last is not None:
+            nxt = last + int(step_ns)
+        offset = min((t_ns - t for t in (last, nxt) if t is not None), key=abs)
+        if abs(offset) <= step_ns / 2:
+            feel.observe(int(offset))
 
     def _onset_for_step(self) -> bool:
         """An onset of the player belongs to the waiting step (arrived at most half a step before its start)."""
@@ -81,7 +120,7 @@ class Deciding(LoopState):
         assert plan is not None and start is not None
         self._waiting = None
         self.reactive_decisions += 1
-        if now < self._decide_by:
+        if self._onset_for_step():
             self.early_decisions += 1
         step = self._decide(self.next_k, plan, self._heard(now))
         if step is not None:

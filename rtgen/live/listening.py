@@ -70,6 +70,8 @@ class Listening(LoopState):
             self._control(control.name, control.value)
         onsets = tracker.take_onsets()
         if onsets and self.performer.mode != "autonomous":
+            for onset in onsets:
+                self._learn_feel(onset.t_ns)
             self._onsets.extend(onsets)
             del self._onsets[:-ONSETS_KEPT]
             if self.performer.conductor.interrupt():

@@ -32,6 +32,7 @@ from rtgen.arrange.form import Arranger
 from rtgen.arrange.performer import Performer
 from rtgen.config import PART_NAMES, Config, PartsConfig
 from rtgen.generation.conductor import NOBODY, Conductor, make_conductor
+from rtgen.input.feel import PlayerFeel
 from rtgen.live.clockout import ClockOut
 from rtgen.live.deciding import Deciding
 from rtgen.live.following import Following
@@ -111,6 +112,7 @@ class LiveLoop(Deciding, Listening, Following, Handling):
         self.parts = parts
         self.feedback = feedback
         self.tracker = tracker
+        self.feel = PlayerFeel() if self.config.accompany.adapt_window else None
         self.input_queue = input_queue
         self.clock_out = ClockOut(clock_out)
         self.thru = thru
@@ -143,12 +145,13 @@ class LiveLoop(Deciding, Listening, Following, Handling):
         self.output_quantum_ns = 0
         self.fixed_spin_ns = None  # the spin while the outputs are coarse (no tuner then)
         self.skipped_steps = 0  # steps jumped over after a long stall (the bar lines stay on the grid)
-        self.early_decisions = 0  # reactive steps decided by the player's onset before the window ran out
+        self.early_decisions = 0  # reactive steps decided with the player's onset for them
         self._onsets = []  # the player's onsets not yet given to a step
         self._last_player_chord = ct.CHORD_NC
         self._last_events = []
         self._restart = False
         self._step_start = None
+        self._last_start = None
         self._waiting = None
         self._decide_by = 0
         self.poll_ns = POLL_NS if input_queue is not None else 0
@@ -327,6 +330,7 @@ class LiveLoop(Deciding, Listening, Following, Handling):
 
     def _started(self, step: Step | None, start: int) -> None:
         """Step ``next_k`` has started at ``start``: feedback, then plan the one after."""
+        self._last_start = start
         if step is not None:
             self._tick(step)
         self.next_k += 1

@@ -39,6 +39,7 @@ def snapshot(
         for n in PART_NAMES
     }
     tracker = p.tracker
+    late = p.feel.late_ns if p.feel is not None else None
     cued = p.arranger.cued  # read once: the real-time thread may start the section meanwhile
     return {
         "playing": p.playing,
@@ -87,7 +88,8 @@ def snapshot(
         "spin_us": p.spin_ns / 1000 if p.spin_ns is not None else None,
         "worst_wakeup_us": p.spin_tuner.worst_ns / 1000 if p.spin_tuner is not None else None,
         "reactive_steps": p.reactive_decisions,
-        "reactive_on_onset": p.early_decisions,  # of those, decided on the player's note before the window's end
+        "reactive_on_onset": p.early_decisions,  # of those, decided with the player's note for them
+        "player_late_ms": late / 1e6 if late is not None else None,  # how late the player's notes land (learned)
         "sent": p.scheduler.sent,
         "sounding": p.scheduler.book.count(),
         "outputs": [s.name for s in p.scheduler.sinks],

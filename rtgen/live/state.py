@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from rtgen.generation.conductor import Conductor, Plan
     from rtgen.generation.engine import Engine, EngineState, Params, Step
     from rtgen.generation.model import Model, StepBinding
+    from rtgen.input.feel import PlayerFeel
     from rtgen.input.tracker import InputQueue, Onset, PlayerTracker
     from rtgen.io.ports import MidiInput
     from rtgen.io.scheduler import Scheduler
@@ -62,6 +63,7 @@ class LoopState:
     parts: PartsConfig
     feedback: Feedback | None
     tracker: PlayerTracker | None
+    feel: PlayerFeel | None  # how late the player's notes land (None: reactive steps wait their whole window)
     input_queue: InputQueue | MidiInput | None
     clock_out: ClockOut
     thru: bool
@@ -102,6 +104,7 @@ class LoopState:
     _last_events: list[NoteEvent]
     _restart: bool
     _step_start: int | None  # start of step next_k once known (a followed clock: its tick)
+    _last_start: int | None  # start of the last step started (the grid the player's onsets are measured on)
     _waiting: Plan | None  # a reactive step waiting for the player
     _decide_by: int
     _tempo_anchor: tuple[int, int] | None
@@ -155,4 +158,7 @@ class LoopState:
         raise NotImplementedError
 
     def _learned(self, name: str) -> None:
+        raise NotImplementedError
+
+    def _learn_feel(self, t_ns: int) -> None:
         raise NotImplementedError

@@ -123,7 +123,8 @@ class StatusReporter:
             self._width = 0
         loop = daemon.loop
         if loop is not None:
-            self.event("stop", **loop.clock.stats.as_dict())
+            reactive = {"reactive_steps": loop.reactive_decisions, "reactive_on_onset": loop.early_decisions}
+            self.event("stop", **loop.clock.stats.as_dict(), **reactive)
 
     @staticmethod
     def line(daemon: Reported) -> str:
