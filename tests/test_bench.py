@@ -24,7 +24,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_bench_writes_the_figures(model_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     args = ["bench", "--model", str(model_dir), "--seconds", "2", "--steps", "2000", "--reactive-seconds", "0"]
-    args += ["--grid-seconds", "0"]
+    args += ["--grid-seconds", "0", "--cpu-seconds", "0"]
     args += ["--jack-seconds", "0", "--load-seconds", "0", "--swap-seconds", "0", "--web-seconds", "0"]
     code = main([*args, "--json", str(out)])
     assert code == 0
@@ -56,7 +56,7 @@ def test_bench_measures_the_reactive_latency_through_jack(model_dir: Path, tmp_p
     require(shutil.which("jackd") is not None, "jackd (apt-get install jackd2)")
     out = tmp_path / "bench.json"
     args = ["bench", "--model", str(model_dir), "--seconds", "1", "--steps", "200", "--reactive-seconds", "5"]
-    args += ["--grid-seconds", "0"]
+    args += ["--grid-seconds", "0", "--cpu-seconds", "0"]
     args += ["--jack-seconds", "0", "--load-seconds", "0", "--swap-seconds", "0", "--web-seconds", "0"]
     assert main([*args, "--out", str(out)]) == 0
     data = json.loads(out.read_text())
@@ -82,7 +82,18 @@ def test_bench_times_the_chords_after_the_beat_for_a_tight_and_a_loose_player(mo
     require(shutil.which("jackd") is not None, "jackd (apt-get install jackd2)")
     out = tmp_path / "bench.json"
     args = ["bench", "--model", str(model_dir), "--seconds", "1", "--steps", "200", "--reactive-seconds", "0"]
-    args += ["--grid-seconds", "12", "--jack-seconds", "0", "--load-seconds", "0", "--swap-seconds", "0"]
+    args += [
+        "--grid-seconds",
+        "12",
+        "--cpu-seconds",
+        "0",
+        "--jack-seconds",
+        "0",
+        "--load-seconds",
+        "0",
+        "--swap-seconds",
+        "0",
+    ]
     assert main([*args, "--web-seconds", "0", "--out", str(out)]) == 0
     data = json.loads(out.read_text())
     grid = data["accompany_grid_us"]
@@ -142,9 +153,8 @@ def test_bench_runs_the_daemon_through_jack_and_under_osc_load(model_dir: Path, 
     require(shutil.which("jackd") is not None, "jackd (apt-get install jackd2)")
     out = tmp_path / "bench.json"
     args = ["bench", "--model", str(model_dir), "--seconds", "1", "--steps", "200", "--reactive-seconds", "0"]
-    args += ["--grid-seconds", "0"]
+    args += ["--grid-seconds", "0", "--cpu-seconds", "0"]
     args += ["--jack-seconds", "3", "--load-seconds", "3", "--swap-seconds", "0", "--web-seconds", "0", "--no-busy"]
-    args += ["--cpu-seconds", "0"]
     assert main([*args, "--json", str(out)]) == 0
     data = json.loads(out.read_text())
     grid = data["jack_grid_dev_us"]
@@ -172,7 +182,7 @@ def test_bench_plays_with_the_web_page_closed_fed_and_open_in_chromium(model_dir
     require(shutil.which("chromium") is not None, "chromium (apt-get install chromium)")
     out = tmp_path / "bench.json"
     args = ["bench", "--model", str(model_dir), "--seconds", "1", "--steps", "200", "--reactive-seconds", "0"]
-    args += ["--grid-seconds", "0"]
+    args += ["--grid-seconds", "0", "--cpu-seconds", "0"]
     args += ["--jack-seconds", "0", "--load-seconds", "0", "--swap-seconds", "0", "--web-seconds", "3", "--no-busy"]
     assert main([*args, "--json", str(out)]) == 0
     data = json.loads(out.read_text())
