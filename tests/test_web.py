@@ -315,6 +315,7 @@ def test_the_page_shows_the_roll_moving_and_its_clicks_steer_the_daemon(
             want = {**playing["parts"], "drums": {**playing["parts"]["drums"], "enabled": False}}
             muted = wait_status(peer, "parts", want, timeout=5)
             slider = page.locator("input[data-address='/rtgen/temperature']")
+            slider.scroll_into_view_if_needed()  # a mouse click at coordinates hits only what the viewport shows
             box = slider.bounding_box()
             assert box is not None
             page.mouse.click(box["x"] + 0.8 * box["width"], box["y"] + box["height"] / 2)

@@ -120,8 +120,9 @@ class Performer:
             params = self._scaled(params, plan.temperature_scale)
         step = self.engine.step(params, at=pos, steer=plan.steering(heard, self.fit))
         self.conductor.heard(pos, heard)
-        offs = self._voice_only(plan.voiced)
-        events = self.voicer.voice(step, params, section_start=section_start, section_end=section_end, ending=ending)
+        offs = self._voice_only(plan.voicing(heard))
+        fill, ending = section_end or plan.fill, ending or plan.ending
+        events = self.voicer.voice(step, params, section_start=section_start, section_end=fill, ending=ending)
         return step, offs + events if offs else events
 
 

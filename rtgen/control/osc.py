@@ -89,6 +89,7 @@ class Controller(Protocol):
     def record_start(self, path: str) -> None: ...
     def set_section(self, name: str) -> None: ...
     def set_split(self, split: str) -> None: ...
+    def cue_band(self, control: str) -> None: ...
     def record_stop(self, reply: Callable[[str], None] | None = None) -> None: ...
     def learn(self, name: str, done: Callable[[int], None] | None = None) -> None: ...
     def unlearn(self, name: str) -> None: ...
@@ -366,7 +367,8 @@ class OscControl:
     @osc_handler("mode", setting(DaemonConfig, "mode", "s"))
     def mode(self, sender: tuple[str, int] | None, mode: str) -> None:
         """Mode: autonomous, accompany (your melody, rtgen's chords and bass), improvise (your chords,
-        rtgen's melody) or call-and-response; switches with every note released."""
+        rtgen's melody), call-and-response or band (your left hand's chords, rtgen's bass, drums and comping);
+        switches with every note released."""
         try:
             self.controller.set_mode(mode)
         except (ValueError, RtgenError) as err:  # e.g. a model without a harmoniser cannot accompany
@@ -428,6 +430,28 @@ class OscControl:
             self.controller.set_split(note)
         except ValueError as err:
             raise OscArgError(str(err)) from err
+
+    @osc_handler("band/sync")
+    def band_sync(self, sender: tuple[str, int] | None) -> None:
+        """Band mode, sync start: the band stops now (every note released) and starts again with the next chord
+        your left hand strikes."""
+        self.controller.cue_band("sync")
+
+    @osc_handler("band/fill")
+    def band_fill(self, sender: tuple[str, int] | None) -> None:
+        """Band mode: the drummer plays a fill in the next bar (from its bar line) and a crash on the one after."""
+        self.controller.cue_band("fill")
+
+    @osc_handler("band/break")
+    def band_break(self, sender: tuple[str, int] | None) -> None:
+        """Band mode: one bar of silence from the next bar line (every note released), then the band goes on."""
+        self.controller.cue_band("break")
+
+    @osc_handler("band/ending")
+    def band_ending(self, sender: tuple[str, int] | None) -> None:
+        """Band mode: the next bar is the last (the bass ends on the root and holds it, the drummer fills), then
+        the band stops until your left hand strikes a chord again."""
+        self.controller.cue_band("ending")
 
     @osc_handler("density", setting(GenerationConfig, "density", "f"))
     def density(self, sender: tuple[str, int] | None, value: float) -> None:

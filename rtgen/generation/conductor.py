@@ -15,16 +15,20 @@ accompany          observed (top)      harmonised, voiced voiced      yes
 improvise          sampled, voiced     observed           silent      yes (no window)
 call-and-response  listen: observed    harmonised         silent      yes
                    answer: sampled     sampled, voiced    voiced      no
+band               observed (top)      the left hand's,   voiced      yes (no window)
+                                       voiced (comping)
 =================  ==================  =================  ==========  ========
 
 The drums (a part of the voicer, not of the engine) play wherever rtgen plays chords and bass and
-in improvise; they are silent while call-and-response listens.
+in improvise; they are silent while call-and-response listens. In band mode the arranger controls
+(:data:`BAND_CONTROLS`) are cued by :meth:`Band.cue` and land on the next bar line.
 
 Pure: the daemon feeds what it heard; the same conductors drive ``evaluate`` offline.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Protocol
@@ -34,6 +38,10 @@ from rtgen.config import AccompanyConfig, CallResponseConfig, ImproviseConfig, c
 from rtgen.generation.engine import Steer
 from rtgen.generation.keys import estimate_key
 from rtgen.timing.transport import Position
+
+_ALL = frozenset(("melody", "chords", "bass", "drums"))
+_BACKING = frozenset(("chords", "bass", "drums"))  # the drummer keeps time whenever rtgen backs the player
+_NONE: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,12 +53,15 @@ class Heard:
         velocity: MIDI velocity of the onset, if any.
         chord: the player's chord token (HOLD while it stays, a CHORD token on a change, N.C.).
         left: the chord the player's left hand holds under the melody (a CHORD token), N.C. when none is clear.
+        left_struck: the left hand's chord where it changed (a CHORD token), HOLD elsewhere: while the hand is
+            lifted (``left`` N.C.) the last chord goes on (band mode follows it).
     """
 
     melody: int = ct.MEL_REST
     velocity: int | None = None
     chord: int = ct.CHORD_HOLD
     left: int = ct.CHORD_NC
+    left_struck: int = ct.CHORD_HOLD
 
     @property
     def onset(self) -> bool:
@@ -84,6 +95,11 @@ class Plan:
         hold: with ``harmonise``, log-odds bonus for keeping the sounding chord.
         enter: a silent sampled melody starts a note at this step (the first step of an answer).
         left_hand: with ``harmonise``, log-odds bonus for the chord the player's left hand holds.
+        left_chords: with ``observe_chords``, the chords observed are the left hand's (``Heard.left_struck``).
+        fill: the drummer plays a fill in this step's bar (and a crash on the next downbeat).
+        ending: the step lies in the last bar of the piece (the bass ends on the root, held).
+        sync: rtgen waits for the player's first chord: nothing is voiced until the left hand strikes one, and
+            from that step on ``voiced`` is (see :meth:`voicing`).
     """
 
     observe_melody: bool = False
@@ -98,6 +114,16 @@ class Plan:
     hold: float = 0.0
     enter: bool = False
     left_hand: float = 0.0
+    left_chords: bool = False
+    fill: bool = False
+    ending: bool = False
+    sync: bool = False
+
+    def voicing(self, heard: Heard) -> frozenset[str]:
+        """The parts rtgen plays at this step, given what the player did (``sync``: none before a chord)."""
+        if self.sync and heard.left_struck < ct.CHORD_OFFSET:
+            return _NONE
+        return self.voiced
 
     def steering(self, heard: Heard, fit: float = 0.0) -> Steer:
         """How the engine is steered at this step, given what the player did (``fit``: the harmoniser's bonus for
@@ -106,7 +132,7 @@ class Plan:
         return Steer(
             melody=melody,
             velocity=heard.velocity if self.observe_melody else None,
-            chord=heard.chord if self.observe_chords else None,
+            chord=(heard.left_struck if self.left_chords else heard.chord) if self.observe_chords else None,
             harmonise=self.harmonise and melody is not None,
             fit=fit if self.harmonise else 0.0,
             tone_fit=self.tone_fit,
@@ -143,11 +169,6 @@ class Conductor(Protocol):
     def interrupt(self) -> bool:
         """The player started to play while rtgen was answering: True if rtgen must fall silent now."""
         ...
-
-
-_ALL = frozenset(("melody", "chords", "bass", "drums"))
-_BACKING = frozenset(("chords", "bass", "drums"))  # the drummer keeps time whenever rtgen backs the player
-_NONE: frozenset[str] = frozenset()
 
 
 class Autonomous:
@@ -320,9 +341,94 @@ class CallAndResponse:
         return True
 
 
+BAND_CONTROLS = ("sync", "intro", "fill", "variation", "break", "ending")
+"""The band's arranger controls (:meth:`Band.cue`), each landing on the next bar line:
+
+* ``sync``: sync start: the band stops and starts again with the next chord the player strikes;
+* ``intro``: ...;
+* ``fill``: the drummer fills the next bar (a crash on the downbeat after it);
+* ``variation``: ...;
+* ``break``: one bar of silence, then the band goes on;
+* ``ending``: the last bar (the bass ends on the root and holds it, the drummer fills), then the band stops
+  (and starts again, as with ``sync``, with the next chord the player strikes).
+"""
+
+
+class Band:
+    """The player's left hand gives the chords, the right hand the melody; rtgen is the band: bass, drums and a
+    comping part in the parts' styles, following the left hand's chord at the step it is heard, never playing the
+    melody back. The arranger controls (:data:`BAND_CONTROLS`) are cued with :meth:`cue`.
+    """
+
+    mode = "band"
+    needs_harmoniser = False
+    answering = False
+    fit = 0.0
+
+    def __init__(self) -> None:
+        self._play = Plan(observe_melody=True, observe_chords=True, left_chords=True, voiced=_BACKING,
+                          reactive=True, window_ms=0.0)  # fmt: skip
+        self._silent = dataclasses.replace(self._play, voiced=_NONE)
+        self._fill = dataclasses.replace(self._play, fill=True)
+        self._ending = dataclasses.replace(self._play, fill=True, ending=True)
+        self._waiting = dataclasses.replace(self._play, sync=True)
+        self._cues: dict[int, str] = {}  # bar -> the control landing on it
+        self.waiting = False  # stopped (sync start, or after an ending) until the player's next chord
+
+    @property
+    def cued(self) -> dict[int, str]:
+        """The controls cued, by the bar they land on."""
+        return dict(self._cues)
+
+    def cue(self, control: str, next_pos: Position) -> int:
+        """Cue arranger control ``control`` (one of :data:`BAND_CONTROLS`) on the next bar line at or after
+        ``next_pos`` (the next step to decide); returns that bar.
+
+        Raises:
+            ValueError: an unknown control; the message lists them.
+        """
+        if control not in BAND_CONTROLS:
+            raise ValueError(f"band control must be one of {', '.join(BAND_CONTROLS)}, got {control!r}")
+        bar = next_pos.bar if next_pos.position == 0 else next_pos.bar + 1
+        if control == "sync":
+            self.waiting = True  # at once: the band stops now and starts with the player's next chord
+            self._cues.clear()
+            return bar
+        self._cues[bar] = control
+        return bar
+
+    def plan(self, pos: Position) -> Plan:
+        """The left hand's chords observed and voiced by the band, decided at the grid time; a cued control
+        changes the plan of its bar."""
+        control = self._cues.get(pos.bar)
+        if control == "ending":
+            return self._ending
+        if self.waiting:
+            return self._waiting
+        if control == "break":
+            return self._silent
+        if control == "fill":
+            return self._fill
+        return self._play
+
+    def heard(self, pos: Position, heard: Heard) -> None:
+        """Start on the player's chord when waiting; forget the cues of bars gone by."""
+        if self.waiting and heard.left_struck >= ct.CHORD_OFFSET:
+            self.waiting = False
+        if pos.position == pos.bar_steps - 1:
+            self.waiting = self.waiting or self._cues.get(pos.bar) == "ending"  # the ending played: the band stops
+            for bar in [b for b in self._cues if b <= pos.bar]:
+                del self._cues[bar]
+
+    def interrupt(self) -> bool:
+        """Never."""
+        return False
+
+
 def needs_harmoniser(mode: str) -> bool:
     """Whether ``mode``'s conductor asks the engine to harmonise the player's melody (a contract-v2 model)."""
-    conductors: dict[str, type[Conductor]] = {c.mode: c for c in (Autonomous, Accompany, Improvise, CallAndResponse)}
+    kinds: tuple[type[Conductor], ...] = (Autonomous, Accompany, Improvise, CallAndResponse, Band)
+    conductors = {c.mode: c for c in kinds}
     return conductors[check_mode(mode)].needs_harmoniser
 
 
@@ -341,4 +447,6 @@ def make_conductor(mode: str, accompany: AccompanyConfig | None = None,
         return Accompany(accompany)
     if mode == "improvise":
         return Improvise((improvise or ImproviseConfig()).tone_fit)
+    if mode == "band":
+        return Band()
     return CallAndResponse(call_response, fit=(accompany or AccompanyConfig()).fit)

@@ -17,6 +17,7 @@ from rtgen.errors import RtgenError, SoundfontError
 from rtgen.generation.conductor import needs_harmoniser
 from rtgen.live import loaders
 from rtgen.live.commands import (
+    CueBand,
     Learn,
     Panic,
     Play,
@@ -161,6 +162,11 @@ class Controller:
         from rtgen.arrange.form import check_section_name
 
         self._live().command(SetSection(check_section_name(name)))
+
+    def cue_band(self, control: str) -> None:
+        """Cue band mode's arranger control ``control`` on the next bar line (one of
+        :data:`rtgen.generation.conductor.BAND_CONTROLS`; another mode answers with an error)."""
+        self._live().command(CueBand(control))
 
     def learn(self, name: str, done: Callable[[int], None] | None = None) -> None:
         """Arm MIDI learn for control ``name``: the next CC the player moves is mapped to it (live at once, then

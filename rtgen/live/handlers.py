@@ -15,9 +15,11 @@ from typing import Any
 
 from rtgen.config import PART_NAMES, PartConfig, PartsConfig, check_mode
 from rtgen.errors import RtgenError
+from rtgen.generation.conductor import Band
 from rtgen.live import loaders
 from rtgen.live.commands import (
     Command,
+    CueBand,
     Learn,
     Panic,
     Play,
@@ -186,6 +188,13 @@ class Handling(LoopState):
         bar = self.arranger.cue(cmd.name, self.transport.peek())
         log.info("section %s cued for bar %d", cmd.name, bar + 1)
 
+    def _on_cue_band(self, cmd: CueBand) -> None:
+        band = self.performer.conductor
+        if not isinstance(band, Band):
+            raise RtgenError(f"/rtgen/band/{cmd.control} is an arranger control of band mode; the mode is {self.mode}")
+        bar = band.cue(cmd.control, self.transport.peek())
+        log.info("band: %s cued for bar %d", cmd.control, bar + 1)
+
     # --- swaps -------------------------------------------------------------------------------------------
     def _on_swap_model(self, cmd: SwapModel) -> None:
         loaders.retire(self.pending_model, self.pending_steps)  # replaced before its bar line
@@ -330,6 +339,7 @@ _HANDLERS: dict[type, Callable[[Handling, Any], None]] = {
     Learn: Handling._on_learn,
     Unlearn: Handling._on_unlearn,
     SetSplit: Handling._on_split,
+    CueBand: Handling._on_cue_band,
 }
 """Each command type's handler (one per type of :data:`~rtgen.live.commands.Command`)."""
 

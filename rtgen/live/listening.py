@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 
 from rtgen.config import PART_NAMES
+from rtgen.errors import RtgenError
 from rtgen.input.tracker import LEARNED
-from rtgen.live.commands import Panic, SetMode, SetSwing
+from rtgen.live.commands import CueBand, Panic, SetMode, SetSwing
 from rtgen.live.state import LoopState
 from rtgen.midi.messages import SYSTEM
 
@@ -89,6 +90,12 @@ class Listening(LoopState):
                 log.exception("MIDI learn: telling about %s failed", value)
         elif name == "panic":
             self._apply(Panic())
+        elif name.startswith("band_"):
+            try:
+                self._apply(CueBand(name.removeprefix("band_")))
+            except RtgenError as err:  # the band's controls in another mode: told, not fatal
+                if self.feedback is not None:
+                    self.feedback.error(str(err))
         elif name == "mode":
             self._apply(SetMode(str(value)))
         elif name == "swing":

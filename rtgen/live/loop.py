@@ -146,6 +146,7 @@ class LiveLoop(Deciding, Listening, Following, Handling):
         self.early_decisions = 0  # reactive steps decided by the player's onset before the window ran out
         self._onsets = []  # the player's onsets not yet given to a step
         self._last_player_chord = ct.CHORD_NC
+        self._last_left_chord = ct.CHORD_NC
         self._last_events = []
         self._restart = False
         self._step_start = None

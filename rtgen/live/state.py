@@ -99,6 +99,7 @@ class LoopState:
     poll_ns: int
     _onsets: list[Onset]
     _last_player_chord: int
+    _last_left_chord: int
     _last_events: list[NoteEvent]
     _restart: bool
     _step_start: int | None  # start of step next_k once known (a followed clock: its tick)

@@ -1,0 +1,174 @@
+"""Band mode end to end on real JACK ports: a two-handed performance into ``rtgen run --mode band``, recorded.
+
+The player (test_hands' helpers: left-hand block chords, a right-hand tune, on a 24-ppqn MIDI clock the daemon
+follows) leads; rtgen's bass, comping and drums are read from its recorded output at known steps.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import test_playalong
+from test_daemon import Peer
+from test_hands import STEPS_PER_BEAT, hands_schedule, perform, tune_schedule, wait_until_ns
+from test_playalong import BASS, CHORDS, MELODY, Events, finish, load_tune, note_ons, sounding_at, status, token_pcs
+
+from rtgen import contract as ct
+from rtgen.bench.harness import sounding_notes
+
+pytestmark = pytest.mark.jack
+
+jack_server, model_dir, start_daemon = test_playalong.jack_server, test_playalong.model_dir, test_playalong.start_daemon
+
+DRUMS = 9
+CRASHES = (49, 57)
+BAR = 16
+BREAK_CC = 20
+
+
+def _parts_sounding(events: Events, t_ns: int) -> set[tuple[int, int]]:
+    """rtgen's notes sounding at ``t_ns`` (real note-offs only), every part."""
+    return sounding_notes([m for t, m in sorted(events) if t <= t_ns])
+
+
+def _ons_between(events: Events, t0: int, t1: int, channel: int | None = None) -> list[tuple[int, tuple[int, ...]]]:
+    return sorted((t, m) for t, m in events if t0 <= t < t1 and note_ons([m], channel))
+
+
+def test_band_follows_the_left_hands_chords_and_never_plays_the_tune(start_daemon: Any) -> None:
+    """A Nottingham test-split tune: its chords in the left hand (block chords under C3, struck where the data
+    strikes them), its melody in the right. The band's bass takes each new chord's root by the next beat."""
+    tune = load_tune(8)
+    chord = tune["chord"]
+    steps = chord.size
+    human = ct.resolve_holds(chord, ct.CHORD_HOLD, ct.CHORD_NC)
+    d = start_daemon("--mode", "band", "--clock", "midi")
+    events, step_ticks, _ = perform(d, tune_schedule(tune), steps)
+    finish(d)
+    step_ns = step_ticks[1] - step_ticks[0]
+
+    def bass_pcs(step: int) -> set[int]:
+        return {p % 12 for p in sounding_at(events, step_ticks[step] + step_ns // 2, BASS)}
+
+    # each change of the left hand's chord: the bass strikes its root at the next beat at the latest
+    changes = [s for s in range(steps) if chord[s] >= ct.CHORD_OFFSET and (s == 0 or human[s] != human[s - 1])]
+    followed = []
+    late = []
+    delays_ms = []
+    for s in changes:
+        beat = (s // STEPS_PER_BEAT + 1) * STEPS_PER_BEAT
+        if beat < steps and all(human[i] == human[s] for i in range(s, beat + 1)):
+            root = ct.Chord.from_token(int(human[s])).root
+            took = [t for t, m in events if note_ons([m], BASS) and m[1] % 12 == root]
+            on_time = any(step_ticks[s] - step_ns // 2 <= t <= step_ticks[beat] + step_ns // 2 for t in took)
+            followed.append(on_time)
+            after = [t for t in took if t >= step_ticks[s] - step_ns // 2]
+            if after:
+                delays_ms.append((min(after) - step_ticks[s]) / 1e6)
+            if not on_time:
+                late.append((s, ct.Chord.from_token(int(human[s])).name, [bass_pcs(i) for i in range(s, beat + 1)]))
+    # every beat: the bass plays a note of the left hand's chord, the comping the chord's notes
+    beats = range(0, steps, STEPS_PER_BEAT)
+    in_chord = [bass_pcs(b) <= token_pcs(int(human[b])) and bool(bass_pcs(b)) for b in beats]
+    comping = [
+        {p % 12 for p in sounding_at(events, step_ticks[b] + step_ns // 2, CHORDS)} <= token_pcs(int(human[b]))
+        for b in beats
+    ]
+    ons = [m for _, m in events]
+    print(
+        f"band over {TUNE_NAME} ({steps // BAR} bars): bass on the new root by the next beat after "
+        f"{sum(followed)}/{len(followed)} changes (root struck {min(delays_ms, default=0):.1f}.."
+        f"{max(delays_ms, default=0):.1f} ms after the chord); bass a note of the left hand's chord on {sum(in_chord)}/"
+        f"{len(in_chord)} beats; comping within the chord on {sum(comping)}/{len(comping)} beats; drum hits "
+        f"{len(note_ons(ons, DRUMS))}, melody notes {len(note_ons(ons, MELODY))}"
+    )
+    assert len(followed) >= 6, changes
+    assert sum(followed) >= 0.9 * len(followed), f"not followed by the next beat (step, chord, bass by step): {late}"
+    assert sum(in_chord) >= 0.9 * len(in_chord), in_chord
+    assert sum(comping) >= 0.9 * len(comping), comping
+    assert note_ons(ons, DRUMS), "the drummer plays"
+    assert not note_ons(ons, MELODY), "the band never plays the player's tune back"
+    assert not sounding_notes(ons), "every note ended with its own note-off"
+
+
+TUNE_NAME = test_playalong.TUNE
+
+
+def test_band_arranger_fill_break_ending_land_on_bar_lines(
+    start_daemon: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fill (OSC) cued in bar 1 plays in bar 2 with a crash on bar 3's line; break (a CC from the player's
+    controller) cued in bar 3 silences bar 4; ending (OSC) cued in bar 5 ends bar 6 on the root, then silence
+    until the left hand strikes a chord again in bar 9 (bars counted from 1)."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    user = tmp_path / "xdg" / "rtgen" / "config.toml"
+    user.parent.mkdir(parents=True)
+    user.write_text(f"[cc]\nband_break = {BREAK_CC}\n")
+    bars = 10
+    steps = bars * BAR
+    progression = {0: "C", 1: "F", 2: "G", 3: "C", 4: "Am", 5: "F", 8: "G", 9: "C"}  # bars 7-8: F held
+    right: list[int | None] = [None] * steps
+    left: list[tuple[int, ...] | None] = [None] * steps
+    for b in range(steps // STEPS_PER_BEAT):
+        right[b * STEPS_PER_BEAT] = 72 + (b * 2) % 7
+    for bar, name in progression.items():
+        c = ct.Chord.parse(name)
+        left[bar * BAR] = tuple(sorted(48 + (c.root + i) % 12 for i in c.intervals))
+    by_step = hands_schedule(right, left)
+    by_step.setdefault(2 * BAR + 6, []).append((0xB0, BREAK_CC, 127))  # the player's button: break
+    by_step.setdefault(2 * BAR + 8, []).append((0xB0, BREAK_CC, 0))
+    d = start_daemon("--mode", "band", "--clock", "midi")
+    peer = Peer(d.osc_port)
+    seen: dict[str, Any] = {}
+
+    def during(step_ticks: list[int]) -> None:
+        wait_until_ns(step_ticks[6])
+        peer.send("/rtgen/band/fill")
+        wait_until_ns(step_ticks[2 * BAR + 12])
+        seen["break"] = status(peer)["band_cued"]
+        wait_until_ns(step_ticks[4 * BAR + 6])
+        peer.send("/rtgen/band/ending")
+        wait_until_ns(step_ticks[4 * BAR + 10])
+        seen["ending"] = status(peer)["band_cued"]
+        wait_until_ns(step_ticks[6 * BAR + 8])
+        seen["waiting"] = status(peer)["band_waiting"]
+
+    try:
+        d.wait_playing()
+        assert status(peer)["cc"]["band_break"] == BREAK_CC
+        events, ticks, _ = perform(d, by_step, steps, during)
+        finish(d)
+    finally:
+        peer.close()
+    half = (ticks[1] - ticks[0]) // 2
+    bar_t = [ticks[b * BAR] for b in range(bars)]
+    assert seen["break"] == {"4": "break"} and seen["ending"] == {"6": "ending"}, seen
+    assert seen["waiting"] is True, seen
+
+    # fill: the crash that follows a fill on the bar line after the fill's bar (bars 2 and 3: no other)
+    crashes = [t for t, m in _ons_between(events, bar_t[1] - half, bar_t[3] + half, DRUMS) if m[1] in CRASHES]
+    assert crashes and all(abs(t - bar_t[2]) < half for t in crashes), (crashes, bar_t[2])
+
+    # break: the band plays up to bar 4's line, nothing sounds in bar 4, and it goes on at bar 5's line
+    assert _parts_sounding(events, bar_t[3] - half), "playing before the break"
+    assert not _ons_between(events, bar_t[3] + half, bar_t[4] - half), "a note-on in the break"
+    assert not _parts_sounding(events, bar_t[3] + half), "notes released on the break's bar line"
+    resumed = _ons_between(events, bar_t[4] - half, bar_t[4] + half)
+    assert {m[0] & 0x0F for _, m in resumed} >= {BASS, CHORDS}, resumed
+
+    # ending: bar 6 (F) ends on the bass's root, then nothing until the left hand strikes G in bar 9
+    bass_end = [m[1] % 12 for _, m in _ons_between(events, bar_t[5] - half, bar_t[6] - half, BASS)]
+    assert bass_end and set(bass_end) == {ct.Chord.parse("F").root}, bass_end
+    assert not _ons_between(events, bar_t[6] + half, bar_t[8] - half), "the band stopped after the ending"
+    assert not _parts_sounding(events, bar_t[6] + half), "every note released after the ending"
+    again = _ons_between(events, bar_t[8] - half, bar_t[8] + half, BASS)
+    assert again and again[0][1][1] % 12 == ct.Chord.parse("G").root, again
+    ons = [m for _, m in events]
+    assert not note_ons(ons, MELODY)
+    assert not sounding_notes(ons), "no stuck note (real note-offs only)"
+    print(
+        f"arranger: crash after the fill at {[(t - bar_t[2]) / 1e6 for t in crashes]} ms from bar 3's line; "
+        f"break bar silent; ending on {bass_end}; back {(again[0][0] - bar_t[8]) / 1e6:.1f} ms from bar 9's line"
+    )
