@@ -260,7 +260,10 @@ class CcConfig:
     panic: int = field(default=102, metadata=_range(0, 119))  # any value >= 64
     # band mode's arranger controls, each on the next bar line when its CC rises through 64 (a button or pedal)
     band_sync: int = field(default=0, metadata=_range(0, 119))
+    band_intro: int = field(default=0, metadata=_range(0, 119))
     band_fill: int = field(default=0, metadata=_range(0, 119))
+    band_variation_a: int = field(default=0, metadata=_range(0, 119))
+    band_variation_b: int = field(default=0, metadata=_range(0, 119))
     band_break: int = field(default=0, metadata=_range(0, 119))
     band_ending: int = field(default=0, metadata=_range(0, 119))
 

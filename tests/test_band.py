@@ -154,3 +154,47 @@ def test_cue_refuses_an_unknown_control() -> None:
     with pytest.raises(ValueError, match="break"):
         Band().cue("solo", Position(0, 0, 0))
     assert "break" in BAND_CONTROLS
+
+
+def _drums_by_bar(played: Played) -> dict[int, list[tuple[int, int, int]]]:
+    out: dict[int, list[tuple[int, int, int]]] = {}
+    for pos, events in played:
+        out.setdefault(pos.bar, []).extend(
+            (pos.position, e.pitch, e.velocity) for e in events if e.part == "drums" and e.on
+        )
+    return out
+
+
+def test_variation_b_changes_groove_and_density_from_the_next_bar_line(model: Model) -> None:
+    def cue(band: Band, nxt: Position, s: int) -> None:
+        if s == 2 * BAR + 5:
+            assert band.cue("variation_b", nxt) == 3
+            assert band.cued == {3: "variation_b"}
+        if s == 5 * BAR + 9:
+            assert band.cue("variation_a", nxt) == 6
+
+    plain = _drums_by_bar(_play(model, 8 * BAR))
+    varied = _drums_by_bar(_play(model, 8 * BAR, before=cue))
+    assert all(plain[b] == varied[b] for b in range(3)), "A up to the bar line"
+    assert all(plain[b] != varied[b] for b in range(3, 6)), "B from the bar line"
+    assert sum(len(varied[b]) for b in range(3, 6)) > sum(len(plain[b]) for b in range(3, 6)), "B is busier"
+    assert all(plain[b] == varied[b] for b in range(6, 8)), "A again from the next bar line"
+
+
+def test_intro_starts_a_waiting_band_with_sparse_drums_and_a_fill(model: Model) -> None:
+    def cue(band: Band, nxt: Position, s: int) -> None:
+        if s == 0:
+            band.cue("sync", nxt)
+        if s == 5:
+            assert band.cue("intro", nxt) == 1
+            assert band.cued == {1: "intro", 2: "intro"}
+
+    played = _play(model, 5 * BAR, {3 * BAR: "C", 4 * BAR: "F"}, before=cue)
+    bars = _drums_by_bar(played)
+    plain = _drums_by_bar(_play(model, 5 * BAR, {0: "C"}))
+    assert not bars.get(0), "waiting: nothing before the intro's bar line"
+    assert bars[1] and len(bars[1]) < len(plain[1]), "the intro's drums are sparse"
+    crash = [k for p, k, _ in bars[3] if p == 0]
+    assert 49 in crash or 57 in crash, "a fill in the intro's last bar: a crash on the bar line after it"
+    assert not any(e.part in ("bass", "chords") for _, ev in played[: 3 * BAR] for e in ev), "no chord yet"
+    assert {e.part for e in played[3 * BAR][1] if e.on} >= {"bass", "chords"}, "the left hand's chord comes in"

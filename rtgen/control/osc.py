@@ -437,6 +437,23 @@ class OscControl:
         your left hand strikes."""
         self.controller.cue_band("sync")
 
+    @osc_handler("band/intro")
+    def band_intro(self, sender: tuple[str, int] | None) -> None:
+        """Band mode: two bars of intro from the next bar line (sparse drums under your left hand's chord, a fill
+        into the bar after); it also starts a band waiting for your chord."""
+        self.controller.cue_band("intro")
+
+    @osc_handler("band/variation_a")
+    def band_variation_a(self, sender: tuple[str, int] | None) -> None:
+        """Band mode: variation A (the configured density and groove) from the next bar line."""
+        self.controller.cue_band("variation_a")
+
+    @osc_handler("band/variation_b")
+    def band_variation_b(self, sender: tuple[str, int] | None) -> None:
+        """Band mode: variation B from the next bar line: busier drums (density x1.5) on the drum style's other
+        groove."""
+        self.controller.cue_band("variation_b")
+
     @osc_handler("band/fill")
     def band_fill(self, sender: tuple[str, int] | None) -> None:
         """Band mode: the drummer plays a fill in the next bar (from its bar line) and a crash on the one after."""

@@ -100,6 +100,9 @@ class Plan:
         ending: the step lies in the last bar of the piece (the bass ends on the root, held).
         sync: rtgen waits for the player's first chord: nothing is voiced until the left hand strikes one, and
             from that step on ``voiced`` is (see :meth:`voicing`).
+        density_scale: the step plays at the parameters' density times this (the drummer's busyness).
+        variation: the band's arrangement, ``"A"`` or ``"B"`` (the drummer's groove: see
+            :attr:`rtgen.patterns.drums.Drummer.variation`).
     """
 
     observe_melody: bool = False
@@ -118,6 +121,8 @@ class Plan:
     fill: bool = False
     ending: bool = False
     sync: bool = False
+    density_scale: float = 1.0
+    variation: str = "A"
 
     def voicing(self, heard: Heard) -> frozenset[str]:
         """The parts rtgen plays at this step, given what the player did (``sync``: none before a chord)."""
@@ -341,23 +346,33 @@ class CallAndResponse:
         return True
 
 
-BAND_CONTROLS = ("sync", "intro", "fill", "variation", "break", "ending")
-"""The band's arranger controls (:meth:`Band.cue`), each landing on the next bar line:
+BAND_CONTROLS = ("sync", "intro", "fill", "variation_a", "variation_b", "break", "ending")
+"""The band's arranger controls (:meth:`Band.cue`); all but ``sync`` land on the next bar line:
 
-* ``sync``: sync start: the band stops and starts again with the next chord the player strikes;
-* ``intro``: ...;
+* ``sync``: sync start: the band stops now and starts again with the next chord the player strikes;
+* ``intro``: :data:`INTRO_BARS` bars of intro: sparse drums (density x :data:`INTRO_DENSITY`) under the chord the
+  left hand holds, if any, a fill in the last bar and a crash on the line after it (it starts a waiting band);
 * ``fill``: the drummer fills the next bar (a crash on the downbeat after it);
-* ``variation``: ...;
-* ``break``: one bar of silence, then the band goes on;
-* ``ending``: the last bar (the bass ends on the root and holds it, the drummer fills), then the band stops
-  (and starts again, as with ``sync``, with the next chord the player strikes).
+* ``variation_a`` / ``variation_b``: the arrangement from the next bar on: A as configured, B busier (density x
+  :data:`VARIATION_B_DENSITY`) on the drum style's other groove;
+* ``break``: one bar of silence (every note released on its line), then the band goes on;
+* ``ending``: the last bar (the bass ends on the root and holds it, the drummer fills), then the band stops and
+  starts again, as with ``sync``, with the next chord the player strikes.
 """
+
+INTRO_BARS = 2
+INTRO_DENSITY = 0.5  # below 0.6 the grooves' sparse lines play
+VARIATION_B_DENSITY = 1.5
 
 
 class Band:
     """The player's left hand gives the chords, the right hand the melody; rtgen is the band: bass, drums and a
     comping part in the parts' styles, following the left hand's chord at the step it is heard, never playing the
     melody back. The arranger controls (:data:`BAND_CONTROLS`) are cued with :meth:`cue`.
+
+    Attributes:
+        waiting: the band is stopped (sync start, or after an ending) until the player's next chord.
+        variation: the arrangement playing, ``"A"`` or ``"B"``.
     """
 
     mode = "band"
@@ -366,23 +381,40 @@ class Band:
     fit = 0.0
 
     def __init__(self) -> None:
-        self._play = Plan(observe_melody=True, observe_chords=True, left_chords=True, voiced=_BACKING,
-                          reactive=True, window_ms=0.0)  # fmt: skip
-        self._silent = dataclasses.replace(self._play, voiced=_NONE)
-        self._fill = dataclasses.replace(self._play, fill=True)
-        self._ending = dataclasses.replace(self._play, fill=True, ending=True)
-        self._waiting = dataclasses.replace(self._play, sync=True)
-        self._cues: dict[int, str] = {}  # bar -> the control landing on it
-        self.waiting = False  # stopped (sync start, or after an ending) until the player's next chord
+        self.waiting = False
+        self.variation = "A"
+        self._cues: dict[int, str] = {}  # bar -> the control landing on it (an intro: each of its bars)
+        self._switch: tuple[int, str] | None = None  # (bar, variation) cued
+        self._plans = {v: self._plans_for(v) for v in ("A", "B")}
+
+    @staticmethod
+    def _plans_for(variation: str) -> dict[str, Plan]:
+        play = Plan(observe_melody=True, observe_chords=True, left_chords=True, voiced=_BACKING, reactive=True,
+                    window_ms=0.0, variation=variation,
+                    density_scale=VARIATION_B_DENSITY if variation == "B" else 1.0)  # fmt: skip
+        intro = dataclasses.replace(play, density_scale=play.density_scale * INTRO_DENSITY)
+        return {
+            "play": play,
+            "break": dataclasses.replace(play, voiced=_NONE),
+            "fill": dataclasses.replace(play, fill=True),
+            "ending": dataclasses.replace(play, fill=True, ending=True),
+            "waiting": dataclasses.replace(play, sync=True),
+            "intro": intro,
+            "intro_end": dataclasses.replace(intro, fill=True),
+        }
 
     @property
     def cued(self) -> dict[int, str]:
-        """The controls cued, by the bar they land on."""
-        return dict(self._cues)
+        """The controls cued, by the bar they land on (a variation included)."""
+        cues = dict(self._cues)
+        switch = self._switch
+        if switch is not None:
+            cues.setdefault(switch[0], f"variation_{switch[1].lower()}")
+        return cues
 
     def cue(self, control: str, next_pos: Position) -> int:
         """Cue arranger control ``control`` (one of :data:`BAND_CONTROLS`) on the next bar line at or after
-        ``next_pos`` (the next step to decide); returns that bar.
+        ``next_pos`` (the next step to decide); returns that bar (``sync``: at once).
 
         Raises:
             ValueError: an unknown control; the message lists them.
@@ -391,34 +423,43 @@ class Band:
             raise ValueError(f"band control must be one of {', '.join(BAND_CONTROLS)}, got {control!r}")
         bar = next_pos.bar if next_pos.position == 0 else next_pos.bar + 1
         if control == "sync":
-            self.waiting = True  # at once: the band stops now and starts with the player's next chord
+            self.waiting = True
             self._cues.clear()
-            return bar
-        self._cues[bar] = control
+        elif control.startswith("variation_"):
+            self._switch = (bar, control.removeprefix("variation_").upper())
+        elif control == "intro":
+            for b in range(bar, bar + INTRO_BARS):
+                self._cues[b] = "intro"
+        else:
+            self._cues[bar] = control
         return bar
 
     def plan(self, pos: Position) -> Plan:
         """The left hand's chords observed and voiced by the band, decided at the grid time; a cued control
         changes the plan of its bar."""
+        switch = self._switch
+        plans = self._plans[switch[1] if switch is not None and pos.bar >= switch[0] else self.variation]
         control = self._cues.get(pos.bar)
+        if control == "intro":
+            return plans["intro" if self._cues.get(pos.bar + 1) == "intro" else "intro_end"]
         if control == "ending":
-            return self._ending
+            return plans["ending"]
         if self.waiting:
-            return self._waiting
-        if control == "break":
-            return self._silent
-        if control == "fill":
-            return self._fill
-        return self._play
+            return plans["waiting"]
+        return plans.get(control or "play", plans["play"])
 
     def heard(self, pos: Position, heard: Heard) -> None:
-        """Start on the player's chord when waiting; forget the cues of bars gone by."""
-        if self.waiting and heard.left_struck >= ct.CHORD_OFFSET:
+        """Start on the player's chord when waiting; at the end of a bar, take what was cued for it."""
+        if self.waiting and (heard.left_struck >= ct.CHORD_OFFSET or self._cues.get(pos.bar) == "intro"):
             self.waiting = False
-        if pos.position == pos.bar_steps - 1:
-            self.waiting = self.waiting or self._cues.get(pos.bar) == "ending"  # the ending played: the band stops
-            for bar in [b for b in self._cues if b <= pos.bar]:
-                del self._cues[bar]
+        if pos.position != pos.bar_steps - 1:
+            return
+        switch = self._switch
+        if switch is not None and switch[0] <= pos.bar + 1:
+            self.variation, self._switch = switch[1], None
+        self.waiting = self.waiting or self._cues.get(pos.bar) == "ending"  # the ending played: the band stops
+        for bar in [b for b in self._cues if b <= pos.bar]:
+            del self._cues[bar]
 
     def interrupt(self) -> bool:
         """Never."""
