@@ -13,7 +13,19 @@ import pytest
 import test_playalong
 from test_daemon import Peer
 from test_hands import STEPS_PER_BEAT, hands_schedule, perform, tune_schedule, wait_until_ns
-from test_playalong import BASS, CHORDS, MELODY, Events, finish, load_tune, note_ons, sounding_at, status, token_pcs
+from test_playalong import (
+    BASS,
+    CHORDS,
+    MELODY,
+    Events,
+    finish,
+    load_tune,
+    note_ons,
+    sounding_at,
+    status,
+    token_pcs,
+    wait_status,
+)
 
 from rtgen import contract as ct
 from rtgen.bench.harness import sounding_notes
@@ -96,29 +108,45 @@ def test_band_follows_the_left_hands_chords_and_never_plays_the_tune(start_daemo
 TUNE_NAME = test_playalong.TUNE
 
 
+def _user_cc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, control: str, number: int) -> None:
+    """The player's controller: ``control`` on CC ``number`` in the daemon's user config ([cc])."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    user = tmp_path / "xdg" / "rtgen" / "config.toml"
+    user.parent.mkdir(parents=True)
+    user.write_text(f"[cc]\n{control} = {number}\n")
+
+
+def _bar_hands(bars: int, chords: dict[int, str], tune_from: int = 0) -> dict[int, list[tuple[int, ...]]]:
+    """The player's messages by step: a right-hand note on every beat from bar ``tune_from``, a left-hand block chord
+    (C3 and up) on the line of each bar of ``chords``, held to the next."""
+    steps = bars * BAR
+    right: list[int | None] = [None] * steps
+    left: list[tuple[int, ...] | None] = [None] * steps
+    for b in range(tune_from * BAR // STEPS_PER_BEAT, steps // STEPS_PER_BEAT):
+        right[b * STEPS_PER_BEAT] = 72 + (b * 2) % 7
+    for bar, name in chords.items():
+        c = ct.Chord.parse(name)
+        left[bar * BAR] = tuple(sorted(48 + (c.root + i) % 12 for i in c.intervals))
+    return hands_schedule(right, left)
+
+
+def _press(by_step: dict[int, list[tuple[int, ...]]], step: int, number: int) -> None:
+    """The player's button on CC ``number``: pressed at ``step``, released two steps later."""
+    by_step.setdefault(step, []).append((0xB0, number, 127))
+    by_step.setdefault(step + 2, []).append((0xB0, number, 0))
+
+
 def test_band_arranger_fill_break_ending_land_on_bar_lines(
     start_daemon: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Fill (OSC) cued in bar 1 plays in bar 2 with a crash on bar 3's line; break (a CC from the player's
     controller) cued in bar 3 silences bar 4; ending (OSC) cued in bar 5 ends bar 6 on the root, then silence
     until the left hand strikes a chord again in bar 9 (bars counted from 1)."""
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
-    user = tmp_path / "xdg" / "rtgen" / "config.toml"
-    user.parent.mkdir(parents=True)
-    user.write_text(f"[cc]\nband_break = {BREAK_CC}\n")
+    _user_cc(tmp_path, monkeypatch, "band_break", BREAK_CC)
     bars = 10
     steps = bars * BAR
-    progression = {0: "C", 1: "F", 2: "G", 3: "C", 4: "Am", 5: "F", 8: "G", 9: "C"}  # bars 7-8: F held
-    right: list[int | None] = [None] * steps
-    left: list[tuple[int, ...] | None] = [None] * steps
-    for b in range(steps // STEPS_PER_BEAT):
-        right[b * STEPS_PER_BEAT] = 72 + (b * 2) % 7
-    for bar, name in progression.items():
-        c = ct.Chord.parse(name)
-        left[bar * BAR] = tuple(sorted(48 + (c.root + i) % 12 for i in c.intervals))
-    by_step = hands_schedule(right, left)
-    by_step.setdefault(2 * BAR + 6, []).append((0xB0, BREAK_CC, 127))  # the player's button: break
-    by_step.setdefault(2 * BAR + 8, []).append((0xB0, BREAK_CC, 0))
+    by_step = _bar_hands(bars, {0: "C", 1: "F", 2: "G", 3: "C", 4: "Am", 5: "F", 8: "G", 9: "C"})  # 7-8: F held
+    _press(by_step, 2 * BAR + 6, BREAK_CC)
     d = start_daemon("--mode", "band", "--clock", "midi")
     peer = Peer(d.osc_port)
     seen: dict[str, Any] = {}
@@ -172,3 +200,73 @@ def test_band_arranger_fill_break_ending_land_on_bar_lines(
         f"arranger: crash after the fill at {[(t - bar_t[2]) / 1e6 for t in crashes]} ms from bar 3's line; "
         f"break bar silent; ending on {bass_end}; back {(again[0][0] - bar_t[8]) / 1e6:.1f} ms from bar 9's line"
     )
+
+
+INTRO_CC = 21
+
+
+def test_band_sync_start_intro_and_variation_b_land_on_bar_lines(
+    start_daemon: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sync start (OSC) before the music; intro (a CC) cued in bar 1 plays bars 2-3; the left hand's first chord on
+    bar 4's line brings in bass and comping; variation B (OSC) cued in bar 5 plays from bar 6's line. The daemon's
+    drums (seed 1) are the offline drummer's, bar by bar, with the intro and the variation on those bars."""
+    _user_cc(tmp_path, monkeypatch, "band_intro", INTRO_CC)
+    bars = 8
+    steps = bars * BAR
+    by_step = _bar_hands(bars, {3: "C", 4: "F", 5: "G", 6: "C", 7: "F"}, tune_from=3)
+    _press(by_step, 6, INTRO_CC)
+    d = start_daemon("--mode", "band", "--clock", "midi")
+    peer = Peer(d.osc_port)
+    seen: dict[str, Any] = {}
+
+    def during(step_ticks: list[int]) -> None:
+        wait_until_ns(step_ticks[12])
+        seen["intro"] = status(peer)["band_cued"]
+        wait_until_ns(step_ticks[4 * BAR + 6])
+        peer.send("/rtgen/band/variation_b")
+        wait_until_ns(step_ticks[4 * BAR + 10])
+        seen["variation"] = status(peer)["band_cued"]
+
+    try:
+        d.wait_playing()
+        peer.send("/rtgen/band/sync")
+        assert wait_status(peer, "band_waiting", True)["band_waiting"] is True
+        events, ticks, _ = perform(d, by_step, steps, during)
+        finish(d)
+    finally:
+        peer.close()
+    assert seen == {"intro": {"2": "intro", "3": "intro"}, "variation": {"6": "variation_b"}}, seen
+    step_ns = ticks[1] - ticks[0]
+    half = step_ns // 2
+    bar_t = [ticks[b * BAR] for b in range(bars)]
+    assert not _ons_between(events, 0, bar_t[1] - half), "sync start: nothing before the intro's bar line"
+    drums = _ons_between(events, 0, ticks[-1], DRUMS)
+    assert drums and abs(drums[0][0] - bar_t[1]) < half, (drums[:2], bar_t[1])
+    assert not _ons_between(events, 0, bar_t[3] - half, BASS) and not _ons_between(events, 0, bar_t[3] - half, CHORDS)
+    bass_in = _ons_between(events, bar_t[3] - half, bar_t[3] + half, BASS)
+    assert bass_in and bass_in[0][1][1] % 12 == 0, bass_in
+
+    # the drums bar by bar: recorded (step in bar, key) against the offline drummer with the same cues
+    from rtgen.patterns.drums import Drummer
+
+    recorded: dict[int, set[tuple[int, int]]] = {}
+    for t, m in drums:
+        s = round((t - ticks[0]) / step_ns)
+        recorded.setdefault(s // BAR, set()).add((s % BAR, m[1]))
+    drummer = Drummer(1)
+    drummer.cue_fill(2)
+    expected: dict[int, set[tuple[int, int]]] = {}
+    for bar in range(1, bars):
+        drummer.variation = "B" if bar >= 5 else "A"
+        density = 0.5 if bar in (1, 2) else 1.5 if bar >= 5 else 1.0
+        expected[bar] = {(p, k) for p in range(BAR) for k, _ in drummer.hits(bar, p, BAR, STEPS_PER_BEAT, density)}
+    off = [bar for bar in range(1, bars) if recorded.get(bar, set()) != expected[bar]]
+    busier = sum(len(expected[b]) for b in (5, 6)), sum(len(expected[b]) for b in (3, 4))
+    print(f"sync/intro/variation: drums first at {(drums[0][0] - bar_t[1]) / 1e6:.1f} ms from bar 2's line; bass "
+          f"in at {(bass_in[0][0] - bar_t[3]) / 1e6:.1f} ms from bar 4's; hits in bars 6-7 (B) {busier[0]} against "
+          f"bars 4-5 (A) {busier[1]}; bars whose drums differ from the offline drummer's: {off}")  # fmt: skip
+    assert not off, {b: (sorted(recorded.get(b, set()) ^ expected[b])) for b in off}
+    assert recorded[5] != recorded[4]
+    assert not note_ons([m for _, m in events], MELODY)
+    assert not sounding_notes([m for _, m in events]), "no stuck note (real note-offs only)"
