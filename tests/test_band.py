@@ -121,7 +121,7 @@ def test_fill_plays_in_the_next_bar_only(model: Model) -> None:
     assert any(s < 4 * BAR for s in differ), "the fill is in the cued bar (the drummer's draws differ after it)"
 
 
-def test_ending_ends_on_the_root_and_stops_until_the_next_chord(model: Model) -> None:
+def test_ending_cadences_on_the_last_chord_and_stops_until_the_next_chord(model: Model) -> None:
     def cue(band: Band, nxt: Position, s: int) -> None:
         if s == 41:
             assert band.cue("ending", nxt) == 3
@@ -129,10 +129,12 @@ def test_ending_ends_on_the_root_and_stops_until_the_next_chord(model: Model) ->
     changes = {s: c for s, c in CHANGES.items() if s < 48} | {72: "F"}
     played = _play(model, 96, changes, before=cue)
     sounding = _sounding_by_step(played)
-    # the ending bar (3): Am struck at step 40 holds; the bass's root from its downbeat on, held
-    bass_ons = [(s, e.pitch) for s in range(3 * BAR, 4 * BAR) for e in played[s][1] if e.part == "bass" and e.on]
-    assert bass_ons and {p % 12 for _, p in bass_ons} == {ct.Chord.parse("Am").root}
-    assert bass_ons[0][0] == 3 * BAR
+    # the ending bar (3), a cadence on Am (struck at step 40): E7 on its downbeat, Am from the middle, the bass on
+    # each root where it starts, the last held
+    bass_ons = [(s, e.pitch % 12) for s in range(3 * BAR, 4 * BAR) for e in played[s][1] if e.part == "bass" and e.on]
+    assert bass_ons == [(3 * BAR, 4), (3 * BAR + BAR // 2, 9)], bass_ons
+    comping = sorted({e.pitch % 12 for e in played[3 * BAR][1] if e.part == "chords" and e.on})
+    assert set(comping) <= set(ct.Chord.parse("E7").pitch_classes), comping
     # then silence, every note released, until the left hand strikes F at step 72
     for s in range(4 * BAR, 72):
         assert not any(e.on for e in played[s][1]), s
@@ -198,3 +200,13 @@ def test_intro_starts_a_waiting_band_with_sparse_drums_and_a_fill(model: Model) 
     assert 49 in crash or 57 in crash, "a fill in the intro's last bar: a crash on the bar line after it"
     assert not any(e.part in ("bass", "chords") for _, ev in played[: 3 * BAR] for e in ev), "no chord yet"
     assert {e.part for e in played[3 * BAR][1] if e.on} >= {"bass", "chords"}, "the left hand's chord comes in"
+
+
+def test_the_ending_cadences_on_a_chord_struck_on_its_downbeat(model: Model) -> None:
+    def cue(band: Band, nxt: Position, s: int) -> None:
+        if s == 41:
+            band.cue("ending", nxt)
+
+    played = _play(model, 4 * BAR, {0: "C", 16: "G", 48: "F"}, before=cue)  # F struck on the ending's line
+    bass_ons = [(s, e.pitch % 12) for s in range(3 * BAR, 4 * BAR) for e in played[s][1] if e.part == "bass" and e.on]
+    assert bass_ons == [(3 * BAR, 0), (3 * BAR + BAR // 2, 5)], "C7 under the player's F, then F"

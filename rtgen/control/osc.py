@@ -466,8 +466,9 @@ class OscControl:
 
     @osc_handler("band/ending")
     def band_ending(self, sender: tuple[str, int] | None) -> None:
-        """Band mode: the next bar is the last (the bass ends on the root and holds it, the drummer fills), then
-        the band stops until your left hand strikes a chord again."""
+        """Band mode: the next bar is the last, a cadence on your left hand's chord (its dominant seventh, then
+        the chord, the bass ending on its root; the drummer fills), then the band stops until you strike a chord
+        again."""
         self.controller.cue_band("ending")
 
     @osc_handler("density", setting(GenerationConfig, "density", "f"))

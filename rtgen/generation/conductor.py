@@ -36,7 +36,7 @@ from typing import Protocol
 from rtgen import contract as ct
 from rtgen.config import AccompanyConfig, CallResponseConfig, ImproviseConfig, check_mode
 from rtgen.generation.engine import Steer
-from rtgen.generation.keys import estimate_key
+from rtgen.generation.keys import dominant_chord, estimate_key
 from rtgen.timing.transport import Position
 
 _ALL = frozenset(("melody", "chords", "bass", "drums"))
@@ -103,6 +103,10 @@ class Plan:
         density_scale: the step plays at the parameters' density times this (the drummer's busyness).
         variation: the band's arrangement, ``"A"`` or ``"B"`` (the drummer's groove: see
             :attr:`rtgen.patterns.drums.Drummer.variation`).
+        chord: with ``observe_chords``, the chord token the conductor plays at this step instead of the player's
+            (the band's ending cadence).
+        dominant: the step plays the dominant seventh of the left hand's chord struck here, else of ``chord``
+            (the cadence's first chord).
     """
 
     observe_melody: bool = False
@@ -123,12 +127,22 @@ class Plan:
     sync: bool = False
     density_scale: float = 1.0
     variation: str = "A"
+    chord: int | None = None
+    dominant: bool = False
 
     def voicing(self, heard: Heard) -> frozenset[str]:
         """The parts rtgen plays at this step, given what the player did (``sync``: none before a chord)."""
         if self.sync and heard.left_struck < ct.CHORD_OFFSET:
             return _NONE
         return self.voiced
+
+    def _chord(self, heard: Heard) -> int:
+        if self.dominant:
+            tonic = heard.left_struck if heard.left_struck >= ct.CHORD_OFFSET else self.chord
+            return ct.CHORD_HOLD if tonic is None else dominant_chord(ct.Key(ct.Chord.from_token(tonic).root))
+        if self.chord is not None:
+            return self.chord
+        return heard.left_struck if self.left_chords else heard.chord
 
     def steering(self, heard: Heard, fit: float = 0.0) -> Steer:
         """How the engine is steered at this step, given what the player did (``fit``: the harmoniser's bonus for
@@ -137,7 +151,7 @@ class Plan:
         return Steer(
             melody=melody,
             velocity=heard.velocity if self.observe_melody else None,
-            chord=(heard.left_struck if self.left_chords else heard.chord) if self.observe_chords else None,
+            chord=self._chord(heard) if self.observe_chords else None,
             harmonise=self.harmonise and melody is not None,
             fit=fit if self.harmonise else 0.0,
             tone_fit=self.tone_fit,
@@ -356,8 +370,9 @@ BAND_CONTROLS = ("sync", "intro", "fill", "variation_a", "variation_b", "break",
 * ``variation_a`` / ``variation_b``: the arrangement from the next bar on: A as configured, B busier (density x
   :data:`VARIATION_B_DENSITY`) on the drum style's other groove;
 * ``break``: one bar of silence (every note released on its line), then the band goes on;
-* ``ending``: the last bar (the bass ends on the root and holds it, the drummer fills), then the band stops and
-  starts again, as with ``sync``, with the next chord the player strikes.
+* ``ending``: the last bar, a cadence on the left hand's last chord as the tonic: its dominant seventh on the
+  downbeat, the tonic from the middle of the bar, the bass ending on its root and holding it, the drummer filling;
+  then the band stops and starts again, as with ``sync``, with the next chord the player strikes.
 """
 
 INTRO_BARS = 2
@@ -386,6 +401,8 @@ class Band:
         self._cues: dict[int, str] = {}  # bar -> the control landing on it (an intro: each of its bars)
         self._switch: tuple[int, str] | None = None  # (bar, variation) cued
         self._plans = {v: self._plans_for(v) for v in ("A", "B")}
+        self._tonic = ct.CHORD_NC  # the left hand's last chord: the ending's tonic
+        self._cadence: dict[tuple[str, int, bool], Plan] = {}
 
     @staticmethod
     def _plans_for(variation: str) -> dict[str, Plan]:
@@ -443,13 +460,30 @@ class Band:
         if control == "intro":
             return plans["intro" if self._cues.get(pos.bar + 1) == "intro" else "intro_end"]
         if control == "ending":
-            return plans["ending"]
+            return self._ending(plans["ending"], pos)
         if self.waiting:
             return plans["waiting"]
         return plans.get(control or "play", plans["play"])
 
+    def _ending(self, plan: Plan, pos: Position) -> Plan:
+        """The ending bar's plan at ``pos``: on the downbeat the dominant seventh of the left hand's chord (struck
+        there, else the last), that chord from the middle of the bar on."""
+        if pos.position == 0:
+            key = (plan.variation, self._tonic, True)
+        elif pos.position == pos.bar_steps // 2 and self._tonic != ct.CHORD_NC:
+            key = (plan.variation, self._tonic, False)
+        else:
+            return plan
+        found = self._cadence.get(key)
+        if found is None:
+            tonic = None if self._tonic == ct.CHORD_NC else self._tonic
+            found = self._cadence[key] = dataclasses.replace(plan, chord=tonic, dominant=key[2])
+        return found
+
     def heard(self, pos: Position, heard: Heard) -> None:
         """Start on the player's chord when waiting; at the end of a bar, take what was cued for it."""
+        if heard.left_struck >= ct.CHORD_OFFSET:
+            self._tonic = heard.left_struck
         if self.waiting and (heard.left_struck >= ct.CHORD_OFFSET or self._cues.get(pos.bar) == "intro"):
             self.waiting = False
         if pos.position != pos.bar_steps - 1:
