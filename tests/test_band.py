@@ -210,3 +210,15 @@ def test_the_ending_cadences_on_a_chord_struck_on_its_downbeat(model: Model) -> 
     played = _play(model, 4 * BAR, {0: "C", 16: "G", 48: "F"}, before=cue)  # F struck on the ending's line
     bass_ons = [(s, e.pitch % 12) for s in range(3 * BAR, 4 * BAR) for e in played[s][1] if e.part == "bass" and e.on]
     assert bass_ons == [(3 * BAR, 0), (3 * BAR + BAR // 2, 5)], "C7 under the player's F, then F"
+
+
+def test_a_stop_forgets_the_cues_but_not_sync_start() -> None:
+    band = Band()
+    band.cue("fill", Position(5, 0, 5))
+    band.cue("variation_b", Position(5, 0, 5))
+    band.cue("sync", Position(5, 0, 5))
+    band.cue("break", Position(20, 1, 4))
+    assert band.cued == {1: "variation_b", 2: "break"}
+    band.forget_cues()
+    assert band.cued == {} and band.waiting
+    assert band.plan(Position(32, 2, 0)).sync

@@ -499,6 +499,11 @@ class Band:
         """Never."""
         return False
 
+    def forget_cues(self) -> None:
+        """Drop what was cued (the transport stopped: its bar numbers start again); sync start stays armed."""
+        self._cues.clear()
+        self._switch = None
+
 
 def needs_harmoniser(mode: str) -> bool:
     """Whether ``mode``'s conductor asks the engine to harmonise the player's melody (a contract-v2 model)."""

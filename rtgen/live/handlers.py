@@ -101,6 +101,7 @@ class Handling(LoopState):
             self.scheduler.stop()
             self._release_voicer()
             self.clock_out.stop(now)
+            self._forget_cues()
         self.source.request_stop(now)
 
     def _on_panic(self, cmd: Panic) -> None:
@@ -285,6 +286,12 @@ class Handling(LoopState):
             self.on_cc_changed(self.tracker.mapping.config)
 
     # --- helpers -----------------------------------------------------------------------------------------
+    def _forget_cues(self) -> None:
+        """The transport stopped or moved: the band's cued bars mean nothing any more."""
+        band = self.performer.conductor
+        if isinstance(band, Band):
+            band.forget_cues()
+
     def _release_voicer(self) -> None:
         # the scheduler's book has already sent the offs; this only resets the voicer's own state
         try:

@@ -157,3 +157,6 @@ class LoopState:
 
     def _learned(self, name: str) -> None:
         raise NotImplementedError
+
+    def _forget_cues(self) -> None:
+        raise NotImplementedError
