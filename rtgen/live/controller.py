@@ -165,8 +165,15 @@ class Controller:
 
     def cue_band(self, control: str) -> None:
         """Cue band mode's arranger control ``control`` on the next bar line (one of
-        :data:`rtgen.generation.conductor.BAND_CONTROLS`; another mode answers with an error)."""
-        self._live().command(CueBand(control))
+        :data:`rtgen.generation.conductor.BAND_CONTROLS`).
+
+        Raises:
+            ValueError: the mode is not band.
+        """
+        loop = self._live()
+        if loop.mode != "band":
+            raise ValueError(f"{control} is an arranger control of band mode; the mode is {loop.mode}")
+        loop.command(CueBand(control))
 
     def learn(self, name: str, done: Callable[[int], None] | None = None) -> None:
         """Arm MIDI learn for control ``name``: the next CC the player moves is mapped to it (live at once, then

@@ -191,8 +191,11 @@ class Handling(LoopState):
 
     def _on_cue_band(self, cmd: CueBand) -> None:
         band = self.performer.conductor
-        if not isinstance(band, Band):
-            raise RtgenError(f"/rtgen/band/{cmd.control} is an arranger control of band mode; the mode is {self.mode}")
+        if not isinstance(band, Band):  # the mode changed since it was sent, or a CC in another mode: told, not raised
+            log.info("band: %s ignored in mode %s", cmd.control, self.mode)
+            if self.feedback is not None:
+                self.feedback.error(f"{cmd.control} is an arranger control of band mode; the mode is {self.mode}")
+            return
         bar = band.cue(cmd.control, self.transport.peek())
         log.info("band: %s cued for bar %d", cmd.control, bar + 1)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 
 from rtgen.config import PART_NAMES
-from rtgen.errors import RtgenError
 from rtgen.input.tracker import LEARNED
 from rtgen.live.commands import CueBand, Panic, SetMode, SetSwing
 from rtgen.live.state import LoopState
@@ -91,11 +90,7 @@ class Listening(LoopState):
         elif name == "panic":
             self._apply(Panic())
         elif name.startswith("band_"):
-            try:
-                self._apply(CueBand(name.removeprefix("band_")))
-            except RtgenError as err:  # the band's controls in another mode: told, not fatal
-                if self.feedback is not None:
-                    self.feedback.error(str(err))
+            self._apply(CueBand(name.removeprefix("band_")))
         elif name == "mode":
             self._apply(SetMode(str(value)))
         elif name == "swing":
