@@ -230,6 +230,8 @@ def test_band_sync_start_intro_and_variation_b_land_on_bar_lines(
         peer.send("/rtgen/band/variation_b")
         wait_until_ns(step_ticks[4 * BAR + 10])
         seen["variation"] = status(peer)["band_cued"]
+        wait_until_ns(step_ticks[5 * BAR + 8])
+        seen["playing"] = status(peer)["band_variation"]
 
     try:
         d.wait_playing()
@@ -239,7 +241,7 @@ def test_band_sync_start_intro_and_variation_b_land_on_bar_lines(
         finish(d)
     finally:
         peer.close()
-    assert seen == {"intro": {"2": "intro", "3": "intro"}, "variation": {"6": "variation_b"}}, seen
+    assert seen == {"intro": {"2": "intro", "3": "intro"}, "variation": {"6": "variation_b"}, "playing": "B"}, seen
     step_ns = ticks[1] - ticks[0]
     half = step_ns // 2
     bar_t = [ticks[b * BAR] for b in range(bars)]

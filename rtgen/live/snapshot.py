@@ -60,6 +60,7 @@ def snapshot(
         "section_cued_bar": cued[1] + 1 if cued is not None else None,
         "band_waiting": band.waiting if isinstance(band, Band) else None,  # sync start, or after an ending
         "band_cued": {str(bar + 1): control for bar, control in sorted(band_cues.items())},
+        "band_variation": band.variation if isinstance(band, Band) else None,
         "temperature": params.temperature,
         "top_p": params.top_p,
         "density": params.density,
