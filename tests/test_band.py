@@ -222,3 +222,13 @@ def test_a_stop_forgets_the_cues_but_not_sync_start() -> None:
     band.forget_cues()
     assert band.cued == {} and band.waiting
     assert band.plan(Position(32, 2, 0)).sync
+
+
+def test_the_ending_in_three_four_resolves_on_the_second_beat() -> None:
+    band = Band()
+    band.heard(Position(0, 0, 0, 12, 4), Heard(left=ct.Chord.parse("G").token, left_struck=ct.Chord.parse("G").token))
+    band.cue("ending", Position(1, 0, 1, 12, 4))
+    plans = [band.plan(Position(12 + p, 1, p, 12, 4)) for p in range(12)]
+    cadence = [(p, plan.dominant, plan.chord) for p, plan in enumerate(plans) if plan.dominant or plan.chord]
+    assert cadence == [(0, True, ct.Chord.parse("G").token), (4, False, ct.Chord.parse("G").token)]
+    assert plans[0].steering(Heard()).chord == ct.Chord.parse("D7").token

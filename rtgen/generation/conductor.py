@@ -467,10 +467,12 @@ class Band:
 
     def _ending(self, plan: Plan, pos: Position) -> Plan:
         """The ending bar's plan at ``pos``: on the downbeat the dominant seventh of the left hand's chord (struck
-        there, else the last), that chord from the middle of the bar on."""
+        there, else the last), that chord from the counted beat in the middle of the bar on (4/4: the third, 3/4:
+        the second)."""
+        beat = max(1, pos.beat_steps)
         if pos.position == 0:
             key = (plan.variation, self._tonic, True)
-        elif pos.position == pos.bar_steps // 2 and self._tonic != ct.CHORD_NC:
+        elif pos.position == pos.bar_steps // beat // 2 * beat and self._tonic != ct.CHORD_NC:  # on a counted beat
             key = (plan.variation, self._tonic, False)
         else:
             return plan
