@@ -25,7 +25,7 @@ from rtgen.errors import ConfigError
 
 PART_NAMES = ("melody", "chords", "bass", "drums")
 BACKENDS = ("auto", "alsa", "jack", "coremidi", "winmm")
-MODES = ("autonomous", "accompany", "improvise", "call-and-response")
+MODES = ("autonomous", "accompany", "improvise", "call-and-response", "band")
 CLOCK_SOURCES = ("internal", "midi", "link")
 
 
@@ -261,6 +261,14 @@ class CcConfig:
     swing: int = field(default=0, metadata=_range(0, 119))
     mode: int = field(default=85, metadata=_range(0, 119))  # 0..127 in four ranges, one per mode
     panic: int = field(default=102, metadata=_range(0, 119))  # any value >= 64
+    # band mode's arranger controls, each on the next bar line when its CC rises through 64 (a button or pedal)
+    band_sync: int = field(default=0, metadata=_range(0, 119))
+    band_intro: int = field(default=0, metadata=_range(0, 119))
+    band_fill: int = field(default=0, metadata=_range(0, 119))
+    band_variation_a: int = field(default=0, metadata=_range(0, 119))
+    band_variation_b: int = field(default=0, metadata=_range(0, 119))
+    band_break: int = field(default=0, metadata=_range(0, 119))
+    band_ending: int = field(default=0, metadata=_range(0, 119))
 
 
 CC_CONTROLS = tuple(f.name for f in dataclasses.fields(CcConfig))

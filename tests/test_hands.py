@@ -89,6 +89,18 @@ def hands_schedule(
     return out
 
 
+def tune_schedule(tune: dict[str, Any]) -> dict[int, list[Message]]:
+    """:func:`hands_schedule` of a tune from :func:`test_playalong.load_tune`: its melody in the right hand, its
+    human chords in the left (struck where the data strikes them, voiced under C3)."""
+    right: list[int | None] = [
+        REST if t == ct.MEL_REST else None if t == ct.MEL_HOLD else ct.melody_pitch(t) for t in tune["melody"].tolist()
+    ]
+    left: list[tuple[int, ...] | None] = [
+        None if t == ct.CHORD_HOLD else tuple(sorted(36 + pc for pc in token_pcs(t))) for t in tune["chord"].tolist()
+    ]
+    return hands_schedule(right, left, [ct.bin_velocity(int(v)) for v in tune["velocity"]])
+
+
 def perform(d: Any, by_step: dict[int, list[Message]], steps: int,
             during: Any = None) -> tuple[Events, list[int], Keyboard]:  # fmt: skip
     """Play ``by_step`` on a 24-ppqn clock at :data:`BPM` into daemon ``d``; returns rtgen's output, the step ticks'
@@ -178,16 +190,10 @@ def test_two_hands_a_nottingham_tune_over_its_own_chords(start_daemon: Any) -> N
     right hand its melody: rtgen's chords are the left hand's, and hold the melody's notes as often as they do."""
     bars = 4
     tune = load_tune(bars)
-    melody, velocity, chord, position = tune["melody"], tune["velocity"], tune["chord"], tune["position"]
+    melody, chord, position = tune["melody"], tune["chord"], tune["position"]
     steps = melody.size
-    right: list[int | None] = [
-        REST if t == ct.MEL_REST else None if t == ct.MEL_HOLD else ct.melody_pitch(t) for t in melody.tolist()
-    ]
-    left: list[tuple[int, ...] | None] = [
-        None if t == ct.CHORD_HOLD else tuple(sorted(36 + pc for pc in token_pcs(t))) for t in chord.tolist()
-    ]
     human = ct.resolve_holds(chord, ct.CHORD_HOLD, ct.CHORD_NC)
-    by_step = hands_schedule(right, left, [ct.bin_velocity(int(v)) for v in velocity])
+    by_step = tune_schedule(tune)
     d = start_daemon("--mode", "accompany", "--clock", "midi")
     events, step_ticks, _ = perform(d, by_step, steps)
     finish(d)

@@ -323,6 +323,7 @@ def test_the_page_shows_the_roll_moving_and_its_clicks_steer_the_daemon(
             want = {**playing["parts"], "drums": {**playing["parts"]["drums"], "enabled": False}}
             muted = wait_status(peer, "parts", want, timeout=5)
             slider = page.locator("input[data-address='/rtgen/temperature']")
+            slider.scroll_into_view_if_needed()  # a mouse click at coordinates hits only what the viewport shows
             box = slider.bounding_box()
             assert box is not None
             page.mouse.click(box["x"] + 0.8 * box["width"], box["y"] + box["height"] / 2)
@@ -458,12 +459,19 @@ def test_the_page_learn_buttons_arm_show_the_cc_and_unlearn() -> None:
             page.wait_for_function(
                 "document.querySelector(\"button[data-learn='temperature']\").textContent == 'learn'"
             )
+            page.click("button[data-address='/rtgen/band/fill']")  # the Band card: a button, MIDI learn beside it
+            page.click("button[data-learn='band_fill']")
+            deadline = time.monotonic() + 5
+            while ("learn", ("band_fill",)) not in ctl.calls and time.monotonic() < deadline:
+                time.sleep(0.05)
             browser.close()
     finally:
         server.close()
         feedback.close()
     assert errors == [], errors
-    assert [c for c in ctl.calls if c[0] in ("learn", "unlearn")] == [
+    assert [c for c in ctl.calls if c[0] in ("learn", "unlearn", "cue_band")] == [
         ("learn", ("temperature",)),
         ("unlearn", ("temperature",)),
+        ("cue_band", ("fill",)),
+        ("learn", ("band_fill",)),
     ]

@@ -34,7 +34,7 @@ import numpy as np
 from rtgen import contract as ct
 from rtgen.generation.conductor import Heard, Plan
 from rtgen.generation.engine import Engine, Params, Step
-from rtgen.generation.keys import estimate_key
+from rtgen.generation.keys import dominant_chord, estimate_key
 from rtgen.timing.transport import Position, Transport
 
 INTRO = "intro"
@@ -44,7 +44,6 @@ CUES = ("phrase", "bar")
 MAX_SECTION_NAME = 32
 MAX_FORM_BARS = 4096
 INTRO_DENSITY = 0.15  # multiplies the intro's odds of a melody onset: the key is heard, not yet a tune
-DOMINANT_SEVENTH = next(i for i, (name, _) in enumerate(ct.QUALITIES) if name == "7")
 MAJOR_TRIAD = next(i for i, (name, _) in enumerate(ct.QUALITIES) if name == "")
 MINOR_TRIAD = next(i for i, (name, _) in enumerate(ct.QUALITIES) if name == "m")
 
@@ -114,11 +113,6 @@ def tonic_chord(key: ct.Key) -> int:
     """The tonic triad's chord token (minor when the scale has a minor third)."""
     minor = 3 in ct.SCALES[key.scale] and 4 not in ct.SCALES[key.scale]
     return ct.Chord(key.tonic, MINOR_TRIAD if minor else MAJOR_TRIAD).token
-
-
-def dominant_chord(key: ct.Key) -> int:
-    """The dominant seventh's chord token (V7, also in minor keys: the leading tone pulls to the tonic)."""
-    return ct.Chord((key.tonic + 7) % 12, DOMINANT_SEVENTH).token
 
 
 # A stored step: raw melody token, MIDI velocity, raw chord token, resolved chord, sounding pitch (-1: none).

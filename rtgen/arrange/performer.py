@@ -21,7 +21,7 @@ import numpy.typing as npt
 
 from rtgen import contract as ct
 from rtgen.arrange.voicing import NoteEvent, Voicer
-from rtgen.config import PART_NAMES, Config, PartsConfig
+from rtgen.config import PART_NAMES, Config, GenerationConfig, PartsConfig, field_range
 from rtgen.generation.conductor import NOBODY, Conductor, Heard, Plan, make_conductor, needs_harmoniser
 from rtgen.generation.engine import Engine, Params, Step
 from rtgen.generation.model import Model
@@ -46,7 +46,7 @@ class Performer:
         self._voiced: frozenset[str] = frozenset(PART_NAMES)
         self.fit = conductor.fit
         engine.follow_harmony = conductor.mode == "call-and-response"  # it answers, then harmonises again
-        self._scaled_cache: tuple[Params, float, Params] | None = None
+        self._adjusted_cache: tuple[Params, tuple[float, float], Params] | None = None
 
     @property
     def mode(self) -> str:
@@ -69,12 +69,16 @@ class Performer:
         """The conductor's plan for ``pos``."""
         return self.conductor.plan(pos)
 
-    def _scaled(self, params: Params, scale: float) -> Params:
-        cached = self._scaled_cache
-        if cached is not None and cached[0] is params and cached[1] == scale:
+    def _adjusted(self, params: Params, plan: Plan) -> Params:
+        """``params`` at the plan's temperature and density scales (cached: a plan keeps its scales for many steps)."""
+        scales = (plan.temperature_scale, plan.density_scale)
+        cached = self._adjusted_cache
+        if cached is not None and cached[0] is params and cached[1] == scales:
             return cached[2]
-        out = dataclasses.replace(params, temperature=max(0.05, params.temperature * scale))
-        self._scaled_cache = (params, scale, out)
+        lo, hi = field_range(GenerationConfig, "density")
+        out = dataclasses.replace(params, temperature=max(0.05, params.temperature * scales[0]),
+                                  density=min(hi, max(lo, params.density * scales[1])))  # fmt: skip
+        self._adjusted_cache = (params, scales, out)
         return out
 
     def _effective(self, voiced: frozenset[str]) -> PartsConfig:
@@ -116,12 +120,14 @@ class Performer:
         plan = plan if plan is not None else self.conductor.plan(pos)
         if plan.key is not None and params.key is None:
             params = dataclasses.replace(params, key=plan.key)
-        if plan.temperature_scale != 1.0:
-            params = self._scaled(params, plan.temperature_scale)
+        if plan.temperature_scale != 1.0 or plan.density_scale != 1.0:
+            params = self._adjusted(params, plan)
+        self.voicer.drummer.variation = plan.variation
         step = self.engine.step(params, at=pos, steer=plan.steering(heard, self.fit))
         self.conductor.heard(pos, heard)
-        offs = self._voice_only(plan.voiced)
-        events = self.voicer.voice(step, params, section_start=section_start, section_end=section_end, ending=ending)
+        offs = self._voice_only(plan.voicing(heard))
+        fill, ending = section_end or plan.fill, ending or plan.ending
+        events = self.voicer.voice(step, params, section_start=section_start, section_end=fill, ending=ending)
         return step, offs + events if offs else events
 
 

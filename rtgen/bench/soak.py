@@ -4,7 +4,7 @@
 JACK server, a JACK recorder (the daemon's output, with JACK frame times), a player (an rtmidi
 client on the daemon's input: two bars of a melody over a held triad, then two bars of rest, so that
 every mode has something to follow and answer), and the daemon at 200 BPM with OSC. The mode
-changes in turn (autonomous, accompany, improvise, call-and-response, each for a quarter of the
+changes in turn (autonomous, accompany, improvise, call-and-response, band: each for a fifth of the
 run); every second a random OSC change (temperature, top-p, density, key, instrument, volume,
 pan); every 10 s a ``/rtgen/status`` and a reading of the daemon's private memory.
 

@@ -39,7 +39,8 @@ def register(subparsers: Any) -> None:
         "--mode",
         choices=MODES,
         help="playing mode (config: daemon.mode): autonomous plays alone; accompany follows your melody with "
-        "chords and bass; improvise plays a melody over your chords; call-and-response answers your phrases",
+        "chords and bass; improvise plays a melody over your chords; call-and-response answers your phrases; "
+        "band plays bass, drums and comping on your left hand's chords",
     )
     p.add_argument("--backend", choices=BACKENDS, help="MIDI API (config: midi.backend); auto = platform default")
     p.add_argument("--midi-out", metavar="NAME", help="connect to an existing output port by substring (midi.out)")

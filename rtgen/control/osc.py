@@ -91,6 +91,7 @@ class Controller(Protocol):
     def record_start(self, name: str) -> Path: ...
     def set_section(self, name: str) -> None: ...
     def set_split(self, split: str) -> None: ...
+    def cue_band(self, control: str) -> None: ...
     def record_stop(
         self, reply: Callable[[str], None] | None = None, written: Callable[[str], None] | None = None
     ) -> None: ...
@@ -363,7 +364,8 @@ class OscControl:
     @osc_handler("mode", setting(DaemonConfig, "mode", "s"))
     def mode(self, sender: tuple[str, int] | None, mode: str) -> None:
         """Mode: autonomous, accompany (your melody, rtgen's chords and bass), improvise (your chords,
-        rtgen's melody) or call-and-response; switches with every note released."""
+        rtgen's melody), call-and-response or band (your left hand's chords, rtgen's bass, drums and comping);
+        switches with every note released."""
         try:
             self.controller.set_mode(mode)
         except (ValueError, RtgenError) as err:  # e.g. a model without a harmoniser cannot accompany
@@ -425,6 +427,52 @@ class OscControl:
             self.controller.set_split(note)
         except ValueError as err:
             raise OscArgError(str(err)) from err
+
+    def _cue_band(self, control: str) -> None:
+        try:
+            self.controller.cue_band(control)
+        except ValueError as err:  # another mode
+            raise OscArgError(str(err)) from err
+
+    @osc_handler("band/sync")
+    def band_sync(self, sender: tuple[str, int] | None) -> None:
+        """Band mode, sync start: the band stops now (every note released) and starts again with the next chord
+        your left hand strikes."""
+        self._cue_band("sync")
+
+    @osc_handler("band/intro")
+    def band_intro(self, sender: tuple[str, int] | None) -> None:
+        """Band mode: two bars of intro from the next bar line (sparse drums under your left hand's chord, a fill
+        into the bar after); it also starts a band waiting for your chord."""
+        self._cue_band("intro")
+
+    @osc_handler("band/variation_a")
+    def band_variation_a(self, sender: tuple[str, int] | None) -> None:
+        """Band mode: variation A (the configured density and groove) from the next bar line."""
+        self._cue_band("variation_a")
+
+    @osc_handler("band/variation_b")
+    def band_variation_b(self, sender: tuple[str, int] | None) -> None:
+        """Band mode: variation B from the next bar line: busier drums (density x1.5) on the drum style's other
+        groove."""
+        self._cue_band("variation_b")
+
+    @osc_handler("band/fill")
+    def band_fill(self, sender: tuple[str, int] | None) -> None:
+        """Band mode: the drummer plays a fill in the next bar (from its bar line) and a crash on the one after."""
+        self._cue_band("fill")
+
+    @osc_handler("band/break")
+    def band_break(self, sender: tuple[str, int] | None) -> None:
+        """Band mode: one bar of silence from the next bar line (every note released), then the band goes on."""
+        self._cue_band("break")
+
+    @osc_handler("band/ending")
+    def band_ending(self, sender: tuple[str, int] | None) -> None:
+        """Band mode: the next bar is the last, a cadence on your left hand's chord (its dominant seventh, then
+        the chord, the bass ending on its root; the drummer fills), then the band stops until you strike a chord
+        again."""
+        self._cue_band("ending")
 
     @osc_handler("density", setting(GenerationConfig, "density", "f"))
     def density(self, sender: tuple[str, int] | None, value: float) -> None:

@@ -15,16 +15,20 @@ accompany          observed (top)      harmonised, voiced voiced      yes
 improvise          sampled, voiced     observed           silent      yes (no window)
 call-and-response  listen: observed    harmonised         silent      yes
                    answer: sampled     sampled, voiced    voiced      no
+band               observed (top)      the left hand's,   voiced      yes (no window)
+                                       voiced (comping)
 =================  ==================  =================  ==========  ========
 
 The drums (a part of the voicer, not of the engine) play wherever rtgen plays chords and bass and
-in improvise; they are silent while call-and-response listens.
+in improvise; they are silent while call-and-response listens. In band mode the arranger controls
+(:data:`BAND_CONTROLS`) are cued by :meth:`Band.cue` and land on the next bar line.
 
 Pure: the daemon feeds what it heard; the same conductors drive ``evaluate`` offline.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Protocol
@@ -32,8 +36,12 @@ from typing import Protocol
 from rtgen import contract as ct
 from rtgen.config import AccompanyConfig, CallResponseConfig, ImproviseConfig, check_mode
 from rtgen.generation.engine import Steer
-from rtgen.generation.keys import estimate_key
+from rtgen.generation.keys import dominant_chord, estimate_key
 from rtgen.timing.transport import Position
+
+_ALL = frozenset(("melody", "chords", "bass", "drums"))
+_BACKING = frozenset(("chords", "bass", "drums"))  # the drummer keeps time whenever rtgen backs the player
+_NONE: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,12 +53,15 @@ class Heard:
         velocity: MIDI velocity of the onset, if any.
         chord: the player's chord token (HOLD while it stays, a CHORD token on a change, N.C.).
         left: the chord the player's left hand holds under the melody (a CHORD token), N.C. when none is clear.
+        left_struck: the left hand's chord where it changed (a CHORD token), HOLD elsewhere: while the hand is
+            lifted (``left`` N.C.) the last chord goes on (band mode follows it).
     """
 
     melody: int = ct.MEL_REST
     velocity: int | None = None
     chord: int = ct.CHORD_HOLD
     left: int = ct.CHORD_NC
+    left_struck: int = ct.CHORD_HOLD
 
     @property
     def onset(self) -> bool:
@@ -84,6 +95,18 @@ class Plan:
         hold: with ``harmonise``, log-odds bonus for keeping the sounding chord.
         enter: a silent sampled melody starts a note at this step (the first step of an answer).
         left_hand: with ``harmonise``, log-odds bonus for the chord the player's left hand holds.
+        left_chords: with ``observe_chords``, the chords observed are the left hand's (``Heard.left_struck``).
+        fill: the drummer plays a fill in this step's bar (and a crash on the next downbeat).
+        ending: the step lies in the last bar of the piece (the bass ends on the root, held).
+        sync: rtgen waits for the player's first chord: nothing is voiced until the left hand strikes one, and
+            from that step on ``voiced`` is (see :meth:`voicing`).
+        density_scale: the step plays at the parameters' density times this (the drummer's busyness).
+        variation: the band's arrangement, ``"A"`` or ``"B"`` (the drummer's groove: see
+            :attr:`rtgen.patterns.drums.Drummer.variation`).
+        chord: with ``observe_chords``, the chord token the conductor plays at this step instead of the player's
+            (the band's ending cadence).
+        dominant: the step plays the dominant seventh of the left hand's chord struck here, else of ``chord``
+            (the cadence's first chord).
     """
 
     observe_melody: bool = False
@@ -98,6 +121,28 @@ class Plan:
     hold: float = 0.0
     enter: bool = False
     left_hand: float = 0.0
+    left_chords: bool = False
+    fill: bool = False
+    ending: bool = False
+    sync: bool = False
+    density_scale: float = 1.0
+    variation: str = "A"
+    chord: int | None = None
+    dominant: bool = False
+
+    def voicing(self, heard: Heard) -> frozenset[str]:
+        """The parts rtgen plays at this step, given what the player did (``sync``: none before a chord)."""
+        if self.sync and heard.left_struck < ct.CHORD_OFFSET:
+            return _NONE
+        return self.voiced
+
+    def _chord(self, heard: Heard) -> int:
+        if self.dominant:
+            tonic = heard.left_struck if heard.left_struck >= ct.CHORD_OFFSET else self.chord
+            return ct.CHORD_HOLD if tonic is None else dominant_chord(ct.Key(ct.Chord.from_token(tonic).root))
+        if self.chord is not None:
+            return self.chord
+        return heard.left_struck if self.left_chords else heard.chord
 
     def steering(self, heard: Heard, fit: float = 0.0) -> Steer:
         """How the engine is steered at this step, given what the player did (``fit``: the harmoniser's bonus for
@@ -106,7 +151,7 @@ class Plan:
         return Steer(
             melody=melody,
             velocity=heard.velocity if self.observe_melody else None,
-            chord=heard.chord if self.observe_chords else None,
+            chord=self._chord(heard) if self.observe_chords else None,
             harmonise=self.harmonise and melody is not None,
             fit=fit if self.harmonise else 0.0,
             tone_fit=self.tone_fit,
@@ -143,11 +188,6 @@ class Conductor(Protocol):
     def interrupt(self) -> bool:
         """The player started to play while rtgen was answering: True if rtgen must fall silent now."""
         ...
-
-
-_ALL = frozenset(("melody", "chords", "bass", "drums"))
-_BACKING = frozenset(("chords", "bass", "drums"))  # the drummer keeps time whenever rtgen backs the player
-_NONE: frozenset[str] = frozenset()
 
 
 class Autonomous:
@@ -320,9 +360,157 @@ class CallAndResponse:
         return True
 
 
+BAND_CONTROLS = ("sync", "intro", "fill", "variation_a", "variation_b", "break", "ending")
+"""The band's arranger controls (:meth:`Band.cue`); all but ``sync`` land on the next bar line:
+
+* ``sync``: sync start: the band stops now and starts again with the next chord the player strikes;
+* ``intro``: :data:`INTRO_BARS` bars of intro: sparse drums (density x :data:`INTRO_DENSITY`) under the chord the
+  left hand holds, if any, a fill in the last bar and a crash on the line after it (it starts a waiting band);
+* ``fill``: the drummer fills the next bar (a crash on the downbeat after it);
+* ``variation_a`` / ``variation_b``: the arrangement from the next bar on: A as configured, B busier (density x
+  :data:`VARIATION_B_DENSITY`) on the drum style's other groove;
+* ``break``: one bar of silence (every note released on its line), then the band goes on;
+* ``ending``: the last bar, a cadence on the left hand's last chord as the tonic: its dominant seventh on the
+  downbeat, the tonic from the middle of the bar, the bass ending on its root and holding it, the drummer filling;
+  then the band stops and starts again, as with ``sync``, with the next chord the player strikes.
+"""
+
+INTRO_BARS = 2
+INTRO_DENSITY = 0.5  # below 0.6 the grooves' sparse lines play
+VARIATION_B_DENSITY = 1.5
+
+
+class Band:
+    """The player's left hand gives the chords, the right hand the melody; rtgen is the band: bass, drums and a
+    comping part in the parts' styles, following the left hand's chord at the step it is heard, never playing the
+    melody back. The arranger controls (:data:`BAND_CONTROLS`) are cued with :meth:`cue`.
+
+    Attributes:
+        waiting: the band is stopped (sync start, or after an ending) until the player's next chord.
+        variation: the arrangement playing, ``"A"`` or ``"B"``.
+    """
+
+    mode = "band"
+    needs_harmoniser = False
+    answering = False
+    fit = 0.0
+
+    def __init__(self) -> None:
+        self.waiting = False
+        self.variation = "A"
+        self._cues: dict[int, str] = {}  # bar -> the control landing on it (an intro: each of its bars)
+        self._switch: tuple[int, str] | None = None  # (bar, variation) cued
+        self._plans = {v: self._plans_for(v) for v in ("A", "B")}
+        self._tonic = ct.CHORD_NC  # the left hand's last chord: the ending's tonic
+        self._cadence: dict[tuple[str, int, bool], Plan] = {}
+
+    @staticmethod
+    def _plans_for(variation: str) -> dict[str, Plan]:
+        play = Plan(observe_melody=True, observe_chords=True, left_chords=True, voiced=_BACKING, reactive=True,
+                    window_ms=0.0, variation=variation,
+                    density_scale=VARIATION_B_DENSITY if variation == "B" else 1.0)  # fmt: skip
+        intro = dataclasses.replace(play, density_scale=play.density_scale * INTRO_DENSITY)
+        return {
+            "play": play,
+            "break": dataclasses.replace(play, voiced=_NONE),
+            "fill": dataclasses.replace(play, fill=True),
+            "ending": dataclasses.replace(play, fill=True, ending=True),
+            "waiting": dataclasses.replace(play, sync=True),
+            "intro": intro,
+            "intro_end": dataclasses.replace(intro, fill=True),
+        }
+
+    @property
+    def cued(self) -> dict[int, str]:
+        """The controls cued, by the bar they land on (a variation included)."""
+        cues = dict(self._cues)
+        switch = self._switch
+        if switch is not None:
+            cues.setdefault(switch[0], f"variation_{switch[1].lower()}")
+        return cues
+
+    def cue(self, control: str, next_pos: Position) -> int:
+        """Cue arranger control ``control`` (one of :data:`BAND_CONTROLS`) on the next bar line at or after
+        ``next_pos`` (the next step to decide); returns that bar (``sync``: at once).
+
+        Raises:
+            ValueError: an unknown control; the message lists them.
+        """
+        if control not in BAND_CONTROLS:
+            raise ValueError(f"band control must be one of {', '.join(BAND_CONTROLS)}, got {control!r}")
+        bar = next_pos.bar if next_pos.position == 0 else next_pos.bar + 1
+        if control == "sync":
+            self.waiting = True
+            self._cues.clear()
+        elif control.startswith("variation_"):
+            self._switch = (bar, control.removeprefix("variation_").upper())
+        elif control == "intro":
+            for b in range(bar, bar + INTRO_BARS):
+                self._cues[b] = "intro"
+        else:
+            self._cues[bar] = control
+        return bar
+
+    def plan(self, pos: Position) -> Plan:
+        """The left hand's chords observed and voiced by the band, decided at the grid time; a cued control
+        changes the plan of its bar."""
+        switch = self._switch
+        plans = self._plans[switch[1] if switch is not None and pos.bar >= switch[0] else self.variation]
+        control = self._cues.get(pos.bar)
+        if control == "intro":
+            return plans["intro" if self._cues.get(pos.bar + 1) == "intro" else "intro_end"]
+        if control == "ending":
+            return self._ending(plans["ending"], pos)
+        if self.waiting:
+            return plans["waiting"]
+        return plans.get(control or "play", plans["play"])
+
+    def _ending(self, plan: Plan, pos: Position) -> Plan:
+        """The ending bar's plan at ``pos``: on the downbeat the dominant seventh of the left hand's chord (struck
+        there, else the last), that chord from the counted beat in the middle of the bar on (4/4: the third, 3/4:
+        the second)."""
+        beat = max(1, pos.beat_steps)
+        if pos.position == 0:
+            key = (plan.variation, self._tonic, True)
+        elif pos.position == pos.bar_steps // beat // 2 * beat and self._tonic != ct.CHORD_NC:  # on a counted beat
+            key = (plan.variation, self._tonic, False)
+        else:
+            return plan
+        found = self._cadence.get(key)
+        if found is None:
+            tonic = None if self._tonic == ct.CHORD_NC else self._tonic
+            found = self._cadence[key] = dataclasses.replace(plan, chord=tonic, dominant=key[2])
+        return found
+
+    def heard(self, pos: Position, heard: Heard) -> None:
+        """Start on the player's chord when waiting; at the end of a bar, take what was cued for it."""
+        if heard.left_struck >= ct.CHORD_OFFSET:
+            self._tonic = heard.left_struck
+        if self.waiting and (heard.left_struck >= ct.CHORD_OFFSET or self._cues.get(pos.bar) == "intro"):
+            self.waiting = False
+        if pos.position != pos.bar_steps - 1:
+            return
+        switch = self._switch
+        if switch is not None and switch[0] <= pos.bar + 1:
+            self.variation, self._switch = switch[1], None
+        self.waiting = self.waiting or self._cues.get(pos.bar) == "ending"  # the ending played: the band stops
+        for bar in [b for b in self._cues if b <= pos.bar]:
+            del self._cues[bar]
+
+    def interrupt(self) -> bool:
+        """Never."""
+        return False
+
+    def forget_cues(self) -> None:
+        """Drop what was cued (the transport stopped: its bar numbers start again); sync start stays armed."""
+        self._cues.clear()
+        self._switch = None
+
+
 def needs_harmoniser(mode: str) -> bool:
     """Whether ``mode``'s conductor asks the engine to harmonise the player's melody (a contract-v2 model)."""
-    conductors: dict[str, type[Conductor]] = {c.mode: c for c in (Autonomous, Accompany, Improvise, CallAndResponse)}
+    kinds: tuple[type[Conductor], ...] = (Autonomous, Accompany, Improvise, CallAndResponse, Band)
+    conductors = {c.mode: c for c in kinds}
     return conductors[check_mode(mode)].needs_harmoniser
 
 
@@ -341,4 +529,6 @@ def make_conductor(mode: str, accompany: AccompanyConfig | None = None,
         return Accompany(accompany)
     if mode == "improvise":
         return Improvise((improvise or ImproviseConfig()).tone_fit)
+    if mode == "band":
+        return Band()
     return CallAndResponse(call_response, fit=(accompany or AccompanyConfig()).fit)

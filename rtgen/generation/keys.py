@@ -9,11 +9,13 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from rtgen.contract import Key
+from rtgen.contract import QUALITIES, Chord, Key
 
 KS_MAJOR = (6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88)
 KS_MINOR = (6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17)
 """Krumhansl-Kessler key profiles (probe-tone ratings), tonic first."""
+
+DOMINANT_SEVENTH = next(i for i, (name, _) in enumerate(QUALITIES) if name == "7")
 
 # rows: C..B major, then C..B minor; centred and of unit length, so a dot product ranks keys by correlation
 _PROFILES = np.array([np.roll(KS_MAJOR, k) for k in range(12)] + [np.roll(KS_MINOR, k) for k in range(12)])
@@ -36,3 +38,8 @@ def estimate_key(weights: npt.ArrayLike) -> Key | None:
         return None
     best = int(np.argmax(_PROFILES @ (w - w.mean())))
     return Key(best % 12, "major" if best < 12 else "minor")
+
+
+def dominant_chord(key: Key) -> int:
+    """The dominant seventh's chord token (V7, also in minor keys: the leading tone pulls to the tonic)."""
+    return Chord((key.tonic + 7) % 12, DOMINANT_SEVENTH).token

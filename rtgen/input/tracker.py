@@ -22,8 +22,9 @@ Control Change mapping (``[cc]`` in the config; 0 = unmapped), 0..127 onto:
 * ``top_p`` 0.05..1 and ``swing`` 0..0.75, linear;
 * ``density`` 0..4, piecewise linear: 0..64 → 0..1 (thinner) and 64..127 → 1..4 (busier);
 * ``mode``: four ranges of 32 → ``autonomous``, ``accompany``, ``improvise``,
-  ``call-and-response``, emitted only when the range changes;
-* ``panic``: emitted once when the value rises through 64.
+  ``call-and-response`` (:data:`CC_MODES`), emitted only when the range changes;
+* ``panic`` and the band's arranger controls (``band_fill``, ``band_break``, ...; :data:`SWITCH_CONTROLS`):
+  emitted once when the value rises through 64.
 
 Two hands (``[input] split``): the melody is the top line and the notes under it are harmony. ``auto`` is a
 skyline with a little hysteresis: a note takes the line when it is the highest struck (notes struck within
@@ -77,6 +78,13 @@ Message = tuple[int, ...]
 
 CONTINUOUS_CONTROLS = ("temperature", "top_p", "density", "swing")
 """Controls whose value is a number scaled from the CC value (see :func:`scale_cc`)."""
+
+SWITCH_CONTROLS = tuple(name for name in CC_CONTROLS if name == "panic" or name.startswith("band_"))
+"""Controls emitted once (value 1.0) when their CC rises through 64: a button, or a pedal pressed."""
+
+CC_MODES = MODES[:4]
+"""The modes the mode CC selects, in four ranges of 32 (band is chosen with ``--mode``, ``/rtgen/mode`` or the
+page: a fifth range would move the boundaries players' knobs and presets already have)."""
 
 CONTROL_RANGES: dict[str, tuple[float, float]] = {
     name: field_range(GenerationConfig, name) for name in CONTINUOUS_CONTROLS
@@ -189,8 +197,8 @@ def scale_cc(name: str, value: int) -> float:
 
 
 def mode_for_cc(value: int) -> str:
-    """The playing mode selected by a mode CC value: four ranges of 32 (clamped to 0..127)."""
-    return MODES[min(max(int(value), 0), 127) >> 5]
+    """The playing mode selected by a mode CC value: four ranges of 32 (clamped to 0..127), see :data:`CC_MODES`."""
+    return CC_MODES[min(max(int(value), 0), 127) >> 5]
 
 
 def nearest_step(t_ns: int, step_start_ns: int, step_ns: int) -> tuple[int, int]:
@@ -336,7 +344,7 @@ class PlayerTracker:
         self._chord: Chord | None = None
         self._chord_version = 0
         self._mode = -1
-        self._panic_high = False
+        self._switched_on: set[str] = set()  # switch controls whose CC is at 64 or above
         self._reset_hands()
 
     def _reset_hands(self) -> None:
@@ -687,12 +695,12 @@ class PlayerTracker:
                 index = value >> 5
                 if index != self._mode:
                     self._mode = index
-                    out.append(Control("mode", MODES[index]))
-            elif name == "panic":
+                    out.append(Control("mode", CC_MODES[index]))
+            elif name in SWITCH_CONTROLS:
                 high = value >= SWITCH_ON
-                if high and not self._panic_high:
-                    out.append(Control("panic", 1.0))
-                self._panic_high = high
+                if high and name not in self._switched_on:
+                    out.append(Control(name, 1.0))
+                (self._switched_on.add if high else self._switched_on.discard)(name)
             else:
                 out.append(Control(name, self._tables[name][value]))
         return out

@@ -120,6 +120,14 @@ class SetSection:
 
 
 @dataclass(frozen=True)
+class CueBand:
+    """Cue band mode's arranger control ``control`` (see :data:`rtgen.generation.conductor.BAND_CONTROLS`): it lands
+    on the next bar line."""
+
+    control: str
+
+
+@dataclass(frozen=True)
 class RecordStart:
     """Start recording into a new recorder sink."""
 
@@ -153,5 +161,5 @@ class Unlearn:
 
 Command = (
     Play | Stop | Panic | SetTempo | SetPart | SetStyle | SetPartEnabled | SetSeed | SetSwing | SetMode | SwapModel
-    | UseSoundfont | RecordStart | RecordStop | SetSection | Learn | Unlearn | SetSplit
+    | UseSoundfont | RecordStart | RecordStop | SetSection | Learn | Unlearn | SetSplit | CueBand
 )  # fmt: skip

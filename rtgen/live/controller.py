@@ -22,6 +22,7 @@ from rtgen.errors import RtgenError, SoundfontError, brief
 from rtgen.generation.conductor import needs_harmoniser
 from rtgen.live import loaders
 from rtgen.live.commands import (
+    CueBand,
     Learn,
     Panic,
     Play,
@@ -206,6 +207,18 @@ class Controller:
         from rtgen.arrange.form import check_section_name
 
         self._live().command(SetSection(check_section_name(name)))
+
+    def cue_band(self, control: str) -> None:
+        """Cue band mode's arranger control ``control`` on the next bar line (one of
+        :data:`rtgen.generation.conductor.BAND_CONTROLS`).
+
+        Raises:
+            ValueError: the mode is not band.
+        """
+        loop = self._live()
+        if loop.mode != "band":
+            raise ValueError(f"{control} is an arranger control of band mode; the mode is {loop.mode}")
+        loop.command(CueBand(control))
 
     def learn(self, name: str, done: Callable[[int], None] | None = None) -> None:
         """Arm MIDI learn for control ``name``: the next CC the player moves is mapped to it (live at once, then

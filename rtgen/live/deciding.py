@@ -138,14 +138,16 @@ class Deciding(LoopState):
         chord_tok = ct.CHORD_HOLD if chord == self._last_player_chord else chord
         self._last_player_chord = chord
         left = tracker.left_chord_token(now)
+        struck = ct.CHORD_HOLD if left in (ct.CHORD_NC, self._last_left_chord) else left
+        self._last_left_chord = left  # a chord struck again after the hand was lifted counts as struck
         if self._onsets:
             first = self._onsets[0].t_ns
             self._onsets.clear()
-            struck = tracker.melody_onset
-            if struck is not None and struck.t_ns >= first:
-                return Heard(ct.melody_note_on(struck.pitch), struck.velocity, chord_tok, left)
+            onset = tracker.melody_onset
+            if onset is not None and onset.t_ns >= first:
+                return Heard(ct.melody_note_on(onset.pitch), onset.velocity, chord_tok, left, struck)
         melody = ct.MEL_HOLD if tracker.melody_note() is not None else ct.MEL_REST
-        return Heard(melody, None, chord_tok, left)
+        return Heard(melody, None, chord_tok, left, struck)
 
     def _decide(self, k: int, plan: Plan, heard: Heard) -> Step | None:
         """Engine + voicer for clock step ``k`` at the transport's next position; events in ``_last_events``."""

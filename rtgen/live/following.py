@@ -27,6 +27,7 @@ class Following(LoopState):
         """An event of the followed clock."""
         if kind != "step":
             self._tempo_anchor = None  # the recording's tempo map starts a segment at the next step
+            self._forget_cues()
         if kind in ("start", "continue"):
             self._discard_pending()
             self.scheduler.release_all()

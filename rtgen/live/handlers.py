@@ -15,9 +15,11 @@ from typing import Any
 
 from rtgen.config import PART_NAMES, PartConfig, PartsConfig, check_mode
 from rtgen.errors import RtgenError
+from rtgen.generation.conductor import Band
 from rtgen.live import loaders
 from rtgen.live.commands import (
     Command,
+    CueBand,
     Learn,
     Panic,
     Play,
@@ -99,6 +101,7 @@ class Handling(LoopState):
             self.scheduler.stop()
             self._release_voicer()
             self.clock_out.stop(now)
+            self._forget_cues()
         self.source.request_stop(now)
 
     def _on_panic(self, cmd: Panic) -> None:
@@ -185,6 +188,16 @@ class Handling(LoopState):
     def _on_section(self, cmd: SetSection) -> None:
         bar = self.arranger.cue(cmd.name, self.transport.peek())
         log.info("section %s cued for bar %d", cmd.name, bar + 1)
+
+    def _on_cue_band(self, cmd: CueBand) -> None:
+        band = self.performer.conductor
+        if not isinstance(band, Band):  # the mode changed since it was sent, or a CC in another mode: told, not raised
+            log.info("band: %s ignored in mode %s", cmd.control, self.mode)
+            if self.feedback is not None:
+                self.feedback.error(f"{cmd.control} is an arranger control of band mode; the mode is {self.mode}")
+            return
+        bar = band.cue(cmd.control, self.transport.peek())
+        log.info("band: %s cued for bar %d", cmd.control, bar + 1)
 
     # --- swaps -------------------------------------------------------------------------------------------
     def _on_swap_model(self, cmd: SwapModel) -> None:
@@ -276,6 +289,12 @@ class Handling(LoopState):
             self.on_cc_changed(self.tracker.mapping.config)
 
     # --- helpers -----------------------------------------------------------------------------------------
+    def _forget_cues(self) -> None:
+        """The transport stopped or moved: the band's cued bars mean nothing any more."""
+        band = self.performer.conductor
+        if isinstance(band, Band):
+            band.forget_cues()
+
     def _release_voicer(self) -> None:
         # the scheduler's book has already sent the offs; this only resets the voicer's own state
         try:
@@ -330,6 +349,7 @@ _HANDLERS: dict[type, Callable[[Handling, Any], None]] = {
     Learn: Handling._on_learn,
     Unlearn: Handling._on_unlearn,
     SetSplit: Handling._on_split,
+    CueBand: Handling._on_cue_band,
 }
 """Each command type's handler (one per type of :data:`~rtgen.live.commands.Command`)."""
 

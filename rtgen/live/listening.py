@@ -12,7 +12,7 @@ import logging
 
 from rtgen.config import PART_NAMES
 from rtgen.input.tracker import LEARNED
-from rtgen.live.commands import Panic, SetMode, SetSwing
+from rtgen.live.commands import CueBand, Panic, SetMode, SetSwing
 from rtgen.live.state import LoopState
 from rtgen.midi.messages import SYSTEM
 
@@ -95,6 +95,8 @@ class Listening(LoopState):
                 log.exception("MIDI learn: telling about %s failed", value)
         elif name == "panic":
             self._apply(Panic())
+        elif name.startswith("band_"):
+            self._apply(CueBand(name.removeprefix("band_")))
         elif name == "mode":
             self._apply(SetMode(str(value)))
         elif name == "swing":

@@ -148,6 +148,7 @@ class LiveLoop(Deciding, Listening, Following, Handling):
         self.early_decisions = 0  # reactive steps decided with the player's onset for them
         self._onsets = []  # the player's onsets not yet given to a step
         self._last_player_chord = ct.CHORD_NC
+        self._last_left_chord = ct.CHORD_NC
         self._last_events = []
         self._restart = False
         self._step_start = None

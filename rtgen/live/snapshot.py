@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from rtgen.config import PART_NAMES, split_name
+from rtgen.generation.conductor import Band
 from rtgen.timing.clock import LatenessHistogram
 
 if TYPE_CHECKING:
@@ -41,6 +42,8 @@ def snapshot(
     tracker = p.tracker
     late = p.feel.late_ns if p.feel is not None else None
     cued = p.arranger.cued  # read once: the real-time thread may start the section meanwhile
+    band = p.performer.conductor
+    band_cues = band.cued if isinstance(band, Band) else {}  # a copy
     return {
         "playing": p.playing,
         "mode": p.mode,
@@ -56,6 +59,9 @@ def snapshot(
         "section_bar": p.section_bar + 1 if p.section is not None else None,
         "section_cued": cued[0] if cued is not None else None,
         "section_cued_bar": cued[1] + 1 if cued is not None else None,
+        "band_waiting": band.waiting if isinstance(band, Band) else None,  # sync start, or after an ending
+        "band_cued": {str(bar + 1): control for bar, control in sorted(band_cues.items())},
+        "band_variation": band.variation if isinstance(band, Band) else None,
         "temperature": params.temperature,
         "top_p": params.top_p,
         "density": params.density,

@@ -101,6 +101,7 @@ class LoopState:
     poll_ns: int
     _onsets: list[Onset]
     _last_player_chord: int
+    _last_left_chord: int
     _last_events: list[NoteEvent]
     _restart: bool
     _step_start: int | None  # start of step next_k once known (a followed clock: its tick)
@@ -161,4 +162,7 @@ class LoopState:
         raise NotImplementedError
 
     def _learn_feel(self, t_ns: int) -> None:
+        raise NotImplementedError
+
+    def _forget_cues(self) -> None:
         raise NotImplementedError

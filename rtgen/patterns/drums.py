@@ -9,6 +9,8 @@ take over the end of a bar. The drummer knows the transport position and the den
 * every bar realises the groove again: optional ``?`` hits are drawn (likelier with density), ghost
   notes come and go, velocities move a little; below density 0.6 the ``_sparse`` lines play, from 1.6
   the ``_busy`` ones;
+* :attr:`Drummer.variation` ``"B"`` (band mode's arranger) plays, the whole phrase, another groove of the
+  phrase's style where the style has one (its ``"A"`` groove where it has not);
 * the last bar of a phrase (and a bar given to :meth:`Drummer.cue_fill`, e.g. a section end) plays a
   fill into the next downbeat, which gets a crash and a kick; the middle of a phrase sometimes gets a
   short pickup;
@@ -237,6 +239,7 @@ class Drummer:
         self._origin = 0  # phrases count from this bar (a section's first)
         self._bar_key: tuple[int, int, int, float] | None = None
         self._bar_hits: dict[int, list[tuple[int, int]]] = {}
+        self.variation = "A"  # "B": the style's other groove (set on a bar line: a bar keeps its plan)
 
     def set_style(self, style: str) -> None:
         """Switch the drum style (from the next bar on; the bar being played keeps its plan)."""
@@ -300,6 +303,9 @@ class Drummer:
         same_style = grooves[alt].style == grooves[main].style
         lift = same_style and bool(prng.random() < 0.5)
         groove = grooves[alt if lift and in_phrase >= ct.PHRASE_BARS // 2 else main]
+        if self.variation == "B":
+            other = [g for g in grooves if g.style == grooves[main].style and g is not grooves[main]]
+            groove = other[0] if other else grooves[main]
 
         rng = np.random.default_rng([self.seed, bar & 0xFFFFFFFF, 7919, 2])
         maybe = min(0.9, 0.35 * density)

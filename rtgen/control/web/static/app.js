@@ -276,6 +276,20 @@ function build(table) {
     else if (w.classList.contains("row")) { w.querySelector("label").after(learnButtons(name)); play.append(w); }
     else play.append(el("div", { class: "row" }, el("label", {}, name), learnButtons(name)), w);
   }
+  // band mode's arranger: a button per control, its MIDI learn (band_fill, ...) beside it
+  const band = table.filter((e) => e.address.startsWith("/rtgen/band/"));
+  if (band.length) {
+    const c = card("Band", "(band mode's arranger: on the next bar line)");
+    const row = el("div", { class: "row band" });
+    for (const e of band) {
+      done.add(e.address);
+      const control = e.address.replace("/rtgen/band/", ""), cc = `band_${control}`;
+      row.append(el("button", { "data-address": e.address, title: e.description, onclick: () => send(e.address) },
+        control));
+      if (learnable.has(cc)) row.append(learnButtons(cc));
+    }
+    c.append(row);
+  }
   const panic = document.querySelector("#transport button[data-address='/rtgen/panic']");
   if (panic && learnable.has("panic")) panic.after(learnButtons("panic"));
   const parts = table.filter((e) => e.control.kind.startsWith("part-"));
