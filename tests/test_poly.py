@@ -150,3 +150,39 @@ def test_score_is_tcn_music_test_evaluate(jsb: dict[str, list[np.ndarray]]) -> N
     total, frames = score(model, jsb["test"][:20])
     assert frames == count
     assert total / frames == pytest.approx(total_loss / count, rel=1e-6)
+
+
+def test_poly_table_trains_each_dataset_once_and_writes_the_table(tmp_path: Path) -> None:
+    """Two tiny benchmark files: a run each, the table with the published rows, the README's block replaced."""
+    from scipy.io import savemat
+
+    from training.poly_table import BEGIN, END, PUBLISHED, ROW
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("JSB_Chorales", "Nottingham"):
+        splits = {}
+        for split, n in (("train", 4), ("valid", 2), ("test", 2)):
+            rolls = np.empty((1, n), dtype=object)
+            for i in range(n):
+                rolls[0, i] = (rng.random((12, 88)) < 0.05).astype(np.float64)
+            splits[f"{split}data"] = rolls
+        savemat(str(data / f"{name}.mat"), splits)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"before\n{BEGIN}\nold table\n{END}\nafter\n")
+    args = ["poly-table", "--out", str(tmp_path / "runs"), "--data-dir", str(data), "--epochs", "1"]
+    args += ["--datasets", "Nottingham", "JSB_Chorales", "--readme", str(readme)]
+    assert train_main(args) == 0
+    summary = json.loads((tmp_path / "runs" / "poly_table.json").read_text())
+    assert set(summary) == {"Nottingham", "JSB_Chorales"} and all(s["epochs"] == 1 for s in summary.values())
+    assert summary["JSB_Chorales"]["test"]["frames"] == 2 * 11  # the first frame of each sequence is not scored
+    text = readme.read_text()
+    assert text.startswith("before\n") and text.endswith(f"{END}\nafter\n") and "old table" not in text
+    ours = next(line for line in text.splitlines() if line.startswith(f"| {ROW}"))
+    nll = summary["Nottingham"]["test"]["nll_per_frame"]
+    assert f"**{nll:.3f}**" in ours and ours.rstrip().endswith("| – |")  # Piano-midi was not run
+    assert all(f"| {name} |" in text for name in PUBLISHED)
+    mtime = (tmp_path / "runs" / "JSB_Chorales" / "poly_bench.json").stat().st_mtime_ns
+    assert train_main(args) == 0  # finished runs are read again, not trained again
+    assert (tmp_path / "runs" / "JSB_Chorales" / "poly_bench.json").stat().st_mtime_ns == mtime
