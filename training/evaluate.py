@@ -641,12 +641,14 @@ def evaluate(
     metrics["copy_rate_64"] = stats.pooled(long_index.copy_rate(r.melody) for r in rend).value
     metrics["copy_rate_64_data"] = stats.pooled(long_index.copy_rate(test.seq("melody", i)) for i in idx).value
     metrics["renders"] = {"count": renders, "bars": bars, "seed": seed, "temperature": 1.0, "top_p": 1.0}
+    t_render = time.perf_counter() - t0
+    t0 = time.perf_counter()
     temps = temperatures if temperatures is not None else (_daemon_temperature(), 1.0)
     metrics["overlap"] = measure_overlap(
         m, train, test, bars=bars, renders=renders, seed=seed, temperatures=tuple(temps), top_p=_daemon_top_p(),
         figure=model / "overlap.png", progress=progress,
     )  # fmt: skip
-    t_render = time.perf_counter() - t0
+    t_overlap = time.perf_counter() - t0
     t0 = time.perf_counter()
     if accompaniment:
         metrics["accompaniment"] = evaluate_accompaniment(m, data, "test", seed=seed)
@@ -659,7 +661,7 @@ def evaluate(
     t_accompany = time.perf_counter() - t0
     metrics["seconds"] = {"model_nll": round(t_model, 2), "ngram": round(t_ngram, 2),
                           "baselines": round(t_baselines, 2), "renders": round(t_render, 2),
-                          "accompaniment": round(t_accompany, 2),
+                          "overlap": round(t_overlap, 2), "accompaniment": round(t_accompany, 2),
                           "total": round(time.perf_counter() - t_start, 2)}  # fmt: skip
     metrics["ngram_valid_nll"] = {
         "melody": {str(k): round(v, 4) for k, v in mel_sel.valid_nll.items()},
