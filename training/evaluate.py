@@ -24,7 +24,7 @@ from tqdm import tqdm
 from rtgen import contract, library
 from rtgen.errors import ModelError, RtgenError
 from rtgen.generation.model import Model
-from training import stats
+from training import overlap, stats
 from training.accompaniment import evaluate_accompaniment
 from training.accompaniment import report_markdown as accompaniment_markdown
 from training.dedup import WINDOW_BARS, WindowIndex
@@ -130,13 +130,14 @@ class Render:
     position: npt.NDArray[np.int64]
 
 
-def render(model: Model, bars: int, seed: int) -> Render:
-    """Let the engine play ``bars`` bars of 4/4 alone at temperature 1, top-p 1, full pitch range, no key lock."""
+def render(model: Model, bars: int, seed: int, temperature: float = 1.0, top_p: float = 1.0) -> Render:
+    """Let the engine play ``bars`` bars of 4/4 alone (temperature 1, top-p 1 by default), full pitch range, no key
+    lock."""
     from rtgen.config import GenerationConfig
     from rtgen.generation.engine import Engine, Params
 
     gen = GenerationConfig(
-        seed=seed, temperature=1.0, top_p=1.0, time_signature="4/4", key="off", density=1.0,
+        seed=seed, temperature=temperature, top_p=top_p, time_signature="4/4", key="off", density=1.0,
         pitch_low=contract.PITCH_MIN, pitch_high=contract.PITCH_MAX,
     )  # fmt: skip
     params = Params.from_config(gen)
@@ -147,6 +148,117 @@ def render(model: Model, bars: int, seed: int) -> Render:
         s = engine.step()
         mel[t], ch[t], pos[t] = s.melody_token, s.chord_now, s.position
     return Render(mel, ch, pos)
+
+
+def _daemon_top_p() -> float:
+    from rtgen.config import GenerationConfig
+
+    return float(GenerationConfig().top_p)
+
+
+def _daemon_temperature() -> float:
+    from rtgen.config import GenerationConfig
+
+    return float(GenerationConfig().temperature)
+
+
+def split_pieces(split: Split) -> list[overlap.Piece]:
+    """The split's sequences as :class:`training.overlap.Piece` (chords resolved: never HOLD)."""
+    return [
+        overlap.Piece(
+            split.seq("melody", i).astype(np.int64),
+            contract.resolve_holds(split.seq("chord", i), contract.CHORD_HOLD, contract.CHORD_NC),
+            split.seq("position", i).astype(np.int64),
+        )
+        for i in range(split.sequences)
+    ]
+
+
+IN_SCALE_POINTS = 1.0
+"""Target: in-scale onsets of the renders within this many percentage points of the test data's."""
+CHORD_TONE_POINTS = 3.0
+"""Target: chord tones on strong beats of the renders within this many percentage points of the test data's."""
+
+
+def setting_name(temperature: float, top_p: float) -> str:
+    """Key of a render setting in ``metrics.overlap``: ``T0.9 p0.95``."""
+    return f"T{temperature:g} p{top_p:g}"
+
+
+def measure_overlap(
+    model: Model,
+    train: Split,
+    test: Split,
+    *,
+    bars: int,
+    renders: int,
+    seed: int,
+    temperatures: tuple[float, ...],
+    top_p: float,
+    figure: Path | None = None,
+    progress: bool | None = None,
+) -> dict[str, Any]:
+    """Per-window feature distributions of renders at each temperature vs the test split, train as the ceiling.
+
+    Args:
+        model: the loaded model.
+        train, test: the splits (train's overlap with test is the ceiling).
+        bars, renders, seed: ``renders`` renders of ``bars`` bars (4/4) per temperature, seeds from ``seed``.
+        temperatures: sampling temperatures; each renders at ``top_p``.
+        top_p: nucleus mass for every setting (the daemon's default).
+        figure: where to draw one panel per feature (:func:`training.overlap.plot`); ``None``: no figure.
+        progress: progress bars.
+
+    Returns:
+        ``{"windows": ..., "settings": {name: {temperature, top_p, in_scale, chord_tone_strong, ...}},
+        "features": training.overlap.compare_sets(...), "targets_met": {setting: bool}, ...}``.
+    """
+    test_pieces, train_pieces = split_pieces(test), split_pieces(train)
+    reference = overlap.pooled_pitch_classes(test_pieces)
+    sets = {
+        "test": overlap.set_features(test_pieces, reference),
+        "train": overlap.set_features(train_pieces, reference),
+    }
+    in_scale_data = stats.pooled(stats.in_scale(p.melody) for p in test_pieces).value
+    tone_data = stats.pooled(
+        stats.chord_tone_strong(p.melody, p.chord_now, stats.strong_beats(p.position)) for p in test_pieces
+    ).value
+    settings: dict[str, dict[str, Any]] = {}
+    for temp in temperatures:
+        name = setting_name(temp, top_p)
+        desc = f"renders {name}"
+        rend = [
+            render(model, bars, seed + k, temp, top_p)
+            for k in tqdm(range(renders), desc=desc, disable=_no_bar(progress))
+        ]
+        pieces = [overlap.Piece(r.melody, r.chord_now, r.position) for r in rend]
+        sets[name] = overlap.set_features(pieces, reference)
+        scale = stats.pooled(stats.in_scale(p.melody) for p in pieces).value
+        tone = stats.pooled(stats.chord_tone_strong(p.melody, p.chord_now, stats.strong_beats(p.position))
+                            for p in pieces).value  # fmt: skip
+        settings[name] = {
+            "temperature": temp, "top_p": top_p, "renders": renders, "bars": bars, "seed": seed,
+            "in_scale": scale, "chord_tone_strong": tone,
+            "in_scale_met": bool(abs(scale - in_scale_data) * 100 <= IN_SCALE_POINTS),
+            "chord_tone_strong_met": bool(abs(tone - tone_data) * 100 <= CHORD_TONE_POINTS),
+        }  # fmt: skip
+    features = overlap.compare_sets(sets["test"], {k: v for k, v in sets.items() if k != "test"})
+    for name, row in settings.items():
+        row["features_met"] = [f for f in overlap.NAMES if features[f][name]["met"]]  # type: ignore[index]
+        row["all_met"] = bool(
+            len(row["features_met"]) == len(overlap.NAMES) and row["in_scale_met"] and row["chord_tone_strong_met"]
+        )
+    if figure is not None:
+        overlap.plot(sets, figure, "per-window feature densities vs the test split (overlap in brackets)")
+    return {
+        "window_bars": overlap.WINDOW_BARS,
+        "windows": {k: int(v["notes_per_bar"].size) for k, v in sets.items()},
+        "in_scale_data": in_scale_data,
+        "chord_tone_strong_data": tone_data,
+        "settings": settings,
+        "features": features,
+        "figure": None if figure is None else figure.name,
+    }
 
 
 # --- baselines that see what the models see -------------------------------------------------------------
@@ -400,6 +512,7 @@ def evaluate(
     max_order: int = MAX_NGRAM_ORDER,
     progress: bool | None = None,
     accompaniment: bool = True,
+    temperatures: tuple[float, ...] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a model folder on the test split of a prepared-data folder and record the results.
 
@@ -413,6 +526,9 @@ def evaluate(
         progress: show progress bars (``None``: only on a terminal).
         accompaniment: measure the accompaniment (a minute, through rtgen's performer); ``False`` keeps the
             block meta.json has from an earlier evaluation, as it is.
+        temperatures: temperatures of the renders compared with the test split feature by feature
+            (:func:`measure_overlap`, ``renders`` x ``bars`` each, top-p at the daemon's default; the figure goes
+            to ``overlap.png`` in the model folder); ``None``: the daemon's default and 1.0.
 
     Returns:
         The metrics written into ``meta.json`` under ``metrics.test``.
@@ -527,6 +643,13 @@ def evaluate(
     metrics["renders"] = {"count": renders, "bars": bars, "seed": seed, "temperature": 1.0, "top_p": 1.0}
     t_render = time.perf_counter() - t0
     t0 = time.perf_counter()
+    temps = temperatures if temperatures is not None else (_daemon_temperature(), 1.0)
+    metrics["overlap"] = measure_overlap(
+        m, train, test, bars=bars, renders=renders, seed=seed, temperatures=tuple(temps), top_p=_daemon_top_p(),
+        figure=model / "overlap.png", progress=progress,
+    )  # fmt: skip
+    t_overlap = time.perf_counter() - t0
+    t0 = time.perf_counter()
     if accompaniment:
         metrics["accompaniment"] = evaluate_accompaniment(m, data, "test", seed=seed)
     else:
@@ -538,7 +661,7 @@ def evaluate(
     t_accompany = time.perf_counter() - t0
     metrics["seconds"] = {"model_nll": round(t_model, 2), "ngram": round(t_ngram, 2),
                           "baselines": round(t_baselines, 2), "renders": round(t_render, 2),
-                          "accompaniment": round(t_accompany, 2),
+                          "overlap": round(t_overlap, 2), "accompaniment": round(t_accompany, 2),
                           "total": round(time.perf_counter() - t_start, 2)}  # fmt: skip
     metrics["ngram_valid_nll"] = {
         "melody": {str(k): round(v, 4) for k, v in mel_sel.valid_nll.items()},
@@ -695,6 +818,8 @@ def report_markdown(name: str, m: dict[str, Any]) -> str:
         lim = _pct(limit) if key == "copy_rate" else f"{limit:.2f}"
         verdict = "n/a" if v is None else ("pass" if v <= limit else "FAIL")
         lines.append(f"| {key} | {shown} | <= {lim} | {verdict} |")
+    if m.get("overlap"):
+        lines += ["", *overlap_markdown(m["overlap"])]
     if m.get("accompaniment"):
         lines += [
             "",
@@ -706,6 +831,66 @@ def report_markdown(name: str, m: dict[str, Any]) -> str:
             accompaniment_markdown(m["accompaniment"]).rstrip("\n"),
         ]
     return "\n".join(lines) + "\n"
+
+
+def _num(x: Any, digits: int = 2) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "n/a"
+    return f"{x:.{digits}f}"
+
+
+def _spread(s: dict[str, Any]) -> str:
+    return f"{_num(s.get('median'))} ({_num(s.get('p10'))}–{_num(s.get('p90'))})"
+
+
+def overlap_markdown(ov: dict[str, Any]) -> list[str]:
+    """The section comparing the renders' per-window feature distributions with the test split's."""
+    names = list(ov["settings"])
+    w = ov["windows"]
+    lines = [
+        f"## Renders that sound like the data: per-{ov['window_bars']}-bar feature distributions",
+        "",
+        "In the manner of Yang & Lerch (2020), training/overlap.py: every piece is cut into "
+        f"{ov['window_bars']}-bar windows from its first bar line; the overlap is the area under the smaller of the "
+        "two kernel density estimates of the window values (1 = the same distribution); the train split's overlap "
+        "with the test split is the ceiling. The pitch-class histogram enters as each window's total-variation "
+        "distance from the test split's pooled histogram, both rotated to the piece's tonic. Windows: "
+        + ", ".join(f"{k} {v}" for k, v in w.items())
+        + ". Values: median (10th–90th percentile). Target per feature: overlap at least "
+        f"{overlap.OVERLAP_OF_CEILING:.1f}x the ceiling and median within {overlap.MEDIAN_TOLERANCE:.0%} of the "
+        "test split's.",
+        "",
+        "| feature | test | train (overlap) | "
+        + " | ".join(f"renders {n} (overlap, of ceiling)" for n in names)
+        + " |",
+        "|---|---|---|" + "---|" * len(names),
+    ]
+    for f in overlap.FEATURES:
+        row = ov["features"][f.name]
+        cells = [f.label, _spread(row["test"]), f"{_spread(row['train'])} ({_num(row['train']['overlap'])})"]
+        for n in names:
+            r = row[n]
+            ok = "pass" if r.get("met") else "FAIL"
+            cells.append(f"{_spread(r)} ({_num(r['overlap'])}, {_num(r.get('of_ceiling'))}) {ok}")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "| statistic | test data | " + " | ".join(f"renders {n}" for n in names) + " |",
+              "|---|---:|" + "---:|" * len(names)]  # fmt: skip
+    for key, label, points in (("in_scale", "in-scale onsets", IN_SCALE_POINTS),
+                               ("chord_tone_strong", "chord tones on strong beats", CHORD_TONE_POINTS)):  # fmt: skip
+        cells = [f"{label} (within {points:g} points)", _pct(ov.get(f"{key}_data"))]
+        for n in names:
+            s = ov["settings"][n]
+            cells.append(f"{_pct(s.get(key))} {'pass' if s.get(f'{key}_met') else 'FAIL'}")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    for n in names:
+        s = ov["settings"][n]
+        verdict = "all targets met" if s.get("all_met") else "targets NOT all met"
+        lines.append(f"- renders {n} ({s['renders']} x {s['bars']} bars): {verdict}; features met "
+                     f"{len(s['features_met'])} of {len(overlap.FEATURES)}.")  # fmt: skip
+    if ov.get("figure"):
+        lines += ["", f"![per-feature densities]({ov['figure']})"]
+    return lines
 
 
 _SELECTED = {"note": ("melody", "NOTE_ON steps", "onset"), "chord": ("chord", "change steps", "change")}
@@ -787,6 +972,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--bars", type=int, default=64, help="bars per render (default: 64)")
     p.add_argument("--renders", type=int, default=8, help="renders for the musical statistics (default: 8)")
     p.add_argument("--seed", type=int, default=0, help="first render seed (default: 0)")
+    p.add_argument("--temperatures", type=_floats, default=None,
+                   help="comma-separated temperatures of the renders compared with the test split per feature, "
+                   "each --renders x --bars at the daemon's top-p (default: the daemon's and 1.0)")  # fmt: skip
     p.add_argument("--max-order", type=int, default=MAX_NGRAM_ORDER,
                    help=f"highest n-gram order tried on valid (default: {MAX_NGRAM_ORDER})")  # fmt: skip
     p.add_argument("--keep-accompaniment", action="store_true",
@@ -804,6 +992,14 @@ def _run(args: argparse.Namespace) -> int:
         raise RtgenError("evaluate needs --data (a prepared-data folder) or --roll (a benchmark .mat file)")
     evaluate(
         model=args.model, data=args.data, bars=args.bars, renders=args.renders, seed=args.seed,
-        max_order=args.max_order, accompaniment=not args.keep_accompaniment,
+        max_order=args.max_order, accompaniment=not args.keep_accompaniment, temperatures=args.temperatures,
     )  # fmt: skip
     return 0
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    """``"0.9,1.0"`` -> ``(0.9, 1.0)``."""
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from err
