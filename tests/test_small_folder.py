@@ -112,3 +112,24 @@ def test_every_render_of_16_bars_holds_melody_chords_and_bass(trained: tuple[Pat
         r = render_steps(model, Config(), 16, seed)
         parts = {ev.part for _, _, ev in r.events if ev.on}
         assert {"melody", "chords", "bass"} <= parts, f"seed {seed}: only {sorted(parts)}"
+
+
+def test_init_from_an_earlier_run_fine_tunes_its_weights(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    out, work = trained
+    run = work / "run"
+    args = ["all", "--midi-dir", str(work.parent / "midi"), "--out", str(tmp_path / "again"), "--tiny"]
+    assert train_main([*args, "--epochs", "1", "--init-from", str(out)]) == 0  # the model folder finds its run
+    config = json.loads((tmp_path / "again.work" / "run" / "config.json").read_text())
+    assert config["init_from"] == str(run / "best.pt")
+    assert config["model"] == json.loads((run / "config.json").read_text())["model"]
+    first = json.loads((run / "history.json").read_text())[0]["valid"]["loss"]
+    tuned = json.loads((tmp_path / "again.work" / "run" / "history.json").read_text())[0]["valid"]["loss"]
+    assert tuned < first  # its first epoch starts where the earlier run ended, not from random weights
+
+
+def test_init_from_the_shipped_onnx_model_says_what_is_possible(tmp_path: Path, capsys) -> None:
+    args = ["all", "--midi-dir", str(tmp_path), "--out", str(tmp_path / "x"), "--init-from", "default"]
+    assert train_main(args) == 2
+    err = capsys.readouterr().err
+    assert "only ONNX" in err and "note.onnx" in err and "best.pt" in err and "leave out --init-from" in err
+    assert not (tmp_path / "x.work").exists()  # said before any work is done

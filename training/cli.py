@@ -44,6 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the trainer's)")
     p.add_argument("--limit", type=int, default=None, help="use at most N MIDI files")
     p.add_argument("--split-map", type=Path, default=None, help="CSV mapping files to splits (default: auto)")
+    p.add_argument(
+        "--init-from",
+        default=None,
+        metavar="RUN|MODEL|FILE.pt",
+        help="fine-tune: start from the PyTorch weights of an earlier run or model of yours (the shipped default "
+        "ships only ONNX, which cannot be trained further; the error says what to do)",
+    )
     p.add_argument("--tiny", action="store_true", help="a tiny model and a quick evaluation (for tests and smoke runs)")
     p.set_defaults(func=run_all)
     return parser
@@ -72,12 +79,15 @@ def run_all(args: argparse.Namespace) -> int:
 
     out, work = output_folders(args.out, args.work)
     data, run = work / "data", work / "run"
+    init = str(train.init_checkpoint(args.init_from)) if args.init_from else None  # before any work is done
+    tiny = {} if init else TINY_TRAIN  # fine-tuning keeps the architecture of its weights
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     for name, fn, kwargs in (
         ("prepare", prepare.prepare, {"midi_dir": args.midi_dir, "out": data, "limit": args.limit,
                                       "split_map": args.split_map}),
-        ("train", train.train, {"data": data, "out": run, "epochs": args.epochs, **(TINY_TRAIN if args.tiny else {})}),
+        ("train", train.train, {"data": data, "out": run, "epochs": args.epochs, "init_from": init,
+                                    **(tiny if args.tiny else {})}),
         ("export", export.export, {"run": run, "out": out, "data": data}),
         ("evaluate", evaluate.evaluate, {"model": out, "data": data, **(TINY_EVAL if args.tiny else {})}),
     ):  # fmt: skip
