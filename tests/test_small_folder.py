@@ -133,3 +133,15 @@ def test_init_from_the_shipped_onnx_model_says_what_is_possible(tmp_path: Path, 
     err = capsys.readouterr().err
     assert "only ONNX" in err and "note.onnx" in err and "best.pt" in err and "leave out --init-from" in err
     assert not (tmp_path / "x.work").exists()  # said before any work is done
+
+
+def test_a_small_folder_trains_a_smaller_more_regularised_model(
+    trained: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    from training import cli
+
+    data = trained[1] / "data"
+    assert cli.small_data_overrides(data) == cli.SMALL_DATA_TRAIN
+    assert "a small folder" in capsys.readouterr().out
+    monkeypatch.setattr(cli, "SMALL_DATA_STEPS", 1)
+    assert cli.small_data_overrides(data) == {}
