@@ -14,7 +14,10 @@ File selection, in order:
    (matched by relative path, then by file name), otherwise by a stable hash of the relative path
    (sha1: 80 % train, 10 % valid, 10 % test);
 5. ``--limit N`` takes a deterministic spread of N files, stratified by split, so that even a tiny run has
-   train, valid and test sequences.
+   train, valid and test sequences;
+6. a small folder's valid and test splits are topped up from train to ``MIN_HELD_OUT`` pieces each (in a
+   folder of ``4 * MIN_HELD_OUT`` files or more; :func:`ensure_held_out`), so early stopping and the
+   evaluation see more than one piece.
 
 Files are parsed in parallel (one process per core); a file that cannot be read or yields nothing useful is
 skipped and counted by reason, never fatal: zero-length, too large (never read), not MIDI and truncated files are
@@ -56,6 +59,8 @@ __all__ = ["PrepareSummary", "extract_file", "prepare", "register", "tokens_from
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "valid", "test")
+MIN_HELD_OUT = 3
+"""Pieces the valid and the test split each hold at least (from train) when the folder has four times as many."""
 ARRAYS: dict[str, type[np.integer[Any]]] = {
     "melody": np.int16,
     "velocity": np.uint8,
@@ -150,8 +155,34 @@ def load_split_map(path: Path) -> dict[str, str]:
 
 def hash_split(rel: str) -> str:
     """Stable split of a relative path: sha1 -> 80 % train, 10 % valid, 10 % test."""
-    h = int(hashlib.sha1(rel.encode()).hexdigest()[:8], 16) % 100
+    h = _hash_value(rel)
     return "train" if h < 80 else "valid" if h < 90 else "test"
+
+
+def _hash_value(rel: str) -> int:
+    return int(hashlib.sha1(rel.encode()).hexdigest()[:8], 16) % 100
+
+
+def ensure_held_out(chosen: list[str], split_of: dict[str, str], pinned: Iterable[str]) -> list[tuple[str, str]]:
+    """Move train files into valid, then test, until each holds ``MIN_HELD_OUT`` pieces.
+
+    On a small folder the 10 % hash shares of valid and test are often zero, one or two pieces: too few for
+    early stopping and the evaluation to mean anything (or none, and training or evaluation cannot start). The
+    train files nearest each share by their hash move first (deterministic); files the split map placed never
+    move. A folder of fewer than ``4 * MIN_HELD_OUT`` files keeps its hash split (too few to hold out more).
+    Returns the moves as ``(file, split)``.
+    """
+    want = MIN_HELD_OUT if len(chosen) >= 4 * MIN_HELD_OUT else 0
+    fixed = set(pinned)
+    moves = []
+    for split in ("valid", "test"):
+        have = sum(1 for f in chosen if split_of[f] == split)
+        movable = [f for f in chosen if split_of[f] == "train" and f not in fixed]
+        movable.sort(key=lambda f: -_hash_value(f) if split == "valid" else _hash_value(f))
+        for f in movable[: max(0, want - have)]:
+            split_of[f] = split
+            moves.append((f, split))
+    return moves
 
 
 def assign_split(rel: str, split_map: dict[str, str]) -> str:
@@ -358,6 +389,9 @@ def prepare(
     mapping = load_split_map(split_map) if split_map is not None else {}
     split_of = {rel: assign_split(rel, mapping) for rel in unique}
     chosen = select_limit(unique, split_of, limit)
+    pinned = [rel for rel in chosen if rel in mapping or rel.rpartition("/")[2] in mapping]
+    for rel, split in ensure_held_out(chosen, split_of, pinned):
+        log.info("%s moved from train to %s (a small folder needs %d held-out pieces)", rel, split, MIN_HELD_OUT)
 
     n_workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
     seqs: dict[str, list[dict[str, npt.NDArray[np.int64]]]] = {s: [] for s in SPLITS}

@@ -66,6 +66,8 @@ class TrainConfig:
         seed: seed of the weights, the windows and the transpositions.
         threads: torch threads per process (0 = all cores / processes).
         eval_batch_size: sequences per validation batch.
+        init_from: a PyTorch checkpoint (``best.pt`` or ``checkpoint.pt`` of an earlier run) whose weights a
+            new run starts from (fine-tuning); its architecture replaces ``model``. Empty: random weights.
         model: the architecture.
     """
 
@@ -84,6 +86,7 @@ class TrainConfig:
     seed: int = 0
     threads: int = 0
     eval_batch_size: int = 32
+    init_from: str = ""
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -114,6 +117,64 @@ class TrainConfig:
             return cls(data=str(Path(data).resolve()), **kw, model=ModelConfig(**mkw))
         except ValueError as err:
             raise RtgenError(f"bad training option: {err}") from err
+
+
+# --- starting from another run's weights -------------------------------------------
+INIT_FILES = ("best.pt", "checkpoint.pt")
+"""What ``--init-from FOLDER`` looks for, in order (a run folder, or a model folder with weights beside it)."""
+
+
+def init_checkpoint(spec: str | Path) -> Path:
+    """The PyTorch checkpoint that ``--init-from SPEC`` means.
+
+    SPEC is a ``.pt`` file, a run folder (``best.pt``, else ``checkpoint.pt``), or a model folder or name
+    (``rtgen models list``); a model trained by ``rtgen-train all`` keeps its run in its work folder
+    (``OUT.work/run``, or ``.work/NAME/run`` in the models folder), which is looked at too.
+
+    Raises:
+        RtgenError: nothing of that name, or a model that ships only ONNX graphs (the shipped ``default``):
+            those cannot be trained further, and the message says what is possible instead.
+    """
+    from rtgen.config import default_config_path, load_config
+    from rtgen.library import is_name, resolve_model
+
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return path
+    user_dir = load_config(default_config_path()).models_dir
+    folder = resolve_model(spec, base=Path.cwd(), user_dir=user_dir)
+    places = [folder, folder / "run", folder.with_name(folder.name + ".work") / "run"]
+    if is_name(str(spec)):
+        places.append(user_dir / ".work" / str(spec) / "run")
+    for place in places:
+        for name in INIT_FILES:
+            if (place / name).is_file():
+                return place / name
+    onnx = sorted(p.name for p in folder.glob("*.onnx"))
+    shipped = f"ships only ONNX graphs ({', '.join(onnx)})" if onnx else "holds no PyTorch weights"
+    raise RtgenError(
+        f"cannot start from {spec}: {folder} {shipped}, and ONNX graphs cannot be trained further. "
+        "Fine-tuning needs the PyTorch weights of a run (best.pt): --init-from the run folder or the model "
+        "folder of an earlier rtgen-train run of yours (its OUT.work/run is found). Without them, train from "
+        "random weights (leave out --init-from); on a small folder a smaller model often does better "
+        "(rtgen-train train --hidden 64 --layers 1 --dropout 0.3)"
+    )
+
+
+def read_init(path: Path) -> tuple[dict[str, Any], ModelConfig]:
+    """``(state dict, architecture)`` of a checkpoint to start from.
+
+    Raises:
+        RtgenError: the file cannot be read or is not an rtgen training checkpoint.
+    """
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise RtgenError(f"cannot read {path} to start from ({err})") from err
+    model = ckpt.get("model_config") or (ckpt.get("config") or {}).get("model") if isinstance(ckpt, dict) else None
+    if not isinstance(model, dict) or "models" not in ckpt:
+        raise RtgenError(f"{path} is not an rtgen training checkpoint (best.pt or checkpoint.pt of a run)")
+    return ckpt["models"], ModelConfig.from_dict(model)
 
 
 # --- distributed helpers ------------------------------------------------------
@@ -317,6 +378,12 @@ def train(
     """
     data, out = Path(data), Path(out)
     cfg = TrainConfig.with_overrides(data, epochs, overrides)
+    if cfg.init_from:  # fine-tuning keeps the architecture of the weights it starts from
+        asked = {k: v for k, v in overrides.items() if k in ModelConfig.__dataclass_fields__ and v is not None}
+        cfg.model = read_init(Path(cfg.init_from))[1]
+        clash = {k: v for k, v in asked.items() if getattr(cfg.model, k) != v}
+        if clash:
+            raise RtgenError(f"--init-from {cfg.init_from} fixes the architecture ({cfg.model}); drop {clash}")
     d = setup_distributed()
     try:
         return _train(cfg, data, out, d, progress)
@@ -358,6 +425,9 @@ def _train(cfg: TrainConfig, data: Path, out: Path, d: Dist, progress: bool) -> 
     torch.manual_seed(cfg.seed)
     models = Models(cfg.model).to(d.device)
     opt = _optimizer(models, cfg)
+    if ckpt is None and cfg.init_from:
+        models.load_state_dict(read_init(Path(cfg.init_from))[0])
+        log.info("starting from the weights of %s", cfg.init_from)
     if ckpt is not None:
         models.load_state_dict(ckpt["models"])
         opt.load_state_dict(ckpt["optimizer"])
@@ -499,14 +569,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "--max-minutes", type=float, default=None,
         help=f"time budget; training ends cleanly when it is used (default {TrainConfig.max_minutes:g}, 0 = none)",
     )  # fmt: skip
+    p.add_argument(
+        "--init-from", default=None, metavar="RUN|MODEL|FILE.pt",
+        help="start from the weights of an earlier run (fine-tuning; see init_checkpoint)",
+    )  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
     keys = ("batch_size", "window", "lr", "hidden", "layers", "dropout", "seed", "threads", "patience", "max_minutes")
+    init = str(init_checkpoint(args.init_from)) if args.init_from else None
     summary = train(
-        data=args.data, out=args.out, epochs=args.epochs, progress=not args.no_progress,
+        data=args.data, out=args.out, epochs=args.epochs, progress=not args.no_progress, init_from=init,
         **{k: getattr(args, k) for k in keys},
     )  # fmt: skip
     if int(os.environ.get("RANK", "0")) == 0:
