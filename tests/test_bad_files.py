@@ -5,7 +5,6 @@ Each gives a clear message, and nothing is lost: prepare keeps the good files, t
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -239,8 +238,4 @@ def test_hot_swap_to_a_broken_model_replies_the_error_and_keeps_playing(
     finally:
         rec.close()
         peer.close()
-        if d.proc.poll() is None:
-            d.proc.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                d.proc.wait(10)
-        d.close()
+        d.stop()

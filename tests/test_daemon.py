@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -156,6 +157,17 @@ class Daemon:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(5)
+
+    def stop(self) -> None:
+        """End the daemon politely (SIGTERM, up to 10 s for its clean stop), then :meth:`close`.
+
+        A killed client stalls a synchronous JACK server for its client timeout.
+        """
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(10)
+        self.close()
 
     def close(self) -> None:
         if self.proc.poll() is None:

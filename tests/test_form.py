@@ -12,8 +12,6 @@ import contextlib
 import itertools
 import json
 import os
-import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -344,10 +342,6 @@ def test_osc_section_changes_on_the_next_phrase_boundary_with_no_stuck_note(
     finally:
         if peer is not None:
             peer.close()
-        if d.proc.poll() is None:
-            d.proc.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                d.proc.wait(10)
-        d.close()
+        d.stop()
         with contextlib.suppress(Exception):
             rec.close()

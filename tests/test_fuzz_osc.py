@@ -11,14 +11,12 @@ overflows and the server's error count can be compared exactly with what rtgen's
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import queue
 import signal
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -287,11 +285,7 @@ def test_osc_fuzz_while_playing_keeps_time_answers_and_leaves_no_note(
     finally:
         rec.close()
         peer.close()
-        if d.proc.poll() is None:
-            d.proc.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                d.proc.wait(10)
-        d.close()
+        d.stop()
 
     server_errors = after["osc_errors"] - before["osc_errors"]
     steps = after["steps"] + after["skipped_steps"] - before["steps"] - before["skipped_steps"]

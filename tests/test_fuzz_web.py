@@ -19,7 +19,6 @@ import os
 import random
 import signal
 import socket
-import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -157,11 +156,7 @@ def test_web_fuzz_while_playing_answers_every_frame_and_keeps_time(
         messages = rec.messages()
     finally:
         rec.close()
-        if d.proc.poll() is None:
-            d.proc.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                d.proc.wait(10)
-        d.close()
+        d.stop()
     errors: list[str] = result["errors"]
     reasons = ("binary frame", "-character message", "nested too deep", "not JSON", "expected", "must be")
     kinds = {k: sum(k in e for e in errors) for k in reasons}

@@ -98,14 +98,6 @@ def heard_within(player: Player, peer: Peer, seconds: float, at_least: int = 1) 
     return heard
 
 
-def stop_daemon(d: Daemon) -> None:
-    if d.proc.poll() is None:
-        d.proc.send_signal(signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            d.proc.wait(10)
-    d.close()
-
-
 def test_the_player_is_heard_in_every_start_beside_a_client_churn(
     jack_server: str, model_dir: Path, tmp_path: Path
 ) -> None:
@@ -126,7 +118,7 @@ def test_the_player_is_heard_in_every_start_beside_a_client_churn(
                 reopened += "ports reopened" in d.output()
             finally:
                 peer.close()
-                stop_daemon(d)
+                d.stop()
     finally:
         os.killpg(churn.pid, signal.SIGKILL)
         churn.wait()
@@ -212,5 +204,5 @@ def test_an_input_the_server_stops_running_is_reopened_and_hears_the_player_agai
         print(f"noticed after {detected_s:.2f} s, ports reopened after {recovered_s:.2f} s")
     finally:
         peer.close()
-        stop_daemon(d)
+        d.stop()
         player.close()

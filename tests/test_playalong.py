@@ -9,7 +9,6 @@ below is a ``perf_counter_ns`` of this process (send times, and the recorder's a
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import itertools
 import json
@@ -18,7 +17,6 @@ import random
 import signal
 import socket
 import statistics
-import subprocess
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -89,12 +87,7 @@ def start_daemon(jack_server: str, model_dir: Path, tmp_path: Path) -> Iterator[
         yield start
     finally:
         for d in started:
-            # a killed client stalls the synchronous JACK server for its client timeout: end it politely
-            if d.proc.poll() is None:
-                d.proc.send_signal(signal.SIGTERM)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    d.proc.wait(10)
-            d.close()
+            d.stop()
 
 
 # --- the player --------------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from rtgen.bench.harness import DaemonProcess, JackServer, jack_clients_env, jack_connect, jack_port_names
-from rtgen.bench.measure import cpu_seconds, free_udp_port
+from rtgen.bench.measure import cpu_percent_over, free_udp_port
 from rtgen.live.listening import PLAYER_ACTIVE_NS
 from rtgen.midi.messages import NOTE_OFF, NOTE_ON
 
@@ -74,14 +74,6 @@ class _Player:
         self.out.delete()
 
 
-def _window(pid: int, seconds: float) -> float:
-    """The process's CPU over ``seconds`` from now, in % of one core."""
-    cpu0, wall0 = cpu_seconds(pid), time.perf_counter()
-    time.sleep(seconds)
-    cpu1, wall1 = cpu_seconds(pid), time.perf_counter()
-    return round(100.0 * (cpu1 - cpu0) / (wall1 - wall0), 2)
-
-
 def _tempo_run(
     server: str, model_dir: Path, work: Path, tempo: float, player: _Player, windows: int, window_s: float,
     startup_timeout: float,
@@ -101,10 +93,10 @@ def _tempo_run(
         threads = len(os.listdir(f"/proc/{daemon.proc.pid}/task"))
         for _ in range(windows):
             loads.append(round(os.getloadavg()[0], 2))
-            idle.append(_window(daemon.proc.pid, window_s))
+            idle.append(cpu_percent_over(daemon.proc.pid, window_s))
             player.playing(True)
             time.sleep(0.5)  # the first notes are in: the daemon counts the player as playing
-            playing.append(_window(daemon.proc.pid, window_s))
+            playing.append(cpu_percent_over(daemon.proc.pid, window_s))
             player.playing(False)
             time.sleep(quiet_s)
     finally:

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from rtgen.bench.harness import PERIOD_FRAMES, SAMPLE_RATE, DaemonProcess, recorded_server
-from rtgen.bench.measure import cpu_seconds, free_udp_port, grid_figures, process_private_mb
+from rtgen.bench.measure import cpu_percent_over, free_udp_port, grid_figures, process_private_mb
 from rtgen.bench.oscload import OscLoad
 
 GRID_ARGS = ("--no-synth", "--no-osc", "--mode", "autonomous", "--clock", "internal", "--quiet")
@@ -61,10 +61,7 @@ def bench_jack_grid(
         try:
             first_notes = [daemon.wait_first_note(recorder, startup_timeout)]
             time.sleep(settle_s)
-            cpu0, wall0 = cpu_seconds(daemon.proc.pid), time.perf_counter()
-            time.sleep(seconds)
-            cpu1, wall1 = cpu_seconds(daemon.proc.pid), time.perf_counter()
-            settings["cpu_percent"] = round(100.0 * (cpu1 - cpu0) / (wall1 - wall0), 2)
+            settings["cpu_percent"] = cpu_percent_over(daemon.proc.pid, seconds)
             uss = process_private_mb(daemon.proc.pid)
             settings["daemon_threads"] = len(os.listdir(f"/proc/{daemon.proc.pid}/task"))
         finally:

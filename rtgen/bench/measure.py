@@ -83,6 +83,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
+def cpu_percent_over(pid: int, seconds: float) -> float:
+    """Process ``pid``'s CPU (all threads) over the next ``seconds`` of wall time, in % of one core."""
+    cpu0, wall0 = cpu_seconds(pid), time.perf_counter()
+    time.sleep(seconds)
+    cpu1, wall1 = cpu_seconds(pid), time.perf_counter()
+    return round(100.0 * (cpu1 - cpu0) / (wall1 - wall0), 2)
+
+
 def process_tree_cpu_s(root: int) -> float:
     """CPU seconds (user + system) of ``root`` and every process below it that is still running."""
     children: dict[int, list[int]] = {}

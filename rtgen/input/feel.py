@@ -19,7 +19,7 @@ MIN_ONSETS = 8  # before this many, the player is unknown: wait the whole window
 QUANTILE = 0.95  # of the offsets: with 32 onsets the second latest, so one stray late note is not followed
 SPREAD = 4.5  # median absolute deviations past the median (3 sigma of a normal spread): a few notes already say
 # how wide the player's spread is, where a high quantile of them may still miss its tail
-MARGIN_NS = 1_000_000  # the input is polled every millisecond: an onset is stamped up to this late
+MARGIN_NS = 1_000_000  # the loop passes its input poll interval (an onset is stamped up to that late)
 
 
 class PlayerFeel:

@@ -112,7 +112,7 @@ class LiveLoop(Deciding, Listening, Following, Handling):
         self.parts = parts
         self.feedback = feedback
         self.tracker = tracker
-        self.feel = PlayerFeel() if self.config.accompany.adapt_window else None
+        self.feel = PlayerFeel(margin_ns=POLL_NS) if self.config.accompany.adapt_window else None
         self.input_queue = input_queue
         self.clock_out = ClockOut(clock_out)
         self.thru = thru
