@@ -40,7 +40,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -217,8 +217,10 @@ def select_limit(files: list[str], splits: dict[str, str], limit: int | None) ->
     return sorted(chosen)
 
 
-def fingerprint(midi_dir: Path, files: list[str], limit: int | None, split_map: Path | None) -> str:
-    """Hash of everything a prepared dataset depends on."""
+def fingerprint(
+    midi_dir: Path, files: list[str], limit: int | None, split_map: Path | None, code: tuple[Any, ...] = ()
+) -> str:
+    """Hash of everything a prepared dataset depends on (``code``: more modules whose source it depends on)."""
     h = hashlib.sha256()
     meta: dict[str, Any] = {
         "contract": C.CONTRACT_VERSION,
@@ -227,7 +229,7 @@ def fingerprint(midi_dir: Path, files: list[str], limit: int | None, split_map: 
         "limit": limit,
         "split_map": hashlib.sha256(split_map.read_bytes()).hexdigest() if split_map else None,
         # the code that makes the tokens: a changed chord recogniser or extractor redoes the data
-        "code": [hashlib.sha256(Path(str(m.__file__)).read_bytes()).hexdigest() for m in (C, midi_extract)],
+        "code": [hashlib.sha256(Path(str(m.__file__)).read_bytes()).hexdigest() for m in (C, midi_extract, *code)],
     }
     h.update(json.dumps(meta, sort_keys=True).encode())
     for rel in files:
@@ -244,14 +246,17 @@ def _work(path: str) -> dict[str, npt.NDArray[np.int64]] | str:
         return f"error: {type(err).__name__}"
 
 
-def _extract_all(paths: list[str], workers: int, progress: bool) -> Iterator[dict[str, npt.NDArray[np.int64]] | str]:
+def _extract_all(
+    paths: list[str], workers: int, progress: bool, work: Callable[[str], Any] = _work
+) -> Iterator[Any]:
+    """``work(path)`` of each path, in order, in worker processes (one per core) with a progress bar."""
     from tqdm import tqdm
 
     bar = tqdm(total=len(paths), unit="file", desc="prepare", disable=not progress, leave=False)
     try:
         if workers <= 1 or len(paths) <= 1:
             for p in paths:
-                yield _work(p)
+                yield work(p)
                 bar.update()
             return
         chunksize = max(1, min(32, len(paths) // (workers * 8)))
@@ -259,7 +264,7 @@ def _extract_all(paths: list[str], workers: int, progress: bool) -> Iterator[dic
         # not survive a fork, so then the workers come from a clean fork server instead
         ctx = multiprocessing.get_context("forkserver" if "torch" in sys.modules else "fork")
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            for result in pool.map(_work, paths, chunksize=chunksize):
+            for result in pool.map(work, paths, chunksize=chunksize):
                 yield result
                 bar.update()
     finally:
@@ -309,6 +314,75 @@ def _summary_from_manifest(out: Path, manifest: dict[str, Any], seconds: float) 
     )
 
 
+def check_inputs(
+    midi_dir: str | Path, out: str | Path, split_map: str | Path | None, manifest: Callable[[Path], Any]
+) -> tuple[Path, Path, Path | None, list[str]]:
+    """``(midi_dir, out, split map, MIDI files)`` of a prepare run, checked.
+
+    The split map defaults to ``midi_dir.parent / SPLIT_MAP_NAME`` when that exists; ``manifest(out)`` is None
+    when ``out`` is not prepared data of the caller's kind (then a non-empty ``out`` is refused).
+
+    Raises:
+        DataError: no such MIDI folder or split map, no MIDI files, or ``out`` is another kind of folder.
+    """
+    midi_dir, out = Path(midi_dir).expanduser().resolve(), Path(out).expanduser()
+    if not midi_dir.is_dir():
+        raise DataError(f"MIDI folder {midi_dir} does not exist; pass --midi-dir a folder of .mid/.midi files")
+    if split_map is not None:
+        split_map = Path(split_map).expanduser()
+        if not split_map.is_file():
+            raise DataError(f"split map {split_map} does not exist; omit --split-map to split by hash")
+    elif (midi_dir.parent / SPLIT_MAP_NAME).is_file():
+        split_map = midi_dir.parent / SPLIT_MAP_NAME
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and manifest(out) is None)):
+        raise DataError(f"{out} exists and is not rtgen prepared data; choose another --out or remove it")
+
+    files = find_midi_files(midi_dir)
+    if not files:
+        raise DataError(f"no MIDI files (.mid, .midi) under {midi_dir}")
+    return midi_dir, out, split_map, files
+
+
+def select_files(
+    midi_dir: Path, files: list[str], limit: int | None, split_map: Path | None
+) -> tuple[list[str], dict[str, str], dict[str, list[str]]]:
+    """Steps 2 to 6 of the module docstring: ``(chosen files, split of each, skipped files by reason)``.
+
+    Stems, files :func:`rtgen.midi.extract.sniff` refuses and duplicates are skipped and listed by reason
+    (every reason of :data:`BASE_REASONS` present, possibly empty); the rest get a split, ``limit`` and the
+    small-folder top-up of the held-out splits.
+    """
+    skipped_files: dict[str, list[str]] = {r: [] for r in BASE_REASONS}
+    stems = find_stems(files)
+    skipped_files["stem"] = sorted(stems)
+    seen_hashes: dict[str, str] = {}
+    unique = []
+    for rel in files:
+        if rel in stems:
+            continue
+        reason = midi_extract.sniff(midi_dir / rel)
+        if reason is not None:
+            skipped_files.setdefault(reason, []).append(rel)
+            log.info("skipped %s: %s", rel, reason)
+            continue
+        digest = hashlib.sha1((midi_dir / rel).read_bytes()).hexdigest()
+        if digest in seen_hashes:
+            skipped_files.setdefault("duplicate", []).append(rel)
+            log.info("%s duplicates %s; skipped", rel, seen_hashes[digest])
+            continue
+        seen_hashes[digest] = rel
+        unique.append(rel)
+
+    mapping = load_split_map(split_map) if split_map is not None else {}
+    split_of = {rel: assign_split(rel, mapping) for rel in unique}
+    chosen = select_limit(unique, split_of, limit)
+    pinned = [rel for rel in chosen if rel in mapping or rel.rpartition("/")[2] in mapping]
+    for rel, split in ensure_held_out(chosen, split_of, pinned):
+        log.info("%s moved from train to %s (a small folder needs %d held-out pieces)", rel, split, MIN_HELD_OUT)
+
+    return chosen, split_of, skipped_files
+
+
 # --- the phase ---------------------------------------------------------------------------------------
 def prepare(
     midi_dir: str | Path,
@@ -342,21 +416,7 @@ def prepare(
             non-empty folder that is not rtgen data.
     """
     t0 = time.perf_counter()
-    midi_dir, out = Path(midi_dir).expanduser().resolve(), Path(out).expanduser()
-    if not midi_dir.is_dir():
-        raise DataError(f"MIDI folder {midi_dir} does not exist; pass --midi-dir a folder of .mid/.midi files")
-    if split_map is not None:
-        split_map = Path(split_map).expanduser()
-        if not split_map.is_file():
-            raise DataError(f"split map {split_map} does not exist; omit --split-map to split by hash")
-    elif (midi_dir.parent / SPLIT_MAP_NAME).is_file():
-        split_map = midi_dir.parent / SPLIT_MAP_NAME
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and _read_manifest(out) is None)):
-        raise DataError(f"{out} exists and is not rtgen prepared data; choose another --out or remove it")
-
-    files = find_midi_files(midi_dir)
-    if not files:
-        raise DataError(f"no MIDI files (.mid, .midi) under {midi_dir}")
+    midi_dir, out, split_map, files = check_inputs(midi_dir, out, split_map, _read_manifest)
     fp = fingerprint(midi_dir, files, limit, split_map)
     old = _read_manifest(out) if out.exists() else None
     if old is not None and old.get("fingerprint") == fp and not force:
@@ -365,33 +425,7 @@ def prepare(
             print(summary.line())
         return summary
 
-    skipped_files: dict[str, list[str]] = {r: [] for r in BASE_REASONS}
-    stems = find_stems(files)
-    skipped_files["stem"] = sorted(stems)
-    seen_hashes: dict[str, str] = {}
-    unique = []
-    for rel in files:
-        if rel in stems:
-            continue
-        reason = midi_extract.sniff(midi_dir / rel)
-        if reason is not None:
-            skipped_files.setdefault(reason, []).append(rel)
-            log.info("skipped %s: %s", rel, reason)
-            continue
-        digest = hashlib.sha1((midi_dir / rel).read_bytes()).hexdigest()
-        if digest in seen_hashes:
-            skipped_files.setdefault("duplicate", []).append(rel)
-            log.info("%s duplicates %s; skipped", rel, seen_hashes[digest])
-            continue
-        seen_hashes[digest] = rel
-        unique.append(rel)
-
-    mapping = load_split_map(split_map) if split_map is not None else {}
-    split_of = {rel: assign_split(rel, mapping) for rel in unique}
-    chosen = select_limit(unique, split_of, limit)
-    pinned = [rel for rel in chosen if rel in mapping or rel.rpartition("/")[2] in mapping]
-    for rel, split in ensure_held_out(chosen, split_of, pinned):
-        log.info("%s moved from train to %s (a small folder needs %d held-out pieces)", rel, split, MIN_HELD_OUT)
+    chosen, split_of, skipped_files = select_files(midi_dir, files, limit, split_map)
 
     n_workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
     seqs: dict[str, list[dict[str, npt.NDArray[np.int64]]]] = {s: [] for s in SPLITS}
