@@ -17,6 +17,14 @@ and ``u`` parameterises the distribution of the frame. Two heads:
   the pitches already decided. The product over pitches is a proper joint distribution of the frame
   (all 2^88 frames sum to 1), and with teacher forcing its exact log-likelihood is one pass.
 
+Three states (``states=3``, the MIDI step grid of :mod:`training.poly_midi`): per pitch off, onset or held,
+and a velocity bin per onset. The GRU reads the previous step as ``[sounding, onset, onset x velocity]`` per
+pitch (:meth:`PolyModel.inputs`). The NADE decides each pitch's state as a 3-way categorical, top pitch
+first: ``softmax(b_v_i + V_i . sigmoid(b_h + sum_{j<i} W_j[s_j]))`` with ``b_v (P, 3)``, ``V_i (3, Hn)`` and
+a learnt embedding ``W_j[s]`` of each decided pitch's state (onset or held; off adds nothing). An onset's
+velocity bin is ``softmax(A u + B h_i + c_i)``: the time state, the NADE hidden ``h_i`` at that pitch and a
+per-pitch bias. The frame's log-likelihood is the states' plus the onsets' velocities': exact, one pass.
+
 Clamping: ``log_prob(..., observed=mask)`` leaves the observed pitches' terms out; ``sample_step`` sets
 them instead of drawing them. When the observed pitches come first in the order (a melody and everything
 above it, since the order is top down) that is the exact conditional ``p(rest | observed)``; otherwise it
@@ -57,6 +65,8 @@ class PolyConfig:
         nade_hidden: the NADE's hidden units.
         bar_steps: steps per bar for the position-in-bar input; 0 = no position (the benchmark).
         dropout: dropout on the GRU's input and output.
+        states: 2 = a frame is the set of sounding pitches (the benchmark); 3 = per pitch off, onset or held.
+        velocity_bins: with 3 states, velocity bins of an onset (0 = no velocity head).
     """
 
     n_pitches: int = 88
@@ -67,10 +77,18 @@ class PolyConfig:
     nade_hidden: int = 128
     bar_steps: int = 0
     dropout: float = 0.3
+    states: int = 2
+    velocity_bins: int = 0
 
     def __post_init__(self) -> None:
         if self.head not in HEADS:
             raise RtgenError(f"head must be one of {', '.join(HEADS)}, not {self.head!r}")
+        if self.states not in (2, 3):
+            raise RtgenError(f"states must be 2 (sounding or not) or 3 (off, onset, held), not {self.states}")
+        if self.states == 3 and self.head != "nade":
+            raise RtgenError("three states (off, onset, held) need the nade head")
+        if self.velocity_bins < 0 or (self.velocity_bins and self.states != 3):
+            raise RtgenError(f"velocity_bins ({self.velocity_bins}) needs states 3 and must be >= 0")
         if self.bar_steps < 0:
             raise RtgenError(f"bar_steps must be >= 0, not {self.bar_steps}")
 
@@ -91,12 +109,23 @@ class PolyModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         P, E, H = cfg.n_pitches, cfg.embed, cfg.hidden  # noqa: N806 (shape names)
-        self.inp = nn.Linear(P, E)
+        self.inp = nn.Linear(P if cfg.states == 2 else (3 if cfg.velocity_bins else 2) * P, E)
         self.pos = nn.Embedding(cfg.bar_steps, E) if cfg.bar_steps else None
         self.rnn = nn.GRU(E, H, cfg.layers, batch_first=True, dropout=cfg.dropout if cfg.layers > 1 else 0.0)
         self.drop = nn.Dropout(cfg.dropout)
         if cfg.head == "bernoulli":
             self.out = nn.Linear(H, P)
+        elif cfg.states == 3:
+            Hn, VB = cfg.nade_hidden, cfg.velocity_bins  # noqa: N806
+            self.to_bv = nn.Linear(H, 3 * P)  # (P, 3) state biases, NADE order
+            self.to_bh = nn.Linear(H, Hn)
+            self.W = nn.Parameter(torch.randn(P, 2, Hn) * 0.01)  # decided pitch's onset / held -> NADE hidden
+            self.V = nn.Parameter(torch.randn(P, 3, Hn) * 0.01)  # NADE hidden -> state logits
+            self.register_buffer("before", torch.tril(torch.ones(P, P), -1), persistent=False)
+            if VB:
+                self.vel_u = nn.Linear(H, VB)  # time state -> velocity logits
+                self.vel_h = nn.Linear(Hn, VB, bias=False)  # NADE hidden at the pitch -> velocity logits
+                self.vel_p = nn.Parameter(torch.zeros(P, VB))  # per-pitch velocity bias (NADE order)
         else:
             Hn = cfg.nade_hidden  # noqa: N806
             self.to_bv = nn.Linear(H, P)  # visible biases b_v(t), in NADE order (top pitch first)
@@ -106,13 +135,32 @@ class PolyModel(nn.Module):
             # strictly lower triangle: a matmul sums the W rows of earlier pitches (faster than a cumsum here)
             self.register_buffer("before", torch.tril(torch.ones(P, P), -1), persistent=False)
 
+    def inputs(self, frame: torch.Tensor, velocity: torch.Tensor | None = None) -> torch.Tensor:
+        """The GRU's input for a step after ``frame``: the frame itself (2 states) or, for 3 states,
+        ``[sounding, onset, onset x velocity / (bins - 1)]`` per pitch.
+
+        Args:
+            frame: ``(..., P)`` 0/1 (2 states) or state codes 0 off, 1 onset, 2 held (any dtype).
+            velocity: ``(..., P)`` velocity bins (at onsets); needed when the model has a velocity head.
+        """
+        if self.cfg.states == 2:
+            return frame.float()
+        code = frame.long()
+        onset = (code == 1).float()
+        parts = [(code > 0).float(), onset]
+        if self.cfg.velocity_bins:
+            if velocity is None:
+                raise RtgenError("this model reads velocities: pass velocity")
+            parts.append(onset * velocity.float() / max(self.cfg.velocity_bins - 1, 1))
+        return torch.cat(parts, -1)
+
     def state(
         self, prev: torch.Tensor, pos: torch.Tensor | None = None, h0: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The GRU's output for each step and its final state.
 
         Args:
-            prev: ``(B, T, P)`` the frame before each predicted one (0/1 floats).
+            prev: ``(B, T, P)`` the frame before each predicted one (0/1 floats), or :meth:`inputs` of it.
             pos: ``(B, T)`` position in bar of each predicted frame (long), when ``bar_steps`` > 0.
             h0: ``(layers, B, H)`` initial state, or None for zeros.
 
@@ -147,17 +195,71 @@ class PolyModel(nn.Module):
         out = bv + torch.einsum("...ph,ph->...p", hid, self.V)  # (..., P)
         return out.flip(-1)
 
+    def logits3(self, u: torch.Tensor, code: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Teacher-forced state logits and velocity logits of a three-state model.
+
+        Args:
+            u: ``(..., H)`` GRU outputs.
+            code: ``(..., P)`` state codes (0 off, 1 onset, 2 held).
+
+        Returns:
+            ``(..., P, 3)`` state logits and ``(..., P, bins)`` velocity logits (None without a velocity head),
+            in pitch order.
+        """
+        P = self.cfg.n_pitches  # noqa: N806
+        decided = F.one_hot(code.long().flip(-1), 3)[..., 1:].float()  # (..., P, 2) NADE order
+        emb = torch.einsum("...ps,psh->...ph", decided, self.W)  # (..., P, Hn)
+        hid = torch.sigmoid(self.to_bh(u).unsqueeze(-2) + self.before @ emb)  # (..., P, Hn)
+        bv = self.to_bv(u).unflatten(-1, (P, 3))  # (..., P, 3)
+        out = bv + torch.einsum("...ph,psh->...ps", hid, self.V)
+        if not self.cfg.velocity_bins:
+            return out.flip(-2), None
+        vel = self.vel_u(u).unsqueeze(-2) + self.vel_h(hid) + self.vel_p  # (..., P, bins)
+        return out.flip(-2), vel.flip(-2)
+
+    def log_prob_parts(
+        self,
+        u: torch.Tensor,
+        frame: torch.Tensor,
+        velocity: torch.Tensor | None = None,
+        observed: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(states, velocities)`` log-probabilities of each frame: the velocities' term is the onsets' bins
+        (zeros for a model without velocities or when ``velocity`` is None).
+
+        Args:
+            u: ``(..., H)`` GRU outputs.
+            frame: ``(..., P)`` frames: 0/1 floats (2 states) or state codes (3 states).
+            velocity: ``(..., P)`` velocity bins (read at onsets).
+            observed: ``(..., P)`` bool, pitches given rather than predicted (their terms left out); None = none.
+        """
+        if self.cfg.states == 2:
+            return self.log_prob(u, frame, observed), torch.zeros(frame.shape[:-1])
+        code = frame.long()
+        state_logits, vel_logits = self.logits3(u, code)
+        lp = state_logits.log_softmax(-1).gather(-1, code.unsqueeze(-1)).squeeze(-1)  # (..., P)
+        vlp = torch.zeros_like(lp)
+        if vel_logits is not None and velocity is not None:
+            got = vel_logits.log_softmax(-1).gather(-1, velocity.long().unsqueeze(-1)).squeeze(-1)
+            vlp = torch.where(code == 1, got, vlp)
+        if observed is not None:
+            lp, vlp = lp.masked_fill(observed, 0.0), vlp.masked_fill(observed, 0.0)
+        return lp.sum(-1), vlp.sum(-1)
+
     def log_prob(self, u: torch.Tensor, frame: torch.Tensor, observed: torch.Tensor | None = None) -> torch.Tensor:
         """Log-probability of each frame (of its unobserved pitches given the observed ones).
 
         Args:
             u: ``(..., H)`` GRU outputs.
-            frame: ``(..., P)`` frames (0/1 floats).
+            frame: ``(..., P)`` frames (0/1 floats; for 3 states, state codes: the states' term alone,
+                :meth:`log_prob_parts` adds the velocities').
             observed: ``(..., P)`` bool, pitches given rather than predicted; None = none.
 
         Returns:
             ``(...)`` natural-log probabilities.
         """
+        if self.cfg.states == 3:
+            return self.log_prob_parts(u, frame, None, observed)[0]
         lp = -F.binary_cross_entropy_with_logits(self.logits(u, frame), frame, reduction="none")  # (..., P)
         if observed is not None:
             lp = lp.masked_fill(observed, 0.0)
@@ -198,6 +300,55 @@ class PolyModel(nn.Module):
             out[:, j] = vj
             a = a + vj.unsqueeze(-1) * self.W[k]
         return out
+
+    @torch.no_grad()
+    def sample_step3(
+        self,
+        u: torch.Tensor,
+        uniforms: torch.Tensor,
+        vel_uniforms: torch.Tensor,
+        clamp: torch.Tensor | None = None,
+        observed: torch.Tensor | None = None,
+        temperature: float = 1.0,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draw one three-state frame and its onsets' velocities per row, top pitch first.
+
+        A state is drawn by comparing its uniform with the cumulative probabilities (off, onset, held), a
+        velocity bin likewise; observed pitches take ``clamp``'s code (their velocity is still drawn).
+
+        Args:
+            u: ``(B, H)`` GRU outputs for the step.
+            uniforms: ``(B, P)`` random draws in [0, 1) for the states.
+            vel_uniforms: ``(B, P)`` random draws in [0, 1) for the velocities.
+            clamp: ``(B, P)`` codes of the observed pitches.
+            observed: ``(B, P)`` bool, which pitches are observed.
+            temperature: divides every logit.
+
+        Returns:
+            ``(B, P)`` state codes (long) and ``(B, P)`` velocity bins (long, 0 where no onset).
+        """
+        P, VB = self.cfg.n_pitches, self.cfg.velocity_bins  # noqa: N806
+        B = u.shape[0]  # noqa: N806
+        if clamp is None or observed is None:
+            clamp = torch.zeros(B, P, dtype=torch.long)
+            observed = torch.zeros(B, P, dtype=torch.bool)
+        bv, a = self.to_bv(u).unflatten(-1, (P, 3)), self.to_bh(u)  # (B, P, 3), (B, Hn)
+        vu = self.vel_u(u) if VB else None
+        code = torch.zeros(B, P, dtype=torch.long)
+        vel = torch.zeros(B, P, dtype=torch.long)
+        for k in range(P):  # NADE order position k is pitch P-1-k
+            j = P - 1 - k
+            h = torch.sigmoid(a)
+            p = torch.softmax((bv[:, k] + h @ self.V[k].T) / temperature, -1)  # (B, 3)
+            drawn = (uniforms[:, j : j + 1] >= p.cumsum(-1)[:, :2]).sum(-1)
+            s = torch.where(observed[:, j], clamp[:, j].long(), drawn)
+            code[:, j] = s
+            if vu is not None:
+                q = torch.softmax((vu + self.vel_h(h) + self.vel_p[k]) / temperature, -1)  # (B, bins)
+                vb = (vel_uniforms[:, j : j + 1] >= q.cumsum(-1)[:, : VB - 1]).sum(-1)
+                vel[:, j] = torch.where(s == 1, vb, torch.zeros_like(vb))
+            a = a + F.one_hot(s, 3)[:, 1:].float() @ self.W[k]
+        return code, vel
 
 
 def save(model: PolyModel, folder: Path) -> None:

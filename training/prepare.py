@@ -246,9 +246,7 @@ def _work(path: str) -> dict[str, npt.NDArray[np.int64]] | str:
         return f"error: {type(err).__name__}"
 
 
-def _extract_all(
-    paths: list[str], workers: int, progress: bool, work: Callable[[str], Any] = _work
-) -> Iterator[Any]:
+def _extract_all(paths: list[str], workers: int, progress: bool, work: Callable[[str], Any] = _work) -> Iterator[Any]:
     """``work(path)`` of each path, in order, in worker processes (one per core) with a progress bar."""
     from tqdm import tqdm
 
