@@ -48,6 +48,8 @@ HEADS = ("nade", "bernoulli")
 """The within-step heads :class:`PolyModel` knows."""
 CONFIG_FILE = "config.json"
 """A checkpoint folder's model arguments (JSON)."""
+OFF_BIAS = 3.0
+"""Initial logit of "off" above onset and held in a three-state model (p(off) about 0.9 at the start)."""
 WEIGHTS_FILE = "model.pt"
 """A checkpoint folder's weights: a plain state dict of tensors (loaded with ``weights_only=True``)."""
 
@@ -118,6 +120,8 @@ class PolyModel(nn.Module):
         elif cfg.states == 3:
             Hn, VB = cfg.nade_hidden, cfg.velocity_bins  # noqa: N806
             self.to_bv = nn.Linear(H, 3 * P)  # (P, 3) state biases, NADE order
+            with torch.no_grad():  # start where music is: most pitches off most of the time
+                self.to_bv.bias.view(P, 3)[:, 0] += OFF_BIAS
             self.to_bh = nn.Linear(H, Hn)
             self.W = nn.Parameter(torch.randn(P, 2, Hn) * 0.01)  # decided pitch's onset / held -> NADE hidden
             self.V = nn.Parameter(torch.randn(P, 3, Hn) * 0.01)  # NADE hidden -> state logits
