@@ -13,6 +13,16 @@ Greater, Add, Where): ``s . V_k > T logit(draw_k) - b_v,k``, with observed pitch
 (clamped on) or +inf (clamped off). ``logp`` is each pitch's log-probability of its value at temperature
 ``T``; with everything observed the graph only scores a frame and advances the state (the daemon's
 ``feed``).
+
+A three-state model (``states=3``: off, onset, held per pitch, and a velocity bin per onset) exports
+:class:`PolyStep3` instead, with the inputs and outputs of ``rtgen.generation.poly.INPUTS3`` / ``OUTPUTS3``::
+
+    prev (B, P) codes, prev_velocity (B, P) bins, state, draws, velocity_draws (B, P), clamp (B, P) codes,
+    observed, pos, temperature -> frame (B, P) codes, velocity (B, P) bins, logp (B, P), state_out
+
+Pitch ``k``'s state is drawn as :meth:`training.poly.PolyModel.sample_step3` draws it (its draw against the
+cumulative probabilities of off, onset, held at temperature ``T``), then an onset's velocity bin from its
+own draw; ``logp`` is each pitch's state log-probability (the velocities' are left out).
 """
 
 from __future__ import annotations
@@ -119,8 +129,86 @@ class PolyStep(nn.Module):
         return frame, logp, torch.stack(outs, dim=0)
 
 
+class PolyStep3(PolyStep):
+    """One step of a three-state :class:`training.poly.PolyModel` (module docstring), sampling in the graph."""
+
+    def __init__(self, model: poly.PolyModel) -> None:
+        nn.Module.__init__(self)
+        cfg = model.cfg
+        self.cfg = cfg
+        self.model = model
+        self.inp, self.pos, self.rnn, self.to_bv, self.to_bh = model.inp, model.pos, model.rnn, model.to_bv, model.to_bh
+        P, VB = cfg.n_pitches, cfg.velocity_bins  # noqa: N806
+        with torch.no_grad():
+            # per unrolled pitch one (Hn, 3 + bins) matrix: the state logits' and the velocity logits' columns
+            cols = [model.V[k].T for k in range(P)]
+            if VB:
+                cols = [torch.cat([c, model.vel_h.weight.T], dim=1) for c in cols]
+            self.cols = [c.detach().clone() for c in cols]
+            self.w_on = [model.W[k, 0].detach().clone().reshape(1, -1) for k in range(P)]
+            self.w_held = [model.W[k, 1].detach().clone().reshape(1, -1) for k in range(P)]
+            self.vel_p = [model.vel_p[k].detach().clone().reshape(1, -1) for k in range(P)] if VB else []
+
+    def forward(  # type: ignore[override]
+        self,
+        prev: Tensor,
+        prev_velocity: Tensor,
+        state: Tensor,
+        draws: Tensor,
+        velocity_draws: Tensor,
+        clamp: Tensor,
+        observed: Tensor,
+        pos: Tensor,
+        temperature: Tensor,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """See the module docstring; pitch order is MIDI order (column j = pitch j) in and out."""
+        P, VB = self.cfg.n_pitches, self.cfg.velocity_bins  # noqa: N806
+        x = self.inp(self.model.inputs(prev, prev_velocity))
+        if self.pos is not None:
+            x = x + self.pos(pos)
+        outs = []
+        for layer in range(self.cfg.layers):
+            x = self._cell(x, state[layer], layer)
+            outs.append(x)
+        t = temperature.unsqueeze(1)  # (B, 1)
+        bv = self.to_bv(x).unflatten(1, (P, 3))  # (B, P, 3) NADE order
+        a = self.to_bh(x)
+        vu = self.model.vel_u(x) if VB else None
+        d = draws.flip(1).split(1, dim=1)
+        vd = velocity_draws.flip(1).split(1, dim=1)
+        obs = observed.flip(1).split(1, dim=1)
+        cl = clamp.flip(1).split(1, dim=1)
+        logits, codes, vels = [], [], []
+        for k in range(P):
+            out = torch.sigmoid(a) @ self.cols[k]  # (B, 3 + bins)
+            z = out[:, :3] + bv[:, k]
+            p = torch.softmax(z / t, dim=1).cumsum(1)
+            drawn = (d[k] >= p[:, :2]).float().sum(1, keepdim=True)  # (B, 1) 0 off, 1 onset, 2 held
+            s = torch.where(obs[k], cl[k], drawn)
+            logits.append(z)
+            codes.append(s)
+            if vu is not None:
+                q = torch.softmax((vu + out[:, 3:] + self.vel_p[k]) / t, dim=1).cumsum(1)
+                vb = (vd[k] >= q[:, : VB - 1]).float().sum(1, keepdim=True)
+                vels.append(torch.where(s == 1, vb, torch.zeros_like(vb)))
+            if k + 1 < P:
+                a = torch.where(s == 1, a + self.w_on[k], torch.where(s == 2, a + self.w_held[k], a))
+        frame = torch.cat(codes[::-1], dim=1)  # (B, P) pitch order
+        velocity = torch.cat(vels[::-1], dim=1) if vels else torch.zeros_like(frame)
+        lz = torch.stack(logits[::-1], dim=1) / t.unsqueeze(2)  # (B, P, 3)
+        picked = nn.functional.one_hot(frame.long(), 3).float()
+        logp = (lz.log_softmax(-1) * picked).sum(-1)
+        return frame, velocity, logp, torch.stack(outs, dim=0)
+
+
 def _dummy(cfg: poly.PolyConfig, batch: int = 2) -> tuple[Tensor, ...]:
     P, L, H = cfg.n_pitches, cfg.layers, cfg.hidden  # noqa: N806
+    if cfg.states == 3:
+        return (
+            torch.zeros(batch, P), torch.zeros(batch, P), torch.zeros(L, batch, H), torch.full((batch, P), 0.5),
+            torch.full((batch, P), 0.5), torch.zeros(batch, P), torch.zeros(batch, P, dtype=torch.bool),
+            torch.zeros(batch, dtype=torch.int64), torch.ones(batch),
+        )  # fmt: skip
     return (
         torch.zeros(batch, P), torch.zeros(L, batch, H), torch.full((batch, P), 0.5), torch.zeros(batch, P),
         torch.zeros(batch, P, dtype=torch.bool), torch.zeros(batch, dtype=torch.int64), torch.ones(batch),
@@ -129,14 +217,16 @@ def _dummy(cfg: poly.PolyConfig, batch: int = 2) -> tuple[Tensor, ...]:
 
 def export_graph(model: poly.PolyModel, path: Path) -> None:
     """Write the step graph of ``model`` to ``path``."""
-    step = PolyStep(model).eval()
-    dynamic: dict[str, dict[int, str]] = {n: {0: "batch"} for n in INPUTS if n != "state"}
-    dynamic |= {n: {0: "batch"} for n in OUTPUTS if n != "state_out"}
+    three = model.cfg.states == 3
+    step = (PolyStep3(model) if three else PolyStep(model)).eval()
+    inputs, outputs = (rt_poly.INPUTS3, rt_poly.OUTPUTS3) if three else (INPUTS, OUTPUTS)
+    dynamic: dict[str, dict[int, str]] = {n: {0: "batch"} for n in inputs if n != "state"}
+    dynamic |= {n: {0: "batch"} for n in outputs if n != "state_out"}
     dynamic |= {"state": {1: "batch"}, "state_out": {1: "batch"}}
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            step, _dummy(model.cfg), str(path), input_names=list(INPUTS), output_names=list(OUTPUTS),
+            step, _dummy(model.cfg), str(path), input_names=list(inputs), output_names=list(outputs),
             dynamic_axes=dynamic, opset_version=OPSET, dynamo=False,
         )  # fmt: skip
 
@@ -152,6 +242,8 @@ def check_parity(model: poly.PolyModel, path: Path, steps: int = 64, batch: int 
         ModelError: a difference over tolerance.
     """
     cfg = model.cfg
+    if cfg.states == 3:
+        return check_parity3(model, path, steps, batch, seed)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     names = {i.name for i in sess.get_inputs()}  # a model without position in bar has no ``pos``
     gen = np.random.default_rng(seed)
@@ -191,6 +283,63 @@ def check_parity(model: poly.PolyModel, path: Path, steps: int = 64, batch: int 
         prev_t = torch.from_numpy(frame)
     result = {"steps": steps, "batch": batch, "frames_differing": mismatched, "max_abs_diff": worst}
     # A draw within float rounding of its probability may fall either way: allow one such frame in a run.
+    if mismatched > 1 or worst["logp"] > 1e-3 or worst["state"] > 1e-4:
+        raise ModelError(f"poly.onnx does not match PyTorch: {result}")
+    return result
+
+
+@torch.no_grad()
+def check_parity3(model: poly.PolyModel, path: Path, steps: int = 64, batch: int = 4, seed: int = 0) -> dict[str, Any]:
+    """:func:`check_parity` for a three-state graph: codes and velocity bins equal to
+    :meth:`training.poly.PolyModel.sample_step3`'s for the same draws, state log-probabilities equal to the
+    teacher-forced ones, the states in agreement, clamped pitches kept.
+
+    Raises:
+        ModelError: a difference over tolerance.
+    """
+    cfg = model.cfg
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = {i.name for i in sess.get_inputs()}
+    gen = np.random.default_rng(seed)
+    P = cfg.n_pitches  # noqa: N806
+    prev = np.zeros((batch, P), np.float32)
+    prev_vel = np.zeros((batch, P), np.float32)
+    state = np.zeros((cfg.layers, batch, cfg.hidden), np.float32)
+    h_t: Tensor | None = None
+    worst = {"logp": 0.0, "state": 0.0}
+    mismatched = 0
+    for i in range(steps):
+        draws = gen.random((batch, P), dtype=np.float32)
+        vdraws = gen.random((batch, P), dtype=np.float32)
+        observed = np.zeros((batch, P), bool)
+        clamp = np.zeros((batch, P), np.float32)
+        if i % 2:  # every other step clamps a "soprano" onset and everything above it
+            top = gen.integers(30, 60, batch)
+            for b in range(batch):
+                observed[b, top[b] :] = True
+                clamp[b, top[b]] = 1.0
+        pos = np.full((batch,), i % max(cfg.bar_steps, 1), np.int64)
+        feeds = {"prev": prev, "prev_velocity": prev_vel, "state": state, "draws": draws,
+                 "velocity_draws": vdraws, "clamp": clamp, "observed": observed, "pos": pos,
+                 "temperature": np.ones(batch, np.float32)}  # fmt: skip
+        frame, vel, logp, state = sess.run(list(rt_poly.OUTPUTS3), {k: v for k, v in feeds.items() if k in names})
+        pos_t = torch.from_numpy(pos).unsqueeze(1) if cfg.bar_steps else None
+        x = model.inputs(torch.from_numpy(prev).unsqueeze(1), torch.from_numpy(prev_vel).unsqueeze(1))
+        u, h_t = model.state(x, pos_t, h_t)
+        u = u[:, 0]
+        code, vel_t = model.sample_step3(
+            u, torch.from_numpy(draws), torch.from_numpy(vdraws), torch.from_numpy(clamp).long(),
+            torch.from_numpy(observed),
+        )  # fmt: skip
+        mismatched += int(((code.numpy() != frame) | (vel_t.numpy() != vel)).any(axis=1).sum())
+        if not np.array_equal(frame[observed], clamp[observed]):
+            raise ModelError("poly.onnx parity: a clamped pitch was not kept")
+        logits, _ = model.logits3(u, torch.from_numpy(frame).long())
+        lp = logits.log_softmax(-1).gather(-1, torch.from_numpy(frame).long().unsqueeze(-1)).squeeze(-1)
+        worst["logp"] = max(worst["logp"], float((lp - torch.from_numpy(logp)).abs().max()))
+        worst["state"] = max(worst["state"], float((h_t - torch.from_numpy(state)).abs().max()))
+        prev, prev_vel = frame, vel
+    result = {"steps": steps, "batch": batch, "frames_differing": mismatched, "max_abs_diff": worst}
     if mismatched > 1 or worst["logp"] > 1e-3 or worst["state"] > 1e-4:
         raise ModelError(f"poly.onnx does not match PyTorch: {result}")
     return result
@@ -240,6 +389,7 @@ def export(
         "poly": {
             "n_pitches": cfg.n_pitches, "low_pitch": rt_poly.LOW_PITCH, "bar_steps": cfg.bar_steps,
             "step_beats": step_beats, "centred_key": centred_key, "state_shape": [cfg.layers, cfg.hidden],
+            "states": cfg.states, "velocity_bins": cfg.velocity_bins,
         },
         "model": {"head": cfg.head, "config": json.loads((Path(checkpoint) / poly.CONFIG_FILE).read_text()),
                   "params": {"poly": poly.n_params(model)}, "opset": OPSET},

@@ -9,6 +9,12 @@ next state (the within-step loop and the sampling are inside the graph).
 Pitch index ``j`` of a frame is MIDI pitch ``low_pitch + j`` (21..108 for the 88 keys). The NADE decides
 pitches from the top down, so clamping a melody pitch and everything above it conditions the voices
 below on the melody exactly.
+
+A three-state model (``meta.json`` ``poly.states`` 3, trained by ``rtgen-train all --kind poly`` on a folder
+of MIDI) plays the step grid: a frame holds per pitch a state code (:data:`OFF`, :data:`ONSET`, :data:`HELD`;
+a repeated note is a new onset) and :attr:`PolyStepper.velocity` a velocity bin per onset
+(``contract.bin_velocity`` gives its MIDI velocity); its graph takes the previous frame's velocities and a
+second draw per pitch for the velocity (:data:`INPUTS3`, :data:`OUTPUTS3`).
 """
 
 from __future__ import annotations
@@ -30,6 +36,12 @@ MELODY_KIND = "melody"
 GRAPH_FILE = "poly.onnx"
 INPUTS = ("prev", "state", "draws", "clamp", "observed", "pos", "temperature")
 OUTPUTS = ("frame", "logp", "state_out")
+INPUTS3 = ("prev", "prev_velocity", "state", "draws", "velocity_draws", "clamp", "observed", "pos", "temperature")
+"""Inputs of a three-state graph."""
+OUTPUTS3 = ("frame", "velocity", "logp", "state_out")
+"""Outputs of a three-state graph."""
+OFF, ONSET, HELD = 0, 1, 2
+"""A three-state frame's codes."""
 LOW_PITCH = 21
 """MIDI pitch of frame index 0 (A0, the piano's lowest key)."""
 
@@ -50,6 +62,8 @@ class PolyModel:
         bar_steps: steps per bar of the position input; 0 = the model has none.
         step_beats: one frame's length in beats.
         centred_key: trained on pieces transposed to C major / C minor (play it in C, transpose around it).
+        states: 2 (a frame is the sounding pitches, 0/1) or 3 (codes off / onset / held per pitch).
+        velocity_bins: velocity bins of an onset (three-state models; 0 = none).
     """
 
     def __init__(self, path: Path, meta: dict[str, Any], session: ort.InferenceSession) -> None:
@@ -61,6 +75,8 @@ class PolyModel:
         self.bar_steps = int(block["bar_steps"])
         self.step_beats = float(block["step_beats"])
         self.centred_key = bool(block["centred_key"])
+        self.states = int(block.get("states", 2))
+        self.velocity_bins = int(block.get("velocity_bins", 0))
         layers, hidden = block["state_shape"]
         self.state_shape = (int(layers), int(hidden))
         self._session = session
@@ -93,7 +109,8 @@ class PolyModel:
         except Exception as err:  # onnxruntime raises its own exception types for a bad file
             raise ModelError(f"cannot load {graph}: {err}") from err
         names = tuple(i.name for i in session.get_inputs())
-        expected = tuple(n for n in INPUTS if n != "pos" or int(block["bar_steps"]) > 0)
+        inputs = INPUTS3 if int(block.get("states", 2)) == 3 else INPUTS
+        expected = tuple(n for n in inputs if n != "pos" or int(block["bar_steps"]) > 0)
         if names != expected:
             raise ModelError(f"{graph} has inputs {names}, expected {expected}; re-export it")
         return cls(folder, meta, session)
@@ -123,20 +140,29 @@ class PolyStepper:
         self.temperature = np.ones(1, np.float32)
         self.frame = np.zeros((1, P), np.float32)
         self.logp = np.zeros((1, P), np.float32)
+        self.prev_velocity = np.zeros((1, P), np.float32)
+        self.velocity_draws = np.zeros((1, P), np.float32)
+        self.velocity = np.zeros((1, P), np.float32)
+        """Velocity bins of the last frame's onsets (three-state models; 0 elsewhere)."""
         self._values: list[ort.OrtValue] = []
         self._io = [self._bind(cur) for cur in range(2)]
         self._cur = 0
 
     def _bind(self, cur: int) -> ort.IOBinding:
         io = self.model._session.io_binding()
-        ins = (self.prev, self._states[cur], self.draws, self.clamp, self.observed, self.pos, self.temperature)
-        for name, arr in zip(INPUTS, ins, strict=True):
-            if name not in self.model.input_names:  # ``pos`` of a model without position in bar
+        ins = {"prev": self.prev, "prev_velocity": self.prev_velocity, "state": self._states[cur],
+               "draws": self.draws, "velocity_draws": self.velocity_draws, "clamp": self.clamp,
+               "observed": self.observed, "pos": self.pos, "temperature": self.temperature}  # fmt: skip
+        for name, arr in ins.items():
+            if name not in self.model.input_names:  # ``pos`` without position in bar; a binary graph's
                 continue
             value = ort.OrtValue.ortvalue_from_numpy(arr)
             self._values.append(value)
             io.bind_ortvalue_input(name, value)
-        for name, arr in zip(OUTPUTS, (self.frame, self.logp, self._states[1 - cur]), strict=True):
+        outs = {"frame": self.frame, "velocity": self.velocity, "logp": self.logp, "state_out": self._states[1 - cur]}
+        for name, arr in outs.items():
+            if name == "velocity" and self.model.states == 2:
+                continue
             value = ort.OrtValue.ortvalue_from_numpy(arr)
             self._values.append(value)
             io.bind_ortvalue_output(name, value)
@@ -152,12 +178,14 @@ class PolyStepper:
         for buf in self._states:
             buf.fill(0.0)
         self.prev.fill(0.0)
+        self.prev_velocity.fill(0.0)
         self._cur = 0
 
     def _run(self) -> np.ndarray:
         self.model._session.run_with_iobinding(self._io[self._cur])
         self._cur = 1 - self._cur
         self.prev[...] = self.frame
+        self.prev_velocity[...] = self.velocity
         return self.frame[0]
 
     def step(
@@ -176,8 +204,9 @@ class PolyStepper:
             temperature: > 0; the NADE's logits are divided by it.
 
         Returns:
-            The frame, ``(P,)`` float32 of 0/1 (a live buffer: copy to keep). :attr:`logp` holds each
-            pitch's log-probability.
+            The frame, ``(P,)`` float32 of 0/1, or of the codes 0 off / 1 onset / 2 held for a three-state
+            model (a live buffer: copy to keep). :attr:`logp` holds each pitch's log-probability,
+            :attr:`velocity` a three-state model's velocity bins.
         """
         if observed is None:
             self.observed.fill(False)
@@ -188,15 +217,23 @@ class PolyStepper:
         self.pos[0] = pos
         self.temperature[0] = max(float(temperature), 1e-3)
         self._rng.random(out=self.draws, dtype=np.float32)
+        if self.model.states == 3:
+            self._rng.random(out=self.velocity_draws, dtype=np.float32)
         return self._run()
 
-    def feed(self, frame: np.ndarray, pos: int = 0) -> float:
-        """Observe a whole frame (e.g. the player's) and advance; returns its log-probability."""
+    def feed(self, frame: np.ndarray, pos: int = 0, velocity: np.ndarray | None = None) -> float:
+        """Observe a whole frame (e.g. the player's) and advance; returns its log-probability.
+
+        A three-state model takes codes (0 off, 1 onset, 2 held) and, in ``velocity``, its onsets' bins
+        (default: the bins the graph draws).
+        """
         self.observed.fill(True)
         self.clamp[0] = frame
         self.pos[0] = pos
         self.temperature[0] = 1.0
         self._run()
+        if velocity is not None:
+            self.prev_velocity[0] = np.where(self.frame[0] == ONSET, velocity, 0.0)
         return float(self.logp.sum())
 
     def index(self, pitch: int) -> int:
