@@ -70,6 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
         "ships only ONNX, which cannot be trained further; the error says what to do)",
     )
     p.add_argument("--tiny", action="store_true", help="a tiny model and a quick evaluation (for tests and smoke runs)")
+    p.add_argument(
+        "--kind",
+        choices=("melody", "poly"),
+        default="melody",
+        help="melody: melody + chord models (the default); poly: the polyphonic step model, every non-drum note "
+        "kept (off / onset / held per pitch, velocities)",
+    )
     p.set_defaults(func=run_all)
     return parser
 
@@ -93,6 +100,10 @@ def output_folders(out: str, work: Path | None) -> tuple[Path, Path]:
 
 def run_all(args: argparse.Namespace) -> int:
     """Run the four phases; each phase resumes what an earlier run left."""
+    if args.kind == "poly":
+        from training.poly_all import run_all_poly
+
+        return run_all_poly(args)
     from training import evaluate, export, prepare, train
 
     out, work = output_folders(args.out, args.work)
