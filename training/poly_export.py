@@ -147,7 +147,7 @@ class PolyStep3(PolyStep):
             self.cols = [c.detach().clone() for c in cols]
             self.w_on = [model.W[k, 0].detach().clone().reshape(1, -1) for k in range(P)]
             self.w_held = [model.W[k, 1].detach().clone().reshape(1, -1) for k in range(P)]
-            self.vel_p = [model.vel_p[k].detach().clone().reshape(1, -1) for k in range(P)] if VB else []
+            self.vel_p = model.vel_p.detach().flip(0).clone() if VB else None  # (P, bins) pitch order
 
     def forward(  # type: ignore[override]
         self,
@@ -175,10 +175,9 @@ class PolyStep3(PolyStep):
         a = self.to_bh(x)
         vu = self.model.vel_u(x) if VB else None
         d = draws.flip(1).split(1, dim=1)
-        vd = velocity_draws.flip(1).split(1, dim=1)
         obs = observed.flip(1).split(1, dim=1)
         cl = clamp.flip(1).split(1, dim=1)
-        logits, codes, vels = [], [], []
+        logits, codes, vel_logits = [], [], []
         for k in range(P):
             out = torch.sigmoid(a) @ self.cols[k]  # (B, 3 + bins)
             z = out[:, :3] + bv[:, k]
@@ -187,17 +186,20 @@ class PolyStep3(PolyStep):
             s = torch.where(obs[k], cl[k], drawn)
             logits.append(z)
             codes.append(s)
-            if vu is not None:
-                q = torch.softmax((vu + out[:, 3:] + self.vel_p[k]) / t, dim=1).cumsum(1)
-                vb = (vd[k] >= q[:, : VB - 1]).float().sum(1, keepdim=True)
-                vels.append(torch.where(s == 1, vb, torch.zeros_like(vb)))
+            vel_logits.append(out[:, 3:])
             if k + 1 < P:
                 a = torch.where(s == 1, a + self.w_on[k], torch.where(s == 2, a + self.w_held[k], a))
         frame = torch.cat(codes[::-1], dim=1)  # (B, P) pitch order
-        velocity = torch.cat(vels[::-1], dim=1) if vels else torch.zeros_like(frame)
         lz = torch.stack(logits[::-1], dim=1) / t.unsqueeze(2)  # (B, P, 3)
         picked = nn.functional.one_hot(frame.long(), 3).float()
         logp = (lz.log_softmax(-1) * picked).sum(-1)
+        if vu is None:
+            return frame, torch.zeros_like(frame), logp, torch.stack(outs, dim=0)
+        # the velocities decide nothing inside the step: drawn for every pitch at once, after the loop
+        vl = torch.stack(vel_logits[::-1], dim=1) + vu.unsqueeze(1) + self.vel_p  # (B, P, bins) pitch order
+        q = torch.softmax(vl / t.unsqueeze(2), dim=2).cumsum(2)
+        vb = (velocity_draws.unsqueeze(2) >= q[:, :, : VB - 1]).float().sum(2)
+        velocity = torch.where(frame == 1, vb, torch.zeros_like(vb))
         return frame, velocity, logp, torch.stack(outs, dim=0)
 
 
