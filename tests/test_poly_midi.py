@@ -6,16 +6,20 @@ chords (steps with three or more notes sounding)."""
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 import mido
 import numpy as np
 import pytest
+import torch
 
 from rtgen import library
 from rtgen.generation.poly import HELD, ONSET, PolyModel
+from training import poly
 from training.cli import main as train_main
 from training.poly_all import TINY_MODEL, TINY_TRAIN, render, texture
 from training.poly_midi import load_poly_split
@@ -125,3 +129,26 @@ def test_a_finished_run_resumes_at_once(trained: dict[str, Any]) -> None:
     cfg = PolyTrainConfig(**{**TINY_TRAIN, "epochs": EPOCHS})
     summary = train_poly(trained["work"] / "data", run, default_model(**TINY_MODEL), cfg, progress=False)
     assert summary["epochs"] == EPOCHS and summary["stopped"] == f"all {EPOCHS} epochs done"
+
+
+def test_three_state_head_is_a_joint_distribution_and_the_sampler_draws_from_it() -> None:
+    torch.manual_seed(0)
+    k = 4
+    cfg = poly.PolyConfig(n_pitches=k, embed=8, hidden=12, nade_hidden=6, dropout=0.0, states=3, velocity_bins=3)
+    model = poly.PolyModel(cfg).eval().requires_grad_(False)
+    with torch.no_grad():  # weights big enough that the pitches really depend on each other
+        for p in model.parameters():
+            p.normal_(0.0, 1.0)
+    frames = torch.tensor(list(itertools.product((0, 1, 2), repeat=k)))  # all 81 frames
+    u = torch.randn(1, 12)
+    states_lp = model.log_prob(u.expand(len(frames), 12), frames)
+    assert float(torch.logsumexp(states_lp, 0)) == pytest.approx(0.0, abs=1e-5)
+    onset = torch.tensor([1, 0, 1, 2])  # its onsets' velocities: 9 combinations, summing to 1
+    bins = torch.tensor([[a, 0, b, 0] for a in range(3) for b in range(3)])
+    _, vel_lp = model.log_prob_parts(u.expand(9, 12), onset.expand(9, k), bins)
+    assert float(torch.logsumexp(vel_lp, 0)) == pytest.approx(0.0, abs=1e-5)
+    n = 40_000
+    code, _ = model.sample_step3(u.expand(n, 12), torch.rand(n, k, 3), torch.rand(n, k))
+    freq = torch.bincount((code * torch.tensor([27, 9, 3, 1])).sum(-1), minlength=81).float() / n
+    p = states_lp.exp()
+    assert (freq - p).abs().max() < 5 * math.sqrt(0.25 / n)

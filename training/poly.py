@@ -317,12 +317,14 @@ class PolyModel(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Draw one three-state frame and its onsets' velocities per row, top pitch first.
 
-        A state is drawn by comparing its uniform with the cumulative probabilities (off, onset, held), a
-        velocity bin likewise; observed pitches take ``clamp``'s code (their velocity is still drawn).
+        A pitch's state is the Gumbel-max draw ``argmax(z + T g)`` of its logits ``z`` at temperature ``T``,
+        ``g = -log(-log(uniform))`` from its three uniforms (a draw from ``softmax(z / T)``); an onset's velocity
+        bin is its uniform against the cumulative probabilities of the bins at ``T``. Observed pitches take
+        ``clamp``'s code.
 
         Args:
             u: ``(B, H)`` GRU outputs for the step.
-            uniforms: ``(B, P)`` random draws in [0, 1) for the states.
+            uniforms: ``(B, P, 3)`` random draws in [0, 1) for the states.
             vel_uniforms: ``(B, P)`` random draws in [0, 1) for the velocities.
             clamp: ``(B, P)`` codes of the observed pitches.
             observed: ``(B, P)`` bool, which pitches are observed.
@@ -336,23 +338,25 @@ class PolyModel(nn.Module):
         if clamp is None or observed is None:
             clamp = torch.zeros(B, P, dtype=torch.long)
             observed = torch.zeros(B, P, dtype=torch.bool)
-        bv, a = self.to_bv(u).unflatten(-1, (P, 3)), self.to_bh(u)  # (B, P, 3), (B, Hn)
-        vu = self.vel_u(u) if VB else None
+        noise = temperature * -torch.log(-torch.log(uniforms))  # (B, P, 3) pitch order
+        bv, a = self.to_bv(u).unflatten(-1, (P, 3)), self.to_bh(u)  # (B, P, 3) NADE order, (B, Hn)
         code = torch.zeros(B, P, dtype=torch.long)
-        vel = torch.zeros(B, P, dtype=torch.long)
+        hidden = []
         for k in range(P):  # NADE order position k is pitch P-1-k
             j = P - 1 - k
             h = torch.sigmoid(a)
-            p = torch.softmax((bv[:, k] + h @ self.V[k].T) / temperature, -1)  # (B, 3)
-            drawn = (uniforms[:, j : j + 1] >= p.cumsum(-1)[:, :2]).sum(-1)
+            hidden.append(h)
+            drawn = (h @ self.V[k].T + bv[:, k] + noise[:, j]).argmax(-1)
             s = torch.where(observed[:, j], clamp[:, j].long(), drawn)
             code[:, j] = s
-            if vu is not None:
-                q = torch.softmax((vu + self.vel_h(h) + self.vel_p[k]) / temperature, -1)  # (B, bins)
-                vb = (vel_uniforms[:, j : j + 1] >= q.cumsum(-1)[:, : VB - 1]).sum(-1)
-                vel[:, j] = torch.where(s == 1, vb, torch.zeros_like(vb))
             a = a + F.one_hot(s, 3)[:, 1:].float() @ self.W[k]
-        return code, vel
+        if not VB:
+            return code, torch.zeros_like(code)
+        hid = torch.stack(hidden[::-1], dim=1)  # (B, P, Hn) pitch order
+        vl = self.vel_u(u).unsqueeze(1) + self.vel_h(hid) + self.vel_p.flip(0)  # (B, P, bins)
+        q = torch.softmax(vl / temperature, -1).cumsum(-1)
+        bins = (vel_uniforms.unsqueeze(-1) >= q[..., : VB - 1]).sum(-1)
+        return code, torch.where(code == 1, bins, torch.zeros_like(bins))
 
 
 def save(model: PolyModel, folder: Path) -> None:

@@ -17,12 +17,15 @@ Greater, Add, Where): ``s . V_k > T logit(draw_k) - b_v,k``, with observed pitch
 A three-state model (``states=3``: off, onset, held per pitch, and a velocity bin per onset) exports
 :class:`PolyStep3` instead, with the inputs and outputs of ``rtgen.generation.poly.INPUTS3`` / ``OUTPUTS3``::
 
-    prev (B, P) codes, prev_velocity (B, P) bins, state, draws, velocity_draws (B, P), clamp (B, P) codes,
+    prev (B, P) codes, prev_velocity (B, P) bins, state, draws (B, P, 3), velocity_draws (B, P), clamp (B, P) codes,
     observed, pos, temperature -> frame (B, P) codes, velocity (B, P) bins, logp (B, P), state_out
 
-Pitch ``k``'s state is drawn as :meth:`training.poly.PolyModel.sample_step3` draws it (its draw against the
-cumulative probabilities of off, onset, held at temperature ``T``), then an onset's velocity bin from its
-own draw; ``logp`` is each pitch's state log-probability (the velocities' are left out).
+``draws`` is ``(B, P, 3)`` there: a pitch's state is drawn as :meth:`training.poly.PolyModel.sample_step3`
+draws it, Gumbel-max (``argmax(z + T g)``, ``g = -log(-log(draw))``), with the noise, the biases and the
+clamped pitches (``+inf`` on the clamped code, ``-inf`` on the others) folded into one ``(B, P, 3)`` offset
+before the loop, so an unrolled pitch costs six nodes (Sigmoid, MatMul, Add, ArgMax, Gather, Add). The
+onsets' velocity bins are drawn after the loop for all pitches at once; ``logp`` is each pitch's state
+log-probability (the velocities' are left out).
 """
 
 from __future__ import annotations
@@ -138,16 +141,12 @@ class PolyStep3(PolyStep):
         self.cfg = cfg
         self.model = model
         self.inp, self.pos, self.rnn, self.to_bv, self.to_bh = model.inp, model.pos, model.rnn, model.to_bv, model.to_bh
-        P, VB = cfg.n_pitches, cfg.velocity_bins  # noqa: N806
+        P = cfg.n_pitches  # noqa: N806
         with torch.no_grad():
-            # per unrolled pitch one (Hn, 3 + bins) matrix: the state logits' and the velocity logits' columns
-            cols = [model.V[k].T for k in range(P)]
-            if VB:
-                cols = [torch.cat([c, model.vel_h.weight.T], dim=1) for c in cols]
-            self.cols = [c.detach().clone() for c in cols]
-            self.w_on = [model.W[k, 0].detach().clone().reshape(1, -1) for k in range(P)]
-            self.w_held = [model.W[k, 1].detach().clone().reshape(1, -1) for k in range(P)]
-            self.vel_p = model.vel_p.detach().flip(0).clone() if VB else None  # (P, bins) pitch order
+            self.cols = [model.V[k].T.detach().clone() for k in range(P)]  # (Hn, 3)
+            zero = torch.zeros(1, cfg.nade_hidden)
+            self.w3 = [torch.cat([zero, model.W[k].detach()], dim=0).clone() for k in range(P)]  # (3, Hn): off adds 0
+            self.vel_p = model.vel_p.detach().flip(0).clone() if cfg.velocity_bins else None  # (P, bins) pitch order
 
     def forward(  # type: ignore[override]
         self,
@@ -170,36 +169,35 @@ class PolyStep3(PolyStep):
         for layer in range(self.cfg.layers):
             x = self._cell(x, state[layer], layer)
             outs.append(x)
-        t = temperature.unsqueeze(1)  # (B, 1)
-        bv = self.to_bv(x).unflatten(1, (P, 3))  # (B, P, 3) NADE order
+        t = temperature.reshape(-1, 1, 1)  # (B, 1, 1)
+        bv = self.to_bv(x).unflatten(1, (P, 3)).flip(1)  # (B, P, 3) pitch order
+        noise = -torch.log(-torch.log(draws))
+        inf = torch.full_like(noise, float("inf"))
+        fixed = torch.where(nn.functional.one_hot(clamp.long(), 3) > 0, inf, -inf)
+        offset = torch.where(observed.unsqueeze(2), fixed, bv + t * noise).flip(1)  # (B, P, 3) NADE order
+        offsets = offset.unbind(1)
         a = self.to_bh(x)
-        vu = self.model.vel_u(x) if VB else None
-        d = draws.flip(1).split(1, dim=1)
-        obs = observed.flip(1).split(1, dim=1)
-        cl = clamp.flip(1).split(1, dim=1)
-        logits, codes, vel_logits = [], [], []
+        cs, codes, hidden = [], [], []
         for k in range(P):
-            out = torch.sigmoid(a) @ self.cols[k]  # (B, 3 + bins)
-            z = out[:, :3] + bv[:, k]
-            p = torch.softmax(z / t, dim=1).cumsum(1)
-            drawn = (d[k] >= p[:, :2]).float().sum(1, keepdim=True)  # (B, 1) 0 off, 1 onset, 2 held
-            s = torch.where(obs[k], cl[k], drawn)
-            logits.append(z)
+            h = torch.sigmoid(a)
+            c = h @ self.cols[k]  # (B, 3)
+            s = (c + offsets[k]).argmax(1)  # (B,) 0 off, 1 onset, 2 held
+            cs.append(c)
             codes.append(s)
-            vel_logits.append(out[:, 3:])
+            hidden.append(h)
             if k + 1 < P:
-                a = torch.where(s == 1, a + self.w_on[k], torch.where(s == 2, a + self.w_held[k], a))
-        frame = torch.cat(codes[::-1], dim=1)  # (B, P) pitch order
-        lz = torch.stack(logits[::-1], dim=1) / t.unsqueeze(2)  # (B, P, 3)
-        picked = nn.functional.one_hot(frame.long(), 3).float()
-        logp = (lz.log_softmax(-1) * picked).sum(-1)
-        if vu is None:
+                a = a + self.w3[k][s]
+        code = torch.stack(codes[::-1], dim=1)  # (B, P) pitch order
+        frame = code.float()
+        z = (torch.stack(cs[::-1], dim=1) + bv) / t  # (B, P, 3)
+        logp = (z.log_softmax(-1) * nn.functional.one_hot(code, 3).float()).sum(-1)
+        if not VB:
             return frame, torch.zeros_like(frame), logp, torch.stack(outs, dim=0)
-        # the velocities decide nothing inside the step: drawn for every pitch at once, after the loop
-        vl = torch.stack(vel_logits[::-1], dim=1) + vu.unsqueeze(1) + self.vel_p  # (B, P, bins) pitch order
-        q = torch.softmax(vl / t.unsqueeze(2), dim=2).cumsum(2)
+        hid = torch.stack(hidden[::-1], dim=1)  # (B, P, Hn)
+        vl = self.model.vel_u(x).unsqueeze(1) + self.model.vel_h(hid) + self.vel_p  # (B, P, bins)
+        q = torch.softmax(vl / t, dim=2).cumsum(2)
         vb = (velocity_draws.unsqueeze(2) >= q[:, :, : VB - 1]).float().sum(2)
-        velocity = torch.where(frame == 1, vb, torch.zeros_like(vb))
+        velocity = torch.where(code == 1, vb, torch.zeros_like(vb))
         return frame, velocity, logp, torch.stack(outs, dim=0)
 
 
@@ -207,7 +205,7 @@ def _dummy(cfg: poly.PolyConfig, batch: int = 2) -> tuple[Tensor, ...]:
     P, L, H = cfg.n_pitches, cfg.layers, cfg.hidden  # noqa: N806
     if cfg.states == 3:
         return (
-            torch.zeros(batch, P), torch.zeros(batch, P), torch.zeros(L, batch, H), torch.full((batch, P), 0.5),
+            torch.zeros(batch, P), torch.zeros(batch, P), torch.zeros(L, batch, H), torch.full((batch, P, 3), 0.5),
             torch.full((batch, P), 0.5), torch.zeros(batch, P), torch.zeros(batch, P, dtype=torch.bool),
             torch.zeros(batch, dtype=torch.int64), torch.ones(batch),
         )  # fmt: skip
@@ -311,7 +309,7 @@ def check_parity3(model: poly.PolyModel, path: Path, steps: int = 64, batch: int
     worst = {"logp": 0.0, "state": 0.0}
     mismatched = 0
     for i in range(steps):
-        draws = gen.random((batch, P), dtype=np.float32)
+        draws = gen.random((batch, P, 3), dtype=np.float32)
         vdraws = gen.random((batch, P), dtype=np.float32)
         observed = np.zeros((batch, P), bool)
         clamp = np.zeros((batch, P), np.float32)

@@ -13,8 +13,8 @@ below on the melody exactly.
 A three-state model (``meta.json`` ``poly.states`` 3, trained by ``rtgen-train all --kind poly`` on a folder
 of MIDI) plays the step grid: a frame holds per pitch a state code (:data:`OFF`, :data:`ONSET`, :data:`HELD`;
 a repeated note is a new onset) and :attr:`PolyStepper.velocity` a velocity bin per onset
-(``contract.bin_velocity`` gives its MIDI velocity); its graph takes the previous frame's velocities and a
-second draw per pitch for the velocity (:data:`INPUTS3`, :data:`OUTPUTS3`).
+(``contract.bin_velocity`` gives its MIDI velocity); its graph takes the previous frame's velocities, three
+draws per pitch for the state and one for the velocity (:data:`INPUTS3`, :data:`OUTPUTS3`).
 """
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ class PolyStepper:
         self._rng = np.random.default_rng(seed)
         self.prev = np.zeros((1, P), np.float32)
         self._states = [np.zeros((layers, 1, hidden), np.float32) for _ in range(2)]
-        self.draws = np.zeros((1, P), np.float32)
+        self.draws = np.zeros((1, P, 3) if model.states == 3 else (1, P), np.float32)
         self.clamp = np.zeros((1, P), np.float32)
         self.observed = np.zeros((1, P), bool)
         self.pos = np.zeros(1, np.int64)
