@@ -25,7 +25,7 @@ from rtgen.errors import ConfigError
 
 PART_NAMES = ("melody", "chords", "bass", "drums")
 BACKENDS = ("auto", "alsa", "jack", "coremidi", "winmm")
-MODES = ("autonomous", "accompany", "improvise", "call-and-response", "band")
+MODES = ("autonomous", "accompany", "improvise", "call-and-response", "band", "duet")
 CLOCK_SOURCES = ("internal", "midi", "link")
 
 

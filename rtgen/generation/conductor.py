@@ -17,11 +17,16 @@ call-and-response  listen: observed    harmonised         silent      yes
                    answer: sampled     sampled, voiced    voiced      no
 band               observed (top)      the left hand's,   voiced      yes (no window)
                                        voiced (comping)
+duet               listen: the whole polyphony is heard               yes (no window)
+                   answer: a polyphonic model's frames (chords part)  no
 =================  ==================  =================  ==========  ========
 
 The drums (a part of the voicer, not of the engine) play wherever rtgen plays chords and bass and
 in improvise; they are silent while call-and-response listens. In band mode the arranger controls
 (:data:`BAND_CONTROLS`) are cued by :meth:`Band.cue` and land on the next bar line.
+
+Duet's conductor (:class:`rtgen.generation.duet.Duet`) plays its answer itself, from a polyphonic model
+(:meth:`~rtgen.generation.duet.Duet.play`): the engine's parts stay silent in that mode.
 
 Pure: the daemon feeds what it heard; the same conductors drive ``evaluate`` offline.
 """
@@ -31,13 +36,18 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from rtgen import contract as ct
 from rtgen.config import AccompanyConfig, CallResponseConfig, ImproviseConfig, check_mode
+from rtgen.errors import ModelError
 from rtgen.generation.engine import Steer
 from rtgen.generation.keys import dominant_chord, estimate_key
+from rtgen.input.tracker import SILENT_FRAME, StepFrame
 from rtgen.timing.transport import Position
+
+if TYPE_CHECKING:
+    from rtgen.generation.poly import PolyModel
 
 _ALL = frozenset(("melody", "chords", "bass", "drums"))
 _BACKING = frozenset(("chords", "bass", "drums"))  # the drummer keeps time whenever rtgen backs the player
@@ -55,6 +65,7 @@ class Heard:
         left: the chord the player's left hand holds under the melody (a CHORD token), N.C. when none is clear.
         left_struck: the left hand's chord where it changed (a CHORD token), HOLD elsewhere: while the hand is
             lifted (``left`` N.C.) the last chord goes on (band mode follows it).
+        poly: the player's whole polyphony at this step (both hands, the pedal's notes; duet hears it).
     """
 
     melody: int = ct.MEL_REST
@@ -62,6 +73,7 @@ class Heard:
     chord: int = ct.CHORD_HOLD
     left: int = ct.CHORD_NC
     left_struck: int = ct.CHORD_HOLD
+    poly: StepFrame = SILENT_FRAME
 
     @property
     def onset(self) -> bool:
@@ -507,22 +519,42 @@ class Band:
         self._switch = None
 
 
+POLY_MODES = ("duet",)
+"""The modes that play a polyphonic model (:mod:`rtgen.generation.poly`) beside the engine's."""
+
+
 def needs_harmoniser(mode: str) -> bool:
     """Whether ``mode``'s conductor asks the engine to harmonise the player's melody (a contract-v2 model)."""
     kinds: tuple[type[Conductor], ...] = (Autonomous, Accompany, Improvise, CallAndResponse, Band)
-    conductors = {c.mode: c for c in kinds}
-    return conductors[check_mode(mode)].needs_harmoniser
+    conductors = {c.mode: c.needs_harmoniser for c in kinds}
+    return conductors.get(check_mode(mode), False)
 
 
 def make_conductor(mode: str, accompany: AccompanyConfig | None = None,
                    call_response: CallResponseConfig | None = None,
-                   improvise: ImproviseConfig | None = None) -> Conductor:  # fmt: skip
+                   improvise: ImproviseConfig | None = None, poly: PolyModel | None = None,
+                   seed: int | None = None) -> Conductor:  # fmt: skip
     """The conductor for ``mode`` (one of :data:`rtgen.config.MODES`).
+
+    Args:
+        mode: the mode.
+        accompany: ``[accompany]`` (also the call-and-response harmoniser's fit).
+        call_response: ``[call_response]`` (also duet's silence and answer length).
+        improvise: ``[improvise]``.
+        poly: the polyphonic model the modes of :data:`POLY_MODES` play.
+        seed: their model's random draws (None: fresh entropy).
 
     Raises:
         ValueError: an unknown mode; the message lists the modes.
+        ModelError: a mode of :data:`POLY_MODES` without a polyphonic model.
     """
     check_mode(mode)
+    if mode in POLY_MODES:
+        from rtgen.generation.duet import Duet
+
+        if poly is None:
+            raise ModelError(f"mode {mode} plays a polyphonic model (the shipped chorale, or --model NAME of one)")
+        return Duet(poly, call_response, seed=seed)
     if mode == "autonomous":
         return Autonomous()
     if mode == "accompany":

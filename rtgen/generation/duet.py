@@ -1,0 +1,255 @@
+"""Duet: the player plays a phrase with both hands; after a silence rtgen answers it polyphonically.
+
+The player is heard whole (:meth:`rtgen.input.tracker.PlayerTracker.take_frame`: every key down and every note the
+pedal holds). Their steps are gathered into frames on the polyphonic model's own grid (``step_beats``: a quarter
+note for the shipped ``chorale`` model), aligned to the bar: a pitch belongs to a frame when it sounds at the
+frame's first step (struck there or held into it) or during more than half of its steps, as the benchmark's frames
+sample the sounding notes on the beat (a passing note between two beats is not a frame of its own).
+
+When the player falls silent for ``[call_response] silence_beats`` (the call-and-response silence), rtgen answers
+from the next frame boundary on: the model is reset, fed the phrase's frames (the last :data:`MAX_FED_FRAMES`),
+and samples one frame per model step; a pitch that continues from one frame to the next is held, not struck
+again. A model trained on pieces all moved to C (``centred_key``, as the chorale model) hears the phrase moved
+to C from the key it is in (the parameters' key lock, else :func:`rtgen.generation.keys.estimate_key` of the
+phrase, each pitch weighted by the steps it sounds) and its answer is moved back. The answer lasts as long as
+the phrase (rounded up to whole frames, at least one bar and at most :data:`MAX_ANSWER_BARS` bars), or
+``[call_response] answer_bars`` bars when that is set, at the mean loudness of the phrase's onsets; it stops at
+once when the player plays again (the loop releases its notes) and ends with every note released.
+
+Pure: no clocks, no I/O. The performer turns :class:`PolyNotes` into note events on the chords part's channel
+(the part that plays rtgen's polyphony: voicings, and the harmony of call-and-response's answer).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from rtgen import contract as ct
+from rtgen.config import CallResponseConfig
+from rtgen.generation.keys import estimate_key
+from rtgen.input.tracker import StepFrame
+from rtgen.timing.transport import Position
+
+if TYPE_CHECKING:
+    from rtgen.generation.conductor import Heard, Plan
+    from rtgen.generation.engine import Params
+    from rtgen.generation.poly import PolyModel
+
+MAX_ANSWER_BARS = 8
+"""An answer as long as the phrase lasts at most this many bars (``answer_bars`` sets any length up to 64)."""
+MAX_FED_FRAMES = 32
+"""The phrase's last frames fed to the model before it answers (bounds the work done on the answer's first step)."""
+DEFAULT_VELOCITY = 80
+"""The answer's loudness when the phrase had no onset velocity to go by."""
+
+
+@dataclass(frozen=True, slots=True)
+class PolyNotes:
+    """What the answer does at one step: pitches released, then pitches struck (MIDI), at ``velocity``."""
+
+    offs: tuple[int, ...] = ()
+    ons: tuple[int, ...] = ()
+    velocity: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.offs or self.ons)
+
+
+NO_NOTES = PolyNotes()
+
+
+def frame_pitches(steps: list[StepFrame]) -> frozenset[int]:
+    """The pitches of one model frame from the player's step frames in it (see the module docstring).
+
+    Args:
+        steps: the player's frames of the model frame's grid steps, in order (the first is its first step).
+    """
+    if not steps:
+        return frozenset()
+    counts: dict[int, int] = {}
+    for step in steps:
+        for p in step.sounding:
+            counts[p] = counts.get(p, 0) + 1
+    first = steps[0].sounding
+    half = len(steps) / 2
+    return frozenset(p for p, n in counts.items() if n > half or p in first)
+
+
+def shift_to_c(key: ct.Key | None) -> int:
+    """Semitones that move ``key`` to C major / C minor by the shorter way (-6..5; 0 for None)."""
+    if key is None:
+        return 0
+    return (-key.tonic + 6) % 12 - 6
+
+
+def frame_steps(model_step_beats: float, pos: Position) -> int:
+    """Grid steps in one model frame at ``pos``'s meter (at least one)."""
+    return max(1, round(model_step_beats * max(1, pos.beat_steps)))
+
+
+class Duet:
+    """The player plays a phrase with both hands; after a silence rtgen answers with a polyphonic model.
+
+    Args:
+        model: the polyphonic model that answers (see :class:`rtgen.generation.poly.PolyModel`).
+        config: the silence that ends a phrase and the answer's length (call-and-response's settings).
+        seed: the model's random draws (None: fresh entropy).
+
+    Attributes:
+        answering: rtgen answers now (from the phrase's silence until the answer ends or the player plays).
+        answers: answers started so far.
+        key: the key of the last phrase (None before any; a key lock wins over it).
+    """
+
+    mode = "duet"
+    needs_harmoniser = False
+    fit = 0.0
+
+    def __init__(self, model: PolyModel, config: CallResponseConfig | None = None, seed: int | None = None) -> None:
+        from rtgen.generation.conductor import Plan
+
+        cfg = config or CallResponseConfig()
+        self.model = model
+        self.silence_beats = cfg.silence_beats
+        self.answer_bars = cfg.answer_bars
+        self._stepper = model.stepper(seed)
+        self._listen = Plan(observe_melody=True, voiced=frozenset(), reactive=True, window_ms=0.0)
+        self._answer = Plan(voiced=frozenset())
+        self._low = model.low_pitch
+        self._n = model.n_pitches
+        self._sounding: frozenset[int] = frozenset()
+        self._shift = 0  # semitones the phrase moves into the model's key (the answer moves back)
+        self._velocity = DEFAULT_VELOCITY
+        self.answers = 0
+        self.key: ct.Key | None = None
+        self.reset()
+
+    def reset(self) -> None:
+        """Listen from scratch (notes the answer has sounding stay booked: see :meth:`release`)."""
+        self.answering = False
+        self._started = False
+        self._frames: list[frozenset[int]] = []  # the phrase's frames so far
+        self._steps: list[StepFrame] = []  # the player's steps of the frame being heard
+        self._weights = [0.0] * 12
+        self._velocities: list[int] = []
+        self.silence_steps = 0
+        self.answer_left = 0  # frames of the answer still to play
+
+    @property
+    def phrase(self) -> list[frozenset[int]]:
+        """The frames of the phrase heard so far (MIDI pitches), one per model step."""
+        return list(self._frames)
+
+    # -- the conductor protocol ------------------------------------------------------------------------------
+
+    def plan(self, pos: Position) -> Plan:
+        """Listening: hear the player at each step's grid time. Answering: the engine's parts stay silent (the
+        answer is :meth:`play`'s)."""
+        return self._answer if self.answering else self._listen
+
+    def heard(self, pos: Position, heard: Heard) -> None:
+        """Gather the phrase into model frames; after its silence, answer."""
+        if self.answering:
+            return
+        frame = heard.poly
+        fs = frame_steps(self.model.step_beats, pos)
+        if pos.position % fs == 0 and self._steps:
+            self._close_frame()
+        if frame.sounding or self._frames or self._steps:
+            self._steps.append(frame)
+        if frame.velocity:
+            self._velocities.append(frame.velocity)
+        if frame.sounding:
+            self.silence_steps = 0
+            return
+        if not self._frames and not any(s.sounding for s in self._steps):
+            self._steps.clear()  # silence before any phrase
+            return
+        self.silence_steps += 1
+        if self.silence_steps >= math.ceil(self.silence_beats * max(1, pos.beat_steps)):
+            self._close_frame()
+            while self._frames and not self._frames[-1]:
+                self._frames.pop()  # the silence ends the phrase; it is not part of it
+            if self._frames:
+                self.answering = True
+                self._started = False
+
+    def _close_frame(self) -> None:
+        pitches = frame_pitches(self._steps)
+        for step in self._steps:
+            for p in step.sounding:
+                self._weights[p % 12] += 1.0
+        self._steps = []
+        self._frames.append(pitches)
+
+    def interrupt(self) -> bool:
+        """The player plays while rtgen answers: the answer ends now and a new phrase starts (the caller releases
+        the notes, then :meth:`release` forgets them)."""
+        if not self.answering:
+            return False
+        self.reset()
+        return True
+
+    # -- the answer ------------------------------------------------------------------------------------------
+
+    def play(self, pos: Position, params: Params) -> PolyNotes:
+        """The answer's notes at ``pos`` (called once per step, after :meth:`heard`).
+
+        A frame's notes start on its first step; pitches that continue into the next frame are held. When the
+        answer is over (or was interrupted) the notes still sounding are released here.
+        """
+        fs = frame_steps(self.model.step_beats, pos)
+        if not self.answering:
+            return self._end() if self._sounding else NO_NOTES
+        if pos.position % fs != 0:
+            return NO_NOTES
+        if not self._started:
+            self._start(pos, fs, params)
+        elif self.answer_left <= 0:
+            self.reset()
+            return self._end()
+        self.answer_left -= 1
+        out = self._stepper.step(temperature=params.temperature)
+        shift = self._shift
+        pitches = frozenset(p for j in np.flatnonzero(out).tolist() if 0 <= (p := self._low + j - shift) <= 127)
+        old = self._sounding
+        self._sounding = pitches
+        return PolyNotes(tuple(sorted(old - pitches)), tuple(sorted(pitches - old)), self._velocity)
+
+    def _start(self, pos: Position, fs: int, params: Params) -> None:
+        """Move the phrase to the model's key, feed it, and decide the answer's length and loudness."""
+        self._started = True
+        self.answers += 1
+        estimated = estimate_key(self._weights)
+        self.key = params.key if params.key is not None else estimated
+        self._shift = shift_to_c(self.key) if self.model.centred_key else 0
+        stepper = self._stepper
+        stepper.reset()
+        buf = np.zeros(self._n, dtype=np.float32)
+        for pitches in self._frames[-MAX_FED_FRAMES:]:
+            buf[:] = 0.0
+            for p in pitches:
+                j = p + self._shift - self._low
+                if 0 <= j < self._n:
+                    buf[j] = 1.0
+            stepper.feed(buf)
+        bar_frames = max(1, pos.bar_steps // fs)
+        if self.answer_bars > 0:
+            frames = self.answer_bars * bar_frames
+        else:
+            frames = min(max(len(self._frames), bar_frames), MAX_ANSWER_BARS * bar_frames)
+        self.answer_left = frames
+        vel = self._velocities
+        self._velocity = round(sum(vel) / len(vel)) if vel else DEFAULT_VELOCITY
+
+    def _end(self) -> PolyNotes:
+        offs, self._sounding = self._sounding, frozenset()
+        return PolyNotes(tuple(sorted(offs)), (), 0)
+
+    def release(self) -> tuple[int, ...]:
+        """Forget the answer's sounding notes (the caller has released them, or releases these now)."""
+        return self._end().offs
