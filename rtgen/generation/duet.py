@@ -4,7 +4,8 @@ The player is heard whole (:meth:`rtgen.input.tracker.PlayerTracker.take_frame`:
 pedal holds). Their steps are gathered into frames on the polyphonic model's own grid (``step_beats``: a quarter
 note for the shipped ``chorale`` model), aligned to the bar: a pitch belongs to a frame when it sounds at the
 frame's first step (struck there or held into it) or during more than half of its steps, as the benchmark's frames
-sample the sounding notes on the beat (a passing note between two beats is not a frame of its own).
+sample the sounding notes on the beat (a passing note between two beats is not a frame of its own; a frame with
+only short notes off its beat keeps the longest of them).
 
 When the player falls silent for ``[call_response] silence_beats`` (the call-and-response silence), rtgen answers
 from the next frame boundary on: the model is reset, fed the phrase's frames (the last :data:`MAX_FED_FRAMES`),
@@ -76,7 +77,11 @@ def frame_pitches(steps: list[StepFrame]) -> frozenset[int]:
             counts[p] = counts.get(p, 0) + 1
     first = steps[0].sounding
     half = len(steps) / 2
-    return frozenset(p for p, n in counts.items() if n > half or p in first)
+    out = frozenset(p for p, n in counts.items() if n > half or p in first)
+    if not out and counts:  # only short notes off the beat: the longest of them stand for the frame
+        most = max(counts.values())
+        out = frozenset(p for p, n in counts.items() if n == most)
+    return out
 
 
 def shift_to_c(key: ct.Key | None) -> int:
@@ -102,7 +107,8 @@ class Duet:
     Attributes:
         answering: rtgen answers now (from the phrase's silence until the answer ends or the player plays).
         answers: answers started so far.
-        key: the key of the last phrase (None before any; a key lock wins over it).
+        key: the key of the last phrase answered (None before any; a key lock wins over it).
+        answered: the frames of the last phrase answered (MIDI pitches), one per model step.
     """
 
     mode = "duet"
@@ -117,6 +123,7 @@ class Duet:
         self.silence_beats = cfg.silence_beats
         self.answer_bars = cfg.answer_bars
         self._stepper = model.stepper(seed)
+        self._stepper.warm_up()  # onnxruntime's first run is slow: not on the answer's first step
         self._listen = Plan(observe_melody=True, voiced=frozenset(), reactive=True, window_ms=0.0)
         self._answer = Plan(voiced=frozenset())
         self._low = model.low_pitch
@@ -126,6 +133,7 @@ class Duet:
         self._velocity = DEFAULT_VELOCITY
         self.answers = 0
         self.key: ct.Key | None = None
+        self.answered: tuple[frozenset[int], ...] = ()
         self.reset()
 
     def reset(self) -> None:
@@ -133,6 +141,7 @@ class Duet:
         self.answering = False
         self._started = False
         self._frames: list[frozenset[int]] = []  # the phrase's frames so far
+        self._frame_pos: list[int] = []  # ... and their positions in bar, in frames
         self._steps: list[StepFrame] = []  # the player's steps of the frame being heard
         self._weights = [0.0] * 12
         self._velocities: list[int] = []
@@ -143,6 +152,11 @@ class Duet:
     def phrase(self) -> list[frozenset[int]]:
         """The frames of the phrase heard so far (MIDI pitches), one per model step."""
         return list(self._frames)
+
+    def _model_pos(self, pos: Position, fs: int) -> int:
+        """The position in bar the model hears at ``pos`` (0 for a model without one)."""
+        bar = self.model.bar_steps
+        return (pos.position // fs) % bar if bar > 0 else 0
 
     # -- the conductor protocol ------------------------------------------------------------------------------
 
@@ -160,6 +174,8 @@ class Duet:
         if pos.position % fs == 0 and self._steps:
             self._close_frame()
         if frame.sounding or self._frames or self._steps:
+            if not self._steps:
+                self._frame_pos.append(self._model_pos(pos, fs))
             self._steps.append(frame)
         if frame.velocity:
             self._velocities.append(frame.velocity)
@@ -168,17 +184,23 @@ class Duet:
             return
         if not self._frames and not any(s.sounding for s in self._steps):
             self._steps.clear()  # silence before any phrase
+            self._frame_pos.clear()
             return
         self.silence_steps += 1
         if self.silence_steps >= math.ceil(self.silence_beats * max(1, pos.beat_steps)):
             self._close_frame()
             while self._frames and not self._frames[-1]:
                 self._frames.pop()  # the silence ends the phrase; it is not part of it
+                self._frame_pos.pop()
             if self._frames:
                 self.answering = True
                 self._started = False
+            else:
+                self.reset()
 
     def _close_frame(self) -> None:
+        if not self._steps:
+            return
         pitches = frame_pitches(self._steps)
         for step in self._steps:
             for p in step.sounding:
@@ -213,7 +235,7 @@ class Duet:
             self.reset()
             return self._end()
         self.answer_left -= 1
-        out = self._stepper.step(temperature=params.temperature)
+        out = self._stepper.step(pos=self._model_pos(pos, fs), temperature=params.temperature)
         shift = self._shift
         pitches = frozenset(p for j in np.flatnonzero(out).tolist() if 0 <= (p := self._low + j - shift) <= 127)
         old = self._sounding
@@ -224,19 +246,20 @@ class Duet:
         """Move the phrase to the model's key, feed it, and decide the answer's length and loudness."""
         self._started = True
         self.answers += 1
+        self.answered = tuple(self._frames)
         estimated = estimate_key(self._weights)
         self.key = params.key if params.key is not None else estimated
         self._shift = shift_to_c(self.key) if self.model.centred_key else 0
         stepper = self._stepper
         stepper.reset()
         buf = np.zeros(self._n, dtype=np.float32)
-        for pitches in self._frames[-MAX_FED_FRAMES:]:
+        for pitches, at in zip(self._frames[-MAX_FED_FRAMES:], self._frame_pos[-MAX_FED_FRAMES:], strict=True):
             buf[:] = 0.0
             for p in pitches:
                 j = p + self._shift - self._low
                 if 0 <= j < self._n:
                     buf[j] = 1.0
-            stepper.feed(buf)
+            stepper.feed(buf, pos=at)
         bar_frames = max(1, pos.bar_steps // fs)
         if self.answer_bars > 0:
             frames = self.answer_bars * bar_frames
