@@ -7,12 +7,14 @@ frame's first step (struck there or held into it) or during more than half of it
 sample the sounding notes on the beat (a passing note between two beats is not a frame of its own; a frame with
 only short notes off its beat keeps the longest of them).
 
+The model is fed the phrase as it is heard, one frame as each closes (one graph call a beat, so the answer's first
+step has no backlog to work through). A model trained on pieces all moved to C (``centred_key``, as the chorale
+model) hears the phrase moved to C from the key it is in (the parameters' key lock, else
+:func:`rtgen.generation.keys.estimate_key` of the phrase so far, each pitch weighted by the steps it sounds); when
+that estimate moves, the model starts again on the phrase's last :data:`MAX_FED_FRAMES` frames in the new key.
 When the player falls silent for ``[call_response] silence_beats`` (the call-and-response silence), rtgen answers
-from the next frame boundary on: the model is reset, fed the phrase's frames (the last :data:`MAX_FED_FRAMES`),
-and samples one frame per model step; a pitch that continues from one frame to the next is held, not struck
-again. A model trained on pieces all moved to C (``centred_key``, as the chorale model) hears the phrase moved
-to C from the key it is in (the parameters' key lock, else :func:`rtgen.generation.keys.estimate_key` of the
-phrase, each pitch weighted by the steps it sounds) and its answer is moved back. The answer lasts as long as
+from the next frame boundary on, one frame sampled per model step and moved back into the phrase's key; a pitch
+that continues from one frame to the next is held, not struck again. The answer lasts as long as
 the phrase (rounded up to whole frames, at least one bar and at most :data:`MAX_ANSWER_BARS` bars), or
 ``[call_response] answer_bars`` bars when that is set, at the mean loudness of the phrase's onsets; it stops at
 once when the player plays again (the loop releases its notes) and ends with every note released.
@@ -43,7 +45,7 @@ if TYPE_CHECKING:
 MAX_ANSWER_BARS = 8
 """An answer as long as the phrase lasts at most this many bars (``answer_bars`` sets any length up to 64)."""
 MAX_FED_FRAMES = 32
-"""The phrase's last frames fed to the model before it answers (bounds the work done on the answer's first step)."""
+"""The phrase's frames fed again when its key estimate moves (bounds the work of one step)."""
 DEFAULT_VELOCITY = 80
 """The answer's loudness when the phrase had no onset velocity to go by."""
 
@@ -131,6 +133,8 @@ class Duet:
         self._sounding: frozenset[int] = frozenset()
         self._shift = 0  # semitones the phrase moves into the model's key (the answer moves back)
         self._velocity = DEFAULT_VELOCITY
+        self._lock: ct.Key | None = None  # the parameters' key lock, as the last step had it
+        self._buf = np.zeros(self._n, dtype=np.float32)
         self.answers = 0
         self.key: ct.Key | None = None
         self.answered: tuple[frozenset[int], ...] = ()
@@ -147,6 +151,8 @@ class Duet:
         self._velocities: list[int] = []
         self.silence_steps = 0
         self.answer_left = 0  # frames of the answer still to play
+        self._fed = 0  # frames of the phrase the model has been fed
+        self._fed_shift: int | None = None  # ... moved by this many semitones (None: nothing fed yet)
 
     @property
     def phrase(self) -> list[frozenset[int]]:
@@ -207,6 +213,32 @@ class Duet:
                 self._weights[p % 12] += 1.0
         self._steps = []
         self._frames.append(pitches)
+        if pitches:
+            self._feed(self._lock if self._lock is not None else estimate_key(self._weights))
+
+    def _feed(self, key: ct.Key | None) -> None:
+        """Feed the model the phrase's frames not fed yet, up to its last sounding one (a silence may be its end),
+        moved into the model's key from ``key``; when that move changes, the model starts again on the phrase's
+        last :data:`MAX_FED_FRAMES` frames."""
+        shift = shift_to_c(key) if self.model.centred_key else 0
+        frames = self._frames
+        end = len(frames)
+        while end and not frames[end - 1]:
+            end -= 1
+        stepper = self._stepper
+        if shift != self._fed_shift:
+            stepper.reset()
+            self._fed_shift = shift
+            self._fed = max(0, end - MAX_FED_FRAMES)
+        buf = self._buf
+        for i in range(self._fed, end):
+            buf[:] = 0.0
+            for p in frames[i]:
+                j = p + shift - self._low
+                if 0 <= j < self._n:
+                    buf[j] = 1.0
+            stepper.feed(buf, pos=self._frame_pos[i])
+        self._fed = max(self._fed, end)
 
     def interrupt(self) -> bool:
         """The player plays while rtgen answers: the answer ends now and a new phrase starts (the caller releases
@@ -225,6 +257,7 @@ class Duet:
         answer is over (or was interrupted) the notes still sounding are released here.
         """
         fs = frame_steps(self.model.step_beats, pos)
+        self._lock = params.key
         if not self.answering:
             return self._end() if self._sounding else NO_NOTES
         if pos.position % fs != 0:
@@ -249,17 +282,8 @@ class Duet:
         self.answered = tuple(self._frames)
         estimated = estimate_key(self._weights)
         self.key = params.key if params.key is not None else estimated
-        self._shift = shift_to_c(self.key) if self.model.centred_key else 0
-        stepper = self._stepper
-        stepper.reset()
-        buf = np.zeros(self._n, dtype=np.float32)
-        for pitches, at in zip(self._frames[-MAX_FED_FRAMES:], self._frame_pos[-MAX_FED_FRAMES:], strict=True):
-            buf[:] = 0.0
-            for p in pitches:
-                j = p + self._shift - self._low
-                if 0 <= j < self._n:
-                    buf[j] = 1.0
-            stepper.feed(buf, pos=at)
+        self._feed(self.key)  # fed as heard: only a key lock set since, or a frame closed by the silence, is left
+        self._shift = self._fed_shift or 0
         bar_frames = max(1, pos.bar_steps // fs)
         if self.answer_bars > 0:
             frames = self.answer_bars * bar_frames
