@@ -26,12 +26,18 @@ BEAT_NS = 500_000_000  # 120 BPM
 BAR_NS = 4 * BEAT_NS
 
 
-def two_hands(t0: int, beat_ns: int = BEAT_NS, notes: tuple[tuple[float, float, int], ...] = NOTES) -> Events:
-    """The phrase's notes as timed messages from ``t0`` (sorted; a note-off before a note-on at one time)."""
-    out = []
+def two_hands(
+    t0: int, beat_ns: int = BEAT_NS, notes: tuple[tuple[float, float, int], ...] = NOTES, pedal_beats: float = 0.0
+) -> Events:
+    """The phrase's notes as timed messages from ``t0`` (sorted; a note-off before a note-on at one time); with
+    ``pedal_beats``, every key is let go after a sixteenth and the sustain pedal holds the notes that long."""
+    out: Events = []
     for b, d, p in notes:
         out.append((t0 + int(b * beat_ns), (0x90, p, 90)))
-        out.append((t0 + int((b + d) * beat_ns) - 20_000_000, (0x80, p, 0)))
+        length = min(d, 0.25) if pedal_beats else d
+        out.append((t0 + int((b + length) * beat_ns) - 20_000_000, (0x80, p, 0)))
+    if pedal_beats:
+        out += [(t0 - 10_000_000, (0xB0, 64, 127)), (t0 + int(pedal_beats * beat_ns), (0xB0, 64, 0))]
     return sorted(out, key=lambda e: (e[0], e[1][0] != 0x80))
 
 
@@ -58,11 +64,13 @@ def test_duet_answers_a_two_handed_phrase_with_chords_and_stops_when_the_player_
             timeout=15,
         )
         answer = [(t, m) for t, m in rec.snapshot() if t > phrase_end]
-        # a second phrase (its first bar); the player plays again once rtgen is sounding its answer
+        # a second phrase (the first bar, staccato under the pedal, held 2 beats past the last key); the player plays
+        # again once rtgen is sounding its answer
         t1 = time.perf_counter_ns() + 100_000_000
-        kb.play(two_hands(t1, notes=tuple(n for n in NOTES if n[0] < 4)))
+        kb.play(two_hands(t1, notes=tuple(n for n in NOTES if n[0] < 4), pedal_beats=5.25))
         kb.join(10)
-        phrase2_end = kb.sent[-1][0]
+        phrase2_end = kb.sent[-1][0]  # the pedal lifts
+        last_key = max(t for t, m in kb.sent if m[0] == 0x80)
         assert rec.wait_until(lambda ev: bool(sounding_notes([m for t, m in ev if t > phrase2_end])), timeout=5), (
             "no second answer"
         )
@@ -95,6 +103,8 @@ def test_duet_answers_a_two_handed_phrase_with_chords_and_stops_when_the_player_
         f"player's note ({len(released)} note-offs)"
     )
     assert 0 < delay <= BAR_NS, delay
+    assert phrase2_end - last_key >= 2 * BEAT_NS - 50_000_000
+    assert not note_ons([m for t, m in events if last_key < t <= phrase2_end]), "answered while the pedal held notes"
     assert len(beats) >= 4, beats
     assert chord_beats > 0.5 * len(beats), sizes
     assert in_key >= 0.8, pcs
