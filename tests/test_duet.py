@@ -11,8 +11,8 @@ from rtgen.arrange.performer import Performer
 from rtgen.arrange.voicing import Voicer
 from rtgen.config import CallResponseConfig, Config, config_from_dict
 from rtgen.errors import ModelError
-from rtgen.generation.conductor import Heard, make_conductor
-from rtgen.generation.duet import MAX_ANSWER_BARS, Duet, PolyNotes, frame_pitches, shift_to_c
+from rtgen.generation.conductor import Duet, Heard, make_conductor
+from rtgen.generation.duet import MAX_ANSWER_BARS, PolyNotes, frame_pitches, shift_to_c
 from rtgen.generation.engine import Engine, Params
 from rtgen.generation.model import Model
 from rtgen.generation.poly import PolyModel

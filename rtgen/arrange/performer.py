@@ -22,8 +22,8 @@ import numpy.typing as npt
 from rtgen import contract as ct
 from rtgen.arrange.voicing import NoteEvent, Voicer
 from rtgen.config import PART_NAMES, Config, GenerationConfig, PartsConfig, field_range
-from rtgen.generation.conductor import NOBODY, Conductor, Heard, Plan, make_conductor, needs_harmoniser
-from rtgen.generation.duet import Duet, PolyNotes
+from rtgen.generation.conductor import NOBODY, Conductor, Duet, Heard, Plan, make_conductor, needs_harmoniser
+from rtgen.generation.duet import PolyNotes
 from rtgen.generation.engine import Engine, Params, Step
 from rtgen.generation.model import Model
 from rtgen.timing.transport import Position

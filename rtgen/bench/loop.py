@@ -99,8 +99,7 @@ def bench_duet_answer(
     phrase again); ``start``: the answer's first frame; ``frame``: its other frames (one graph call each). Threads
     and scheduling as in :func:`bench_inference`.
     """
-    from rtgen.generation.conductor import Heard
-    from rtgen.generation.duet import Duet
+    from rtgen.generation.conductor import Duet, Heard
     from rtgen.generation.engine import Params
     from rtgen.generation.poly import PolyModel
     from rtgen.input.tracker import SILENT_FRAME, StepFrame

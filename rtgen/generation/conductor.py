@@ -25,8 +25,8 @@ The drums (a part of the voicer, not of the engine) play wherever rtgen plays ch
 in improvise; they are silent while call-and-response listens. In band mode the arranger controls
 (:data:`BAND_CONTROLS`) are cued by :meth:`Band.cue` and land on the next bar line.
 
-Duet's conductor (:class:`rtgen.generation.duet.Duet`) plays its answer itself, from a polyphonic model
-(:meth:`~rtgen.generation.duet.Duet.play`): the engine's parts stay silent in that mode.
+Duet's conductor (:class:`Duet`, on :class:`rtgen.generation.duet.DuetAnswer`) plays its answer itself, from a
+polyphonic model (:meth:`~rtgen.generation.duet.DuetAnswer.play`): the engine's parts stay silent in that mode.
 
 Pure: the daemon feeds what it heard; the same conductors drive ``evaluate`` offline.
 """
@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Protocol
 from rtgen import contract as ct
 from rtgen.config import AccompanyConfig, CallResponseConfig, ImproviseConfig, check_mode
 from rtgen.errors import ModelError
+from rtgen.generation.duet import DuetAnswer
 from rtgen.generation.engine import Steer
 from rtgen.generation.keys import dominant_chord, estimate_key
 from rtgen.input.tracker import SILENT_FRAME, StepFrame
@@ -519,6 +520,32 @@ class Band:
         self._switch = None
 
 
+class Duet(DuetAnswer):
+    """The player plays a phrase with both hands; after the call-and-response silence rtgen answers it
+    polyphonically (:class:`rtgen.generation.duet.DuetAnswer`; its notes come from :meth:`play`, the engine's parts
+    stay silent).
+
+    Args:
+        model: the polyphonic model that answers.
+        config: the silence that ends a phrase and the answer's length (call-and-response's settings).
+        seed: the model's random draws (None: fresh entropy).
+    """
+
+    mode = "duet"
+    needs_harmoniser = False
+    fit = 0.0
+    _LISTEN = Plan(observe_melody=True, voiced=_NONE, reactive=True, window_ms=0.0)
+    _ANSWER = Plan(voiced=_NONE)
+
+    def plan(self, pos: Position) -> Plan:
+        """Listening: hear the player at each step's grid time. Answering: decided a step ahead."""
+        return self._ANSWER if self.answering else self._LISTEN
+
+    def heard(self, pos: Position, heard: Heard) -> None:
+        """The player's whole polyphony at ``pos`` (see :meth:`~rtgen.generation.duet.DuetAnswer.hear`)."""
+        self.hear(pos, heard.poly)
+
+
 POLY_MODES = ("duet",)
 """The modes that play a polyphonic model (:mod:`rtgen.generation.poly`) beside the engine's."""
 
@@ -550,8 +577,6 @@ def make_conductor(mode: str, accompany: AccompanyConfig | None = None,
     """
     check_mode(mode)
     if mode in POLY_MODES:
-        from rtgen.generation.duet import Duet
-
         if poly is None:
             raise ModelError(f"mode {mode} plays a polyphonic model (the shipped chorale, or --model NAME of one)")
         return Duet(poly, call_response, seed=seed)

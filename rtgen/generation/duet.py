@@ -38,7 +38,6 @@ from rtgen.input.tracker import StepFrame
 from rtgen.timing.transport import Position
 
 if TYPE_CHECKING:
-    from rtgen.generation.conductor import Heard, Plan
     from rtgen.generation.engine import Params
     from rtgen.generation.poly import PolyModel
 
@@ -98,8 +97,10 @@ def frame_steps(model_step_beats: float, pos: Position) -> int:
     return max(1, round(model_step_beats * max(1, pos.beat_steps)))
 
 
-class Duet:
-    """The player plays a phrase with both hands; after a silence rtgen answers with a polyphonic model.
+class DuetAnswer:
+    """Duet's listening and answering (the mode's conductor, :class:`rtgen.generation.conductor.Duet`, is this with
+    the conductor's plans): the player plays a phrase with both hands; after a silence rtgen answers with a
+    polyphonic model.
 
     Args:
         model: the polyphonic model that answers (see :class:`rtgen.generation.poly.PolyModel`).
@@ -113,21 +114,13 @@ class Duet:
         answered: the frames of the last phrase answered (MIDI pitches), one per model step.
     """
 
-    mode = "duet"
-    needs_harmoniser = False
-    fit = 0.0
-
     def __init__(self, model: PolyModel, config: CallResponseConfig | None = None, seed: int | None = None) -> None:
-        from rtgen.generation.conductor import Plan
-
         cfg = config or CallResponseConfig()
         self.model = model
         self.silence_beats = cfg.silence_beats
         self.answer_bars = cfg.answer_bars
         self._stepper = model.stepper(seed)
         self._stepper.warm_up()  # onnxruntime's first run is slow: not on the answer's first step
-        self._listen = Plan(observe_melody=True, voiced=frozenset(), reactive=True, window_ms=0.0)
-        self._answer = Plan(voiced=frozenset())
         self._low = model.low_pitch
         self._n = model.n_pitches
         self._sounding: frozenset[int] = frozenset()
@@ -164,18 +157,13 @@ class Duet:
         bar = self.model.bar_steps
         return (pos.position // fs) % bar if bar > 0 else 0
 
-    # -- the conductor protocol ------------------------------------------------------------------------------
+    # -- listening -------------------------------------------------------------------------------------------
 
-    def plan(self, pos: Position) -> Plan:
-        """Listening: hear the player at each step's grid time. Answering: the engine's parts stay silent (the
-        answer is :meth:`play`'s)."""
-        return self._answer if self.answering else self._listen
-
-    def heard(self, pos: Position, heard: Heard) -> None:
-        """Gather the phrase into model frames; after its silence, answer."""
+    def hear(self, pos: Position, frame: StepFrame) -> None:
+        """What the player sounded at ``pos`` (once per step while listening): gather the phrase into model frames;
+        after its silence, answer."""
         if self.answering:
             return
-        frame = heard.poly
         fs = frame_steps(self.model.step_beats, pos)
         if pos.position % fs == 0 and self._steps:
             self._close_frame()
@@ -251,7 +239,7 @@ class Duet:
     # -- the answer ------------------------------------------------------------------------------------------
 
     def play(self, pos: Position, params: Params) -> PolyNotes:
-        """The answer's notes at ``pos`` (called once per step, after :meth:`heard`).
+        """The answer's notes at ``pos`` (called once per step, after :meth:`hear`).
 
         A frame's notes start on its first step; pitches that continue into the next frame are held. When the
         answer is over (or was interrupted) the notes still sounding are released here.
