@@ -115,7 +115,8 @@ def test_duet_answers_a_two_handed_phrase_with_chords_and_stops_when_the_player_
 
 
 def test_duet_switches_live_over_osc_and_back_mid_answer_with_no_stuck_note(start_daemon: Any) -> None:
-    d = start_daemon(tempo=120.0)
+    """Started with ``--model chorale`` (a polyphonic model): the engine plays the default model until duet."""
+    d = start_daemon("--model", "chorale", tempo=120.0)
     rec = start_recording(d)
     kb = Keyboard(d)
     peer = Peer(d.osc_port)
@@ -137,5 +138,6 @@ def test_duet_switches_live_over_osc_and_back_mid_answer_with_no_stuck_note(star
         peer.close()
         rec.close()
         kb.close()
+    assert note_ons([m for t, m in events if t < t0]), "autonomous played the default model before duet"
     assert sounding_notes([m for _, m in events]) == set(), "a mode switch left a note sounding"
     assert "Traceback" not in d.output()
