@@ -109,3 +109,12 @@ def test_the_shipped_graph_scores_the_benchmark_as_pytorch_did() -> None:
     meta = library.read_meta(CHORALE)
     assert result["frames"] == meta["metrics"]["test"]["frames"] == 4648
     assert abs(result["nll_per_frame"] - meta["metrics"]["test"]["nll_per_frame"]) < 1e-3
+
+
+def test_models_info_describes_a_polyphonic_model(capsys: pytest.CaptureFixture[str]) -> None:
+    from rtgen.cli import main
+
+    assert main(["models", "info", "chorale"]) == 0
+    out = capsys.readouterr().out
+    assert "polyphonic: GRU 1 x 256 + nade head, 88 pitches, a frame = 1.0 beat" in out
+    assert "JSB_Chorales" in out and "contract v" not in out

@@ -266,6 +266,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--name", help="the model's name (default: the folder's)")
     p.add_argument("--step-beats", type=float, default=1.0, help="one frame's length in beats (JSB: 1, others: 0.5)")
     p.add_argument("--dataset", help="what it was trained on, for meta.json (e.g. JSB_Chorales)")
+    p.add_argument("--license", help="the data's licence, for meta.json and `rtgen models info`")
     p.add_argument("--centred-key", action="store_true", help="the data was transposed to C major / C minor")
     p.set_defaults(func=_run)
 
@@ -274,6 +275,8 @@ def _run(args: argparse.Namespace) -> int:
     bench = args.checkpoint / "poly_bench.json"
     metrics = json.loads(bench.read_text()) if bench.exists() else {}
     data = {"dataset": args.dataset, "split": "trained on train, selected on valid"} if args.dataset else {}
+    if args.license:
+        data["license"] = args.license
     meta = export(
         args.checkpoint, args.out, name=args.name, step_beats=args.step_beats, centred_key=args.centred_key,
         data=data, metrics={k: metrics[k] for k in ("valid", "test", "epochs", "train_minutes") if k in metrics},
