@@ -127,7 +127,7 @@ def run_info(args: argparse.Namespace) -> int:
     if summary:
         print(f"\n{summary}\n")
     meta = entry.meta
-    model = meta.get("model") if isinstance(meta.get("model"), dict) else {}
+    model: dict[str, Any] = meta["model"] if isinstance(meta.get("model"), dict) else {}
     arch = f"{model.get('backbone', '?')} {model.get('layers', '?')} x {model.get('hidden', '?')}" if model else "?"
     exported = meta.get("exported", "?")
     block = meta.get("poly") if isinstance(meta.get("poly"), dict) else {}
