@@ -106,6 +106,7 @@ class Plan:
         tone_fit: log-odds bonus for sampled melody onsets on chord tones on strong beats (improvise).
         temperature_scale: the step samples at the parameters' temperature times this.
         hold: with ``harmonise``, log-odds bonus for keeping the sounding chord.
+        weak_hold: with ``harmonise``, a further bonus for keeping it on a beat that is not strong.
         enter: a silent sampled melody starts a note at this step (the first step of an answer).
         left_hand: with ``harmonise``, log-odds bonus for the chord the player's left hand holds.
         left_chords: with ``observe_chords``, the chords observed are the left hand's (``Heard.left_struck``).
@@ -132,6 +133,7 @@ class Plan:
     tone_fit: float = 0.0
     temperature_scale: float = 1.0
     hold: float = 0.0
+    weak_hold: float = 0.0
     enter: bool = False
     left_hand: float = 0.0
     left_chords: bool = False
@@ -169,6 +171,7 @@ class Plan:
             fit=fit if self.harmonise else 0.0,
             tone_fit=self.tone_fit,
             hold=self.hold,
+            weak_hold=self.weak_hold,
             enter=self.enter,
             guide=heard.left if self.harmonise else None,
             guide_bonus=self.left_hand if self.harmonise else 0.0,
@@ -243,7 +246,7 @@ class Accompany:
         self.fit = cfg.fit
         self._plan = Plan(observe_melody=True, harmonise=True, voiced=_BACKING, reactive=True,
                           window_ms=cfg.reactive_window_ms, temperature_scale=cfg.temperature_scale,
-                          hold=cfg.hold, left_hand=cfg.left_hand)  # fmt: skip
+                          hold=cfg.hold, weak_hold=cfg.weak_hold, left_hand=cfg.left_hand)  # fmt: skip
 
     def plan(self, pos: Position) -> Plan:
         """Melody observed, chords from the harmoniser, decided reactively."""
