@@ -25,7 +25,7 @@ from rtgen.errors import ConfigError
 
 PART_NAMES = ("melody", "chords", "bass", "drums")
 BACKENDS = ("auto", "alsa", "jack", "coremidi", "winmm")
-MODES = ("autonomous", "accompany", "improvise", "call-and-response", "band")
+MODES = ("autonomous", "accompany", "improvise", "call-and-response", "band", "duet")
 CLOCK_SOURCES = ("internal", "midi", "link")
 
 
@@ -231,8 +231,9 @@ class AccompanyConfig:
     reactive_window_ms: float = field(default=12.0, metadata=_range(0.0, 50.0))
     adapt_window: bool = True  # wait only as long as this player's notes need (learned), within the window
     fit: float = field(default=2.0, metadata=_range(0.0, 10.0))  # log-odds bonus for chords holding the note
-    temperature_scale: float = field(default=0.5, metadata=_range(0.05, 2.0))  # chords sample at T x this
-    hold: float = field(default=0.5, metadata=_range(0.0, 10.0))  # log-odds bonus for keeping the chord
+    temperature_scale: float = field(default=0.1, metadata=_range(0.05, 2.0))  # chords sample at T x this
+    hold: float = field(default=0.0, metadata=_range(0.0, 10.0))  # log-odds bonus for keeping the chord
+    weak_hold: float = field(default=1.5, metadata=_range(0.0, 10.0))  # more of it on beats that are not strong
     left_hand: float = field(default=8.0, metadata=_range(0.0, 20.0))  # log-odds bonus for the left hand's chord
 
 

@@ -374,6 +374,23 @@ def test_harmonise_hears_the_melody_and_fit_favours_chord_tones(model_dir: Path)
     assert on_beats == 32 and hits == 32
 
 
+def test_weak_hold_keeps_the_chord_off_the_strong_beats(model_dir: Path) -> None:
+    """``weak_hold`` favours keeping the chord only on beats that are not strong: with it far above the fit, beats
+    2 and 4 of 4/4 keep the chord whatever note they hear, while beats 1 and 3 still take a chord holding theirs."""
+    engine = Engine(Model.load(model_dir), Params(temperature=1.0, top_p=1.0), seed=3)
+    rng = np.random.default_rng(0)
+    strong_hits = strong = 0
+    for _ in range(128):
+        pitch = int(rng.integers(60, 72))
+        step = engine.step(steer=Steer(melody=ct.melody_note_on(pitch), harmonise=True, fit=50.0, weak_hold=500.0))
+        if step.position in (4, 12):
+            assert step.chord_token == ct.CHORD_HOLD, step
+        elif step.position in (0, 8):
+            strong += 1
+            strong_hits += (pitch % 12) in ct.Chord.from_token(step.chord_now).pitch_classes
+    assert strong == 16 and strong_hits == 16
+
+
 def test_snapshot_restore_replays_the_same_step(model_dir: Path) -> None:
     """A what-if query (snapshot, step, restore) leaves the engine exactly where it was."""
     engine = Engine(Model.load(model_dir), Params(temperature=1.0), seed=5)

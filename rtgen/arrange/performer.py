@@ -22,7 +22,8 @@ import numpy.typing as npt
 from rtgen import contract as ct
 from rtgen.arrange.voicing import NoteEvent, Voicer
 from rtgen.config import PART_NAMES, Config, GenerationConfig, PartsConfig, field_range
-from rtgen.generation.conductor import NOBODY, Conductor, Heard, Plan, make_conductor, needs_harmoniser
+from rtgen.generation.conductor import NOBODY, Conductor, Duet, Heard, Plan, make_conductor, needs_harmoniser
+from rtgen.generation.duet import PolyNotes
 from rtgen.generation.engine import Engine, Params, Step
 from rtgen.generation.model import Model
 from rtgen.timing.transport import Position
@@ -55,10 +56,12 @@ class Performer:
 
     def set_conductor(self, conductor: Conductor) -> list[NoteEvent]:
         """Switch mode; returns note-offs for parts the new mode does not voice (apply them now)."""
+        old = self.conductor
+        poly_offs = self._poly_events(PolyNotes(old.release())) if isinstance(old, Duet) else []
         self.conductor = conductor
         self.fit = conductor.fit
         self.engine.follow_harmony = conductor.mode == "call-and-response"
-        return self._voice_only(conductor.plan(Position(0, 0, 0)).voiced)
+        return poly_offs + self._voice_only(conductor.plan(Position(0, 0, 0)).voiced)
 
     def set_parts(self, parts: PartsConfig) -> list[NoteEvent]:
         """New part settings (instrument, channel, on/off); returns note-offs for parts that changed."""
@@ -96,8 +99,24 @@ class Performer:
         return self.voicer.set_parts(self._effective(voiced))
 
     def release_all(self) -> list[NoteEvent]:
-        """Note-offs for everything the voicer has sounding."""
-        return self.voicer.release_all()
+        """Note-offs for everything the voicer (and a duet's answer) has sounding."""
+        events = self.voicer.release_all()
+        conductor = self.conductor
+        if isinstance(conductor, Duet):
+            events += self._poly_events(PolyNotes(conductor.release()))
+        return events
+
+    def _poly_events(self, notes: PolyNotes) -> list[NoteEvent]:
+        """A duet answer's notes on the chords part's channel: the part that plays rtgen's polyphony (voicings, and
+        the harmony of call-and-response's answer), so the answer sounds as one instrument beside the player."""
+        part = self.parts.chords
+        if not part.enabled and not notes.offs:
+            return []
+        ch = part.channel - 1
+        events = [NoteEvent(0.0, 0.0, False, "chords", ch, p, 0) for p in notes.offs]
+        if part.enabled:
+            events += [NoteEvent(0.0, 0.0, True, "chords", ch, p, notes.velocity) for p in notes.ons]
+        return events
 
     def perform(self, pos: Position, params: Params, heard: Heard = NOBODY, plan: Plan | None = None, *,
                 section_start: bool = False, section_end: bool = False,
@@ -128,6 +147,11 @@ class Performer:
         offs = self._voice_only(plan.voicing(heard))
         fill, ending = section_end or plan.fill, ending or plan.ending
         events = self.voicer.voice(step, params, section_start=section_start, section_end=fill, ending=ending)
+        conductor = self.conductor
+        if isinstance(conductor, Duet):
+            notes = conductor.play(pos, params)
+            if notes:
+                events = events + self._poly_events(notes)
         return step, offs + events if offs else events
 
 

@@ -40,7 +40,8 @@ def register(subparsers: Any) -> None:
         choices=MODES,
         help="playing mode (config: daemon.mode): autonomous plays alone; accompany follows your melody with "
         "chords and bass; improvise plays a melody over your chords; call-and-response answers your phrases; "
-        "band plays bass, drums and comping on your left hand's chords",
+        "band plays bass, drums and comping on your left hand's chords; duet answers your two-handed phrases "
+        "polyphonically (the chorale model, or --model NAME of a polyphonic one)",
     )
     p.add_argument("--backend", choices=BACKENDS, help="MIDI API (config: midi.backend); auto = platform default")
     p.add_argument("--midi-out", metavar="NAME", help="connect to an existing output port by substring (midi.out)")

@@ -17,11 +17,16 @@ call-and-response  listen: observed    harmonised         silent      yes
                    answer: sampled     sampled, voiced    voiced      no
 band               observed (top)      the left hand's,   voiced      yes (no window)
                                        voiced (comping)
+duet               listen: the whole polyphony is heard               yes (no window)
+                   answer: a polyphonic model's frames (chords part)  no
 =================  ==================  =================  ==========  ========
 
 The drums (a part of the voicer, not of the engine) play wherever rtgen plays chords and bass and
 in improvise; they are silent while call-and-response listens. In band mode the arranger controls
 (:data:`BAND_CONTROLS`) are cued by :meth:`Band.cue` and land on the next bar line.
+
+Duet's conductor (:class:`Duet`, on :class:`rtgen.generation.duet.DuetAnswer`) plays its answer itself, from a
+polyphonic model (:meth:`~rtgen.generation.duet.DuetAnswer.play`): the engine's parts stay silent in that mode.
 
 Pure: the daemon feeds what it heard; the same conductors drive ``evaluate`` offline.
 """
@@ -31,13 +36,19 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from rtgen import contract as ct
 from rtgen.config import AccompanyConfig, CallResponseConfig, ImproviseConfig, check_mode
+from rtgen.errors import ModelError
+from rtgen.generation.duet import DuetAnswer
 from rtgen.generation.engine import Steer
 from rtgen.generation.keys import dominant_chord, estimate_key
+from rtgen.input.tracker import SILENT_FRAME, StepFrame
 from rtgen.timing.transport import Position
+
+if TYPE_CHECKING:
+    from rtgen.generation.poly import PolyModel
 
 _ALL = frozenset(("melody", "chords", "bass", "drums"))
 _BACKING = frozenset(("chords", "bass", "drums"))  # the drummer keeps time whenever rtgen backs the player
@@ -55,6 +66,7 @@ class Heard:
         left: the chord the player's left hand holds under the melody (a CHORD token), N.C. when none is clear.
         left_struck: the left hand's chord where it changed (a CHORD token), HOLD elsewhere: while the hand is
             lifted (``left`` N.C.) the last chord goes on (band mode follows it).
+        poly: the player's whole polyphony at this step (both hands, the pedal's notes; duet hears it).
     """
 
     melody: int = ct.MEL_REST
@@ -62,6 +74,7 @@ class Heard:
     chord: int = ct.CHORD_HOLD
     left: int = ct.CHORD_NC
     left_struck: int = ct.CHORD_HOLD
+    poly: StepFrame = SILENT_FRAME
 
     @property
     def onset(self) -> bool:
@@ -93,6 +106,7 @@ class Plan:
         tone_fit: log-odds bonus for sampled melody onsets on chord tones on strong beats (improvise).
         temperature_scale: the step samples at the parameters' temperature times this.
         hold: with ``harmonise``, log-odds bonus for keeping the sounding chord.
+        weak_hold: with ``harmonise``, a further bonus for keeping it on a beat that is not strong.
         enter: a silent sampled melody starts a note at this step (the first step of an answer).
         left_hand: with ``harmonise``, log-odds bonus for the chord the player's left hand holds.
         left_chords: with ``observe_chords``, the chords observed are the left hand's (``Heard.left_struck``).
@@ -119,6 +133,7 @@ class Plan:
     tone_fit: float = 0.0
     temperature_scale: float = 1.0
     hold: float = 0.0
+    weak_hold: float = 0.0
     enter: bool = False
     left_hand: float = 0.0
     left_chords: bool = False
@@ -156,6 +171,7 @@ class Plan:
             fit=fit if self.harmonise else 0.0,
             tone_fit=self.tone_fit,
             hold=self.hold,
+            weak_hold=self.weak_hold,
             enter=self.enter,
             guide=heard.left if self.harmonise else None,
             guide_bonus=self.left_hand if self.harmonise else 0.0,
@@ -230,7 +246,7 @@ class Accompany:
         self.fit = cfg.fit
         self._plan = Plan(observe_melody=True, harmonise=True, voiced=_BACKING, reactive=True,
                           window_ms=cfg.reactive_window_ms, temperature_scale=cfg.temperature_scale,
-                          hold=cfg.hold, left_hand=cfg.left_hand)  # fmt: skip
+                          hold=cfg.hold, weak_hold=cfg.weak_hold, left_hand=cfg.left_hand)  # fmt: skip
 
     def plan(self, pos: Position) -> Plan:
         """Melody observed, chords from the harmoniser, decided reactively."""
@@ -507,22 +523,66 @@ class Band:
         self._switch = None
 
 
+class Duet(DuetAnswer):
+    """The player plays a phrase with both hands; after the call-and-response silence rtgen answers it
+    polyphonically (:class:`rtgen.generation.duet.DuetAnswer`; its notes come from :meth:`play`, the engine's parts
+    stay silent).
+
+    Args:
+        model: the polyphonic model that answers.
+        config: the silence that ends a phrase and the answer's length (call-and-response's settings).
+        seed: the model's random draws (None: fresh entropy).
+    """
+
+    mode = "duet"
+    needs_harmoniser = False
+    fit = 0.0
+    _LISTEN = Plan(observe_melody=True, voiced=_NONE, reactive=True, window_ms=0.0)
+    _ANSWER = Plan(voiced=_NONE)
+
+    def plan(self, pos: Position) -> Plan:
+        """Listening: hear the player at each step's grid time. Answering: decided a step ahead."""
+        return self._ANSWER if self.answering else self._LISTEN
+
+    def heard(self, pos: Position, heard: Heard) -> None:
+        """The player's whole polyphony at ``pos`` (see :meth:`~rtgen.generation.duet.DuetAnswer.hear`)."""
+        self.hear(pos, heard.poly)
+
+
+POLY_MODES = ("duet",)
+"""The modes that play a polyphonic model (:mod:`rtgen.generation.poly`) beside the engine's."""
+
+
 def needs_harmoniser(mode: str) -> bool:
     """Whether ``mode``'s conductor asks the engine to harmonise the player's melody (a contract-v2 model)."""
     kinds: tuple[type[Conductor], ...] = (Autonomous, Accompany, Improvise, CallAndResponse, Band)
-    conductors = {c.mode: c for c in kinds}
-    return conductors[check_mode(mode)].needs_harmoniser
+    conductors = {c.mode: c.needs_harmoniser for c in kinds}
+    return conductors.get(check_mode(mode), False)
 
 
 def make_conductor(mode: str, accompany: AccompanyConfig | None = None,
                    call_response: CallResponseConfig | None = None,
-                   improvise: ImproviseConfig | None = None) -> Conductor:  # fmt: skip
+                   improvise: ImproviseConfig | None = None, poly: PolyModel | None = None,
+                   seed: int | None = None) -> Conductor:  # fmt: skip
     """The conductor for ``mode`` (one of :data:`rtgen.config.MODES`).
+
+    Args:
+        mode: the mode.
+        accompany: ``[accompany]`` (also the call-and-response harmoniser's fit).
+        call_response: ``[call_response]`` (also duet's silence and answer length).
+        improvise: ``[improvise]``.
+        poly: the polyphonic model the modes of :data:`POLY_MODES` play.
+        seed: their model's random draws (None: fresh entropy).
 
     Raises:
         ValueError: an unknown mode; the message lists the modes.
+        ModelError: a mode of :data:`POLY_MODES` without a polyphonic model.
     """
     check_mode(mode)
+    if mode in POLY_MODES:
+        if poly is None:
+            raise ModelError(f"mode {mode} plays a polyphonic model (the shipped chorale, or --model NAME of one)")
+        return Duet(poly, call_response, seed=seed)
     if mode == "autonomous":
         return Autonomous()
     if mode == "accompany":

@@ -108,6 +108,8 @@ class Steer:
         fit: with ``harmonise``, a log-odds bonus for the chords that contain the pitch class of an
             onset at this step.
         hold: with ``harmonise``, a log-odds bonus for keeping the sounding chord (harmonic rhythm).
+        weak_hold: with ``harmonise``, a further bonus for keeping it on a beat that is not strong (the data
+            changes chord there less often than on strong beats).
         tone_fit: on a strong beat, a log-odds bonus for sampled melody onsets on tones of the sounding
             chord (improvising over a player's chords lands on them as a musician would).
         enter: a sampled melody that is silent starts a note at this step (an answer comes in on time).
@@ -124,6 +126,7 @@ class Steer:
     fit: float = 0.0
     tone_fit: float = 0.0
     hold: float = 0.0
+    weak_hold: float = 0.0
     enter: bool = False
     guide: int | None = None
     guide_bonus: float = 0.0
@@ -547,8 +550,9 @@ class Engine:
                 z[ct.CHORD_HOLD] = -np.inf  # the harmoniser names the chord that sounds; HOLD is decided here
                 if steer.fit > 0 and onset is not None:
                     z += self._fit_bias(steer.fit)[onset % 12]
-                if steer.hold > 0 and np.isfinite(z[held]):
-                    z[held] += steer.hold
+                hold = steer.hold if at.strong else steer.hold + steer.weak_hold
+                if hold > 0 and np.isfinite(z[held]):
+                    z[held] += hold
                 if guide is not None and np.isfinite(z[guide]):  # a left-hand chord outside a key lock stays out
                     z[guide] += steer.guide_bonus
                 chord_logits = z

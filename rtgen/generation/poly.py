@@ -181,6 +181,12 @@ class PolyStepper:
         self.prev_velocity.fill(0.0)
         self._cur = 0
 
+    def start(self, frame: np.ndarray) -> None:
+        """A fresh stream whose first frame is ``frame`` (given, not scored), as every training sequence began:
+        the next step predicts the frame after it."""
+        self.reset()
+        self.prev[0] = frame
+
     def _run(self) -> np.ndarray:
         self.model._session.run_with_iobinding(self._io[self._cur])
         self._cur = 1 - self._cur

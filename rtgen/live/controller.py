@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from rtgen import library
 from rtgen.config import Config, check_cc_control, check_mode, parse_split
 from rtgen.errors import RtgenError, SoundfontError, brief
-from rtgen.generation.conductor import needs_harmoniser
+from rtgen.generation.conductor import POLY_MODES, needs_harmoniser
 from rtgen.live import loaders
 from rtgen.live.commands import (
     CueBand,
@@ -43,6 +43,7 @@ from rtgen.live.commands import (
     UseSoundfont,
 )
 from rtgen.live.opening import make_recorder
+from rtgen.live.polyload import load_poly
 from rtgen.patterns.styles import check_style
 
 if TYPE_CHECKING:
@@ -102,6 +103,7 @@ class Controller:
 
     config: Config
     loop: LiveLoop | None
+    poly_folder: Path | None
     osc: OscServer | None
     loader: loaders.BackgroundLoader
     _closers: list[threading.Thread]
@@ -152,6 +154,8 @@ class Controller:
             loop.engine.model.require_harmony(mode)
         if mode != "autonomous" and loop.tracker is None:
             raise ValueError(f"mode {mode} listens to a player, but the MIDI input is off ([input] enabled)")
+        if mode in POLY_MODES and loop.poly_model is None:  # loaded here, off the real-time thread, once
+            loop.poly_model = load_poly(self.config, self.poly_folder, mode)
         loop.command(SetMode(mode), urgent=True)
 
     def set_instrument(self, part: str, program: int) -> None:

@@ -25,6 +25,7 @@ from rtgen.live.jack import JackSupervisor
 from rtgen.live.learning import CcSaver
 from rtgen.live.loop import LiveLoop
 from rtgen.live.opening import Outputs, open_link, open_outputs, open_player_input
+from rtgen.live.polyload import load_poly, model_folders
 from rtgen.live.signals import SignalStop
 from rtgen.live.snapshot import snapshot
 from rtgen.timing.clock import RealTime, StepClock, realtime_loop
@@ -68,6 +69,7 @@ class Daemon(Controller):
         self.loop: LiveLoop | None = None
         self.realtime = False
         self.model: Model | None = None
+        self.poly_folder: Path | None = None  # the polyphonic model --model names (None: the shipped chorale)
         self.input: MidiInput | None = None
         self.link: LinkFollower | None = None
         self.started_ns = 0
@@ -107,7 +109,7 @@ class Daemon(Controller):
     def open(self) -> None:
         """Load the model and open every input and output; raises RtgenError with a fix on failure."""
         from rtgen.arrange.voicing import Voicer
-        from rtgen.generation.conductor import needs_harmoniser
+        from rtgen.generation.conductor import POLY_MODES, needs_harmoniser
         from rtgen.generation.engine import Engine, Params
         from rtgen.generation.model import Model
         from rtgen.io.scheduler import Scheduler
@@ -119,10 +121,12 @@ class Daemon(Controller):
                 "feedback (drop --no-osc)"
             )
         try:
-            self.model = Model.load(cfg.model_path)
+            engine_path, self.poly_folder = model_folders(cfg)
+            self.model = Model.load(engine_path)
             mode = cfg.daemon.mode
             if needs_harmoniser(mode):
                 self.model.require_harmony(mode)
+            poly = load_poly(cfg, self.poly_folder, mode) if mode in POLY_MODES else None
             self.outputs = open_outputs(cfg, self._warn)
             gen = cfg.generation
             params = Params.from_config(gen)
@@ -162,7 +166,7 @@ class Daemon(Controller):
             self.loop = LiveLoop(
                 engine, voicer, sched, clock, params, cfg.parts, source=source, feedback=feedback, mode=mode,
                 config=cfg, tracker=player.tracker if player is not None else None, input_queue=self.input,
-                clock_out=clock_out, thru=cfg.input.thru and player is not None,
+                clock_out=clock_out, thru=cfg.input.thru and player is not None, poly=poly,
             )  # fmt: skip
             self.loop.recorder = next((s for s in self.sinks if isinstance(s, RecorderSink)), None)
             if self.cc_file is not None and player is not None:

@@ -182,6 +182,8 @@ class Handling(LoopState):
         self._release_voicer()
         self.performer.set_conductor(conductor)
         self._onsets.clear()
+        if self.tracker is not None:
+            self.tracker.take_frame()  # the new mode hears the player's polyphony from now on
         log.info("mode %s", mode)
         self._replan()
 

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from rtgen.arrange.voicing import Voicer
     from rtgen.control.osc import Feedback
     from rtgen.generation.engine import Engine, Params, Step
+    from rtgen.generation.poly import PolyModel
     from rtgen.input.tracker import InputQueue, PlayerTracker
     from rtgen.io.ports import MidiInput
     from rtgen.io.scheduler import Scheduler
@@ -82,6 +83,7 @@ class LiveLoop(Deciding, Listening, Following, Handling):
             :class:`~rtgen.input.tracker.InputQueue` fed by a callback; drained on every loop iteration.
         clock_out: sinks that get 24-ppqn clock, Start, Stop and SPP (lead a DAW).
         thru: echo the player's channel messages to the live sinks.
+        poly: the polyphonic model of the modes that play one (duet), or None until one is loaded.
     """
 
     def __init__(
@@ -101,6 +103,7 @@ class LiveLoop(Deciding, Listening, Following, Handling):
         input_queue: InputQueue | MidiInput | None = None,
         clock_out: Sequence[Sink] = (),
         thru: bool = False,
+        poly: PolyModel | None = None,
     ) -> None:
         self.config = config or Config()
         self.engine = engine
@@ -117,6 +120,7 @@ class LiveLoop(Deciding, Listening, Following, Handling):
         self.clock_out = ClockOut(clock_out)
         self.thru = thru
         self.transport = Transport(params.time_signature)
+        self.poly_model = poly
         self.performer = Performer(engine, voicer, self._conductor(mode), parts)
         self.commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
         self.wake = threading.Event()
@@ -167,7 +171,8 @@ class LiveLoop(Deciding, Listening, Following, Handling):
 
     def _conductor(self, mode: str) -> Conductor:
         cfg = self.config
-        return make_conductor(mode, cfg.accompany, cfg.call_response, cfg.improvise)
+        return make_conductor(mode, cfg.accompany, cfg.call_response, cfg.improvise, self.poly_model,
+                              seed=self.engine.seed)  # fmt: skip
 
     # --- thread-safe control (any thread) ------------------------------------------------------
     def command(self, cmd: Command, *, urgent: bool = False) -> None:

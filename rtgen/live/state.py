@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from rtgen.generation.conductor import Conductor, Plan
     from rtgen.generation.engine import Engine, EngineState, Params, Step
     from rtgen.generation.model import Model, StepBinding
+    from rtgen.generation.poly import PolyModel
     from rtgen.input.feel import PlayerFeel
     from rtgen.input.tracker import InputQueue, Onset, PlayerTracker
     from rtgen.io.ports import MidiInput
@@ -69,6 +70,7 @@ class LoopState:
     thru: bool
     transport: Transport
     performer: Performer
+    poly_model: PolyModel | None  # the polyphonic model duet plays (set by another thread before its SetMode)
     arranger: Arranger
     commands: queue.SimpleQueue[Command]
     wake: threading.Event
