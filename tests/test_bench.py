@@ -24,7 +24,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_bench_writes_the_figures(model_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     args = ["bench", "--model", str(model_dir), "--seconds", "2", "--steps", "2000", "--reactive-seconds", "0"]
-    args += ["--grid-seconds", "0", "--cpu-seconds", "0"]
+    args += ["--grid-seconds", "0", "--cpu-seconds", "0", "--poly-model", "chorale"]
     args += ["--jack-seconds", "0", "--load-seconds", "0", "--swap-seconds", "0", "--web-seconds", "0"]
     code = main([*args, "--json", str(out)])
     assert code == 0

@@ -41,6 +41,9 @@ def register(subparsers: Any) -> None:
         help="each accompany run of a tight and a loose player: chords after the beat (default 40; 0 skips them)",
     )
     p.add_argument(
+        "--poly-model", metavar="NAME|DIR", help="the polyphonic model of the poly_step phase (default: chorale)"
+    )
+    p.add_argument(
         "--grid-fixed", action="store_true", help="also run each player with the fixed reactive window (a comparison)"
     )
     p.add_argument("--jack-seconds", type=float, default=20.0, help="daemon run at 120 BPM through JACK (0 skips)")
@@ -156,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config if args.config is not None else default_config_path())
     model = cfg.with_model(args.model).model_path if args.model is not None else cfg.model_path
     reactive = cfg.with_model(args.reactive_model).model_path if args.reactive_model is not None else None
+    poly = cfg.with_model(args.poly_model).model_path if args.poly_model is not None else None
     result = run_bench(
         model,
         seconds=args.seconds,
@@ -171,6 +175,7 @@ def run(args: argparse.Namespace) -> int:
         web_seconds=args.web_seconds,
         soundfonts=args.soundfont,
         busy=args.busy,
+        poly_model=poly,
     )
     text = json.dumps(result, indent=2)
     if args.out is not None:
