@@ -55,6 +55,8 @@ class Heard:
         left: the chord the player's left hand holds under the melody (a CHORD token), N.C. when none is clear.
         left_struck: the left hand's chord where it changed (a CHORD token), HOLD elsewhere: while the hand is
             lifted (``left`` N.C.) the last chord goes on (band mode follows it).
+        pitch: the MIDI pitch of the player's melody note sounding at this step (struck or held), unfolded (the
+            melody token folds it into the contract's range); None when the melody rests.
     """
 
     melody: int = ct.MEL_REST
@@ -62,6 +64,7 @@ class Heard:
     chord: int = ct.CHORD_HOLD
     left: int = ct.CHORD_NC
     left_struck: int = ct.CHORD_HOLD
+    pitch: int | None = None
 
     @property
     def onset(self) -> bool:

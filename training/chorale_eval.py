@@ -1,0 +1,190 @@
+"""``rtgen-train chorale-eval``: ``--mode chorale`` measured offline, beside Bach's own voices.
+
+On the JSB test split (``../shared/data/poly_music/JSB_Chorales.mat``) Bach's soprano (each frame's top note)
+is the player. rtgen's voices come from the daemon's own path (:func:`rtgen.arrange.chorale.chorale_offline`
+over the shipped model's onnxruntime stepper); Bach's are the frame's other notes (the next three from the top
+as alto, tenor and bass, :func:`rtgen.offline.voiceleading.voicing_from_pitches`). Both are counted by
+:mod:`rtgen.offline.voiceleading`.
+
+The benchmark's pieces were transposed up into C major / C minor (soprano median C6), so before anything is
+played each piece is moved by whole octaves to put its soprano's mean nearest :data:`SOPRANO_MEAN` (a
+singer's register; the voice ranges are judged there). With ``keys = "random"`` each piece is moved into a
+random key first (seeded): the voicer must find the key back from the soprano alone.
+
+The NLL of Bach's voices given the soprano is the model's (PyTorch, teacher-forced on Bach's frames):
+``-log p(frame's pitches below the soprano | the soprano and everything above it, the frames before)``,
+nats per frame, every frame with a soprano but each piece's first; the same for rtgen's voices (its frames
+put back into the model's register, fed as the history). onnxruntime gives samples, not log-probs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rtgen.arrange.chorale import ChoraleVoicer, Voices, chorale_offline
+from rtgen.offline.voiceleading import Voicing, voice_leading, voicing_from_pitches
+from training.poly_data import LOWEST_PITCH, load_rolls
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "poly_music" / "JSB_Chorales.mat"
+SOPRANO_MEAN = 71.0
+"""Where a piece's soprano mean is put before it is played (MIDI 71, B4: a soprano's middle)."""
+
+
+def sopranos(roll: np.ndarray, shift: int) -> list[int | None]:
+    """The top note of each frame moved by ``shift`` semitones (None for an empty frame)."""
+    out: list[int | None] = []
+    for frame in roll:
+        on = np.flatnonzero(frame)
+        out.append(int(on[-1]) + LOWEST_PITCH + shift if on.size else None)
+    return out
+
+
+def placement(roll: np.ndarray, key_shift: int) -> int:
+    """The shift that moves the piece by ``key_shift`` semitones and whole octaves, soprano mean nearest
+    :data:`SOPRANO_MEAN`."""
+    tops = [p for p in sopranos(roll, key_shift) if p is not None]
+    mean = float(np.mean(tops)) if tops else SOPRANO_MEAN
+    return key_shift + 12 * round((SOPRANO_MEAN - mean) / 12)
+
+
+def bach_voicings(roll: np.ndarray, shift: int) -> list[Voicing]:
+    """Bach's voices of each frame, moved by ``shift``."""
+    return [voicing_from_pitches((np.flatnonzero(f) + LOWEST_PITCH + shift).tolist()) for f in roll]
+
+
+def full_voicings(sop: list[int | None], voices: list[Voices]) -> list[Voicing]:
+    """Soprano plus the voicer's alto, tenor and bass per beat."""
+    return [(s, *v) for s, v in zip(sop, voices, strict=True)]
+
+
+def nll_given_soprano(model: Any, rolls: list[np.ndarray]) -> dict[str, float]:
+    """Nats per frame of each frame's pitches below its soprano given the soprano (and above) and the frames
+    before, teacher-forced (every frame with a soprano but each sequence's first)."""
+    import torch
+
+    total, frames = 0.0, 0
+    with torch.no_grad():
+        for roll in rolls:
+            x = torch.tensor(roll, dtype=torch.float32)  # (T, P)
+            prev = torch.cat([torch.zeros(1, x.shape[1]), x[:-1]])[None]  # (1, T, P)
+            u, _ = model.state(prev)
+            idx = torch.arange(x.shape[1])
+            top = torch.where(x.any(-1), (x * (idx + 1)).argmax(-1), torch.full((x.shape[0],), x.shape[1]))
+            observed = idx[None, :] >= top[:, None]  # (T, P): the soprano and everything above it
+            lp = model.log_prob(u[0], x, observed)  # (T,)
+            keep = x.any(-1)
+            keep[0] = False
+            total -= float(lp[keep].sum())
+            frames += int(keep.sum())
+    return {"nll_per_frame": round(total / max(frames, 1), 4), "frames": frames}
+
+
+def voices_roll(voicings: list[Voicing], shift: int, n_pitches: int) -> np.ndarray:
+    """A piano roll (in the model's register: ``-shift``) of the voicings."""
+    roll = np.zeros((len(voicings), n_pitches), dtype=np.uint8)
+    for t, v in enumerate(voicings):
+        for p in v:
+            if p is not None and 0 <= p - shift - LOWEST_PITCH < n_pitches:
+                roll[t, p - shift - LOWEST_PITCH] = 1
+    return roll
+
+
+def evaluate(model_dir: Path, data: Path, *, keys: str = "C", seed: int = 0, temperature: float = 1.0,
+             torch_dir: Path | None = None, limit: int | None = None) -> dict[str, Any]:  # fmt: skip
+    """The figures of rtgen's voices and Bach's on the test split (see the module docstring).
+
+    Args:
+        model_dir: the polyphonic model folder (``exported_models/chorale``).
+        data: the JSB ``.mat`` file.
+        keys: ``"C"`` (the pieces as given, moved by octaves) or ``"random"`` (each into a random key).
+        seed: the sampler's seed (and the random keys').
+        temperature: the sampling temperature.
+        torch_dir: the PyTorch checkpoint of the same model, for the NLLs (None: no NLL).
+        limit: only the first ``limit`` pieces (a quick look).
+    """
+    from rtgen.generation.poly import PolyModel
+
+    rolls = load_rolls(data)["test"][:limit]
+    model = PolyModel.load(model_dir)
+    rng = np.random.default_rng(seed)
+    bach: list[list[Voicing]] = []
+    ours: list[list[Voicing]] = []
+    shifts: list[int] = []
+    keys_found = 0
+    redraws = short = beats = 0
+    t0 = time.perf_counter()
+    for i, roll in enumerate(rolls):
+        key_shift = int(rng.integers(-6, 6)) if keys == "random" else 0
+        shift = placement(roll, key_shift)
+        shifts.append(shift)
+        sop = sopranos(roll, shift)
+        voicer = ChoraleVoicer(model.stepper(seed=seed + i), low_pitch=model.low_pitch, n_pitches=model.n_pitches,
+                               step_beats=model.step_beats, centred_key=model.centred_key)  # fmt: skip
+        voices = chorale_offline(voicer, sop, temperature)
+        bach.append(bach_voicings(roll, shift))
+        ours.append(full_voicings(sop, voices))
+        keys_found += voicer.shift % 12 == -shift % 12
+        redraws += voicer.redraws
+        short += voicer.short
+        beats += voicer.beats
+    seconds = time.perf_counter() - t0
+    result: dict[str, Any] = {
+        "model": str(model_dir),
+        "data": str(data),
+        "split": "test",
+        "pieces": len(rolls),
+        "keys": keys,
+        "seed": seed,
+        "temperature": temperature,
+        "bach": voice_leading(bach).as_dict(),
+        "rtgen": voice_leading(ours).as_dict(),
+        "key_found_at_end": round(keys_found / max(len(rolls), 1), 4),
+        "model_steps": beats,
+        "redraws_per_100_steps": round(100 * redraws / max(beats, 1), 3),
+        "short_after_redraws_per_100_steps": round(100 * short / max(beats, 1), 3),
+        "seconds": round(seconds, 2),
+    }
+    if torch_dir is not None:
+        from training import poly
+
+        tmodel = poly.load(torch_dir)
+        result["bach"]["nll_given_soprano"] = nll_given_soprano(tmodel, [r for r in rolls])
+        mine = [voices_roll(v, s, model.n_pitches) for v, s in zip(ours, shifts, strict=True)]
+        result["rtgen"]["nll_given_soprano"] = nll_given_soprano(tmodel, mine)
+    return result
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the ``chorale-eval`` subcommand to ``rtgen-train``."""
+    p = subparsers.add_parser(
+        "chorale-eval", help="--mode chorale's voices under Bach's sopranos (JSB test split) beside Bach's own"
+    )
+    p.add_argument("--model", type=Path, default=Path("exported_models/chorale"), help="polyphonic model folder")
+    p.add_argument("--data", type=Path, default=DATA, help=f"the JSB .mat file (default: {DATA})")
+    p.add_argument("--keys", choices=("C", "random", "both"), default="both", help="pieces as given, or in random keys")
+    p.add_argument("--torch", type=Path, help="the model's PyTorch checkpoint folder, for the NLLs")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--limit", type=int, help="only the first N test pieces")
+    p.add_argument("--out", type=Path, help="write the figures to this JSON file")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    runs = ("C", "random") if args.keys == "both" else (args.keys,)
+    out = {
+        k: evaluate(args.model, args.data, keys=k, seed=args.seed, temperature=args.temperature,
+                    torch_dir=args.torch if k == "C" else None, limit=args.limit)  # fmt: skip
+        for k in runs
+    }
+    text = json.dumps(out, indent=2)
+    if args.out is not None:
+        args.out.write_text(text + "\n")
+    print(text)
+    return 0
