@@ -50,6 +50,13 @@ def read_meta(folder: Path) -> dict[str, Any]:
     return meta
 
 
+def model_kind(meta: dict[str, Any]) -> str:
+    """What a ``meta.json`` describes: ``"poly"`` (a polyphonic step model) or ``"melody"`` (the melody,
+    chord and harmony graphs of the token contract; a folder without ``"kind"`` is one)."""
+    kind = meta.get("kind", "melody")
+    return kind if isinstance(kind, str) else "melody"
+
+
 def write_meta(folder: Path, meta: dict[str, Any]) -> None:
     """Write ``meta`` as the folder's :data:`META_FILE`, atomically (a crash leaves the old file or the new).
 
@@ -117,6 +124,11 @@ class ModelEntry:
         params = block.get("params") if isinstance(block, dict) else None
         return sum(v for v in params.values() if isinstance(v, int)) if isinstance(params, dict) else 0
 
+    @property
+    def kind(self) -> str:
+        """``"poly"`` or ``"melody"`` (:func:`model_kind`)."""
+        return model_kind(self.meta)
+
 
 def read_entry(path: Path, origin: str, name: str | None = None) -> ModelEntry:
     """The :class:`ModelEntry` of the folder ``path`` (reads only ``meta.json``, loads no graph)."""
@@ -127,7 +139,7 @@ def read_entry(path: Path, origin: str, name: str | None = None) -> ModelEntry:
     except ModelError as err:
         problem = str(err)
     entry = ModelEntry(name or path.name, path, origin, meta, problem)
-    if not problem:
+    if not problem and model_kind(meta) == "melody":
         version = entry.contract_version
         if version not in contract.COMPATIBLE_VERSIONS:
             speaks = ", ".join(f"v{v}" for v in contract.COMPATIBLE_VERSIONS)

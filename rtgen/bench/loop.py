@@ -54,6 +54,40 @@ def bench_inference(
     return {**percentiles_us(times), "realtime": realtime}
 
 
+def bench_poly_step(
+    model_dir: Path, steps: int = 2000, warmup: int = 100, seed: int = 0, realtime_priority: int = 10
+) -> dict[str, Any]:
+    """Time ``steps`` steps of a polyphonic model (one graph call each, the frame sampled in the graph), half
+    of them with a soprano clamped as ``--mode chorale`` clamps the player's note; threads and scheduling as in
+    :func:`bench_inference`."""
+    from rtgen.generation.poly import PolyModel
+
+    stepper = PolyModel.load(model_dir, threads=1).stepper(seed)
+    gen = np.random.default_rng(seed)
+    clamps = [stepper.soprano_clamp(int(p)) for p in gen.integers(60, 80, 16)]
+    for _ in range(warmup):
+        stepper.step()
+    times = np.empty(steps, dtype=np.int64)
+    clock = time.perf_counter_ns
+    gc.collect()
+    gc.freeze()
+    realtime = request_realtime(realtime_priority)
+    try:
+        for i in range(steps):
+            clamp, observed = clamps[i % len(clamps)]
+            t = clock()
+            if i % 2:
+                stepper.step(clamp, observed)
+            else:
+                stepper.step()
+            times[i] = clock() - t
+    finally:
+        if realtime:
+            release_realtime()
+        gc.unfreeze()
+    return {**percentiles_us(times), "realtime": realtime}
+
+
 def bench_schedule(
     model_dir: Path, seconds: float = 60.0, tempo: float = 300.0, seed: int = 0, realtime_priority: int = 10
 ) -> dict[str, Any]:

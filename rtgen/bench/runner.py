@@ -19,12 +19,13 @@ from typing import Any
 from rtgen.bench.cpu import bench_cpu
 from rtgen.bench.harness import PERIOD_FRAMES, SAMPLE_RATE
 from rtgen.bench.jackrun import bench_jack_grid, bench_osc_load
-from rtgen.bench.loop import bench_inference, bench_schedule
+from rtgen.bench.loop import bench_inference, bench_poly_step, bench_schedule
 from rtgen.bench.measure import TARGET_P99_US, busy_core, machine, private_memory_mb
 from rtgen.bench.reactive import bench_accompany_grid, bench_reactive
 from rtgen.bench.swaps import bench_soundfont_swaps
 from rtgen.bench.webpage import bench_web_page
 from rtgen.errors import RtgenError
+from rtgen.library import SHIPPED_MODELS_DIR
 
 
 def _phase(
@@ -56,6 +57,7 @@ def run_bench(
     web_seconds: float = 15.0,
     soundfonts: Sequence[Path] = (),
     busy: bool = True,
+    poly_model: Path | None = None,
 ) -> dict[str, Any]:
     """The full benchmark as JSON-ready data (a phase given 0 seconds is left out, with the reason).
 
@@ -63,7 +65,8 @@ def run_bench(
     ``busy`` is False); the daemon through JACK at 120 BPM (grid, first note, CPU, memory); the daemon as a
     user starts it at 60, 120 and 240 BPM, the player idle and playing (CPU, :mod:`rtgen.bench.cpu`); the daemon
     under an OSC load at 400 BPM; the reactive latency; chords on the beat for a tight and a loose player
-    (``grid_fixed``: also with the old fixed reactive window); soundfont swaps while playing; the daemon at 400 BPM
+    (``grid_fixed``: also with the old fixed reactive window); one step of the polyphonic model ``poly_model``
+    (default the shipped ``chorale``; ``inference_steps`` steps); soundfont swaps while playing; the daemon at 400 BPM
     with its web page's feed taken and with the page open in headless Chromium (:mod:`rtgen.bench.webpage`).
     """
     inference = bench_inference(model_dir, steps=inference_steps)
@@ -106,6 +109,11 @@ def run_bench(
         _phase("accompany_grid", grid_seconds, "--grid-seconds", {"accompany_grid_us": None},
                lambda: bench_accompany_grid(reactive_model or model_dir, seconds=grid_seconds, fixed=grid_fixed))
     )  # fmt: skip
+    poly = poly_model or (SHIPPED_MODELS_DIR / "chorale")
+    result.update(
+        _phase("poly_step", inference_steps, "--steps", {"poly_step_us": None},
+               lambda: {"poly_step_us": bench_poly_step(poly, steps=inference_steps), "poly_model": str(poly)})
+    )  # fmt: skip
     if swap_seconds > 0:
         result.update(bench_soundfont_swaps(model_dir, list(soundfonts), seconds=swap_seconds))
     else:
@@ -126,6 +134,7 @@ TARGETS = {
     "cpu_percent_120bpm": 3.0,
     "uss_mb": 120.0,
     "first_note_ms": 1000.0,
+    "poly_step_p99_us": 1000.0,
 }
 
 
@@ -159,6 +168,7 @@ def targets(result: dict[str, Any]) -> dict[str, Any]:
         cpu_ok=ok(result.get("cpu_percent_120bpm"), 3.0),
         uss_ok=ok(result.get("uss_mb"), 120.0),
         first_note_ok=ok(result.get("first_note_ms"), 1000.0),
+        poly_step_ok=ok(p99("poly_step_us"), 1000.0),
         soundfont_swap_ok=ok(float(swap["p99"]) if swap else None, TARGET_P99_US),
         osc_load_late_steps_ok=(load.get("late_steps") == 0) if load else None,
         web_page_ok=ok(page["schedule_error_us"]["p99"], TARGET_P99_US) if page else None,

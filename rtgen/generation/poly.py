@@ -1,0 +1,219 @@
+"""Polyphonic models in onnxruntime: one graph call per step gives a whole sampled frame.
+
+A polyphonic model folder (``meta.json`` ``"kind": "poly"``) holds ``poly.onnx``, written by
+``rtgen-train poly-export`` from a time-axis GRU with a NADE head (``training/poly.py``). The graph
+takes the previous frame, the recurrent state, one uniform draw per pitch, the clamped pitches, the
+position in bar and a temperature, and returns the sampled frame, each pitch's log-probability and the
+next state (the within-step loop and the sampling are inside the graph).
+
+Pitch index ``j`` of a frame is MIDI pitch ``low_pitch + j`` (21..108 for the 88 keys). The NADE decides
+pitches from the top down, so clamping a melody pitch and everything above it conditions the voices
+below on the melody exactly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from rtgen import library
+from rtgen.errors import ModelError
+from rtgen.generation.model import session_options
+
+POLY_KIND = "poly"
+"""``meta.json`` ``"kind"`` of a polyphonic model folder."""
+MELODY_KIND = "melody"
+"""The kind of a folder without ``"kind"``: the melody + chord models of the token contract."""
+GRAPH_FILE = "poly.onnx"
+INPUTS = ("prev", "state", "draws", "clamp", "observed", "pos", "temperature")
+OUTPUTS = ("frame", "logp", "state_out")
+LOW_PITCH = 21
+"""MIDI pitch of frame index 0 (A0, the piano's lowest key)."""
+
+
+def model_kind(meta: dict[str, Any]) -> str:
+    """The kind of model a ``meta.json`` describes: :data:`POLY_KIND` or :data:`MELODY_KIND`."""
+    return library.model_kind(meta)
+
+
+class PolyModel:
+    """A loaded polyphonic model: its session and what ``meta.json`` says about its frames.
+
+    Attributes:
+        path: the model folder.
+        meta: its ``meta.json``.
+        n_pitches: pitches per frame.
+        low_pitch: MIDI pitch of index 0.
+        bar_steps: steps per bar of the position input; 0 = the model has none.
+        step_beats: one frame's length in beats.
+        centred_key: trained on pieces transposed to C major / C minor (play it in C, transpose around it).
+    """
+
+    def __init__(self, path: Path, meta: dict[str, Any], session: ort.InferenceSession) -> None:
+        self.path = path
+        self.meta = meta
+        block = meta["poly"]
+        self.n_pitches = int(block["n_pitches"])
+        self.low_pitch = int(block["low_pitch"])
+        self.bar_steps = int(block["bar_steps"])
+        self.step_beats = float(block["step_beats"])
+        self.centred_key = bool(block["centred_key"])
+        layers, hidden = block["state_shape"]
+        self.state_shape = (int(layers), int(hidden))
+        self._session = session
+        self.input_names = frozenset(i.name for i in session.get_inputs())
+
+    def __repr__(self) -> str:
+        return f"PolyModel({str(self.path)!r}, pitches={self.n_pitches}, step_beats={self.step_beats})"
+
+    @classmethod
+    def load(cls, path: str | Path, *, threads: int = 1) -> PolyModel:
+        """Load the folder ``path``.
+
+        Raises:
+            ModelError: no such folder, not a polyphonic model (the message says what it is), or a bad graph.
+        """
+        folder = Path(path)
+        meta = library.read_meta(folder)
+        kind = model_kind(meta)
+        if kind != POLY_KIND:
+            raise ModelError(f"{folder} is a {kind} model, not a polyphonic one (e.g. the shipped 'chorale')")
+        block = meta.get("poly")
+        keys = ("n_pitches", "low_pitch", "bar_steps", "step_beats", "centred_key", "state_shape")
+        if not isinstance(block, dict) or any(k not in block for k in keys):
+            raise ModelError(f"{folder / library.META_FILE}: the 'poly' block needs {', '.join(keys)}; re-export it")
+        graph = folder / GRAPH_FILE
+        if not graph.is_file():
+            raise ModelError(f"no {GRAPH_FILE} in {folder}; re-export it with rtgen-train poly-export")
+        try:
+            session = ort.InferenceSession(str(graph), session_options(threads), providers=["CPUExecutionProvider"])
+        except Exception as err:  # onnxruntime raises its own exception types for a bad file
+            raise ModelError(f"cannot load {graph}: {err}") from err
+        names = tuple(i.name for i in session.get_inputs())
+        expected = tuple(n for n in INPUTS if n != "pos" or int(block["bar_steps"]) > 0)
+        if names != expected:
+            raise ModelError(f"{graph} has inputs {names}, expected {expected}; re-export it")
+        return cls(folder, meta, session)
+
+    def stepper(self, seed: int | None = None) -> PolyStepper:
+        """A new stream (state, previous frame and random generator of its own)."""
+        return PolyStepper(self, seed)
+
+
+class PolyStepper:
+    """One stream of frames: the recurrent state and the previous frame, bound once to the graph.
+
+    Not thread-safe; a step allocates nothing (the inputs and outputs are bound onnxruntime values).
+    """
+
+    def __init__(self, model: PolyModel, seed: int | None = None) -> None:
+        self.model = model
+        P = model.n_pitches  # noqa: N806
+        layers, hidden = model.state_shape
+        self._rng = np.random.default_rng(seed)
+        self.prev = np.zeros((1, P), np.float32)
+        self._states = [np.zeros((layers, 1, hidden), np.float32) for _ in range(2)]
+        self.draws = np.zeros((1, P), np.float32)
+        self.clamp = np.zeros((1, P), np.float32)
+        self.observed = np.zeros((1, P), bool)
+        self.pos = np.zeros(1, np.int64)
+        self.temperature = np.ones(1, np.float32)
+        self.frame = np.zeros((1, P), np.float32)
+        self.logp = np.zeros((1, P), np.float32)
+        self._values: list[ort.OrtValue] = []
+        self._io = [self._bind(cur) for cur in range(2)]
+        self._cur = 0
+
+    def _bind(self, cur: int) -> ort.IOBinding:
+        io = self.model._session.io_binding()
+        ins = (self.prev, self._states[cur], self.draws, self.clamp, self.observed, self.pos, self.temperature)
+        for name, arr in zip(INPUTS, ins, strict=True):
+            if name not in self.model.input_names:  # ``pos`` of a model without position in bar
+                continue
+            value = ort.OrtValue.ortvalue_from_numpy(arr)
+            self._values.append(value)
+            io.bind_ortvalue_input(name, value)
+        for name, arr in zip(OUTPUTS, (self.frame, self.logp, self._states[1 - cur]), strict=True):
+            value = ort.OrtValue.ortvalue_from_numpy(arr)
+            self._values.append(value)
+            io.bind_ortvalue_output(name, value)
+        return io
+
+    @property
+    def state(self) -> np.ndarray:
+        """The current recurrent state ``(layers, 1, hidden)`` (a live buffer: copy to keep)."""
+        return self._states[self._cur]
+
+    def reset(self) -> None:
+        """A fresh stream: zero state, empty previous frame."""
+        for buf in self._states:
+            buf.fill(0.0)
+        self.prev.fill(0.0)
+        self._cur = 0
+
+    def _run(self) -> np.ndarray:
+        self.model._session.run_with_iobinding(self._io[self._cur])
+        self._cur = 1 - self._cur
+        self.prev[...] = self.frame
+        return self.frame[0]
+
+    def step(
+        self,
+        clamp: np.ndarray | None = None,
+        observed: np.ndarray | None = None,
+        pos: int = 0,
+        temperature: float = 1.0,
+    ) -> np.ndarray:
+        """Sample the next frame and advance to it.
+
+        Args:
+            clamp: ``(P,)`` values of the observed pitches (0/1).
+            observed: ``(P,)`` bool, the pitches that are given rather than drawn.
+            pos: position in bar (models with ``bar_steps``).
+            temperature: > 0; the NADE's logits are divided by it.
+
+        Returns:
+            The frame, ``(P,)`` float32 of 0/1 (a live buffer: copy to keep). :attr:`logp` holds each
+            pitch's log-probability.
+        """
+        if observed is None:
+            self.observed.fill(False)
+            self.clamp.fill(0.0)
+        else:
+            self.observed[0] = observed
+            self.clamp[0] = 0.0 if clamp is None else clamp
+        self.pos[0] = pos
+        self.temperature[0] = max(float(temperature), 1e-3)
+        self._rng.random(out=self.draws, dtype=np.float32)
+        return self._run()
+
+    def feed(self, frame: np.ndarray, pos: int = 0) -> float:
+        """Observe a whole frame (e.g. the player's) and advance; returns its log-probability."""
+        self.observed.fill(True)
+        self.clamp[0] = frame
+        self.pos[0] = pos
+        self.temperature[0] = 1.0
+        self._run()
+        return float(self.logp.sum())
+
+    def index(self, pitch: int) -> int:
+        """Frame index of MIDI ``pitch``, clipped to the model's range."""
+        return min(max(int(pitch) - self.model.low_pitch, 0), self.model.n_pitches - 1)
+
+    def soprano_clamp(self, pitch: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(clamp, observed)`` that give MIDI ``pitch`` as the top voice: it is on and nothing above it."""
+        P = self.model.n_pitches  # noqa: N806
+        j = self.index(pitch)
+        clamp = np.zeros(P, np.float32)
+        clamp[j] = 1.0
+        observed = np.zeros(P, bool)
+        observed[j:] = True
+        return clamp, observed
+
+    def warm_up(self) -> None:
+        """Run the graph once and reset: onnxruntime's first run allocates and is several times slower."""
+        self.step()
+        self.reset()
