@@ -3,18 +3,19 @@
 On the JSB test split (``../shared/data/poly_music/JSB_Chorales.mat``) Bach's soprano (each frame's top note)
 is the player. rtgen's voices come from the daemon's own path (:func:`rtgen.arrange.chorale.chorale_offline`
 over the shipped model's onnxruntime stepper); Bach's are the frame's other notes (the next three from the top
-as alto, tenor and bass, :func:`rtgen.offline.voiceleading.voicing_from_pitches`). Both are counted by
-:mod:`rtgen.offline.voiceleading`.
+as alto, tenor and bass, :func:`rtgen.arrange.voiceleading.voicing_from_pitches`). Both are counted by
+:mod:`rtgen.arrange.voiceleading`.
 
 The benchmark's pieces were transposed up into C major / C minor (soprano median C6), so before anything is
 played each piece is moved by whole octaves to put its soprano's mean nearest :data:`SOPRANO_MEAN` (a
 singer's register; the voice ranges are judged there). With ``keys = "random"`` each piece is moved into a
 random key first (seeded): the voicer must find the key back from the soprano alone.
 
-The NLL of Bach's voices given the soprano is the model's (PyTorch, teacher-forced on Bach's frames):
-``-log p(frame's pitches below the soprano | the soprano and everything above it, the frames before)``,
-nats per frame, every frame with a soprano but each piece's first; the same for rtgen's voices (its frames
-put back into the model's register, fed as the history). onnxruntime gives samples, not log-probs.
+The NLL of Bach's voices given the soprano is the model's, teacher-forced on Bach's frames in the data's own
+register: ``-log p(frame's pitches below the soprano | the soprano and everything above it, the frames
+before)``, nats per frame, every frame with a soprano but each piece's first (the graph returns each pitch's
+log-probability beside the sample); the same for rtgen's voices (its frames put back into the data's register
+and fed as the history). Only with the pieces in C.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from typing import Any
 import numpy as np
 
 from rtgen.arrange.chorale import ChoraleVoicer, Voices, chorale_offline
-from rtgen.offline.voiceleading import Voicing, voice_leading, voicing_from_pitches
+from rtgen.arrange.voiceleading import Voicing, voice_leading, voicing_from_pitches
+from rtgen.generation.poly import PolyModel
 from training.poly_data import LOWEST_PITCH, load_rolls
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "poly_music" / "JSB_Chorales.mat"
@@ -63,25 +65,22 @@ def full_voicings(sop: list[int | None], voices: list[Voices]) -> list[Voicing]:
     return [(s, *v) for s, v in zip(sop, voices, strict=True)]
 
 
-def nll_given_soprano(model: Any, rolls: list[np.ndarray]) -> dict[str, float]:
+def nll_given_soprano(model: PolyModel, rolls: list[np.ndarray]) -> dict[str, float]:
     """Nats per frame of each frame's pitches below its soprano given the soprano (and above) and the frames
-    before, teacher-forced (every frame with a soprano but each sequence's first)."""
-    import torch
-
+    before, teacher-forced (every frame with a soprano but each sequence's first), from the graph's per-pitch
+    log-probabilities (:meth:`~rtgen.generation.poly.PolyStepper.feed`)."""
+    stepper = model.stepper(seed=0)
     total, frames = 0.0, 0
-    with torch.no_grad():
-        for roll in rolls:
-            x = torch.tensor(roll, dtype=torch.float32)  # (T, P)
-            prev = torch.cat([torch.zeros(1, x.shape[1]), x[:-1]])[None]  # (1, T, P)
-            u, _ = model.state(prev)
-            idx = torch.arange(x.shape[1])
-            top = torch.where(x.any(-1), (x * (idx + 1)).argmax(-1), torch.full((x.shape[0],), x.shape[1]))
-            observed = idx[None, :] >= top[:, None]  # (T, P): the soprano and everything above it
-            lp = model.log_prob(u[0], x, observed)  # (T,)
-            keep = x.any(-1)
-            keep[0] = False
-            total -= float(lp[keep].sum())
-            frames += int(keep.sum())
+    for roll in rolls:
+        stepper.reset()
+        for t, frame in enumerate(roll):
+            stepper.feed(frame.astype(np.float32))
+            on = np.flatnonzero(frame)
+            if t == 0 or not on.size:
+                continue
+            # 0 x log(0) comes out NaN where a pitch's probability underflows; the term it stands for is 0
+            total -= float(np.nansum(stepper.logp[0, : on[-1]]))
+            frames += 1
     return {"nll_per_frame": round(total / max(frames, 1), 4), "frames": frames}
 
 
@@ -96,7 +95,7 @@ def voices_roll(voicings: list[Voicing], shift: int, n_pitches: int) -> np.ndarr
 
 
 def evaluate(model_dir: Path, data: Path, *, keys: str = "C", seed: int = 0, temperature: float = 1.0,
-             torch_dir: Path | None = None, limit: int | None = None) -> dict[str, Any]:  # fmt: skip
+             limit: int | None = None) -> dict[str, Any]:  # fmt: skip
     """The figures of rtgen's voices and Bach's on the test split (see the module docstring).
 
     Args:
@@ -105,11 +104,8 @@ def evaluate(model_dir: Path, data: Path, *, keys: str = "C", seed: int = 0, tem
         keys: ``"C"`` (the pieces as given, moved by octaves) or ``"random"`` (each into a random key).
         seed: the sampler's seed (and the random keys').
         temperature: the sampling temperature.
-        torch_dir: the PyTorch checkpoint of the same model, for the NLLs (None: no NLL).
         limit: only the first ``limit`` pieces (a quick look).
     """
-    from rtgen.generation.poly import PolyModel
-
     rolls = load_rolls(data)["test"][:limit]
     model = PolyModel.load(model_dir)
     rng = np.random.default_rng(seed)
@@ -150,13 +146,10 @@ def evaluate(model_dir: Path, data: Path, *, keys: str = "C", seed: int = 0, tem
         "short_after_redraws_per_100_steps": round(100 * short / max(beats, 1), 3),
         "seconds": round(seconds, 2),
     }
-    if torch_dir is not None:
-        from training import poly
-
-        tmodel = poly.load(torch_dir)
-        result["bach"]["nll_given_soprano"] = nll_given_soprano(tmodel, [r for r in rolls])
+    if keys == "C":  # rtgen's voices put back into the model's register (the pieces' own, in C)
+        result["bach"]["nll_given_soprano"] = nll_given_soprano(model, rolls)
         mine = [voices_roll(v, s, model.n_pitches) for v, s in zip(ours, shifts, strict=True)]
-        result["rtgen"]["nll_given_soprano"] = nll_given_soprano(tmodel, mine)
+        result["rtgen"]["nll_given_soprano"] = nll_given_soprano(model, mine)
     return result
 
 
@@ -168,7 +161,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--model", type=Path, default=Path("exported_models/chorale"), help="polyphonic model folder")
     p.add_argument("--data", type=Path, default=DATA, help=f"the JSB .mat file (default: {DATA})")
     p.add_argument("--keys", choices=("C", "random", "both"), default="both", help="pieces as given, or in random keys")
-    p.add_argument("--torch", type=Path, help="the model's PyTorch checkpoint folder, for the NLLs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--limit", type=int, help="only the first N test pieces")
@@ -179,8 +171,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 def _run(args: argparse.Namespace) -> int:
     runs = ("C", "random") if args.keys == "both" else (args.keys,)
     out = {
-        k: evaluate(args.model, args.data, keys=k, seed=args.seed, temperature=args.temperature,
-                    torch_dir=args.torch if k == "C" else None, limit=args.limit)  # fmt: skip
+        k: evaluate(args.model, args.data, keys=k, seed=args.seed, temperature=args.temperature, limit=args.limit)
         for k in runs
     }
     text = json.dumps(out, indent=2)

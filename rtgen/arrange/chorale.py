@@ -7,15 +7,19 @@ next is held, not struck again. The beat is decided the moment the player's note
 reactive step, as in accompany); a note struck while the voices are silent brings them in at once, on any step.
 
 The model runs in C: its training pieces were all transposed to C major or C minor. The player's key is
-estimated as they play (:func:`rtgen.generation.keys.estimate_key` on the soprano's sounding beats per pitch
-class); the soprano is moved into the model's key and register (:meth:`ChoraleVoicer.transposition`) and the
-voices sampled there are moved back.
+estimated as they play (:func:`rtgen.generation.keys.estimate_key`, Temperley's profiles, on the soprano's
+sounding beats per pitch class); the soprano is moved into the model's key and register
+(:meth:`ChoraleVoicer.transposition`) and the voices sampled there are moved back.
 
-Fewer than three voices: the NADE can draw a frame with only one or two pitches under the soprano (Bach's own
-frames have a unison or a rest in about one beat in ten). The sampler then draws the beat again, from the same
-state, up to :data:`DRAWS` times in all, and keeps the draw with the most voices; if every draw is short, the
-voices there sound (two: alto and bass; one: bass) and the rest are silent for that beat. More than three:
-alto and tenor are the two highest, bass the lowest; the ones between tenor and bass are left out.
+The sampler draws a beat again, from the same state, while the draw breaks a rule of four-part writing
+(:func:`faults`: fewer than three voices under the soprano, parallel fifths or octaves with the beat before,
+voice overlap, more than an octave between upper voices, a voice out of its range), up to :data:`DRAWS` draws,
+and plays the draw with the fewest faults: a rejection sampler, so what sounds is the model's distribution
+given that the beat is well formed (one draw is about 0.3 ms; a beat takes 2 on average). The model's state goes
+on from the draw that sounds.
+
+Fewer than three voices after every draw: the voices there sound (two: alto and bass; one: bass). More than
+three: alto and tenor are the two highest, bass the lowest; the ones between tenor and bass are left out.
 
 Pure: no clock, no I/O; the daemon's performer calls :meth:`ChoraleVoicer.voice` once per grid step, and
 :func:`chorale_offline` runs the same path on a whole melody (``rtgen-train chorale-eval``).
@@ -30,6 +34,7 @@ import numpy as np
 import numpy.typing as npt
 
 from rtgen import contract as ct
+from rtgen.arrange.voiceleading import Voicing, out_of_range, overlaps, parallels, spaced
 from rtgen.arrange.voicing import NoteEvent
 from rtgen.generation.keys import estimate_key
 
@@ -37,8 +42,8 @@ if TYPE_CHECKING:
     from rtgen.generation.conductor import Heard
     from rtgen.timing.transport import Position
 
-DRAWS = 4
-"""Draws per beat at most: the first, and up to three more when it has fewer than three voices."""
+DRAWS = 8
+"""Draws per beat at most: the first, and more while a draw breaks a rule of four-part writing (:func:`faults`)."""
 MODEL_SOPRANO_MEAN = 83.0
 """The mean soprano pitch of the JSB training pieces as the model saw them (transposed up into C: MIDI 83, B5)."""
 RESET_BEATS = 4
@@ -67,12 +72,16 @@ class Stepper(Protocol):
         """(clamp, observed) for a MIDI soprano pitch: it sounds, nothing above it does."""
         ...
 
-    def save(self) -> object:
-        """The state, to :meth:`restore` (a redraw of the same beat)."""
+    def mark(self) -> None:
+        """Remember the stream's place (a redraw goes back to it)."""
         ...
 
-    def restore(self, saved: object) -> None:
-        """Go back to a :meth:`save`."""
+    def rewind(self) -> None:
+        """Go back to the last :meth:`mark`."""
+        ...
+
+    def feed(self, frame: npt.NDArray[np.float32], pos: int = 0) -> float:
+        """Observe a whole frame and advance."""
         ...
 
 
@@ -95,6 +104,22 @@ def pick_voices(pitches: Sequence[int] | npt.ArrayLike, soprano: int) -> Voices:
 
 def _count(v: Voices) -> int:
     return sum(p is not None for p in v)
+
+
+def _moved(voices: Voices, by: int) -> Voices:
+    a, t, b = (None if p is None else min(127, max(0, p + by)) for p in voices)
+    return (a, t, b)
+
+
+def faults(before: Voicing, now: Voicing) -> int:
+    """How badly the beat ``now`` (soprano, alto, tenor, bass) breaks the rules of four-part writing after
+    ``before``: two for each missing lower voice, one for each parallel fifth or octave, voice overlap, spacing
+    over an octave in the upper voices and voice out of its range (:mod:`rtgen.arrange.voiceleading`)."""
+    n = 2 * sum(p is None for p in now[1:]) + out_of_range(now) + spaced(now)
+    if before[0] is not None and any(p is not None for p in before[1:]):
+        fifths, octaves = parallels(before, now)
+        n += fifths + octaves + overlaps(before, now)
+    return n
 
 
 class ChoraleVoicer:
@@ -120,6 +145,7 @@ class ChoraleVoicer:
         self.channel = channel
         self.draws = max(1, draws)
         self.weights = np.zeros(12, dtype=np.float64)  # soprano's sounding beats per pitch class (the key)
+        self._best = np.zeros(n_pitches, dtype=np.float32)
         self.reset()
 
     def reset(self) -> None:
@@ -132,6 +158,7 @@ class ChoraleVoicer:
         self._n = 0
         self.voices: Voices = SILENT
         self.soprano: int | None = None
+        self.last: Voicing = (None, *SILENT)  # the last beat decided, soprano first (None after a release)
         self.silent_beats = 0
         self.beats = 0  # model steps taken
         self.redraws = 0  # extra draws taken (a first draw with fewer than three voices)
@@ -152,7 +179,7 @@ class ChoraleVoicer:
         self._n += 1
         if not self.centred_key:
             return 0
-        key = estimate_key(self.weights)
+        key = estimate_key(self.weights, "temperley")
         if key is not None and key != self.key:
             self.key = key
             base = -key.tonic % 12  # 0..11 up to the C above
@@ -162,36 +189,42 @@ class ChoraleVoicer:
         return self.shift
 
     def decide(self, soprano: int, temperature: float = 1.0, pos: int = 0) -> Voices:
-        """One model step under ``soprano``: the voices (in the player's pitches), drawing again while short."""
+        """One model step under ``soprano``: the voices (in the player's pitches), drawing again while the draw
+        breaks a rule of four-part writing (:func:`faults`), keeping the draw with the fewest."""
         shift = self.transposition(soprano)
         index = soprano + shift - self.low_pitch
         if not 0 <= index < self.n_pitches:  # a soprano beyond the model's pitches: fold it by octaves
             index = index % 12 + (self.n_pitches - 12 if index >= self.n_pitches else 0)
-        clamp, observed = self.stepper.soprano_clamp(index + self.low_pitch)
         model_soprano = index + self.low_pitch
-        start = self.stepper.save() if self.draws > 1 else None
+        back = soprano - model_soprano
+        clamp, observed = self.stepper.soprano_clamp(model_soprano)
+        before = self.last
+        if self.draws > 1:
+            self.stepper.mark()
         best: Voices = SILENT
-        best_draw, best_state = -1, None
-        draw = 0
+        best_faults = -1
+        best_draw = draw = 0
         for draw in range(self.draws):
             if draw:
-                self.stepper.restore(start)
+                self.stepper.rewind()
                 self.redraws += 1
             frame = self.stepper.step(clamp, observed, pos=pos, temperature=temperature)
-            voices = pick_voices(np.flatnonzero(frame) + self.low_pitch, model_soprano)
-            if _count(voices) >= 3:
-                best, best_draw = voices, draw
-                break
-            if best_draw < 0 or _count(voices) > _count(best):
-                best, best_draw = voices, draw
-                best_state = self.stepper.save() if draw < self.draws - 1 else None
+            drawn = pick_voices(np.flatnonzero(frame) + self.low_pitch, model_soprano)
+            voices = _moved(drawn, back)
+            n = faults(before, (soprano, *voices))
+            if best_faults < 0 or n < best_faults:
+                best, best_faults, best_draw = voices, n, draw
+                if n == 0:
+                    break
+                self._best[:] = frame
         else:
             self.short += 1
-        if best_draw != draw and best_state is not None:
-            self.stepper.restore(best_state)  # the state goes on from the draw that sounds
+        if best_draw != draw:  # no draw was clean, and the best was not the last: the stream goes on from it
+            self.stepper.rewind()
+            self.stepper.feed(self._best, pos)
         self.beats += 1
-        back = soprano - model_soprano
-        return tuple(None if p is None else min(127, max(0, p + back)) for p in best)  # type: ignore[return-value]
+        self.last = (soprano, *best)
+        return best
 
     # --- the live path -------------------------------------------------------------------------------
     def voice(self, pos: Position, heard: Heard, temperature: float = 1.0) -> list[NoteEvent]:
@@ -222,6 +255,8 @@ class ChoraleVoicer:
         old = {p for p in self.voices if p is not None}
         new = {p for p in voices if p is not None}
         self.voices = voices
+        if voices == SILENT:
+            self.last = (None, *SILENT)
         ch = self.channel
         events = [NoteEvent(0.0, 0.0, False, PART, ch, p, 0) for p in sorted(old - new)]
         events += [NoteEvent(0.0, 0.0, True, PART, ch, p, self.velocity) for p in sorted(new - old, reverse=True)]

@@ -126,6 +126,8 @@ class PolyStepper:
         self._values: list[ort.OrtValue] = []
         self._io = [self._bind(cur) for cur in range(2)]
         self._cur = 0
+        self._marked_state = np.zeros((layers, 1, hidden), np.float32)
+        self._marked_prev = np.zeros((1, P), np.float32)
 
     def _bind(self, cur: int) -> ort.IOBinding:
         io = self.model._session.io_binding()
@@ -189,6 +191,16 @@ class PolyStepper:
         self.temperature[0] = max(float(temperature), 1e-3)
         self._rng.random(out=self.draws, dtype=np.float32)
         return self._run()
+
+    def mark(self) -> None:
+        """Remember the stream's place (state and previous frame) for :meth:`rewind` (copies, no allocation)."""
+        self._marked_state[...] = self._states[self._cur]
+        self._marked_prev[...] = self.prev
+
+    def rewind(self) -> None:
+        """Go back to the last :meth:`mark`: the next :meth:`step` draws the same frame's place again."""
+        self._states[self._cur][...] = self._marked_state
+        self.prev[...] = self._marked_prev
 
     def feed(self, frame: np.ndarray, pos: int = 0) -> float:
         """Observe a whole frame (e.g. the player's) and advance; returns its log-probability."""

@@ -66,6 +66,49 @@ def _full(v: Voicing) -> bool:
     return all(x is not None for x in v)
 
 
+def parallels(a: Voicing, b: Voicing) -> tuple[int, int]:
+    """Parallel fifths and parallel octaves (or unisons) from beat ``a`` to beat ``b``: pairs of voices sounding
+    on both beats, the same perfect interval apart (modulo 12) on both, both moving the same way."""
+    fifths = octaves = 0
+    for i in range(4):
+        for j in range(i + 1, 4):
+            a_hi, a_lo, b_hi, b_lo = a[i], a[j], b[i], b[j]
+            if a_hi is None or a_lo is None or b_hi is None or b_lo is None:
+                continue
+            move_hi, move_lo = b_hi - a_hi, b_lo - a_lo
+            if move_hi == 0 or move_lo == 0 or (move_hi > 0) != (move_lo > 0):
+                continue
+            before, after = (a_hi - a_lo) % 12, (b_hi - b_lo) % 12
+            if before == after == FIFTH:
+                fifths += 1
+            elif before == after == OCTAVE:
+                octaves += 1
+    return fifths, octaves
+
+
+def overlaps(a: Voicing, b: Voicing) -> int:
+    """Voice overlaps from beat ``a`` to ``b``: a voice moving above where the voice above it was, or below
+    where the voice below it was (adjacent voices sounding on both beats)."""
+    n = 0
+    for i in range(3):
+        upper_before, lower_before, upper_now, lower_now = a[i], a[i + 1], b[i], b[i + 1]
+        if upper_before is None or lower_before is None or upper_now is None or lower_now is None:
+            continue
+        n += lower_now > upper_before or upper_now < lower_before
+    return n
+
+
+def spaced(v: Voicing) -> bool:
+    """More than an octave between soprano and alto, or between alto and tenor."""
+    s, a, t = v[0], v[1], v[2]
+    return (s is not None and a is not None and s - a > 12) or (a is not None and t is not None and a - t > 12)
+
+
+def out_of_range(v: Voicing) -> int:
+    """Voices outside their :data:`RANGES`."""
+    return sum(p is not None and not RANGES[n][0] <= p <= RANGES[n][1] for n, p in zip(VOICE_NAMES, v, strict=True))
+
+
 @dataclass(frozen=True)
 class VoiceLeading:
     """Voice-leading figures of a sequence of beats (see the module docstring for each definition).
@@ -153,9 +196,7 @@ class Counts:
                 self.lower_out += out
         if _full(v):
             self.full_beats += 1
-            sa, a, t = v[0], v[1], v[2]
-            assert sa is not None and a is not None and t is not None
-            self.spaced += sa - a > 12 or a - t > 12
+            self.spaced += spaced(v)
         lower = [x for x in v[1:] if x is not None]
         chord = recognize_chord(lower) if s is not None and len(lower) >= 2 else None
         if chord is not None and s is not None:
@@ -164,24 +205,10 @@ class Counts:
 
     def _change(self, a: Voicing, b: Voicing) -> None:
         self.changes += 1
-        for i in range(4):
-            for j in range(i + 1, 4):
-                a_hi, a_lo, b_hi, b_lo = a[i], a[j], b[i], b[j]
-                assert a_hi is not None and a_lo is not None and b_hi is not None and b_lo is not None
-                move_hi, move_lo = b_hi - a_hi, b_lo - a_lo
-                if move_hi == 0 or move_lo == 0 or (move_hi > 0) != (move_lo > 0):
-                    continue
-                before, after = (a_hi - a_lo) % 12, (b_hi - b_lo) % 12
-                if before == after == FIFTH:
-                    self.fifths += 1
-                elif before == after == OCTAVE:
-                    self.octaves += 1
-        for i in range(3):  # voice i above voice i + 1
-            upper_before, lower_before = a[i], a[i + 1]
-            upper_now, lower_now = b[i], b[i + 1]
-            assert upper_before is not None and lower_before is not None
-            assert upper_now is not None and lower_now is not None
-            self.crossings += lower_now > upper_before or upper_now < lower_before
+        fifths, octaves = parallels(a, b)
+        self.fifths += fifths
+        self.octaves += octaves
+        self.crossings += overlaps(a, b)
 
     def figures(self) -> VoiceLeading:
         """The figures of everything counted."""
