@@ -21,11 +21,13 @@ from typing import Any
 
 from rtgen import library
 from rtgen.contract import Key, TimeSignature, note_name, parse_note
-from rtgen.errors import ConfigError
+from rtgen.errors import ConfigError, ModelError
 
 PART_NAMES = ("melody", "chords", "bass", "drums")
 BACKENDS = ("auto", "alsa", "jack", "coremidi", "winmm")
-MODES = ("autonomous", "accompany", "improvise", "call-and-response", "band")
+MODES = ("autonomous", "accompany", "improvise", "call-and-response", "band", "chorale")
+POLY_MODES = frozenset({"chorale"})
+"""The modes that play a polyphonic model (``[model] poly``); the others play ``[model] path``."""
 CLOCK_SOURCES = ("internal", "midi", "link")
 
 
@@ -42,6 +44,33 @@ def check_mode(mode: str) -> str:
         ValueError: another name; the message lists the modes.
     """
     return _one_of(mode, MODES, "mode")
+
+
+def mode_model_kind(mode: str) -> str:
+    """The kind of model ``mode`` plays: ``"poly"`` (:data:`POLY_MODES`) or ``"melody"``."""
+    return library.POLY_KIND if check_mode(mode) in POLY_MODES else library.MELODY_KIND
+
+
+def check_model_for_mode(mode: str, meta: dict[str, Any], name: str) -> None:
+    """Refuse a model that cannot serve ``mode``, naming the one that can.
+
+    Args:
+        mode: one of :data:`MODES`.
+        meta: the model's ``meta.json``.
+        name: how the user named it (for the message).
+
+    Raises:
+        ModelError: the model is of another kind than ``mode`` plays.
+    """
+    need, kind = mode_model_kind(mode), library.model_kind(meta)
+    if kind == need:
+        return
+    shipped = library.DEFAULT_POLY_MODEL if need == library.POLY_KIND else library.DEFAULT_MODEL
+    what = {library.POLY_KIND: "a polyphonic model", library.MELODY_KIND: "a melody model"}
+    raise ModelError(
+        f"mode {mode} plays {what[need]} ({need}) and {name} is {what.get(kind, kind)} ({kind}): use --model {shipped}"
+        f" (the shipped one), or leave --model out"
+    )
 
 
 SPLIT_AUTO = "auto"
@@ -107,10 +136,12 @@ def field_choices(cls: type, name: str) -> tuple[str, ...]:
 @dataclass(frozen=True)
 class ModelConfig:
     """Which model to load: ``path`` is a folder (relative to the config file) or a model name
-    (``rtgen models list``); ``library`` is the folder of your own models (empty: ``$RTGEN_MODELS`` or
-    ``~/.local/share/rtgen/models``; ``$RTGEN_MODELS`` wins over it)."""
+    (``rtgen models list``); ``poly`` is the polyphonic model of the :data:`POLY_MODES` (the same forms);
+    ``library`` is the folder of your own models (empty: ``$RTGEN_MODELS`` or ``~/.local/share/rtgen/models``;
+    ``$RTGEN_MODELS`` wins over it)."""
 
     path: Path = Path(library.DEFAULT_MODEL)
+    poly: Path = Path(library.DEFAULT_POLY_MODEL)
     library: str = ""
 
 
@@ -382,6 +413,11 @@ class Config:
         """Absolute path of the model folder ``model.path`` names (a path, or a model name)."""
         return self.model_folder(self.model.path)
 
+    @property
+    def poly_model_path(self) -> Path:
+        """Absolute path of the polyphonic model folder ``model.poly`` names (a path, or a model name)."""
+        return self.model_folder(self.model.poly)
+
     def model_folder(self, spec: str | Path, *, strict: bool = False) -> Path:
         """The folder of the model ``spec`` (a path relative to the config file, or a model name).
 
@@ -390,14 +426,24 @@ class Config:
         """
         return library.resolve_model(spec, base=self.base_dir, user_dir=self.models_dir, strict=strict)
 
-    def with_model(self, spec: str | Path) -> Config:
+    def with_model(self, spec: str | Path, *, mode: str | None = None) -> Config:
         """A copy playing the model ``spec`` given on the command line: an existing path (relative to the
-        current folder) wins, else a model name.
+        current folder) wins, else a model name. A polyphonic model becomes ``model.poly``, any other ``model.path``.
+
+        Args:
+            spec: the ``--model`` value.
+            mode: the mode it is for: a model of another kind than the mode plays is refused.
 
         Raises:
-            ModelError: no such folder and no model of that name; the message lists the models.
+            ModelError: no such folder and no model of that name (the message lists the models); a model that
+                cannot serve ``mode`` (the message names the one that can).
         """
         path = library.resolve_model(spec, base=Path.cwd(), user_dir=self.models_dir)
+        meta = library.read_entry(path, "user").meta
+        if mode is not None:
+            check_model_for_mode(mode, meta, str(spec))
+        if library.model_kind(meta) == library.POLY_KIND:
+            return self.replace("model", poly=path)
         return self.replace("model", path=path)
 
     def replace(self, section: str, **changes: Any) -> Config:

@@ -28,8 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from rtgen.arrange.chorale import ChoraleVoicer, Voices, chorale_offline
+from rtgen.arrange.chorale import DRAWS, ChoraleVoicer, Voices, chorale_offline
 from rtgen.arrange.voiceleading import Voicing, voice_leading, voicing_from_pitches
+from rtgen.config import GenerationConfig
 from rtgen.generation.poly import PolyModel
 from training.poly_data import LOWEST_PITCH, load_rolls
 
@@ -95,7 +96,7 @@ def voices_roll(voicings: list[Voicing], shift: int, n_pitches: int) -> np.ndarr
 
 
 def evaluate(model_dir: Path, data: Path, *, keys: str = "C", seed: int = 0, temperature: float = 1.0,
-             limit: int | None = None) -> dict[str, Any]:  # fmt: skip
+             limit: int | None = None, draws: int = DRAWS) -> dict[str, Any]:  # fmt: skip
     """The figures of rtgen's voices and Bach's on the test split (see the module docstring).
 
     Args:
@@ -105,6 +106,8 @@ def evaluate(model_dir: Path, data: Path, *, keys: str = "C", seed: int = 0, tem
         seed: the sampler's seed (and the random keys').
         temperature: the sampling temperature.
         limit: only the first ``limit`` pieces (a quick look).
+        draws: candidates per beat (the daemon's :data:`~rtgen.arrange.chorale.DRAWS`; 1: the model's own draws,
+            no rejection).
     """
     rolls = load_rolls(data)["test"][:limit]
     model = PolyModel.load(model_dir)
@@ -120,7 +123,7 @@ def evaluate(model_dir: Path, data: Path, *, keys: str = "C", seed: int = 0, tem
         shift = placement(roll, key_shift)
         shifts.append(shift)
         sop = sopranos(roll, shift)
-        voicer = ChoraleVoicer(model.stepper(seed=seed + i), low_pitch=model.low_pitch, n_pitches=model.n_pitches,
+        voicer = ChoraleVoicer(model.stepper(seed + i, draws), low_pitch=model.low_pitch, n_pitches=model.n_pitches,
                                step_beats=model.step_beats, centred_key=model.centred_key)  # fmt: skip
         voices = chorale_offline(voicer, sop, temperature)
         bach.append(bach_voicings(roll, shift))
@@ -138,12 +141,13 @@ def evaluate(model_dir: Path, data: Path, *, keys: str = "C", seed: int = 0, tem
         "keys": keys,
         "seed": seed,
         "temperature": temperature,
+        "draws": draws,
         "bach": voice_leading(bach).as_dict(),
         "rtgen": voice_leading(ours).as_dict(),
         "key_found_at_end": round(keys_found / max(len(rolls), 1), 4),
         "model_steps": beats,
-        "redraws_per_100_steps": round(100 * redraws / max(beats, 1), 3),
-        "short_after_redraws_per_100_steps": round(100 * short / max(beats, 1), 3),
+        "passed_over_per_100_steps": round(100 * redraws / max(beats, 1), 3),
+        "no_clean_candidate_per_100_steps": round(100 * short / max(beats, 1), 3),
         "seconds": round(seconds, 2),
     }
     if keys == "C":  # rtgen's voices put back into the model's register (the pieces' own, in C)
@@ -162,8 +166,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--data", type=Path, default=DATA, help=f"the JSB .mat file (default: {DATA})")
     p.add_argument("--keys", choices=("C", "random", "both"), default="both", help="pieces as given, or in random keys")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=GenerationConfig().temperature,
+        help="sampling temperature (default: the daemon's, [generation] temperature)",
+    )
     p.add_argument("--limit", type=int, help="only the first N test pieces")
+    p.add_argument("--draws", type=int, default=DRAWS, help=f"candidates per beat (default {DRAWS}, the daemon's)")
     p.add_argument("--out", type=Path, help="write the figures to this JSON file")
     p.set_defaults(func=_run)
 

@@ -11,12 +11,12 @@ estimated as they play (:func:`rtgen.generation.keys.estimate_key`, Temperley's 
 sounding beats per pitch class); the soprano is moved into the model's key and register
 (:meth:`ChoraleVoicer.transposition`) and the voices sampled there are moved back.
 
-The sampler draws a beat again, from the same state, while the draw breaks a rule of four-part writing
-(:func:`faults`: fewer than three voices under the soprano, parallel fifths or octaves with the beat before,
-voice overlap, more than an octave between upper voices, a voice out of its range), up to :data:`DRAWS` draws,
-and plays the draw with the fewest faults: a rejection sampler, so what sounds is the model's distribution
-given that the beat is well formed (one draw is about 0.3 ms; a beat takes 2 on average). The model's state goes
-on from the draw that sounds.
+The sampler is a rejection sampler: each beat draws :data:`DRAWS` candidate frames from the same state in one
+graph call (the batch: about 1.6 times the cost of one draw) and plays the first that breaks no rule of four-part
+writing (:func:`faults`: fewer than three voices under the soprano, parallel fifths or octaves with the beat
+before, voice overlap, more than an octave between upper voices, a voice out of its range), so what sounds is
+the model's distribution given that the beat is well formed; when none is clean, the one with the fewest faults.
+The model's state goes on from the candidate that sounds.
 
 Fewer than three voices after every draw: the voices there sound (two: alto and bass; one: bass). More than
 three: alto and tenor are the two highest, bass the lowest; the ones between tenor and bass are left out.
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from rtgen.timing.transport import Position
 
 DRAWS = 8
-"""Draws per beat at most: the first, and more while a draw breaks a rule of four-part writing (:func:`faults`)."""
+"""Candidates drawn per beat (the stepper's rows, one graph call): the first clean one plays (:func:`faults`)."""
 MODEL_SOPRANO_MEAN = 83.0
 """The mean soprano pitch of the JSB training pieces as the model saw them (transposed up into C: MIDI 83, B5)."""
 RESET_BEATS = 4
@@ -59,29 +59,23 @@ SILENT: Voices = (None, None, None)
 class Stepper(Protocol):
     """What the voicer needs of a polyphonic model's stepper (:class:`rtgen.generation.poly.PolyStepper`)."""
 
+    rows: int
+
     def reset(self) -> None:
         """Zero state."""
         ...
 
-    def step(self, clamp: npt.NDArray[np.float32] | None = None, observed: npt.NDArray[np.bool_] | None = None,
+    def draw(self, clamp: npt.NDArray[np.float32] | None = None, observed: npt.NDArray[np.bool_] | None = None,
              pos: int = 0, temperature: float = 1.0) -> npt.NDArray[np.float32]:  # fmt: skip
-        """Sample the next frame (observed pitches set to clamp's values) and advance the state with it."""
+        """``(rows, P)`` candidates for the next frame (observed pitches set to clamp's values)."""
+        ...
+
+    def take(self, row: int) -> None:
+        """The stream goes on from candidate ``row``."""
         ...
 
     def soprano_clamp(self, pitch: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
         """(clamp, observed) for a MIDI soprano pitch: it sounds, nothing above it does."""
-        ...
-
-    def mark(self) -> None:
-        """Remember the stream's place (a redraw goes back to it)."""
-        ...
-
-    def rewind(self) -> None:
-        """Go back to the last :meth:`mark`."""
-        ...
-
-    def feed(self, frame: npt.NDArray[np.float32], pos: int = 0) -> float:
-        """Observe a whole frame and advance."""
         ...
 
 
@@ -132,20 +126,17 @@ class ChoraleVoicer:
         step_beats: the length of one model frame in beats (the chorale model: 1.0).
         centred_key: the model was trained in C major / C minor (transpose into C); False: play as heard.
         channel: the 0-based MIDI channel of the voices.
-        draws: draws per beat at most (:data:`DRAWS`).
     """
 
     def __init__(self, stepper: Stepper, *, low_pitch: int, n_pitches: int, step_beats: float = 1.0,
-                 centred_key: bool = True, channel: int = 1, draws: int = DRAWS) -> None:  # fmt: skip
+                 centred_key: bool = True, channel: int = 1) -> None:  # fmt: skip
         self.stepper = stepper
         self.low_pitch = low_pitch
         self.n_pitches = n_pitches
         self.step_beats = step_beats
         self.centred_key = centred_key
         self.channel = channel
-        self.draws = max(1, draws)
         self.weights = np.zeros(12, dtype=np.float64)  # soprano's sounding beats per pitch class (the key)
-        self._best = np.zeros(n_pitches, dtype=np.float32)
         self.reset()
 
     def reset(self) -> None:
@@ -161,8 +152,8 @@ class ChoraleVoicer:
         self.last: Voicing = (None, *SILENT)  # the last beat decided, soprano first (None after a release)
         self.silent_beats = 0
         self.beats = 0  # model steps taken
-        self.redraws = 0  # extra draws taken (a first draw with fewer than three voices)
-        self.short = 0  # beats voiced with fewer than three voices after every draw
+        self.redraws = 0  # candidates passed over before the one played (a sequential sampler's extra draws)
+        self.short = 0  # beats where no candidate was clean (the one with the fewest faults played)
         self.velocity = 80
 
     # --- the model, in the player's key --------------------------------------------------------------
@@ -199,29 +190,20 @@ class ChoraleVoicer:
         back = soprano - model_soprano
         clamp, observed = self.stepper.soprano_clamp(model_soprano)
         before = self.last
-        if self.draws > 1:
-            self.stepper.mark()
+        frames = self.stepper.draw(clamp, observed, pos=pos, temperature=temperature)
         best: Voices = SILENT
-        best_faults = -1
-        best_draw = draw = 0
-        for draw in range(self.draws):
-            if draw:
-                self.stepper.rewind()
-                self.redraws += 1
-            frame = self.stepper.step(clamp, observed, pos=pos, temperature=temperature)
-            drawn = pick_voices(np.flatnonzero(frame) + self.low_pitch, model_soprano)
+        best_faults = best_row = -1
+        for row in range(frames.shape[0]):  # in order: the first clean candidate is a rejection sampler's draw
+            drawn = pick_voices(np.flatnonzero(frames[row]) + self.low_pitch, model_soprano)
             voices = _moved(drawn, back)
             n = faults(before, (soprano, *voices))
             if best_faults < 0 or n < best_faults:
-                best, best_faults, best_draw = voices, n, draw
+                best, best_faults, best_row = voices, n, row
                 if n == 0:
                     break
-                self._best[:] = frame
-        else:
-            self.short += 1
-        if best_draw != draw:  # no draw was clean, and the best was not the last: the stream goes on from it
-            self.stepper.rewind()
-            self.stepper.feed(self._best, pos)
+        self.redraws += best_row
+        self.short += best_faults > 0
+        self.stepper.take(best_row)
         self.beats += 1
         self.last = (soprano, *best)
         return best
@@ -261,6 +243,11 @@ class ChoraleVoicer:
         events = [NoteEvent(0.0, 0.0, False, PART, ch, p, 0) for p in sorted(old - new)]
         events += [NoteEvent(0.0, 0.0, True, PART, ch, p, self.velocity) for p in sorted(new - old, reverse=True)]
         return events
+
+    @property
+    def sounding(self) -> bool:
+        """A voice sounds."""
+        return self.voices != SILENT
 
     def release_all(self) -> list[NoteEvent]:
         """Note-offs for the voices sounding; they fall silent (the model's state and the key stay)."""

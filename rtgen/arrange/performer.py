@@ -20,6 +20,8 @@ import numpy as np
 import numpy.typing as npt
 
 from rtgen import contract as ct
+from rtgen.arrange.chorale import PART as CHORALE_PART
+from rtgen.arrange.chorale import ChoraleVoicer
 from rtgen.arrange.voicing import NoteEvent, Voicer
 from rtgen.config import PART_NAMES, Config, GenerationConfig, PartsConfig, field_range
 from rtgen.generation.conductor import NOBODY, Conductor, Heard, Plan, make_conductor, needs_harmoniser
@@ -46,6 +48,7 @@ class Performer:
         self._voiced: frozenset[str] = frozenset(PART_NAMES)
         self.fit = conductor.fit
         engine.follow_harmony = conductor.mode == "call-and-response"  # it answers, then harmonises again
+        self.chorale: ChoraleVoicer | None = None  # sings under the player where a plan says ``chorale``
         self._adjusted_cache: tuple[Params, tuple[float, float], Params] | None = None
 
     @property
@@ -62,8 +65,16 @@ class Performer:
 
     def set_parts(self, parts: PartsConfig) -> list[NoteEvent]:
         """New part settings (instrument, channel, on/off); returns note-offs for parts that changed."""
+        before = self.parts.get(CHORALE_PART)
         self.parts = parts
-        return self.voicer.set_parts(self._effective(self._voiced))
+        events = self.voicer.set_parts(self._effective(self._voiced))
+        chorale = self.chorale
+        if chorale is not None:
+            now = parts.get(CHORALE_PART)
+            if (before.channel, before.enabled) != (now.channel, now.enabled):
+                events += chorale.release_all()
+            chorale.channel = now.channel - 1
+        return events
 
     def plan(self, pos: Position) -> Plan:
         """The conductor's plan for ``pos``."""
@@ -96,8 +107,11 @@ class Performer:
         return self.voicer.set_parts(self._effective(voiced))
 
     def release_all(self) -> list[NoteEvent]:
-        """Note-offs for everything the voicer has sounding."""
-        return self.voicer.release_all()
+        """Note-offs for everything the voicers have sounding."""
+        events = self.voicer.release_all()
+        if self.chorale is not None:
+            events += self.chorale.release_all()
+        return events
 
     def perform(self, pos: Position, params: Params, heard: Heard = NOBODY, plan: Plan | None = None, *,
                 section_start: bool = False, section_end: bool = False,
@@ -128,6 +142,12 @@ class Performer:
         offs = self._voice_only(plan.voicing(heard))
         fill, ending = section_end or plan.fill, ending or plan.ending
         events = self.voicer.voice(step, params, section_start=section_start, section_end=fill, ending=ending)
+        chorale = self.chorale
+        if chorale is not None and (plan.chorale or chorale.sounding):
+            if plan.chorale and self.parts.get(CHORALE_PART).enabled:
+                events = events + chorale.voice(pos, heard, params.temperature)
+            else:  # the mode changed, or the part was switched off
+                events = events + chorale.release_all()
         return step, offs + events if offs else events
 
 

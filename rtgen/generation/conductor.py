@@ -17,6 +17,9 @@ call-and-response  listen: observed    harmonised         silent      yes
                    answer: sampled     sampled, voiced    voiced      no
 band               observed (top)      the left hand's,   voiced      yes (no window)
                                        voiced (comping)
+chorale            observed (top):     observed; alto and the model's yes
+                   the soprano         tenor from the     bass
+                                       polyphonic model
 =================  ==================  =================  ==========  ========
 
 The drums (a part of the voicer, not of the engine) play wherever rtgen plays chords and bass and
@@ -110,6 +113,8 @@ class Plan:
             (the band's ending cadence).
         dominant: the step plays the dominant seventh of the left hand's chord struck here, else of ``chord``
             (the cadence's first chord).
+        chorale: the chorale voicer sings alto, tenor and bass under the player's melody at this step
+            (:mod:`rtgen.arrange.chorale`).
     """
 
     observe_melody: bool = False
@@ -132,6 +137,7 @@ class Plan:
     variation: str = "A"
     chord: int | None = None
     dominant: bool = False
+    chorale: bool = False
 
     def voicing(self, heard: Heard) -> frozenset[str]:
         """The parts rtgen plays at this step, given what the player did (``sync``: none before a chord)."""
@@ -510,9 +516,40 @@ class Band:
         self._switch = None
 
 
+class Chorale:
+    """The player's melody is the soprano; rtgen sings alto, tenor and bass under it from a polyphonic model,
+    decided the moment the player's note for a beat arrives (:mod:`rtgen.arrange.chorale`). The engine only hears
+    the player (melody and chords observed, nothing sampled), so a switch to another mode finds it current.
+
+    Args:
+        config: the reactive window (accompany's).
+    """
+
+    mode = "chorale"
+    needs_harmoniser = False
+    answering = False
+    fit = 0.0
+
+    def __init__(self, config: AccompanyConfig | None = None) -> None:
+        cfg = config or AccompanyConfig()
+        self._plan = Plan(observe_melody=True, observe_chords=True, voiced=_NONE, reactive=True,
+                          window_ms=cfg.reactive_window_ms, chorale=True)  # fmt: skip
+
+    def plan(self, pos: Position) -> Plan:
+        """The player observed, the chorale voicer sings, decided reactively."""
+        return self._plan
+
+    def heard(self, pos: Position, heard: Heard) -> None:
+        """Nothing to track: the voicer follows the soprano."""
+
+    def interrupt(self) -> bool:
+        """Never."""
+        return False
+
+
 def needs_harmoniser(mode: str) -> bool:
     """Whether ``mode``'s conductor asks the engine to harmonise the player's melody (a contract-v2 model)."""
-    kinds: tuple[type[Conductor], ...] = (Autonomous, Accompany, Improvise, CallAndResponse, Band)
+    kinds: tuple[type[Conductor], ...] = (Autonomous, Accompany, Improvise, CallAndResponse, Band, Chorale)
     conductors = {c.mode: c for c in kinds}
     return conductors[check_mode(mode)].needs_harmoniser
 
@@ -534,4 +571,6 @@ def make_conductor(mode: str, accompany: AccompanyConfig | None = None,
         return Improvise((improvise or ImproviseConfig()).tone_fit)
     if mode == "band":
         return Band()
+    if mode == "chorale":
+        return Chorale(accompany)
     return CallAndResponse(call_response, fit=(accompany or AccompanyConfig()).fit)

@@ -23,10 +23,8 @@ from rtgen import library
 from rtgen.errors import ModelError
 from rtgen.generation.model import session_options
 
-POLY_KIND = "poly"
-"""``meta.json`` ``"kind"`` of a polyphonic model folder."""
-MELODY_KIND = "melody"
-"""The kind of a folder without ``"kind"``: the melody + chord models of the token contract."""
+POLY_KIND = library.POLY_KIND
+MELODY_KIND = library.MELODY_KIND
 GRAPH_FILE = "poly.onnx"
 INPUTS = ("prev", "state", "draws", "clamp", "observed", "pos", "temperature")
 OUTPUTS = ("frame", "logp", "state_out")
@@ -98,36 +96,40 @@ class PolyModel:
             raise ModelError(f"{graph} has inputs {names}, expected {expected}; re-export it")
         return cls(folder, meta, session)
 
-    def stepper(self, seed: int | None = None) -> PolyStepper:
-        """A new stream (state, previous frame and random generator of its own)."""
-        return PolyStepper(self, seed)
+    def stepper(self, seed: int | None = None, rows: int = 1) -> PolyStepper:
+        """A new stream (state, previous frame and random generator of its own) drawing ``rows`` candidates a step."""
+        return PolyStepper(self, seed, rows)
 
 
 class PolyStepper:
     """One stream of frames: the recurrent state and the previous frame, bound once to the graph.
 
+    With ``rows`` > 1 each call draws that many candidate frames from the same place in the stream (the graph's
+    batch: eight rows cost about 1.6 times one), :meth:`draw`, and the caller :meth:`take` s the one that sounds;
+    the recurrent state does not depend on the frame drawn (the GRU reads a frame at the next step), so every row
+    goes on from the same state.
+
     Not thread-safe; a step allocates nothing (the inputs and outputs are bound onnxruntime values).
     """
 
-    def __init__(self, model: PolyModel, seed: int | None = None) -> None:
+    def __init__(self, model: PolyModel, seed: int | None = None, rows: int = 1) -> None:
         self.model = model
-        P = model.n_pitches  # noqa: N806
+        self.rows = max(1, int(rows))
+        P, R = model.n_pitches, self.rows  # noqa: N806
         layers, hidden = model.state_shape
         self._rng = np.random.default_rng(seed)
-        self.prev = np.zeros((1, P), np.float32)
-        self._states = [np.zeros((layers, 1, hidden), np.float32) for _ in range(2)]
-        self.draws = np.zeros((1, P), np.float32)
-        self.clamp = np.zeros((1, P), np.float32)
-        self.observed = np.zeros((1, P), bool)
-        self.pos = np.zeros(1, np.int64)
-        self.temperature = np.ones(1, np.float32)
-        self.frame = np.zeros((1, P), np.float32)
-        self.logp = np.zeros((1, P), np.float32)
+        self.prev = np.zeros((R, P), np.float32)
+        self._states = [np.zeros((layers, R, hidden), np.float32) for _ in range(2)]
+        self.draws = np.zeros((R, P), np.float32)
+        self.clamp = np.zeros((R, P), np.float32)
+        self.observed = np.zeros((R, P), bool)
+        self.pos = np.zeros(R, np.int64)
+        self.temperature = np.ones(R, np.float32)
+        self.frame = np.zeros((R, P), np.float32)
+        self.logp = np.zeros((R, P), np.float32)
         self._values: list[ort.OrtValue] = []
         self._io = [self._bind(cur) for cur in range(2)]
         self._cur = 0
-        self._marked_state = np.zeros((layers, 1, hidden), np.float32)
-        self._marked_prev = np.zeros((1, P), np.float32)
 
     def _bind(self, cur: int) -> ort.IOBinding:
         io = self.model._session.io_binding()
@@ -159,8 +161,7 @@ class PolyStepper:
     def _run(self) -> np.ndarray:
         self.model._session.run_with_iobinding(self._io[self._cur])
         self._cur = 1 - self._cur
-        self.prev[...] = self.frame
-        return self.frame[0]
+        return self.frame
 
     def step(
         self,
@@ -169,7 +170,7 @@ class PolyStepper:
         pos: int = 0,
         temperature: float = 1.0,
     ) -> np.ndarray:
-        """Sample the next frame and advance to it.
+        """Sample the next frame and advance to it (the first row's, with ``rows`` > 1).
 
         Args:
             clamp: ``(P,)`` values of the observed pitches (0/1).
@@ -181,35 +182,46 @@ class PolyStepper:
             The frame, ``(P,)`` float32 of 0/1 (a live buffer: copy to keep). :attr:`logp` holds each
             pitch's log-probability.
         """
+        frames = self.draw(clamp, observed, pos, temperature)
+        self.take(0)
+        return frames[0]
+
+    def draw(
+        self,
+        clamp: np.ndarray | None = None,
+        observed: np.ndarray | None = None,
+        pos: int = 0,
+        temperature: float = 1.0,
+    ) -> np.ndarray:
+        """Draw :attr:`rows` candidates for the next frame (arguments as :meth:`step`); :meth:`take` one to go on.
+
+        Returns:
+            ``(rows, P)`` float32 of 0/1, a live buffer.
+        """
         if observed is None:
             self.observed.fill(False)
             self.clamp.fill(0.0)
         else:
-            self.observed[0] = observed
-            self.clamp[0] = 0.0 if clamp is None else clamp
-        self.pos[0] = pos
-        self.temperature[0] = max(float(temperature), 1e-3)
+            self.observed[:] = observed
+            self.clamp[:] = 0.0 if clamp is None else clamp
+        self.pos[:] = pos
+        self.temperature[:] = max(float(temperature), 1e-3)
         self._rng.random(out=self.draws, dtype=np.float32)
         return self._run()
 
-    def mark(self) -> None:
-        """Remember the stream's place (state and previous frame) for :meth:`rewind` (copies, no allocation)."""
-        self._marked_state[...] = self._states[self._cur]
-        self._marked_prev[...] = self.prev
-
-    def rewind(self) -> None:
-        """Go back to the last :meth:`mark`: the next :meth:`step` draws the same frame's place again."""
-        self._states[self._cur][...] = self._marked_state
-        self.prev[...] = self._marked_prev
+    def take(self, row: int) -> None:
+        """The candidate ``row`` of the last :meth:`draw` is the frame played: the stream goes on from it."""
+        self.prev[...] = self.frame[row]
 
     def feed(self, frame: np.ndarray, pos: int = 0) -> float:
         """Observe a whole frame (e.g. the player's) and advance; returns its log-probability."""
         self.observed.fill(True)
-        self.clamp[0] = frame
-        self.pos[0] = pos
-        self.temperature[0] = 1.0
+        self.clamp[:] = frame
+        self.pos[:] = pos
+        self.temperature.fill(1.0)
         self._run()
-        return float(self.logp.sum())
+        self.take(0)
+        return float(self.logp[0].sum())
 
     def index(self, pitch: int) -> int:
         """Frame index of MIDI ``pitch``, clipped to the model's range."""
@@ -229,3 +241,26 @@ class PolyStepper:
         """Run the graph once and reset: onnxruntime's first run allocates and is several times slower."""
         self.step()
         self.reset()
+
+
+class PolyStream:
+    """A polyphonic model with one stepper bound to it, ready for the real-time thread (made off it).
+
+    Attributes:
+        model: the model.
+        stepper: its stepper, warmed up.
+    """
+
+    def __init__(self, model: PolyModel, seed: int | None = None, rows: int = 1) -> None:
+        self.model = model
+        self.stepper = model.stepper(seed, rows)
+        self.stepper.warm_up()
+
+    @classmethod
+    def load(cls, path: str | Path, seed: int | None = None, rows: int = 1) -> PolyStream:
+        """Load the polyphonic model folder ``path`` and bind a stepper of ``rows`` (see :meth:`PolyModel.load`).
+
+        Raises:
+            ModelError: not a polyphonic model folder.
+        """
+        return cls(PolyModel.load(path), seed, rows)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from rtgen.generation.model import Model, StepBinding
+    from rtgen.generation.poly import PolyStream
     from rtgen.io.sinks import RecorderSink
     from rtgen.io.synth import Synth
 
@@ -90,9 +91,14 @@ class SetSplit:
 
 @dataclass(frozen=True)
 class SetMode:
-    """Switch to another conductor (mode); nothing is left sounding from parts the new mode does not play."""
+    """Switch to another conductor (mode); nothing is left sounding from parts the new mode does not play.
+
+    A mode that plays a polyphonic model (:data:`rtgen.config.POLY_MODES`) comes with it (and its stepper, made
+    off the real-time thread) the first time: ``poly``.
+    """
 
     mode: str
+    poly: PolyStream | None = None
 
 
 @dataclass(frozen=True)

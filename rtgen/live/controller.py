@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rtgen import library
-from rtgen.config import Config, check_cc_control, check_mode, parse_split
+from rtgen.config import POLY_MODES, Config, check_cc_control, check_mode, parse_split
 from rtgen.errors import RtgenError, SoundfontError, brief
 from rtgen.generation.conductor import needs_harmoniser
 from rtgen.live import loaders
@@ -152,7 +152,24 @@ class Controller:
             loop.engine.model.require_harmony(mode)
         if mode != "autonomous" and loop.tracker is None:
             raise ValueError(f"mode {mode} listens to a player, but the MIDI input is off ([input] enabled)")
+        if mode in POLY_MODES and loop.poly is None:
+            self.loader.submit("poly", lambda: self._load_poly(mode))
+            return
         loop.command(SetMode(mode), urgent=True)
+
+    def _load_poly(self, mode: str) -> None:
+        """Load ``[model] poly`` on the loader thread, then switch to ``mode`` with it (or say why not)."""
+        from rtgen.arrange.chorale import DRAWS as CHORALE_DRAWS
+        from rtgen.generation.poly import PolyStream
+
+        loop = self._live()
+        target = self.config.poly_model_path
+        try:
+            poly = PolyStream.load(target, seed=self.config.generation.seed, rows=CHORALE_DRAWS)
+        except Exception as err:
+            self._failed(f"/rtgen/mode: mode {mode} cannot load its model {target}: {err}; keeping {loop.mode}", None)
+            return
+        loop.command(SetMode(mode, poly), urgent=True)
 
     def set_instrument(self, part: str, program: int) -> None:
         """Program change for a part."""

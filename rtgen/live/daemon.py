@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rtgen import logs
-from rtgen.config import Config
+from rtgen.config import POLY_MODES, Config
 from rtgen.errors import PortError, RtgenError
 from rtgen.io.sinks import RecorderSink
 from rtgen.live import loaders
@@ -106,10 +106,12 @@ class Daemon(Controller):
     # --- start-up ----------------------------------------------------------------------------
     def open(self) -> None:
         """Load the model and open every input and output; raises RtgenError with a fix on failure."""
+        from rtgen.arrange.chorale import DRAWS as CHORALE_DRAWS
         from rtgen.arrange.voicing import Voicer
         from rtgen.generation.conductor import needs_harmoniser
         from rtgen.generation.engine import Engine, Params
         from rtgen.generation.model import Model
+        from rtgen.generation.poly import PolyStream
         from rtgen.io.scheduler import Scheduler
 
         cfg = self.config
@@ -123,6 +125,9 @@ class Daemon(Controller):
             mode = cfg.daemon.mode
             if needs_harmoniser(mode):
                 self.model.require_harmony(mode)
+            poly = None
+            if mode in POLY_MODES:
+                poly = PolyStream.load(cfg.poly_model_path, seed=cfg.generation.seed, rows=CHORALE_DRAWS)
             self.outputs = open_outputs(cfg, self._warn)
             gen = cfg.generation
             params = Params.from_config(gen)
@@ -162,7 +167,7 @@ class Daemon(Controller):
             self.loop = LiveLoop(
                 engine, voicer, sched, clock, params, cfg.parts, source=source, feedback=feedback, mode=mode,
                 config=cfg, tracker=player.tracker if player is not None else None, input_queue=self.input,
-                clock_out=clock_out, thru=cfg.input.thru and player is not None,
+                clock_out=clock_out, thru=cfg.input.thru and player is not None, poly=poly,
             )  # fmt: skip
             self.loop.recorder = next((s for s in self.sinks if isinstance(s, RecorderSink)), None)
             if self.cc_file is not None and player is not None:

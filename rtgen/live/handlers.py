@@ -13,7 +13,7 @@ import queue
 from collections.abc import Callable
 from typing import Any
 
-from rtgen.config import PART_NAMES, PartConfig, PartsConfig, check_mode
+from rtgen.config import PART_NAMES, POLY_MODES, PartConfig, PartsConfig, check_mode
 from rtgen.errors import RtgenError
 from rtgen.generation.conductor import Band
 from rtgen.live import loaders
@@ -172,8 +172,13 @@ class Handling(LoopState):
 
     def _on_mode(self, cmd: SetMode) -> None:
         mode = check_mode(cmd.mode)
+        if cmd.poly is not None and cmd.poly is not self.poly:
+            loaders.retire(self.poly)
+            self.poly = cmd.poly
         if mode == self.mode:
             return
+        if mode in POLY_MODES and self.poly is None:
+            raise RtgenError(f"mode {mode} plays a polyphonic model and none is loaded: switch with /rtgen/mode")
         conductor = self._conductor(mode)
         if conductor.needs_harmoniser and not self.engine.can_harmonise:
             self.engine.model.require_harmony(mode)
@@ -181,6 +186,7 @@ class Handling(LoopState):
         self.scheduler.release_all()
         self._release_voicer()
         self.performer.set_conductor(conductor)
+        self._voices_for(mode)
         self._onsets.clear()
         log.info("mode %s", mode)
         self._replan()

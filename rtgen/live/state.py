@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from rtgen.generation.conductor import Conductor, Plan
     from rtgen.generation.engine import Engine, EngineState, Params, Step
     from rtgen.generation.model import Model, StepBinding
+    from rtgen.generation.poly import PolyStream
     from rtgen.input.feel import PlayerFeel
     from rtgen.input.tracker import InputQueue, Onset, PlayerTracker
     from rtgen.io.ports import MidiInput
@@ -86,6 +87,7 @@ class LoopState:
     engine_errors: int
     command_errors: int
     pending_model: Model | None
+    poly: PolyStream | None  # the polyphonic model of the modes that play one (None until one is needed)
     pending_steps: StepBinding | None
     model_name: str
     on_model_swapped: Callable[[Model], None] | None
@@ -156,6 +158,9 @@ class LoopState:
         raise NotImplementedError
 
     def _conductor(self, mode: str) -> Conductor:
+        raise NotImplementedError
+
+    def _voices_for(self, mode: str) -> None:
         raise NotImplementedError
 
     def _learned(self, name: str) -> None:
