@@ -64,8 +64,6 @@ def test_chorale_sings_three_voices_under_a_bach_soprano(start_daemon: Any) -> N
         lower = sorted(sounding_at(events, step_ticks[b * STEPS_PER_BEAT] + beat_ns // 2, CHORDS), reverse=True)
         voicings.append((s, *(lower + [None] * 3)[:3]) if len(lower) <= 3 else (s, lower[0], lower[1], lower[-1]))
     figures = voice_leading([voicings])
-    for t, m in sorted(events)[:60]:
-        print(round((t - step_ticks[0]) / beat_ns, 3), m)
     print(f"chorale on JACK, {BEATS} beats of JSB test chorale {PIECE}: {figures}")
     msgs = [m for _, m in events]
     # three voices under the soprano on (nearly) every beat, all below it

@@ -181,7 +181,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 def _run(args: argparse.Namespace) -> int:
     runs = ("C", "random") if args.keys == "both" else (args.keys,)
     out = {
-        k: evaluate(args.model, args.data, keys=k, seed=args.seed, temperature=args.temperature, limit=args.limit)
+        k: evaluate(
+            args.model,
+            args.data,
+            keys=k,
+            seed=args.seed,
+            temperature=args.temperature,
+            limit=args.limit,
+            draws=args.draws,
+        )
         for k in runs
     }
     text = json.dumps(out, indent=2)
