@@ -22,6 +22,7 @@ from typing import Any
 from rtgen import library
 from rtgen.contract import Key, TimeSignature, note_name, parse_note
 from rtgen.errors import ConfigError, ModelError
+from rtgen.patterns.styles import CHORALE as CHORALE_STYLE
 
 PART_NAMES = ("melody", "chords", "bass", "drums")
 BACKENDS = ("auto", "alsa", "jack", "coremidi", "winmm")
@@ -71,6 +72,12 @@ def check_model_for_mode(mode: str, meta: dict[str, Any], name: str) -> None:
         f"mode {mode} plays {what[need]} ({need}) and {name} is {what.get(kind, kind)} ({kind}): use --model {shipped}"
         f" (the shipped one), or leave --model out"
     )
+
+
+def needs_poly(mode: str, parts: PartsConfig) -> bool:
+    """Whether ``mode`` with ``parts`` plays the polyphonic model: a :data:`POLY_MODES` mode, or the chords part
+    in the ``chorale`` style."""
+    return mode in POLY_MODES or parts.chords.style == CHORALE_STYLE
 
 
 SPLIT_AUTO = "auto"

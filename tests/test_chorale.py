@@ -183,3 +183,49 @@ def test_chorale_eval_figures_on_two_pieces(tmp_path: Path) -> None:
         assert figures[run]["bach"]["beats"] == figures[run]["rtgen"]["beats"] > 50
         assert figures[run]["rtgen"]["three_under"] >= 90.0
     assert np.isfinite(figures["C"]["bach"]["nll_given_soprano"]["nll_per_frame"])
+
+
+# --- the chorale style of the chords part -------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["autonomous", "accompany"])
+def test_the_chorale_style_sings_the_chords_part_under_the_melody(chorale_model, mode: str) -> None:  # type: ignore[no-untyped-def]
+    """The chords part in the ``chorale`` style: no rule voicing, the model's voices under the melody (rtgen's own
+    in autonomous, the player's in accompany), on the chords part's channel."""
+    require((DEFAULT / "meta.json").is_file(), "the shipped default model")
+    from rtgen.arrange.performer import Performer, positions_from_bars
+    from rtgen.arrange.voicing import Voicer
+    from rtgen.config import with_style
+    from rtgen.generation.engine import Engine, Params
+    from rtgen.generation.model import Model
+
+    cfg = with_style(Config(), "chords", "chorale")
+    params = Params.from_config(cfg.generation)
+    performer = Performer(Engine(Model.load(DEFAULT), params, seed=1), Voicer(cfg.parts, seed=1),
+                          make_conductor(mode, cfg.accompany), cfg.parts)  # fmt: skip
+    performer.chorale = voicer(chorale_model, seed=1)
+    chords_ch = cfg.parts.chords.channel - 1
+    sounding: set[int] = set()
+    melody: int | None = None
+    checked = 0
+    for i, pos in enumerate(positions_from_bars([s % 16 for s in range(64)])):
+        heard = Heard()
+        if mode == "accompany" and i % 4 == 0:
+            p = TUNE_G[i // 4 % len(TUNE_G)]
+            heard = Heard(melody=ct.melody_note_on(p), velocity=80, pitch=p)
+        elif mode == "accompany":
+            p = TUNE_G[i // 4 % len(TUNE_G)]
+            heard = Heard(melody=ct.MEL_HOLD, pitch=p)
+        step, events = performer.perform(pos, params, heard)
+        if mode == "accompany":
+            melody = heard.pitch
+        elif step.melody_token >= ct.MEL_NOTE_OFFSET:
+            melody = ct.melody_pitch(step.melody_token)
+        elif step.melody_token == ct.MEL_REST:
+            melody = None
+        for e in events:
+            if e.channel == chords_ch:
+                assert e.part == "chords"
+                (sounding.add if e.on else sounding.discard)(e.pitch)
+        if i % 4 == 0 and melody is not None:
+            assert len(sounding) >= 2 and all(p < melody for p in sounding), (i, melody, sounding)
+            checked += 1
+    assert checked >= 8

@@ -213,9 +213,10 @@ class ChoraleVoicer:
         """The voices' note events at one grid step (offs first, relative to the step's start).
 
         A beat with the soprano sounding (or a note struck while the voices are silent) takes one model step;
-        a beat without it releases the voices; other steps hold them.
+        a beat without it releases the voices; other steps hold them. A held melody without a pitch (a model's
+        HOLD token) is the soprano heard before.
         """
-        pitch = heard.pitch if heard.active else None
+        pitch = (heard.pitch if heard.pitch is not None else self.soprano) if heard.active else None
         if heard.onset and heard.velocity is not None:
             self.velocity = min(127, max(1, heard.velocity))
         self.soprano = pitch

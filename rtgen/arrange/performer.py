@@ -27,6 +27,7 @@ from rtgen.config import PART_NAMES, Config, GenerationConfig, PartsConfig, fiel
 from rtgen.generation.conductor import NOBODY, Conductor, Heard, Plan, make_conductor, needs_harmoniser
 from rtgen.generation.engine import Engine, Params, Step
 from rtgen.generation.model import Model
+from rtgen.patterns.styles import CHORALE
 from rtgen.timing.transport import Position
 
 
@@ -143,12 +144,28 @@ class Performer:
         fill, ending = section_end or plan.fill, ending or plan.ending
         events = self.voicer.voice(step, params, section_start=section_start, section_end=fill, ending=ending)
         chorale = self.chorale
-        if chorale is not None and (plan.chorale or chorale.sounding):
-            if plan.chorale and self.parts.get(CHORALE_PART).enabled:
-                events = events + chorale.voice(pos, heard, params.temperature)
-            else:  # the mode changed, or the part was switched off
+        if chorale is not None:
+            sings = self._sings(plan, heard, step)
+            if sings is not None:
+                events = events + chorale.voice(pos, sings, params.temperature)
+            elif chorale.sounding:  # the mode or the style changed, or the part was switched off
                 events = events + chorale.release_all()
         return step, offs + events if offs else events
+
+    def _sings(self, plan: Plan, heard: Heard, step: Step) -> Heard | None:
+        """What the chorale voicer sings under at this step (the soprano, as heard), or None when it is silent:
+        in chorale mode the player's melody; with the chords part in the ``chorale`` style wherever rtgen plays
+        that part, the melody of the step (the player's where it is observed, else rtgen's own)."""
+        part = self.parts.get(CHORALE_PART)
+        if not part.enabled:
+            return None
+        if plan.chorale:
+            return heard
+        if part.style != CHORALE or CHORALE_PART not in plan.voicing(heard):
+            return None
+        if plan.observe_melody:
+            return heard
+        return Heard(melody=step.melody_token, pitch=ct.melody_pitch(step.melody_token))
 
 
 def positions_from_bars(

@@ -54,10 +54,12 @@ class SetPart:
 @dataclass(frozen=True)
 class SetStyle:
     """Play a part in another style (see :mod:`rtgen.patterns.styles`): its notes are released now, the style starts at
-    its next onset."""
+    its next onset. The ``chorale`` style comes with the polyphonic model (made off the real-time thread) the first
+    time: ``poly``."""
 
     part: str
     style: str
+    poly: PolyStream | None = None
 
 
 @dataclass(frozen=True)

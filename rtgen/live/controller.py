@@ -43,12 +43,15 @@ from rtgen.live.commands import (
     UseSoundfont,
 )
 from rtgen.live.opening import make_recorder
+from rtgen.patterns.styles import CHORALE as CHORALE_STYLE
 from rtgen.patterns.styles import check_style
 
 if TYPE_CHECKING:
     from rtgen.control.osc import OscServer
+    from rtgen.generation.poly import PolyStream
     from rtgen.io.sinks import RecorderSink
     from rtgen.io.synth import Synth
+    from rtgen.live.commands import Command
     from rtgen.live.loop import LiveLoop
 
 log = logging.getLogger(__name__)
@@ -153,12 +156,12 @@ class Controller:
         if mode != "autonomous" and loop.tracker is None:
             raise ValueError(f"mode {mode} listens to a player, but the MIDI input is off ([input] enabled)")
         if mode in POLY_MODES and loop.poly is None:
-            self.loader.submit("poly", lambda: self._load_poly(mode))
+            self.loader.submit("poly", lambda: self._load_poly(lambda poly: SetMode(mode, poly), f"mode {mode}"))
             return
         loop.command(SetMode(mode), urgent=True)
 
-    def _load_poly(self, mode: str) -> None:
-        """Load ``[model] poly`` on the loader thread, then switch to ``mode`` with it (or say why not)."""
+    def _load_poly(self, command: Callable[[PolyStream], Command], what: str) -> None:
+        """Load ``[model] poly`` on the loader thread, then send the loop ``command(poly)`` (or say why not)."""
         from rtgen.arrange.chorale import DRAWS as CHORALE_DRAWS
         from rtgen.generation.poly import PolyStream
 
@@ -167,9 +170,9 @@ class Controller:
         try:
             poly = PolyStream.load(target, seed=self.config.generation.seed, rows=CHORALE_DRAWS)
         except Exception as err:
-            self._failed(f"/rtgen/mode: mode {mode} cannot load its model {target}: {err}; keeping {loop.mode}", None)
+            self._failed(f"{what} cannot load its polyphonic model {target}: {err}; nothing changed", None)
             return
-        loop.command(SetMode(mode, poly), urgent=True)
+        loop.command(command(poly), urgent=True)
 
     def set_instrument(self, part: str, program: int) -> None:
         """Program change for a part."""
@@ -186,7 +189,11 @@ class Controller:
     def set_style(self, part: str, style: str) -> None:
         """Play ``part`` in ``style``: its notes are released at once, the style starts at its next onset."""
         check_style(part, style)
-        self._live().command(SetStyle(part, style), urgent=True)
+        loop = self._live()
+        if part == "chords" and style == CHORALE_STYLE and loop.poly is None:
+            self.loader.submit("poly", lambda: self._load_poly(lambda poly: SetStyle(part, style, poly), style))
+            return
+        loop.command(SetStyle(part, style), urgent=True)
 
     def set_part_enabled(self, part: str, enabled: bool) -> None:
         """Mute (False) or unmute (True) a part; muting releases its notes at once with real note-offs."""

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rtgen import logs
-from rtgen.config import POLY_MODES, Config
+from rtgen.config import Config, needs_poly
 from rtgen.errors import PortError, RtgenError
 from rtgen.io.sinks import RecorderSink
 from rtgen.live import loaders
@@ -126,7 +126,7 @@ class Daemon(Controller):
             if needs_harmoniser(mode):
                 self.model.require_harmony(mode)
             poly = None
-            if mode in POLY_MODES:
+            if needs_poly(mode, cfg.parts):
                 poly = PolyStream.load(cfg.poly_model_path, seed=cfg.generation.seed, rows=CHORALE_DRAWS)
             self.outputs = open_outputs(cfg, self._warn)
             gen = cfg.generation

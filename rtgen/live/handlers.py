@@ -11,9 +11,9 @@ import dataclasses
 import logging
 import queue
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rtgen.config import PART_NAMES, POLY_MODES, PartConfig, PartsConfig, check_mode
+from rtgen.config import PART_NAMES, POLY_MODES, PartConfig, PartsConfig, check_mode, needs_poly
 from rtgen.errors import RtgenError
 from rtgen.generation.conductor import Band
 from rtgen.live import loaders
@@ -40,6 +40,9 @@ from rtgen.live.commands import (
     UseSoundfont,
 )
 from rtgen.live.state import LoopState
+
+if TYPE_CHECKING:
+    from rtgen.generation.poly import PolyStream
 from rtgen.midi.messages import CC_PAN, CC_VOLUME, CONTROL_CHANGE, PROGRAM_CHANGE
 from rtgen.midi.midifile import pan_cc, volume_cc
 from rtgen.patterns.styles import check_style
@@ -137,9 +140,22 @@ class Handling(LoopState):
 
     def _on_style(self, cmd: SetStyle) -> None:
         check_style(cmd.part, cmd.style)
-        if self.parts.get(cmd.part).style != cmd.style:
-            self._silence_part(cmd.part)
-            self._set_parts(replace_part(self.parts, cmd.part, style=cmd.style))
+        self._adopt_poly(cmd.poly)
+        if self.parts.get(cmd.part).style == cmd.style:
+            return
+        parts = replace_part(self.parts, cmd.part, style=cmd.style)
+        if needs_poly(self.mode, parts) and self.poly is None:
+            raise RtgenError("the chorale style sings with the polyphonic model, not loaded: set it with /rtgen/style")
+        self._silence_part(cmd.part)
+        self._set_parts(parts)
+        if (self.performer.chorale is None) == needs_poly(self.mode, parts):
+            self._voices_for(self.mode)
+
+    def _adopt_poly(self, poly: PolyStream | None) -> None:
+        """A polyphonic model loaded for a command: the loop plays it from now on (the old one is retired)."""
+        if poly is not None and poly is not self.poly:
+            loaders.retire(self.poly)
+            self.poly = poly
 
     def _on_part_enabled(self, cmd: SetPartEnabled) -> None:
         if self.parts.get(cmd.part).enabled == cmd.enabled:
@@ -172,9 +188,7 @@ class Handling(LoopState):
 
     def _on_mode(self, cmd: SetMode) -> None:
         mode = check_mode(cmd.mode)
-        if cmd.poly is not None and cmd.poly is not self.poly:
-            loaders.retire(self.poly)
-            self.poly = cmd.poly
+        self._adopt_poly(cmd.poly)
         if mode == self.mode:
             return
         if mode in POLY_MODES and self.poly is None:

@@ -32,7 +32,7 @@ from rtgen.arrange.chorale import PART as CHORALE_PART
 from rtgen.arrange.chorale import ChoraleVoicer
 from rtgen.arrange.form import Arranger
 from rtgen.arrange.performer import Performer
-from rtgen.config import PART_NAMES, Config, PartsConfig
+from rtgen.config import PART_NAMES, Config, PartsConfig, needs_poly
 from rtgen.generation.conductor import NOBODY, Conductor, make_conductor
 from rtgen.input.feel import PlayerFeel
 from rtgen.live.clockout import ClockOut
@@ -178,10 +178,11 @@ class LiveLoop(Deciding, Listening, Following, Handling):
         return make_conductor(mode, cfg.accompany, cfg.call_response, cfg.improvise)
 
     def _voices_for(self, mode: str) -> None:
-        """Give the performer what ``mode`` sings with beyond the rule voicer (chorale: a fresh chorale voicer on
-        the polyphonic model: a new piece, its key unknown)."""
+        """Give the performer what ``mode`` (and the chords part's style) sings with beyond the rule voicer: in
+        chorale mode, or with the ``chorale`` style, a fresh chorale voicer on the polyphonic model (a new piece,
+        its key unknown); else none."""
         poly = self.poly
-        if mode != "chorale" or poly is None:
+        if poly is None or not needs_poly(mode, self.parts):
             self.performer.chorale = None
             return
         model = poly.model
