@@ -86,7 +86,8 @@ def test_mode_switches_into_and_out_of_chorale_leave_no_note_sounding(
     jack_server: str, shipped_model_dir: Path, tmp_path: Path
 ) -> None:
     """Started in accompany (the default model), switched to chorale over OSC (its model, ``[model] poly``, loaded
-    then), played, switched back while the voices sound: nothing stays sounding."""
+    then), played, switched back while the voices sound; then accompany with the chords part in the chorale style,
+    and back to block chords: the voices sing under the player's note, and nothing stays sounding."""
     d = Daemon(jack_server, shipped_model_dir, tmp_path, "--mode", "accompany")
     try:
         _switch_and_play(d)
@@ -106,6 +107,18 @@ def _switch_and_play(d: Daemon) -> None:
         peer.send("/rtgen/mode", "accompany")
         assert wait_status(peer, "mode", "accompany")["mode"] == "accompany"
         kb.send(0x80, 72, 0)
+        time.sleep(0.3)
+        # accompany with the chords part in the chorale style: the model's voices under the player's note
+        peer.send("/rtgen/style", "chords", "chorale")
+        time.sleep(0.5)
+        before = len(rec.snapshot())
+        kb.send(0x90, 74, 90)
+        assert rec.wait_until(lambda ev: len(note_ons([m for _, m in ev[before:]], CHORDS)) >= 3, timeout=5), d.output()
+        chords = note_ons([m for _, m in rec.snapshot()[before:]], CHORDS)
+        assert all(m[1] < 74 for m in chords), chords
+        peer.send("/rtgen/style", "chords", "block")
+        time.sleep(0.3)
+        kb.send(0x80, 74, 0)
         time.sleep(0.3)
         finish(d)
         rec.settle(0.3)

@@ -390,9 +390,9 @@ class OscControl:
 
     @osc_handler("style", PART, OscArg("style", "s"))
     def style(self, sender: tuple[str, int] | None, part: str, style: str) -> None:
-        """Style of a part: chords block, arpeggio-up, arpeggio-down, arpeggio-updown, strum, waltz, jig; bass
-        root, root-fifth, waltz, jig, walking; drums a groove family; auto = the meter's default. The part's
-        notes are released first."""
+        """Style of a part: chords block, arpeggio-up, arpeggio-down, arpeggio-updown, strum, waltz, jig, chorale
+        (the polyphonic model's alto, tenor and bass under the melody); bass root, root-fifth, waltz, jig, walking;
+        drums a groove family; auto = the meter's default. The part's notes are released first."""
         from rtgen.patterns.styles import check_style
 
         try:
