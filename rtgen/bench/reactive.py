@@ -191,7 +191,7 @@ def bench_chorale_reactive(
     }  # fmt: skip
     result: dict[str, Any] = {"chorale_latency_us": None, "chorale_reactive": settings}
     if jackd_path() is None:
-        result["chorale_latency_skipped"] = "jackd not found (apt-get install -y --no-install-recommends jackd2)"
+        result["chorale_reactive_skipped"] = "jackd not found (apt-get install -y --no-install-recommends jackd2)"
         return result
     sent, arrivals, _ = _through_jack(
         poly_model_dir, _probe_schedule(seconds, tempo), seconds, settings, rate=rate, period=period,
