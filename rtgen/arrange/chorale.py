@@ -74,10 +74,6 @@ class Stepper(Protocol):
         """The stream goes on from candidate ``row``."""
         ...
 
-    def soprano_clamp(self, pitch: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
-        """(clamp, observed) for a MIDI soprano pitch: it sounds, nothing above it does."""
-        ...
-
 
 def pick_voices(pitches: Sequence[int] | npt.ArrayLike, soprano: int) -> Voices:
     """Alto, tenor and bass from a sampled frame's pitches below ``soprano`` (see the module docstring).
@@ -137,6 +133,8 @@ class ChoraleVoicer:
         self.centred_key = centred_key
         self.channel = channel
         self.weights = np.zeros(12, dtype=np.float64)  # soprano's sounding beats per pitch class (the key)
+        self._clamp = np.zeros(n_pitches, dtype=np.float32)
+        self._observed = np.zeros(n_pitches, dtype=bool)
         self.reset()
 
     def reset(self) -> None:
@@ -180,17 +178,20 @@ class ChoraleVoicer:
         return self.shift
 
     def decide(self, soprano: int, temperature: float = 1.0, pos: int = 0) -> Voices:
-        """One model step under ``soprano``: the voices (in the player's pitches), drawing again while the draw
-        breaks a rule of four-part writing (:func:`faults`), keeping the draw with the fewest."""
+        """One model step under ``soprano``: the voices (in the player's pitches) of the first candidate that breaks
+        no rule of four-part writing (:func:`faults`), else of the one with the fewest faults."""
         shift = self.transposition(soprano)
         index = soprano + shift - self.low_pitch
         if not 0 <= index < self.n_pitches:  # a soprano beyond the model's pitches: fold it by octaves
             index = index % 12 + (self.n_pitches - 12 if index >= self.n_pitches else 0)
         model_soprano = index + self.low_pitch
         back = soprano - model_soprano
-        clamp, observed = self.stepper.soprano_clamp(model_soprano)
+        self._clamp.fill(0.0)
+        self._clamp[index] = 1.0
+        self._observed.fill(False)
+        self._observed[index:] = True  # the soprano, and nothing above it
         before = self.last
-        frames = self.stepper.draw(clamp, observed, pos=pos, temperature=temperature)
+        frames = self.stepper.draw(self._clamp, self._observed, pos=pos, temperature=temperature)
         best: Voices = SILENT
         best_faults = best_row = -1
         for row in range(frames.shape[0]):  # in order: the first clean candidate is a rejection sampler's draw
@@ -220,7 +221,8 @@ class ChoraleVoicer:
         if heard.onset and heard.velocity is not None:
             self.velocity = min(127, max(1, heard.velocity))
         self.soprano = pitch
-        on_beat = pos.beat_steps <= 1 or pos.position % pos.beat_steps == 0
+        frame_steps = max(1, round(self.step_beats * pos.beat_steps))  # the model's frame on the grid (a beat)
+        on_beat = pos.position % frame_steps == 0
         entering = heard.onset and all(p is None for p in self.voices)
         if pitch is None:
             if not on_beat:
