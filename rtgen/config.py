@@ -26,9 +26,10 @@ from rtgen.patterns.styles import CHORALE as CHORALE_STYLE
 
 PART_NAMES = ("melody", "chords", "bass", "drums")
 BACKENDS = ("auto", "alsa", "jack", "coremidi", "winmm")
-MODES = ("autonomous", "accompany", "improvise", "call-and-response", "band", "chorale")
-POLY_MODES = frozenset({"chorale"})
-"""The modes that play a polyphonic model (``[model] poly``); the others play ``[model] path``."""
+MODES = ("autonomous", "accompany", "improvise", "call-and-response", "band", "duet", "chorale")
+POLY_MODES = ("duet", "chorale")
+"""The modes that play a polyphonic model (``--model`` NAME of one, else the shipped ``chorale``) beside the
+engine's melody model."""
 CLOCK_SOURCES = ("internal", "midi", "link")
 
 
@@ -53,7 +54,10 @@ def mode_model_kind(mode: str) -> str:
 
 
 def check_model_for_mode(mode: str, meta: dict[str, Any], name: str) -> None:
-    """Refuse a model that cannot serve ``mode``, naming the one that can.
+    """Refuse a melody model for a mode that plays a polyphonic one (:data:`POLY_MODES`), naming the shipped one.
+
+    A polyphonic model given for another mode is taken: the engine plays the default melody model and the
+    polyphonic one waits for a switch to duet or chorale (``rtgen.live.polyload``).
 
     Args:
         mode: one of :data:`MODES`.
@@ -61,16 +65,14 @@ def check_model_for_mode(mode: str, meta: dict[str, Any], name: str) -> None:
         name: how the user named it (for the message).
 
     Raises:
-        ModelError: the model is of another kind than ``mode`` plays.
+        ModelError: ``mode`` plays a polyphonic model and this one is not.
     """
-    need, kind = mode_model_kind(mode), library.model_kind(meta)
-    if kind == need:
+    kind = library.model_kind(meta)
+    if mode_model_kind(mode) != library.POLY_KIND or kind == library.POLY_KIND:
         return
-    shipped = library.DEFAULT_POLY_MODEL if need == library.POLY_KIND else library.DEFAULT_MODEL
-    what = {library.POLY_KIND: "a polyphonic model", library.MELODY_KIND: "a melody model"}
     raise ModelError(
-        f"mode {mode} plays {what[need]} ({need}) and {name} is {what.get(kind, kind)} ({kind}): use --model {shipped}"
-        f" (the shipped one), or leave --model out"
+        f"mode {mode} plays a polyphonic model (poly) and {name} is a {kind} model: use --model "
+        f"{library.DEFAULT_POLY_MODEL} (the shipped one), or leave --model out"
     )
 
 
@@ -143,12 +145,10 @@ def field_choices(cls: type, name: str) -> tuple[str, ...]:
 @dataclass(frozen=True)
 class ModelConfig:
     """Which model to load: ``path`` is a folder (relative to the config file) or a model name
-    (``rtgen models list``); ``poly`` is the polyphonic model of the :data:`POLY_MODES` (the same forms);
-    ``library`` is the folder of your own models (empty: ``$RTGEN_MODELS`` or ``~/.local/share/rtgen/models``;
-    ``$RTGEN_MODELS`` wins over it)."""
+    (``rtgen models list``); ``library`` is the folder of your own models (empty: ``$RTGEN_MODELS`` or
+    ``~/.local/share/rtgen/models``; ``$RTGEN_MODELS`` wins over it)."""
 
     path: Path = Path(library.DEFAULT_MODEL)
-    poly: Path = Path(library.DEFAULT_POLY_MODEL)
     library: str = ""
 
 
@@ -420,11 +420,6 @@ class Config:
         """Absolute path of the model folder ``model.path`` names (a path, or a model name)."""
         return self.model_folder(self.model.path)
 
-    @property
-    def poly_model_path(self) -> Path:
-        """Absolute path of the polyphonic model folder ``model.poly`` names (a path, or a model name)."""
-        return self.model_folder(self.model.poly)
-
     def model_folder(self, spec: str | Path, *, strict: bool = False) -> Path:
         """The folder of the model ``spec`` (a path relative to the config file, or a model name).
 
@@ -435,7 +430,7 @@ class Config:
 
     def with_model(self, spec: str | Path, *, mode: str | None = None) -> Config:
         """A copy playing the model ``spec`` given on the command line: an existing path (relative to the
-        current folder) wins, else a model name. A polyphonic model becomes ``model.poly``, any other ``model.path``.
+        current folder) wins, else a model name.
 
         Args:
             spec: the ``--model`` value.
@@ -449,8 +444,6 @@ class Config:
         meta = library.read_entry(path, "user").meta
         if mode is not None:
             check_model_for_mode(mode, meta, str(spec))
-        if library.model_kind(meta) == library.POLY_KIND:
-            return self.replace("model", poly=path)
         return self.replace("model", path=path)
 
     def replace(self, section: str, **changes: Any) -> Config:

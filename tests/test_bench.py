@@ -36,6 +36,9 @@ def test_bench_writes_the_figures(model_dir: Path, tmp_path: Path) -> None:
     assert data["inference_us"]["count"] == 2000
     assert data["poly_step_us"]["count"] == 2000 and data["poly_model"].endswith("chorale")
     assert 0 < data["poly_step_us"]["p50"] <= data["poly_step_us"]["p99"]
+    duet = data["duet_answer_us"]
+    assert duet["start"]["count"] == 20 and duet["frame"]["count"] >= 20 * 4 and duet["phrase_bars"] == 8
+    assert duet["listen"]["count"] >= 20 * 30
     assert data["schedule_error_us"]["count"] > 100  # 2 s at 300 BPM: 40 steps of three parts
     assert data["schedule"]["steps"] == 40
     assert data["private_memory_mb"] > 0

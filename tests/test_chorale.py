@@ -137,12 +137,9 @@ def test_chorale_is_a_mode_that_plays_a_polyphonic_model() -> None:
     check_model_for_mode("chorale", read_meta(CHORALE), "chorale")
     with pytest.raises(ModelError, match=r"mode chorale plays a polyphonic model .*default.*--model chorale"):
         check_model_for_mode("chorale", read_meta(DEFAULT), "default")
-    with pytest.raises(ModelError, match=r"mode accompany plays a melody model .*--model default"):
-        check_model_for_mode("accompany", read_meta(CHORALE), "chorale")
-    # --mode chorale without --model: [model] poly is the shipped chorale; a --model that is polyphonic goes there
+    check_model_for_mode("accompany", read_meta(CHORALE), "chorale")  # the engine plays default until a switch
     cfg = Config()
-    assert cfg.poly_model_path == CHORALE.resolve() or cfg.poly_model_path.name == "chorale"
-    assert cfg.with_model(str(CHORALE), mode="chorale").poly_model_path == CHORALE.resolve()
+    assert cfg.with_model(str(CHORALE), mode="chorale").model_path == CHORALE.resolve()
     with pytest.raises(ModelError, match="chorale"):
         cfg.with_model(str(DEFAULT), mode="chorale")
 

@@ -57,7 +57,7 @@ def test_uniform_model_scores_88_ln2(jsb: dict[str, list[np.ndarray]], head: str
     model = tiny(head)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.startswith(("out.", "to_bv.", "V")):  # every logit 0: p = 0.5 for every pitch
+            if name.startswith(("out.", "to_bv.", "V", "pitch_out.")):  # every logit 0: p = 0.5 for every pitch
                 p.zero_()
     total, frames = score(model, jsb["test"])
     assert frames == 4648

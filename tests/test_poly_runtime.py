@@ -97,3 +97,24 @@ def test_a_mode_that_needs_one_kind_names_the_other() -> None:
         PolyModel.load(library.SHIPPED_MODELS_DIR / "default")
     with pytest.raises(ModelError):
         Model.load(CHORALE)
+
+
+def test_the_shipped_graph_scores_the_benchmark_as_pytorch_did() -> None:
+    """The benchmark's test NLL of the JSB model, now through the shipped ONNX graph (TCN's protocol)."""
+    from conftest import SHARED_DATA
+
+    from training.poly_bench import evaluate_roll
+
+    result = evaluate_roll(CHORALE, SHARED_DATA / "poly_music" / "JSB_Chorales.mat")
+    meta = library.read_meta(CHORALE)
+    assert result["frames"] == meta["metrics"]["test"]["frames"] == 4648
+    assert abs(result["nll_per_frame"] - meta["metrics"]["test"]["nll_per_frame"]) < 1e-3
+
+
+def test_models_info_describes_a_polyphonic_model(capsys: pytest.CaptureFixture[str]) -> None:
+    from rtgen.cli import main
+
+    assert main(["models", "info", "chorale"]) == 0
+    out = capsys.readouterr().out
+    assert "polyphonic: GRU 1 x 256 + nade head, 88 pitches, a frame = 1.0 beat" in out
+    assert "JSB_Chorales" in out and "contract v" not in out

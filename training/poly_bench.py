@@ -116,10 +116,31 @@ def score(model: poly.PolyModel, rolls: list[Roll], batch_frames: int = 1024) ->
     return total, count
 
 
+def score_exported(folder: Path, rolls: list[Roll]) -> tuple[float, int]:
+    """:func:`score` with an exported model folder's ONNX graph as rtgen plays it (batch 1, one call per
+    frame): each sequence starts on its first frame and every later frame is fed whole and scored."""
+    from rtgen.generation.poly import PolyModel
+
+    stepper = PolyModel.load(folder).stepper()
+    total, count = 0.0, 0
+    for roll in rolls:
+        frames = roll.astype(np.float32)
+        stepper.start(frames[0])
+        for frame in frames[1:]:
+            total -= stepper.feed(frame)
+            count += 1
+    return total, count
+
+
 def evaluate_roll(model_dir: Path, roll: Path, split: str = "test") -> dict[str, Any]:
-    """``{"nll_per_frame", "frames", ...}`` of the model in ``model_dir`` on a benchmark file's split."""
-    model = poly.load(model_dir)
+    """``{"nll_per_frame", "frames", ...}`` of the model in ``model_dir`` (a checkpoint, or an exported
+    folder scored by its ONNX graph) on a benchmark file's split."""
     rolls = load_rolls(roll)[split]
+    if (model_dir / "meta.json").is_file() and not (model_dir / poly.WEIGHTS_FILE).is_file():
+        total, count = score_exported(model_dir, rolls)
+        assert count == scored_frames(rolls)
+        return {"nll_per_frame": total / count, "frames": count, "split": split, "roll": str(roll), "graph": "onnx"}
+    model = poly.load(model_dir)
     total, count = score(model, rolls)
     assert count == scored_frames(rolls)
     return {"nll_per_frame": total / count, "frames": count, "split": split, "roll": str(roll),

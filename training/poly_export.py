@@ -115,7 +115,9 @@ class PolyStep(nn.Module):
                 a = torch.where(v, a + self.w_rows[k], a)
         z = (torch.cat(cs, dim=1) + bv).flip(1) / t  # (B, P) pitch order
         frame = torch.cat(vs[::-1], dim=1).float()  # (B, P) pitch order
-        logp = -nn.functional.binary_cross_entropy_with_logits(z, frame, reduction="none")
+        # log sigmoid(+-z), written out: the exported BCE-with-logits gives 0 * log(0) = NaN for far-off pitches
+        signed = torch.where(frame > 0.5, -z, z)
+        logp = -(torch.relu(signed) + torch.log(1.0 + torch.exp(-signed.abs())))
         return frame, logp, torch.stack(outs, dim=0)
 
 
@@ -161,6 +163,7 @@ def check_parity(model: poly.PolyModel, path: Path, steps: int = 64, batch: int 
     h_t: Tensor | None = None
     prev_t = torch.zeros(batch, P)
     worst = {"logp": 0.0, "state": 0.0}
+    finite = True
     mismatched = 0
     for i in range(steps):
         draws = gen.random((batch, P), dtype=np.float32)
@@ -185,13 +188,14 @@ def check_parity(model: poly.PolyModel, path: Path, steps: int = 64, batch: int 
         lp = -nn.functional.binary_cross_entropy_with_logits(
             model.logits(u, torch.from_numpy(frame)), torch.from_numpy(frame), reduction="none"
         )
+        finite = finite and bool(np.isfinite(logp).all() and np.isfinite(state).all())
         worst["logp"] = max(worst["logp"], float((lp - torch.from_numpy(logp)).abs().max()))
         worst["state"] = max(worst["state"], float((h_t - torch.from_numpy(state)).abs().max()))
         prev = frame
         prev_t = torch.from_numpy(frame)
-    result = {"steps": steps, "batch": batch, "frames_differing": mismatched, "max_abs_diff": worst}
+    result = {"steps": steps, "batch": batch, "frames_differing": mismatched, "max_abs_diff": worst, "finite": finite}
     # A draw within float rounding of its probability may fall either way: allow one such frame in a run.
-    if mismatched > 1 or worst["logp"] > 1e-3 or worst["state"] > 1e-4:
+    if not finite or mismatched > 1 or worst["logp"] > 1e-3 or worst["state"] > 1e-4:
         raise ModelError(f"poly.onnx does not match PyTorch: {result}")
     return result
 
@@ -262,6 +266,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--name", help="the model's name (default: the folder's)")
     p.add_argument("--step-beats", type=float, default=1.0, help="one frame's length in beats (JSB: 1, others: 0.5)")
     p.add_argument("--dataset", help="what it was trained on, for meta.json (e.g. JSB_Chorales)")
+    p.add_argument("--license", help="the data's licence, for meta.json and `rtgen models info`")
     p.add_argument("--centred-key", action="store_true", help="the data was transposed to C major / C minor")
     p.set_defaults(func=_run)
 
@@ -270,6 +275,8 @@ def _run(args: argparse.Namespace) -> int:
     bench = args.checkpoint / "poly_bench.json"
     metrics = json.loads(bench.read_text()) if bench.exists() else {}
     data = {"dataset": args.dataset, "split": "trained on train, selected on valid"} if args.dataset else {}
+    if args.license:
+        data["license"] = args.license
     meta = export(
         args.checkpoint, args.out, name=args.name, step_beats=args.step_beats, centred_key=args.centred_key,
         data=data, metrics={k: metrics[k] for k in ("valid", "test", "epochs", "train_minutes") if k in metrics},

@@ -24,7 +24,8 @@ from rtgen.arrange.chorale import PART as CHORALE_PART
 from rtgen.arrange.chorale import ChoraleVoicer
 from rtgen.arrange.voicing import NoteEvent, Voicer
 from rtgen.config import PART_NAMES, Config, GenerationConfig, PartsConfig, field_range
-from rtgen.generation.conductor import NOBODY, Conductor, Heard, Plan, make_conductor, needs_harmoniser
+from rtgen.generation.conductor import NOBODY, Conductor, Duet, Heard, Plan, make_conductor, needs_harmoniser
+from rtgen.generation.duet import PolyNotes
 from rtgen.generation.engine import Engine, Params, Step
 from rtgen.generation.model import Model
 from rtgen.patterns.styles import CHORALE
@@ -59,10 +60,12 @@ class Performer:
 
     def set_conductor(self, conductor: Conductor) -> list[NoteEvent]:
         """Switch mode; returns note-offs for parts the new mode does not voice (apply them now)."""
+        old = self.conductor
+        poly_offs = self._poly_events(PolyNotes(old.release())) if isinstance(old, Duet) else []
         self.conductor = conductor
         self.fit = conductor.fit
         self.engine.follow_harmony = conductor.mode == "call-and-response"
-        return self._voice_only(conductor.plan(Position(0, 0, 0)).voiced)
+        return poly_offs + self._voice_only(conductor.plan(Position(0, 0, 0)).voiced)
 
     def set_parts(self, parts: PartsConfig) -> list[NoteEvent]:
         """New part settings (instrument, channel, on/off); returns note-offs for parts that changed."""
@@ -108,10 +111,25 @@ class Performer:
         return self.voicer.set_parts(self._effective(voiced))
 
     def release_all(self) -> list[NoteEvent]:
-        """Note-offs for everything the voicers have sounding."""
+        """Note-offs for everything the voicers (the chorale's, a duet's answer) have sounding."""
         events = self.voicer.release_all()
         if self.chorale is not None:
             events += self.chorale.release_all()
+        conductor = self.conductor
+        if isinstance(conductor, Duet):
+            events += self._poly_events(PolyNotes(conductor.release()))
+        return events
+
+    def _poly_events(self, notes: PolyNotes) -> list[NoteEvent]:
+        """A duet answer's notes on the chords part's channel: the part that plays rtgen's polyphony (voicings, and
+        the harmony of call-and-response's answer), so the answer sounds as one instrument beside the player."""
+        part = self.parts.chords
+        if not part.enabled and not notes.offs:
+            return []
+        ch = part.channel - 1
+        events = [NoteEvent(0.0, 0.0, False, "chords", ch, p, 0) for p in notes.offs]
+        if part.enabled:
+            events += [NoteEvent(0.0, 0.0, True, "chords", ch, p, notes.velocity) for p in notes.ons]
         return events
 
     def perform(self, pos: Position, params: Params, heard: Heard = NOBODY, plan: Plan | None = None, *,
@@ -150,6 +168,11 @@ class Performer:
                 events = events + chorale.voice(pos, sings, params.temperature)
             elif chorale.sounding:  # the mode or the style changed, or the part was switched off
                 events = events + chorale.release_all()
+        conductor = self.conductor
+        if isinstance(conductor, Duet):
+            notes = conductor.play(pos, params)
+            if notes:
+                events = events + self._poly_events(notes)
         return step, offs + events if offs else events
 
     def _sings(self, plan: Plan, heard: Heard, step: Step) -> Heard | None:

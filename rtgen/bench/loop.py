@@ -88,6 +88,70 @@ def bench_poly_step(
     return {**percentiles_us(times), "realtime": realtime}
 
 
+def bench_duet_answer(
+    model_dir: Path, answers: int = 20, phrase_bars: int = 8, seed: int = 0, realtime_priority: int = 10
+) -> dict[str, Any]:
+    """Time duet's steps as the loop decides them (:meth:`~rtgen.generation.duet.Duet.heard` and
+    :meth:`~rtgen.generation.duet.Duet.play`) over ``answers`` answers to a two-handed phrase of ``phrase_bars``
+    bars (four-note frames on the beat, C major).
+
+    ``listen``: the phrase's steps where a frame closes (the model fed it; when the key estimate moves, fed the
+    phrase again); ``start``: the answer's first frame; ``frame``: its other frames (one graph call each). Threads
+    and scheduling as in :func:`bench_inference`.
+    """
+    from rtgen.generation.conductor import Duet, Heard
+    from rtgen.generation.engine import Params
+    from rtgen.generation.poly import PolyModel
+    from rtgen.input.tracker import SILENT_FRAME, StepFrame
+    from rtgen.timing.transport import Position
+
+    duet = Duet(PolyModel.load(model_dir, threads=1), seed=seed)
+    params = Params()
+    chords = ((48, 60, 64, 67), (53, 60, 65, 69), (55, 62, 67, 71), (48, 55, 64, 72))
+    phrase = []
+    for beat in range(4 * phrase_bars):
+        notes = chords[(beat // 2) % len(chords)]
+        phrase += [StepFrame(notes, notes, 90)] + [StepFrame((), notes, 0)] * 3
+    out: dict[str, list[int]] = {"listen": [], "start": [], "frame": []}
+    clock = time.perf_counter_ns
+    gc.collect()
+    gc.freeze()
+    realtime = request_realtime(realtime_priority)
+    k = 0
+    try:
+        for _ in range(answers):
+            for f in phrase:
+                pos = Position(k, k // 16, k % 16)
+                t = clock()
+                duet.heard(pos, Heard(poly=f))
+                duet.play(pos, params)
+                dt = clock() - t
+                if pos.on_beat and k % len(phrase):
+                    out["listen"].append(dt)
+                k += 1
+            while True:
+                pos = Position(k, k // 16, k % 16)
+                was, n = duet.answering, duet.answers
+                t = clock()
+                if not was:
+                    duet.heard(pos, Heard(poly=SILENT_FRAME))
+                duet.play(pos, params)
+                dt = clock() - t
+                k += 1
+                if duet.answers > n:
+                    out["start"].append(dt)
+                elif duet.answering and pos.on_beat:
+                    out["frame"].append(dt)
+                if was and not duet.answering:
+                    break
+    finally:
+        if realtime:
+            release_realtime()
+        gc.unfreeze()
+    return {**{name: percentiles_us(times) for name, times in out.items()}, "phrase_bars": phrase_bars,
+            "realtime": realtime}  # fmt: skip
+
+
 def bench_schedule(
     model_dir: Path, seconds: float = 60.0, tempo: float = 300.0, seed: int = 0, realtime_priority: int = 10
 ) -> dict[str, Any]:

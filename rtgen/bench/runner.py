@@ -19,7 +19,7 @@ from typing import Any
 from rtgen.bench.cpu import bench_cpu
 from rtgen.bench.harness import PERIOD_FRAMES, SAMPLE_RATE
 from rtgen.bench.jackrun import bench_jack_grid, bench_osc_load
-from rtgen.bench.loop import bench_inference, bench_poly_step, bench_schedule
+from rtgen.bench.loop import bench_duet_answer, bench_inference, bench_poly_step, bench_schedule
 from rtgen.bench.measure import TARGET_P99_US, busy_core, machine, private_memory_mb
 from rtgen.bench.reactive import bench_accompany_grid, bench_chorale_reactive, bench_reactive
 from rtgen.bench.swaps import bench_soundfont_swaps
@@ -67,8 +67,8 @@ def run_bench(
     user starts it at 60, 120 and 240 BPM, the player idle and playing (CPU, :mod:`rtgen.bench.cpu`); the daemon
     under an OSC load at 400 BPM; the reactive latency; chords on the beat for a tight and a loose player
     (``grid_fixed``: also with the old fixed reactive window); one step of the polyphonic model ``poly_model``
-    (default the shipped ``chorale``; ``inference_steps`` steps) and chorale mode's reactive latency on it;
-    soundfont swaps while playing; the daemon at 400 BPM
+    (default the shipped ``chorale``; ``inference_steps`` steps), duet's steps with it (hearing the phrase,
+    answering it) and chorale mode's reactive latency on it; soundfont swaps while playing; the daemon at 400 BPM
     with its web page's feed taken and with the page open in headless Chromium (:mod:`rtgen.bench.webpage`).
     """
     inference = bench_inference(model_dir, steps=inference_steps)
@@ -115,6 +115,10 @@ def run_bench(
     result.update(
         _phase("poly_step", inference_steps, "--steps", {"poly_step_us": None},
                lambda: {"poly_step_us": bench_poly_step(poly, steps=inference_steps), "poly_model": str(poly)})
+    )  # fmt: skip
+    result.update(
+        _phase("duet_answer", inference_steps, "--steps", {"duet_answer_us": None},
+               lambda: {"duet_answer_us": bench_duet_answer(poly, answers=max(1, min(20, inference_steps // 100)))})
     )  # fmt: skip
     result.update(
         _phase("chorale_reactive", chorale_seconds, "--chorale-seconds", {"chorale_latency_us": None},

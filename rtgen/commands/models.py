@@ -128,12 +128,22 @@ def run_info(args: argparse.Namespace) -> int:
     if summary:
         print(f"\n{summary}\n")
     meta = entry.meta
-    model = meta.get("model") if isinstance(meta.get("model"), dict) else {}
+    model: dict[str, Any] = meta["model"] if isinstance(meta.get("model"), dict) else {}
     arch = f"{model.get('backbone', '?')} {model.get('layers', '?')} x {model.get('hidden', '?')}" if model else "?"
     exported = meta.get("exported", "?")
-    print(f"contract v{entry.contract_version}, {arch}, {entry.params:,} parameters, exported {exported}")
+    block = meta.get("poly") if isinstance(meta.get("poly"), dict) else {}
     data = meta.get("data")
-    if isinstance(data, dict):
+    if entry.kind == "poly" and block:
+        cfg_m = model.get("config", {}) if isinstance(model.get("config"), dict) else {}
+        head = f"GRU {cfg_m.get('layers', '?')} x {cfg_m.get('hidden', '?')} + {model.get('head', '?')} head"
+        key = ", trained in C major / C minor" if block.get("centred_key") else ""
+        print(f"polyphonic: {head}, {block.get('n_pitches', '?')} pitches, a frame = {block.get('step_beats', '?')} "
+              f"beat{key}; {entry.params:,} parameters, exported {exported}")  # fmt: skip
+        if isinstance(data, dict) and data:
+            print(f"data: {data.get('dataset', '?')} ({data.get('split', '?')}; license {data.get('license', '?')})")
+    else:
+        print(f"contract v{entry.contract_version}, {arch}, {entry.params:,} parameters, exported {exported}")
+    if isinstance(data, dict) and entry.kind != "poly":
         files = data.get("files")
         split = ", ".join(f"{k} {v}" for k, v in files.items()) if isinstance(files, dict) else "?"
         print(f"data: {data.get('source', '?')} ({split} files; license {data.get('license', '?')})")

@@ -37,15 +37,17 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--model",
         metavar="NAME|DIR",
-        help="model name or folder (config: model.path; a polyphonic model, for chorale mode: model.poly)",
+        help="model name or folder (config: model.path; a polyphonic one serves duet and chorale, the engine then "
+        "plays the default)",
     )
     p.add_argument(
         "--mode",
         choices=MODES,
         help="playing mode (config: daemon.mode): autonomous plays alone; accompany follows your melody with "
         "chords and bass; improvise plays a melody over your chords; call-and-response answers your phrases; "
-        "band plays bass, drums and comping on your left hand's chords; chorale sings alto, tenor and bass under your "
-        "melody (the shipped polyphonic model chorale)",
+        "band plays bass, drums and comping on your left hand's chords; duet answers your two-handed phrases "
+        "polyphonically; chorale sings alto, tenor and bass under your melody (both: the chorale model, or "
+        "--model NAME of a polyphonic one)",
     )
     p.add_argument("--backend", choices=BACKENDS, help="MIDI API (config: midi.backend); auto = platform default")
     p.add_argument("--midi-out", metavar="NAME", help="connect to an existing output port by substring (midi.out)")

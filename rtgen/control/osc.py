@@ -364,9 +364,9 @@ class OscControl:
     @osc_handler("mode", setting(DaemonConfig, "mode", "s"))
     def mode(self, sender: tuple[str, int] | None, mode: str) -> None:
         """Mode: autonomous, accompany (your melody, rtgen's chords and bass), improvise (your chords,
-        rtgen's melody), call-and-response, band (your left hand's chords, rtgen's bass, drums and comping) or
-        chorale (your melody, rtgen's alto, tenor and bass from the polyphonic model); switches with every note
-        released."""
+        rtgen's melody), call-and-response, band (your left hand's chords, rtgen's bass, drums and comping), duet
+        (your two-handed phrase answered polyphonically) or chorale (your melody, rtgen's alto, tenor and bass from
+        the polyphonic model); switches with every note released."""
         try:
             self.controller.set_mode(mode)
         except (ValueError, RtgenError) as err:  # e.g. a model without a harmoniser cannot accompany

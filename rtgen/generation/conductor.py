@@ -17,6 +17,8 @@ call-and-response  listen: observed    harmonised         silent      yes
                    answer: sampled     sampled, voiced    voiced      no
 band               observed (top)      the left hand's,   voiced      yes (no window)
                                        voiced (comping)
+duet               listen: the whole polyphony is heard               yes (no window)
+                   answer: a polyphonic model's frames (chords part)  no
 chorale            observed (top):     observed; alto and the model's yes
                    the soprano         tenor from the     bass
                                        polyphonic model
@@ -26,6 +28,9 @@ The drums (a part of the voicer, not of the engine) play wherever rtgen plays ch
 in improvise; they are silent while call-and-response listens. In band mode the arranger controls
 (:data:`BAND_CONTROLS`) are cued by :meth:`Band.cue` and land on the next bar line.
 
+Duet's conductor (:class:`Duet`, on :class:`rtgen.generation.duet.DuetAnswer`) plays its answer itself, from a
+polyphonic model (:meth:`~rtgen.generation.duet.DuetAnswer.play`): the engine's parts stay silent in that mode.
+
 Pure: the daemon feeds what it heard; the same conductors drive ``evaluate`` offline.
 """
 
@@ -34,13 +39,20 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from rtgen import contract as ct
+from rtgen.config import POLY_MODES as CONFIG_POLY_MODES
 from rtgen.config import AccompanyConfig, CallResponseConfig, ImproviseConfig, check_mode
+from rtgen.errors import ModelError
+from rtgen.generation.duet import DuetAnswer
 from rtgen.generation.engine import Steer
 from rtgen.generation.keys import dominant_chord, estimate_key
+from rtgen.input.tracker import SILENT_FRAME, StepFrame
 from rtgen.timing.transport import Position
+
+if TYPE_CHECKING:
+    from rtgen.generation.poly import PolyModel
 
 _ALL = frozenset(("melody", "chords", "bass", "drums"))
 _BACKING = frozenset(("chords", "bass", "drums"))  # the drummer keeps time whenever rtgen backs the player
@@ -58,6 +70,7 @@ class Heard:
         left: the chord the player's left hand holds under the melody (a CHORD token), N.C. when none is clear.
         left_struck: the left hand's chord where it changed (a CHORD token), HOLD elsewhere: while the hand is
             lifted (``left`` N.C.) the last chord goes on (band mode follows it).
+        poly: the player's whole polyphony at this step (both hands, the pedal's notes; duet hears it).
         pitch: the MIDI pitch of the player's melody note sounding at this step (struck or held), unfolded (the
             melody token folds it into the contract's range); None when the melody rests.
     """
@@ -67,6 +80,7 @@ class Heard:
     chord: int = ct.CHORD_HOLD
     left: int = ct.CHORD_NC
     left_struck: int = ct.CHORD_HOLD
+    poly: StepFrame = SILENT_FRAME
     pitch: int | None = None
 
     @property
@@ -547,22 +561,69 @@ class Chorale:
         return False
 
 
+class Duet(DuetAnswer):
+    """The player plays a phrase with both hands; after the call-and-response silence rtgen answers it
+    polyphonically (:class:`rtgen.generation.duet.DuetAnswer`; its notes come from :meth:`play`, the engine's parts
+    stay silent).
+
+    Args:
+        model: the polyphonic model that answers.
+        config: the silence that ends a phrase and the answer's length (call-and-response's settings).
+        seed: the model's random draws (None: fresh entropy).
+    """
+
+    mode = "duet"
+    needs_harmoniser = False
+    fit = 0.0
+    _LISTEN = Plan(observe_melody=True, voiced=_NONE, reactive=True, window_ms=0.0)
+    _ANSWER = Plan(voiced=_NONE)
+
+    def plan(self, pos: Position) -> Plan:
+        """Listening: hear the player at each step's grid time. Answering: decided a step ahead."""
+        return self._ANSWER if self.answering else self._LISTEN
+
+    def heard(self, pos: Position, heard: Heard) -> None:
+        """The player's whole polyphony at ``pos`` (see :meth:`~rtgen.generation.duet.DuetAnswer.hear`)."""
+        self.hear(pos, heard.poly)
+
+
+POLY_MODES = CONFIG_POLY_MODES
+"""The modes that play a polyphonic model (:mod:`rtgen.generation.poly`) beside the engine's
+(:data:`rtgen.config.POLY_MODES`)."""
+
+
 def needs_harmoniser(mode: str) -> bool:
     """Whether ``mode``'s conductor asks the engine to harmonise the player's melody (a contract-v2 model)."""
     kinds: tuple[type[Conductor], ...] = (Autonomous, Accompany, Improvise, CallAndResponse, Band, Chorale)
-    conductors = {c.mode: c for c in kinds}
-    return conductors[check_mode(mode)].needs_harmoniser
+    conductors = {c.mode: c.needs_harmoniser for c in kinds}
+    return conductors.get(check_mode(mode), False)
 
 
 def make_conductor(mode: str, accompany: AccompanyConfig | None = None,
                    call_response: CallResponseConfig | None = None,
-                   improvise: ImproviseConfig | None = None) -> Conductor:  # fmt: skip
+                   improvise: ImproviseConfig | None = None, poly: PolyModel | None = None,
+                   seed: int | None = None) -> Conductor:  # fmt: skip
     """The conductor for ``mode`` (one of :data:`rtgen.config.MODES`).
+
+    Args:
+        mode: the mode.
+        accompany: ``[accompany]`` (also the call-and-response harmoniser's fit).
+        call_response: ``[call_response]`` (also duet's silence and answer length).
+        improvise: ``[improvise]``.
+        poly: the polyphonic model the modes of :data:`POLY_MODES` play.
+        seed: their model's random draws (None: fresh entropy).
 
     Raises:
         ValueError: an unknown mode; the message lists the modes.
+        ModelError: a mode of :data:`POLY_MODES` without a polyphonic model.
     """
     check_mode(mode)
+    if mode in POLY_MODES:
+        if poly is None:
+            raise ModelError(f"mode {mode} plays a polyphonic model (the shipped chorale, or --model NAME of one)")
+        if mode == "chorale":
+            return Chorale(accompany)
+        return Duet(poly, call_response, seed=seed)
     if mode == "autonomous":
         return Autonomous()
     if mode == "accompany":
@@ -571,6 +632,4 @@ def make_conductor(mode: str, accompany: AccompanyConfig | None = None,
         return Improvise((improvise or ImproviseConfig()).tone_fit)
     if mode == "band":
         return Band()
-    if mode == "chorale":
-        return Chorale(accompany)
     return CallAndResponse(call_response, fit=(accompany or AccompanyConfig()).fit)

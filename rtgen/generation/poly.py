@@ -158,6 +158,12 @@ class PolyStepper:
         self.prev.fill(0.0)
         self._cur = 0
 
+    def start(self, frame: np.ndarray) -> None:
+        """A fresh stream whose first frame is ``frame`` (given, not scored), as every training sequence began:
+        the next step predicts the frame after it."""
+        self.reset()
+        self.prev[0] = frame
+
     def _run(self) -> np.ndarray:
         self.model._session.run_with_iobinding(self._io[self._cur])
         self._cur = 1 - self._cur
@@ -241,26 +247,3 @@ class PolyStepper:
         """Run the graph once and reset: onnxruntime's first run allocates and is several times slower."""
         self.step()
         self.reset()
-
-
-class PolyStream:
-    """A polyphonic model with one stepper bound to it, ready for the real-time thread (made off it).
-
-    Attributes:
-        model: the model.
-        stepper: its stepper, warmed up.
-    """
-
-    def __init__(self, model: PolyModel, seed: int | None = None, rows: int = 1) -> None:
-        self.model = model
-        self.stepper = model.stepper(seed, rows)
-        self.stepper.warm_up()
-
-    @classmethod
-    def load(cls, path: str | Path, seed: int | None = None, rows: int = 1) -> PolyStream:
-        """Load the polyphonic model folder ``path`` and bind a stepper of ``rows`` (see :meth:`PolyModel.load`).
-
-        Raises:
-            ModelError: not a polyphonic model folder.
-        """
-        return cls(PolyModel.load(path), seed, rows)

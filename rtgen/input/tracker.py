@@ -5,7 +5,7 @@ Data path::
     rtmidi thread                      real-time thread (the daemon's loop)
     open_input(..., InputQueue()) ──▶  queue.drain() ──▶ PlayerTracker.feed(t_ns, msg) ──▶ [Control, ...]
                                                          tracker.sounding() / melody_note() / chord(now_ns)
-                                                         tracker.take_onsets()
+                                                         tracker.take_onsets() / take_frame()
 
 :class:`InputQueue` is the rtmidi callback: it only copies the bytes with the arrival
 time ``open_input`` stamped, enqueues them (``SimpleQueue.put``) and optionally wakes the loop. :class:`PlayerTracker`
@@ -34,6 +34,11 @@ still held under it do not take it, and a note struck while the line rests takes
 and above the top of the left hand's last chord. A fixed split (a MIDI pitch) makes the notes at and above it the
 right hand's tune (its latest struck note is the melody) and those below the left hand's chords.
 :meth:`PlayerTracker.left_chord` names the chord the harmony notes make.
+
+Polyphony heard whole: :meth:`PlayerTracker.sounding` is every note sounding (keys down and notes the sustain pedal,
+CC 64 >= 64, holds after their keys were released, until it lifts), and :meth:`PlayerTracker.take_frame` hands the
+loop one :class:`StepFrame` per grid step: the pitches struck in it (a key struck again under the pedal is a new
+onset) and those that sounded in it, for the modes that hear the player as more than a line (duet).
 
 The mapping is a :class:`CcMap`, an immutable value the tracker holds by one reference: a new mapping
 (MIDI learn, :meth:`PlayerTracker.set_mapping`) is built whole, then swapped in. MIDI learn: while a control
@@ -158,6 +163,25 @@ class CcMap:
     def as_dict(self) -> dict[str, int]:
         """``{control: CC number}`` (0 = not mapped), as the status shows it."""
         return {name: getattr(self.config, name) for name in CC_CONTROLS}
+
+
+class StepFrame(NamedTuple):
+    """The player's whole polyphony over one grid step (see :meth:`PlayerTracker.take_frame`).
+
+    Attributes:
+        onsets: pitches struck during the step, ascending (a key struck again under the pedal included).
+        sounding: pitches that sounded during the step, ascending: those sounding at its end (keys down and notes
+            the pedal holds) and those struck and already released within it.
+        velocity: the loudest onset's velocity (0 without an onset).
+    """
+
+    onsets: tuple[int, ...] = ()
+    sounding: tuple[int, ...] = ()
+    velocity: int = 0
+
+
+SILENT_FRAME = StepFrame()
+"""A step where the player sounded nothing."""
 
 
 class Onset(NamedTuple):
@@ -332,6 +356,9 @@ class PlayerTracker:
         self._held: set[int] = set()
         self._sustained: set[int] = set()
         self._struck: list[int] = []  # sounding pitches in the order struck; the last is the melody
+        self._frame_onsets: set[int] = set()  # pitches struck since the last take_frame()
+        self._frame_passed: set[int] = set()  # ... of which those already silent again
+        self._frame_velocity = 0
         self.pedal = False
         self.onsets.clear()
         self._untaken = 0
@@ -395,6 +422,33 @@ class PlayerTracker:
             self._sounding = tuple(sorted(self._held | self._sustained))
             self._sounding_version = self._version
         return self._sounding
+
+    @property
+    def sustained(self) -> frozenset[int]:
+        """Pitches whose keys are up but which the sustain pedal holds."""
+        return frozenset(self._sustained)
+
+    def take_frame(self) -> StepFrame:
+        """The player's whole polyphony since the last call: call it once per grid step (the step's frame).
+
+        Every sounding note counts, not only the melody's: keys down and notes the pedal holds. A note struck and
+        released within the step is in its ``sounding`` (a short note still sounded there); a key struck again
+        under the pedal is an onset. Cheap when nothing was struck (the sounding tuple is cached).
+        """
+        sounding = self.sounding()
+        onsets = self._frame_onsets
+        if not onsets:
+            return StepFrame((), sounding, 0) if sounding else SILENT_FRAME
+        passed = self._frame_passed
+        frame = StepFrame(
+            tuple(sorted(onsets)),
+            tuple(sorted(passed.union(sounding))) if passed else sounding,
+            self._frame_velocity,
+        )
+        onsets.clear()
+        passed.clear()
+        self._frame_velocity = 0
+        return frame
 
     @property
     def is_silent(self) -> bool:
@@ -544,6 +598,10 @@ class PlayerTracker:
         if pitch in struck:
             struck.remove(pitch)
         struck.append(pitch)
+        self._frame_onsets.add(pitch)
+        self._frame_passed.discard(pitch)
+        if velocity > self._frame_velocity:
+            self._frame_velocity = velocity
         onset = Onset(t_ns, pitch, velocity)
         previous = self.last_onset_ns
         self.onsets.append(onset)
@@ -635,6 +693,8 @@ class PlayerTracker:
     def _silenced(self, pitch: int, t_ns: int) -> None:
         """``pitch`` stopped sounding at ``t_ns``: it leaves the harmony; the melody, if it was, rests (``auto``)
         or falls back to the right hand's latest struck note still sounding (a fixed split)."""
+        if pitch in self._frame_onsets:
+            self._frame_passed.add(pitch)  # struck and silent again within one frame: it sounded there
         if pitch in self._harmony:
             self._harmony.discard(pitch)
             self._harmony_changed()
@@ -678,6 +738,8 @@ class PlayerTracker:
     def _all_off(self, t_ns: int) -> None:
         # Players send it as their own panic: everything stops sounding, the pedal notwithstanding.
         if self._held or self._sustained:
+            struck = self._frame_onsets
+            self._frame_passed.update(p for p in self._held | self._sustained if p in struck)
             self._held.clear()
             self._sustained.clear()
             self._struck.clear()

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from rtgen.generation.model import Model, StepBinding
-    from rtgen.generation.poly import PolyStream
     from rtgen.io.sinks import RecorderSink
     from rtgen.io.synth import Synth
 
@@ -54,12 +53,10 @@ class SetPart:
 @dataclass(frozen=True)
 class SetStyle:
     """Play a part in another style (see :mod:`rtgen.patterns.styles`): its notes are released now, the style starts at
-    its next onset. The ``chorale`` style comes with the polyphonic model (made off the real-time thread) the first
-    time: ``poly``."""
+    its next onset."""
 
     part: str
     style: str
-    poly: PolyStream | None = None
 
 
 @dataclass(frozen=True)
@@ -93,14 +90,9 @@ class SetSplit:
 
 @dataclass(frozen=True)
 class SetMode:
-    """Switch to another conductor (mode); nothing is left sounding from parts the new mode does not play.
-
-    A mode that plays a polyphonic model (:data:`rtgen.config.POLY_MODES`) comes with it (and its stepper, made
-    off the real-time thread) the first time: ``poly``.
-    """
+    """Switch to another conductor (mode); nothing is left sounding from parts the new mode does not play."""
 
     mode: str
-    poly: PolyStream | None = None
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rtgen import library
-from rtgen.config import POLY_MODES, Config, check_cc_control, check_mode, parse_split
+from rtgen.config import Config, check_cc_control, check_mode, parse_split
 from rtgen.errors import RtgenError, SoundfontError, brief
-from rtgen.generation.conductor import needs_harmoniser
+from rtgen.generation.conductor import POLY_MODES, needs_harmoniser
 from rtgen.live import loaders
 from rtgen.live.commands import (
     CueBand,
@@ -43,15 +43,14 @@ from rtgen.live.commands import (
     UseSoundfont,
 )
 from rtgen.live.opening import make_recorder
+from rtgen.live.polyload import load_poly
 from rtgen.patterns.styles import CHORALE as CHORALE_STYLE
 from rtgen.patterns.styles import check_style
 
 if TYPE_CHECKING:
     from rtgen.control.osc import OscServer
-    from rtgen.generation.poly import PolyStream
     from rtgen.io.sinks import RecorderSink
     from rtgen.io.synth import Synth
-    from rtgen.live.commands import Command
     from rtgen.live.loop import LiveLoop
 
 log = logging.getLogger(__name__)
@@ -105,6 +104,7 @@ class Controller:
 
     config: Config
     loop: LiveLoop | None
+    poly_folder: Path | None
     osc: OscServer | None
     loader: loaders.BackgroundLoader
     _closers: list[threading.Thread]
@@ -155,24 +155,9 @@ class Controller:
             loop.engine.model.require_harmony(mode)
         if mode != "autonomous" and loop.tracker is None:
             raise ValueError(f"mode {mode} listens to a player, but the MIDI input is off ([input] enabled)")
-        if mode in POLY_MODES and loop.poly is None:
-            self.loader.submit("poly", lambda: self._load_poly(lambda poly: SetMode(mode, poly), f"mode {mode}"))
-            return
+        if mode in POLY_MODES and loop.poly_model is None:  # loaded here, off the real-time thread, once
+            loop.poly_model = load_poly(self.config, self.poly_folder, mode)
         loop.command(SetMode(mode), urgent=True)
-
-    def _load_poly(self, command: Callable[[PolyStream], Command], what: str) -> None:
-        """Load ``[model] poly`` on the loader thread, then send the loop ``command(poly)`` (or say why not)."""
-        from rtgen.arrange.chorale import DRAWS as CHORALE_DRAWS
-        from rtgen.generation.poly import PolyStream
-
-        loop = self._live()
-        target = self.config.poly_model_path
-        try:
-            poly = PolyStream.load(target, seed=self.config.generation.seed, rows=CHORALE_DRAWS)
-        except Exception as err:
-            self._failed(f"{what} cannot load its polyphonic model {target}: {err}; nothing changed", None)
-            return
-        loop.command(command(poly), urgent=True)
 
     def set_instrument(self, part: str, program: int) -> None:
         """Program change for a part."""
@@ -190,9 +175,8 @@ class Controller:
         """Play ``part`` in ``style``: its notes are released at once, the style starts at its next onset."""
         check_style(part, style)
         loop = self._live()
-        if part == "chords" and style == CHORALE_STYLE and loop.poly is None:
-            self.loader.submit("poly", lambda: self._load_poly(lambda poly: SetStyle(part, style, poly), style))
-            return
+        if part == "chords" and style == CHORALE_STYLE and loop.poly_model is None:  # loaded here, once
+            loop.poly_model = load_poly(self.config, self.poly_folder, f"the {style} style")
         loop.command(SetStyle(part, style), urgent=True)
 
     def set_part_enabled(self, part: str, enabled: bool) -> None:

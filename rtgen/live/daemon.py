@@ -25,6 +25,7 @@ from rtgen.live.jack import JackSupervisor
 from rtgen.live.learning import CcSaver
 from rtgen.live.loop import LiveLoop
 from rtgen.live.opening import Outputs, open_link, open_outputs, open_player_input
+from rtgen.live.polyload import load_poly, model_folders
 from rtgen.live.signals import SignalStop
 from rtgen.live.snapshot import snapshot
 from rtgen.timing.clock import RealTime, StepClock, realtime_loop
@@ -68,6 +69,7 @@ class Daemon(Controller):
         self.loop: LiveLoop | None = None
         self.realtime = False
         self.model: Model | None = None
+        self.poly_folder: Path | None = None  # the polyphonic model --model names (None: the shipped chorale)
         self.input: MidiInput | None = None
         self.link: LinkFollower | None = None
         self.started_ns = 0
@@ -106,12 +108,10 @@ class Daemon(Controller):
     # --- start-up ----------------------------------------------------------------------------
     def open(self) -> None:
         """Load the model and open every input and output; raises RtgenError with a fix on failure."""
-        from rtgen.arrange.chorale import DRAWS as CHORALE_DRAWS
         from rtgen.arrange.voicing import Voicer
         from rtgen.generation.conductor import needs_harmoniser
         from rtgen.generation.engine import Engine, Params
         from rtgen.generation.model import Model
-        from rtgen.generation.poly import PolyStream
         from rtgen.io.scheduler import Scheduler
 
         cfg = self.config
@@ -121,13 +121,12 @@ class Daemon(Controller):
                 "feedback (drop --no-osc)"
             )
         try:
-            self.model = Model.load(cfg.model_path)
+            engine_path, self.poly_folder = model_folders(cfg)
+            self.model = Model.load(engine_path)
             mode = cfg.daemon.mode
             if needs_harmoniser(mode):
                 self.model.require_harmony(mode)
-            poly = None
-            if needs_poly(mode, cfg.parts):
-                poly = PolyStream.load(cfg.poly_model_path, seed=cfg.generation.seed, rows=CHORALE_DRAWS)
+            poly = load_poly(cfg, self.poly_folder, mode) if needs_poly(mode, cfg.parts) else None
             self.outputs = open_outputs(cfg, self._warn)
             gen = cfg.generation
             params = Params.from_config(gen)

@@ -140,15 +140,17 @@ class Deciding(LoopState):
         left = tracker.left_chord_token(now)
         struck = ct.CHORD_HOLD if left in (ct.CHORD_NC, self._last_left_chord) else left
         self._last_left_chord = left  # a chord struck again after the hand was lifted counts as struck
+        poly = tracker.take_frame()
         if self._onsets:
             first = self._onsets[0].t_ns
             self._onsets.clear()
             onset = tracker.melody_onset
             if onset is not None and onset.t_ns >= first:
-                return Heard(ct.melody_note_on(onset.pitch), onset.velocity, chord_tok, left, struck, onset.pitch)
+                return Heard(ct.melody_note_on(onset.pitch), onset.velocity, chord_tok, left, struck, poly,
+                             pitch=onset.pitch)  # fmt: skip
         line = tracker.melody_note()
         melody = ct.MEL_HOLD if line is not None else ct.MEL_REST
-        return Heard(melody, None, chord_tok, left, struck, line)
+        return Heard(melody, None, chord_tok, left, struck, poly, pitch=line)
 
     def _decide(self, k: int, plan: Plan, heard: Heard) -> Step | None:
         """Engine + voicer for clock step ``k`` at the transport's next position; events in ``_last_events``."""

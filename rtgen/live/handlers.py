@@ -11,9 +11,9 @@ import dataclasses
 import logging
 import queue
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from rtgen.config import PART_NAMES, POLY_MODES, PartConfig, PartsConfig, check_mode, needs_poly
+from rtgen.config import PART_NAMES, PartConfig, PartsConfig, check_mode, needs_poly
 from rtgen.errors import RtgenError
 from rtgen.generation.conductor import Band
 from rtgen.live import loaders
@@ -40,9 +40,6 @@ from rtgen.live.commands import (
     UseSoundfont,
 )
 from rtgen.live.state import LoopState
-
-if TYPE_CHECKING:
-    from rtgen.generation.poly import PolyStream
 from rtgen.midi.messages import CC_PAN, CC_VOLUME, CONTROL_CHANGE, PROGRAM_CHANGE
 from rtgen.midi.midifile import pan_cc, volume_cc
 from rtgen.patterns.styles import check_style
@@ -140,22 +137,15 @@ class Handling(LoopState):
 
     def _on_style(self, cmd: SetStyle) -> None:
         check_style(cmd.part, cmd.style)
-        self._adopt_poly(cmd.poly)
         if self.parts.get(cmd.part).style == cmd.style:
             return
         parts = replace_part(self.parts, cmd.part, style=cmd.style)
-        if needs_poly(self.mode, parts) and self.poly is None:
+        if needs_poly(self.mode, parts) and self.poly_model is None:
             raise RtgenError("the chorale style sings with the polyphonic model, not loaded: set it with /rtgen/style")
         self._silence_part(cmd.part)
         self._set_parts(parts)
         if (self.performer.chorale is None) == needs_poly(self.mode, parts):
             self._voices_for(self.mode)
-
-    def _adopt_poly(self, poly: PolyStream | None) -> None:
-        """A polyphonic model loaded for a command: the loop plays it from now on (the old one is retired)."""
-        if poly is not None and poly is not self.poly:
-            loaders.retire(self.poly)
-            self.poly = poly
 
     def _on_part_enabled(self, cmd: SetPartEnabled) -> None:
         if self.parts.get(cmd.part).enabled == cmd.enabled:
@@ -188,11 +178,8 @@ class Handling(LoopState):
 
     def _on_mode(self, cmd: SetMode) -> None:
         mode = check_mode(cmd.mode)
-        self._adopt_poly(cmd.poly)
         if mode == self.mode:
             return
-        if mode in POLY_MODES and self.poly is None:
-            raise RtgenError(f"mode {mode} plays a polyphonic model and none is loaded: switch with /rtgen/mode")
         conductor = self._conductor(mode)
         if conductor.needs_harmoniser and not self.engine.can_harmonise:
             self.engine.model.require_harmony(mode)
@@ -202,6 +189,8 @@ class Handling(LoopState):
         self.performer.set_conductor(conductor)
         self._voices_for(mode)
         self._onsets.clear()
+        if self.tracker is not None:
+            self.tracker.take_frame()  # the new mode hears the player's polyphony from now on
         log.info("mode %s", mode)
         self._replan()
 

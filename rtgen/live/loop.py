@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from rtgen import contract as ct
+from rtgen.arrange.chorale import DRAWS as CHORALE_DRAWS
 from rtgen.arrange.chorale import PART as CHORALE_PART
 from rtgen.arrange.chorale import ChoraleVoicer
 from rtgen.arrange.form import Arranger
@@ -49,7 +50,7 @@ if TYPE_CHECKING:
     from rtgen.arrange.voicing import Voicer
     from rtgen.control.osc import Feedback
     from rtgen.generation.engine import Engine, Params, Step
-    from rtgen.generation.poly import PolyStream
+    from rtgen.generation.poly import PolyModel
     from rtgen.input.tracker import InputQueue, PlayerTracker
     from rtgen.io.ports import MidiInput
     from rtgen.io.scheduler import Scheduler
@@ -85,8 +86,8 @@ class LiveLoop(Deciding, Listening, Following, Handling):
             :class:`~rtgen.input.tracker.InputQueue` fed by a callback; drained on every loop iteration.
         clock_out: sinks that get 24-ppqn clock, Start, Stop and SPP (lead a DAW).
         thru: echo the player's channel messages to the live sinks.
-        poly: the polyphonic model of the modes that play one (:data:`rtgen.config.POLY_MODES`), loaded; None
-            until such a mode is chosen (:meth:`rtgen.live.controller.Controller.set_mode` loads it then).
+        poly: the polyphonic model of the modes that play one (duet, chorale; the chorale style), or None until one
+            is loaded.
     """
 
     def __init__(
@@ -106,7 +107,7 @@ class LiveLoop(Deciding, Listening, Following, Handling):
         input_queue: InputQueue | MidiInput | None = None,
         clock_out: Sequence[Sink] = (),
         thru: bool = False,
-        poly: PolyStream | None = None,
+        poly: PolyModel | None = None,
     ) -> None:
         self.config = config or Config()
         self.engine = engine
@@ -123,7 +124,7 @@ class LiveLoop(Deciding, Listening, Following, Handling):
         self.clock_out = ClockOut(clock_out)
         self.thru = thru
         self.transport = Transport(params.time_signature)
-        self.poly = poly
+        self.poly_model = poly
         self.performer = Performer(engine, voicer, self._conductor(mode), parts)
         self._voices_for(mode)
         self.commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
@@ -175,19 +176,20 @@ class LiveLoop(Deciding, Listening, Following, Handling):
 
     def _conductor(self, mode: str) -> Conductor:
         cfg = self.config
-        return make_conductor(mode, cfg.accompany, cfg.call_response, cfg.improvise)
+        return make_conductor(mode, cfg.accompany, cfg.call_response, cfg.improvise, self.poly_model,
+                              seed=self.engine.seed)  # fmt: skip
 
     def _voices_for(self, mode: str) -> None:
         """Give the performer what ``mode`` (and the chords part's style) sings with beyond the rule voicer: in
         chorale mode, or with the ``chorale`` style, a fresh chorale voicer on the polyphonic model (a new piece,
         its key unknown); else none."""
-        poly = self.poly
+        poly = self.poly_model
         if poly is None or not needs_poly(mode, self.parts):
             self.performer.chorale = None
             return
-        model = poly.model
-        self.performer.chorale = ChoraleVoicer(poly.stepper, low_pitch=model.low_pitch, n_pitches=model.n_pitches,
-                                               step_beats=model.step_beats, centred_key=model.centred_key,
+        self.performer.chorale = ChoraleVoicer(poly.stepper(self.engine.seed, CHORALE_DRAWS), low_pitch=poly.low_pitch,
+                                               n_pitches=poly.n_pitches, step_beats=poly.step_beats,
+                                               centred_key=poly.centred_key,
                                                channel=self.parts.get(CHORALE_PART).channel - 1)  # fmt: skip
 
     # --- thread-safe control (any thread) ------------------------------------------------------

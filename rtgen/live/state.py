@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from rtgen.generation.conductor import Conductor, Plan
     from rtgen.generation.engine import Engine, EngineState, Params, Step
     from rtgen.generation.model import Model, StepBinding
-    from rtgen.generation.poly import PolyStream
+    from rtgen.generation.poly import PolyModel
     from rtgen.input.feel import PlayerFeel
     from rtgen.input.tracker import InputQueue, Onset, PlayerTracker
     from rtgen.io.ports import MidiInput
@@ -70,6 +70,7 @@ class LoopState:
     thru: bool
     transport: Transport
     performer: Performer
+    poly_model: PolyModel | None  # the polyphonic model duet and chorale play (set by another thread before use)
     arranger: Arranger
     commands: queue.SimpleQueue[Command]
     wake: threading.Event
@@ -87,7 +88,6 @@ class LoopState:
     engine_errors: int
     command_errors: int
     pending_model: Model | None
-    poly: PolyStream | None  # the polyphonic model of the modes that play one (None until one is needed)
     pending_steps: StepBinding | None
     model_name: str
     on_model_swapped: Callable[[Model], None] | None

@@ -131,8 +131,9 @@ def render_steps(
     if needs_poly("autonomous", config.parts):  # the chords part in the chorale style
         from rtgen.arrange.chorale import DRAWS, ChoraleVoicer
         from rtgen.generation.poly import PolyModel
+        from rtgen.library import DEFAULT_POLY_MODEL
 
-        poly = PolyModel.load(config.poly_model_path)
+        poly = PolyModel.load(config.model_folder(DEFAULT_POLY_MODEL, strict=True))
         performer.chorale = ChoraleVoicer(poly.stepper(seed, DRAWS), low_pitch=poly.low_pitch,
                                           n_pitches=poly.n_pitches, step_beats=poly.step_beats,
                                           centred_key=poly.centred_key,
