@@ -618,11 +618,11 @@ def make_conductor(mode: str, accompany: AccompanyConfig | None = None,
         ModelError: a mode of :data:`POLY_MODES` without a polyphonic model.
     """
     check_mode(mode)
+    if mode == "chorale":  # its voicer holds the polyphonic model (the performer's)
+        return Chorale(accompany)
     if mode in POLY_MODES:
         if poly is None:
             raise ModelError(f"mode {mode} plays a polyphonic model (the shipped chorale, or --model NAME of one)")
-        if mode == "chorale":
-            return Chorale(accompany)
         return Duet(poly, call_response, seed=seed)
     if mode == "autonomous":
         return Autonomous()

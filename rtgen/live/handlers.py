@@ -180,6 +180,8 @@ class Handling(LoopState):
         mode = check_mode(cmd.mode)
         if mode == self.mode:
             return
+        if needs_poly(mode, self.parts) and self.poly_model is None:
+            raise RtgenError(f"mode {mode} plays a polyphonic model and none is loaded: switch with /rtgen/mode")
         conductor = self._conductor(mode)
         if conductor.needs_harmoniser and not self.engine.can_harmonise:
             self.engine.model.require_harmony(mode)
