@@ -187,7 +187,9 @@ class LiveLoop(Deciding, Listening, Following, Handling):
         if poly is None or not needs_poly(mode, self.parts):
             self.performer.chorale = None
             return
-        self.performer.chorale = ChoraleVoicer(poly.stepper(self.engine.seed, CHORALE_DRAWS), low_pitch=poly.low_pitch,
+        stepper = poly.stepper(self.engine.seed, CHORALE_DRAWS)
+        stepper.warm_up()  # onnxruntime's first run is slow: here, not on the first beat the player plays
+        self.performer.chorale = ChoraleVoicer(stepper, low_pitch=poly.low_pitch,
                                                n_pitches=poly.n_pitches, step_beats=poly.step_beats,
                                                centred_key=poly.centred_key,
                                                channel=self.parts.get(CHORALE_PART).channel - 1)  # fmt: skip
