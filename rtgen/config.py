@@ -21,11 +21,15 @@ from typing import Any
 
 from rtgen import library
 from rtgen.contract import Key, TimeSignature, note_name, parse_note
-from rtgen.errors import ConfigError
+from rtgen.errors import ConfigError, ModelError
+from rtgen.patterns.styles import CHORALE as CHORALE_STYLE
 
 PART_NAMES = ("melody", "chords", "bass", "drums")
 BACKENDS = ("auto", "alsa", "jack", "coremidi", "winmm")
-MODES = ("autonomous", "accompany", "improvise", "call-and-response", "band", "duet")
+MODES = ("autonomous", "accompany", "improvise", "call-and-response", "band", "duet", "chorale")
+POLY_MODES = ("duet", "chorale")
+"""The modes that play a polyphonic model (``--model`` NAME of one, else the shipped ``chorale``) beside the
+engine's melody model."""
 CLOCK_SOURCES = ("internal", "midi", "link")
 
 
@@ -42,6 +46,40 @@ def check_mode(mode: str) -> str:
         ValueError: another name; the message lists the modes.
     """
     return _one_of(mode, MODES, "mode")
+
+
+def mode_model_kind(mode: str) -> str:
+    """The kind of model ``mode`` plays: ``"poly"`` (:data:`POLY_MODES`) or ``"melody"``."""
+    return library.POLY_KIND if check_mode(mode) in POLY_MODES else library.MELODY_KIND
+
+
+def check_model_for_mode(mode: str, meta: dict[str, Any], name: str) -> None:
+    """Refuse a melody model for a mode that plays a polyphonic one (:data:`POLY_MODES`), naming the shipped one.
+
+    A polyphonic model given for another mode is taken: the engine plays the default melody model and the
+    polyphonic one waits for a switch to duet or chorale (``rtgen.live.polyload``).
+
+    Args:
+        mode: one of :data:`MODES`.
+        meta: the model's ``meta.json``.
+        name: how the user named it (for the message).
+
+    Raises:
+        ModelError: ``mode`` plays a polyphonic model and this one is not.
+    """
+    kind = library.model_kind(meta)
+    if mode_model_kind(mode) != library.POLY_KIND or kind == library.POLY_KIND:
+        return
+    raise ModelError(
+        f"mode {mode} plays a polyphonic model (poly) and {name} is a {kind} model: use --model "
+        f"{library.DEFAULT_POLY_MODEL} (the shipped one), or leave --model out"
+    )
+
+
+def needs_poly(mode: str, parts: PartsConfig) -> bool:
+    """Whether ``mode`` with ``parts`` plays the polyphonic model: a :data:`POLY_MODES` mode, or the chords part
+    in the ``chorale`` style."""
+    return mode in POLY_MODES or parts.chords.style == CHORALE_STYLE
 
 
 SPLIT_AUTO = "auto"
@@ -391,14 +429,22 @@ class Config:
         """
         return library.resolve_model(spec, base=self.base_dir, user_dir=self.models_dir, strict=strict)
 
-    def with_model(self, spec: str | Path) -> Config:
+    def with_model(self, spec: str | Path, *, mode: str | None = None) -> Config:
         """A copy playing the model ``spec`` given on the command line: an existing path (relative to the
         current folder) wins, else a model name.
 
+        Args:
+            spec: the ``--model`` value.
+            mode: the mode it is for: a model of another kind than the mode plays is refused.
+
         Raises:
-            ModelError: no such folder and no model of that name; the message lists the models.
+            ModelError: no such folder and no model of that name (the message lists the models); a model that
+                cannot serve ``mode`` (the message names the one that can).
         """
         path = library.resolve_model(spec, base=Path.cwd(), user_dir=self.models_dir)
+        meta = library.read_entry(path, "user").meta
+        if mode is not None:
+            check_model_for_mode(mode, meta, str(spec))
         return self.replace("model", path=path)
 
     def replace(self, section: str, **changes: Any) -> Config:

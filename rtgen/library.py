@@ -25,6 +25,12 @@ from rtgen.errors import ModelError
 
 SHIPPED_MODELS_DIR = Path(__file__).resolve().parent / "data" / "models"
 DEFAULT_MODEL = "default"
+DEFAULT_POLY_MODEL = "chorale"
+"""The shipped polyphonic model (the modes that play one use it unless ``--model`` names another)."""
+POLY_KIND = "poly"
+"""``meta.json`` ``"kind"`` of a polyphonic model folder."""
+MELODY_KIND = "melody"
+"""The kind of a folder without ``"kind"``: the melody, chord and harmony graphs of the token contract."""
 MODELS_ENV = "RTGEN_MODELS"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 META_FILE = "meta.json"
@@ -53,8 +59,8 @@ def read_meta(folder: Path) -> dict[str, Any]:
 def model_kind(meta: dict[str, Any]) -> str:
     """What a ``meta.json`` describes: ``"poly"`` (a polyphonic step model) or ``"melody"`` (the melody,
     chord and harmony graphs of the token contract; a folder without ``"kind"`` is one)."""
-    kind = meta.get("kind", "melody")
-    return kind if isinstance(kind, str) else "melody"
+    kind = meta.get("kind", MELODY_KIND)
+    return kind if isinstance(kind, str) else MELODY_KIND
 
 
 def write_meta(folder: Path, meta: dict[str, Any]) -> None:

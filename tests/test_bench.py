@@ -24,6 +24,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_bench_writes_the_figures(model_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     args = ["bench", "--model", str(model_dir), "--seconds", "2", "--steps", "2000", "--reactive-seconds", "0"]
+    args += ["--chorale-seconds", "0"]
     args += ["--grid-seconds", "0", "--cpu-seconds", "0", "--poly-model", "chorale"]
     args += ["--jack-seconds", "0", "--load-seconds", "0", "--swap-seconds", "0", "--web-seconds", "0"]
     code = main([*args, "--json", str(out)])
@@ -44,6 +45,7 @@ def test_bench_writes_the_figures(model_dir: Path, tmp_path: Path) -> None:
     assert 0 < data["cpu_percent"] <= 200
     assert data["machine"]["cpu_count"] >= 1 and data["machine"]["onnxruntime"]
     assert data["reactive_latency_us"] is None and data["reactive_latency_skipped"]
+    assert data["chorale_latency_us"] is None and data["chorale_reactive_skipped"]
 
 
 def _own_bench_server() -> list[str]:
@@ -61,6 +63,7 @@ def test_bench_measures_the_reactive_latency_through_jack(model_dir: Path, tmp_p
     require(shutil.which("jackd") is not None, "jackd (apt-get install jackd2)")
     out = tmp_path / "bench.json"
     args = ["bench", "--model", str(model_dir), "--seconds", "1", "--steps", "200", "--reactive-seconds", "5"]
+    args += ["--chorale-seconds", "0"]
     args += ["--grid-seconds", "0", "--cpu-seconds", "0"]
     args += ["--jack-seconds", "0", "--load-seconds", "0", "--swap-seconds", "0", "--web-seconds", "0"]
     assert main([*args, "--out", str(out)]) == 0
@@ -82,11 +85,33 @@ def test_bench_measures_the_reactive_latency_through_jack(model_dir: Path, tmp_p
     assert not _own_bench_server()  # the bench stopped its JACK server
 
 
+def test_bench_measures_chorale_modes_latency_through_jack(model_dir: Path, tmp_path: Path) -> None:
+    """A short chorale run (the shipped chorale model) on the bench's own JACK server: every probe answered by the
+    voices. No timing threshold here: the target is the bench's (``targets.chorale_latency_ok``)."""
+    require(shutil.which("jackd") is not None, "jackd (apt-get install jackd2)")
+    out = tmp_path / "bench.json"
+    args = ["bench", "--model", str(model_dir), "--seconds", "1", "--steps", "200", "--reactive-seconds", "0"]
+    args += ["--chorale-seconds", "5", "--grid-seconds", "0", "--cpu-seconds", "0"]
+    args += ["--jack-seconds", "0", "--load-seconds", "0", "--swap-seconds", "0", "--web-seconds", "0"]
+    assert main([*args, "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    lat = data["chorale_latency_us"]
+    assert lat is not None, data.get("chorale_reactive_skipped")
+    run = data["chorale_reactive"]
+    assert run["probes"] == 10 and run["unanswered"] == 0 and lat["n"] == 10, run
+    assert 0 < lat["p50"] <= lat["p99"] <= lat["max"] and run["daemon_exit_code"] == 0
+    assert run["model"].endswith("chorale") and run["answer_channels"] == [2]
+    assert data["targets"]["chorale_latency_p99_us"] == data["targets"]["reactive_latency_p99_us"]
+    assert data["targets"]["chorale_latency_ok"] in (True, False)
+    assert not _own_bench_server()
+
+
 def test_bench_times_the_chords_after_the_beat_for_a_tight_and_a_loose_player(model_dir: Path, tmp_path: Path) -> None:
     """A short accompany-grid phase: both players measured, struck and held apart (no timing thresholds here)."""
     require(shutil.which("jackd") is not None, "jackd (apt-get install jackd2)")
     out = tmp_path / "bench.json"
     args = ["bench", "--model", str(model_dir), "--seconds", "1", "--steps", "200", "--reactive-seconds", "0"]
+    args += ["--chorale-seconds", "0"]
     args += [
         "--grid-seconds",
         "12",
@@ -158,6 +183,7 @@ def test_bench_runs_the_daemon_through_jack_and_under_osc_load(model_dir: Path, 
     require(shutil.which("jackd") is not None, "jackd (apt-get install jackd2)")
     out = tmp_path / "bench.json"
     args = ["bench", "--model", str(model_dir), "--seconds", "1", "--steps", "200", "--reactive-seconds", "0"]
+    args += ["--chorale-seconds", "0"]
     args += ["--grid-seconds", "0", "--cpu-seconds", "0"]
     args += ["--jack-seconds", "3", "--load-seconds", "3", "--swap-seconds", "0", "--web-seconds", "0", "--no-busy"]
     assert main([*args, "--json", str(out)]) == 0
@@ -187,6 +213,7 @@ def test_bench_plays_with_the_web_page_closed_fed_and_open_in_chromium(model_dir
     require(shutil.which("chromium") is not None, "chromium (apt-get install chromium)")
     out = tmp_path / "bench.json"
     args = ["bench", "--model", str(model_dir), "--seconds", "1", "--steps", "200", "--reactive-seconds", "0"]
+    args += ["--chorale-seconds", "0"]
     args += ["--grid-seconds", "0", "--cpu-seconds", "0"]
     args += ["--jack-seconds", "0", "--load-seconds", "0", "--swap-seconds", "0", "--web-seconds", "3", "--no-busy"]
     assert main([*args, "--json", str(out)]) == 0

@@ -47,7 +47,7 @@ def chords_sounding(events: Events, t_ns: int) -> set[int]:
 
 
 def test_duet_answers_a_two_handed_phrase_with_chords_and_stops_when_the_player_plays(start_daemon: Any) -> None:
-    d = start_daemon("--mode", "duet", tempo=120.0)
+    d = start_daemon("--mode", "duet", "--model", "chorale", tempo=120.0)  # a melody --model is refused for duet
     rec = start_recording(d)
     kb = Keyboard(d)
     try:

@@ -125,8 +125,16 @@ def test_models_list_and_info(home: Path, tmp_path: Path, monkeypatch, capsys: p
     listed = json.loads(capsys.readouterr().out)
     assert listed["user_dir"] == str(lib)
     by_name = {m["name"]: m for m in listed["models"]}
-    assert set(by_name) == {"default", "mine", "broken"}
-    assert by_name["default"]["origin"] == "shipped" and by_name["mine"]["origin"] == "user"
+    assert set(by_name) == {"default", "chorale", "mine", "broken"}
+    assert (
+        by_name["default"]["origin"] == by_name["chorale"]["origin"] == "shipped"
+        and by_name["mine"]["origin"] == "user"
+    )
+    assert (by_name["default"]["kind"], by_name["chorale"]["kind"], by_name["mine"]["kind"]) == (
+        "melody",
+        "poly",
+        "melody",
+    )
     assert by_name["mine"]["path"] == str(mine.resolve()) and by_name["mine"]["contract"] == 2
     assert by_name["mine"]["params"] > 100_000 and by_name["mine"]["problem"] == ""
     assert "cannot read" in by_name["broken"]["problem"] and "meta.json" in by_name["broken"]["problem"]
@@ -192,6 +200,6 @@ def test_train_all_into_the_library_by_name(
     capsys.readouterr()
     assert main(["models", "list", "--json"]) == 0
     names = {m["name"]: m for m in json.loads(capsys.readouterr().out)["models"]}
-    assert set(names) == {"default", "folk"} and names["folk"]["origin"] == "user"
+    assert set(names) == {"default", "chorale", "folk"} and names["folk"]["origin"] == "user"
     assert main(["render", "--model", "folk", "--bars", "2", "--out", "f.mid"]) == 0
     assert any(m.type == "note_on" for t in mido.MidiFile("f.mid").tracks for m in t)

@@ -37,12 +37,22 @@ def small_data_overrides(data: Path) -> dict[str, float]:
 
 def build_parser() -> argparse.ArgumentParser:
     """Parser with one subcommand per phase, plus ``all``."""
-    from training import accompaniment, evaluate, export, poly_bench, poly_export, poly_table, prepare, train
+    from training import (
+        accompaniment,
+        chorale_eval,
+        evaluate,
+        export,
+        poly_bench,
+        poly_export,
+        poly_table,
+        prepare,
+        train,
+    )
 
     parser = argparse.ArgumentParser(prog="rtgen-train", description="Train rtgen models from a folder of MIDI files.")
     parser.add_argument("-v", "--verbose", action="count", default=0)
     sub = parser.add_subparsers(dest="command", metavar="PHASE", required=True)
-    for module in (prepare, train, export, evaluate, accompaniment, poly_bench, poly_table, poly_export):
+    for module in (prepare, train, export, evaluate, accompaniment, poly_bench, poly_table, poly_export, chorale_eval):
         module.register(sub)
     p = sub.add_parser("all", help="prepare, train, export and evaluate in one go")
     p.add_argument("--midi-dir", type=Path, required=True, help="folder of MIDI files (searched recursively)")

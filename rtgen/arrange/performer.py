@@ -20,12 +20,15 @@ import numpy as np
 import numpy.typing as npt
 
 from rtgen import contract as ct
+from rtgen.arrange.chorale import PART as CHORALE_PART
+from rtgen.arrange.chorale import ChoraleVoicer
 from rtgen.arrange.voicing import NoteEvent, Voicer
 from rtgen.config import PART_NAMES, Config, GenerationConfig, PartsConfig, field_range
 from rtgen.generation.conductor import NOBODY, Conductor, Duet, Heard, Plan, make_conductor, needs_harmoniser
 from rtgen.generation.duet import PolyNotes
 from rtgen.generation.engine import Engine, Params, Step
 from rtgen.generation.model import Model
+from rtgen.patterns.styles import CHORALE
 from rtgen.timing.transport import Position
 
 
@@ -47,6 +50,7 @@ class Performer:
         self._voiced: frozenset[str] = frozenset(PART_NAMES)
         self.fit = conductor.fit
         engine.follow_harmony = conductor.mode == "call-and-response"  # it answers, then harmonises again
+        self.chorale: ChoraleVoicer | None = None  # sings under the player where a plan says ``chorale``
         self._adjusted_cache: tuple[Params, tuple[float, float], Params] | None = None
 
     @property
@@ -65,8 +69,16 @@ class Performer:
 
     def set_parts(self, parts: PartsConfig) -> list[NoteEvent]:
         """New part settings (instrument, channel, on/off); returns note-offs for parts that changed."""
+        before = self.parts.get(CHORALE_PART)
         self.parts = parts
-        return self.voicer.set_parts(self._effective(self._voiced))
+        events = self.voicer.set_parts(self._effective(self._voiced))
+        chorale = self.chorale
+        if chorale is not None:
+            now = parts.get(CHORALE_PART)
+            if (before.channel, before.enabled) != (now.channel, now.enabled):
+                events += chorale.release_all()
+            chorale.channel = now.channel - 1
+        return events
 
     def plan(self, pos: Position) -> Plan:
         """The conductor's plan for ``pos``."""
@@ -99,8 +111,10 @@ class Performer:
         return self.voicer.set_parts(self._effective(voiced))
 
     def release_all(self) -> list[NoteEvent]:
-        """Note-offs for everything the voicer (and a duet's answer) has sounding."""
+        """Note-offs for everything the voicers (the chorale's, a duet's answer) have sounding."""
         events = self.voicer.release_all()
+        if self.chorale is not None:
+            events += self.chorale.release_all()
         conductor = self.conductor
         if isinstance(conductor, Duet):
             events += self._poly_events(PolyNotes(conductor.release()))
@@ -147,12 +161,34 @@ class Performer:
         offs = self._voice_only(plan.voicing(heard))
         fill, ending = section_end or plan.fill, ending or plan.ending
         events = self.voicer.voice(step, params, section_start=section_start, section_end=fill, ending=ending)
+        chorale = self.chorale
+        if chorale is not None:
+            sings = self._sings(plan, heard, step)
+            if sings is not None:
+                events = events + chorale.voice(pos, sings, params.temperature)
+            elif chorale.sounding:  # the mode or the style changed, or the part was switched off
+                events = events + chorale.release_all()
         conductor = self.conductor
         if isinstance(conductor, Duet):
             notes = conductor.play(pos, params)
             if notes:
                 events = events + self._poly_events(notes)
         return step, offs + events if offs else events
+
+    def _sings(self, plan: Plan, heard: Heard, step: Step) -> Heard | None:
+        """What the chorale voicer sings under at this step (the soprano, as heard), or None when it is silent:
+        in chorale mode the player's melody; with the chords part in the ``chorale`` style wherever rtgen plays
+        that part, the melody of the step (the player's where it is observed, else rtgen's own)."""
+        part = self.parts.get(CHORALE_PART)
+        if not part.enabled:
+            return None
+        if plan.chorale:
+            return heard
+        if part.style != CHORALE or CHORALE_PART not in plan.voicing(heard):
+            return None
+        if plan.observe_melody:
+            return heard
+        return Heard(melody=step.melody_token, pitch=ct.melody_pitch(step.melody_token))
 
 
 def positions_from_bars(

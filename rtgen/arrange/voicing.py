@@ -40,7 +40,7 @@ from rtgen.config import PART_NAMES, PartConfig, PartsConfig
 from rtgen.generation.engine import Params, Step
 from rtgen.midi.notes import NoteTracker
 from rtgen.patterns.drums import Drummer
-from rtgen.patterns.styles import BassStyle, ChordStyle, check_style, styles
+from rtgen.patterns.styles import CHORALE, BassStyle, ChordStyle, check_style, styles
 
 CHORD_LOW = 52  # E3
 CHORD_HIGH = 72  # C5
@@ -283,6 +283,10 @@ class Voicer:
         cfg = self.parts.chords
         downbeat = step.position == 0
         now = step.chord_now
+        if style.kind == CHORALE:  # the chorale voicer sings the part (the performer's)
+            if self._sounding["chords"]:
+                offs += self._offs("chords", step_offset, 0.0)
+            return
         if style.kind == "block" or now == ct.CHORD_NC:
             restart = downbeat and now != ct.CHORD_NC and not self._sounding["chords"]
             if step.chord_token != ct.CHORD_HOLD or restart or (now == ct.CHORD_NC and self._sounding["chords"]):

@@ -6,7 +6,9 @@ real-time JACK server, driven by a client that sends a MIDI clock and melody not
 * ``reactive_latency_us``: a probe note on beats 1 and 3, timed from its send to the arrival of the first
   chord or bass note-on the daemon plays in answer (:func:`bench_reactive`);
 * ``accompany_grid_us``: a chorale melody played tight and loose; each step's first chord or bass note-on
-  timed from the beat's clock tick (:func:`bench_accompany_grid`).
+  timed from the beat's clock tick (:func:`bench_accompany_grid`);
+* ``chorale_latency_us``: the same probes into ``--mode chorale``, timed to the first of the voices the daemon
+  sings under them (:func:`bench_chorale_reactive`).
 """
 
 from __future__ import annotations
@@ -155,6 +157,51 @@ def bench_reactive(
     latencies, missed = _match(sends, arrivals, channels)
     stats = percentiles_us(latencies)
     result["reactive_latency_us"] = {"p50": stats["p50"], "p99": stats["p99"], "max": stats["max"], "n": stats["count"]}
+    settings.update(probes=len(sends), unanswered=missed, answer_channels=sorted(c + 1 for c in channels))
+    return result
+
+
+CHORALE_ARGS = ("--no-synth", "--no-osc", "--mode", "chorale", "--clock", "midi", "--quiet")
+
+
+def bench_chorale_reactive(
+    poly_model_dir: Path, seconds: float = 16.0, tempo: float = REACTIVE_TEMPO, *, rate: int = SAMPLE_RATE,
+    period: int = PERIOD_FRAMES, startup_timeout: float = 60.0,
+) -> dict[str, Any]:  # fmt: skip
+    """Reactive latency of the real daemon in chorale mode (note in, voices out), through the bench's JACK server.
+
+    The probes of :func:`bench_reactive` (a note right after the tick of beats 1 and 3, released half a beat
+    later) are the soprano: the voices fall silent on the beat after each release, so every probe brings them in
+    afresh, all of them struck; a probe's latency is the arrival of the first voice's note-on (the chords part's
+    channel) minus the probe's send time.
+
+    Returns:
+        ``chorale_latency_us`` ({p50, p99, max, n}) and ``chorale_reactive`` (the settings and counts).
+
+    Raises:
+        RtgenError: the JACK server or the daemon failed (with their logs).
+    """
+    from rtgen.arrange.chorale import DRAWS
+    from rtgen.arrange.chorale import PART as CHORALE_PART
+
+    settings: dict[str, Any] = {
+        "seconds": seconds, "tempo": tempo, "probe_beats": [1, 3], "warmup_bars": WARMUP_BARS,
+        "jack_rate": rate, "jack_period_frames": period, "model": str(poly_model_dir), "candidates_per_beat": DRAWS,
+        "reactive_window_ms": AccompanyConfig().reactive_window_ms,
+    }  # fmt: skip
+    result: dict[str, Any] = {"chorale_latency_us": None, "chorale_reactive": settings}
+    if jackd_path() is None:
+        result["chorale_reactive_skipped"] = "jackd not found (apt-get install -y --no-install-recommends jackd2)"
+        return result
+    sent, arrivals, _ = _through_jack(
+        poly_model_dir, _probe_schedule(seconds, tempo), seconds, settings, rate=rate, period=period,
+        startup_timeout=startup_timeout, args=CHORALE_ARGS,
+    )  # fmt: skip
+    channels = {getattr(PartsConfig(), CHORALE_PART).channel - 1}
+    sends = [t for t, m in sent if is_note_on(m)]
+    latencies, missed = _match(sends, arrivals, channels)
+    stats = percentiles_us(latencies)
+    result["chorale_latency_us"] = {"p50": stats["p50"], "p99": stats["p99"], "max": stats["max"], "n": stats["count"]}
     settings.update(probes=len(sends), unanswered=missed, answer_channels=sorted(c + 1 for c in channels))
     return result
 

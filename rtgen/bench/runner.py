@@ -21,7 +21,7 @@ from rtgen.bench.harness import PERIOD_FRAMES, SAMPLE_RATE
 from rtgen.bench.jackrun import bench_jack_grid, bench_osc_load
 from rtgen.bench.loop import bench_duet_answer, bench_inference, bench_poly_step, bench_schedule
 from rtgen.bench.measure import TARGET_P99_US, busy_core, machine, private_memory_mb
-from rtgen.bench.reactive import bench_accompany_grid, bench_reactive
+from rtgen.bench.reactive import bench_accompany_grid, bench_chorale_reactive, bench_reactive
 from rtgen.bench.swaps import bench_soundfont_swaps
 from rtgen.bench.webpage import bench_web_page
 from rtgen.errors import RtgenError
@@ -58,17 +58,18 @@ def run_bench(
     soundfonts: Sequence[Path] = (),
     busy: bool = True,
     poly_model: Path | None = None,
+    chorale_seconds: float = 16.0,
 ) -> dict[str, Any]:
     """The full benchmark as JSON-ready data (a phase given 0 seconds is left out, with the reason).
 
-        Phases: inference; the schedule at 300 BPM (with a second process keeping one core busy unless
-        ``busy`` is False); the daemon through JACK at 120 BPM (grid, first note, CPU, memory); the daemon as a
-        user starts it at 60, 120 and 240 BPM, the player idle and playing (CPU, :mod:`rtgen.bench.cpu`); the daemon
-        under an OSC load at 400 BPM; the reactive latency; chords on the beat for a tight and a loose player
-        (``grid_fixed``: also with the old fixed reactive window); one step of the polyphonic model ``poly_model``
-        (default the shipped ``chorale``; ``inference_steps`` steps) and duet's steps with it (hearing the phrase,
-    answering it); soundfont swaps while playing; the daemon at 400 BPM
-        with its web page's feed taken and with the page open in headless Chromium (:mod:`rtgen.bench.webpage`).
+    Phases: inference; the schedule at 300 BPM (with a second process keeping one core busy unless
+    ``busy`` is False); the daemon through JACK at 120 BPM (grid, first note, CPU, memory); the daemon as a
+    user starts it at 60, 120 and 240 BPM, the player idle and playing (CPU, :mod:`rtgen.bench.cpu`); the daemon
+    under an OSC load at 400 BPM; the reactive latency; chords on the beat for a tight and a loose player
+    (``grid_fixed``: also with the old fixed reactive window); one step of the polyphonic model ``poly_model``
+    (default the shipped ``chorale``; ``inference_steps`` steps), duet's steps with it (hearing the phrase,
+    answering it) and chorale mode's reactive latency on it; soundfont swaps while playing; the daemon at 400 BPM
+    with its web page's feed taken and with the page open in headless Chromium (:mod:`rtgen.bench.webpage`).
     """
     inference = bench_inference(model_dir, steps=inference_steps)
     if busy:
@@ -119,6 +120,10 @@ def run_bench(
         _phase("duet_answer", inference_steps, "--steps", {"duet_answer_us": None},
                lambda: {"duet_answer_us": bench_duet_answer(poly, answers=max(1, min(20, inference_steps // 100)))})
     )  # fmt: skip
+    result.update(
+        _phase("chorale_reactive", chorale_seconds, "--chorale-seconds", {"chorale_latency_us": None},
+               lambda: bench_chorale_reactive(poly, seconds=chorale_seconds))
+    )  # fmt: skip
     if swap_seconds > 0:
         result.update(bench_soundfont_swaps(model_dir, list(soundfonts), seconds=swap_seconds))
     else:
@@ -158,6 +163,7 @@ def targets(result: dict[str, Any]) -> dict[str, Any]:
     out["jack_grid_dev_p99_us"] = round(period_us / 2 + 1000.0, 1)
     out["reactive_latency_p99_us"] = round(2 * period_us + 1000.0, 1)
     out["accompany_grid_tight_p99_us"] = out["reactive_latency_p99_us"]
+    out["chorale_latency_p99_us"] = out["reactive_latency_p99_us"]
     grid = result.get("accompany_grid_us") or {}
     swap = result.get("soundfont_swap_schedule_error_us")
     load = result.get("osc_load") or {}
@@ -167,6 +173,7 @@ def targets(result: dict[str, Any]) -> dict[str, Any]:
         schedule_error_ok=ok(p99("schedule_error_us"), TARGET_P99_US),
         jack_grid_dev_ok=ok(p99("jack_grid_dev_us"), out["jack_grid_dev_p99_us"]),
         reactive_latency_ok=ok(p99("reactive_latency_us"), out["reactive_latency_p99_us"]),
+        chorale_latency_ok=ok(p99("chorale_latency_us"), out["chorale_latency_p99_us"]),
         accompany_grid_tight_ok=ok(
             grid["tight"]["p99"] if grid.get("tight", {}).get("n") else None, out["accompany_grid_tight_p99_us"]
         ),

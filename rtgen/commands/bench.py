@@ -46,6 +46,12 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--grid-fixed", action="store_true", help="also run each player with the fixed reactive window (a comparison)"
     )
+    p.add_argument(
+        "--chorale-seconds",
+        type=float,
+        default=16.0,
+        help="chorale mode's reactive latency run through JACK (default 16: 32 probes at 240 BPM; 0 skips it)",
+    )
     p.add_argument("--jack-seconds", type=float, default=20.0, help="daemon run at 120 BPM through JACK (0 skips)")
     p.add_argument(
         "--cpu-seconds", type=float, default=4.0,
@@ -117,6 +123,8 @@ def table(result: dict[str, Any]) -> str:
          t["jack_grid_dev_ok"]),
         ("reactive latency (us)", result.get("reactive_latency_us"), f"p99 <= {t['reactive_latency_p99_us']:g}",
          t["reactive_latency_ok"]),
+        ("chorale: note in, voices out (us)", result.get("chorale_latency_us"),
+         f"p99 <= {t['chorale_latency_p99_us']:g}", t["chorale_latency_ok"]),
         ("chords after the beat, tight player (us)", grid.get("tight"), f"p99 <= {t['accompany_grid_tight_p99_us']:g}",
          t["accompany_grid_tight_ok"]),
         ("  a player +-15 ms around the beat (us)", grid.get("jittered"), "-", None),
@@ -152,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
     lengths = (
         args.seconds, args.reactive_seconds, args.grid_seconds, args.jack_seconds, args.cpu_seconds,
         args.load_seconds,
-        args.swap_seconds, args.web_seconds,
+        args.swap_seconds, args.web_seconds, args.chorale_seconds,
     )  # fmt: skip
     if args.seconds <= 0 or args.steps < 1 or min(lengths) < 0:
         raise ConfigError("--seconds must be > 0, --steps >= 1, and the other lengths >= 0 (0 skips a phase)")
@@ -176,6 +184,7 @@ def run(args: argparse.Namespace) -> int:
         soundfonts=args.soundfont,
         busy=args.busy,
         poly_model=poly,
+        chorale_seconds=args.chorale_seconds,
     )
     text = json.dumps(result, indent=2)
     if args.out is not None:

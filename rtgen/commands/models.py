@@ -39,6 +39,7 @@ def _summary(entry: ModelEntry) -> dict[str, Any]:
     return {
         "name": entry.name,
         "origin": entry.origin,
+        "kind": entry.kind,
         "path": str(entry.path),
         "contract": entry.contract_version,
         "params": entry.params,
@@ -48,7 +49,7 @@ def _summary(entry: ModelEntry) -> dict[str, Any]:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    """Print the models: name, where from, contract, parameters, export date, folder."""
+    """Print the models: name, where from, kind (``poly`` / ``melody``), contract, parameters, export date, folder."""
     from rtgen.library import list_models
 
     cfg = _config(args)
@@ -57,13 +58,13 @@ def run_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"models": [_summary(e) for e in entries], "user_dir": str(user_dir)}, indent=2))
         return 0
-    rows = [("NAME", "FROM", "CONTRACT", "PARAMS", "EXPORTED", "FOLDER")]
+    rows = [("NAME", "FROM", "KIND", "CONTRACT", "PARAMS", "EXPORTED", "FOLDER")]
     for e in entries:
-        version = f"v{e.contract_version}" if e.contract_version is not None else "?"
+        version = f"v{e.contract_version}" if e.contract_version is not None else "-" if e.kind == "poly" else "?"
         params = f"{e.params / 1e6:.2f} M" if e.params else "?"
         exported = str(e.meta.get("exported", ""))[:10] or "?"
         folder = str(e.path) + (f"  ({e.problem})" if e.problem else "")
-        rows.append((e.name, e.origin, version, params, exported, folder))
+        rows.append((e.name, e.origin, e.kind, version, params, exported, folder))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for r in rows:
         print("  ".join(f"{cell:{w}}" for cell, w in zip(r, widths, strict=False)) + "  " + r[-1])
@@ -109,10 +110,10 @@ def scalar_metrics(meta: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def run_info(args: argparse.Namespace) -> int:
     """Print one model: where it is, its card's summary, how it was made, and its metrics."""
-    from rtgen.library import SHIPPED_MODELS_DIR, read_entry
+    from rtgen.library import SHIPPED_MODELS_DIR, read_entry, resolve_model
 
     cfg = _config(args)
-    path = cfg.with_model(args.model).model.path
+    path = resolve_model(args.model, base=Path.cwd(), user_dir=cfg.models_dir)
     shipped = path.parent == SHIPPED_MODELS_DIR.resolve()
     origin = "shipped" if shipped else "user" if path.parent == cfg.models_dir.resolve() else "folder"
     entry = read_entry(path, origin)

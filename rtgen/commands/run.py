@@ -34,14 +34,20 @@ def register(subparsers: Any) -> None:
         "Runs until Ctrl-C / SIGTERM or --duration.",
     )
     p.add_argument("--config", type=Path, help=CONFIG_HELP)
-    p.add_argument("--model", metavar="NAME|DIR", help="model name or folder (config: model.path)")
+    p.add_argument(
+        "--model",
+        metavar="NAME|DIR",
+        help="model name or folder (config: model.path; a polyphonic one serves duet and chorale, the engine then "
+        "plays the default)",
+    )
     p.add_argument(
         "--mode",
         choices=MODES,
         help="playing mode (config: daemon.mode): autonomous plays alone; accompany follows your melody with "
         "chords and bass; improvise plays a melody over your chords; call-and-response answers your phrases; "
         "band plays bass, drums and comping on your left hand's chords; duet answers your two-handed phrases "
-        "polyphonically (the chorale model, or --model NAME of a polyphonic one)",
+        "polyphonically; chorale sings alto, tenor and bass under your melody (both: the chorale model, or "
+        "--model NAME of a polyphonic one)",
     )
     p.add_argument("--backend", choices=BACKENDS, help="MIDI API (config: midi.backend); auto = platform default")
     p.add_argument("--midi-out", metavar="NAME", help="connect to an existing output port by substring (midi.out)")
@@ -100,8 +106,6 @@ def build_config(args: argparse.Namespace) -> Config:
     """The config file with the command-line options applied (validated key by key)."""
     path = args.config if args.config is not None else default_config_path()
     cfg = with_user_cc(load_config(path))  # the controller mapping MIDI learn saved
-    if args.model is not None:
-        cfg = cfg.with_model(args.model)
     cfg = _set(
         cfg,
         "generation",
@@ -124,6 +128,8 @@ def build_config(args: argparse.Namespace) -> Config:
     cfg = _set(
         cfg, "daemon", mode=args.mode, record=record, duration=args.duration, quiet=args.quiet, log_json=args.log_json
     )
+    if args.model is not None:
+        cfg = cfg.with_model(args.model, mode=cfg.daemon.mode)
     if args.style is not None:
         cfg = with_style(cfg, "chords", args.style)
     return cfg

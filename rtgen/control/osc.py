@@ -364,8 +364,9 @@ class OscControl:
     @osc_handler("mode", setting(DaemonConfig, "mode", "s"))
     def mode(self, sender: tuple[str, int] | None, mode: str) -> None:
         """Mode: autonomous, accompany (your melody, rtgen's chords and bass), improvise (your chords,
-        rtgen's melody), call-and-response, band (your left hand's chords, rtgen's bass, drums and comping) or duet
-        (your two-handed phrase answered polyphonically); switches with every note released."""
+        rtgen's melody), call-and-response, band (your left hand's chords, rtgen's bass, drums and comping), duet
+        (your two-handed phrase answered polyphonically) or chorale (your melody, rtgen's alto, tenor and bass from
+        the polyphonic model); switches with every note released."""
         try:
             self.controller.set_mode(mode)
         except (ValueError, RtgenError) as err:  # e.g. a model without a harmoniser cannot accompany
@@ -389,9 +390,9 @@ class OscControl:
 
     @osc_handler("style", PART, OscArg("style", "s"))
     def style(self, sender: tuple[str, int] | None, part: str, style: str) -> None:
-        """Style of a part: chords block, arpeggio-up, arpeggio-down, arpeggio-updown, strum, waltz, jig; bass
-        root, root-fifth, waltz, jig, walking; drums a groove family; auto = the meter's default. The part's
-        notes are released first."""
+        """Style of a part: chords block, arpeggio-up, arpeggio-down, arpeggio-updown, strum, waltz, jig, chorale
+        (the polyphonic model's alto, tenor and bass under the melody); bass root, root-fifth, waltz, jig, walking;
+        drums a groove family; auto = the meter's default. The part's notes are released first."""
         from rtgen.patterns.styles import check_style
 
         try:

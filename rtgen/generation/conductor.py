@@ -19,6 +19,9 @@ band               observed (top)      the left hand's,   voiced      yes (no wi
                                        voiced (comping)
 duet               listen: the whole polyphony is heard               yes (no window)
                    answer: a polyphonic model's frames (chords part)  no
+chorale            observed (top):     observed; alto and the model's yes
+                   the soprano         tenor from the     bass
+                                       polyphonic model
 =================  ==================  =================  ==========  ========
 
 The drums (a part of the voicer, not of the engine) play wherever rtgen plays chords and bass and
@@ -39,6 +42,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from rtgen import contract as ct
+from rtgen.config import POLY_MODES as CONFIG_POLY_MODES
 from rtgen.config import AccompanyConfig, CallResponseConfig, ImproviseConfig, check_mode
 from rtgen.errors import ModelError
 from rtgen.generation.duet import DuetAnswer
@@ -67,6 +71,8 @@ class Heard:
         left_struck: the left hand's chord where it changed (a CHORD token), HOLD elsewhere: while the hand is
             lifted (``left`` N.C.) the last chord goes on (band mode follows it).
         poly: the player's whole polyphony at this step (both hands, the pedal's notes; duet hears it).
+        pitch: the MIDI pitch of the player's melody note sounding at this step (struck or held), unfolded (the
+            melody token folds it into the contract's range); None when the melody rests.
     """
 
     melody: int = ct.MEL_REST
@@ -75,6 +81,7 @@ class Heard:
     left: int = ct.CHORD_NC
     left_struck: int = ct.CHORD_HOLD
     poly: StepFrame = SILENT_FRAME
+    pitch: int | None = None
 
     @property
     def onset(self) -> bool:
@@ -121,6 +128,8 @@ class Plan:
             (the band's ending cadence).
         dominant: the step plays the dominant seventh of the left hand's chord struck here, else of ``chord``
             (the cadence's first chord).
+        chorale: the chorale voicer sings alto, tenor and bass under the player's melody at this step
+            (:mod:`rtgen.arrange.chorale`).
     """
 
     observe_melody: bool = False
@@ -144,6 +153,7 @@ class Plan:
     variation: str = "A"
     chord: int | None = None
     dominant: bool = False
+    chorale: bool = False
 
     def voicing(self, heard: Heard) -> frozenset[str]:
         """The parts rtgen plays at this step, given what the player did (``sync``: none before a chord)."""
@@ -523,6 +533,37 @@ class Band:
         self._switch = None
 
 
+class Chorale:
+    """The player's melody is the soprano; rtgen sings alto, tenor and bass under it from a polyphonic model,
+    decided the moment the player's note for a beat arrives (:mod:`rtgen.arrange.chorale`). The engine only hears
+    the player (melody and chords observed, nothing sampled), so a switch to another mode finds it current.
+
+    Args:
+        config: the reactive window (accompany's).
+    """
+
+    mode = "chorale"
+    needs_harmoniser = False
+    answering = False
+    fit = 0.0
+
+    def __init__(self, config: AccompanyConfig | None = None) -> None:
+        cfg = config or AccompanyConfig()
+        self._plan = Plan(observe_melody=True, observe_chords=True, voiced=_NONE, reactive=True,
+                          window_ms=cfg.reactive_window_ms, chorale=True)  # fmt: skip
+
+    def plan(self, pos: Position) -> Plan:
+        """The player observed, the chorale voicer sings, decided reactively."""
+        return self._plan
+
+    def heard(self, pos: Position, heard: Heard) -> None:
+        """Nothing to track: the voicer follows the soprano."""
+
+    def interrupt(self) -> bool:
+        """Never."""
+        return False
+
+
 class Duet(DuetAnswer):
     """The player plays a phrase with both hands; after the call-and-response silence rtgen answers it
     polyphonically (:class:`rtgen.generation.duet.DuetAnswer`; its notes come from :meth:`play`, the engine's parts
@@ -549,13 +590,14 @@ class Duet(DuetAnswer):
         self.hear(pos, heard.poly)
 
 
-POLY_MODES = ("duet",)
-"""The modes that play a polyphonic model (:mod:`rtgen.generation.poly`) beside the engine's."""
+POLY_MODES = CONFIG_POLY_MODES
+"""The modes that play a polyphonic model (:mod:`rtgen.generation.poly`) beside the engine's
+(:data:`rtgen.config.POLY_MODES`)."""
 
 
 def needs_harmoniser(mode: str) -> bool:
     """Whether ``mode``'s conductor asks the engine to harmonise the player's melody (a contract-v2 model)."""
-    kinds: tuple[type[Conductor], ...] = (Autonomous, Accompany, Improvise, CallAndResponse, Band)
+    kinds: tuple[type[Conductor], ...] = (Autonomous, Accompany, Improvise, CallAndResponse, Band, Chorale)
     conductors = {c.mode: c.needs_harmoniser for c in kinds}
     return conductors.get(check_mode(mode), False)
 
@@ -579,6 +621,8 @@ def make_conductor(mode: str, accompany: AccompanyConfig | None = None,
         ModelError: a mode of :data:`POLY_MODES` without a polyphonic model.
     """
     check_mode(mode)
+    if mode == "chorale":  # its voicer holds the polyphonic model (the performer's)
+        return Chorale(accompany)
     if mode in POLY_MODES:
         if poly is None:
             raise ModelError(f"mode {mode} plays a polyphonic model (the shipped chorale, or --model NAME of one)")

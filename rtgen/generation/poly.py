@@ -29,10 +29,8 @@ from rtgen import library
 from rtgen.errors import ModelError
 from rtgen.generation.model import session_options
 
-POLY_KIND = "poly"
-"""``meta.json`` ``"kind"`` of a polyphonic model folder."""
-MELODY_KIND = "melody"
-"""The kind of a folder without ``"kind"``: the melody + chord models of the token contract."""
+POLY_KIND = library.POLY_KIND
+MELODY_KIND = library.MELODY_KIND
 GRAPH_FILE = "poly.onnx"
 INPUTS = ("prev", "state", "draws", "clamp", "observed", "pos", "temperature")
 OUTPUTS = ("frame", "logp", "state_out")
@@ -115,34 +113,40 @@ class PolyModel:
             raise ModelError(f"{graph} has inputs {names}, expected {expected}; re-export it")
         return cls(folder, meta, session)
 
-    def stepper(self, seed: int | None = None) -> PolyStepper:
-        """A new stream (state, previous frame and random generator of its own)."""
-        return PolyStepper(self, seed)
+    def stepper(self, seed: int | None = None, rows: int = 1) -> PolyStepper:
+        """A new stream (state, previous frame and random generator of its own) drawing ``rows`` candidates a step."""
+        return PolyStepper(self, seed, rows)
 
 
 class PolyStepper:
     """One stream of frames: the recurrent state and the previous frame, bound once to the graph.
 
+    With ``rows`` > 1 each call draws that many candidate frames from the same place in the stream (the graph's
+    batch: eight rows cost about 1.6 times one), :meth:`draw`, and the caller :meth:`take` s the one that sounds;
+    the recurrent state does not depend on the frame drawn (the GRU reads a frame at the next step), so every row
+    goes on from the same state.
+
     Not thread-safe; a step allocates nothing (the inputs and outputs are bound onnxruntime values).
     """
 
-    def __init__(self, model: PolyModel, seed: int | None = None) -> None:
+    def __init__(self, model: PolyModel, seed: int | None = None, rows: int = 1) -> None:
         self.model = model
-        P = model.n_pitches  # noqa: N806
+        self.rows = max(1, int(rows))
+        P, R = model.n_pitches, self.rows  # noqa: N806
         layers, hidden = model.state_shape
         self._rng = np.random.default_rng(seed)
-        self.prev = np.zeros((1, P), np.float32)
-        self._states = [np.zeros((layers, 1, hidden), np.float32) for _ in range(2)]
-        self.draws = np.zeros((1, P, 3) if model.states == 3 else (1, P), np.float32)
-        self.clamp = np.zeros((1, P), np.float32)
-        self.observed = np.zeros((1, P), bool)
-        self.pos = np.zeros(1, np.int64)
-        self.temperature = np.ones(1, np.float32)
-        self.frame = np.zeros((1, P), np.float32)
-        self.logp = np.zeros((1, P), np.float32)
-        self.prev_velocity = np.zeros((1, P), np.float32)
-        self.velocity_draws = np.zeros((1, P), np.float32)
-        self.velocity = np.zeros((1, P), np.float32)
+        self.prev = np.zeros((R, P), np.float32)
+        self._states = [np.zeros((layers, R, hidden), np.float32) for _ in range(2)]
+        self.draws = np.zeros((R, P, 3) if model.states == 3 else (R, P), np.float32)
+        self.clamp = np.zeros((R, P), np.float32)
+        self.observed = np.zeros((R, P), bool)
+        self.pos = np.zeros(R, np.int64)
+        self.temperature = np.ones(R, np.float32)
+        self.frame = np.zeros((R, P), np.float32)
+        self.logp = np.zeros((R, P), np.float32)
+        self.prev_velocity = np.zeros((R, P), np.float32)
+        self.velocity_draws = np.zeros((R, P), np.float32)
+        self.velocity = np.zeros((R, P), np.float32)
         """Velocity bins of the last frame's onsets (three-state models; 0 elsewhere)."""
         self._values: list[ort.OrtValue] = []
         self._io = [self._bind(cur) for cur in range(2)]
@@ -185,14 +189,12 @@ class PolyStepper:
         """A fresh stream whose first frame is ``frame`` (given, not scored), as every training sequence began:
         the next step predicts the frame after it."""
         self.reset()
-        self.prev[0] = frame
+        self.prev[:] = frame
 
     def _run(self) -> np.ndarray:
         self.model._session.run_with_iobinding(self._io[self._cur])
         self._cur = 1 - self._cur
-        self.prev[...] = self.frame
-        self.prev_velocity[...] = self.velocity
-        return self.frame[0]
+        return self.frame
 
     def step(
         self,
@@ -201,7 +203,7 @@ class PolyStepper:
         pos: int = 0,
         temperature: float = 1.0,
     ) -> np.ndarray:
-        """Sample the next frame and advance to it.
+        """Sample the next frame and advance to it (the first row's, with ``rows`` > 1).
 
         Args:
             clamp: ``(P,)`` values of the observed pitches (0/1).
@@ -214,18 +216,39 @@ class PolyStepper:
             model (a live buffer: copy to keep). :attr:`logp` holds each pitch's log-probability,
             :attr:`velocity` a three-state model's velocity bins.
         """
+        frames = self.draw(clamp, observed, pos, temperature)
+        self.take(0)
+        return frames[0]
+
+    def draw(
+        self,
+        clamp: np.ndarray | None = None,
+        observed: np.ndarray | None = None,
+        pos: int = 0,
+        temperature: float = 1.0,
+    ) -> np.ndarray:
+        """Draw :attr:`rows` candidates for the next frame (arguments as :meth:`step`); :meth:`take` one to go on.
+
+        Returns:
+            ``(rows, P)`` float32 of 0/1, a live buffer.
+        """
         if observed is None:
             self.observed.fill(False)
             self.clamp.fill(0.0)
         else:
-            self.observed[0] = observed
-            self.clamp[0] = 0.0 if clamp is None else clamp
-        self.pos[0] = pos
-        self.temperature[0] = max(float(temperature), 1e-3)
+            self.observed[:] = observed
+            self.clamp[:] = 0.0 if clamp is None else clamp
+        self.pos[:] = pos
+        self.temperature[:] = max(float(temperature), 1e-3)
         self._rng.random(out=self.draws, dtype=np.float32)
         if self.model.states == 3:
             self._rng.random(out=self.velocity_draws, dtype=np.float32)
         return self._run()
+
+    def take(self, row: int) -> None:
+        """The candidate ``row`` of the last :meth:`draw` is the frame played: the stream goes on from it."""
+        self.prev[...] = self.frame[row]
+        self.prev_velocity[...] = self.velocity[row]
 
     def feed(self, frame: np.ndarray, pos: int = 0, velocity: np.ndarray | None = None) -> float:
         """Observe a whole frame (e.g. the player's) and advance; returns its log-probability.
@@ -234,13 +257,14 @@ class PolyStepper:
         (default: the bins the graph draws).
         """
         self.observed.fill(True)
-        self.clamp[0] = frame
-        self.pos[0] = pos
-        self.temperature[0] = 1.0
+        self.clamp[:] = frame
+        self.pos[:] = pos
+        self.temperature.fill(1.0)
         self._run()
+        self.take(0)
         if velocity is not None:
-            self.prev_velocity[0] = np.where(self.frame[0] == ONSET, velocity, 0.0)
-        return float(self.logp.sum())
+            self.prev_velocity[:] = np.where(self.frame[0] == ONSET, velocity, 0.0)
+        return float(self.logp[0].sum())
 
     def index(self, pitch: int) -> int:
         """Frame index of MIDI ``pitch``, clipped to the model's range."""

@@ -44,6 +44,7 @@ from rtgen.live.commands import (
 )
 from rtgen.live.opening import make_recorder
 from rtgen.live.polyload import load_poly
+from rtgen.patterns.styles import CHORALE as CHORALE_STYLE
 from rtgen.patterns.styles import check_style
 
 if TYPE_CHECKING:
@@ -173,7 +174,10 @@ class Controller:
     def set_style(self, part: str, style: str) -> None:
         """Play ``part`` in ``style``: its notes are released at once, the style starts at its next onset."""
         check_style(part, style)
-        self._live().command(SetStyle(part, style), urgent=True)
+        loop = self._live()
+        if part == "chords" and style == CHORALE_STYLE and loop.poly_model is None:  # loaded here, once
+            loop.poly_model = load_poly(self.config, self.poly_folder, f"the {style} style")
+        loop.command(SetStyle(part, style), urgent=True)
 
     def set_part_enabled(self, part: str, enabled: bool) -> None:
         """Mute (False) or unmute (True) a part; muting releases its notes at once with real note-offs."""

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rtgen import logs
-from rtgen.config import Config
+from rtgen.config import Config, needs_poly
 from rtgen.errors import PortError, RtgenError
 from rtgen.io.sinks import RecorderSink
 from rtgen.live import loaders
@@ -109,7 +109,7 @@ class Daemon(Controller):
     def open(self) -> None:
         """Load the model and open every input and output; raises RtgenError with a fix on failure."""
         from rtgen.arrange.voicing import Voicer
-        from rtgen.generation.conductor import POLY_MODES, needs_harmoniser
+        from rtgen.generation.conductor import needs_harmoniser
         from rtgen.generation.engine import Engine, Params
         from rtgen.generation.model import Model
         from rtgen.io.scheduler import Scheduler
@@ -126,7 +126,7 @@ class Daemon(Controller):
             mode = cfg.daemon.mode
             if needs_harmoniser(mode):
                 self.model.require_harmony(mode)
-            poly = load_poly(cfg, self.poly_folder, mode) if mode in POLY_MODES else None
+            poly = load_poly(cfg, self.poly_folder, mode) if needs_poly(mode, cfg.parts) else None
             self.outputs = open_outputs(cfg, self._warn)
             gen = cfg.generation
             params = Params.from_config(gen)

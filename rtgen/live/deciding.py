@@ -146,9 +146,11 @@ class Deciding(LoopState):
             self._onsets.clear()
             onset = tracker.melody_onset
             if onset is not None and onset.t_ns >= first:
-                return Heard(ct.melody_note_on(onset.pitch), onset.velocity, chord_tok, left, struck, poly)
-        melody = ct.MEL_HOLD if tracker.melody_note() is not None else ct.MEL_REST
-        return Heard(melody, None, chord_tok, left, struck, poly)
+                return Heard(ct.melody_note_on(onset.pitch), onset.velocity, chord_tok, left, struck, poly,
+                             pitch=onset.pitch)  # fmt: skip
+        line = tracker.melody_note()
+        melody = ct.MEL_HOLD if line is not None else ct.MEL_REST
+        return Heard(melody, None, chord_tok, left, struck, poly, pitch=line)
 
     def _decide(self, k: int, plan: Plan, heard: Heard) -> Step | None:
         """Engine + voicer for clock step ``k`` at the transport's next position; events in ``_last_events``."""

@@ -13,7 +13,7 @@ import queue
 from collections.abc import Callable
 from typing import Any
 
-from rtgen.config import PART_NAMES, PartConfig, PartsConfig, check_mode
+from rtgen.config import PART_NAMES, PartConfig, PartsConfig, check_mode, needs_poly
 from rtgen.errors import RtgenError
 from rtgen.generation.conductor import Band
 from rtgen.live import loaders
@@ -137,9 +137,15 @@ class Handling(LoopState):
 
     def _on_style(self, cmd: SetStyle) -> None:
         check_style(cmd.part, cmd.style)
-        if self.parts.get(cmd.part).style != cmd.style:
-            self._silence_part(cmd.part)
-            self._set_parts(replace_part(self.parts, cmd.part, style=cmd.style))
+        if self.parts.get(cmd.part).style == cmd.style:
+            return
+        parts = replace_part(self.parts, cmd.part, style=cmd.style)
+        if needs_poly(self.mode, parts) and self.poly_model is None:
+            raise RtgenError("the chorale style sings with the polyphonic model, not loaded: set it with /rtgen/style")
+        self._silence_part(cmd.part)
+        self._set_parts(parts)
+        if (self.performer.chorale is None) == needs_poly(self.mode, parts):
+            self._voices_for(self.mode)
 
     def _on_part_enabled(self, cmd: SetPartEnabled) -> None:
         if self.parts.get(cmd.part).enabled == cmd.enabled:
@@ -174,6 +180,8 @@ class Handling(LoopState):
         mode = check_mode(cmd.mode)
         if mode == self.mode:
             return
+        if needs_poly(mode, self.parts) and self.poly_model is None:
+            raise RtgenError(f"mode {mode} plays a polyphonic model and none is loaded: switch with /rtgen/mode")
         conductor = self._conductor(mode)
         if conductor.needs_harmoniser and not self.engine.can_harmonise:
             self.engine.model.require_harmony(mode)
@@ -181,6 +189,7 @@ class Handling(LoopState):
         self.scheduler.release_all()
         self._release_voicer()
         self.performer.set_conductor(conductor)
+        self._voices_for(mode)
         self._onsets.clear()
         if self.tracker is not None:
             self.tracker.take_frame()  # the new mode hears the player's polyphony from now on

@@ -28,9 +28,12 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from rtgen import contract as ct
+from rtgen.arrange.chorale import DRAWS as CHORALE_DRAWS
+from rtgen.arrange.chorale import PART as CHORALE_PART
+from rtgen.arrange.chorale import ChoraleVoicer
 from rtgen.arrange.form import Arranger
 from rtgen.arrange.performer import Performer
-from rtgen.config import PART_NAMES, Config, PartsConfig
+from rtgen.config import PART_NAMES, Config, PartsConfig, needs_poly
 from rtgen.generation.conductor import NOBODY, Conductor, make_conductor
 from rtgen.input.feel import PlayerFeel
 from rtgen.live.clockout import ClockOut
@@ -83,7 +86,8 @@ class LiveLoop(Deciding, Listening, Following, Handling):
             :class:`~rtgen.input.tracker.InputQueue` fed by a callback; drained on every loop iteration.
         clock_out: sinks that get 24-ppqn clock, Start, Stop and SPP (lead a DAW).
         thru: echo the player's channel messages to the live sinks.
-        poly: the polyphonic model of the modes that play one (duet), or None until one is loaded.
+        poly: the polyphonic model of the modes that play one (duet, chorale; the chorale style), or None until one
+            is loaded.
     """
 
     def __init__(
@@ -122,6 +126,7 @@ class LiveLoop(Deciding, Listening, Following, Handling):
         self.transport = Transport(params.time_signature)
         self.poly_model = poly
         self.performer = Performer(engine, voicer, self._conductor(mode), parts)
+        self._voices_for(mode)
         self.commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
         self.wake = threading.Event()
         self.stop_requested = threading.Event()
@@ -173,6 +178,21 @@ class LiveLoop(Deciding, Listening, Following, Handling):
         cfg = self.config
         return make_conductor(mode, cfg.accompany, cfg.call_response, cfg.improvise, self.poly_model,
                               seed=self.engine.seed)  # fmt: skip
+
+    def _voices_for(self, mode: str) -> None:
+        """Give the performer what ``mode`` (and the chords part's style) sings with beyond the rule voicer: in
+        chorale mode, or with the ``chorale`` style, a fresh chorale voicer on the polyphonic model (a new piece,
+        its key unknown); else none."""
+        poly = self.poly_model
+        if poly is None or not needs_poly(mode, self.parts):
+            self.performer.chorale = None
+            return
+        stepper = poly.stepper(self.engine.seed, CHORALE_DRAWS)
+        stepper.warm_up()  # onnxruntime's first run is slow: here, not on the first beat the player plays
+        self.performer.chorale = ChoraleVoicer(stepper, low_pitch=poly.low_pitch,
+                                               n_pitches=poly.n_pitches, step_beats=poly.step_beats,
+                                               centred_key=poly.centred_key,
+                                               channel=self.parts.get(CHORALE_PART).channel - 1)  # fmt: skip
 
     # --- thread-safe control (any thread) ------------------------------------------------------
     def command(self, cmd: Command, *, urgent: bool = False) -> None:

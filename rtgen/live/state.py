@@ -70,7 +70,7 @@ class LoopState:
     thru: bool
     transport: Transport
     performer: Performer
-    poly_model: PolyModel | None  # the polyphonic model duet plays (set by another thread before its SetMode)
+    poly_model: PolyModel | None  # the polyphonic model duet and chorale play (set by another thread before use)
     arranger: Arranger
     commands: queue.SimpleQueue[Command]
     wake: threading.Event
@@ -158,6 +158,9 @@ class LoopState:
         raise NotImplementedError
 
     def _conductor(self, mode: str) -> Conductor:
+        raise NotImplementedError
+
+    def _voices_for(self, mode: str) -> None:
         raise NotImplementedError
 
     def _learned(self, name: str) -> None:

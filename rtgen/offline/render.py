@@ -24,7 +24,7 @@ import numpy.typing as npt
 from rtgen import contract as ct
 from rtgen.arrange.form import INTRO, PIECE, Arranger, FormSection, estimate_piece_key
 from rtgen.arrange.voicing import NoteEvent, Voicer
-from rtgen.config import PART_NAMES, Config
+from rtgen.config import PART_NAMES, Config, needs_poly
 from rtgen.contract import Key
 from rtgen.errors import RtgenError
 from rtgen.generation.conductor import NOBODY
@@ -128,6 +128,16 @@ def render_steps(
     engine = Engine(model, params, seed=seed)
     voicer = Voicer(config.parts, swing=gen.swing, humanize_ms=gen.humanize_ms, seed=seed)
     performer = Performer(engine, voicer, Autonomous(), config.parts)  # the daemon's wiring
+    if needs_poly("autonomous", config.parts):  # the chords part in the chorale style
+        from rtgen.arrange.chorale import DRAWS, ChoraleVoicer
+        from rtgen.generation.poly import PolyModel
+        from rtgen.library import DEFAULT_POLY_MODEL
+
+        poly = PolyModel.load(config.model_folder(DEFAULT_POLY_MODEL, strict=True))
+        performer.chorale = ChoraleVoicer(poly.stepper(seed, DRAWS), low_pitch=poly.low_pitch,
+                                          n_pitches=poly.n_pitches, step_beats=poly.step_beats,
+                                          centred_key=poly.centred_key,
+                                          channel=config.parts.chords.channel - 1)  # fmt: skip
     transport = Transport(params.time_signature)
     ticks_per_ms = TICKS_PER_BEAT * gen.tempo / 60_000.0
     events: list[tuple[int, int, NoteEvent]] = []

@@ -21,7 +21,9 @@ from rtgen.errors import brief
 from rtgen.patterns.drums import Meter, meter_of
 
 STYLE_AUTO = "auto"
-KINDS = ("block", "arpeggio", "strum", "pattern")
+KINDS = ("block", "arpeggio", "strum", "pattern", "chorale")
+CHORALE = "chorale"
+"""The chords style (and kind) the polyphonic model sings instead of a rule (:mod:`rtgen.arrange.chorale`)."""
 ORDERS = ("up", "down", "updown")
 TONES = ("root", "fifth", "third", "alt", "approach")
 _ANY = "any"
