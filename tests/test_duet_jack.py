@@ -121,6 +121,8 @@ def test_duet_switches_live_over_osc_and_back_mid_answer_with_no_stuck_note(star
     kb = Keyboard(d)
     peer = Peer(d.osc_port)
     try:
+        # the autonomous mode plays the default model first (its first note-on may precede the recorder)
+        assert rec.wait_until(lambda ev: bool(note_ons([m for _, m in ev])), timeout=10), d.output()
         peer.send("/rtgen/mode", "duet")
         assert wait_status(peer, "mode", "duet", timeout=10)["mode"] == "duet", d.output()
         t0 = time.perf_counter_ns() + 200_000_000
