@@ -299,6 +299,7 @@ class CcConfig:
     density: int = field(default=74, metadata=_range(0, 119))
     swing: int = field(default=0, metadata=_range(0, 119))
     mode: int = field(default=85, metadata=_range(0, 119))  # 0..127 in four ranges, one per mode
+    mode_extra: int = field(default=86, metadata=_range(0, 119))  # band, duet, chorale in three ranges
     panic: int = field(default=102, metadata=_range(0, 119))  # any value >= 64
     # band mode's arranger controls, each on the next bar line when its CC rises through 64 (a button or pedal)
     band_sync: int = field(default=0, metadata=_range(0, 119))

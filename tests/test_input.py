@@ -408,6 +408,18 @@ def test_mode_cc_emits_only_when_the_range_changes() -> None:
     ]
 
 
+def test_mode_extra_cc_reaches_band_duet_and_chorale() -> None:
+    tracker = PlayerTracker()
+    out = []
+    for v in (0, 42, 43, 85, 86, 127, 20):
+        out += tracker.feed(0, cc(86, v))
+    out += tracker.feed(0, cc(85, 40))  # back to a first-four mode with the other knob
+    assert [c.value for c in out] == ["band", "duet", "chorale", "band", "accompany"]
+    assert [mode_for_cc(v, extra=True) for v in (0, 42, 43, 85, 86, 127, 999)] == [
+        "band", "band", "duet", "duet", "chorale", "chorale", "chorale",
+    ]  # fmt: skip
+
+
 def test_panic_emits_once_per_rising_edge_through_64() -> None:
     tracker = PlayerTracker()
     values = (0, 63, 64, 100, 127, 70, 63, 10, 64, 127, 0, 127)

@@ -128,7 +128,7 @@ def test_learn_replaces_the_armed_control_and_rejects_unknown_names() -> None:
     assert tr.feed(0, (0xB3, 30, 0)) == [Control(LEARNED, "panic")]
     assert tr.mapping.config.panic == 30 and tr.mapping.config.swing == 0
     assert tr.feed(0, (0xB3, 30, 127)) == [Control("panic", 1.0)]
-    with pytest.raises(ValueError, match="allowed: temperature, top_p, density, swing, mode, panic"):
+    with pytest.raises(ValueError, match="allowed: temperature, top_p, density, swing, mode, mode_extra, panic"):
         tr.learn("tempo")
     tr.set_mapping(tr.mapping.mapped("panic", 0))
     assert tr.feed(0, (0xB3, 30, 0)) == [] and tr.feed(0, (0xB3, 30, 127)) == []

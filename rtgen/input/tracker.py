@@ -22,7 +22,8 @@ Control Change mapping (``[cc]`` in the config; 0 = unmapped), 0..127 onto:
 * ``top_p`` 0.05..1 and ``swing`` 0..0.75, linear;
 * ``density`` 0..4, piecewise linear: 0..64 → 0..1 (thinner) and 64..127 → 1..4 (busier);
 * ``mode``: four ranges of 32 → ``autonomous``, ``accompany``, ``improvise``,
-  ``call-and-response`` (:data:`CC_MODES`), emitted only when the range changes;
+  ``call-and-response`` (:data:`CC_MODES`), emitted only when the range changes; ``mode_extra``: the other
+  modes (``band``, ``duet``, ``chorale``: :data:`CC_EXTRA_MODES`) in equal ranges, the same way;
 * ``panic`` and the band's arranger controls (``band_fill``, ``band_break``, ...; :data:`SWITCH_CONTROLS`):
   emitted once when the value rises through 64.
 
@@ -88,8 +89,10 @@ SWITCH_CONTROLS = tuple(name for name in CC_CONTROLS if name == "panic" or name.
 """Controls emitted once (value 1.0) when their CC rises through 64: a button, or a pedal pressed."""
 
 CC_MODES = MODES[:4]
-"""The modes the mode CC selects, in four ranges of 32 (band is chosen with ``--mode``, ``/rtgen/mode`` or the
-page: a fifth range would move the boundaries players' knobs and presets already have)."""
+"""The modes the mode CC selects, in four ranges of 32 (a fifth range would move the boundaries players' knobs
+and presets already have: the later modes have a CC of their own, :data:`CC_EXTRA_MODES`)."""
+CC_EXTRA_MODES = MODES[4:]
+"""The modes the ``mode_extra`` CC selects, in equal ranges of 0..127 (three: band, duet, chorale)."""
 
 CONTROL_RANGES: dict[str, tuple[float, float]] = {
     name: field_range(GenerationConfig, name) for name in CONTINUOUS_CONTROLS
@@ -220,9 +223,17 @@ def scale_cc(name: str, value: int) -> float:
     return min(max(out, lo), hi)
 
 
-def mode_for_cc(value: int) -> str:
-    """The playing mode selected by a mode CC value: four ranges of 32 (clamped to 0..127), see :data:`CC_MODES`."""
-    return CC_MODES[min(max(int(value), 0), 127) >> 5]
+def mode_for_cc(value: int, extra: bool = False) -> str:
+    """The playing mode selected by a mode CC value (clamped to 0..127): four ranges of 32, see :data:`CC_MODES`;
+    with ``extra``, the ``mode_extra`` CC's equal ranges over :data:`CC_EXTRA_MODES`."""
+    return _cc_mode(value, extra)[1]
+
+
+def _cc_mode(value: int, extra: bool) -> tuple[int, str]:
+    """``(index in MODES, mode)`` a mode CC's value selects."""
+    value = min(max(int(value), 0), 127)
+    index = len(CC_MODES) + value * len(CC_EXTRA_MODES) // 128 if extra else value >> 5
+    return index, MODES[index]
 
 
 def nearest_step(t_ns: int, step_start_ns: int, step_ns: int) -> tuple[int, int]:
@@ -753,11 +764,11 @@ class PlayerTracker:
     def _controls(self, names: tuple[str, ...], value: int) -> list[Control]:
         out: list[Control] = []
         for name in names:
-            if name == "mode":
-                index = value >> 5
+            if name in ("mode", "mode_extra"):
+                index, mode = _cc_mode(value, name == "mode_extra")
                 if index != self._mode:
                     self._mode = index
-                    out.append(Control("mode", CC_MODES[index]))
+                    out.append(Control("mode", mode))
             elif name in SWITCH_CONTROLS:
                 high = value >= SWITCH_ON
                 if high and name not in self._switched_on:

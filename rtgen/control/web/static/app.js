@@ -275,6 +275,10 @@ function build(table) {
     if (!learnable.has(name)) play.append(w);
     else if (w.classList.contains("row")) { w.querySelector("label").after(learnButtons(name)); play.append(w); }
     else play.append(el("div", { class: "row" }, el("label", {}, name), learnButtons(name)), w);
+    if (name === "mode" && learnable.has("mode_extra")) {  // the second mode knob: band, duet, chorale
+      play.append(el("div", { class: "row" }, el("label", { title: "a knob for band, duet and chorale" },
+        "mode: band / duet / chorale"), learnButtons("mode_extra")));
+    }
   }
   // band mode's arranger: a button per control, its MIDI learn (band_fill, ...) beside it
   const band = table.filter((e) => e.address.startsWith("/rtgen/band/"));
