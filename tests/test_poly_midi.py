@@ -152,3 +152,49 @@ def test_three_state_head_is_a_joint_distribution_and_the_sampler_draws_from_it(
     freq = torch.bincount((code * torch.tensor([27, 9, 3, 1])).sum(-1), minlength=81).float() / n
     p = states_lp.exp()
     assert (freq - p).abs().max() < 5 * math.sqrt(0.25 / n)
+
+
+def test_duet_answers_with_the_players_own_three_state_model(trained: dict[str, Any]) -> None:
+    """``--mode duet --model MINE``: the phrase is fed as onsets and held pitches, the answer re-strikes a pitch the
+    model strikes again, and every note struck is released."""
+    from rtgen.config import CallResponseConfig
+    from rtgen.generation.conductor import Duet, Heard
+    from rtgen.generation.engine import Params
+    from rtgen.generation.poly import PolyModel
+    from rtgen.input.tracker import SILENT_FRAME
+    from rtgen.timing.transport import Position
+    from tests.duet_phrase import phrase_frames
+
+    model = PolyModel.load(trained["out"])
+    assert model.states == 3 and model.step_beats == 0.25
+    duet = Duet(model, CallResponseConfig(silence_beats=1.0, answer_bars=2), seed=0)
+    params = Params()
+    frames = phrase_frames()
+    k, played = 0, []
+    for f in [*frames, *[SILENT_FRAME] * 48]:
+        at = Position(k, k // 16, k % 16, 16, 4)
+        if not duet.answering:
+            duet.heard(at, Heard(poly=f))
+        played.append(duet.play(at, params))
+        k += 1
+    assert duet.answers == 1
+    sounding: set[int] = set()
+    again = ons = offs = chords = 0
+    for n in played:
+        again += len(set(n.offs) & set(n.ons))
+        assert set(n.offs) <= sounding
+        sounding -= set(n.offs)
+        assert not set(n.ons) & sounding  # every pitch struck is free (struck again: released first)
+        sounding |= set(n.ons)
+        ons, offs = ons + len(n.ons), offs + len(n.offs)
+        chords += len(sounding) >= 3
+    assert ons > 0 and chords > 0
+    assert again > 0, "the model's onsets of sounding pitches are struck again"
+    for _ in range(40):  # the answer ends: everything released
+        if not sounding:
+            break
+        n = duet.play(Position(k, k // 16, k % 16, 16, 4), params)
+        sounding -= set(n.offs)
+        offs += len(n.offs)
+        k += 1
+    assert not sounding and ons == offs

@@ -34,6 +34,7 @@ import numpy as np
 from rtgen import contract as ct
 from rtgen.config import CallResponseConfig
 from rtgen.generation.keys import estimate_key
+from rtgen.generation.poly import HELD, ONSET
 from rtgen.input.tracker import StepFrame
 from rtgen.timing.transport import Position
 
@@ -138,6 +139,7 @@ class DuetAnswer:
         self.answering = False
         self._started = False
         self._frames: list[frozenset[int]] = []  # the phrase's frames so far
+        self._struck: list[frozenset[int]] = []  # ... the pitches of each struck in it (a three-state model's onsets)
         self._frame_pos: list[int] = []  # ... and their positions in bar, in frames
         self._steps: list[StepFrame] = []  # the player's steps of the frame being heard
         self._weights = [0.0] * 12
@@ -185,6 +187,7 @@ class DuetAnswer:
             self._close_frame()
             while self._frames and not self._frames[-1]:
                 self._frames.pop()  # the silence ends the phrase; it is not part of it
+                self._struck.pop()
                 self._frame_pos.pop()
             if self._frames:
                 self.answering = True
@@ -196,11 +199,14 @@ class DuetAnswer:
         if not self._steps:
             return
         pitches = frame_pitches(self._steps)
+        struck: set[int] = set()
         for step in self._steps:
+            struck.update(step.onsets)
             for p in step.sounding:
                 self._weights[p % 12] += 1.0
         self._steps = []
         self._frames.append(pitches)
+        self._struck.append(pitches & struck)
         if pitches:
             self._feed(self._lock if self._lock is not None else estimate_key(self._weights))
 
@@ -219,12 +225,13 @@ class DuetAnswer:
             self._fed_shift = shift
             self._fed = max(0, end - MAX_FED_FRAMES)
         buf = self._buf
+        three = self.model.states == 3
         for i in range(self._fed, end):
             buf[:] = 0.0
             for p in frames[i]:
                 j = p + shift - self._low
-                if 0 <= j < self._n:
-                    buf[j] = 1.0
+                if 0 <= j < self._n:  # a three-state model hears a pitch struck in the frame as an onset
+                    buf[j] = (ONSET if p in self._struck[i] else HELD) if three else 1.0
             stepper.feed(buf, pos=self._frame_pos[i])
         self._fed = max(self._fed, end)
 
@@ -261,7 +268,11 @@ class DuetAnswer:
         pitches = frozenset(p for j in np.flatnonzero(out).tolist() if 0 <= (p := self._low + j - shift) <= 127)
         old = self._sounding
         self._sounding = pitches
-        return PolyNotes(tuple(sorted(old - pitches)), tuple(sorted(pitches - old)), self._velocity)
+        # a three-state model's onset of a pitch that sounds already is struck again (off, then on)
+        again = frozenset(self._low + j - shift for j in np.flatnonzero(out == ONSET).tolist()) & old
+        if self.model.states != 3 or not again:
+            return PolyNotes(tuple(sorted(old - pitches)), tuple(sorted(pitches - old)), self._velocity)
+        return PolyNotes(tuple(sorted((old - pitches) | again)), tuple(sorted((pitches - old) | again)), self._velocity)
 
     def _start(self, pos: Position, fs: int, params: Params) -> None:
         """Move the phrase to the model's key, feed it, and decide the answer's length and loudness."""
