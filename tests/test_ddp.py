@@ -44,3 +44,29 @@ def test_torchrun_two_processes(tmp_path: Path) -> None:
     assert param_hash(models) == r0["params"]  # the checkpoint holds the final weights
     hist = json.loads((run / "history.json").read_text())
     assert [h["epoch"] for h in hist] == [1, 2]
+
+
+@pytest.mark.slow
+def test_torchrun_trains_a_polyphonic_model(tmp_path: Path) -> None:
+    """``all --kind poly`` under torchrun: each rank trains on its own windows, the weights stay in lockstep, and
+    rank 0 exports a model rtgen plays."""
+    from test_poly_midi import write_piece
+
+    from rtgen.generation.poly import PolyModel
+
+    require(TORCHRUN.is_file(), f"torchrun next to {sys.executable}")
+    midi = tmp_path / "midi"
+    midi.mkdir()
+    for i in range(12):
+        write_piece(midi / f"piece{i:02d}.mid", i)
+    out, work = tmp_path / "model", tmp_path / "work"
+    cmd = [str(TORCHRUN), "--standalone", "--nproc_per_node", "2", "-m", "training.cli", "all", "--kind", "poly"]
+    cmd += ["--midi-dir", str(midi), "--out", str(out), "--work", str(work), "--tiny", "--epochs", "2"]
+    env = {**os.environ, DEBUG_ENV: "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0 = json.loads((work / "run" / "rank0.json").read_text())
+    r1 = json.loads((work / "run" / "rank1.json").read_text())
+    assert (r0["world"], r1["world"]) == (2, 2)
+    assert r0["data"] != r1["data"] and r0["params"] == r1["params"]
+    assert PolyModel.load(out).stepper(seed=0).step().shape == (88,)

@@ -18,6 +18,7 @@ length is scored exactly as one pass.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -38,7 +39,7 @@ from tqdm import tqdm
 from rtgen.errors import RtgenError
 from training import poly
 from training.poly_midi import BAR_STEPS, N_STATES, OFF, ONSET, VELOCITY_BINS, PolySplit, load_poly_split
-from training.train import Dist, setup_distributed
+from training.train import DEBUG_ENV, Dist, param_hash, setup_distributed
 
 log = logging.getLogger(__name__)
 
@@ -244,6 +245,7 @@ def train_poly(
     if d.world > 1:
         obj = DistributedDataParallel(obj)
     reason = _finished(cfg, st)
+    seen = hashlib.sha256()  # this rank's windows, for the DDP test (DEBUG_ENV)
     while reason is None:
         epoch = len(st["history"])
         rng = np.random.default_rng([cfg.seed, epoch])
@@ -254,6 +256,7 @@ def train_poly(
         n_batches = len(wins) // (cfg.batch_size * d.world) or 1
         shift = rng.choice(list(SHIFTS), size=len(wins)) if cfg.augment else np.zeros(len(wins), dtype=np.int64)
         mine = [(wins[i], int(shift[i])) for i in order[d.rank :: d.world]]
+        seen.update(repr(mine).encode())
         model.train()
         t0 = time.perf_counter()
         sums = np.zeros(3)
@@ -311,6 +314,9 @@ def train_poly(
                "model": asdict(model_cfg), "train_config": asdict(cfg), "history": st["history"]}  # fmt: skip
     if d.main:
         (run / TRAIN_FILE).write_text(json.dumps(summary, indent=1) + "\n")
+    if os.environ.get(DEBUG_ENV):
+        info = {"rank": d.rank, "world": d.world, "params": param_hash(model), "data": seen.hexdigest()}
+        (run / f"rank{d.rank}.json").write_text(json.dumps(info) + "\n")
     return summary
 
 

@@ -113,6 +113,13 @@ class PolyModel:
             raise ModelError(f"{graph} has inputs {names}, expected {expected}; re-export it")
         return cls(folder, meta, session)
 
+    def warm_up(self, rows: tuple[int, ...] = (1,)) -> None:
+        """Run the graph once at each batch size in ``rows``: onnxruntime's first run of a session (and of a new
+        batch size) plans its memory and takes ~15 ms, so a loader thread does it, not the real-time thread that
+        later makes a stepper (then ~1 ms)."""
+        for r in rows:
+            self.stepper(0, r).warm_up()
+
     def stepper(self, seed: int | None = None, rows: int = 1) -> PolyStepper:
         """A new stream (state, previous frame and random generator of its own) drawing ``rows`` candidates a step."""
         return PolyStepper(self, seed, rows)

@@ -44,7 +44,11 @@ def load_poly(cfg: Config, folder: Path | None, mode: str) -> PolyModel:
     from rtgen.generation.poly import PolyModel
 
     path = folder if folder is not None else cfg.model_folder(POLY_DEFAULT, strict=True)
+    from rtgen.arrange.chorale import DRAWS
+
     try:
-        return PolyModel.load(path)
+        model = PolyModel.load(path)
     except ModelError as err:
         raise ModelError(f"mode {mode} plays a polyphonic model such as the shipped {POLY_DEFAULT}: {err}") from err
+    model.warm_up((1, DRAWS))  # duet's stepper and the chorale voicer's are then made in ~1 ms on a mode switch
+    return model
