@@ -949,7 +949,9 @@ def test_midi_learn_maps_a_cc_sent_by_the_player_and_survives_a_restart(
         assert status(peer)["cc"]["top_p"] == 21, "the user config's [cc] applies over --config"
         peer.send("/rtgen/learn", "tempo")
         errors = peer.wait_for("/rtgen/error")
-        assert errors and "allowed: temperature, top_p, density, swing, mode, panic" in errors[-1][0], errors
+        assert errors and "allowed: temperature, top_p, density, swing, mode, mode_extra, panic" in errors[-1][0], (
+            errors
+        )
         peer.send("/rtgen/learn", "temperature")
         assert wait_status(peer, "learning", "temperature")["learning"] == "temperature"
         kb.send(0xB0, 21, 100)

@@ -10,13 +10,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rtgen.errors import RtgenError
+from training.outputs import SMALL_DATA_STEPS, output_folders
 
 TINY_TRAIN = {"hidden": 32, "layers": 1}
 """Overrides for ``all --tiny``: a model small enough to train in seconds."""
 TINY_EVAL = {"renders": 2, "bars": 16}
 """Overrides for ``all --tiny``: a quick evaluation."""
-SMALL_DATA_STEPS = 200_000
-"""A prepared train split under this many steps (about 300 folk tunes, 50 classical pieces) is a small folder."""
 SMALL_DATA_TRAIN = {"hidden": 128, "layers": 1, "dropout": 0.3, "weight_decay": 0.1}
 """What ``all`` trains on a small folder: one GRU layer, more dropout and weight decay. Measured on 43 MuseData
 pieces (3 tracks each), 20 epochs: test note NLL 1.15 of the n-gram's (default model 1.30; hidden 64: 1.25)."""
@@ -89,23 +88,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=run_all)
     return parser
-
-
-def output_folders(out: str, work: Path | None) -> tuple[Path, Path]:
-    """``(model folder, work folder)`` for ``all --out OUT [--work WORK]``.
-
-    OUT is a path, or a bare name that goes into the user's models folder (see
-    :func:`rtgen.library.output_folder`); the work folder defaults to ``OUT.work`` beside a path and to
-    ``.work/NAME`` in the models folder for a name (hidden, so the library lists only models).
-    """
-    from rtgen.config import default_config_path, load_config
-    from rtgen.library import is_name, output_folder
-
-    path = Path(out)
-    if path.exists() or not is_name(out):  # the string, not the Path: "./mine" is a path
-        return path, work or path.with_name(path.name + ".work")
-    user_dir = load_config(default_config_path()).models_dir
-    return output_folder(out, user_dir), work or user_dir / ".work" / out
 
 
 def run_all(args: argparse.Namespace) -> int:

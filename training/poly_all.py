@@ -29,6 +29,7 @@ from rtgen import library
 from rtgen.errors import RtgenError
 from rtgen.generation.poly import ONSET, PolyModel
 from training import poly, poly_export
+from training.outputs import SMALL_DATA_STEPS, output_folders
 from training.poly_midi import chord_share, load_poly_split, prepare_poly, read_poly_manifest, sounding
 from training.poly_train import PolyTrainConfig, baselines, default_model, per_step, score, train_poly
 from training.train import setup_distributed
@@ -38,7 +39,7 @@ TINY_MODEL = {"hidden": 48, "embed": 32, "nade_hidden": 32, "dropout": 0.0}
 TINY_TRAIN = {"window": 64, "batch_size": 8, "min_batches": 25, "threads": 1, "lr": 5e-3}
 """``all --kind poly --tiny``: short windows, one thread (the small ops of a tiny model run fastest on one)."""
 SMALL_MODEL = {"hidden": 128, "embed": 64, "nade_hidden": 64, "dropout": 0.3}
-"""The model for a small folder (train split under ``cli.SMALL_DATA_STEPS`` steps)."""
+"""The model for a small folder (train split under ``outputs.SMALL_DATA_STEPS`` steps)."""
 RENDER_STEPS = 128
 """Steps per evaluation render (8 bars of 4/4)."""
 RENDER_BAR = 4 * C.STEPS_PER_BEAT
@@ -99,7 +100,6 @@ def summary_line(m: dict[str, Any]) -> str:
 
 def run_all_poly(args: argparse.Namespace) -> int:
     """``rtgen-train all --kind poly``: prepare, train, export and evaluate; each resumes what an earlier run left."""
-    from training.cli import SMALL_DATA_STEPS, output_folders
 
     if args.init_from:
         raise RtgenError("--init-from is not available with --kind poly yet; leave it out to train from random weights")
