@@ -113,23 +113,7 @@ def extract_poly_file(path: str | Path) -> dict[str, npt.NDArray[Any]] | str:
     Never raises for a bad file (as ``extract.extract_file``): what ``sniff`` sees first, then ``corrupt``
     when the parser fails, ``error: <ExceptionType>`` for anything unexpected.
     """
-    reason = X.sniff(path)
-    if reason is not None:
-        return reason
-    try:
-        import symusic
-
-        score = symusic.Score(str(path))
-    except Exception as err:
-        log.debug("cannot parse %s: %s", path, err)
-        return "corrupt"
-    try:
-        return roll_from_score(score)
-    except X.SkipFile as skip:
-        return skip.reason
-    except Exception as err:
-        log.debug("extraction failed for %s", path, exc_info=True)
-        return f"error: {type(err).__name__}"
+    return X.convert_file(path, roll_from_score)
 
 
 def _work(path: str) -> dict[str, npt.NDArray[Any]] | str:

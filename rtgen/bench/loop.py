@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import resource
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,12 @@ def bench_inference(
     engine = Engine(Model.load(model_dir, threads=1), Params(), seed=seed)
     for _ in range(warmup):
         engine.step()
+    return time_steps(lambda _: engine.step(), steps, realtime_priority)
+
+
+def time_steps(step: Callable[[int], object], steps: int, realtime_priority: int = 10) -> dict[str, Any]:
+    """Percentiles (us) of ``steps`` calls ``step(i)``, as the daemon's loop runs them: SCHED_FIFO
+    ``realtime_priority`` where allowed (0: normal scheduling; ``realtime`` says which) and the heap frozen."""
     times = np.empty(steps, dtype=np.int64)
     clock = time.perf_counter_ns
     gc.collect()
@@ -45,7 +52,7 @@ def bench_inference(
     try:
         for i in range(steps):
             t = clock()
-            engine.step()
+            step(i)
             times[i] = clock() - t
     finally:
         if realtime:
@@ -67,25 +74,14 @@ def bench_poly_step(
     clamps = [stepper.soprano_clamp(int(p)) for p in gen.integers(60, 80, 16)]
     for _ in range(warmup):
         stepper.step()
-    times = np.empty(steps, dtype=np.int64)
-    clock = time.perf_counter_ns
-    gc.collect()
-    gc.freeze()
-    realtime = request_realtime(realtime_priority)
-    try:
-        for i in range(steps):
-            clamp, observed = clamps[i % len(clamps)]
-            t = clock()
-            if i % 2:
-                stepper.step(clamp, observed)
-            else:
-                stepper.step()
-            times[i] = clock() - t
-    finally:
-        if realtime:
-            release_realtime()
-        gc.unfreeze()
-    return {**percentiles_us(times), "realtime": realtime}
+
+    def step(i: int) -> None:
+        if i % 2:
+            stepper.step(*clamps[i % len(clamps)])
+        else:
+            stepper.step()
+
+    return time_steps(step, steps, realtime_priority)
 
 
 def bench_duet_answer(

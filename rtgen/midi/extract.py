@@ -54,8 +54,10 @@ import itertools
 import logging
 import math
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -63,6 +65,7 @@ import numpy.typing as npt
 from rtgen import contract as C  # noqa: N812
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 EXTRACTOR_VERSION = 1
 """Bump when the extraction changes, so prepared data is redone."""
@@ -427,6 +430,13 @@ def extract_file(path: str | Path) -> dict[str, npt.NDArray[np.int64]] | str:
     Returns:
         The arrays of :func:`tokens_from_score`, or a skip reason string.
     """
+    return convert_file(path, tokens_from_score)
+
+
+def convert_file(path: str | Path, convert: Callable[[Any], T]) -> T | str:
+    """``convert(score)`` of one MIDI file's parsed score, or the reason the file is skipped (as
+    :func:`extract_file`, which is this with :func:`tokens_from_score`; a :class:`SkipFile` from ``convert``
+    gives its reason)."""
     reason = sniff(path)
     if reason is not None:
         return reason
@@ -438,7 +448,7 @@ def extract_file(path: str | Path) -> dict[str, npt.NDArray[np.int64]] | str:
         log.debug("cannot parse %s: %s", path, err)
         return "corrupt"
     try:
-        return tokens_from_score(score)
+        return convert(score)
     except SkipFile as skip:
         return skip.reason
     except Exception as err:
