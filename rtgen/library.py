@@ -57,8 +57,7 @@ def read_meta(folder: Path) -> dict[str, Any]:
 
 
 def model_kind(meta: dict[str, Any]) -> str:
-    """What a ``meta.json`` describes: ``"poly"`` (a polyphonic step model) or ``"melody"`` (the melody,
-    chord and harmony graphs of the token contract; a folder without ``"kind"`` is one)."""
+    """What a ``meta.json`` describes: :data:`POLY_KIND` (a polyphonic step model) or :data:`MELODY_KIND`."""
     kind = meta.get("kind", MELODY_KIND)
     return kind if isinstance(kind, str) else MELODY_KIND
 
@@ -145,7 +144,7 @@ def read_entry(path: Path, origin: str, name: str | None = None) -> ModelEntry:
     except ModelError as err:
         problem = str(err)
     entry = ModelEntry(name or path.name, path, origin, meta, problem)
-    if not problem and model_kind(meta) == "melody":
+    if not problem and model_kind(meta) == MELODY_KIND:
         version = entry.contract_version
         if version not in contract.COMPATIBLE_VERSIONS:
             speaks = ", ".join(f"v{v}" for v in contract.COMPATIBLE_VERSIONS)

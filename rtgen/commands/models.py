@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from rtgen.config import CONFIG_HELP, Config, default_config_path, load_config
-from rtgen.library import ModelEntry
+from rtgen.library import POLY_KIND, ModelEntry
 
 
 def register(subparsers: Any) -> None:
@@ -60,7 +60,7 @@ def run_list(args: argparse.Namespace) -> int:
         return 0
     rows = [("NAME", "FROM", "KIND", "CONTRACT", "PARAMS", "EXPORTED", "FOLDER")]
     for e in entries:
-        version = f"v{e.contract_version}" if e.contract_version is not None else "-" if e.kind == "poly" else "?"
+        version = f"v{e.contract_version}" if e.contract_version is not None else "-" if e.kind == POLY_KIND else "?"
         params = f"{e.params / 1e6:.2f} M" if e.params else "?"
         exported = str(e.meta.get("exported", ""))[:10] or "?"
         folder = str(e.path) + (f"  ({e.problem})" if e.problem else "")
@@ -133,7 +133,7 @@ def run_info(args: argparse.Namespace) -> int:
     exported = meta.get("exported", "?")
     block = meta.get("poly") if isinstance(meta.get("poly"), dict) else {}
     data = meta.get("data")
-    if entry.kind == "poly" and block:
+    if entry.kind == POLY_KIND and block:
         cfg_m = model.get("config", {}) if isinstance(model.get("config"), dict) else {}
         head = f"GRU {cfg_m.get('layers', '?')} x {cfg_m.get('hidden', '?')} + {model.get('head', '?')} head"
         key = ", trained in C major / C minor" if block.get("centred_key") else ""
@@ -143,7 +143,7 @@ def run_info(args: argparse.Namespace) -> int:
             print(f"data: {data.get('dataset', '?')} ({data.get('split', '?')}; license {data.get('license', '?')})")
     else:
         print(f"contract v{entry.contract_version}, {arch}, {entry.params:,} parameters, exported {exported}")
-    if isinstance(data, dict) and entry.kind != "poly":
+    if isinstance(data, dict) and entry.kind != POLY_KIND:
         files = data.get("files")
         split = ", ".join(f"{k} {v}" for k, v in files.items()) if isinstance(files, dict) else "?"
         print(f"data: {data.get('source', '?')} ({split} files; license {data.get('license', '?')})")

@@ -268,11 +268,11 @@ class DuetAnswer:
         pitches = frozenset(p for j in np.flatnonzero(out).tolist() if 0 <= (p := self._low + j - shift) <= 127)
         old = self._sounding
         self._sounding = pitches
-        # a three-state model's onset of a pitch that sounds already is struck again (off, then on)
-        again = frozenset(self._low + j - shift for j in np.flatnonzero(out == ONSET).tolist()) & old
-        if self.model.states != 3 or not again:
-            return PolyNotes(tuple(sorted(old - pitches)), tuple(sorted(pitches - old)), self._velocity)
-        return PolyNotes(tuple(sorted((old - pitches) | again)), tuple(sorted((pitches - old) | again)), self._velocity)
+        offs, ons = old - pitches, pitches - old
+        if self.model.states == 3:  # an onset of a pitch that sounds already is struck again (off, then on)
+            again = frozenset(self._low + j - shift for j in np.flatnonzero(out == ONSET).tolist()) & old
+            offs, ons = offs | again, ons | again
+        return PolyNotes(tuple(sorted(offs)), tuple(sorted(ons)), self._velocity)
 
     def _start(self, pos: Position, fs: int, params: Params) -> None:
         """Move the phrase to the model's key, feed it, and decide the answer's length and loudness."""

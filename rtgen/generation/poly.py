@@ -29,6 +29,8 @@ from rtgen import library
 from rtgen.errors import ModelError
 from rtgen.generation.model import session_options
 
+model_kind = library.model_kind
+"""The kind of model a ``meta.json`` describes (:func:`rtgen.library.model_kind`)."""
 POLY_KIND = library.POLY_KIND
 MELODY_KIND = library.MELODY_KIND
 GRAPH_FILE = "poly.onnx"
@@ -42,11 +44,6 @@ OFF, ONSET, HELD = 0, 1, 2
 """A three-state frame's codes."""
 LOW_PITCH = 21
 """MIDI pitch of frame index 0 (A0, the piano's lowest key)."""
-
-
-def model_kind(meta: dict[str, Any]) -> str:
-    """The kind of model a ``meta.json`` describes: :data:`POLY_KIND` or :data:`MELODY_KIND`."""
-    return library.model_kind(meta)
 
 
 class PolyModel:
