@@ -25,7 +25,7 @@ from rtgen.contract import Key, TimeSignature
 from rtgen.errors import ModelError
 from rtgen.generation.engine import Engine, Params, Steer, Step
 from rtgen.generation.model import Model
-from rtgen.generation.sampling import mask_bias, sample, sample_batch
+from rtgen.generation.sampling import mask_bias, sample, sample_batch, sample_split
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +115,27 @@ def test_sampling_masks_and_fallbacks() -> None:
     nan = np.array([np.nan, 1.0, np.nan, 0.5])
     assert sample(nan, rng) in (1, 3)
     assert sample_batch(np.stack([logits, logits]), rng, bias=nothing, fallback=3).tolist() == [3, 3]
+
+
+def test_split_sampling_keeps_the_models_rhythm() -> None:
+    """HOLD 0.96, four notes 0.04 together: a plain nucleus of 0.95 never starts a note, the split sampler
+    starts one 4 % of the time (as the model says) and sharpens only which note."""
+    rng = np.random.default_rng(2)
+    logits = np.log(np.array([0.0, 0.96, 0.016, 0.012, 0.008, 0.004]) + 1e-300)
+    plain = [sample(logits, rng, temperature=0.9, top_p=0.95) for _ in range(4000)]
+    assert set(plain) == {1}
+    split = np.array([sample_split(logits, rng, head=2, temperature=0.9, top_p=0.95) for _ in range(20000)])
+    onset = split >= 2
+    assert abs(onset.mean() - 0.04) < 0.006
+    assert 0 not in split  # REST had no mass
+    notes = np.bincount(split[onset] - 2, minlength=4) / onset.sum()
+    assert notes[0] > 0.4 and notes[3] < 0.1  # the likeliest note gains (0.4 by the model), the tail thins
+    cold = {sample_split(logits, rng, head=2, temperature=0.01) for _ in range(3000)}
+    assert cold == {1, 2}  # a cold sampler still starts notes, always the likeliest one
+    masked = mask_bias([True, True, False, True, True, True])
+    assert 2 not in {sample_split(logits, rng, head=2, bias=masked) for _ in range(3000)}
+    nothing = mask_bias([False] * 6)
+    assert sample_split(logits, rng, head=2, bias=nothing, fallback=0) == 0
 
 
 # --- engine --------------------------------------------------------------------------------------

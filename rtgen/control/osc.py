@@ -353,12 +353,12 @@ class OscControl:
 
     @osc_handler("temperature", setting(GenerationConfig, "temperature", "f"))
     def temperature(self, sender: tuple[str, int] | None, value: float) -> None:
-        """Sampling temperature, 0.05..3 (lower = safer, higher = wilder)."""
+        """Sampling temperature, 0.05..3 (lower = safer, higher = wilder): which notes and chords, not how often."""
         self.controller.set_params(temperature=value)
 
     @osc_handler("top_p", setting(GenerationConfig, "top_p", "f"))
     def top_p(self, sender: tuple[str, int] | None, value: float) -> None:
-        """Nucleus sampling threshold, 0.05..1."""
+        """Nucleus sampling threshold, 0.05..1 (of the notes and chords; rests and holds keep the model's odds)."""
         self.controller.set_params(top_p=value)
 
     @osc_handler("mode", setting(DaemonConfig, "mode", "s"))

@@ -31,7 +31,7 @@ from rtgen import contract as ct
 from rtgen.config import GenerationConfig
 from rtgen.contract import Key, TimeSignature
 from rtgen.generation.model import Model, StepBinding
-from rtgen.generation.sampling import mask_bias, sample
+from rtgen.generation.sampling import mask_bias, sample, sample_split
 from rtgen.timing.transport import Position, Transport
 
 FloatArray = npt.NDArray[np.float64]
@@ -557,14 +557,14 @@ class Engine:
                     z[guide] += steer.guide_bonus
                 chord_logits = z
                 bias = None
-        chord_tok = sample(
-            chord_logits,
-            self.rng,
-            temperature=p.temperature,
-            top_p=p.top_p,
-            bias=bias,
-            fallback=ct.CHORD_HOLD if held_ok else ct.CHORD_NC,
-        )
+        fallback = ct.CHORD_HOLD if held_ok else ct.CHORD_NC
+        if harmonised:
+            chord_tok = sample(chord_logits, self.rng, temperature=p.temperature, top_p=p.top_p, fallback=fallback)
+        else:  # whether the chord changes as the model says; to which chord at the temperature
+            chord_tok = sample_split(
+                chord_logits, self.rng, head=ct.CHORD_OFFSET, temperature=p.temperature, top_p=p.top_p, bias=bias,
+                fallback=fallback,
+            )  # fmt: skip
         if harmonised and chord_tok == self._prev_chord_now:
             chord_tok = ct.CHORD_HOLD
         return chord_tok, harmonised
@@ -580,14 +580,11 @@ class Engine:
         mel_bias = masks.melody_sounding if sounding else masks.melody_enter if enter else masks.melody_silent
         if steer.tone_fit > 0 and chord_now >= ct.CHORD_OFFSET and at.strong:
             mel_bias = mel_bias + self._tone_bias(chord_now, steer.tone_fit)
-        return sample(
-            mel_logits,
-            self.rng,
-            temperature=p.temperature,
-            top_p=p.top_p,
-            bias=mel_bias,
+        # whether a note starts as the model says; which note at the temperature
+        return sample_split(
+            mel_logits, self.rng, head=ct.MEL_NOTE_OFFSET, temperature=p.temperature, top_p=p.top_p, bias=mel_bias,
             fallback=ct.MEL_HOLD if sounding else ct.MEL_REST,
-        )
+        )  # fmt: skip
 
     @staticmethod
     def _wakes(quiet_steps: int, at: Position) -> bool:

@@ -153,6 +153,52 @@ def sample(
     return idx
 
 
+def sample_split(
+    logits: npt.ArrayLike,
+    rng: np.random.Generator,
+    *,
+    head: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    bias: npt.ArrayLike | None = None,
+    fallback: int | None = None,
+) -> int:
+    """Sample in two stages: whether anything new starts, as the model says; then what, at ``temperature``/``top_p``.
+
+    The first ``head`` tokens (the contract's HOLD and REST, or HOLD and N.C.) and the pooled mass of all
+    the others (the onsets, or the chord changes) are drawn at temperature 1 with no nucleus; only the choice
+    among the others is sharpened and truncated. A plain nucleus over the whole vocabulary drops every onset
+    on a step where HOLD alone holds ``top_p`` of the mass, and a temperature below 1 feeds HOLD from the
+    onsets, so the music came out sparser and slower than the model's own rhythm.
+
+    Args:
+        logits: ``(V,)`` or ``(1, V)`` raw logits.
+        rng: the seeded generator (one uniform draw, two when something new starts).
+        head: how many leading tokens are control tokens.
+        temperature, top_p, bias, fallback: as in :func:`sample`, applied to the second stage (the bias and
+            the fallback to both).
+
+    Returns:
+        The token.
+    """
+    raw = np.asarray(logits, dtype=np.float64).ravel()
+    x = raw if bias is None else raw + np.asarray(bias, dtype=np.float64).ravel()
+    m = x.max()
+    if not math.isfinite(m):
+        return sample(raw, rng, temperature=temperature, top_p=top_p, bias=bias, fallback=fallback)
+    p = np.exp(x - m)
+    first = p[:head]
+    rest = float(p[head:].sum())
+    u = rng.random() * (float(first.sum()) + rest)
+    for tok in range(head):
+        if u < first[tok]:
+            return tok
+        u -= first[tok]
+    if rest <= 0.0:
+        return int(first.argmax())
+    return head + sample(x[head:], rng, temperature=temperature, top_p=top_p)
+
+
 def argmax(logits: npt.ArrayLike, bias: npt.ArrayLike | None = None, fallback: int | None = None) -> int:
     """Greedy choice with the same masking and fallback rules as :func:`sample`."""
     raw = np.nan_to_num(np.asarray(logits, dtype=np.float64).ravel(), nan=-np.inf)
