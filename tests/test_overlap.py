@@ -111,6 +111,17 @@ def _long_data(folder: Path) -> Path:
     return folder
 
 
+def test_overlap_renders_take_the_test_splits_meters() -> None:
+    def piece(bar_steps: int) -> overlap.Piece:
+        pos = np.arange(4 * bar_steps) % bar_steps
+        return overlap.Piece(np.zeros_like(pos), np.zeros_like(pos), pos)
+
+    pieces = [piece(16)] * 5 + [piece(12)] * 4 + [piece(8)]
+    assert ev.meters_like(pieces, 10) == ["4/4"] * 5 + ["6/8"] * 4 + ["2/4"]
+    assert ev.meters_like(pieces, 4) == ["4/4", "4/4", "6/8", "6/8"]  # largest remainders: 2.0, 1.6 -> 2, 0.4
+    assert [ev.meter_of(n) for n in (16, 12, 8, 18, 24, 20)] == ["4/4", "6/8", "2/4", "9/8", "6/4", "5/4"]
+
+
 def test_evaluate_reports_the_overlap_on_a_tiny_model(tmp_path: Path) -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     from model_factory import make_random_model
@@ -118,7 +129,7 @@ def test_evaluate_reports_the_overlap_on_a_tiny_model(tmp_path: Path) -> None:
     model_dir = make_random_model(tmp_path / "model", hidden=8, layers=1, seed=4)
     data = _long_data(tmp_path / "data")
     metrics = ev.evaluate(model=model_dir, data=data, renders=1, bars=8, max_order=2, progress=False,
-                          accompaniment=False, temperatures=(0.9, 1.0))  # fmt: skip
+                          accompaniment=False, temperatures=(0.9, 1.0), overlap_renders=1)  # fmt: skip
     ov = json.loads((model_dir / "meta.json").read_text())["metrics"]["test"]["overlap"]
     assert ov == metrics["overlap"]
     assert ov["windows"] == {"test": 3, "train": 2, "T0.9 p0.95": 1, "T1 p0.95": 1}

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -130,14 +131,16 @@ class Render:
     position: npt.NDArray[np.int64]
 
 
-def render(model: Model, bars: int, seed: int, temperature: float = 1.0, top_p: float = 1.0) -> Render:
-    """Let the engine play ``bars`` bars of 4/4 alone (temperature 1, top-p 1 by default), full pitch range, no key
+def render(
+    model: Model, bars: int, seed: int, temperature: float = 1.0, top_p: float = 1.0, time_signature: str = "4/4"
+) -> Render:
+    """Let the engine play ``bars`` bars alone (4/4, temperature 1, top-p 1 by default), full pitch range, no key
     lock."""
     from rtgen.config import GenerationConfig
     from rtgen.generation.engine import Engine, Params
 
     gen = GenerationConfig(
-        seed=seed, temperature=temperature, top_p=top_p, time_signature="4/4", key="off", density=1.0,
+        seed=seed, temperature=temperature, top_p=top_p, time_signature=time_signature, key="off", density=1.0,
         pitch_low=contract.PITCH_MIN, pitch_high=contract.PITCH_MAX,
     )  # fmt: skip
     params = Params.from_config(gen)
@@ -173,6 +176,37 @@ def split_pieces(split: Split) -> list[overlap.Piece]:
         for i in range(split.sequences)
     ]
 
+
+def meter_of(bar_steps: int) -> str:
+    """The time signature a render plays for a piece whose bars are ``bar_steps`` sixteenths long.
+
+    The models see only the step in the bar, so 12 steps (6/8 jigs, 3/4 waltzes) render as 6/8, the commoner.
+    """
+    named = {12: "6/8", 18: "9/8", 6: "3/8"}
+    if bar_steps in named:
+        return named[bar_steps]
+    return f"{bar_steps // 4}/4" if bar_steps % 4 == 0 else f"{bar_steps // 2}/8"
+
+
+def meters_like(pieces: list[overlap.Piece], count: int) -> list[str]:
+    """``count`` time signatures in the pieces' proportions (largest remainder), the commonest first.
+
+    Renders for the overlap take the test split's meters: a 4/4-only set would compare reels against a split
+    that is close to half jigs and waltzes.
+    """
+    bars = Counter(meter_of(int(p.position.max()) + 1) for p in pieces if p.position.size)
+    if not bars or count <= 0:
+        return ["4/4"] * max(count, 0)
+    total = sum(bars.values())
+    share = {m: n * count / total for m, n in bars.items()}
+    alloc = {m: int(v) for m, v in share.items()}
+    for m in sorted(share, key=lambda m: (alloc[m] - share[m], -bars[m]))[: count - sum(alloc.values())]:
+        alloc[m] += 1
+    return [m for m, _ in bars.most_common() for _ in range(alloc[m])]
+
+
+OVERLAP_RENDERS = 24
+"""Renders per setting for the overlap (``--overlap-renders``): enough pieces for the spread between tunes."""
 
 IN_SCALE_POINTS = 1.0
 """Target: in-scale onsets of the renders within this many percentage points of the test data's."""
@@ -224,11 +258,12 @@ def measure_overlap(
         stats.chord_tone_strong(p.melody, p.chord_now, stats.strong_beats(p.position)) for p in test_pieces
     ).value
     settings: dict[str, dict[str, Any]] = {}
+    meters = meters_like(test_pieces, renders)
     for temp in temperatures:
         name = setting_name(temp, top_p)
         desc = f"renders {name}"
         rend = [
-            render(model, bars, seed + k, temp, top_p)
+            render(model, bars, seed + k, temp, top_p, meters[k])
             for k in tqdm(range(renders), desc=desc, disable=_no_bar(progress))
         ]
         pieces = [overlap.Piece(r.melody, r.chord_now, r.position) for r in rend]
@@ -238,7 +273,7 @@ def measure_overlap(
                             for p in pieces).value  # fmt: skip
         settings[name] = {
             "temperature": temp, "top_p": top_p, "renders": renders, "bars": bars, "seed": seed,
-            "in_scale": scale, "chord_tone_strong": tone,
+            "meters": dict(Counter(meters)), "in_scale": scale, "chord_tone_strong": tone,
             "in_scale_met": bool(abs(scale - in_scale_data) * 100 <= IN_SCALE_POINTS),
             "chord_tone_strong_met": bool(abs(tone - tone_data) * 100 <= CHORD_TONE_POINTS),
         }  # fmt: skip
@@ -513,6 +548,7 @@ def evaluate(
     progress: bool | None = None,
     accompaniment: bool = True,
     temperatures: tuple[float, ...] | None = None,
+    overlap_renders: int = OVERLAP_RENDERS,
 ) -> dict[str, Any]:
     """Evaluate a model folder on the test split of a prepared-data folder and record the results.
 
@@ -527,8 +563,10 @@ def evaluate(
         accompaniment: measure the accompaniment (a minute, through rtgen's performer); ``False`` keeps the
             block meta.json has from an earlier evaluation, as it is.
         temperatures: temperatures of the renders compared with the test split feature by feature
-            (:func:`measure_overlap`, ``renders`` x ``bars`` each, top-p at the daemon's default; the figure goes
-            to ``overlap.png`` in the model folder); ``None``: the daemon's default and 1.0.
+            (:func:`measure_overlap`, ``overlap_renders`` x ``bars`` each in the test split's meters, top-p at
+            the daemon's default; the figure goes to ``overlap.png`` in the model folder); ``None``: the daemon's
+            default and 1.0.
+        overlap_renders: renders per temperature for that comparison.
 
     Returns:
         The metrics written into ``meta.json`` under ``metrics.test``.
@@ -645,8 +683,8 @@ def evaluate(
     t0 = time.perf_counter()
     temps = temperatures if temperatures is not None else (_daemon_temperature(), 1.0)
     metrics["overlap"] = measure_overlap(
-        m, train, test, bars=bars, renders=renders, seed=seed, temperatures=tuple(temps), top_p=_daemon_top_p(),
-        figure=model / "overlap.png", progress=progress,
+        m, train, test, bars=bars, renders=overlap_renders, seed=seed, temperatures=tuple(temps),
+        top_p=_daemon_top_p(), figure=model / "overlap.png", progress=progress,
     )  # fmt: skip
     t_overlap = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -974,7 +1012,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--seed", type=int, default=0, help="first render seed (default: 0)")
     p.add_argument("--temperatures", type=_floats, default=None,
                    help="comma-separated temperatures of the renders compared with the test split per feature, "
-                   "each --renders x --bars at the daemon's top-p (default: the daemon's and 1.0)")  # fmt: skip
+                   "each --overlap-renders x --bars at the daemon's top-p (default: the daemon's and 1.0)")  # fmt: skip
+    p.add_argument("--overlap-renders", type=int, default=OVERLAP_RENDERS,
+                   help=f"renders per temperature for the comparison with the test split, in its meters "
+                   f"(default: {OVERLAP_RENDERS})")  # fmt: skip
     p.add_argument("--max-order", type=int, default=MAX_NGRAM_ORDER,
                    help=f"highest n-gram order tried on valid (default: {MAX_NGRAM_ORDER})")  # fmt: skip
     p.add_argument("--keep-accompaniment", action="store_true",
@@ -993,6 +1034,7 @@ def _run(args: argparse.Namespace) -> int:
     evaluate(
         model=args.model, data=args.data, bars=args.bars, renders=args.renders, seed=args.seed,
         max_order=args.max_order, accompaniment=not args.keep_accompaniment, temperatures=args.temperatures,
+        overlap_renders=args.overlap_renders,
     )  # fmt: skip
     return 0
 
