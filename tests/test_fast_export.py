@@ -122,7 +122,8 @@ def test_fused_graph_has_far_fewer_nodes(exported: dict[str, Any]) -> None:
     for m in ("chord", "note"):
         fused, gru = _nodes(base / "fused" / f"{m}.onnx"), _nodes(base / "gru" / f"{m}.onnx")
         assert "GRU" in gru and "GRU" not in fused
-        assert fused["Gather"] == 1 + 2  # one table lookup for all token inputs, one per layer of the state
+        # one table lookup for all token inputs, one per layer of the state, one for the copy head
+        assert fused["Gather"] == 1 + 2 + 1
         plumbing_fused = sum(v for k, v in fused.items() if k in PLUMBING)
         plumbing_gru = sum(v for k, v in gru.items() if k in PLUMBING)
         assert plumbing_fused <= 0.5 * plumbing_gru, (fused, gru)
@@ -134,8 +135,9 @@ def test_fused_graph_has_far_fewer_nodes(exported: dict[str, Any]) -> None:
     [
         ModelConfig(hidden=16, layers=1, features=False),
         ModelConfig(hidden=24, layers=3, token_emb=8, small_emb=4),
+        ModelConfig(hidden=16, layers=2, copy=False),
     ],
-    ids=["1-layer-no-features", "3-layers"],
+    ids=["1-layer-no-features", "3-layers", "no-copy-head"],
 )
 def test_fused_step_modules_are_exact_for_other_architectures(cfg: ModelConfig, tmp_path: Path) -> None:
     """Random weights with large biases, so every folded bias and table matters."""

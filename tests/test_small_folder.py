@@ -127,8 +127,26 @@ def test_init_from_an_earlier_run_fine_tunes_its_weights(trained: tuple[Path, Pa
     assert tuned < first  # its first epoch starts where the earlier run ended, not from random weights
 
 
-def test_init_from_the_shipped_onnx_model_says_what_is_possible(tmp_path: Path, capsys) -> None:
-    args = ["all", "--midi-dir", str(tmp_path), "--out", str(tmp_path / "x"), "--init-from", "default"]
+def test_init_from_the_shipped_model_finds_its_weights() -> None:
+    from training.train import init_checkpoint, read_init
+
+    path = init_checkpoint("default")
+    assert path.name == "weights.pt"
+    state, cfg = read_init(path)
+    meta = json.loads((path.parent / "meta.json").read_text())
+    assert cfg.to_dict() == meta["model"]["config"]
+    assert sum(v.numel() for k, v in state.items() if not k.endswith(("eye", "templates"))) == sum(
+        meta["model"]["params"].values()
+    )
+
+
+def test_init_from_a_folder_of_only_onnx_graphs_says_what_is_possible(tmp_path: Path, capsys) -> None:
+    graphs = tmp_path / "graphs"
+    graphs.mkdir()
+    default = Path(__file__).resolve().parents[1] / "exported_models" / "default"
+    for name in ("note.onnx", "chord.onnx", "harmony.onnx", "meta.json"):
+        (graphs / name).write_bytes((default / name).read_bytes())
+    args = ["all", "--midi-dir", str(tmp_path), "--out", str(tmp_path / "x"), "--init-from", str(graphs)]
     assert train_main(args) == 2
     err = capsys.readouterr().err
     assert "only ONNX" in err and "note.onnx" in err and "best.pt" in err and "leave out --init-from" in err

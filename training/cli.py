@@ -75,8 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--init-from",
         default=None,
         metavar="RUN|MODEL|FILE.pt",
-        help="fine-tune: start from the PyTorch weights of an earlier run or model of yours (the shipped default "
-        "ships only ONNX, which cannot be trained further; the error says what to do)",
+        help="fine-tune: start from the PyTorch weights of an earlier run, or of a model folder (the weights.pt "
+        "export writes beside the graphs; the shipped default has one)",
     )
     p.add_argument("--tiny", action="store_true", help="a tiny model and a quick evaluation (for tests and smoke runs)")
     p.add_argument(

@@ -32,6 +32,7 @@ from training.model import (
     INPUT_VOCAB,
     LOOKBACK_INPUTS,
     ChordModel,
+    CopyHead,
     Embedder,
     HarmonyModel,
     ModelConfig,
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 PARITY_STEPS = 1000
 PARITY_TOLERANCE = 1e-4
 ONNX_FILES = ("chord.onnx", "note.onnx", "harmony.onnx")
+WEIGHTS_FILE = "weights.pt"  # the PyTorch weights beside the graphs, so `--init-from MODEL` can fine-tune
 OPSET = 17
 
 
@@ -241,11 +243,26 @@ class _FusedChordStep(nn.Module):
             w = model.head.weight.detach().double() + model.templates.double() @ model.pc_head.weight.detach().double()
             self.w_head = nn.Parameter(w.float())
             self.b_head = nn.Parameter(model.head.bias.detach().clone())
+        copy_head = model.copy_head if isinstance(model, ChordModel) else None
+        self.copy = _FusedCopy(copy_head, model.input_names, "lookback_chord")
 
     def forward(self, *args: Tensor) -> tuple[Tensor, Tensor]:
         *tokens, state = args
         h, state_out = self.rec(list(tokens), state)
-        return nn.functional.linear(h, self.w_head, self.b_head), state_out
+        return self.copy(nn.functional.linear(h, self.w_head, self.b_head), h, tokens), state_out
+
+
+class _FusedCopy(nn.Module):
+    """The copy head (if the model has one) added to the fused graph's logits; the identity without one."""
+
+    def __init__(self, head: CopyHead | None, input_names: tuple[str, ...], lookback: str) -> None:
+        super().__init__()
+        self.head = head
+        self.index = input_names.index(lookback) if head is not None else -1
+
+    def forward(self, logits: Tensor, h: Tensor, tokens: list[Tensor]) -> Tensor:
+        """logits (B, V), top GRU output h (B, H), the graph's token inputs."""
+        return logits if self.head is None else logits + self.head(h, tokens[self.index])
 
 
 class _FusedNoteStep(nn.Module):
@@ -256,11 +273,12 @@ class _FusedNoteStep(nn.Module):
         self.rec = _FusedRecurrent(model)
         self.melody_head = model.melody_head
         self.velocity_head = model.velocity_head
+        self.copy = _FusedCopy(model.copy_head, model.input_names, "lookback_melody")
 
     def forward(self, *args: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         *tokens, state = args
         h, state_out = self.rec(list(tokens), state)
-        return self.melody_head(h), self.velocity_head(h), state_out
+        return self.copy(self.melody_head(h), h, tokens), self.velocity_head(h), state_out
 
 
 def step_modules(models: Models, *, fused: bool = True) -> tuple[nn.Module, nn.Module]:
@@ -487,6 +505,9 @@ def export(
 ) -> dict[str, Any]:
     """Export a run's best weights to a model folder and verify ONNX-vs-PyTorch parity.
 
+    Beside the graphs goes :data:`WEIGHTS_FILE` (the PyTorch weights and architecture, read by
+    ``rtgen-train train --init-from MODEL``); the daemon never reads it.
+
     Args:
         run: training run folder (``best.pt`` or ``checkpoint.pt``).
         out: model folder to write (created).
@@ -512,6 +533,7 @@ def export(
     _export_graph(harmony_module(models, fused=fused), C.HARMONY_MODEL_INPUTS, C.HARMONY_MODEL_OUTPUTS, cfg,
                   out / "harmony.onnx")  # fmt: skip
     parity = check_parity(models, out, data)
+    torch.save({"models": models.state_dict(), "model_config": cfg.to_dict()}, out / WEIGHTS_FILE)
     meta = {
         "format": "rtgen-model",
         "format_version": 1,

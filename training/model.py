@@ -61,6 +61,9 @@ class ModelConfig:
         small_emb: embedding size of velocity, position and phrase tokens, and of each lookback token.
         dropout: dropout on the GRU input, between layers and before the heads.
         features: add fixed musical features (pitch class, octave, chord tones, root).
+        copy: the chord and note models add a copy head (:class:`CopyHead`): a learnt score, per
+            lookback, for repeating the token 1, 2, 4 or 8 bars back. Checkpoints from before it
+            existed load without it.
     """
 
     backbone: str = "gru"
@@ -68,8 +71,9 @@ class ModelConfig:
     layers: int = 2
     token_emb: int = 48
     small_emb: int = 16
-    dropout: float = 0.15
+    dropout: float = 0.05
     features: bool = True
+    copy: bool = True
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
@@ -85,7 +89,7 @@ class ModelConfig:
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
         """Inverse of :meth:`to_dict`; unknown keys are ignored (forward compatible)."""
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        return cls(**({"copy": False} | {k: v for k, v in d.items() if k in names}))
 
 
 def _melody_features() -> np.ndarray:
@@ -161,6 +165,27 @@ class Embedder(nn.Module):
         return torch.cat(parts, dim=-1)
 
 
+class CopyHead(nn.Module):
+    """Logits for repeating what was played 1, 2, 4 and 8 bars back at this position.
+
+    ``logits += sum_k s_k(h) * onehot(lookback_k)``: the GRU decides, step by step, how much to trust
+    each lookback (the repetition folk tunes are made of), and the token it points at gets that score
+    directly instead of through the embedding, the recurrence and the head.
+    """
+
+    eye: Tensor
+
+    def __init__(self, hidden: int, vocab: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(hidden, C.NUM_LOOKBACKS)
+        self.register_buffer("eye", torch.eye(vocab), persistent=False)
+
+    def forward(self, h: Tensor, lookback: Tensor) -> Tensor:
+        """h (..., H), lookback (..., K) int64 -> copy logits (..., V)."""
+        scores = self.proj(h).unsqueeze(-2)  # (..., 1, K)
+        return torch.matmul(scores, nn.functional.embedding(lookback, self.eye)).squeeze(-2)
+
+
 class _Recurrent(nn.Module):
     """Embedder + GRU shared by both models."""
 
@@ -203,11 +228,14 @@ class ChordModel(_Recurrent):
         # transposition-aware bias that lets rare chords borrow strength from common ones.
         self.pc_head = nn.Linear(cfg.hidden, 12, bias=False)
         self.register_buffer("templates", torch.from_numpy(chord_templates()), persistent=False)
+        self.copy_head = CopyHead(cfg.hidden, C.CHORD_VOCAB_SIZE) if cfg.copy else None
 
     def forward(self, feeds: dict[str, Tensor], state: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Sequences: feeds name -> (B, T); returns chord logits (B, T, V) and state (L, B, H)."""
         h, state = self._run(feeds, state)
         logits = self.head(h) + self.pc_head(h) @ self.templates.T  # (B, T, V)
+        if self.copy_head is not None:
+            logits = logits + self.copy_head(h, feeds["lookback_chord"])
         return logits, state
 
     def step(self, feeds: dict[str, Tensor], state: Tensor) -> tuple[Tensor, Tensor]:
@@ -250,11 +278,15 @@ class NoteModel(_Recurrent):
         super().__init__((*C.COMMON_INPUTS, "chord_now"), cfg)
         self.melody_head = nn.Linear(cfg.hidden, C.MELODY_VOCAB_SIZE)
         self.velocity_head = nn.Linear(cfg.hidden, C.NUM_VELOCITY_BINS)
+        self.copy_head = CopyHead(cfg.hidden, C.MELODY_VOCAB_SIZE) if cfg.copy else None
 
     def forward(self, feeds: dict[str, Tensor], state: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Sequences: returns melody logits (B, T, Vm), velocity logits (B, T, Vv), state (L, B, H)."""
         h, state = self._run(feeds, state)
-        return self.melody_head(h), self.velocity_head(h), state
+        melody = self.melody_head(h)
+        if self.copy_head is not None:
+            melody = melody + self.copy_head(h, feeds["lookback_melody"])
+        return melody, self.velocity_head(h), state
 
     def step(self, feeds: dict[str, Tensor], state: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """One step: feeds name -> (B,) (lookbacks (B, K)); returns melody (B, Vm), velocity (B, Vv) logits, state."""

@@ -120,7 +120,7 @@ class TrainConfig:
 
 
 # --- starting from another run's weights -------------------------------------------
-INIT_FILES = ("best.pt", "checkpoint.pt")
+INIT_FILES = ("best.pt", "checkpoint.pt", "weights.pt")  # a run's, then a model folder's (export)
 """What ``--init-from FOLDER`` looks for, in order (a run folder, or a model folder with weights beside it)."""
 
 
@@ -128,12 +128,14 @@ def init_checkpoint(spec: str | Path) -> Path:
     """The PyTorch checkpoint that ``--init-from SPEC`` means.
 
     SPEC is a ``.pt`` file, a run folder (``best.pt``, else ``checkpoint.pt``), or a model folder or name
-    (``rtgen models list``); a model trained by ``rtgen-train all`` keeps its run in its work folder
-    (``OUT.work/run``, or ``.work/NAME/run`` in the models folder), which is looked at too.
+    (``rtgen models list``; the shipped ``default`` too): a model trained by ``rtgen-train all`` keeps its run
+    in its work folder (``OUT.work/run``, or ``.work/NAME/run`` in the models folder), which is looked at
+    first; else the ``weights.pt`` that ``export`` writes beside the graphs.
 
     Raises:
-        RtgenError: nothing of that name, or a model that ships only ONNX graphs (the shipped ``default``):
-            those cannot be trained further, and the message says what is possible instead.
+        RtgenError: nothing of that name, or a model folder with only ONNX graphs (exported before
+            ``weights.pt`` existed, or by another tool): those cannot be trained further, and the message
+            says what is possible instead.
     """
     from rtgen.config import default_config_path, load_config
     from rtgen.library import is_name, resolve_model
@@ -146,15 +148,16 @@ def init_checkpoint(spec: str | Path) -> Path:
     places = [folder, folder / "run", folder.with_name(folder.name + ".work") / "run"]
     if is_name(str(spec)):
         places.append(user_dir / ".work" / str(spec) / "run")
-    for place in places:
-        for name in INIT_FILES:
+    for name in INIT_FILES:  # a run's checkpoint anywhere before the weights an export put beside its graphs
+        for place in places:
             if (place / name).is_file():
                 return place / name
     onnx = sorted(p.name for p in folder.glob("*.onnx"))
     shipped = f"ships only ONNX graphs ({', '.join(onnx)})" if onnx else "holds no PyTorch weights"
     raise RtgenError(
         f"cannot start from {spec}: {folder} {shipped}, and ONNX graphs cannot be trained further. "
-        "Fine-tuning needs the PyTorch weights of a run (best.pt): --init-from the run folder or the model "
+        "Fine-tuning needs PyTorch weights (a run's best.pt, or the weights.pt rtgen-train export writes beside "
+        "the graphs): --init-from the run folder or the model "
         "folder of an earlier rtgen-train run of yours (its OUT.work/run is found). Without them, train from "
         "random weights (leave out --init-from); on a small folder a smaller model often does better "
         "(rtgen-train train --hidden 64 --layers 1 --dropout 0.3)"
@@ -560,6 +563,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--hidden", type=int, default=None, help=f"GRU width (default {ModelConfig.hidden})")
     p.add_argument("--layers", type=int, default=None, help=f"GRU layers (default {ModelConfig.layers})")
     p.add_argument("--dropout", type=float, default=None, help=f"dropout (default {ModelConfig.dropout})")
+    p.add_argument(
+        "--copy", action=argparse.BooleanOptionalAction, default=None,
+        help=f"the copy head over the 1-8 bar lookbacks (default {'on' if ModelConfig.copy else 'off'})",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, default=None, help="seed (default 0)")
     p.add_argument("--threads", type=int, default=None, help="torch threads per process (default: cores / processes)")
     p.add_argument(
@@ -578,7 +585,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def _run(args: argparse.Namespace) -> int:
-    keys = ("batch_size", "window", "lr", "hidden", "layers", "dropout", "seed", "threads", "patience", "max_minutes")
+    keys = ("batch_size", "window", "lr", "hidden", "layers", "dropout", "copy", "seed", "threads", "patience",
+            "max_minutes")  # fmt: skip
     init = str(init_checkpoint(args.init_from)) if args.init_from else None
     summary = train(
         data=args.data, out=args.out, epochs=args.epochs, progress=not args.no_progress, init_from=init,
