@@ -111,14 +111,16 @@ def _long_data(folder: Path) -> Path:
     return folder
 
 
-def test_overlap_renders_take_the_test_splits_meters() -> None:
-    def piece(bar_steps: int) -> overlap.Piece:
-        pos = np.arange(4 * bar_steps) % bar_steps
+def test_overlap_renders_take_the_test_splits_meters_and_lengths() -> None:
+    def piece(bar_steps: int, bars: int) -> overlap.Piece:
+        pos = np.arange(bars * bar_steps) % bar_steps
         return overlap.Piece(np.zeros_like(pos), np.zeros_like(pos), pos)
 
-    pieces = [piece(16)] * 5 + [piece(12)] * 4 + [piece(8)]
-    assert ev.meters_like(pieces, 10) == ["4/4"] * 5 + ["6/8"] * 4 + ["2/4"]
-    assert ev.meters_like(pieces, 4) == ["4/4", "4/4", "6/8", "6/8"]  # largest remainders: 2.0, 1.6 -> 2, 0.4
+    pieces = [piece(16, 32)] * 3 + [piece(16, 48)] * 2 + [piece(12, 40)] * 4 + [piece(8, 16)]
+    shapes = ev.shapes_like(pieces, 10)
+    assert shapes == [("2/4", 16)] + [("4/4", 32)] * 3 + [("4/4", 48)] * 2 + [("6/8", 40)] * 4
+    assert ev.shapes_like(pieces, 5) == [("4/4", 32), ("4/4", 32), ("4/4", 48), ("6/8", 40), ("6/8", 40)]  # every 2nd
+    assert ev.shapes_like([], 2) == [("4/4", overlap.WINDOW_BARS)] * 2
     assert [ev.meter_of(n) for n in (16, 12, 8, 18, 24, 20)] == ["4/4", "6/8", "2/4", "9/8", "6/4", "5/4"]
 
 

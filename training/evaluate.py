@@ -188,24 +188,22 @@ def meter_of(bar_steps: int) -> str:
     return f"{bar_steps // 4}/4" if bar_steps % 4 == 0 else f"{bar_steps // 2}/8"
 
 
-def meters_like(pieces: list[overlap.Piece], count: int) -> list[str]:
-    """``count`` time signatures in the pieces' proportions (largest remainder), the commonest first.
+def shapes_like(pieces: list[overlap.Piece], count: int) -> list[tuple[str, int]]:
+    """``count`` (time signature, bars) pairs shaped like the pieces: evenly spaced through them in order of
+    meter and length, so the meters come in the pieces' proportions and the lengths in their spread.
 
-    Renders for the overlap take the test split's meters: a 4/4-only set would compare reels against a split
-    that is close to half jigs and waltzes.
+    Renders for the overlap take the test split's shapes: a 4/4-only set would compare reels against a split
+    that is close to half jigs and waltzes, and 64-bar renders wander through more keys than 40-bar tunes.
     """
-    bars = Counter(meter_of(int(p.position.max()) + 1) for p in pieces if p.position.size)
-    if not bars or count <= 0:
-        return ["4/4"] * max(count, 0)
-    total = sum(bars.values())
-    share = {m: n * count / total for m, n in bars.items()}
-    alloc = {m: int(v) for m, v in share.items()}
-    for m in sorted(share, key=lambda m: (alloc[m] - share[m], -bars[m]))[: count - sum(alloc.values())]:
-        alloc[m] += 1
-    return [m for m, _ in bars.most_common() for _ in range(alloc[m])]
+    shapes = sorted(
+        (meter_of(int(p.position.max()) + 1), max(int((p.position == 0).sum()), 1)) for p in pieces if p.position.size
+    )
+    if not shapes:
+        return [("4/4", overlap.WINDOW_BARS)] * max(count, 0)
+    return [shapes[int((i + 0.5) * len(shapes) / count)] for i in range(max(count, 0))]
 
 
-OVERLAP_RENDERS = 24
+OVERLAP_RENDERS = 48
 """Renders per setting for the overlap (``--overlap-renders``): enough pieces for the spread between tunes."""
 
 IN_SCALE_POINTS = 1.0
@@ -237,7 +235,9 @@ def measure_overlap(
     Args:
         model: the loaded model.
         train, test: the splits (train's overlap with test is the ceiling).
-        bars, renders, seed: ``renders`` renders of ``bars`` bars (4/4) per temperature, seeds from ``seed``.
+        bars, renders, seed: ``renders`` renders per temperature shaped like the test pieces
+            (:func:`shapes_like`: their meters, and their lengths where ``bars`` is 0, else ``bars`` bars each),
+            seeds from ``seed``.
         temperatures: sampling temperatures; each renders at ``top_p``.
         top_p: nucleus mass for every setting (the daemon's default).
         figure: where to draw one panel per feature (:func:`training.overlap.plot`); ``None``: no figure.
@@ -258,12 +258,14 @@ def measure_overlap(
         stats.chord_tone_strong(p.melody, p.chord_now, stats.strong_beats(p.position)) for p in test_pieces
     ).value
     settings: dict[str, dict[str, Any]] = {}
-    meters = meters_like(test_pieces, renders)
+    shapes = shapes_like(test_pieces, renders)
+    if bars > 0:
+        shapes = [(m, bars) for m, _ in shapes]
     for temp in temperatures:
         name = setting_name(temp, top_p)
         desc = f"renders {name}"
         rend = [
-            render(model, bars, seed + k, temp, top_p, meters[k])
+            render(model, shapes[k][1], seed + k, temp, top_p, shapes[k][0])
             for k in tqdm(range(renders), desc=desc, disable=_no_bar(progress))
         ]
         pieces = [overlap.Piece(r.melody, r.chord_now, r.position) for r in rend]
@@ -273,7 +275,8 @@ def measure_overlap(
                             for p in pieces).value  # fmt: skip
         settings[name] = {
             "temperature": temp, "top_p": top_p, "renders": renders, "bars": bars, "seed": seed,
-            "meters": dict(Counter(meters)), "in_scale": scale, "chord_tone_strong": tone,
+            "meters": dict(Counter(m for m, _ in shapes)), "bars_rendered": sum(b for _, b in shapes),
+            "in_scale": scale, "chord_tone_strong": tone,
             "in_scale_met": bool(abs(scale - in_scale_data) * 100 <= IN_SCALE_POINTS),
             "chord_tone_strong_met": bool(abs(tone - tone_data) * 100 <= CHORD_TONE_POINTS),
         }  # fmt: skip
@@ -563,9 +566,9 @@ def evaluate(
         accompaniment: measure the accompaniment (a minute, through rtgen's performer); ``False`` keeps the
             block meta.json has from an earlier evaluation, as it is.
         temperatures: temperatures of the renders compared with the test split feature by feature
-            (:func:`measure_overlap`, ``overlap_renders`` x ``bars`` each in the test split's meters, top-p at
-            the daemon's default; the figure goes to ``overlap.png`` in the model folder); ``None``: the daemon's
-            default and 1.0.
+            (:func:`measure_overlap`, ``overlap_renders`` renders shaped like the test tunes: their meters and
+            lengths; top-p at the daemon's default; the figure goes to ``overlap.png`` in the model folder);
+            ``None``: the daemon's default and 1.0.
         overlap_renders: renders per temperature for that comparison.
 
     Returns:
@@ -683,7 +686,7 @@ def evaluate(
     t0 = time.perf_counter()
     temps = temperatures if temperatures is not None else (_daemon_temperature(), 1.0)
     metrics["overlap"] = measure_overlap(
-        m, train, test, bars=bars, renders=overlap_renders, seed=seed, temperatures=tuple(temps),
+        m, train, test, bars=0, renders=overlap_renders, seed=seed, temperatures=tuple(temps),
         top_p=_daemon_top_p(), figure=model / "overlap.png", progress=progress,
     )  # fmt: skip
     t_overlap = time.perf_counter() - t0
@@ -924,7 +927,12 @@ def overlap_markdown(ov: dict[str, Any]) -> list[str]:
     for n in names:
         s = ov["settings"][n]
         verdict = "all targets met" if s.get("all_met") else "targets NOT all met"
-        lines.append(f"- renders {n} ({s['renders']} x {s['bars']} bars): {verdict}; features met "
+        if s.get("bars"):
+            shape = f"{s['renders']} x {s['bars']} bars"
+        else:  # as long as the test tunes
+            shape = f"{s['renders']}, {s.get('bars_rendered', '?')} bars in all, shaped like the test tunes"
+        meters = ", ".join(f"{k} x{v}" for k, v in (s.get("meters") or {}).items())
+        lines.append(f"- renders {n} ({shape}{'; ' + meters if meters else ''}): {verdict}; features met "
                      f"{len(s['features_met'])} of {len(overlap.FEATURES)}.")  # fmt: skip
     if ov.get("figure"):
         lines += ["", f"![per-feature densities]({ov['figure']})"]
@@ -1012,9 +1020,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--seed", type=int, default=0, help="first render seed (default: 0)")
     p.add_argument("--temperatures", type=_floats, default=None,
                    help="comma-separated temperatures of the renders compared with the test split per feature, "
-                   "each --overlap-renders x --bars at the daemon's top-p (default: the daemon's and 1.0)")  # fmt: skip
+                   "each --overlap-renders renders as long as the test tunes, at the daemon's top-p (default: the "
+                   "daemon's and 1.0)")  # fmt: skip
     p.add_argument("--overlap-renders", type=int, default=OVERLAP_RENDERS,
-                   help=f"renders per temperature for the comparison with the test split, in its meters "
+                   help=f"renders per temperature for the comparison with the test split, in its meters and lengths "
                    f"(default: {OVERLAP_RENDERS})")  # fmt: skip
     p.add_argument("--max-order", type=int, default=MAX_NGRAM_ORDER,
                    help=f"highest n-gram order tried on valid (default: {MAX_NGRAM_ORDER})")  # fmt: skip
