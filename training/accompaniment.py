@@ -47,7 +47,7 @@ from rtgen import contract as ct
 from rtgen.contract import Chord, Key, TimeSignature
 from rtgen.generation.keys import estimate_key
 from rtgen.generation.model import Model
-from rtgen.generation.sampling import sample
+from rtgen.generation.sampling import sample, sample_split
 from training.prepared import load_split, read_manifest
 
 IntArray = npt.NDArray[np.int64]
@@ -452,8 +452,8 @@ def _online_batch(
         step.update(prev_chord=prev_chord[:active], prev_chord_now=prev_now[:active], lookback_chord=lb_chord)
         logits, chord_state = model.chord_step(step, chord_state)
         if k == 0:
-            tok = np.array([sample(logits[i], rngs[i], temperature=temperature, top_p=top_p) for i in range(active)],
-                           dtype=np.int64)  # fmt: skip
+            tok = np.array([sample_split(logits[i], rngs[i], head=ct.CHORD_OFFSET, temperature=temperature, top_p=top_p)
+                            for i in range(active)], dtype=np.int64)  # fmt: skip
         else:
             tok, note_state = _bayes_step(model, step, logits, note_state, melody_now[t, :active], prev_now[:active],
                                           rngs, k, temperature, top_p)  # fmt: skip
