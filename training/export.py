@@ -602,6 +602,15 @@ def write_model_card(model_dir: Path) -> Path:
         f"{m.get('params', {}).get('harmony', 0):,}",
         "- inputs: previous melody and chord tokens (raw and resolved), velocity bin, position in bar, bar in",
         "  phrase, the tokens at the same position 1/2/4/8 bars earlier; the note model also sees the current chord",
+        *(
+            [
+                "- copy head (chord and note models): a score per lookback, from the GRU's state, added to the logit of "
+                "the token it points at",
+                "  (repeating what was played 1, 2, 4 or 8 bars back)",
+            ]
+            if (m.get("config") or {}).get("copy")
+            else []
+        ),
         f"- ONNX-vs-PyTorch parity over {meta.get('parity', {}).get('steps', '?')} steps: max |diff| chord "
         f"{meta.get('parity', {}).get('max_abs_diff', {}).get('chord', float('nan')):.1e}, note "
         f"{meta.get('parity', {}).get('max_abs_diff', {}).get('note', float('nan')):.1e}, harmoniser "
