@@ -604,8 +604,8 @@ def write_model_card(model_dir: Path) -> Path:
         "  phrase, the tokens at the same position 1/2/4/8 bars earlier; the note model also sees the current chord",
         *(
             [
-                "- copy head (chord and note models): a score per lookback, from the GRU's state, added to the logit of "
-                "the token it points at",
+                "- copy head (chord and note models): a score per lookback, from the GRU's state, added to the logit "
+                "of the token it points at",
                 "  (repeating what was played 1, 2, 4 or 8 bars back)",
             ]
             if (m.get("config") or {}).get("copy")
