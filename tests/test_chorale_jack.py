@@ -96,8 +96,8 @@ def test_mode_switches_into_and_out_of_chorale_leave_no_note_sounding(
 
 
 def _switch_and_play(d: Daemon) -> None:
+    kb = Keyboard(d)  # before the recorder: no client of this process opens while it records
     rec = start_recording(d)
-    kb = Keyboard(d)
     peer = Peer(d.osc_port)
     try:
         peer.send("/rtgen/mode", "chorale")

@@ -48,8 +48,8 @@ def chords_sounding(events: Events, t_ns: int) -> set[int]:
 
 def test_duet_answers_a_two_handed_phrase_with_chords_and_stops_when_the_player_plays(start_daemon: Any) -> None:
     d = start_daemon("--mode", "duet", "--model", "chorale", tempo=120.0)  # a melody --model is refused for duet
+    kb = Keyboard(d)  # before the recorder: no client of this process opens while it records
     rec = start_recording(d)
-    kb = Keyboard(d)
     try:
         t0 = time.perf_counter_ns() + 300_000_000
         kb.play(two_hands(t0))
@@ -117,8 +117,8 @@ def test_duet_answers_a_two_handed_phrase_with_chords_and_stops_when_the_player_
 def test_duet_switches_live_over_osc_and_back_mid_answer_with_no_stuck_note(start_daemon: Any) -> None:
     """Started with ``--model chorale`` (a polyphonic model): the engine plays the default model until duet."""
     d = start_daemon("--model", "chorale", tempo=120.0)
+    kb = Keyboard(d)  # before the recorder: no client of this process opens while it records
     rec = start_recording(d)
-    kb = Keyboard(d)
     peer = Peer(d.osc_port)
     try:
         # the autonomous mode plays the default model first (its first note-on may precede the recorder)
