@@ -92,6 +92,16 @@ class PolyStep(nn.Module):
         n = torch.tanh(i_n + r * h_n)
         return n + z * (h - n)
 
+    def _recur(self, x: Tensor, state: Tensor, pos: Tensor) -> tuple[Tensor, Tensor]:
+        """The GRU stack on input ``x`` (B, E) (plus the position embedding): top output (B, H), state_out."""
+        if self.pos is not None:
+            x = x + self.pos(pos)
+        outs = []
+        for layer in range(self.cfg.layers):
+            x = self._cell(x, state[layer], layer)
+            outs.append(x)
+        return x, torch.stack(outs, dim=0)
+
     def forward(
         self,
         prev: Tensor,
@@ -103,13 +113,7 @@ class PolyStep(nn.Module):
         temperature: Tensor,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """See the module docstring; pitch order is MIDI order (column j = pitch j) in and out."""
-        x = self.inp(prev)
-        if self.pos is not None:
-            x = x + self.pos(pos)
-        outs = []
-        for layer in range(self.cfg.layers):
-            x = self._cell(x, state[layer], layer)
-            outs.append(x)
+        x, state_out = self._recur(self.inp(prev), state, pos)
         t = temperature.unsqueeze(1)  # (B, 1)
         bv = self.to_bv(x)  # (B, P) NADE order
         a = self.to_bh(x)  # (B, Hn)
@@ -131,7 +135,7 @@ class PolyStep(nn.Module):
         # log sigmoid(+-z), written out: the exported BCE-with-logits gives 0 * log(0) = NaN for far-off pitches
         signed = torch.where(frame > 0.5, -z, z)
         logp = -(torch.relu(signed) + torch.log(1.0 + torch.exp(-signed.abs())))
-        return frame, logp, torch.stack(outs, dim=0)
+        return frame, logp, state_out
 
 
 class PolyStep3(PolyStep):
@@ -164,13 +168,7 @@ class PolyStep3(PolyStep):
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """See the module docstring; pitch order is MIDI order (column j = pitch j) in and out."""
         P, VB = self.cfg.n_pitches, self.cfg.velocity_bins  # noqa: N806
-        x = self.inp(self.model.inputs(prev, prev_velocity))
-        if self.pos is not None:
-            x = x + self.pos(pos)
-        outs = []
-        for layer in range(self.cfg.layers):
-            x = self._cell(x, state[layer], layer)
-            outs.append(x)
+        x, state_out = self._recur(self.inp(self.model.inputs(prev, prev_velocity)), state, pos)
         t = temperature.reshape(-1, 1, 1)  # (B, 1, 1)
         bv = self.to_bv(x).unflatten(1, (P, 3)).flip(1)  # (B, P, 3) pitch order
         noise = -torch.log(-torch.log(draws))
@@ -194,13 +192,13 @@ class PolyStep3(PolyStep):
         z = (torch.stack(cs[::-1], dim=1) + bv) / t  # (B, P, 3)
         logp = (z.log_softmax(-1) * nn.functional.one_hot(code, 3).float()).sum(-1)
         if not VB:
-            return frame, torch.zeros_like(frame), logp, torch.stack(outs, dim=0)
+            return frame, torch.zeros_like(frame), logp, state_out
         hid = torch.stack(hidden[::-1], dim=1)  # (B, P, Hn)
         vl = self.model.vel_u(x).unsqueeze(1) + self.model.vel_h(hid) + self.vel_p  # (B, P, bins)
         q = torch.softmax(vl / t, dim=2).cumsum(2)
         vb = (velocity_draws.unsqueeze(2) >= q[:, :, : VB - 1]).float().sum(2)
         velocity = torch.where(code == 1, vb, torch.zeros_like(vb))
-        return frame, velocity, logp, torch.stack(outs, dim=0)
+        return frame, velocity, logp, state_out
 
 
 def _dummy(cfg: poly.PolyConfig, batch: int = 2) -> tuple[Tensor, ...]:
