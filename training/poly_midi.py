@@ -28,8 +28,6 @@ import datetime as dt
 import json
 import logging
 import math
-import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,34 +151,19 @@ def prepare_poly(
     t0 = time.perf_counter()
     midi_dir, out, split_map, files = P.check_inputs(midi_dir, out, split_map, read_poly_manifest)
     fp = P.fingerprint(midi_dir, files, limit, split_map, code=(this,))
-    old = read_poly_manifest(out) if out.exists() else None
-    if old is not None and old.get("fingerprint") == fp and not force:
-        summary = P._summary_from_manifest(out, old, time.perf_counter() - t0)
-        if not quiet:
-            print(summary.line())
-        return summary
+    if (current := P.up_to_date(out, fp, read_poly_manifest, force=force, quiet=quiet, t0=t0)) is not None:
+        return current
 
     chosen, split_of, skipped_files = P.select_files(midi_dir, files, limit, split_map)
-    n_workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
-    seqs: dict[str, list[dict[str, npt.NDArray[Any]]]] = {s: [] for s in P.SPLITS}
-    used: dict[str, list[str]] = {s: [] for s in P.SPLITS}
-    dropped = 0
-    paths = [str(midi_dir / rel) for rel in chosen]
-    for rel, result in zip(chosen, P._extract_all(paths, n_workers, progress, work=_work), strict=True):
-        if isinstance(result, str):
-            skipped_files.setdefault(result, []).append(rel)
-            log.info("skipped %s: %s", rel, result)
-            continue
-        dropped += int(result["dropped"][0])
-        seqs[split_of[rel]].append(result)
-        used[split_of[rel]].append(rel)
+    seqs, used = P.extract_by_split(
+        midi_dir, chosen, split_of, skipped_files, workers=workers, progress=progress, work=_work
+    )
+    dropped = sum(int(q["dropped"][0]) for split in seqs.values() for q in split)
+    split_info: dict[str, dict[str, Any]] = {}
+    skipped = {k: len(v) for k, v in skipped_files.items()}
+    seconds: list[float] = []  # one figure for the manifest and the summary
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        split_info: dict[str, dict[str, Any]] = {}
+    def fill(tmp: Path) -> None:
         for s in P.SPLITS:
             folder = tmp / s
             folder.mkdir()
@@ -192,8 +175,7 @@ def prepare_poly(
                 np.save(folder / f"{name}.npy", flat.astype(dtype))
             split_info[s] = {"files": used[s], "sequences": len(seqs[s]), "steps": int(sum(lengths)),
                              "notes": int(sum(int((q["state"] == ONSET).sum()) for q in seqs[s]))}  # fmt: skip
-        skipped = {k: len(v) for k, v in skipped_files.items()}
-        seconds = time.perf_counter() - t0
+        seconds.append(time.perf_counter() - t0)
         manifest = {
             "format": FORMAT,
             "steps_per_beat": C.STEPS_PER_BEAT,
@@ -212,24 +194,12 @@ def prepare_poly(
             "limit": limit,
             "extractor_version": POLY_EXTRACTOR_VERSION,
             "fingerprint": fp,
-            "seconds": round(seconds, 3),
+            "seconds": round(seconds[0], 3),
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-        P._replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    summary = P.PrepareSummary(
-        out=out,
-        files_seen=len(files),
-        splits={s: {"sequences": v["sequences"], "steps": v["steps"]} for s, v in split_info.items()},
-        skipped=skipped,
-        seconds=seconds,
-        files_used=len(chosen),
-    )
-    if not quiet:
-        print(summary.line())
-    return summary
+
+    P.write_atomically(out, fill)
+    return P.finish(out, len(files), split_info, skipped, seconds[0], len(chosen), quiet=quiet)
 
 
 @dataclass(frozen=True)

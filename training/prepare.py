@@ -381,6 +381,81 @@ def select_files(
     return chosen, split_of, skipped_files
 
 
+# --- the skeleton both prepare phases share (this one and training.poly_midi.prepare_poly) -------------------
+def up_to_date(
+    out: Path, fingerprint_: str, read: Callable[[Path], dict[str, Any] | None], *, force: bool, quiet: bool, t0: float
+) -> PrepareSummary | None:
+    """The summary of ``out`` when it already holds data of this fingerprint (printed unless ``quiet``), else None."""
+    old = read(out) if out.exists() else None
+    if old is None or old.get("fingerprint") != fingerprint_ or force:
+        return None
+    summary = _summary_from_manifest(out, old, time.perf_counter() - t0)
+    if not quiet:
+        print(summary.line())
+    return summary
+
+
+def extract_by_split(
+    midi_dir: Path,
+    chosen: list[str],
+    split_of: dict[str, str],
+    skipped_files: dict[str, list[str]],
+    *,
+    workers: int | None,
+    progress: bool,
+    work: Callable[[str], Any] = _work,
+) -> tuple[dict[str, list[Any]], dict[str, list[str]]]:
+    """Each chosen file through ``work`` in worker processes: ``(results, file names)`` per split, in file order.
+
+    A result that is a string is a skip reason: the file goes to ``skipped_files`` under it (and the log).
+    """
+    n_workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
+    seqs: dict[str, list[Any]] = {s: [] for s in SPLITS}
+    used: dict[str, list[str]] = {s: [] for s in SPLITS}
+    paths = [str(midi_dir / rel) for rel in chosen]
+    for rel, result in zip(chosen, _extract_all(paths, n_workers, progress, work=work), strict=True):
+        if isinstance(result, str):
+            skipped_files.setdefault(result, []).append(rel)
+            log.info("skipped %s: %s", rel, result)
+            continue
+        seqs[split_of[rel]].append(result)
+        used[split_of[rel]].append(rel)
+    return seqs, used
+
+
+def write_atomically(out: Path, fill: Callable[[Path], None]) -> None:
+    """``fill(tmp)`` writes the dataset into a fresh folder beside ``out``, which then replaces ``out`` in one
+    rename; on any error the folder goes and ``out`` is left as it was."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        fill(tmp)
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def finish(
+    out: Path, files_seen: int, split_info: dict[str, dict[str, Any]], skipped: dict[str, int], seconds: float,
+    files_used: int, *, quiet: bool,
+) -> PrepareSummary:  # fmt: skip
+    """The run's summary, printed as one line unless ``quiet``."""
+    summary = PrepareSummary(
+        out=out,
+        files_seen=files_seen,
+        splits={s: {"sequences": v["sequences"], "steps": v["steps"]} for s, v in split_info.items()},
+        skipped=skipped,
+        seconds=seconds,
+        files_used=files_used,
+    )
+    if not quiet:
+        print(summary.line())
+    return summary
+
+
 # --- the phase ---------------------------------------------------------------------------------------
 def prepare(
     midi_dir: str | Path,
@@ -416,39 +491,21 @@ def prepare(
     t0 = time.perf_counter()
     midi_dir, out, split_map, files = check_inputs(midi_dir, out, split_map, _read_manifest)
     fp = fingerprint(midi_dir, files, limit, split_map)
-    old = _read_manifest(out) if out.exists() else None
-    if old is not None and old.get("fingerprint") == fp and not force:
-        summary = _summary_from_manifest(out, old, time.perf_counter() - t0)
-        if not quiet:
-            print(summary.line())
-        return summary
+    if (current := up_to_date(out, fp, _read_manifest, force=force, quiet=quiet, t0=t0)) is not None:
+        return current
 
     chosen, split_of, skipped_files = select_files(midi_dir, files, limit, split_map)
+    seqs, used = extract_by_split(midi_dir, chosen, split_of, skipped_files, workers=workers, progress=progress)
+    split_info: dict[str, dict[str, Any]] = {}
+    skipped = {k: len(v) for k, v in skipped_files.items()}
+    method = f"{split_map.name} ({'+'.join(SPLIT_MAP_CONFIDENCE)}) + hash" if split_map else "hash (sha1 80/10/10)"
+    seconds: list[float] = []  # one figure for the manifest and the summary
 
-    n_workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
-    seqs: dict[str, list[dict[str, npt.NDArray[np.int64]]]] = {s: [] for s in SPLITS}
-    used: dict[str, list[str]] = {s: [] for s in SPLITS}
-    paths = [str(midi_dir / rel) for rel in chosen]
-    for rel, result in zip(chosen, _extract_all(paths, n_workers, progress), strict=True):
-        if isinstance(result, str):
-            skipped_files.setdefault(result, []).append(rel)
-            log.info("skipped %s: %s", rel, result)
-            continue
-        seqs[split_of[rel]].append(result)
-        used[split_of[rel]].append(rel)
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        split_info: dict[str, dict[str, Any]] = {}
+    def fill(tmp: Path) -> None:
         for s in SPLITS:
             steps = _write_split(tmp / s, seqs[s])
             split_info[s] = {"files": used[s], "sequences": len(seqs[s]), "steps": steps}
-        skipped = {k: len(v) for k, v in skipped_files.items()}
-        method = f"{split_map.name} ({'+'.join(SPLIT_MAP_CONFIDENCE)}) + hash" if split_map else "hash (sha1 80/10/10)"
-        seconds = time.perf_counter() - t0
+        seconds.append(time.perf_counter() - t0)
         manifest = {
             "format": "rtgen-data",
             "contract_version": C.CONTRACT_VERSION,
@@ -464,24 +521,12 @@ def prepare(
             "limit": limit,
             "extractor_version": EXTRACTOR_VERSION,
             "fingerprint": fp,
-            "seconds": round(seconds, 3),
+            "seconds": round(seconds[0], 3),
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-        _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    summary = PrepareSummary(
-        out=out,
-        files_seen=len(files),
-        splits={s: {"sequences": v["sequences"], "steps": v["steps"]} for s, v in split_info.items()},
-        skipped=skipped,
-        seconds=seconds,
-        files_used=len(chosen),
-    )
-    if not quiet:
-        print(summary.line())
-    return summary
+
+    write_atomically(out, fill)
+    return finish(out, len(files), split_info, skipped, seconds[0], len(chosen), quiet=quiet)
 
 
 # --- command line ------------------------------------------------------------------------------------
