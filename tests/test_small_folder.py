@@ -140,6 +140,23 @@ def test_init_from_the_shipped_model_finds_its_weights() -> None:
     )
 
 
+def test_init_from_weights_that_do_not_fit_their_config_is_an_error_not_a_traceback(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    import torch
+
+    from rtgen.errors import RtgenError
+    from training.model import ModelConfig, Models
+    from training.train import train
+
+    bad = tmp_path / "bad.pt"
+    weights = Models(ModelConfig(hidden=24, layers=1)).state_dict()
+    torch.save({"models": weights, "model_config": ModelConfig(hidden=16, layers=1).to_dict()}, bad)
+    data = trained[1] / "data"
+    with pytest.raises(RtgenError, match=r"init-from .*bad\.pt.*do not fit"):
+        train(data, tmp_path / "run", epochs=1, init_from=str(bad), progress=False)
+
+
 def test_init_from_a_folder_of_only_onnx_graphs_says_what_is_possible(tmp_path: Path, capsys) -> None:
     graphs = tmp_path / "graphs"
     graphs.mkdir()

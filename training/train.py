@@ -429,7 +429,13 @@ def _train(cfg: TrainConfig, data: Path, out: Path, d: Dist, progress: bool) -> 
     models = Models(cfg.model).to(d.device)
     opt = _optimizer(models, cfg)
     if ckpt is None and cfg.init_from:
-        models.load_state_dict(read_init(Path(cfg.init_from))[0])
+        try:
+            models.load_state_dict(read_init(Path(cfg.init_from))[0])
+        except RuntimeError as err:  # tensors missing, unexpected or of another shape than its config says
+            raise RtgenError(
+                f"--init-from {cfg.init_from}: its weights do not fit the architecture it names ({err}); "
+                "start from a run or model made by this rtgen-train, or leave out --init-from"
+            ) from err
         log.info("starting from the weights of %s", cfg.init_from)
     if ckpt is not None:
         models.load_state_dict(ckpt["models"])
