@@ -157,7 +157,7 @@ class GenerationConfig:
     """Sampling and musical parameters (all steerable over OSC at run time)."""
 
     seed: int = field(default=0, metadata=_range(0, 2**31 - 1))
-    temperature: float = field(default=0.9, metadata=_range(0.05, 3.0))
+    temperature: float = field(default=1.0, metadata=_range(0.05, 3.0))
     top_p: float = field(default=0.95, metadata=_range(0.05, 1.0))
     tempo: float = field(default=110.0, metadata=_range(20.0, 400.0))
     time_signature: str = "4/4"

@@ -138,6 +138,30 @@ def test_split_sampling_keeps_the_models_rhythm() -> None:
     assert sample_split(logits, rng, head=2, bias=nothing, fallback=0) == 0
 
 
+def test_typical_nucleus_drops_the_tail_and_never_only_keeps_the_likeliest() -> None:
+    """The second stage's nucleus fills in order of |surprisal - entropy|: at 0.95 the far-too-unlikely tail
+    goes as with top-p, while a mass of 0.5 is made of the typical notes around the entropy, not of the
+    likeliest one alone (which top-p over probabilities would keep on its own)."""
+    from rtgen.generation.sampling import sample_typical
+
+    p = np.array([0.4] + [0.0598] * 10 + [0.0004] * 5)
+    logits = np.log(p)
+    rng = np.random.default_rng(5)
+    draws = np.array([sample_typical(logits, rng, temperature=1.0, top_p=0.95) for _ in range(20000)])
+    assert not (draws >= 11).any()  # the tail (4 in 10,000 each) is never drawn
+    assert abs((draws == 0).mean() - 0.4 / 0.998) < 0.015  # the rest keep the model's proportions
+    half = {sample_typical(logits, rng, temperature=1.0, top_p=0.5) for _ in range(3000)}
+    assert 0 not in half and half <= set(range(1, 11))  # the typical ones fill half the mass first
+    assert {sample(logits, rng, temperature=1.0, top_p=0.4) for _ in range(300)} == {0}  # top-p: the likeliest
+    masked = logits + mask_bias([True] + [False] * 15)
+    assert {sample_typical(masked, rng, temperature=0.9, top_p=0.95) for _ in range(100)} == {0}
+    a, b = np.random.default_rng(9), np.random.default_rng(9)
+    assert sample_typical(logits, a, temperature=1.0, top_p=0.9) == sample_typical(
+        logits, b, temperature=1.0, top_p=0.9
+    )
+    assert a.random() == b.random()  # one draw each
+
+
 # --- engine --------------------------------------------------------------------------------------
 def test_params_from_config() -> None:
     p = Params.from_config(GenerationConfig(key="D major", time_signature="3/4", pitch_low=60))

@@ -10,7 +10,7 @@ import pytest
 import rtmidi
 
 from rtgen.commands import run as run_cmd
-from rtgen.config import MODES, CcConfig, config_from_dict, load_config
+from rtgen.config import MODES, CcConfig, GenerationConfig, config_from_dict, load_config
 from rtgen.contract import CHORD_NC, Chord
 from rtgen.errors import ConfigError
 from rtgen.input.tracker import (
@@ -322,7 +322,7 @@ def test_scale_cc_ranges_curves_and_clamping() -> None:
         assert all(lo <= v <= hi for v in values)
         assert values == sorted(values)  # monotonic
         assert scale_cc(name, -20) == values[0] and scale_cc(name, 999) == values[127]
-    assert scale_cc("temperature", 64) == pytest.approx(0.9)  # the default mid-wheel
+    assert scale_cc("temperature", 64) == pytest.approx(GenerationConfig().temperature)  # the default mid-wheel
     assert scale_cc("density", 64) == pytest.approx(1.0)
     assert scale_cc("density", 32) == pytest.approx(0.5)
     assert scale_cc("top_p", 127) == 1.0 and scale_cc("swing", 127) == 0.75
@@ -335,7 +335,7 @@ def test_scale_cc_ranges_curves_and_clamping() -> None:
 
 def test_every_mapped_cc_becomes_a_control() -> None:
     tracker = PlayerTracker(cc=CcConfig(temperature=1, top_p=71, density=74, swing=20, mode=85, panic=102))
-    assert tracker.feed(0, cc(1, 64)) == [Control("temperature", pytest.approx(0.9))]
+    assert tracker.feed(0, cc(1, 64)) == [Control("temperature", pytest.approx(GenerationConfig().temperature))]
     assert tracker.feed(0, cc(71, 0)) == [Control("top_p", pytest.approx(0.05))]
     assert tracker.feed(0, cc(74, 127)) == [Control("density", pytest.approx(4.0))]
     assert tracker.feed(0, cc(20, 127)) == [Control("swing", pytest.approx(0.75))]

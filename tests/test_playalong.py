@@ -960,7 +960,7 @@ def test_midi_learn_maps_a_cc_sent_by_the_player_and_survives_a_restart(
         assert learned == [["temperature", 21]], peer.received
         state = wait_status(peer, "learning", None)
         assert state["cc"]["temperature"] == 21 and state["cc"]["top_p"] == 0, state["cc"]
-        assert state["temperature"] == pytest.approx(0.9), "the learning CC itself moves nothing"
+        assert state["temperature"] == pytest.approx(1.0), "the learning CC itself moves nothing"
         kb.send(0xB0, 21, 0)
         assert wait_state(peer, lambda s: s["temperature"] == pytest.approx(0.05))["temperature"] == pytest.approx(0.05)
         text = wait_file(user, "temperature = 21")

@@ -358,7 +358,8 @@ class OscControl:
 
     @osc_handler("top_p", setting(GenerationConfig, "top_p", "f"))
     def top_p(self, sender: tuple[str, int] | None, value: float) -> None:
-        """Nucleus sampling threshold, 0.05..1 (of the notes and chords; rests and holds keep the model's odds)."""
+        """Nucleus threshold, 0.05..1: the notes and chords kept, most typical first, hold this much of the
+        probability (rests and holds keep the model's odds)."""
         self.controller.set_params(top_p=value)
 
     @osc_handler("mode", setting(DaemonConfig, "mode", "s"))

@@ -71,8 +71,8 @@ class Params:
         time_signature: the meter; a change takes effect at the next bar line.
     """
 
-    temperature: float = 0.9
-    top_p: float = 0.95
+    temperature: float = GenerationConfig.temperature
+    top_p: float = GenerationConfig.top_p
     density: float = 1.0
     key: Key | None = None
     pitch_low: int = ct.PITCH_MIN

@@ -16,8 +16,8 @@ most once per change of the sounding notes.
 
 Control Change mapping (``[cc]`` in the config; 0 = unmapped), 0..127 onto:
 
-* ``temperature`` 0.05..3, piecewise geometric: 0..64 → 0.05..0.9 and 64..127 → 0.9..3,
-  so the middle of the wheel is the default 0.9 and each step changes the temperature
+* ``temperature`` 0.05..3, piecewise geometric: 0..64 → 0.05..1 and 64..127 → 1..3,
+  so the middle of the wheel is the default 1 and each step changes the temperature
   by a constant *ratio* (what the ear hears) within each half;
 * ``top_p`` 0.05..1 and ``swing`` 0..0.75, linear;
 * ``density`` 0..4, piecewise linear: 0..64 → 0..1 (thinner) and 64..127 → 1..4 (busier);
