@@ -532,8 +532,11 @@ def test_clock_follow_tempo_and_continue_after_song_position(start_daemon: Any, 
     assert ons[0] <= 12, ons[:4]
     off_grid = (ons_arr + step_ticks // 2) % step_ticks - step_ticks // 2
     print(f"recording's note-ons off the step grid: max {np.abs(off_grid).max()} ticks of {step_ticks}")
-    # within the map's tolerance (1/64 beat: 7.5 ticks) plus the clock's ±2 ms jitter
-    assert np.abs(off_grid).max() <= 12, off_grid
+    # within the map's tolerance (1/64 beat: 7.5 ticks) plus the clock's ±2 ms jitter: 6 ticks at most alone; a
+    # note sent late by a loaded host (19 ticks = 24 ms in a full suite on a host half as fast as usual) may add
+    # a few JACK periods, while a tempo-map error shifts every note
+    assert np.abs(off_grid).max() <= 28, off_grid
+    assert np.median(np.abs(off_grid)) <= 6, off_grid
     assert after.size and (after.min() - 32 * step_ticks) % (16 * step_ticks) <= 12, after[:4]
 
 
@@ -629,7 +632,11 @@ def test_recording_while_following_lines_up_with_the_files_own_bars(start_daemon
     expected = sorted([origin + s * step_ticks for s in steps] + [origin + round(between * step_ticks)])
     got = sorted(played[1:])
     pairs = [(a, b) for a, b in zip(got, expected, strict=True) if b < measured]
-    assert len(pairs) >= 4 and max(abs(a - b) for a, b in pairs) <= 16, pairs
+    # the test's own sends, each a few ms late on a loaded machine, and the followed tempo within 1 % (as the
+    # tempo test asks): 0 growing to 24 ticks over ten notes in a full suite on a host half as fast as usual; a
+    # take off the grid is off by 20-60 ticks in every note
+    errors = [abs(a - b) for a, b in pairs]
+    assert len(pairs) >= 4 and max(errors) <= 36 and float(np.median(errors)) <= 16, pairs
 
 
 # --- 3. leading a DAW: clock out ----------------------------------------------------------------------------------
